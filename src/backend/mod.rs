@@ -1,0 +1,8 @@
+//! The stores. Each implements [`crate::datastore::Datastore`]; none knows about the index or
+//! the filesystem above it.
+
+pub mod mem;
+pub mod redb;
+
+pub use self::mem::MemStore;
+pub use self::redb::RedbStore;

@@ -1,0 +1,324 @@
+//! The datastore contract: go-datastore's model in synchronous Rust.
+//!
+//! This module names no backend. A [`Datastore`] is `Send + Sync`, takes `&self` everywhere and is
+//! object safe, so the layers above hold an `Arc<dyn Datastore>` and never know which store
+//! answers. The semantics are go-datastore's (see `docs/SEMANTICS.md` and the conformance suite
+//! in `tests/conformance/`):
+//!
+//! * `get`/`get_size`/`read_at` of a missing key fail with exactly [`ErrorKind::NotFound`];
+//! * `has` of a missing key is `Ok(false)`; `delete` of a missing key is `Ok(())`;
+//! * `query` follows [`query::naive_apply`] (strict-children prefix, filters, orders with the key
+//!   tie-break, then offset and limit);
+//! * a batch applies the last operation recorded per key, and nothing before `commit`;
+//! * `sync(prefix)` makes every write under `prefix` that returned before it durable.
+
+pub mod error;
+pub mod key;
+pub mod query;
+pub mod stage;
+
+use std::collections::BTreeMap;
+
+pub use error::{Error, ErrorKind, Result};
+pub use key::Key;
+pub use query::{Entry, Filter, Op, Order, Query, Results};
+pub use stage::{StageInit, Staged};
+
+/// What a store guarantees and how it behaves, as data. The conformance suite checks every
+/// guarantee that a store claims here, and skips (reporting them as ignored) the cases a store
+/// rules out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Query results come in ascending bytewise key order without sorting.
+    pub ordered_scan: bool,
+    /// `read_at` costs in proportion to the bytes read, not to the whole value.
+    pub ranged_read: bool,
+    /// A crash during `put` leaves the old value or the new one, never a mix.
+    pub atomic_put: bool,
+    /// A crash during a batch commit leaves all of the batch applied or none of it.
+    pub atomic_batch: bool,
+    /// A `put` is durable when it returns, without `sync`.
+    pub durable_put: bool,
+    /// Values survive closing and reopening the store.
+    pub persistent: bool,
+    /// Any clean key is accepted (many components, any characters). flatfs accepts only one
+    /// component in its own alphabet.
+    pub general_keys: bool,
+    /// Values are plain files that can be handed to the kernel (see [`Datastore::backing_file`]).
+    pub file_backed: bool,
+    /// The largest value the store accepts, if it has a limit.
+    pub max_value_size: Option<u64>,
+}
+
+impl Capabilities {
+    /// The guarantees of a volatile, general, ordered in-memory store.
+    pub const fn memory() -> Capabilities {
+        Capabilities {
+            ordered_scan: true,
+            ranged_read: true,
+            atomic_put: true,
+            atomic_batch: true,
+            durable_put: false,
+            persistent: false,
+            general_keys: true,
+            file_backed: false,
+            max_value_size: None,
+        }
+    }
+}
+
+/// A group of writes applied together by [`Batch::commit`]. A batch is not a transaction unless
+/// the store's capabilities say `atomic_batch`; nothing is visible before `commit`, and the last
+/// operation recorded for a key is the one applied. A batch must not be used after `commit`,
+/// which the type system enforces by consuming it.
+pub trait Batch: Send {
+    /// Records a put of `value` at `key`, replacing any earlier operation on `key`.
+    fn put(&mut self, key: Key, value: Vec<u8>) -> Result<()>;
+    /// Records a delete of `key`, replacing any earlier operation on `key`.
+    fn delete(&mut self, key: Key) -> Result<()>;
+    /// Applies the recorded operations.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// The operations of a batch, last operation per key: `Some(value)` puts, `None` deletes.
+pub type BatchOps = BTreeMap<Key, Option<Vec<u8>>>;
+
+/// A batch that records operations in memory and hands them to
+/// [`Datastore::apply_batch`] on commit. Stores with their own batch format (flatfs stages
+/// files) implement [`Batch`] themselves.
+pub struct BasicBatch<'a, D: Datastore + ?Sized> {
+    store: &'a D,
+    ops: BatchOps,
+}
+
+impl<'a, D: Datastore + ?Sized> BasicBatch<'a, D> {
+    /// An empty batch over `store`.
+    pub fn new(store: &'a D) -> Self {
+        BasicBatch {
+            store,
+            ops: BTreeMap::new(),
+        }
+    }
+}
+
+impl<D: Datastore + ?Sized> Batch for BasicBatch<'_, D> {
+    fn put(&mut self, key: Key, value: Vec<u8>) -> Result<()> {
+        self.ops.insert(key, Some(value));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: Key) -> Result<()> {
+        self.ops.insert(key, None);
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        self.store.apply_batch(self.ops)
+    }
+}
+
+/// A key-value store with go-datastore semantics. See the module documentation for the
+/// contract every implementation keeps; the conformance suite checks it.
+pub trait Datastore: Send + Sync {
+    /// The whole value at `key`, or [`ErrorKind::NotFound`].
+    fn get(&self, key: &Key) -> Result<Vec<u8>>;
+
+    /// Whether `key` holds a value. A missing key is `Ok(false)`, not an error.
+    fn has(&self, key: &Key) -> Result<bool>;
+
+    /// The length of the value at `key`, or [`ErrorKind::NotFound`].
+    fn get_size(&self, key: &Key) -> Result<u64>;
+
+    /// Reads up to `buf.len()` bytes of the value at `key`, starting at `offset`, and returns how
+    /// many were read: fewer at the end of the value, 0 at or past it. A missing key is
+    /// [`ErrorKind::NotFound`]. The default reads the whole value; stores with
+    /// `ranged_read` override it.
+    fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let value = self.get(key)?;
+        Ok(copy_range(&value, offset, buf))
+    }
+
+    /// Stores `value` at `key`, replacing any value there.
+    fn put(&self, key: &Key, value: &[u8]) -> Result<()>;
+
+    /// Removes `key`. Removing a missing key is `Ok(())`.
+    fn delete(&self, key: &Key) -> Result<()>;
+
+    /// Runs `query`. The results carry the query exactly as passed in.
+    fn query(&self, query: Query) -> Result<Results>;
+
+    /// Makes every write under `prefix` that returned before this call durable. Syncing more than
+    /// the prefix is allowed; `/` syncs everything.
+    fn sync(&self, prefix: &Key) -> Result<()>;
+
+    /// Flushes and releases the store. Further writes fail with [`ErrorKind::Closed`]; reads may
+    /// keep working (as flatfs's do). Closing twice is `Ok(())`.
+    fn close(&self) -> Result<()>;
+
+    /// What this store guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// A new batch. The default records operations and commits through
+    /// [`Datastore::apply_batch`].
+    fn batch(&self) -> Result<Box<dyn Batch + '_>> {
+        Ok(Box::new(BasicBatch::new(self)))
+    }
+
+    /// Applies batch operations. The default applies them one by one in key order and stops at
+    /// the first error (no rollback, like go-datastore's basic batch); stores with
+    /// `atomic_batch` apply them in one transaction.
+    fn apply_batch(&self, ops: BatchOps) -> Result<()> {
+        for (key, op) in ops {
+            match op {
+                Some(value) => self.put(&key, &value)?,
+                None => self.delete(&key)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Space used on disk, if the store can tell (go-datastore's `PersistentDatastore`).
+    fn disk_usage(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Opens a staging area for a new value of `key`, seeded as `init` says. The filesystem
+    /// writes into it at random offsets and commits it with [`Datastore::commit_staged`], so a
+    /// large value is never rewritten per write. The default stages in an unlinked temporary
+    /// file in [`Datastore::staging_dir`].
+    fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
+        let staged = Staged::anonymous(&self.staging_dir())?;
+        if init == StageInit::CopyCurrent {
+            match self.get(key) {
+                Ok(value) => staged.write_all_at(0, &value)?,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Replaces the value of `key` with the staged bytes, atomically as `put` is; with `durable`
+    /// the new value is durable when this returns. The default reads the staged bytes and calls
+    /// `put` (and `sync`); file-backed stores rename the staging file into place instead.
+    fn commit_staged(&self, key: &Key, staged: Staged, durable: bool) -> Result<()> {
+        let value = staged.read_all()?;
+        self.put(key, &value)?;
+        if durable {
+            self.sync(key)?;
+        }
+        Ok(())
+    }
+
+    /// Where [`Datastore::stage`]'s default puts its temporary files.
+    fn staging_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+    }
+
+    /// For file-backed stores: the path of the file that holds `key`'s value, which the
+    /// filesystem may open and hand to the kernel. `Ok(None)` when values are not plain files.
+    fn backing_file(&self, key: &Key) -> Result<Option<std::path::PathBuf>> {
+        let _ = key;
+        Ok(None)
+    }
+}
+
+/// Copies `value[offset..]` into `buf` and returns the count; 0 at or past the end.
+pub fn copy_range(value: &[u8], offset: u64, buf: &mut [u8]) -> usize {
+    let Ok(start) = usize::try_from(offset) else {
+        return 0;
+    };
+    if start >= value.len() {
+        return 0;
+    }
+    let n = buf.len().min(value.len() - start);
+    buf[..n].copy_from_slice(&value[start..start + n]);
+    n
+}
+
+/// go-datastore's `GetBackedHas`: `has` through `get`.
+pub fn get_backed_has(ds: &dyn Datastore, key: &Key) -> Result<bool> {
+    match ds.get(key) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
+    fn get(&self, key: &Key) -> Result<Vec<u8>> {
+        (**self).get(key)
+    }
+    fn has(&self, key: &Key) -> Result<bool> {
+        (**self).has(key)
+    }
+    fn get_size(&self, key: &Key) -> Result<u64> {
+        (**self).get_size(key)
+    }
+    fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        (**self).read_at(key, offset, buf)
+    }
+    fn put(&self, key: &Key, value: &[u8]) -> Result<()> {
+        (**self).put(key, value)
+    }
+    fn delete(&self, key: &Key) -> Result<()> {
+        (**self).delete(key)
+    }
+    fn query(&self, query: Query) -> Result<Results> {
+        (**self).query(query)
+    }
+    fn sync(&self, prefix: &Key) -> Result<()> {
+        (**self).sync(prefix)
+    }
+    fn close(&self) -> Result<()> {
+        (**self).close()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn batch(&self) -> Result<Box<dyn Batch + '_>> {
+        (**self).batch()
+    }
+    fn apply_batch(&self, ops: BatchOps) -> Result<()> {
+        (**self).apply_batch(ops)
+    }
+    fn disk_usage(&self) -> Result<Option<u64>> {
+        (**self).disk_usage()
+    }
+    fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
+        (**self).stage(key, init)
+    }
+    fn commit_staged(&self, key: &Key, staged: Staged, durable: bool) -> Result<()> {
+        (**self).commit_staged(key, staged, durable)
+    }
+    fn staging_dir(&self) -> std::path::PathBuf {
+        (**self).staging_dir()
+    }
+    fn backing_file(&self, key: &Key) -> Result<Option<std::path::PathBuf>> {
+        (**self).backing_file(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_range_handles_boundaries() {
+        let v = b"hello";
+        let mut buf = [0u8; 3];
+        assert_eq!(copy_range(v, 0, &mut buf), 3);
+        assert_eq!(&buf, b"hel");
+        assert_eq!(copy_range(v, 3, &mut buf), 2);
+        assert_eq!(&buf[..2], b"lo");
+        assert_eq!(copy_range(v, 5, &mut buf), 0);
+        assert_eq!(copy_range(v, u64::MAX, &mut buf), 0);
+    }
+
+    fn assert_object_safe(_: &dyn Datastore) {}
+
+    #[test]
+    fn the_trait_is_object_safe() {
+        let _ = assert_object_safe;
+    }
+}
