@@ -1,1 +1,900 @@
-//! placeholder
+//! The key index: the directory tree of the keys, file metadata, xattrs and symlinks, in redb.
+//!
+//! The datastore holds bytes; the index holds everything else. Every key that holds a value
+//! appears in the `keys` table (byte order, so a prefix query is one range scan) and as a node in
+//! a tree of directories, one per key component. Directories come from keys (implied, removed
+//! with their last child) or from `mkdir` (explicit, kept until removed). A key that holds a value
+//! and has children is a directory whose node records the value's size.
+//!
+//! Tables (see `docs/ARCHITECTURE.md` for the record formats):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | name | u64 (next node id, next cookie, format version, open flag) |
+//! | `nodes` | node id | encoded [`Node`] |
+//! | `dirents` | (parent id, name) | (child id, cookie) |
+//! | `cookies` | (parent id, cookie) | name: the listing order, stable under removal |
+//! | `keys` | datastore key | (node id, value size) |
+//! | `xattrs` | (node id, attribute name) | value |
+//!
+//! Lookup is one B-tree probe per path component; listing a directory is one range scan of its
+//! cookies, O(its entries), never a walk of its subtree. Writes commit without fsync and are made
+//! durable by a [`GroupCommit`] within a bounded delay, or at once by [`Index::sync`].
+
+pub mod error;
+pub mod node;
+pub mod reconcile;
+pub mod store;
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
+};
+
+pub use error::{IndexError, IndexErrorKind, IndexResult};
+pub use node::{Node, NodeId, NodeKind, ROOT, Timestamp};
+pub use store::IndexedStore;
+
+use crate::datastore::Key;
+use crate::datastore::query::prefix_range;
+use crate::group_commit::{self, GroupCommit};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
+const DIRENTS: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("dirents");
+const COOKIES: TableDefinition<(u64, u64), &str> = TableDefinition::new("cookies");
+const KEYS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("keys");
+const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
+
+const META_VERSION: &str = "format_version";
+const META_NEXT_ID: &str = "next_node_id";
+const META_NEXT_COOKIE: &str = "next_cookie";
+const META_OPEN: &str = "open";
+const FORMAT_VERSION: u64 = 1;
+
+/// Options for opening an [`Index`].
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    /// The longest an index update waits to become durable.
+    pub commit_interval: Duration,
+    /// redb's page cache, in bytes.
+    pub cache_size: usize,
+    /// Owner of nodes created from datastore keys.
+    pub uid: u32,
+    /// Group of nodes created from datastore keys.
+    pub gid: u32,
+}
+
+impl Default for IndexOptions {
+    fn default() -> IndexOptions {
+        // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        IndexOptions {
+            commit_interval: group_commit::DEFAULT_INTERVAL,
+            cache_size: 64 << 20,
+            uid,
+            gid,
+        }
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The entry's name: one key component.
+    pub name: String,
+    /// The child's id.
+    pub id: NodeId,
+    /// The entry's position in its directory's listing; listing resumes after it.
+    pub cookie: u64,
+    /// The child's attributes.
+    pub node: Node,
+}
+
+/// One key of the `keys` table, as [`Index::keys`] yields it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// The datastore key.
+    pub key: Key,
+    /// Its node.
+    pub id: NodeId,
+    /// The size of its value.
+    pub size: u64,
+}
+
+/// The redb key index. Cheap to share (`Arc<Index>`); every method takes `&self`.
+pub struct Index {
+    db: Arc<Database>,
+    commits: GroupCommit,
+    path: Option<PathBuf>,
+    options: IndexOptions,
+    was_unclean: bool,
+}
+
+impl Index {
+    /// Opens the index file at `path`, creating it if needed. Fails with
+    /// [`IndexErrorKind::Locked`] when another process has it open.
+    pub fn open(path: impl AsRef<Path>, options: IndexOptions) -> IndexResult<Index> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::builder()
+            .set_cache_size(options.cache_size)
+            .create(&path)
+            .map_err(|e| IndexError::redb(&format!("opening index {}", path.display()), e))?;
+        Index::init(db, Some(path), options)
+    }
+
+    /// A volatile index held in memory (for volatile stores and tests).
+    pub fn in_memory(options: IndexOptions) -> IndexResult<Index> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| IndexError::redb("creating an in-memory index", e))?;
+        Index::init(db, None, options)
+    }
+
+    fn init(db: Database, path: Option<PathBuf>, options: IndexOptions) -> IndexResult<Index> {
+        let txn = db
+            .begin_write()
+            .map_err(|e| IndexError::redb("starting the index", e))?;
+        let was_unclean;
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| IndexError::redb("opening meta", e))?;
+            let version = meta
+                .get(META_VERSION)
+                .map_err(|e| IndexError::redb("reading meta", e))?
+                .map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert(META_VERSION, FORMAT_VERSION)
+                        .map_err(|e| IndexError::redb("writing meta", e))?;
+                    meta.insert(META_NEXT_ID, ROOT + 1)
+                        .map_err(|e| IndexError::redb("writing meta", e))?;
+                    meta.insert(META_NEXT_COOKIE, 1)
+                        .map_err(|e| IndexError::redb("writing meta", e))?;
+                    let mut nodes = txn
+                        .open_table(NODES)
+                        .map_err(|e| IndexError::redb("opening nodes", e))?;
+                    let mut root = Node::new(
+                        NodeKind::Dir,
+                        ROOT,
+                        "",
+                        node::DEFAULT_DIR_MODE,
+                        options.uid,
+                        options.gid,
+                    );
+                    root.explicit = true;
+                    nodes
+                        .insert(ROOT, root.encode().as_slice())
+                        .map_err(|e| IndexError::redb("writing the root", e))?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(v) => {
+                    return Err(IndexError::corrupt(format!(
+                        "index format version {v}; this dsfs reads version {FORMAT_VERSION}"
+                    )));
+                }
+            }
+            was_unclean = meta
+                .get(META_OPEN)
+                .map_err(|e| IndexError::redb("reading meta", e))?
+                .map(|v| v.value())
+                == Some(1);
+            meta.insert(META_OPEN, 1)
+                .map_err(|e| IndexError::redb("writing meta", e))?;
+        }
+        for t in [DIRENTS] {
+            txn.open_table(t)
+                .map_err(|e| IndexError::redb("creating tables", e))?;
+        }
+        txn.open_table(NODES)
+            .map_err(|e| IndexError::redb("creating tables", e))?;
+        txn.open_table(COOKIES)
+            .map_err(|e| IndexError::redb("creating tables", e))?;
+        txn.open_table(KEYS)
+            .map_err(|e| IndexError::redb("creating tables", e))?;
+        txn.open_table(XATTRS)
+            .map_err(|e| IndexError::redb("creating tables", e))?;
+        txn.commit()
+            .map_err(|e| IndexError::redb("committing the index start", e))?;
+        let db = Arc::new(db);
+        let commits = GroupCommit::start(db.clone(), options.commit_interval, "index");
+        Ok(Index {
+            db,
+            commits,
+            path,
+            options,
+            was_unclean,
+        })
+    }
+
+    /// Whether the previous user of this index file stopped without closing it (a crash): the
+    /// index may then have lost its last updates and should be reconciled with the store.
+    pub fn was_unclean(&self) -> bool {
+        self.was_unclean
+    }
+
+    /// The index file, if it is on disk.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The options the index was opened with.
+    pub fn options(&self) -> &IndexOptions {
+        &self.options
+    }
+
+    /// Makes every update so far durable.
+    pub fn sync(&self) -> IndexResult<()> {
+        self.commits.flush().map_err(IndexError::from)
+    }
+
+    /// Marks the index cleanly closed and makes everything durable.
+    pub fn close(&self) -> IndexResult<()> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| IndexError::redb("closing the index", e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| IndexError::redb("closing the index", e))?;
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| IndexError::redb("opening meta", e))?;
+            meta.insert(META_OPEN, 0)
+                .map_err(|e| IndexError::redb("writing meta", e))?;
+        }
+        txn.commit()
+            .map_err(|e| IndexError::redb("closing the index", e))?;
+        self.commits.stop().map_err(IndexError::from)
+    }
+
+    fn read_txn(&self) -> IndexResult<ReadTransaction> {
+        self.db
+            .begin_read()
+            .map_err(|e| IndexError::redb("starting an index read", e))
+    }
+
+    /// Runs `f` in one write transaction, committed without fsync (made durable by the group
+    /// committer or [`Index::sync`]). If `f` fails nothing is written.
+    pub fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> IndexResult<T>) -> IndexResult<T> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| IndexError::redb("starting an index write", e))?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| IndexError::redb("starting an index write", e))?;
+        let result = {
+            let mut tx = Tx::open(&txn, &self.options)?;
+            f(&mut tx)?
+        };
+        txn.commit()
+            .map_err(|e| IndexError::redb("committing an index write", e))?;
+        self.commits.mark_dirty();
+        Ok(result)
+    }
+
+    /// The node `id`, or `NotFound`.
+    pub fn node(&self, id: NodeId) -> IndexResult<Node> {
+        let txn = self.read_txn()?;
+        let nodes = open_read(&txn, NODES)?;
+        get_node(&nodes, id)?.ok_or_else(|| IndexError::not_found(format!("no node {id}")))
+    }
+
+    /// The entry `name` in directory `parent`.
+    pub fn lookup(&self, parent: NodeId, name: &str) -> IndexResult<Option<(NodeId, Node)>> {
+        let txn = self.read_txn()?;
+        let dirents = open_read(&txn, DIRENTS)?;
+        let nodes = open_read(&txn, NODES)?;
+        let Some(id) = dirents
+            .get((parent, name))
+            .map_err(|e| IndexError::redb("looking up", e))?
+            .map(|v| v.value().0)
+        else {
+            return Ok(None);
+        };
+        let node = get_node(&nodes, id)?.ok_or_else(|| {
+            IndexError::corrupt(format!("entry {name:?} names missing node {id}"))
+        })?;
+        Ok(Some((id, node)))
+    }
+
+    /// The node at `key`'s path: a file, a symlink or a directory (implied or explicit).
+    pub fn resolve(&self, key: &Key) -> IndexResult<Option<(NodeId, Node)>> {
+        let txn = self.read_txn()?;
+        let dirents = open_read(&txn, DIRENTS)?;
+        let nodes = open_read(&txn, NODES)?;
+        let mut id = ROOT;
+        for comp in key.components() {
+            match dirents
+                .get((id, comp))
+                .map_err(|e| IndexError::redb("resolving", e))?
+            {
+                Some(v) => id = v.value().0,
+                None => return Ok(None),
+            }
+        }
+        let node = get_node(&nodes, id)?
+            .ok_or_else(|| IndexError::corrupt(format!("path {key} names missing node {id}")))?;
+        Ok(Some((id, node)))
+    }
+
+    /// The datastore key of node `id`, built from its ancestors' names.
+    pub fn key_of(&self, id: NodeId) -> IndexResult<Key> {
+        let txn = self.read_txn()?;
+        let nodes = open_read(&txn, NODES)?;
+        key_of(&nodes, id)
+    }
+
+    /// The size of the value at `key`, from the `keys` table; `None` if the key holds no value.
+    pub fn value_size(&self, key: &Key) -> IndexResult<Option<u64>> {
+        let txn = self.read_txn()?;
+        let keys = open_read(&txn, KEYS)?;
+        Ok(keys
+            .get(key.as_str())
+            .map_err(|e| IndexError::redb("reading keys", e))?
+            .map(|v| v.value().1))
+    }
+
+    /// Up to `limit` entries of directory `dir` whose cookie is greater than `after` (0 starts
+    /// at the beginning), in cookie order. Cookies never change while an entry exists, so a
+    /// listing resumed after removals skips nothing and repeats nothing.
+    pub fn list(&self, dir: NodeId, after: u64, limit: usize) -> IndexResult<Vec<DirEntry>> {
+        let txn = self.read_txn()?;
+        let cookies = open_read(&txn, COOKIES)?;
+        let dirents = open_read(&txn, DIRENTS)?;
+        let nodes = open_read(&txn, NODES)?;
+        let lo = (dir, after.saturating_add(1));
+        let hi = (dir, u64::MAX);
+        let mut out = Vec::new();
+        let range = cookies
+            .range::<(u64, u64)>(lo..=hi)
+            .map_err(|e| IndexError::redb("listing", e))?;
+        for item in range.take(limit) {
+            let (k, v) = item.map_err(|e| IndexError::redb("listing", e))?;
+            let cookie = k.value().1;
+            let name = v.value().to_owned();
+            let id = dirents
+                .get((dir, name.as_str()))
+                .map_err(|e| IndexError::redb("listing", e))?
+                .map(|v| v.value().0)
+                .ok_or_else(|| IndexError::corrupt(format!("cookie {cookie} names no entry")))?;
+            let node = get_node(&nodes, id)?
+                .ok_or_else(|| IndexError::corrupt(format!("entry {name:?} names no node")))?;
+            out.push(DirEntry {
+                name,
+                id,
+                cookie,
+                node,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The number of entries in directory `dir` (a range scan of its cookies).
+    pub fn entry_count(&self, dir: NodeId) -> IndexResult<u64> {
+        let txn = self.read_txn()?;
+        let cookies = open_read(&txn, COOKIES)?;
+        let mut n = 0;
+        for item in cookies
+            .range::<(u64, u64)>((dir, 0)..=(dir, u64::MAX))
+            .map_err(|e| IndexError::redb("counting", e))?
+        {
+            item.map_err(|e| IndexError::redb("counting", e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The number of keys that hold values.
+    pub fn key_count(&self) -> IndexResult<u64> {
+        let txn = self.read_txn()?;
+        let keys = open_read(&txn, KEYS)?;
+        keys.len().map_err(|e| IndexError::redb("counting keys", e))
+    }
+
+    /// Every key holding a value that is a strict descendant of `prefix` (all keys for `None`
+    /// or `/`), in ascending byte order, streamed from one read transaction.
+    pub fn keys(
+        &self,
+        prefix: Option<&Key>,
+    ) -> IndexResult<impl Iterator<Item = IndexResult<KeyEntry>> + Send + 'static> {
+        let txn = self.read_txn()?;
+        let keys = open_read(&txn, KEYS)?;
+        let range = match prefix_range(prefix) {
+            Some((lo, hi)) => {
+                keys.range::<&str>((Bound::Included(lo.as_str()), Bound::Excluded(hi.as_str())))
+            }
+            None => keys.range::<&str>(..),
+        }
+        .map_err(|e| IndexError::redb("scanning keys", e))?;
+        Ok(range.map(|item| {
+            let (k, v) = item.map_err(|e| IndexError::redb("scanning keys", e))?;
+            let key = Key::from_raw(k.value().to_owned())
+                .map_err(|_| IndexError::corrupt(format!("unclean key {:?}", k.value())))?;
+            let (id, size) = v.value();
+            Ok(KeyEntry { key, id, size })
+        }))
+    }
+
+    /// The extended attribute `name` of node `id`.
+    pub fn xattr(&self, id: NodeId, name: &str) -> IndexResult<Option<Vec<u8>>> {
+        let txn = self.read_txn()?;
+        let xattrs = open_read(&txn, XATTRS)?;
+        Ok(xattrs
+            .get((id, name))
+            .map_err(|e| IndexError::redb("reading xattr", e))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// The names of node `id`'s extended attributes.
+    pub fn xattr_names(&self, id: NodeId) -> IndexResult<Vec<String>> {
+        let txn = self.read_txn()?;
+        let xattrs = open_read(&txn, XATTRS)?;
+        let mut out = Vec::new();
+        for item in xattrs
+            .range::<(u64, &str)>((id, "")..(id.saturating_add(1), ""))
+            .map_err(|e| IndexError::redb("listing xattrs", e))?
+        {
+            let (k, _) = item.map_err(|e| IndexError::redb("listing xattrs", e))?;
+            out.push(k.value().1.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Records that `key` now holds a value of `size` bytes: creates the file node and any
+    /// missing (implied) directories, or updates the size. Returns the node.
+    pub fn record_put(&self, key: &Key, size: u64) -> IndexResult<NodeId> {
+        self.write(|tx| tx.put_key(key, size))
+    }
+
+    /// Records that `key` no longer holds a value: removes its file node (and implied
+    /// directories left empty), or clears the value of a directory. Returns whether the key
+    /// was indexed.
+    pub fn record_delete(&self, key: &Key) -> IndexResult<bool> {
+        self.write(|tx| tx.delete_key(key))
+    }
+
+    /// Applies many puts (`Some(size)`) and deletes (`None`) in one transaction.
+    pub fn record_batch<'k>(
+        &self,
+        ops: impl IntoIterator<Item = (&'k Key, Option<u64>)>,
+    ) -> IndexResult<()> {
+        self.write(|tx| {
+            for (key, op) in ops {
+                match op {
+                    Some(size) => {
+                        tx.put_key(key, size)?;
+                    }
+                    None => {
+                        tx.delete_key(key)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes every node, entry, key and xattr, leaving an empty root (for `reindex`).
+    pub fn clear(&self) -> IndexResult<()> {
+        self.write(|tx| tx.clear())
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        // A dropped index was not closed: leave the open flag set only if close never ran.
+        if let Err(e) = self.commits.stop() {
+            log::error!("final index commit failed: {e}");
+        }
+    }
+}
+
+fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> IndexResult<ReadOnlyTable<K, V>> {
+    txn.open_table(def)
+        .map_err(|e| IndexError::redb("opening an index table", e))
+}
+
+fn get_node(
+    nodes: &impl ReadableTable<u64, &'static [u8]>,
+    id: NodeId,
+) -> IndexResult<Option<Node>> {
+    match nodes
+        .get(id)
+        .map_err(|e| IndexError::redb("reading a node", e))?
+    {
+        Some(v) => Ok(Some(Node::decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn key_of(nodes: &impl ReadableTable<u64, &'static [u8]>, id: NodeId) -> IndexResult<Key> {
+    let mut parts = Vec::new();
+    let mut cur = id;
+    while cur != ROOT {
+        let node =
+            get_node(nodes, cur)?.ok_or_else(|| IndexError::not_found(format!("no node {cur}")))?;
+        parts.push(node.name);
+        if parts.len() > 100_000 {
+            return Err(IndexError::corrupt("cycle in the parent chain"));
+        }
+        cur = node.parent;
+    }
+    parts.reverse();
+    let mut s = String::new();
+    for p in &parts {
+        s.push('/');
+        s.push_str(p);
+    }
+    Key::from_raw(s).map_err(|_| IndexError::corrupt(format!("node {id} has an unclean path")))
+}
+
+/// One index write transaction, with the tables open. Obtained through [`Index::write`].
+pub struct Tx<'t> {
+    meta: Table<'t, &'static str, u64>,
+    nodes: Table<'t, u64, &'static [u8]>,
+    dirents: Table<'t, (u64, &'static str), (u64, u64)>,
+    cookies: Table<'t, (u64, u64), &'static str>,
+    keys: Table<'t, &'static str, (u64, u64)>,
+    xattrs: Table<'t, (u64, &'static str), &'static [u8]>,
+    uid: u32,
+    gid: u32,
+}
+
+fn w<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> IndexError {
+    move |e| IndexError::redb(context, e)
+}
+
+impl<'t> Tx<'t> {
+    fn open(txn: &'t WriteTransaction, options: &IndexOptions) -> IndexResult<Tx<'t>> {
+        Ok(Tx {
+            meta: txn.open_table(META).map_err(w("opening meta"))?,
+            nodes: txn.open_table(NODES).map_err(w("opening nodes"))?,
+            dirents: txn.open_table(DIRENTS).map_err(w("opening dirents"))?,
+            cookies: txn.open_table(COOKIES).map_err(w("opening cookies"))?,
+            keys: txn.open_table(KEYS).map_err(w("opening keys"))?,
+            xattrs: txn.open_table(XATTRS).map_err(w("opening xattrs"))?,
+            uid: options.uid,
+            gid: options.gid,
+        })
+    }
+
+    fn next_counter(&mut self, name: &str) -> IndexResult<u64> {
+        let cur = self
+            .meta
+            .get(name)
+            .map_err(w("reading meta"))?
+            .map(|v| v.value())
+            .ok_or_else(|| IndexError::corrupt(format!("meta {name} missing")))?;
+        self.meta.insert(name, cur + 1).map_err(w("writing meta"))?;
+        Ok(cur)
+    }
+
+    /// The node `id`.
+    pub fn node(&self, id: NodeId) -> IndexResult<Option<Node>> {
+        get_node(&self.nodes, id)
+    }
+
+    /// The node `id`, or a `NotFound` error.
+    pub fn node_required(&self, id: NodeId) -> IndexResult<Node> {
+        self.node(id)?
+            .ok_or_else(|| IndexError::not_found(format!("no node {id}")))
+    }
+
+    /// Writes node `id`.
+    pub fn put_node(&mut self, id: NodeId, node: &Node) -> IndexResult<()> {
+        self.nodes
+            .insert(id, node.encode().as_slice())
+            .map_err(w("writing a node"))?;
+        Ok(())
+    }
+
+    /// The child `name` of `parent`.
+    pub fn lookup(&self, parent: NodeId, name: &str) -> IndexResult<Option<NodeId>> {
+        Ok(self
+            .dirents
+            .get((parent, name))
+            .map_err(w("looking up"))?
+            .map(|v| v.value().0))
+    }
+
+    /// The key of node `id`.
+    pub fn key_of(&self, id: NodeId) -> IndexResult<Key> {
+        key_of(&self.nodes, id)
+    }
+
+    /// Whether directory `dir` has any entry.
+    pub fn has_children(&self, dir: NodeId) -> IndexResult<bool> {
+        let mut range = self
+            .cookies
+            .range::<(u64, u64)>((dir, 0)..=(dir, u64::MAX))
+            .map_err(w("listing"))?;
+        Ok(range.next().is_some())
+    }
+
+    /// Creates a node and enters it as `name` in `parent` (whose mtime/ctime it updates).
+    pub fn create(&mut self, parent: NodeId, name: &str, mut node: Node) -> IndexResult<NodeId> {
+        if self.lookup(parent, name)?.is_some() {
+            return Err(IndexError::new(
+                IndexErrorKind::AlreadyExists,
+                format!("{name:?} exists"),
+            ));
+        }
+        let id = self.next_counter(META_NEXT_ID)?;
+        node.parent = parent;
+        node.name = name.to_owned();
+        self.put_node(id, &node)?;
+        self.link(parent, name, id, node.is_dir())?;
+        Ok(id)
+    }
+
+    /// Enters existing node `child` as `name` in `parent` with a fresh cookie.
+    pub fn link(
+        &mut self,
+        parent: NodeId,
+        name: &str,
+        child: NodeId,
+        is_dir: bool,
+    ) -> IndexResult<()> {
+        let cookie = self.next_counter(META_NEXT_COOKIE)?;
+        self.dirents
+            .insert((parent, name), (child, cookie))
+            .map_err(w("writing an entry"))?;
+        self.cookies
+            .insert((parent, cookie), name)
+            .map_err(w("writing an entry"))?;
+        self.touch_dir(parent, if is_dir { 1 } else { 0 })
+    }
+
+    /// Removes the entry `name` from `parent` (not the node); returns the child it named.
+    pub fn unlink(&mut self, parent: NodeId, name: &str) -> IndexResult<Option<NodeId>> {
+        let Some((child, cookie)) = self
+            .dirents
+            .remove((parent, name))
+            .map_err(w("removing an entry"))?
+            .map(|v| v.value())
+        else {
+            return Ok(None);
+        };
+        self.cookies
+            .remove((parent, cookie))
+            .map_err(w("removing an entry"))?;
+        let is_dir = self.node(child)?.map(|n| n.is_dir()).unwrap_or(false);
+        self.touch_dir(parent, if is_dir { -1 } else { 0 })?;
+        Ok(Some(child))
+    }
+
+    fn touch_dir(&mut self, dir: NodeId, subdir_delta: i32) -> IndexResult<()> {
+        let mut node = self.node_required(dir)?;
+        let now = Timestamp::now();
+        node.mtime = now;
+        node.ctime = now;
+        node.subdirs = node.subdirs.saturating_add_signed(subdir_delta);
+        self.put_node(dir, &node)
+    }
+
+    /// Deletes node `id` and its xattrs (its entry must already be unlinked).
+    pub fn remove_node(&mut self, id: NodeId) -> IndexResult<()> {
+        self.nodes.remove(id).map_err(w("removing a node"))?;
+        let names: Vec<String> = {
+            let mut v = Vec::new();
+            for item in self
+                .xattrs
+                .range::<(u64, &str)>((id, "")..(id.saturating_add(1), ""))
+                .map_err(w("listing xattrs"))?
+            {
+                let (k, _) = item.map_err(w("listing xattrs"))?;
+                v.push(k.value().1.to_owned());
+            }
+            v
+        };
+        for n in names {
+            self.xattrs
+                .remove((id, n.as_str()))
+                .map_err(w("removing xattrs"))?;
+        }
+        Ok(())
+    }
+
+    /// Records `key` in the `keys` table.
+    pub fn set_key(&mut self, key: &Key, id: NodeId, size: u64) -> IndexResult<()> {
+        self.keys
+            .insert(key.as_str(), (id, size))
+            .map_err(w("writing keys"))?;
+        Ok(())
+    }
+
+    /// Removes `key` from the `keys` table; returns its node if it was there.
+    pub fn remove_key(&mut self, key: &Key) -> IndexResult<Option<NodeId>> {
+        Ok(self
+            .keys
+            .remove(key.as_str())
+            .map_err(w("removing keys"))?
+            .map(|v| v.value().0))
+    }
+
+    /// Sets or removes (`None`) an extended attribute.
+    pub fn set_xattr(&mut self, id: NodeId, name: &str, value: Option<&[u8]>) -> IndexResult<bool> {
+        Ok(match value {
+            Some(v) => self
+                .xattrs
+                .insert((id, name), v)
+                .map_err(w("writing xattr"))?
+                .is_some(),
+            None => self
+                .xattrs
+                .remove((id, name))
+                .map_err(w("removing xattr"))?
+                .is_some(),
+        })
+    }
+
+    fn implied_dir(&self, parent: NodeId, name: &str) -> Node {
+        Node::new(
+            NodeKind::Dir,
+            parent,
+            name,
+            node::DEFAULT_DIR_MODE,
+            self.uid,
+            self.gid,
+        )
+    }
+
+    /// Ensures a directory exists for every component of `dir_key`, creating implied ones and
+    /// turning a file on the way into a directory that keeps its value. Returns the directory.
+    pub fn ensure_dirs(&mut self, dir_key: &Key) -> IndexResult<NodeId> {
+        let mut id = ROOT;
+        for comp in dir_key.components() {
+            id = match self.lookup(id, comp)? {
+                None => {
+                    let node = self.implied_dir(id, comp);
+                    self.create(id, comp, node)?
+                }
+                Some(child) => {
+                    let mut node = self.node_required(child)?;
+                    match node.kind {
+                        NodeKind::Dir => {}
+                        NodeKind::File | NodeKind::Symlink => {
+                            if node.kind == NodeKind::Symlink {
+                                log::warn!(
+                                    "a key below symlink {comp:?} replaces the symlink with a directory"
+                                );
+                                node.target.clear();
+                                node.value = None;
+                            }
+                            node.kind = NodeKind::Dir;
+                            node.explicit = false;
+                            node.mode = node::DEFAULT_DIR_MODE | (node.mode & 0o7000);
+                            node.ctime = Timestamp::now();
+                            self.put_node(child, &node)?;
+                            self.touch_dir(id, 1)?;
+                        }
+                    }
+                    child
+                }
+            };
+        }
+        Ok(id)
+    }
+
+    /// Records that `key` holds a value of `size` bytes. See [`Index::record_put`].
+    pub fn put_key(&mut self, key: &Key, size: u64) -> IndexResult<NodeId> {
+        let now = Timestamp::now();
+        let id = if key.is_root() {
+            let mut root = self.node_required(ROOT)?;
+            root.value = Some(size);
+            root.mtime = now;
+            root.ctime = now;
+            self.put_node(ROOT, &root)?;
+            ROOT
+        } else {
+            let parent = self.ensure_dirs(&key.parent())?;
+            let name = key.base_namespace();
+            match self.lookup(parent, name)? {
+                None => {
+                    let mut node = Node::new(
+                        NodeKind::File,
+                        parent,
+                        name,
+                        node::DEFAULT_FILE_MODE,
+                        self.uid,
+                        self.gid,
+                    );
+                    node.value = Some(size);
+                    self.create(parent, name, node)?
+                }
+                Some(id) => {
+                    let mut node = self.node_required(id)?;
+                    if node.kind == NodeKind::Symlink {
+                        log::warn!("a value stored at symlink {key} replaces the symlink");
+                        node.kind = NodeKind::File;
+                        node.target.clear();
+                    }
+                    node.value = Some(size);
+                    node.mtime = now;
+                    node.ctime = now;
+                    self.put_node(id, &node)?;
+                    id
+                }
+            }
+        };
+        self.set_key(key, id, size)?;
+        Ok(id)
+    }
+
+    /// Records that `key` holds no value. See [`Index::record_delete`].
+    pub fn delete_key(&mut self, key: &Key) -> IndexResult<bool> {
+        let Some(id) = self.remove_key(key)? else {
+            return Ok(false);
+        };
+        let Some(mut node) = self.node(id)? else {
+            return Ok(true);
+        };
+        match node.kind {
+            NodeKind::File | NodeKind::Symlink => {
+                self.unlink(node.parent, &node.name)?;
+                self.remove_node(id)?;
+                self.prune(node.parent)?;
+            }
+            NodeKind::Dir => {
+                node.value = None;
+                node.ctime = Timestamp::now();
+                self.put_node(id, &node)?;
+                self.prune(id)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Walks up from `dir`: an implied directory with no entries goes away (or, if its key
+    /// still holds a value, becomes a file again); explicit directories and the root stay.
+    pub fn prune(&mut self, mut dir: NodeId) -> IndexResult<()> {
+        while dir != ROOT {
+            let Some(mut node) = self.node(dir)? else {
+                return Ok(());
+            };
+            if node.kind != NodeKind::Dir || node.explicit || self.has_children(dir)? {
+                return Ok(());
+            }
+            let parent = node.parent;
+            if node.value.is_some() {
+                node.kind = NodeKind::File;
+                node.mode = node::DEFAULT_FILE_MODE | (node.mode & 0o7000);
+                node.ctime = Timestamp::now();
+                node.subdirs = 0;
+                self.put_node(dir, &node)?;
+                self.touch_dir(parent, -1)?;
+                return Ok(());
+            }
+            self.unlink(parent, &node.name)?;
+            self.remove_node(dir)?;
+            dir = parent;
+        }
+        Ok(())
+    }
+
+    /// Empties every table but `meta` and resets the root.
+    pub fn clear(&mut self) -> IndexResult<()> {
+        self.dirents.retain(|_, _| false).map_err(w("clearing"))?;
+        self.cookies.retain(|_, _| false).map_err(w("clearing"))?;
+        self.keys.retain(|_, _| false).map_err(w("clearing"))?;
+        self.xattrs.retain(|_, _| false).map_err(w("clearing"))?;
+        let root = self.node_required(ROOT)?;
+        self.nodes.retain(|_, _| false).map_err(w("clearing"))?;
+        let mut fresh = root;
+        fresh.value = None;
+        fresh.subdirs = 0;
+        self.put_node(ROOT, &fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests;

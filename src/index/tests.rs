@@ -1,0 +1,330 @@
+use std::sync::Arc;
+
+use super::reconcile::{self, Drift};
+use super::*;
+use crate::backend::MemStore;
+use crate::datastore::{Datastore, Query};
+
+fn mem_index() -> Index {
+    Index::in_memory(IndexOptions::default()).unwrap()
+}
+
+fn k(s: &str) -> Key {
+    Key::new(s)
+}
+
+fn names(index: &Index, dir: NodeId) -> Vec<String> {
+    let mut v: Vec<String> = index
+        .list(dir, 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_put_creates_implied_directories_and_a_file() {
+    let ix = mem_index();
+    ix.record_put(&k("/a/b/c"), 5).unwrap();
+    assert_eq!(names(&ix, ROOT), ["a"]);
+    let (a, an) = ix.resolve(&k("/a")).unwrap().unwrap();
+    assert_eq!(an.kind, NodeKind::Dir);
+    assert!(!an.explicit);
+    let (c, cn) = ix.resolve(&k("/a/b/c")).unwrap().unwrap();
+    assert_eq!(cn.kind, NodeKind::File);
+    assert_eq!(cn.size(), 5);
+    assert_eq!(ix.key_of(c).unwrap(), k("/a/b/c"));
+    assert_eq!(ix.key_of(a).unwrap(), k("/a"));
+    assert_eq!(ix.value_size(&k("/a/b/c")).unwrap(), Some(5));
+    assert_eq!(ix.value_size(&k("/a/b")).unwrap(), None);
+    assert_eq!(ix.node(ROOT).unwrap().nlink(), 3);
+}
+
+#[test]
+fn deleting_the_last_key_removes_implied_directories_but_not_explicit_ones() {
+    let ix = mem_index();
+    ix.record_put(&k("/a/b/c"), 1).unwrap();
+    ix.write(|tx| {
+        let mut n = Node::new(NodeKind::Dir, ROOT, "keep", 0o755, 0, 0);
+        n.explicit = true;
+        tx.create(ROOT, "keep", n)
+    })
+    .unwrap();
+    ix.record_put(&k("/keep/x"), 1).unwrap();
+    assert!(ix.record_delete(&k("/a/b/c")).unwrap());
+    assert!(ix.record_delete(&k("/keep/x")).unwrap());
+    assert_eq!(names(&ix, ROOT), ["keep"]);
+    assert!(!ix.record_delete(&k("/nothing")).unwrap());
+    assert_eq!(ix.node(ROOT).unwrap().nlink(), 3);
+}
+
+#[test]
+fn a_key_with_a_value_and_children_keeps_both() {
+    let ix = mem_index();
+    ix.record_put(&k("/prefix"), 3).unwrap();
+    ix.record_put(&k("/prefix/sub"), 4).unwrap();
+    let (id, n) = ix.resolve(&k("/prefix")).unwrap().unwrap();
+    assert_eq!(n.kind, NodeKind::Dir);
+    assert_eq!(n.value, Some(3));
+    assert_eq!(ix.value_size(&k("/prefix")).unwrap(), Some(3));
+    assert_eq!(names(&ix, id), ["sub"]);
+    // Removing the child turns it back into a plain file with its value.
+    ix.record_delete(&k("/prefix/sub")).unwrap();
+    let (_, n) = ix.resolve(&k("/prefix")).unwrap().unwrap();
+    assert_eq!(n.kind, NodeKind::File);
+    assert_eq!(n.size(), 3);
+    // The other way round: remove the value, keep the child.
+    ix.record_put(&k("/prefix/sub"), 4).unwrap();
+    ix.record_delete(&k("/prefix")).unwrap();
+    let (_, n) = ix.resolve(&k("/prefix")).unwrap().unwrap();
+    assert_eq!(n.kind, NodeKind::Dir);
+    assert_eq!(n.value, None);
+    assert_eq!(ix.value_size(&k("/prefix/sub")).unwrap(), Some(4));
+}
+
+#[test]
+fn a_value_at_the_root_key_is_kept_on_the_root() {
+    let ix = mem_index();
+    ix.record_put(&Key::root(), 2).unwrap();
+    assert_eq!(ix.value_size(&Key::root()).unwrap(), Some(2));
+    assert_eq!(ix.node(ROOT).unwrap().value, Some(2));
+    ix.record_delete(&Key::root()).unwrap();
+    assert_eq!(ix.node(ROOT).unwrap().value, None);
+}
+
+#[test]
+fn listing_resumes_after_removals_without_skipping() {
+    let ix = mem_index();
+    for i in 0..100 {
+        ix.record_put(&k(&format!("/d/f{i:03}")), 1).unwrap();
+    }
+    let (d, _) = ix.resolve(&k("/d")).unwrap().unwrap();
+    let mut seen = Vec::new();
+    let mut cookie = 0;
+    loop {
+        let page = ix.list(d, cookie, 7).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for e in &page {
+            seen.push(e.name.clone());
+            // Delete as we go, the way `rm -rf` does between readdir calls.
+            ix.record_delete(&k(&format!("/d/{}", e.name))).unwrap();
+        }
+        cookie = page.last().unwrap().cookie;
+        if ix.resolve(&k("/d")).unwrap().is_none() {
+            break;
+        }
+    }
+    seen.sort();
+    let want: Vec<String> = (0..100).map(|i| format!("f{i:03}")).collect();
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn prefix_key_scans_select_strict_children_in_byte_order() {
+    let ix = mem_index();
+    for key in ["/a", "/a-b", "/a/x", "/a/y/z", "/ab", "/b"] {
+        ix.record_put(&k(key), 1).unwrap();
+    }
+    let got: Vec<String> = ix
+        .keys(Some(&k("/a")))
+        .unwrap()
+        .map(|e| e.unwrap().key.into_string())
+        .collect();
+    assert_eq!(got, ["/a/x", "/a/y/z"]);
+    let all: Vec<String> = ix
+        .keys(None)
+        .unwrap()
+        .map(|e| e.unwrap().key.into_string())
+        .collect();
+    assert_eq!(all, ["/a", "/a-b", "/a/x", "/a/y/z", "/ab", "/b"]);
+    assert_eq!(ix.key_count().unwrap(), 6);
+}
+
+#[test]
+fn a_value_below_a_symlink_replaces_it_with_a_directory() {
+    let ix = mem_index();
+    ix.write(|tx| {
+        let mut n = Node::new(NodeKind::Symlink, ROOT, "l", 0o777, 0, 0);
+        n.target = b"elsewhere".to_vec();
+        tx.create(ROOT, "l", n)
+    })
+    .unwrap();
+    ix.record_put(&k("/l/x"), 1).unwrap();
+    assert_eq!(ix.resolve(&k("/l")).unwrap().unwrap().1.kind, NodeKind::Dir);
+}
+
+#[test]
+fn xattrs_are_stored_and_removed_with_their_node() {
+    let ix = mem_index();
+    let id = ix.record_put(&k("/f"), 1).unwrap();
+    ix.write(|tx| tx.set_xattr(id, "user.a", Some(b"1")))
+        .unwrap();
+    ix.write(|tx| tx.set_xattr(id, "user.b", Some(b"2")))
+        .unwrap();
+    assert_eq!(ix.xattr(id, "user.a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(ix.xattr_names(id).unwrap(), ["user.a", "user.b"]);
+    ix.record_delete(&k("/f")).unwrap();
+    assert!(ix.xattr_names(id).unwrap().is_empty());
+}
+
+#[test]
+fn the_index_persists_and_detects_an_unclean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    {
+        let ix = Index::open(&path, IndexOptions::default()).unwrap();
+        assert!(!ix.was_unclean());
+        ix.record_put(&k("/a/b"), 9).unwrap();
+        ix.sync().unwrap();
+        // Dropped without close: the next open must notice.
+    }
+    {
+        let ix = Index::open(&path, IndexOptions::default()).unwrap();
+        assert!(ix.was_unclean());
+        assert_eq!(ix.value_size(&k("/a/b")).unwrap(), Some(9));
+        ix.close().unwrap();
+    }
+    let ix = Index::open(&path, IndexOptions::default()).unwrap();
+    assert!(!ix.was_unclean());
+}
+
+#[test]
+fn a_second_open_of_one_index_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let _ix = Index::open(&path, IndexOptions::default()).unwrap();
+    let err = Index::open(&path, IndexOptions::default()).err().unwrap();
+    assert_eq!(err.kind(), IndexErrorKind::Locked);
+}
+
+#[test]
+fn check_finds_and_repairs_every_kind_of_drift() {
+    let ix = Arc::new(mem_index());
+    let store = Arc::new(MemStore::new());
+    let indexed = IndexedStore::new(store.clone(), ix.clone());
+    for i in 0..50 {
+        indexed.put(&k(&format!("/k/{i:02}")), b"value").unwrap();
+    }
+    // Drift: a value behind the index's back, a listed key whose value vanished, a size change.
+    store.put(&k("/k/unlisted"), b"x").unwrap();
+    store.delete(&k("/k/07")).unwrap();
+    store.put(&k("/k/08"), b"longer value").unwrap();
+    let report = reconcile::check(&ix, store.as_ref(), false, &mut |_| {}).unwrap();
+    assert_eq!(
+        (report.unlisted, report.dangling, report.wrong_size),
+        (1, 1, 1)
+    );
+    assert!(
+        report
+            .examples
+            .contains(&(Drift::Unlisted, k("/k/unlisted")))
+    );
+    assert!(report.examples.contains(&(Drift::Dangling, k("/k/07"))));
+    assert!(report.examples.contains(&(Drift::WrongSize, k("/k/08"))));
+    // Without repair nothing changed.
+    assert_eq!(ix.value_size(&k("/k/07")).unwrap(), Some(5));
+    let fixed = reconcile::check(&ix, store.as_ref(), true, &mut |_| {}).unwrap();
+    assert!(!fixed.is_consistent());
+    let again = reconcile::check(&ix, store.as_ref(), false, &mut |_| {}).unwrap();
+    assert!(again.is_consistent(), "{}", again.summary());
+    assert_eq!(ix.value_size(&k("/k/08")).unwrap(), Some(12));
+    assert_eq!(ix.value_size(&k("/k/07")).unwrap(), None);
+}
+
+#[test]
+fn reindex_rebuilds_from_the_store() {
+    let ix = mem_index();
+    let store = MemStore::new();
+    for i in 0..30 {
+        store.put(&k(&format!("/r/{i}")), &[0u8; 3]).unwrap();
+    }
+    ix.record_put(&k("/stale"), 1).unwrap();
+    let n = reconcile::reindex(&ix, &store, &mut |_| {}).unwrap();
+    assert_eq!(n, 30);
+    assert_eq!(ix.key_count().unwrap(), 30);
+    assert!(ix.resolve(&k("/stale")).unwrap().is_none());
+    assert!(
+        reconcile::check(&ix, &store, false, &mut |_| {})
+            .unwrap()
+            .is_consistent()
+    );
+}
+
+/// A backend that fails the test if it is asked for anything: proves that listings, lookups
+/// and keys-only queries are answered by the index alone.
+struct Untouchable;
+
+impl Datastore for Untouchable {
+    fn get(&self, key: &Key) -> crate::Result<Vec<u8>> {
+        panic!("backend get({key})")
+    }
+    fn has(&self, key: &Key) -> crate::Result<bool> {
+        panic!("backend has({key})")
+    }
+    fn get_size(&self, key: &Key) -> crate::Result<u64> {
+        panic!("backend get_size({key})")
+    }
+    fn put(&self, _: &Key, _: &[u8]) -> crate::Result<()> {
+        Ok(())
+    }
+    fn delete(&self, _: &Key) -> crate::Result<()> {
+        Ok(())
+    }
+    fn query(&self, _: Query) -> crate::Result<crate::datastore::Results> {
+        panic!("backend query")
+    }
+    fn sync(&self, _: &Key) -> crate::Result<()> {
+        Ok(())
+    }
+    fn close(&self) -> crate::Result<()> {
+        Ok(())
+    }
+    fn capabilities(&self) -> crate::datastore::Capabilities {
+        crate::datastore::Capabilities::memory()
+    }
+}
+
+#[test]
+fn a_directory_of_100k_keys_is_listed_and_searched_without_the_backend() {
+    let ix = Arc::new(mem_index());
+    let store = IndexedStore::new(Arc::new(Untouchable), ix.clone());
+    let mut batch = store.batch().unwrap();
+    for i in 0..100_000 {
+        batch.put(k(&format!("/big/{i:06}")), Vec::new()).unwrap();
+    }
+    batch.commit().unwrap();
+    store.put(&k("/other/x"), b"").unwrap();
+    let (dir, _) = ix.resolve(&k("/big")).unwrap().unwrap();
+    assert_eq!(ix.entry_count(dir).unwrap(), 100_000);
+    let mut total = 0;
+    let mut cookie = 0;
+    loop {
+        let page = ix.list(dir, cookie, 4096).unwrap();
+        let Some(last) = page.last() else { break };
+        cookie = last.cookie;
+        total += page.len();
+    }
+    assert_eq!(total, 100_000);
+    assert!(ix.lookup(dir, "054321").unwrap().is_some());
+    assert!(store.has(&k("/big/099999")).unwrap());
+    assert_eq!(store.get_size(&k("/big/000000")).unwrap(), 0);
+    let q = Query {
+        prefix: "/big".into(),
+        keys_only: true,
+        limit: 10,
+        offset: 5,
+        orders: vec![crate::datastore::Order::Key],
+        ..Query::default()
+    };
+    let keys: Vec<String> = store
+        .query(q)
+        .unwrap()
+        .map(|e| e.unwrap().key.into_string())
+        .collect();
+    assert_eq!(keys.first().map(String::as_str), Some("/big/000005"));
+    assert_eq!(keys.len(), 10);
+}
