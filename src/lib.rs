@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod cid;
 pub mod cli;
 pub mod datastore;
 pub mod group_commit;

@@ -1,1 +1,473 @@
-//! placeholder
+//! Store specs: how the command line names a datastore, and the repository file that records a
+//! directory's layout.
+//!
+//! Syntax: `TYPE:ARGUMENT[?OPTION=VALUE&...]`, or a bare path.
+//!
+//! | spec | store |
+//! |---|---|
+//! | `mem:` | a volatile in-memory store with an in-memory index |
+//! | `redb:PATH` | values in the redb file `PATH`; the index beside it in `PATH.index` |
+//! | `dir:PATH` or a bare `PATH` | a dsfs repository: the embedded default (see below) |
+//!
+//! Options: `index=PATH` puts the index elsewhere; `durable=true` makes a redb store fsync
+//! every write.
+//!
+//! A **repository** is a directory with a `dsfs.json` file naming its datastore (in the JSON
+//! form of Kubo's `Datastore.Spec`, with paths relative to the directory) and its index file.
+//! Opening a missing or empty directory creates one with the default layout; opening a
+//! non-empty directory that has no `dsfs.json` is refused, so dsfs never writes into a
+//! directory it does not own.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::backend::redb::RedbOptions;
+use crate::backend::{MemStore, RedbStore};
+use crate::datastore::{Datastore, Error, ErrorKind, Result};
+use crate::index::reconcile::Report;
+use crate::index::store::open_reconciled;
+use crate::index::{Index, IndexOptions, IndexedStore};
+
+/// The repository description file inside a repository directory.
+pub const REPO_FILE: &str = "dsfs.json";
+/// The repository format this version writes and reads.
+pub const REPO_VERSION: u64 = 1;
+
+/// A parsed store spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreSpec {
+    /// Which store.
+    pub kind: SpecKind,
+    /// Where the index lives, if not in its default place.
+    pub index: Option<PathBuf>,
+    /// fsync every write (redb stores).
+    pub durable: bool,
+}
+
+/// The store a spec names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpecKind {
+    /// `mem:`.
+    Mem,
+    /// `redb:PATH`.
+    Redb(PathBuf),
+    /// A repository directory.
+    Repo(PathBuf),
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidArgument, msg)
+}
+
+impl StoreSpec {
+    /// Parses a spec string; see the module documentation for the syntax.
+    pub fn parse(text: &str) -> Result<StoreSpec> {
+        if text.is_empty() {
+            return Err(invalid("empty store spec"));
+        }
+        let (body, options) = match text.rsplit_once('?') {
+            Some((b, o)) if has_scheme(b) => (b, Some(o)),
+            _ => (text, None),
+        };
+        let kind = match body.split_once(':') {
+            Some((scheme, arg)) if has_scheme(body) => match scheme {
+                "mem" => {
+                    if !arg.is_empty() {
+                        return Err(invalid("mem: takes no argument"));
+                    }
+                    SpecKind::Mem
+                }
+                "redb" => SpecKind::Redb(non_empty_path(scheme, arg)?),
+                "dir" => SpecKind::Repo(non_empty_path(scheme, arg)?),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown store type {other:?} in {text:?} (known: mem:, redb:PATH, dir:PATH or a directory path)"
+                    )));
+                }
+            },
+            _ => SpecKind::Repo(PathBuf::from(body)),
+        };
+        let mut spec = StoreSpec {
+            kind,
+            index: None,
+            durable: false,
+        };
+        for opt in options.into_iter().flat_map(|o| o.split('&')) {
+            if opt.is_empty() {
+                continue;
+            }
+            let (name, value) = opt.split_once('=').unwrap_or((opt, "true"));
+            match name {
+                "index" => spec.index = Some(non_empty_path("index", value)?),
+                "durable" => spec.durable = parse_bool(name, value)?,
+                other => {
+                    return Err(invalid(format!(
+                        "unknown store option {other:?} (known: index, durable)"
+                    )));
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// Whether `s` starts with a lower-case `scheme:`.
+fn has_scheme(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((scheme, _)) => !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_lowercase()),
+        None => false,
+    }
+}
+
+fn non_empty_path(what: &str, arg: &str) -> Result<PathBuf> {
+    if arg.is_empty() {
+        Err(invalid(format!("{what}: needs a path")))
+    } else {
+        Ok(PathBuf::from(arg))
+    }
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(invalid(format!(
+            "option {name} takes true or false, not {value:?}"
+        ))),
+    }
+}
+
+/// A store opened from a spec: the indexed store and what opening it repaired.
+pub struct Opened {
+    /// The store, with its index.
+    pub store: Arc<IndexedStore>,
+    /// A one-line description for messages (`redb /x/values.redb, index /x/index.redb`).
+    pub description: String,
+    /// What the automatic reconcile after an unclean stop changed, if it ran.
+    pub reconciled: Option<Report>,
+}
+
+/// How to open a store.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenMode {
+    /// Leave the index as it is even after an unclean stop (for `fsck`, which reports drift).
+    pub no_reconcile: bool,
+}
+
+/// Opens the store a spec names, with its index.
+pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
+    let index_options = IndexOptions::default();
+    let (backend, index, description): (Arc<dyn Datastore>, Index, String) = match &spec.kind {
+        SpecKind::Mem => (
+            Arc::new(MemStore::new()),
+            Index::in_memory(index_options)?,
+            "in-memory store".to_owned(),
+        ),
+        SpecKind::Redb(path) => {
+            let backend = RedbStore::open(path, redb_options(spec.durable))?;
+            let index_path = spec
+                .index
+                .clone()
+                .unwrap_or_else(|| append_ext(path, "index"));
+            let index = Index::open(&index_path, index_options)?;
+            (
+                Arc::new(backend),
+                index,
+                format!("redb {}, index {}", path.display(), index_path.display()),
+            )
+        }
+        SpecKind::Repo(dir) => {
+            let repo = Repo::open_or_create(dir)?;
+            let backend = repo.open_datastore(spec)?;
+            let index_path = spec.index.clone().unwrap_or_else(|| repo.index_path());
+            let index = Index::open(&index_path, index_options)?;
+            (backend, index, format!("repository {}", dir.display()))
+        }
+    };
+    let index = Arc::new(index);
+    let (store, reconciled) = if mode.no_reconcile {
+        (IndexedStore::new(backend, index), None)
+    } else {
+        open_reconciled(backend, index)?
+    };
+    Ok(Opened {
+        store: Arc::new(store),
+        description,
+        reconciled,
+    })
+}
+
+fn redb_options(durable: bool) -> RedbOptions {
+    RedbOptions {
+        durable_puts: durable,
+        ..RedbOptions::default()
+    }
+}
+
+fn append_ext(path: &Path, ext: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+/// A repository directory and its parsed `dsfs.json`.
+pub struct Repo {
+    dir: PathBuf,
+    config: Value,
+}
+
+impl Repo {
+    /// The default layout of a new repository.
+    pub fn default_config() -> Value {
+        json!({
+            "dsfs_repo": REPO_VERSION,
+            "index": "index.redb",
+            "datastore": { "type": "redb", "path": "values.redb" }
+        })
+    }
+
+    /// Opens the repository in `dir`, creating it with the default layout when `dir` is missing
+    /// or empty.
+    pub fn open_or_create(dir: &Path) -> Result<Repo> {
+        let file = dir.join(REPO_FILE);
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let config: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Corrupt,
+                        format!("{} is not valid JSON", file.display()),
+                        e,
+                    )
+                })?;
+                Repo::from_config(dir, config)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Repo::create(dir),
+            Err(e) => Err(Error::io(format!("reading {}", file.display()), e)),
+        }
+    }
+
+    fn create(dir: &Path) -> Result<Repo> {
+        match std::fs::read_dir(dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!(
+                            "{} is not empty and is not a dsfs repository (it has no {REPO_FILE}); \
+                             give an empty or new directory",
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            }
+            Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+        }
+        let config = Repo::default_config();
+        let text = serde_json::to_vec_pretty(&config)
+            .map_err(|e| Error::with_source(ErrorKind::Io, "encoding the repository file", e))?;
+        write_file_durably(&dir.join(REPO_FILE), &text)?;
+        log::info!("created a dsfs repository in {}", dir.display());
+        Repo::from_config(dir, config)
+    }
+
+    fn from_config(dir: &Path, config: Value) -> Result<Repo> {
+        match config.get("dsfs_repo").and_then(Value::as_u64) {
+            Some(REPO_VERSION) => {}
+            Some(v) => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{} has repository version {v}; this dsfs reads version {REPO_VERSION}",
+                        dir.join(REPO_FILE).display()
+                    ),
+                ));
+            }
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("{} has no dsfs_repo version", dir.join(REPO_FILE).display()),
+                ));
+            }
+        }
+        let repo = Repo {
+            dir: dir.to_path_buf(),
+            config,
+        };
+        // Validate the paths now, so a bad file is reported before anything is opened.
+        repo.contained_path(repo.config.get("index"), "index")?;
+        Ok(repo)
+    }
+
+    /// The repository's index file.
+    pub fn index_path(&self) -> PathBuf {
+        self.contained_path(self.config.get("index"), "index")
+            .unwrap_or_else(|_| self.dir.join("index.redb"))
+    }
+
+    /// A path from the repository file, which must be relative and stay inside the directory.
+    fn contained_path(&self, value: Option<&Value>, what: &str) -> Result<PathBuf> {
+        let text = value.and_then(Value::as_str).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{}: {what} must be a path string",
+                    self.dir.join(REPO_FILE).display()
+                ),
+            )
+        })?;
+        let rel = Path::new(text);
+        if text.is_empty()
+            || rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{}: {what} path {text:?} must be relative and inside the repository",
+                    self.dir.join(REPO_FILE).display()
+                ),
+            ));
+        }
+        Ok(self.dir.join(rel))
+    }
+
+    /// Opens the datastore the repository file describes.
+    pub fn open_datastore(&self, spec: &StoreSpec) -> Result<Arc<dyn Datastore>> {
+        let ds = self.config.get("datastore").ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("{} names no datastore", self.dir.join(REPO_FILE).display()),
+            )
+        })?;
+        self.open_config(ds, spec)
+    }
+
+    fn open_config(&self, ds: &Value, spec: &StoreSpec) -> Result<Arc<dyn Datastore>> {
+        let ty = ds.get("type").and_then(Value::as_str).unwrap_or("");
+        match ty {
+            "redb" => {
+                let path = self.contained_path(ds.get("path"), "datastore path")?;
+                let durable =
+                    spec.durable || ds.get("durable").and_then(Value::as_bool).unwrap_or(false);
+                Ok(Arc::new(RedbStore::open(path, redb_options(durable))?))
+            }
+            "mem" => Ok(Arc::new(MemStore::new())),
+            other => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{}: datastore type {other:?} is not supported (supported: redb, mem)",
+                    self.dir.join(REPO_FILE).display()
+                ),
+            )),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync and rename, then fsyncs the
+/// directory, so the file is either absent or complete after a crash.
+pub fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let (mut file, tmp) = crate::datastore::stage::create_unique(dir, ".dsfs-tmp")?;
+    let result = (|| {
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(format!("writing {}", path.display()), e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(StoreSpec::parse("mem:").unwrap().kind, SpecKind::Mem);
+        assert_eq!(
+            StoreSpec::parse("redb:/x/v.redb").unwrap().kind,
+            SpecKind::Redb("/x/v.redb".into())
+        );
+        let s = StoreSpec::parse("redb:v.redb?index=/i.redb&durable=true").unwrap();
+        assert_eq!(s.index, Some("/i.redb".into()));
+        assert!(s.durable);
+        assert_eq!(
+            StoreSpec::parse("/data/repo").unwrap().kind,
+            SpecKind::Repo("/data/repo".into())
+        );
+        assert_eq!(
+            StoreSpec::parse("./a:b").unwrap().kind,
+            SpecKind::Repo("./a:b".into())
+        );
+        assert_eq!(
+            StoreSpec::parse("dir:a:b").unwrap().kind,
+            SpecKind::Repo("a:b".into())
+        );
+        for bad in [
+            "",
+            "nope:x",
+            "redb:",
+            "mem:x",
+            "redb:x?durable=maybe",
+            "redb:x?colour=red",
+        ] {
+            let err = StoreSpec::parse(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_new_directory_becomes_a_repository_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_dir = dir.path().join("repo");
+        let spec = StoreSpec::parse(repo_dir.to_str().unwrap()).unwrap();
+        {
+            let opened = open(&spec, OpenMode::default()).unwrap();
+            opened.store.put(&"/a/b".into(), b"v").unwrap();
+            opened.store.close().unwrap();
+        }
+        assert!(repo_dir.join(REPO_FILE).exists());
+        let opened = open(&spec, OpenMode::default()).unwrap();
+        assert_eq!(opened.store.get(&"/a/b".into()).unwrap(), b"v");
+        assert!(opened.reconciled.is_none());
+    }
+
+    #[test]
+    fn a_foreign_non_empty_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("precious.txt"), b"x").unwrap();
+        let spec = StoreSpec::parse(dir.path().to_str().unwrap()).unwrap();
+        let err = open(&spec, OpenMode::default()).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains("not a dsfs repository"), "{err}");
+    }
+
+    #[test]
+    fn repository_paths_cannot_escape_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["../x.redb", "/etc/x.redb", ""] {
+            let cfg = json!({"dsfs_repo": 1, "index": "index.redb",
+                             "datastore": {"type": "redb", "path": bad}});
+            std::fs::write(dir.path().join(REPO_FILE), cfg.to_string()).unwrap();
+            let spec = StoreSpec::parse(dir.path().to_str().unwrap()).unwrap();
+            assert!(open(&spec, OpenMode::default()).is_err(), "{bad}");
+        }
+        let cfg = json!({"dsfs_repo": 1, "index": "../i", "datastore": {"type": "mem"}});
+        std::fs::write(dir.path().join(REPO_FILE), cfg.to_string()).unwrap();
+        let spec = StoreSpec::parse(dir.path().to_str().unwrap()).unwrap();
+        assert!(open(&spec, OpenMode::default()).is_err());
+    }
+}

@@ -1,1 +1,580 @@
-//! placeholder
+//! The `dsfs` command line.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::datastore::{Datastore, Error, ErrorKind, Key, Order, Query, StageInit};
+use crate::index::reconcile;
+use crate::index::{IndexedStore, NodeKind};
+use crate::spec::{self, OpenMode, StoreSpec};
+
+/// Values at least this large are streamed through a staging file instead of memory.
+const STREAM_THRESHOLD: u64 = 16 << 20;
+/// The read size used when copying values out.
+const COPY_CHUNK: usize = 1 << 20;
+
+const AFTER_HELP: &str = "\
+STORE SPECS (--store, or the DSFS_STORE environment variable):
+  DIR                 a dsfs repository directory (created when missing or empty)
+  mem:                a volatile in-memory store (gone when the command ends)
+  redb:PATH           values in one redb file; the index beside it in PATH.index
+  Options follow a '?': redb:PATH?index=/other/index.redb&durable=true
+  Without --store, the repository in $XDG_DATA_HOME/dsfs (~/.local/share/dsfs) is used.
+
+KEYS are go-datastore keys: '/'-separated, cleaned like paths ('a//b/' is '/a/b').
+
+Logging: RUST_LOG=info (or debug) prints what dsfs does to stderr.";
+
+/// dsfs: an IPFS-style key-value datastore you can also mount as a filesystem.
+#[derive(Parser, Debug)]
+#[command(name = "dsfs", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The datastore to use (see STORE SPECS below).
+    #[arg(short, long, global = true, env = "DSFS_STORE", value_name = "SPEC")]
+    store: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the repository (other commands create it on first use too) and print its layout.
+    Init,
+    /// Store a value: the contents of FILE, or standard input when FILE is '-' or missing.
+    Put {
+        /// The key to store under.
+        key: String,
+        /// Where to read the value from.
+        file: Option<PathBuf>,
+    },
+    /// Store a file as an IPFS raw block under /blocks/<multihash> and print its CID.
+    PutBlock {
+        /// The block's bytes ('-' or missing: standard input).
+        file: Option<PathBuf>,
+    },
+    /// Write a value to standard output (or to a file with -o).
+    Get {
+        /// The key to read, or a CID with --cid.
+        key: String,
+        /// Write the value to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// KEY is a CID: read the block Kubo would store for it.
+        #[arg(long)]
+        cid: bool,
+    },
+    /// List keys under a prefix (strict children, as go-datastore queries do).
+    #[command(visible_alias = "query")]
+    Ls {
+        /// The prefix; '/' (the default) lists every key.
+        #[arg(default_value = "/")]
+        prefix: String,
+        /// Print each key's size before it.
+        #[arg(short, long)]
+        long: bool,
+        /// Print each value after its key (as UTF-8, lossily); implies reading values.
+        #[arg(long, conflicts_with = "keys_only")]
+        values: bool,
+        /// Do not read values (the default unless --values or a value order is used).
+        #[arg(long)]
+        keys_only: bool,
+        /// At most this many results (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Skip this many results first.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Result order.
+        #[arg(long, value_enum)]
+        order: Option<OrderArg>,
+    },
+    /// Delete keys. Deleting a key that holds nothing succeeds.
+    Rm {
+        /// The keys to delete.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Also delete every key below each KEY.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Show what the index records about a key.
+    Stat {
+        /// The key.
+        key: String,
+    },
+    /// Print the CIDv1 (raw, sha2-256) of a value.
+    Cid {
+        /// The key.
+        key: String,
+    },
+    /// Copy a directory tree into the store: each file becomes a key under PREFIX.
+    Import {
+        /// The directory (or single file) to copy.
+        source: PathBuf,
+        /// The key prefix to put the files under.
+        #[arg(long, default_value = "/")]
+        prefix: String,
+        /// How many files to commit per batch.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+    },
+    /// Compare the index with the store; exit status 1 if they disagree.
+    Fsck {
+        /// Make the index match the store.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Rebuild the index from the store's keys (loses directories, modes and xattrs).
+    Reindex,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OrderArg {
+    /// Ascending key.
+    Key,
+    /// Descending key.
+    KeyDesc,
+    /// Ascending value.
+    Value,
+    /// Descending value.
+    ValueDesc,
+}
+
+/// Parses the command line, runs it and returns the exit status. Errors are printed as one line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dsfs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::BrokenPipe
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The repository used when no store is named.
+pub fn default_store() -> String {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("dsfs").to_string_lossy().into_owned()
+}
+
+fn out_err(e: io::Error) -> Error {
+    Error::io("writing output", e)
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let spec_text = cli.store.clone().unwrap_or_else(default_store);
+    let spec = StoreSpec::parse(&spec_text)?;
+    let mode = OpenMode {
+        no_reconcile: matches!(cli.command, Command::Fsck { .. } | Command::Reindex),
+    };
+    let opened = spec::open(&spec, mode)?;
+    if let Some(report) = &opened.reconciled
+        && !report.is_consistent()
+    {
+        eprintln!(
+            "dsfs: the index was not closed cleanly and has been repaired: {}",
+            report.summary()
+        );
+    }
+    let store = opened.store.clone();
+    let result = execute(&cli.command, &store, &opened.description);
+    let closed = store.close();
+    let code = result?;
+    closed?;
+    Ok(code)
+}
+
+fn execute(
+    command: &Command,
+    store: &Arc<IndexedStore>,
+    description: &str,
+) -> Result<ExitCode, Error> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match command {
+        Command::Init => {
+            writeln!(out, "{description}").map_err(out_err)?;
+        }
+        Command::Put { key, file } => {
+            let key = Key::new(key);
+            put_from(store.as_ref(), &key, file.as_deref())?;
+        }
+        Command::PutBlock { file } => {
+            let data = read_input(file.as_deref())?;
+            let hash = crate::cid::sha256_multihash(&data);
+            let key = crate::cid::block_key(&hash);
+            store.put(&key, &data)?;
+            writeln!(out, "{}", cid::Cid::new_v1(crate::cid::RAW, hash)).map_err(out_err)?;
+        }
+        Command::Get { key, output, cid } => {
+            let key = if *cid {
+                crate::cid::cid_to_key(key)?
+            } else {
+                Key::new(key)
+            };
+            match output {
+                Some(path) => {
+                    let mut f = File::create(path)
+                        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+                    copy_out(store.as_ref(), &key, &mut f)?;
+                    f.sync_all()
+                        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+                }
+                None => copy_out(store.as_ref(), &key, &mut out)?,
+            }
+        }
+        Command::Ls {
+            prefix,
+            long,
+            values,
+            keys_only,
+            limit,
+            offset,
+            order,
+        } => {
+            let orders = match order {
+                None => vec![],
+                Some(OrderArg::Key) => vec![Order::Key],
+                Some(OrderArg::KeyDesc) => vec![Order::KeyDescending],
+                Some(OrderArg::Value) => vec![Order::Value],
+                Some(OrderArg::ValueDesc) => vec![Order::ValueDescending],
+            };
+            let value_order = matches!(order, Some(OrderArg::Value | OrderArg::ValueDesc));
+            let q = Query {
+                prefix: prefix.clone(),
+                orders,
+                limit: *limit,
+                offset: *offset,
+                keys_only: !(*values || value_order) || *keys_only,
+                returns_sizes: *long,
+                ..Query::default()
+            };
+            for entry in store.query(q)? {
+                let entry = entry?;
+                if *long {
+                    let size = entry
+                        .size
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    write!(out, "{size:>12} ").map_err(out_err)?;
+                }
+                write!(out, "{}", entry.key).map_err(out_err)?;
+                if *values && let Some(v) = &entry.value {
+                    write!(out, "\t{}", String::from_utf8_lossy(v)).map_err(out_err)?;
+                }
+                writeln!(out).map_err(out_err)?;
+            }
+        }
+        Command::Rm { keys, recursive } => {
+            for key in keys {
+                let key = Key::new(key);
+                if *recursive {
+                    let q = Query {
+                        prefix: key.as_str().to_owned(),
+                        keys_only: true,
+                        ..Query::default()
+                    };
+                    let children: Vec<Key> = store
+                        .query(q)?
+                        .map(|r| r.map(|e| e.key))
+                        .collect::<Result<_, _>>()?;
+                    let mut batch = store.batch()?;
+                    for child in children {
+                        batch.delete(child)?;
+                    }
+                    batch.commit()?;
+                }
+                store.delete(&key)?;
+            }
+        }
+        Command::Stat { key } => {
+            let key = Key::new(key);
+            let Some((id, node)) = store.index().resolve(&key)? else {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("{key}: no such key"),
+                ));
+            };
+            let kind = match node.kind {
+                NodeKind::File => "file",
+                NodeKind::Dir if node.value.is_some() => "directory with a value",
+                NodeKind::Dir => "directory",
+                NodeKind::Symlink => "symlink",
+            };
+            writeln!(out, "key:    {key}").map_err(out_err)?;
+            writeln!(out, "kind:   {kind}").map_err(out_err)?;
+            if let Some(size) = node.value {
+                writeln!(out, "size:   {size}").map_err(out_err)?;
+            }
+            writeln!(out, "node:   {id}").map_err(out_err)?;
+            writeln!(out, "mode:   {:04o}", node.mode).map_err(out_err)?;
+            writeln!(out, "owner:  {}:{}", node.uid, node.gid).map_err(out_err)?;
+            writeln!(out, "mtime:  {}.{:09}", node.mtime.secs, node.mtime.nanos)
+                .map_err(out_err)?;
+            if node.kind == NodeKind::Symlink {
+                writeln!(out, "target: {}", String::from_utf8_lossy(&node.target))
+                    .map_err(out_err)?;
+            }
+        }
+        Command::Cid { key } => {
+            let value = store.get(&Key::new(key))?;
+            writeln!(out, "{}", crate::cid::raw_cid(&value)).map_err(out_err)?;
+        }
+        Command::Import {
+            source,
+            prefix,
+            batch,
+        } => {
+            let (files, bytes) =
+                import(store.as_ref(), source, &Key::new(prefix), (*batch).max(1))?;
+            eprintln!("imported {files} files, {bytes} bytes");
+        }
+        Command::Fsck { repair } => {
+            let bar = spinner("checking");
+            let report =
+                reconcile::check(store.index(), store.backend().as_ref(), *repair, &mut |n| {
+                    bar.set_position(n)
+                })?;
+            bar.finish_and_clear();
+            writeln!(out, "{}", report.summary()).map_err(out_err)?;
+            for (drift, key) in &report.examples {
+                writeln!(out, "  {drift}: {key}").map_err(out_err)?;
+            }
+            if !report.is_consistent() && !*repair {
+                writeln!(
+                    out,
+                    "run 'dsfs fsck --repair' to make the index match the store"
+                )
+                .map_err(out_err)?;
+                out.flush().map_err(out_err)?;
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Reindex => {
+            let bar = spinner("indexing");
+            let n = reconcile::reindex(store.index(), store.backend().as_ref(), &mut |n| {
+                bar.set_position(n)
+            })?;
+            bar.finish_and_clear();
+            writeln!(out, "indexed {n} keys").map_err(out_err)?;
+        }
+    }
+    out.flush().map_err(out_err)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spinner(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}: {pos} keys ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
+fn bytes_bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn read_input(file: Option<&Path>) -> Result<Vec<u8>, Error> {
+    let mut data = Vec::new();
+    match file {
+        None => io::stdin()
+            .read_to_end(&mut data)
+            .map_err(|e| Error::io("reading standard input", e))?,
+        Some(p) if p == Path::new("-") => io::stdin()
+            .read_to_end(&mut data)
+            .map_err(|e| Error::io("reading standard input", e))?,
+        Some(p) => File::open(p)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| Error::io(format!("reading {}", p.display()), e))?,
+    };
+    Ok(data)
+}
+
+/// Puts a file (large ones streamed through a staging file with progress) or standard input.
+fn put_from(store: &dyn Datastore, key: &Key, file: Option<&Path>) -> Result<(), Error> {
+    let Some(path) = file.filter(|p| *p != Path::new("-")) else {
+        let data = read_input(None)?;
+        return store.put(key, &data);
+    };
+    let mut f =
+        File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+        .len();
+    if len < STREAM_THRESHOLD {
+        let mut data = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut data)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        return store.put(key, &data);
+    }
+    let staged = store.stage(key, StageInit::Empty)?;
+    let bar = bytes_bar(len, &key.to_string());
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut offset = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        staged.write_all_at(offset, &buf[..n])?;
+        offset += n as u64;
+        bar.set_position(offset);
+    }
+    bar.finish_and_clear();
+    store.commit_staged(key, staged, false)
+}
+
+/// Streams a value out in ranged reads, so a large value never sits in memory whole.
+fn copy_out(store: &dyn Datastore, key: &Key, out: &mut dyn Write) -> Result<(), Error> {
+    let size = store.get_size(key).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => Error::new(ErrorKind::NotFound, format!("{key}: no such key")),
+        _ => e,
+    })?;
+    let mut buf = vec![0u8; COPY_CHUNK.min(size.max(1) as usize)];
+    let mut offset = 0u64;
+    while offset < size {
+        let n = store.read_at(key, offset, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(out_err)?;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Copies `source` (a file or a tree) under `prefix`, committing every `batch` small files.
+fn import(
+    store: &dyn Datastore,
+    source: &Path,
+    prefix: &Key,
+    batch: usize,
+) -> Result<(u64, u64), Error> {
+    let mut files: Vec<(PathBuf, Key, u64)> = Vec::new();
+    collect_files(source, prefix, &mut files)?;
+    let total: u64 = files.iter().map(|f| f.2).sum();
+    let bar = bytes_bar(total, "importing");
+    let mut pending = store.batch()?;
+    let mut in_batch = 0;
+    let mut done = 0u64;
+    for (path, key, len) in &files {
+        if *len >= STREAM_THRESHOLD {
+            put_from(store, key, Some(path))?;
+        } else {
+            let data = std::fs::read(path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            pending.put(key.clone(), data)?;
+            in_batch += 1;
+            if in_batch >= batch {
+                pending.commit()?;
+                pending = store.batch()?;
+                in_batch = 0;
+            }
+        }
+        done += len;
+        bar.set_position(done);
+    }
+    pending.commit()?;
+    bar.finish_and_clear();
+    Ok((files.len() as u64, total))
+}
+
+fn collect_files(path: &Path, key: &Key, out: &mut Vec<(PathBuf, Key, u64)>) -> Result<(), Error> {
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if meta.is_file() {
+        let key = if out.is_empty() && key.is_root() {
+            // A single file imported to the root keeps its name.
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| name_error(path))?;
+            key.join_component(name)?
+        } else {
+            key.clone()
+        };
+        out.push((path.to_path_buf(), key, meta.len()));
+    } else if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let name = name.to_str().ok_or_else(|| name_error(&entry.path()))?;
+            let child = key.join_component(name)?;
+            let child_meta = std::fs::symlink_metadata(entry.path())
+                .map_err(|e| Error::io(format!("reading {}", entry.path().display()), e))?;
+            if child_meta.is_dir() {
+                collect_files(&entry.path(), &child, out)?;
+            } else if child_meta.is_file() {
+                out.push((entry.path(), child, child_meta.len()));
+            } else {
+                log::warn!(
+                    "skipping {}: not a regular file or directory",
+                    entry.path().display()
+                );
+            }
+        }
+    } else {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{}: not a regular file or directory", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn name_error(path: &Path) -> Error {
+    Error::new(
+        ErrorKind::InvalidKey,
+        format!(
+            "{}: file names must be UTF-8 to become keys",
+            path.display()
+        ),
+    )
+}
