@@ -108,11 +108,15 @@ impl MountStore {
             .map(|(prefix, store)| Mount { prefix, store })
             .collect();
         mounts.sort_by(|a, b| b.prefix.cmp(&a.prefix));
-        if let Some(pair) = mounts.windows(2).find(|w| w[0].prefix == w[1].prefix) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("two datastores mounted at {}", pair[0].prefix),
-            ));
+        for pair in mounts.windows(2) {
+            if let [a, b] = pair
+                && a.prefix == b.prefix
+            {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("two datastores mounted at {}", a.prefix),
+                ));
+            }
         }
         Ok(MountStore { mounts })
     }
