@@ -2,7 +2,9 @@
 //! the filesystem above it.
 
 pub mod mem;
+pub mod mount;
 pub mod redb;
 
 pub use self::mem::MemStore;
+pub use self::mount::MountStore;
 pub use self::redb::RedbStore;
