@@ -449,7 +449,7 @@ fn put_from(store: &dyn Datastore, key: &Key, file: Option<&Path>) -> Result<(),
         return store.put(key, &data);
     }
     let staged = store.stage(key, StageInit::Empty)?;
-    let bar = bytes_bar(len, &key.to_string());
+    let bar = bytes_bar(len, key.as_ref());
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut offset = 0u64;
     loop {

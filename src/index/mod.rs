@@ -188,10 +188,8 @@ impl Index {
             meta.insert(META_OPEN, 1)
                 .map_err(|e| IndexError::redb("writing meta", e))?;
         }
-        for t in [DIRENTS] {
-            txn.open_table(t)
-                .map_err(|e| IndexError::redb("creating tables", e))?;
-        }
+        txn.open_table(DIRENTS)
+            .map_err(|e| IndexError::redb("creating tables", e))?;
         txn.open_table(NODES)
             .map_err(|e| IndexError::redb("creating tables", e))?;
         txn.open_table(COOKIES)

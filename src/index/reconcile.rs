@@ -195,7 +195,7 @@ pub fn check(
             Some(_) => {}
         }
         seen += 1;
-        if seen % 1000 == 0 {
+        if seen.is_multiple_of(1000) {
             progress(seen);
         }
         if repair && fixes.len() >= REPAIR_CHUNK {
