@@ -129,6 +129,14 @@ impl Datastore for MemStore {
         Capabilities::memory()
     }
 
+    fn rename(&self, from: &Key, to: &Key) -> Result<()> {
+        self.check_open()?;
+        let mut map = self.map.write();
+        let value = map.remove(from.as_str()).ok_or_else(Error::not_found)?;
+        map.insert(to.as_str().to_owned(), value);
+        Ok(())
+    }
+
     fn apply_batch(&self, ops: BatchOps) -> Result<()> {
         self.check_open()?;
         let mut map = self.map.write();

@@ -526,6 +526,25 @@ impl Datastore for MountStore {
         }
     }
 
+    fn rename(&self, from: &Key, to: &Key) -> Result<()> {
+        let src = self.lookup(from).ok_or_else(Error::not_found)?;
+        let dst = self.lookup(to).ok_or_else(|| no_mount(to))?;
+        if std::ptr::eq(src.1, dst.1) {
+            // One child holds both keys: let it move the value (atomically, if it can).
+            return src.1.store.rename(&src.2, &dst.2);
+        }
+        // Across children: copy through the source child's staging, then delete.
+        if !src.1.store.has(&src.2)? {
+            return Err(Error::not_found());
+        }
+        let from_stage = src.1.store.stage(&src.2, StageInit::CopyCurrent)?;
+        let to_stage = dst.1.store.stage(&dst.2, StageInit::Empty)?;
+        std::io::copy(&mut from_stage.file(), &mut to_stage.file())
+            .map_err(|e| Error::io(format!("moving {from} to {to}"), e))?;
+        dst.1.store.commit_staged(&dst.2, to_stage, false)?;
+        src.1.store.delete(&src.2)
+    }
+
     fn staging_dir(&self) -> PathBuf {
         self.mounts
             .iter()

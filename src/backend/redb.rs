@@ -234,6 +234,19 @@ impl Datastore for RedbStore {
         }
     }
 
+    fn rename(&self, from: &Key, to: &Key) -> Result<()> {
+        self.write(|t| {
+            let value = t
+                .remove(from.as_str())
+                .map_err(|e| redb_error("moving", e))?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(Error::not_found)?;
+            t.insert(to.as_str(), value.as_slice())
+                .map_err(|e| redb_error("moving", e))?;
+            Ok(())
+        })
+    }
+
     fn apply_batch(&self, ops: BatchOps) -> Result<()> {
         self.write(|t| {
             for (key, op) in &ops {

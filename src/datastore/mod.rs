@@ -177,6 +177,26 @@ pub trait Datastore: Send + Sync {
         Ok(())
     }
 
+    /// Moves the value at `from` to `to`, replacing any value at `to`. A missing `from` is
+    /// [`ErrorKind::NotFound`]. The default copies through a staging file and then deletes
+    /// `from`, so a crash in between leaves the value under both keys but never under neither;
+    /// stores that can move atomically (a file rename, one transaction) override it.
+    fn rename(&self, from: &Key, to: &Key) -> Result<()> {
+        if from == to {
+            return if self.has(from)? {
+                Ok(())
+            } else {
+                Err(Error::not_found())
+            };
+        }
+        if !self.has(from)? {
+            return Err(Error::not_found());
+        }
+        let staged = self.stage(from, StageInit::CopyCurrent)?;
+        self.commit_staged(to, staged, false)?;
+        self.delete(from)
+    }
+
     /// Space used on disk, if the store can tell (go-datastore's `PersistentDatastore`).
     fn disk_usage(&self) -> Result<Option<u64>> {
         Ok(None)
@@ -281,6 +301,9 @@ impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
     }
     fn apply_batch(&self, ops: BatchOps) -> Result<()> {
         (**self).apply_batch(ops)
+    }
+    fn rename(&self, from: &Key, to: &Key) -> Result<()> {
+        (**self).rename(from, to)
     }
     fn disk_usage(&self) -> Result<Option<u64>> {
         (**self).disk_usage()

@@ -138,6 +138,13 @@ impl Datastore for IndexedStore {
         Ok(())
     }
 
+    fn rename(&self, from: &Key, to: &Key) -> Result<()> {
+        let size = self.index.value_size(from)?.ok_or_else(Error::not_found)?;
+        self.backend.rename(from, to)?;
+        self.index.record_batch([(from, None), (to, Some(size))])?;
+        Ok(())
+    }
+
     fn disk_usage(&self) -> Result<Option<u64>> {
         self.backend.disk_usage()
     }
