@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cid;
 pub mod cli;
 pub mod datastore;
+pub mod fs;
 pub mod group_commit;
 pub mod index;
 pub mod spec;

@@ -719,6 +719,15 @@ impl<'t> Tx<'t> {
             .map(|v| v.value().0))
     }
 
+    /// The extended attribute `name` of node `id`.
+    pub fn xattr(&self, id: NodeId, name: &str) -> IndexResult<Option<Vec<u8>>> {
+        Ok(self
+            .xattrs
+            .get((id, name))
+            .map_err(w("reading xattr"))?
+            .map(|v| v.value().to_vec()))
+    }
+
     /// Sets or removes (`None`) an extended attribute.
     pub fn set_xattr(&mut self, id: NodeId, name: &str, value: Option<&[u8]>) -> IndexResult<bool> {
         Ok(match value {

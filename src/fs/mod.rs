@@ -1,0 +1,1435 @@
+//! `DsFs`: POSIX filesystem semantics over the key index and a datastore.
+//!
+//! This module knows no FUSE types; [`fuse`] adapts it to fuser. Inode numbers are index node
+//! ids (stable across mounts). A file's bytes live in the datastore under the key its path
+//! spells; directories, symlinks, modes, owners, times and xattrs live in the index.
+//!
+//! Writes are staged per inode: every handle of a file shares one [`Staged`] value, written at
+//! any offset and read back by every handle before it is committed, and committed to the store
+//! (for file-backed stores, by one rename) on `flush`/`close`, `fsync`, and unmount. See
+//! `docs/SEMANTICS.md` for what each operation promises.
+
+pub mod error;
+pub mod fuse;
+pub mod names;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+
+pub use error::{FsError, FsResult};
+use names::{NameRef, VALUE_NAME, component_to_name, name_to_component};
+
+use crate::datastore::{Datastore, Key, StageInit, Staged};
+use crate::index::node::Timestamp;
+use crate::index::{Index, IndexError, IndexErrorKind, IndexedStore, Node, NodeId, NodeKind, ROOT, Tx};
+
+/// Inode numbers with this bit set name the value of a directory that also holds one
+/// (the `.dsfs.value` entry); the rest of the bits are the directory's node id.
+const VALUE_INO: u64 = 1 << 63;
+/// Readdir offsets: 1 is `.`, 2 is `..`, 3 is `.dsfs.value`, entries follow at cookie + 3.
+const FIRST_ENTRY_OFFSET: u64 = 3;
+/// The block size reported to tools, which size their I/O buffers from it.
+const BLKSIZE: u32 = 1 << 20;
+/// The largest extended attribute value accepted.
+const XATTR_MAX: usize = 64 << 10;
+
+/// What kind of file an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+    /// A symbolic link.
+    Symlink,
+}
+
+/// The attributes `stat` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks.
+    pub blocks: u64,
+    /// Last access.
+    pub atime: SystemTime,
+    /// Last modification.
+    pub mtime: SystemTime,
+    /// Last status change.
+    pub ctime: SystemTime,
+    /// Kind.
+    pub kind: FileKind,
+    /// Permission bits (including setuid, setgid, sticky).
+    pub perm: u16,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Preferred I/O size.
+    pub blksize: u32,
+}
+
+/// Who is asking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ctx {
+    /// Caller's user id.
+    pub uid: u32,
+    /// Caller's group id.
+    pub gid: u32,
+}
+
+/// A time in a `setattr` request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    /// The current time (`UTIME_NOW`).
+    Now,
+    /// A given time.
+    At(SystemTime),
+}
+
+/// What a `setattr` request changes; `None` fields are left alone (`UTIME_OMIT`).
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+    /// New change time.
+    pub ctime: Option<SystemTime>,
+}
+
+/// The answer to an open.
+#[derive(Debug)]
+pub struct Opened {
+    /// The file handle.
+    pub fh: u64,
+    /// For file-backed stores: the file that holds the value, to hand to the kernel
+    /// (passthrough). Only offered for read-only opens of files nobody is writing.
+    pub backing: Option<File>,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    /// The entry's inode.
+    pub ino: u64,
+    /// The offset to resume after this entry.
+    pub offset: u64,
+    /// The entry's name.
+    pub name: String,
+    /// The entry's attributes.
+    pub attr: Attr,
+}
+
+/// Filesystem statistics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StatFs {
+    /// Total blocks of `bsize`.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Blocks available to unprivileged users.
+    pub bavail: u64,
+    /// Inodes in use plus free.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namelen: u32,
+    /// Fragment size.
+    pub frsize: u32,
+}
+
+/// Rename flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    /// Fail with EEXIST if the target exists.
+    pub noreplace: bool,
+    /// Swap source and target atomically in the namespace.
+    pub exchange: bool,
+}
+
+/// Mount-level options of the filesystem.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+    /// Report every file as owned by this user.
+    pub uid: Option<u32>,
+    /// Report every file as owned by this group.
+    pub gid: Option<u32>,
+    /// Clear these permission bits in every reported mode.
+    pub umask: Option<u32>,
+    /// Offer kernel passthrough for file-backed values.
+    pub passthrough: bool,
+}
+
+impl Default for FsOptions {
+    fn default() -> FsOptions {
+        FsOptions {
+            read_only: false,
+            uid: None,
+            gid: None,
+            umask: None,
+            passthrough: true,
+        }
+    }
+}
+
+/// The write state of one open inode, shared by all its handles.
+struct InodeState {
+    /// The key the value lives under (updated by renames).
+    key: Key,
+    /// Pending bytes, if the file has been written (or truncated) since the last commit.
+    staged: Option<Staged>,
+    /// The staged bytes differ from the committed value.
+    dirty: bool,
+    /// Open handles.
+    opens: u32,
+    /// The name was removed while open: reads still work, nothing is committed.
+    unlinked: bool,
+    /// Modification time of uncommitted writes.
+    mtime: Option<Timestamp>,
+}
+
+struct OpenInode {
+    state: Mutex<InodeState>,
+}
+
+struct Handle {
+    ino: u64,
+    inode: Arc<OpenInode>,
+    writable: bool,
+    append: bool,
+}
+
+/// The filesystem. Every method takes `&self` and may run on many threads at once: per-inode
+/// state has its own lock, and the handle table is read-locked on the data path.
+pub struct DsFs {
+    store: Arc<IndexedStore>,
+    backend: Arc<dyn Datastore>,
+    index: Arc<Index>,
+    options: FsOptions,
+    file_backed: bool,
+    open: RwLock<HashMap<u64, Arc<OpenInode>>>,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    shut: Mutex<bool>,
+}
+
+fn ts(t: Timestamp) -> SystemTime {
+    t.into()
+}
+
+fn now_ts() -> Timestamp {
+    Timestamp::now()
+}
+
+fn time_of(t: TimeSet) -> Timestamp {
+    match t {
+        TimeSet::Now => now_ts(),
+        TimeSet::At(t) => Timestamp::from(t),
+    }
+}
+
+fn idx_err(kind: IndexErrorKind, msg: impl Into<String>) -> IndexError {
+    IndexError::new(kind, msg)
+}
+
+impl DsFs {
+    /// A filesystem over `store` (a backend plus its index).
+    pub fn new(store: Arc<IndexedStore>, options: FsOptions) -> DsFs {
+        let backend = store.backend().clone();
+        let index = store.index().clone();
+        let file_backed = backend.capabilities().file_backed;
+        DsFs {
+            store,
+            backend,
+            index,
+            options,
+            file_backed,
+            open: RwLock::new(HashMap::new()),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            shut: Mutex::new(false),
+        }
+    }
+
+    /// The store this filesystem serves.
+    pub fn store(&self) -> &Arc<IndexedStore> {
+        &self.store
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.options.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn node(&self, id: NodeId) -> FsResult<Node> {
+        Ok(self.index.node(id)?)
+    }
+
+    fn dir_node(&self, id: NodeId) -> FsResult<Node> {
+        if id & VALUE_INO != 0 {
+            return Err(FsError::NotDir);
+        }
+        let n = self.node(id)?;
+        if n.kind != NodeKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(n)
+    }
+
+    fn attr_of(&self, ino: u64, n: &Node) -> Attr {
+        let (kind, mut size, perm) = if ino & VALUE_INO != 0 {
+            (FileKind::File, n.value.unwrap_or(0), (n.mode & 0o7666) as u16)
+        } else {
+            let k = match n.kind {
+                NodeKind::Dir => FileKind::Dir,
+                NodeKind::File => FileKind::File,
+                NodeKind::Symlink => FileKind::Symlink,
+            };
+            (k, n.size(), n.mode as u16)
+        };
+        let mut mtime = n.mtime;
+        let mut ctime = n.ctime;
+        if kind == FileKind::File
+            && let Some(inode) = self.open.read().get(&ino).cloned()
+        {
+            let st = inode.state.lock();
+            if let Some(staged) = &st.staged
+                && let Ok(len) = staged.len()
+            {
+                size = len;
+            }
+            if let Some(m) = st.mtime {
+                mtime = m.max(mtime);
+                ctime = m.max(ctime);
+            }
+        }
+        let mut perm = perm;
+        if let Some(mask) = self.options.umask {
+            perm &= !(mask as u16 & 0o7777);
+        }
+        Attr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: ts(n.atime),
+            mtime: ts(mtime),
+            ctime: ts(ctime),
+            kind,
+            perm,
+            nlink: if ino & VALUE_INO != 0 { 1 } else { n.nlink() },
+            uid: self.options.uid.unwrap_or(n.uid),
+            gid: self.options.gid.unwrap_or(n.gid),
+            blksize: BLKSIZE,
+        }
+    }
+
+    /// Attributes of inode `ino`.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let n = self.node(ino & !VALUE_INO)?;
+        if ino & VALUE_INO != 0 && (n.kind != NodeKind::Dir || n.value.is_none()) {
+            return Err(FsError::NotFound);
+        }
+        Ok(self.attr_of(ino, &n))
+    }
+
+    /// The entry `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        let dir = self.dir_node(parent)?;
+        match name_to_component(name)? {
+            NameRef::DirValue => {
+                if dir.value.is_some() {
+                    Ok(self.attr_of(parent | VALUE_INO, &dir))
+                } else {
+                    Err(FsError::NotFound)
+                }
+            }
+            NameRef::Component(c) => match self.index.lookup(parent, &c)? {
+                Some((id, n)) => Ok(self.attr_of(id, &n)),
+                None => Err(FsError::NotFound),
+            },
+        }
+    }
+
+    /// The key of inode `ino` (a directory value's inode has its directory's key).
+    fn key_of(&self, ino: u64) -> FsResult<Key> {
+        Ok(self.index.key_of(ino & !VALUE_INO)?)
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let n = self.node(ino)?;
+        if n.kind != NodeKind::Symlink {
+            return Err(FsError::Invalid("not a symlink".into()));
+        }
+        Ok(n.target)
+    }
+
+    fn new_node(&self, ctx: Ctx, parent: &Node, kind: NodeKind, mode: u32, umask: u32) -> Node {
+        let mut n = Node::new(kind, 0, "", mode & !umask & 0o7777, ctx.uid, ctx.gid);
+        if parent.mode & libc::S_ISGID != 0 {
+            n.gid = parent.gid;
+            if kind == NodeKind::Dir {
+                n.mode |= libc::S_ISGID;
+            }
+        }
+        n
+    }
+
+    fn component(name: &[u8]) -> FsResult<String> {
+        match name_to_component(name)? {
+            NameRef::Component(c) => Ok(c),
+            NameRef::DirValue => Err(FsError::Invalid(format!(
+                "{VALUE_NAME} names a directory's value and cannot be created this way"
+            ))),
+        }
+    }
+
+    /// Makes a directory.
+    pub fn mkdir(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> FsResult<Attr> {
+        self.check_writable()?;
+        let comp = Self::component(name)?;
+        let pnode = self.dir_node(parent)?;
+        let mut n = self.new_node(ctx, &pnode, NodeKind::Dir, mode, umask);
+        n.explicit = true;
+        let id = self.index.write(|tx| tx.create(parent, &comp, n.clone()))?;
+        self.getattr(id)
+    }
+
+    /// Makes a symbolic link.
+    pub fn symlink(&self, ctx: Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Attr> {
+        self.check_writable()?;
+        let comp = Self::component(name)?;
+        let pnode = self.dir_node(parent)?;
+        let mut n = self.new_node(ctx, &pnode, NodeKind::Symlink, 0o777, 0);
+        n.target = target.to_vec();
+        let id = self.index.write(|tx| tx.create(parent, &comp, n.clone()))?;
+        self.getattr(id)
+    }
+
+    /// Creates an empty regular file (`mknod` with `S_IFREG`); other node types are refused.
+    pub fn mknod(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> FsResult<Attr> {
+        self.check_writable()?;
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return Err(FsError::NotPermitted(
+                "dsfs stores only regular files, directories and symlinks".into(),
+            ));
+        }
+        let comp = Self::component(name)?;
+        let pnode = self.dir_node(parent)?;
+        let key = self.key_of(parent)?.join_component(&comp)?;
+        if self.index.lookup(parent, &comp)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        self.backend.put(&key, b"")?;
+        let n = self.new_node(ctx, &pnode, NodeKind::File, mode, umask);
+        let id = self.create_file_node(parent, &comp, &key, n)?;
+        self.getattr(id)
+    }
+
+    fn create_file_node(&self, parent: u64, comp: &str, key: &Key, mut n: Node) -> FsResult<NodeId> {
+        n.value = Some(0);
+        Ok(self.index.write(|tx| {
+            let id = tx.create(parent, comp, n.clone())?;
+            tx.set_key(key, id, 0)?;
+            Ok(id)
+        })?)
+    }
+
+    /// Creates and opens a regular file. With `exclusive`, an existing file is EEXIST;
+    /// otherwise it is opened (and truncated if `flags` has `O_TRUNC`).
+    pub fn create(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> FsResult<(Attr, Opened)> {
+        self.check_writable()?;
+        let comp = Self::component(name)?;
+        let pnode = self.dir_node(parent)?;
+        if let Some((id, existing)) = self.index.lookup(parent, &comp)? {
+            if flags & libc::O_EXCL != 0 {
+                return Err(FsError::Exists);
+            }
+            if existing.kind == NodeKind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let opened = self.open(id, flags)?;
+            return Ok((self.getattr(id)?, opened));
+        }
+        let key = self.key_of(parent)?.join_component(&comp)?;
+        let n = self.new_node(ctx, &pnode, NodeKind::File, mode, umask);
+        // The value is created empty in staging and reaches the store when the file is first
+        // committed (close, flush or fsync): one store write per small file, not two.
+        let staged = self.backend.stage(&key, StageInit::Empty)?;
+        let id = self.create_file_node(parent, &comp, &key, n)?;
+        let inode = self.open_inode(id, key)?;
+        {
+            let mut st = inode.state.lock();
+            st.staged = Some(staged);
+            st.dirty = true;
+        }
+        let fh = self.add_handle(id, inode, flags);
+        Ok((self.getattr(id)?, Opened { fh, backing: None }))
+    }
+
+    fn open_inode(&self, ino: u64, key: Key) -> FsResult<Arc<OpenInode>> {
+        let mut open = self.open.write();
+        let inode = open
+            .entry(ino)
+            .or_insert_with(|| {
+                Arc::new(OpenInode {
+                    state: Mutex::new(InodeState {
+                        key,
+                        staged: None,
+                        dirty: false,
+                        opens: 0,
+                        unlinked: false,
+                        mtime: None,
+                    }),
+                })
+            })
+            .clone();
+        inode.state.lock().opens += 1;
+        Ok(inode)
+    }
+
+    fn add_handle(&self, ino: u64, inode: Arc<OpenInode>, flags: i32) -> u64 {
+        let acc = flags & libc::O_ACCMODE;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().insert(
+            fh,
+            Arc::new(Handle {
+                ino,
+                inode,
+                writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+                append: flags & libc::O_APPEND != 0,
+            }),
+        );
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles.read().get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// Opens inode `ino` with open(2) `flags`.
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        let attr = self.getattr(ino)?;
+        match attr.kind {
+            FileKind::Dir => return Err(FsError::IsDir),
+            FileKind::Symlink => return Err(FsError::Invalid("open of a symlink".into())),
+            FileKind::File => {}
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let writing = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if (writing || flags & libc::O_TRUNC != 0) && self.options.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let key = self.key_of(ino)?;
+        let inode = self.open_inode(ino, key.clone())?;
+        let mut backing = None;
+        {
+            let mut st = inode.state.lock();
+            if flags & libc::O_TRUNC != 0 && writing {
+                match &st.staged {
+                    Some(s) => s.set_len(0)?,
+                    None => st.staged = Some(self.backend.stage(&key, StageInit::Empty)?),
+                }
+                st.dirty = true;
+                st.mtime = Some(now_ts());
+            } else if !writing
+                && self.options.passthrough
+                && self.file_backed
+                && st.staged.is_none()
+                && ino & VALUE_INO == 0
+            {
+                // Nobody is writing: the kernel may read the committed file directly.
+                if let Ok(Some(path)) = self.backend.backing_file(&st.key) {
+                    match File::open(&path) {
+                        Ok(f) => backing = Some(f),
+                        Err(e) => log::debug!("no passthrough for {}: {e}", path.display()),
+                    }
+                }
+            }
+        }
+        let fh = self.add_handle(ino, inode, flags);
+        Ok(Opened { fh, backing })
+    }
+
+    /// Reads up to `size` bytes at `offset` through handle `fh`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = {
+            let st = h.inode.state.lock();
+            match &st.staged {
+                Some(staged) => staged.read_at(offset, &mut buf)?,
+                None => {
+                    let key = st.key.clone();
+                    drop(st);
+                    match self.backend.read_at(&key, offset, &mut buf) {
+                        Ok(n) => n,
+                        // An empty file created but not yet committed elsewhere.
+                        Err(e) if e.is_not_found() && self.index.value_size(&key)? == Some(0) => 0,
+                        Err(e) => return Err(FsError::store(e)),
+                    }
+                }
+            }
+        };
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Ensures the inode has a staging area seeded with its current value.
+    fn ensure_staged<'a>(&self, st: &'a mut InodeState) -> FsResult<&'a Staged> {
+        if st.staged.is_none() {
+            st.staged = Some(self.backend.stage(&st.key, StageInit::CopyCurrent)?);
+        }
+        st.staged
+            .as_ref()
+            .ok_or_else(|| FsError::Io("staging vanished".into()))
+    }
+
+    /// Writes `data` at `offset` (at the end for `O_APPEND` handles); returns the count.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(FsError::BadHandle);
+        }
+        let mut st = h.inode.state.lock();
+        let append = h.append;
+        let staged = self.ensure_staged(&mut st)?;
+        let at = if append { staged.len()? } else { offset };
+        staged.write_all_at(at, data)?;
+        st.dirty = true;
+        st.mtime = Some(now_ts());
+        Ok(data.len() as u32)
+    }
+
+    /// Commits the inode's staged bytes, if any changed, to the store and the index.
+    fn commit(&self, ino: u64, inode: &OpenInode, durable: bool) -> FsResult<()> {
+        let mut st = inode.state.lock();
+        if st.unlinked {
+            return Ok(());
+        }
+        if !st.dirty {
+            if durable {
+                self.backend.sync(&st.key)?;
+                self.index.sync()?;
+            }
+            return Ok(());
+        }
+        let Some(staged) = st.staged.take() else {
+            st.dirty = false;
+            return Ok(());
+        };
+        let size = staged.len()?;
+        let key = st.key.clone();
+        st.dirty = false;
+        let mtime = st.mtime.take().unwrap_or_else(now_ts);
+        self.backend.commit_staged(&key, staged, durable)?;
+        self.index.write(|tx| {
+            let id = ino & !VALUE_INO;
+            let mut n = tx.node_required(id)?;
+            n.value = Some(size);
+            n.mtime = mtime;
+            n.ctime = mtime;
+            tx.put_node(id, &n)?;
+            tx.set_key(&key, id, size)
+        })?;
+        if durable {
+            self.index.sync()?;
+        }
+        Ok(())
+    }
+
+    /// `close` of one descriptor: commits pending writes.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        self.commit(h.ino, &h.inode, false)
+    }
+
+    /// `fsync`: commits pending writes durably.
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        self.commit(h.ino, &h.inode, true)
+    }
+
+    /// The last reference to a handle is gone: commits if it was the inode's last handle.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(h) = self.handles.write().remove(&fh) else {
+            return Err(FsError::BadHandle);
+        };
+        let result = self.commit(h.ino, &h.inode, false);
+        let mut open = self.open.write();
+        let last = {
+            let mut st = h.inode.state.lock();
+            st.opens = st.opens.saturating_sub(1);
+            st.opens == 0
+        };
+        if last {
+            open.remove(&h.ino);
+        }
+        result
+    }
+
+    /// Changes attributes; `fh` is the handle when the request came through one.
+    pub fn setattr(&self, ctx: Ctx, ino: u64, set: &SetAttr) -> FsResult<Attr> {
+        let _ = ctx;
+        self.check_writable()?;
+        let id = ino & !VALUE_INO;
+        if let Some(size) = set.size {
+            self.truncate(ino, size)?;
+        }
+        let has_meta = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+            || set.ctime.is_some()
+            || set.size.is_some();
+        if has_meta {
+            let open_mtime = self.open.read().get(&ino).cloned();
+            self.index.write(|tx| {
+                let mut n = tx.node_required(id)?;
+                let now = now_ts();
+                if let Some(mode) = set.mode {
+                    n.mode = mode & 0o7777;
+                }
+                let chown = set.uid.is_some_and(|u| u != n.uid) || set.gid.is_some_and(|g| g != n.gid);
+                if let Some(uid) = set.uid {
+                    n.uid = uid;
+                }
+                if let Some(gid) = set.gid {
+                    n.gid = gid;
+                }
+                if chown && n.kind != NodeKind::Dir && set.mode.is_none() {
+                    // As on Linux: a change of owner drops setuid, and setgid when the group
+                    // can execute.
+                    n.mode &= !libc::S_ISUID;
+                    if n.mode & 0o010 != 0 {
+                        n.mode &= !libc::S_ISGID;
+                    }
+                }
+                if let Some(t) = set.atime {
+                    n.atime = time_of(t);
+                }
+                if let Some(t) = set.mtime {
+                    n.mtime = time_of(t);
+                    if let Some(inode) = &open_mtime {
+                        inode.state.lock().mtime = None;
+                    }
+                } else if set.size.is_some() {
+                    n.mtime = now;
+                }
+                n.ctime = set.ctime.map(Timestamp::from).unwrap_or(now);
+                tx.put_node(id, &n)
+            })?;
+        }
+        self.getattr(ino)
+    }
+
+    fn truncate(&self, ino: u64, size: u64) -> FsResult<()> {
+        let attr = self.getattr(ino)?;
+        if attr.kind == FileKind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if attr.kind != FileKind::File {
+            return Err(FsError::Invalid("truncate of a non-file".into()));
+        }
+        if let Some(max) = self.backend.capabilities().max_value_size
+            && size > max
+        {
+            return Err(FsError::FileTooBig);
+        }
+        let key = self.key_of(ino)?;
+        let inode = self.open_inode(ino, key)?;
+        let result = (|| {
+            {
+                let mut st = inode.state.lock();
+                if size == 0 && st.staged.is_none() {
+                    st.staged = Some(self.backend.stage(&st.key, StageInit::Empty)?);
+                } else {
+                    self.ensure_staged(&mut st)?;
+                }
+                if let Some(s) = &st.staged {
+                    s.set_len(size)?;
+                }
+                st.dirty = true;
+                st.mtime = Some(now_ts());
+            }
+            // A truncate is visible to every later reader, so commit it unless a handle is
+            // still writing (its close commits).
+            let writers = self.handles.read().values().any(|h| h.ino == ino && h.writable);
+            if !writers {
+                self.commit(ino, &inode, false)?;
+            }
+            Ok(())
+        })();
+        self.drop_open_ref(ino, &inode);
+        result
+    }
+
+    fn drop_open_ref(&self, ino: u64, inode: &Arc<OpenInode>) {
+        let mut open = self.open.write();
+        let last = {
+            let mut st = inode.state.lock();
+            st.opens = st.opens.saturating_sub(1);
+            st.opens == 0
+        };
+        if last {
+            if let Err(e) = self.commit(ino, inode, false) {
+                log::error!("commit of inode {ino} failed: {e}");
+            }
+            open.remove(&ino);
+        }
+    }
+
+    /// Removes a file or symlink (or, for `.dsfs.value`, a directory's value).
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.check_writable()?;
+        let dir = self.dir_node(parent)?;
+        let comp = match name_to_component(name)? {
+            NameRef::DirValue => {
+                if dir.value.is_none() {
+                    return Err(FsError::NotFound);
+                }
+                let key = self.key_of(parent)?;
+                self.orphan_open(parent | VALUE_INO)?;
+                self.index.write(|tx| {
+                    let mut n = tx.node_required(parent)?;
+                    n.value = None;
+                    n.explicit = true;
+                    n.ctime = now_ts();
+                    tx.put_node(parent, &n)?;
+                    tx.remove_key(&key)?;
+                    Ok(())
+                })?;
+                self.backend.delete(&key)?;
+                return Ok(());
+            }
+            NameRef::Component(c) => c,
+        };
+        let Some((id, n)) = self.index.lookup(parent, &comp)? else {
+            return Err(FsError::NotFound);
+        };
+        if n.kind == NodeKind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let key = self.key_of(parent)?.join_component(&comp)?;
+        self.orphan_open(id)?;
+        self.index.write(|tx| {
+            Self::keep_dir(tx, parent)?;
+            tx.unlink(parent, &comp)?;
+            tx.remove_node(id)?;
+            if n.kind == NodeKind::File {
+                tx.remove_key(&key)?;
+            }
+            Ok(())
+        })?;
+        if n.kind == NodeKind::File {
+            self.backend.delete(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Marks a directory the user has seen as explicit, so that removing its last entry
+    /// leaves it in place.
+    fn keep_dir(tx: &mut Tx<'_>, dir: NodeId) -> Result<(), IndexError> {
+        let mut n = tx.node_required(dir)?;
+        if !n.explicit {
+            n.explicit = true;
+            tx.put_node(dir, &n)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches an open inode from its key before the key goes away: its handles keep reading
+    /// a private copy, and nothing of it is committed.
+    fn orphan_open(&self, ino: u64) -> FsResult<()> {
+        if let Some(inode) = self.open.read().get(&ino).cloned() {
+            let mut st = inode.state.lock();
+            self.ensure_staged(&mut st)?;
+            st.unlinked = true;
+            st.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.check_writable()?;
+        self.dir_node(parent)?;
+        let comp = Self::component(name)?;
+        let Some((id, n)) = self.index.lookup(parent, &comp)? else {
+            return Err(FsError::NotFound);
+        };
+        if n.kind != NodeKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        self.index.write(|tx| {
+            let n = tx.node_required(id)?;
+            if n.value.is_some() || tx.has_children(id)? {
+                return Err(idx_err(IndexErrorKind::NotEmpty, "directory not empty"));
+            }
+            Self::keep_dir(tx, parent)?;
+            tx.unlink(parent, &comp)?;
+            tx.remove_node(id)
+        })?;
+        Ok(())
+    }
+
+    /// Hard links are not supported: a key names exactly one value.
+    pub fn link(&self) -> FsResult<Attr> {
+        Err(FsError::NotPermitted(
+            "hard links are not supported: a datastore key names one value".into(),
+        ))
+    }
+
+    /// Renames `parent/name` to `newparent/newname`.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        self.dir_node(parent)?;
+        self.dir_node(newparent)?;
+        let (NameRef::Component(from), NameRef::Component(to)) =
+            (name_to_component(name)?, name_to_component(newname)?)
+        else {
+            return Err(FsError::Invalid(format!(
+                "{VALUE_NAME} cannot be renamed; copy it instead"
+            )));
+        };
+        let Some((src, snode)) = self.index.lookup(parent, &from)? else {
+            return Err(FsError::NotFound);
+        };
+        let dst = self.index.lookup(newparent, &to)?;
+        if parent == newparent && from == to {
+            return Ok(());
+        }
+        if flags.noreplace && dst.is_some() {
+            return Err(FsError::Exists);
+        }
+        if snode.kind == NodeKind::Dir {
+            // A directory cannot move below itself.
+            let mut cur = newparent;
+            loop {
+                if cur == src {
+                    return Err(FsError::Invalid("cannot move a directory into itself".into()));
+                }
+                if cur == ROOT {
+                    break;
+                }
+                cur = self.node(cur)?.parent;
+            }
+        }
+        let old_key = self.key_of(parent)?.join_component(&from)?;
+        let new_key = self.key_of(newparent)?.join_component(&to)?;
+        if flags.exchange {
+            let Some((dst_id, dnode)) = dst else {
+                return Err(FsError::NotFound);
+            };
+            return self.exchange(parent, &from, src, &snode, newparent, &to, dst_id, &dnode);
+        }
+        if let Some((dst_id, dnode)) = &dst {
+            match (snode.kind == NodeKind::Dir, dnode.kind == NodeKind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) => {
+                    if dnode.value.is_some() || self.index.entry_count(*dst_id)? > 0 {
+                        return Err(FsError::NotEmpty);
+                    }
+                }
+                (false, false) => {}
+            }
+            self.orphan_open(*dst_id)?;
+        }
+        // Move the values first (the store is the truth), then the namespace in one index
+        // transaction. A crash between leaves values under their new keys with the index still
+        // showing the old names; fsck --repair re-lists them.
+        let moves = self.value_moves(src, &snode, &old_key, &new_key)?;
+        if let Some((dst_id, dnode)) = &dst
+            && dnode.kind == NodeKind::File
+            && snode.kind != NodeKind::File
+        {
+            // A symlink replacing a file: the file's value goes.
+            let _ = dst_id;
+            self.backend.delete(&new_key)?;
+        }
+        for (from_key, to_key, _) in &moves {
+            self.backend.rename(from_key, to_key)?;
+        }
+        self.index.write(|tx| {
+            Self::keep_dir(tx, parent)?;
+            if let Some((dst_id, dnode)) = &dst {
+                tx.unlink(newparent, &to)?;
+                tx.remove_node(*dst_id)?;
+                if dnode.kind == NodeKind::File {
+                    tx.remove_key(&new_key)?;
+                }
+            }
+            tx.unlink(parent, &from)?;
+            let mut n = tx.node_required(src)?;
+            n.parent = newparent;
+            n.name = to.clone();
+            n.ctime = now_ts();
+            tx.put_node(src, &n)?;
+            tx.link(newparent, &to, src, n.kind == NodeKind::Dir)?;
+            for (from_key, _, _) in &moves {
+                tx.remove_key(from_key)?;
+            }
+            for (_, to_key, (id, size)) in &moves {
+                tx.set_key(to_key, *id, *size)?;
+            }
+            Ok(())
+        })?;
+        self.rekey_open()?;
+        Ok(())
+    }
+
+    /// The values that move when `src` (whose key is `old`) becomes `new`: the file itself, or
+    /// every value in the directory's subtree. Each item is (old key, new key, (node, size)).
+    fn value_moves(
+        &self,
+        src: NodeId,
+        snode: &Node,
+        old: &Key,
+        new: &Key,
+    ) -> FsResult<Vec<(Key, Key, (NodeId, u64))>> {
+        let mut moves = Vec::new();
+        match snode.kind {
+            NodeKind::Symlink => {}
+            NodeKind::File => {
+                self.commit_if_open(src)?;
+                let size = self.index.value_size(old)?.unwrap_or(0);
+                moves.push((old.clone(), new.clone(), (src, size)));
+            }
+            NodeKind::Dir => {
+                if let Some(size) = snode.value {
+                    moves.push((old.clone(), new.clone(), (src, size)));
+                }
+                for ke in self.index.keys(Some(old))? {
+                    let ke = ke?;
+                    self.commit_if_open(ke.id)?;
+                    let rest = ke.key.strip_prefix(old).ok_or_else(|| {
+                        FsError::Io(format!("{} listed under {old}", ke.key))
+                    })?;
+                    moves.push((ke.key.clone(), new.child(&rest), (ke.id, ke.size)));
+                }
+            }
+        }
+        Ok(moves)
+    }
+
+    fn commit_if_open(&self, id: NodeId) -> FsResult<()> {
+        if let Some(inode) = self.open.read().get(&id).cloned() {
+            self.commit(id, &inode, false)?;
+        }
+        Ok(())
+    }
+
+    /// After a rename, open inodes learn their new keys.
+    fn rekey_open(&self) -> FsResult<()> {
+        let open: Vec<(u64, Arc<OpenInode>)> =
+            self.open.read().iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (ino, inode) in open {
+            let mut st = inode.state.lock();
+            if st.unlinked {
+                continue;
+            }
+            match self.index.key_of(ino & !VALUE_INO) {
+                Ok(key) => st.key = key,
+                Err(e) if e.kind() == IndexErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exchange(
+        &self,
+        parent: u64,
+        from: &str,
+        src: NodeId,
+        snode: &Node,
+        newparent: u64,
+        to: &str,
+        dst: NodeId,
+        dnode: &Node,
+    ) -> FsResult<()> {
+        if snode.kind == NodeKind::Dir || dnode.kind == NodeKind::Dir {
+            return Err(FsError::NotSupported(
+                "RENAME_EXCHANGE of directories is not supported".into(),
+            ));
+        }
+        let a = self.key_of(parent)?.join_component(from)?;
+        let b = self.key_of(newparent)?.join_component(to)?;
+        self.commit_if_open(src)?;
+        self.commit_if_open(dst)?;
+        // Swap the values through staging copies; each key is replaced atomically.
+        let a_size = self.index.value_size(&a)?;
+        let b_size = self.index.value_size(&b)?;
+        let a_copy = match a_size {
+            Some(_) => Some(self.backend.stage(&a, StageInit::CopyCurrent)?),
+            None => None,
+        };
+        let b_copy = match b_size {
+            Some(_) => Some(self.backend.stage(&b, StageInit::CopyCurrent)?),
+            None => None,
+        };
+        match b_copy {
+            Some(s) => self.backend.commit_staged(&a, s, false)?,
+            None => self.backend.delete(&a)?,
+        }
+        match a_copy {
+            Some(s) => self.backend.commit_staged(&b, s, false)?,
+            None => self.backend.delete(&b)?,
+        }
+        self.index.write(|tx| {
+            tx.unlink(parent, from)?;
+            tx.unlink(newparent, to)?;
+            let now = now_ts();
+            let mut s = tx.node_required(src)?;
+            s.parent = newparent;
+            s.name = to.to_owned();
+            s.ctime = now;
+            tx.put_node(src, &s)?;
+            let mut d = tx.node_required(dst)?;
+            d.parent = parent;
+            d.name = from.to_owned();
+            d.ctime = now;
+            tx.put_node(dst, &d)?;
+            tx.link(newparent, to, src, false)?;
+            tx.link(parent, from, dst, false)?;
+            tx.remove_key(&a)?;
+            tx.remove_key(&b)?;
+            if let Some(size) = a_size {
+                tx.set_key(&b, src, size)?;
+            }
+            if let Some(size) = b_size {
+                tx.set_key(&a, dst, size)?;
+            }
+            Ok(())
+        })?;
+        self.rekey_open()
+    }
+
+    /// Up to `limit` entries of directory `ino` after `offset` (0 starts at the beginning).
+    pub fn readdir(&self, ino: u64, offset: u64, limit: usize) -> FsResult<Vec<DirItem>> {
+        let dir = self.dir_node(ino)?;
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(DirItem {
+                ino,
+                offset: 1,
+                name: ".".into(),
+                attr: self.attr_of(ino, &dir),
+            });
+        }
+        if offset < 2 {
+            let parent = if ino == ROOT { ROOT } else { dir.parent };
+            let pnode = self.node(parent)?;
+            out.push(DirItem {
+                ino: parent,
+                offset: 2,
+                name: "..".into(),
+                attr: self.attr_of(parent, &pnode),
+            });
+        }
+        if offset < FIRST_ENTRY_OFFSET && dir.value.is_some() {
+            out.push(DirItem {
+                ino: ino | VALUE_INO,
+                offset: FIRST_ENTRY_OFFSET,
+                name: VALUE_NAME.into(),
+                attr: self.attr_of(ino | VALUE_INO, &dir),
+            });
+        }
+        let after = offset.saturating_sub(FIRST_ENTRY_OFFSET);
+        let want = limit.saturating_sub(out.len()).max(1);
+        for e in self.index.list(ino, after, want)? {
+            let Some(name) = component_to_name(&e.name) else {
+                log::warn!("entry {:?} has no name within 255 bytes; skipped", e.name);
+                continue;
+            };
+            out.push(DirItem {
+                ino: e.id,
+                offset: e.cookie + FIRST_ENTRY_OFFSET,
+                name,
+                attr: self.attr_of(e.id, &e.node),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Filesystem statistics: the space of the filesystem holding the store's files.
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let dir = self.backend.staging_dir();
+        let files = self.index.key_count().unwrap_or(0);
+        let path = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| FsError::Io("staging path has a NUL".into()))?;
+        // SAFETY: `path` is a valid NUL-terminated string and `vfs` a properly sized, writable
+        // statvfs that the call fills in; nothing is retained after the call.
+        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut vfs) };
+        if rc != 0 {
+            return Ok(StatFs {
+                files,
+                bsize: 4096,
+                frsize: 4096,
+                namelen: names::NAME_MAX as u32,
+                ..StatFs::default()
+            });
+        }
+        Ok(StatFs {
+            blocks: vfs.f_blocks,
+            bfree: vfs.f_bfree,
+            bavail: vfs.f_bavail,
+            files: files + vfs.f_ffree,
+            ffree: vfs.f_ffree,
+            bsize: vfs.f_bsize as u32,
+            namelen: names::NAME_MAX as u32,
+            frsize: vfs.f_frsize as u32,
+        })
+    }
+
+    /// Sets an extended attribute (`XATTR_CREATE`/`XATTR_REPLACE` honoured).
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        self.check_writable()?;
+        let name = xattr_name(name)?;
+        if value.len() > XATTR_MAX {
+            return Err(FsError::TooBig);
+        }
+        let id = ino & !VALUE_INO;
+        self.index.write(|tx| {
+            let exists = tx.xattr(id, &name)?.is_some();
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(idx_err(IndexErrorKind::AlreadyExists, "attribute exists"));
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(idx_err(IndexErrorKind::NotFound, "no such attribute"));
+            }
+            tx.set_xattr(id, &name, Some(value))?;
+            let mut n = tx.node_required(id)?;
+            n.ctime = now_ts();
+            tx.put_node(id, &n)
+        })
+        .map_err(|e| match e.kind() {
+            IndexErrorKind::NotFound => FsError::NoData,
+            _ => e.into(),
+        })
+    }
+
+    /// An extended attribute's value.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let name = xattr_name(name)?;
+        self.node(ino & !VALUE_INO)?;
+        self.index.xattr(ino & !VALUE_INO, &name)?.ok_or(FsError::NoData)
+    }
+
+    /// The NUL-separated list of extended attribute names.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        self.node(ino & !VALUE_INO)?;
+        let mut out = Vec::new();
+        for n in self.index.xattr_names(ino & !VALUE_INO)? {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Removes an extended attribute.
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.check_writable()?;
+        let name = xattr_name(name)?;
+        let id = ino & !VALUE_INO;
+        let removed = self.index.write(|tx| {
+            let removed = tx.set_xattr(id, &name, None)?;
+            if removed {
+                let mut n = tx.node_required(id)?;
+                n.ctime = now_ts();
+                tx.put_node(id, &n)?;
+            }
+            Ok(removed)
+        })?;
+        if removed { Ok(()) } else { Err(FsError::NoData) }
+    }
+
+    /// Checks `mask` (R_OK/W_OK/X_OK bits, or F_OK) for the caller.
+    pub fn access(&self, ctx: Ctx, ino: u64, mask: i32) -> FsResult<()> {
+        let attr = self.getattr(ino)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        if mask & libc::W_OK != 0 && self.options.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if ctx.uid == 0 {
+            // root may do anything but execute a file nobody may execute
+            if mask & libc::X_OK != 0 && attr.kind == FileKind::File && attr.perm & 0o111 == 0 {
+                return Err(FsError::Access);
+            }
+            return Ok(());
+        }
+        let perm = attr.perm as i32;
+        let bits = if ctx.uid == attr.uid {
+            (perm >> 6) & 7
+        } else if ctx.gid == attr.gid {
+            (perm >> 3) & 7
+        } else {
+            perm & 7
+        };
+        if mask & bits == mask & 7 {
+            Ok(())
+        } else {
+            Err(FsError::Access)
+        }
+    }
+
+    /// `fallocate`: mode 0 reserves (and extends to) `offset + len`; other modes are
+    /// EOPNOTSUPP.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        self.check_writable()?;
+        if mode != 0 && mode != libc::FALLOC_FL_KEEP_SIZE {
+            return Err(FsError::NotSupported("only plain fallocate is supported".into()));
+        }
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(FsError::BadHandle);
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| FsError::Invalid("offset + length overflows".into()))?;
+        let mut st = h.inode.state.lock();
+        let staged = self.ensure_staged(&mut st)?;
+        if mode == 0 && staged.len()? < end {
+            staged.set_len(end)?;
+            st.dirty = true;
+            st.mtime = Some(now_ts());
+        }
+        Ok(())
+    }
+
+    /// `lseek` with `SEEK_DATA`/`SEEK_HOLE`: holes are reported for staged (sparse) files;
+    /// committed values are all data.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let h = self.handle(fh)?;
+        let st = h.inode.state.lock();
+        let size = match &st.staged {
+            Some(s) => s.len()?,
+            None => self.index.value_size(&st.key)?.unwrap_or(0),
+        } as i64;
+        if offset < 0 {
+            return Err(FsError::Invalid("negative offset".into()));
+        }
+        match whence {
+            libc::SEEK_DATA | libc::SEEK_HOLE => {
+                if offset >= size {
+                    return Err(FsError::NoSuchOffset);
+                }
+                if let Some(s) = &st.staged {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: the descriptor belongs to the staging file, which `st` keeps
+                    // open for the duration of the call; lseek does not retain it.
+                    let r = unsafe { libc::lseek(s.file().as_raw_fd(), offset, whence) };
+                    if r < 0 {
+                        return Err(FsError::NoSuchOffset);
+                    }
+                    return Ok(r);
+                }
+                Ok(if whence == libc::SEEK_DATA { offset } else { size })
+            }
+            libc::SEEK_SET => Ok(offset),
+            libc::SEEK_END => Ok(size + offset),
+            _ => Err(FsError::Invalid(format!("unsupported whence {whence}"))),
+        }
+    }
+
+    /// Commits every staged write and makes the store and index durable (unmount).
+    pub fn shutdown(&self) -> FsResult<()> {
+        let mut shut = self.shut.lock();
+        if *shut {
+            return Ok(());
+        }
+        let open: Vec<(u64, Arc<OpenInode>)> =
+            self.open.read().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut first_err = None;
+        for (ino, inode) in open {
+            if let Err(e) = self.commit(ino, &inode, false) {
+                log::error!("committing inode {ino} at unmount failed: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Err(e) = self.store.sync(&Key::root()) {
+            first_err.get_or_insert(FsError::store(e));
+        }
+        if let Err(e) = self.store.close() {
+            first_err.get_or_insert(FsError::store(e));
+        }
+        *shut = true;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The recommended attribute/entry cache time for `attr` (immutable blocks could be cached
+    /// longer; everything is served by this daemon, so a second is safe).
+    pub fn ttl(&self, _attr: &Attr) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+fn xattr_name(name: &[u8]) -> FsResult<String> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(FsError::Range);
+    }
+    String::from_utf8(name.to_vec()).map_err(|_| FsError::BadName)
+}
+
+impl Drop for DsFs {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            log::error!("unmount commit failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
