@@ -1,10 +1,12 @@
 //! The stores. Each implements [`crate::datastore::Datastore`]; none knows about the index or
 //! the filesystem above it.
 
+pub mod flatfs;
 pub mod mem;
 pub mod mount;
 pub mod redb;
 
+pub use self::flatfs::FlatFsStore;
 pub use self::mem::MemStore;
 pub use self::mount::MountStore;
 pub use self::redb::RedbStore;

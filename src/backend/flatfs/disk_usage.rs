@@ -1,0 +1,464 @@
+//! The disk-usage counter, its initial estimate and the `diskUsage.cache` checkpoints
+//! (spec §5.10).
+//!
+//! The counter holds apparent sizes (`st_size`): whatever the initial scan found under the root
+//! (the root directory itself, `SHARDING`, `_README`, `.temp`, shard directories and data files),
+//! then plus the size of every data file written, minus the size of every data file replaced or
+//! deleted, plus the size of every shard directory when it is created. Directories that grow
+//! later are not re-measured, as upstream.
+//!
+//! `diskUsage.cache` is `{"diskUsage":<int64>,"accuracy":"<string>"}` and a newline, written
+//! to a temporary file in `.temp` and renamed into place. A background thread writes it when the
+//! counter has moved more than 1 % from the last written value, and otherwise no later than 2 s
+//! after the first unwritten change. The initial scan's result and the value at close are
+//! written with fsync.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::datastore::stage::create_unique;
+use crate::datastore::{Error, Result};
+
+/// The name of the cache file in the datastore root.
+pub const DISK_USAGE_FILE: &str = "diskUsage.cache";
+/// Upstream's `DiskUsageFilesAverage`: the most entries per directory that the initial scan
+/// measures; the rest are estimated from their average.
+pub const DISK_USAGE_FILES_AVERAGE: usize = 2000;
+/// Upstream's `DiskUsageCalcTimeout`: the longest the initial scan runs before estimating
+/// everything left.
+pub const DISK_USAGE_CALC_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Upstream's `diskUsageCheckpointTimeout`.
+pub const CHECKPOINT_DELAY: Duration = Duration::from_secs(2);
+
+/// How the disk usage was first obtained, as stored in `diskUsage.cache`.
+pub mod accuracy {
+    /// The scan could not say.
+    pub const UNKNOWN: &str = "unknown";
+    /// Every entry was measured.
+    pub const EXACT: &str = "initial-exact";
+    /// Some directory held more entries than were sampled.
+    pub const APPROXIMATE: &str = "initial-approximate";
+    /// The scan ran out of time and estimated the rest.
+    pub const TIMED_OUT: &str = "initial-timed-out";
+
+    /// The worse of two accuracies, as upstream combines them across directories.
+    pub fn combine<'a>(a: &'a str, b: &'a str) -> &'a str {
+        if a == UNKNOWN || b == UNKNOWN {
+            UNKNOWN
+        } else if a == TIMED_OUT || b == TIMED_OUT {
+            TIMED_OUT
+        } else if a == APPROXIMATE || b == APPROXIMATE {
+            APPROXIMATE
+        } else if a == EXACT && b == EXACT {
+            EXACT
+        } else if a.is_empty() {
+            b
+        } else if b.is_empty() {
+            a
+        } else {
+            UNKNOWN
+        }
+    }
+}
+
+/// The JSON written to `diskUsage.cache`, in upstream's field order.
+#[derive(serde::Serialize)]
+struct CacheRecord<'a> {
+    #[serde(rename = "diskUsage")]
+    disk_usage: i64,
+    accuracy: &'a str,
+}
+
+/// Serialises a cache record: the JSON object followed by one newline.
+pub(crate) fn cache_bytes(disk_usage: i64, accuracy: &str) -> Vec<u8> {
+    let record = CacheRecord {
+        disk_usage,
+        accuracy,
+    };
+    // Serialising a struct of an integer and a string cannot fail; fall back to a hand-built
+    // line rather than panic all the same.
+    let mut out = serde_json::to_vec(&record)
+        .unwrap_or_else(|_| format!("{{\"diskUsage\":{disk_usage},\"accuracy\":\"\"}}").into());
+    out.push(b'\n');
+    out
+}
+
+/// Reads `diskUsage.cache` the way Go's `json.Unmarshal` would for upstream's struct: field
+/// names match case-insensitively and unknown fields are ignored. Returns the value and the
+/// accuracy (empty when absent), or `None` if the file is missing or unreadable.
+pub(crate) fn read_cache(root: &Path) -> Option<(i64, String)> {
+    let bytes = std::fs::read(root.join(DISK_USAGE_FILE)).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let obj = value.as_object()?;
+    let field = |name: &str| {
+        obj.get(name).or_else(|| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        })
+    };
+    let disk_usage = match field("diskUsage") {
+        Some(v) => v.as_i64()?,
+        None => 0,
+    };
+    let accuracy = match field("accuracy") {
+        Some(v) => v.as_str()?.to_owned(),
+        None => String::new(),
+    };
+    Some((disk_usage, accuracy))
+}
+
+/// Estimates the apparent size of everything under `path` (upstream's `folderSize`): in each
+/// directory at most `limit` entries (all when `None`) are measured, in random order, and the
+/// rest are counted at the average of those measured; subdirectories are measured recursively
+/// and count as one entry. Past `deadline` everything left is estimated.
+pub(crate) fn folder_size(
+    path: &Path,
+    deadline: Instant,
+    limit: Option<usize>,
+) -> std::io::Result<(i64, &'static str)> {
+    let own = std::fs::metadata(path)?;
+    let mut names: Vec<OsString> = std::fs::read_dir(path)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    let max = limit.unwrap_or(names.len());
+    if names.len() > max {
+        shuffle(&mut names);
+    }
+    let mut accuracy = accuracy::EXACT;
+    let mut du: i64 = 0;
+    let mut measured: usize = 0;
+    let mut vanished: usize = 0;
+    for name in &names {
+        if Instant::now() > deadline {
+            accuracy = accuracy::TIMED_OUT;
+            break;
+        }
+        if measured >= max {
+            accuracy = accuracy::combine(accuracy, accuracy::APPROXIMATE);
+            break;
+        }
+        let sub = path.join(name);
+        let meta = match std::fs::metadata(&sub) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                vanished += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if meta.is_dir() {
+            let (size, acc) = folder_size(&sub, deadline, limit)?;
+            accuracy = accuracy::combine(accuracy, acc);
+            du = du.saturating_add(size);
+        } else {
+            du = du.saturating_add(i64::try_from(meta.len()).unwrap_or(i64::MAX));
+        }
+        measured += 1;
+    }
+    let unmeasured = names.len().saturating_sub(measured + vanished);
+    if measured > 0 && unmeasured > 0 {
+        let average = du as f64 / measured as f64;
+        du = du.saturating_add((average * unmeasured as f64) as i64);
+    }
+    du = du.saturating_add(i64::try_from(own.len()).unwrap_or(i64::MAX));
+    Ok((du, accuracy))
+}
+
+/// Fisher–Yates with a splitmix64 generator seeded from the OS.
+fn shuffle<T>(items: &mut [T]) {
+    let mut seed = [0u8; 8];
+    crate::datastore::key::fill_random(&mut seed);
+    let mut x = u64::from_le_bytes(seed);
+    let mut next = move || {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..items.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// The last value written to the cache file.
+struct Stored {
+    disk_usage: i64,
+    accuracy: String,
+}
+
+struct Signal {
+    changed: bool,
+    stop: bool,
+}
+
+/// The counter and its checkpointing, shared with the background thread.
+pub(crate) struct UsageTracker {
+    counter: AtomicI64,
+    root: PathBuf,
+    temp: PathBuf,
+    /// Serialises cache writes and remembers the last one.
+    stored: Mutex<Stored>,
+    signal: Mutex<Signal>,
+    wake: Condvar,
+    delay: Duration,
+}
+
+impl UsageTracker {
+    /// A tracker starting at `initial`, whose last written value is `stored`.
+    pub(crate) fn new(
+        root: PathBuf,
+        temp: PathBuf,
+        initial: i64,
+        stored: i64,
+        accuracy: String,
+        delay: Duration,
+    ) -> UsageTracker {
+        UsageTracker {
+            counter: AtomicI64::new(initial),
+            root,
+            temp,
+            stored: Mutex::new(Stored {
+                disk_usage: stored,
+                accuracy,
+            }),
+            signal: Mutex::new(Signal {
+                changed: false,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            delay,
+        }
+    }
+
+    /// The current value.
+    pub(crate) fn get(&self) -> i64 {
+        self.counter.load(Ordering::Acquire)
+    }
+
+    /// The accuracy string kept in the cache file.
+    pub(crate) fn accuracy(&self) -> String {
+        self.stored.lock().accuracy.clone()
+    }
+
+    /// Adds `delta` (negative to subtract) and asks for a checkpoint.
+    pub(crate) fn add(&self, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        self.counter.fetch_add(delta, Ordering::AcqRel);
+        let mut signal = self.signal.lock();
+        signal.changed = true;
+        self.wake.notify_one();
+    }
+
+    /// Writes the cache file with `disk_usage` (and the kept accuracy) through a temporary
+    /// file in `.temp`; with `fsync` the file and the root directory are synced.
+    pub(crate) fn write_cache(&self, disk_usage: i64, fsync: bool) -> Result<()> {
+        let mut stored = self.stored.lock();
+        let (mut file, tmp) = create_unique(&self.temp, "temp")?;
+        let dest = self.root.join(DISK_USAGE_FILE);
+        let result = (|| {
+            let ctx = || format!("flatfs: writing {}", tmp.display());
+            file.write_all(&cache_bytes(disk_usage, &stored.accuracy))
+                .map_err(|e| Error::io(ctx(), e))?;
+            if fsync {
+                file.sync_all().map_err(|e| Error::io(ctx(), e))?;
+            }
+            std::fs::rename(&tmp, &dest)
+                .map_err(|e| Error::io(format!("flatfs: replacing {}", dest.display()), e))?;
+            if fsync {
+                super::durability::fsync_dir(&self.root)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                stored.disk_usage = disk_usage;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the checkpoint thread.
+    pub(crate) fn start(self: &Arc<Self>) -> Result<JoinHandle<()>> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("flatfs-du".to_owned())
+            .spawn(move || me.run())
+            .map_err(|e| Error::io("flatfs: starting the disk-usage checkpoint thread", e))
+    }
+
+    /// Stops the checkpoint thread (the caller joins it and writes the final value).
+    pub(crate) fn stop(&self) {
+        let mut signal = self.signal.lock();
+        signal.stop = true;
+        self.wake.notify_all();
+    }
+
+    fn run(&self) {
+        let mut dirty = false;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let changed = {
+                let mut signal = self.signal.lock();
+                loop {
+                    if signal.stop {
+                        return;
+                    }
+                    if signal.changed {
+                        break;
+                    }
+                    match deadline {
+                        Some(d) if Instant::now() >= d => break,
+                        Some(d) => {
+                            self.wake.wait_until(&mut signal, d);
+                        }
+                        None => self.wake.wait(&mut signal),
+                    }
+                }
+                std::mem::take(&mut signal.changed)
+            };
+            let du = self.get();
+            if changed {
+                dirty = true;
+                let last = self.stored.lock().disk_usage;
+                // Upstream: write when the change exceeds 1 % of the last written value.
+                let diff = (i128::from(du) - i128::from(last)).abs();
+                if diff * 100 > i128::from(last).abs() {
+                    dirty = !self.checkpoint(du);
+                }
+                if dirty && deadline.is_none() {
+                    deadline = Some(Instant::now() + self.delay);
+                }
+                if !dirty {
+                    deadline = None;
+                }
+            } else {
+                deadline = None;
+                if dirty {
+                    dirty = !self.checkpoint(du);
+                    if dirty {
+                        deadline = Some(Instant::now() + self.delay);
+                    }
+                }
+            }
+        }
+    }
+
+    fn checkpoint(&self, du: i64) -> bool {
+        match self.write_cache(du, false) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("flatfs: could not write the disk-usage checkpoint: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// Whether `err` is EMFILE (too many open files), which upstream retries.
+pub(crate) fn is_too_many_files(err: &std::io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EMFILE)
+}
+
+/// Maps a scan failure to a datastore error.
+pub(crate) fn scan_error(root: &Path, e: std::io::Error) -> Error {
+    Error::io(
+        format!(
+            "flatfs: computing the disk usage of {} (no usable {DISK_USAGE_FILE})",
+            root.display()
+        ),
+        e,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_lines_match_upstream_json() {
+        assert_eq!(
+            cache_bytes(6357, accuracy::EXACT),
+            b"{\"diskUsage\":6357,\"accuracy\":\"initial-exact\"}\n"
+        );
+        assert_eq!(
+            cache_bytes(-3, ""),
+            b"{\"diskUsage\":-3,\"accuracy\":\"\"}\n"
+        );
+    }
+
+    #[test]
+    fn reading_the_cache_is_as_lenient_as_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(DISK_USAGE_FILE);
+        std::fs::write(&p, "{\"diskUsage\":42,\"accuracy\":\"initial-exact\"}\n").unwrap();
+        assert_eq!(read_cache(dir.path()), Some((42, "initial-exact".into())));
+        std::fs::write(&p, "{\"DISKUSAGE\": 7, \"other\": true}").unwrap();
+        assert_eq!(read_cache(dir.path()), Some((7, String::new())));
+        std::fs::write(&p, "12345\n").unwrap();
+        assert_eq!(read_cache(dir.path()), None);
+        std::fs::write(&p, "{\"diskUsage\":\"12\"}").unwrap();
+        assert_eq!(read_cache(dir.path()), None);
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(read_cache(dir.path()), None);
+    }
+
+    #[test]
+    fn accuracy_combines_to_the_worst() {
+        use accuracy::*;
+        assert_eq!(combine(EXACT, EXACT), EXACT);
+        assert_eq!(combine(EXACT, APPROXIMATE), APPROXIMATE);
+        assert_eq!(combine(TIMED_OUT, APPROXIMATE), TIMED_OUT);
+        assert_eq!(combine(UNKNOWN, TIMED_OUT), UNKNOWN);
+        assert_eq!(combine("", EXACT), EXACT);
+        assert_eq!(combine("weird", EXACT), UNKNOWN);
+    }
+
+    #[test]
+    fn folder_size_is_exact_below_the_limit_and_close_above_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("S");
+        std::fs::create_dir(&sub).unwrap();
+        for i in 0..300 {
+            std::fs::write(sub.join(format!("{i}.data")), vec![0u8; 100]).unwrap();
+        }
+        let far = Instant::now() + Duration::from_secs(600);
+        let (exact, acc) = folder_size(dir.path(), far, None).unwrap();
+        assert_eq!(acc, accuracy::EXACT);
+        let dir_sizes =
+            std::fs::metadata(dir.path()).unwrap().len() + std::fs::metadata(&sub).unwrap().len();
+        assert_eq!(exact as u64, 300 * 100 + dir_sizes);
+        let (est, acc) = folder_size(dir.path(), far, Some(50)).unwrap();
+        assert_eq!(acc, accuracy::APPROXIMATE);
+        assert_eq!(est, exact, "equal-sized files estimate exactly");
+        let past = Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        let (_, acc) = folder_size(dir.path(), past, None).unwrap();
+        assert_eq!(acc, accuracy::TIMED_OUT);
+    }
+
+    #[test]
+    fn shuffle_is_a_permutation() {
+        let mut v: Vec<u32> = (0..100).collect();
+        shuffle(&mut v);
+        let mut sorted = v.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+    }
+}

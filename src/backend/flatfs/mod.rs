@@ -1,0 +1,969 @@
+//! `FlatFsStore`: a datastore byte-compatible with go-ds-flatfs v0.6 (Kubo's `blocks/`).
+//!
+//! The on-disk format is upstream's (spec §5, `docs/FLATFS.md`): a key `/KEY` lives in
+//! `<root>/<shard(KEY)>/KEY.data` holding the raw value, `SHARDING` names the shard function,
+//! `.temp/` holds scratch files and is emptied on open, and `diskUsage.cache` caches the
+//! disk-usage counter. A Kubo repo's `blocks/` opens as it is, and Kubo reads what we write.
+//!
+//! Where we differ from upstream, deliberately:
+//! * [`Datastore::sync`] really makes earlier writes durable (upstream's is a no-op);
+//! * `open` takes an advisory lock, [`LOCK_FILE`], so two dsfs processes never share a store;
+//! * an optional reversible key encoding ([`FlatFsOptions::encode_keys`]) stores keys outside
+//!   the flatfs alphabet without colliding with real flatfs keys;
+//! * in a batch the last operation on a key wins (upstream keeps the first put);
+//! * a query skips a file deleted between listing and reading instead of reporting an error.
+
+mod batch;
+mod disk_usage;
+mod durability;
+mod encode;
+mod ops;
+mod shard;
+mod walk;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use crate::datastore::query::{self, EntryIter};
+use crate::datastore::stage::create_unique;
+use crate::datastore::{
+    Batch, BatchOps, Capabilities, Datastore, Error, ErrorKind, Key, Query, Result, Results,
+    StageInit, Staged,
+};
+
+pub use self::batch::FlatFsBatch;
+pub use self::disk_usage::{
+    CHECKPOINT_DELAY, DISK_USAGE_CALC_TIMEOUT, DISK_USAGE_FILE, DISK_USAGE_FILES_AVERAGE, accuracy,
+};
+pub use self::durability::MAX_TRACKED_FILES;
+pub use self::encode::{
+    ENCODED_MARKER, EXTENSION, MAX_ENCODED_KEY_BYTES, MAX_FILE_NAME, MAX_NAME, base32_decode,
+    base32_encode, is_valid_key,
+};
+pub use self::shard::{
+    MAX_SHARD_PARAM, README_FILE, README_TEXT, SHARD_ID_PREFIX, SHARDING_FILE, ShardFn,
+};
+
+use self::batch::BatchOp;
+use self::disk_usage::UsageTracker;
+use self::durability::{DirtySet, fsync_dir};
+use self::ops::{Begin, Mode, OpMap};
+
+/// The scratch directory, emptied on every open.
+pub const TEMP_DIR: &str = ".temp";
+/// The advisory lock file in the datastore root, held (with `flock`) while a store is open.
+/// Its dot name keeps it out of flatfs queries, ours and upstream's.
+pub const LOCK_FILE: &str = ".dsfs.lock";
+
+/// How many times an operation failing with EMFILE is tried, as upstream (`RetryAttempts`).
+const RETRY_ATTEMPTS: u32 = 6;
+/// The back-off unit between EMFILE retries (`RetryDelay`): attempt `i` sleeps `(i+1)` units.
+const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Options for [`FlatFsStore::open`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlatFsOptions {
+    /// Upstream's `sync` flag: fsync every put's file and shard directory (and the root when a
+    /// shard directory is created) before returning, and batch files and directories on commit.
+    /// Kubo's default is `false`. Deletes are never fsynced by themselves (as upstream); use
+    /// [`Datastore::sync`] for that.
+    pub sync: bool,
+    /// Store keys outside the flatfs alphabet under reversible encoded names (`~` + lower-case
+    /// base32), so that any clean key of up to [`MAX_ENCODED_KEY_BYTES`] bytes can be stored.
+    /// Valid flatfs keys are stored exactly as upstream either way.
+    pub encode_keys: bool,
+    /// The most entries per directory that the initial disk-usage scan measures (upstream's
+    /// `DiskUsageFilesAverage`, 2000); `None` measures everything.
+    pub disk_usage_samples: Option<usize>,
+    /// How long the initial scan may run before estimating the rest (upstream: 5 minutes).
+    pub disk_usage_timeout: Duration,
+    /// The longest the cache file lags a change of less than 1 % (upstream: 2 s).
+    pub checkpoint_delay: Duration,
+}
+
+impl Default for FlatFsOptions {
+    fn default() -> FlatFsOptions {
+        FlatFsOptions {
+            sync: false,
+            encode_keys: false,
+            disk_usage_samples: Some(DISK_USAGE_FILES_AVERAGE),
+            disk_usage_timeout: DISK_USAGE_CALC_TIMEOUT,
+            checkpoint_delay: CHECKPOINT_DELAY,
+        }
+    }
+}
+
+/// A flatfs datastore. See the module documentation and `docs/FLATFS.md`.
+pub struct FlatFsStore {
+    root: PathBuf,
+    temp: PathBuf,
+    shard: ShardFn,
+    options: FlatFsOptions,
+    /// `true` once closed. Writes hold the read side for their whole duration, so `close`
+    /// (which takes the write side) waits for them.
+    closed: RwLock<bool>,
+    usage: Arc<UsageTracker>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    ops: OpMap,
+    /// Shard directories known to exist. A name enters only after its directory was created
+    /// and measured, so no file lands in a directory before the directory is counted.
+    known_dirs: RwLock<HashSet<String>>,
+    mkdir_lock: Mutex<()>,
+    dirty: DirtySet,
+    lock: Mutex<Option<File>>,
+}
+
+/// A path removed when dropped, unless disarmed: the temp file of a write that failed.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take()
+            && let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            log::warn!("flatfs: could not remove {}: {e}", path.display());
+        }
+    }
+}
+
+/// Runs `f`, retrying EMFILE failures with upstream's linear back-off.
+fn retry_emfile<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(e) if disk_usage::is_too_many_files(&e) && attempt + 1 < RETRY_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(RETRY_DELAY * attempt);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_emfile_error(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .is_some_and(disk_usage::is_too_many_files)
+}
+
+fn dir_is_empty(path: &Path) -> Result<bool> {
+    let mut rd = std::fs::read_dir(path)
+        .map_err(|e| Error::io(format!("flatfs: listing {}", path.display()), e))?;
+    match rd.next() {
+        None => Ok(true),
+        Some(Ok(_)) => Ok(false),
+        Some(Err(e)) => Err(Error::io(format!("flatfs: listing {}", path.display()), e)),
+    }
+}
+
+fn make_dir(path: &Path) -> io::Result<()> {
+    DirBuilder::new().mode(0o755).create(path)
+}
+
+fn acquire_lock(root: &Path) -> Result<File> {
+    let path = root.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .map_err(|e| Error::io(format!("flatfs: opening lock file {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(Error::new(
+            ErrorKind::Locked,
+            format!(
+                "flatfs: datastore {} is already open (lock {} is held by another process or \
+                 handle); close it first",
+                root.display(),
+                path.display()
+            ),
+        )),
+        Err(TryLockError::Error(e)) => {
+            Err(Error::io(format!("flatfs: locking {}", path.display()), e))
+        }
+    }
+}
+
+impl FlatFsStore {
+    /// Upstream's `Create`: makes the directory (not its parents) if needed and, when it has no
+    /// `SHARDING` file, writes `SHARDING` (and `_README` for `next-to-last/2`). Does not open the
+    /// store.
+    ///
+    /// Errors: a non-empty directory without `SHARDING` is [`ErrorKind::InvalidArgument`]
+    /// ("directory missing SHARDING file"); a store with another shard function is
+    /// [`ErrorKind::InvalidArgument`] ("shard function mismatch"); a store with this shard
+    /// function is [`ErrorKind::AlreadyExists`] (upstream's `ErrDatastoreExists`).
+    pub fn create(path: impl AsRef<Path>, shard: ShardFn) -> Result<()> {
+        let root = path.as_ref();
+        check_param(shard)?;
+        match make_dir(root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Error::io(format!("flatfs: creating {}", root.display()), e));
+            }
+        }
+        let existing = match shard::read_sharding(root)? {
+            Some(existing) => existing,
+            None => {
+                if !dir_is_empty(root)? {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!(
+                            "flatfs: directory missing {SHARDING_FILE} file: {} is not empty and \
+                             is not a flatfs datastore",
+                            root.display()
+                        ),
+                    ));
+                }
+                match shard::write_sharding(root, shard) {
+                    Ok(()) => {
+                        shard::write_readme(root, shard)?;
+                        fsync_dir(root)?;
+                        return Ok(());
+                    }
+                    // Someone else created it at the same moment: compare with theirs.
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        shard::read_sharding(root)?.ok_or(e)?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if existing != shard {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "flatfs: specified shard function {shard} does not match the shard function \
+                     {existing} of the datastore at {}",
+                    root.display()
+                ),
+            ));
+        }
+        Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!("flatfs: datastore already exists at {}", root.display()),
+        ))
+    }
+
+    /// Upstream's `Open`: opens an existing store.
+    ///
+    /// Takes the lock ([`LOCK_FILE`]), empties `.temp`, and reads the disk usage from
+    /// `diskUsage.cache` or, without a usable cache, scans the tree (which can take minutes on a
+    /// large store). Errors: a missing directory is [`ErrorKind::NotFound`]
+    /// (`ErrDatastoreDoesNotExist`); a missing or malformed `SHARDING` is
+    /// [`ErrorKind::Corrupt`] (`ErrShardingFileMissing`); a store open elsewhere is
+    /// [`ErrorKind::Locked`].
+    pub fn open(path: impl AsRef<Path>, options: FlatFsOptions) -> Result<FlatFsStore> {
+        let root = path.as_ref().to_path_buf();
+        match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("flatfs: {} is not a directory", root.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "flatfs: datastore directory {} does not exist",
+                        root.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(Error::io(format!("flatfs: opening {}", root.display()), e)),
+        }
+        // Read SHARDING before touching anything, so that opening a directory that is not a
+        // flatfs store leaves it as it was.
+        let shard = shard::read_sharding(&root)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "flatfs: {SHARDING_FILE} file not found in {}: not a flatfs datastore",
+                    root.display()
+                ),
+            )
+        })?;
+        let lock = acquire_lock(&root)?;
+
+        let temp = root.join(TEMP_DIR);
+        match std::fs::remove_dir_all(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!(
+                        "flatfs: removing the temporary directory {}",
+                        temp.display()
+                    ),
+                    e,
+                ));
+            }
+        }
+        make_dir(&temp).map_err(|e| {
+            Error::io(
+                format!(
+                    "flatfs: creating the temporary directory {}",
+                    temp.display()
+                ),
+                e,
+            )
+        })?;
+
+        let (initial, stored, accuracy, scanned) = match disk_usage::read_cache(&root) {
+            Some((du, accuracy)) if du > 0 => (du, du, accuracy, false),
+            _ => {
+                log::info!(
+                    "flatfs: measuring the size of {} (no usable {DISK_USAGE_FILE}); this \
+                     happens once and takes at most {:?}",
+                    root.display(),
+                    options.disk_usage_timeout
+                );
+                let deadline = Instant::now() + options.disk_usage_timeout;
+                let (du, accuracy) =
+                    disk_usage::folder_size(&root, deadline, options.disk_usage_samples)
+                        .map_err(|e| disk_usage::scan_error(&root, e))?;
+                if accuracy == disk_usage::accuracy::TIMED_OUT {
+                    log::warn!(
+                        "flatfs: measuring {} timed out; its size ({du}) is an estimate. Write \
+                         the real size in bytes to {} and reopen to fix it",
+                        root.display(),
+                        root.join(DISK_USAGE_FILE).display()
+                    );
+                }
+                (du, 0, accuracy.to_owned(), true)
+            }
+        };
+        let usage = Arc::new(UsageTracker::new(
+            root.clone(),
+            temp.clone(),
+            initial,
+            stored,
+            accuracy,
+            options.checkpoint_delay,
+        ));
+        if scanned && let Err(e) = usage.write_cache(initial, true) {
+            log::warn!("flatfs: could not write {DISK_USAGE_FILE}: {e}");
+        }
+        let checkpointer = usage.start()?;
+        Ok(FlatFsStore {
+            root,
+            temp,
+            shard,
+            options,
+            closed: RwLock::new(false),
+            usage,
+            checkpointer: Mutex::new(Some(checkpointer)),
+            ops: OpMap::default(),
+            known_dirs: RwLock::new(HashSet::new()),
+            mkdir_lock: Mutex::new(()),
+            dirty: DirtySet::default(),
+            lock: Mutex::new(Some(lock)),
+        })
+    }
+
+    /// Upstream's `CreateOrOpen`: [`FlatFsStore::create`], accepting an existing store with the
+    /// same shard function, then [`FlatFsStore::open`].
+    pub fn create_or_open(
+        path: impl AsRef<Path>,
+        shard: ShardFn,
+        options: FlatFsOptions,
+    ) -> Result<FlatFsStore> {
+        match FlatFsStore::create(path.as_ref(), shard) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        FlatFsStore::open(path, options)
+    }
+
+    /// The datastore root.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The shard function read from `SHARDING`.
+    pub fn shard_fn(&self) -> ShardFn {
+        self.shard
+    }
+
+    /// The shard identifier (upstream's `ShardStr`), e.g. `/repo/flatfs/shard/v1/next-to-last/2`.
+    pub fn shard_str(&self) -> String {
+        self.shard.id()
+    }
+
+    /// How the disk usage was first obtained (upstream's `Accuracy`): one of the strings in
+    /// [`accuracy`], or whatever a hand-edited cache file says.
+    pub fn accuracy(&self) -> String {
+        self.usage.accuracy()
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &FlatFsOptions {
+        &self.options
+    }
+
+    /// Whether [`Datastore::close`] has been called.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.read()
+    }
+
+    /// The path of the data file for `key`, or [`ErrorKind::InvalidKey`] when the store
+    /// cannot hold `key`. The file may not exist.
+    pub fn data_path(&self, key: &Key) -> Result<PathBuf> {
+        let name = self.name(key)?;
+        let shard = self.shard.dir_for(&name);
+        Ok(self.file_path(&shard, &name))
+    }
+
+    pub(crate) fn staging_dir_path(&self) -> &Path {
+        &self.temp
+    }
+
+    fn name<'k>(&self, key: &'k Key) -> Result<Cow<'k, str>> {
+        encode::name_for(key, self.options.encode_keys)
+    }
+
+    fn file_path(&self, shard: &str, name: &str) -> PathBuf {
+        let mut p = self.root.join(shard);
+        p.push(format!("{name}{EXTENSION}"));
+        p
+    }
+
+    /// The read side of the close lock, or `Closed`.
+    fn write_guard(&self) -> Result<RwLockReadGuard<'_, bool>> {
+        let guard = self.closed.read();
+        if *guard {
+            Err(Error::closed())
+        } else {
+            Ok(guard)
+        }
+    }
+
+    fn temp_file(&self, prefix: &str) -> Result<(File, PathBuf)> {
+        let mut attempt = 0;
+        loop {
+            match create_unique(&self.temp, prefix) {
+                Err(e) if is_emfile_error(&e) && attempt + 1 < RETRY_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(RETRY_DELAY * attempt);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Makes sure the shard directory exists. A directory created here has its size added to
+    /// the counter; then the root is fsynced (`sync_root`) or recorded for the next `sync`.
+    fn ensure_shard_dir(&self, shard: &str, sync_root: bool) -> Result<()> {
+        if self.known_dirs.read().contains(shard) {
+            return Ok(());
+        }
+        let _one_mkdir_at_a_time = self.mkdir_lock.lock();
+        if self.known_dirs.read().contains(shard) {
+            return Ok(());
+        }
+        let dir = self.root.join(shard);
+        match make_dir(&dir) {
+            Ok(()) => {
+                let size = std::fs::metadata(&dir).map(|m| m.len()).unwrap_or(0);
+                self.usage.add(i64::try_from(size).unwrap_or(i64::MAX));
+                if sync_root {
+                    fsync_dir(&self.root)?;
+                } else {
+                    self.dirty.root();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("flatfs: creating shard directory {}", dir.display()),
+                    e,
+                ));
+            }
+        }
+        self.known_dirs.write().insert(shard.to_owned());
+        Ok(())
+    }
+
+    /// Renames `src` over `dest` (in `shard`), adjusting the counter by the new size minus the
+    /// size of any file replaced. Runs under the name's operation slot, so nobody else touches
+    /// `dest` meanwhile.
+    fn rename_into_place(
+        &self,
+        src: &Path,
+        shard: &str,
+        dest: &Path,
+        new_size: u64,
+        sync_root: bool,
+    ) -> Result<()> {
+        let old = match std::fs::metadata(dest) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(Error::io(format!("flatfs: stat {}", dest.display()), e)),
+        };
+        let mut renamed = std::fs::rename(src, dest);
+        if let Err(e) = &renamed
+            && e.kind() == io::ErrorKind::NotFound
+            && src.exists()
+        {
+            // The shard directory vanished under us (removed by hand): recreate it, retry once.
+            self.known_dirs.write().remove(shard);
+            self.ensure_shard_dir(shard, sync_root)?;
+            renamed = std::fs::rename(src, dest);
+        }
+        renamed.map_err(|e| {
+            Error::io(
+                format!("flatfs: renaming {} to {}", src.display(), dest.display()),
+                e,
+            )
+        })?;
+        let delta = i128::from(new_size) - i128::from(old);
+        self.usage
+            .add(i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX }));
+        Ok(())
+    }
+
+    /// A put, under the name's operation slot.
+    fn do_put(&self, name: &str, shard: &str, value: &[u8]) -> Result<()> {
+        let sync = self.options.sync;
+        self.ensure_shard_dir(shard, sync)?;
+        let (mut file, tmp) = self.temp_file("temp")?;
+        let cleanup = RemoveOnDrop(Some(tmp.clone()));
+        let ctx = || format!("flatfs: writing {}", tmp.display());
+        file.write_all(value).map_err(|e| Error::io(ctx(), e))?;
+        if sync {
+            file.sync_all().map_err(|e| Error::io(ctx(), e))?;
+        }
+        drop(file);
+        let dest = self.file_path(shard, name);
+        self.rename_into_place(&tmp, shard, &dest, value.len() as u64, sync)?;
+        cleanup.disarm();
+        let dir = self.root.join(shard);
+        if sync {
+            fsync_dir(&dir)?;
+        } else {
+            self.dirty.file(dest, &dir);
+        }
+        Ok(())
+    }
+
+    /// A delete, under the name's operation slot. Never fsyncs, never removes the shard
+    /// directory.
+    fn do_delete(&self, name: &str, shard: &str) -> Result<()> {
+        let path = self.file_path(shard, name);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                self.usage.add(-i64::try_from(size).unwrap_or(i64::MAX));
+                self.dirty.dir(&self.root.join(shard));
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("flatfs: removing {}", path.display()), e)),
+        }
+    }
+
+    /// Runs `f` under `name`'s operation slot with upstream's coalescing: if a concurrent
+    /// operation on the name succeeds first, this one is done without running.
+    fn coalesced(&self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        match self.ops.begin(name, Mode::Coalesce) {
+            Begin::Done => Ok(()),
+            Begin::Run(op) => {
+                let result = f();
+                op.finish(result.is_ok());
+                result
+            }
+        }
+    }
+
+    /// Commits a batch's staged operations (see [`FlatFsBatch`]).
+    pub(crate) fn commit_batch(
+        &self,
+        staging: &Path,
+        ops: &BTreeMap<String, BatchOp>,
+    ) -> Result<()> {
+        let _open = self.write_guard()?;
+        let sync = self.options.sync;
+        let mut touched = BTreeSet::new();
+        for (name, op) in ops {
+            if *op == BatchOp::Put {
+                let shard = self.shard.dir_for(name);
+                self.ensure_shard_dir(&shard, false)?;
+                touched.insert(shard);
+            }
+        }
+        for (name, op) in ops {
+            if *op != BatchOp::Put {
+                continue;
+            }
+            let shard = self.shard.dir_for(name);
+            let src = staging.join(format!("{name}{EXTENSION}"));
+            let dest = self.file_path(&shard, name);
+            self.coalesced(name, || {
+                let size = std::fs::metadata(&src)
+                    .map_err(|e| Error::io(format!("flatfs: stat {}", src.display()), e))?
+                    .len();
+                self.rename_into_place(&src, &shard, &dest, size, false)?;
+                if !sync {
+                    self.dirty.file(dest.clone(), &self.root.join(&shard));
+                }
+                Ok(())
+            })?;
+        }
+        for (name, op) in ops {
+            if *op == BatchOp::Delete {
+                let shard = self.shard.dir_for(name);
+                self.coalesced(name, || self.do_delete(name, &shard))?;
+            }
+        }
+        if sync {
+            for shard in &touched {
+                fsync_dir(&self.root.join(shard))?;
+            }
+            fsync_dir(&self.root)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the file of a staged value into the store's temp directory, copying it when it was
+    /// staged elsewhere (rename cannot cross directories reliably).
+    fn adopt_staged(&self, staged: Staged) -> Result<(File, RemoveOnDrop)> {
+        let ours = staged
+            .path()
+            .is_some_and(|p| p.parent() == Some(self.temp.as_path()));
+        if ours {
+            let (file, path) = staged.into_parts();
+            if let Some(path) = path {
+                return Ok((file, RemoveOnDrop(Some(path))));
+            }
+            return Err(Error::new(
+                ErrorKind::Io,
+                "flatfs: staged value lost its file name",
+            ));
+        }
+        let (mut copy, tmp) = self.temp_file("stage")?;
+        let cleanup = RemoveOnDrop(Some(tmp.clone()));
+        let mut src: &File = staged.file();
+        src.seek(SeekFrom::Start(0))
+            .and_then(|_| io::copy(&mut src, &mut copy))
+            .map_err(|e| {
+                Error::io(
+                    format!("flatfs: copying a staged value to {}", tmp.display()),
+                    e,
+                )
+            })?;
+        Ok((copy, cleanup))
+    }
+}
+
+fn check_param(shard: ShardFn) -> Result<()> {
+    let n = shard.param();
+    if (1..=MAX_SHARD_PARAM).contains(&n) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("flatfs: shard parameter {n} must be between 1 and {MAX_SHARD_PARAM}"),
+        ))
+    }
+}
+
+impl Datastore for FlatFsStore {
+    fn get(&self, key: &Key) -> Result<Vec<u8>> {
+        let Ok(path) = self.data_path(key) else {
+            return Err(Error::not_found());
+        };
+        match retry_emfile(|| std::fs::read(&path)) {
+            Ok(v) => Ok(v),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::not_found()),
+            Err(e) => Err(Error::io(format!("flatfs: reading {}", path.display()), e)),
+        }
+    }
+
+    fn has(&self, key: &Key) -> Result<bool> {
+        let Ok(path) = self.data_path(key) else {
+            return Ok(false);
+        };
+        match std::fs::metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("flatfs: stat {}", path.display()), e)),
+        }
+    }
+
+    fn get_size(&self, key: &Key) -> Result<u64> {
+        let Ok(path) = self.data_path(key) else {
+            return Err(Error::not_found());
+        };
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::not_found()),
+            Err(e) => Err(Error::io(format!("flatfs: stat {}", path.display()), e)),
+        }
+    }
+
+    fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let Ok(path) = self.data_path(key) else {
+            return Err(Error::not_found());
+        };
+        let file = match retry_emfile(|| File::open(&path)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::not_found()),
+            Err(e) => return Err(Error::io(format!("flatfs: opening {}", path.display()), e)),
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            // pread refuses offsets past i64::MAX; nothing can be stored there anyway.
+            let Some(at) = offset
+                .checked_add(done as u64)
+                .filter(|at| i64::try_from(*at).is_ok())
+            else {
+                break;
+            };
+            match file.read_at(&mut buf[done..], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::io(format!("flatfs: reading {}", path.display()), e));
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    fn put(&self, key: &Key, value: &[u8]) -> Result<()> {
+        let name = self.name(key)?;
+        let shard = self.shard.dir_for(&name);
+        let _open = self.write_guard()?;
+        self.coalesced(&name, || self.do_put(&name, &shard, value))
+    }
+
+    fn delete(&self, key: &Key) -> Result<()> {
+        // A key flatfs cannot hold is never there: deleting it is a no-op, as upstream.
+        let Ok(name) = self.name(key) else {
+            return Ok(());
+        };
+        let shard = self.shard.dir_for(&name);
+        let _open = self.write_guard()?;
+        self.coalesced(&name, || self.do_delete(&name, &shard))
+    }
+
+    fn query(&self, q: Query) -> Result<Results> {
+        if !self.options.encode_keys && q.prefix_key().is_some() {
+            // Without encoding every key has one component, so no key is a strict child of a
+            // non-root prefix: the empty answer is the right one.
+            log::warn!(
+                "flatfs was queried with prefix {:?}, but flatfs keys all live at the root",
+                q.prefix
+            );
+            return Ok(Results::from_entries(q, Vec::new()));
+        }
+        let walker = walk::Walker::new(
+            self.root.clone(),
+            q.keys_only,
+            q.returns_sizes,
+            self.options.encode_keys,
+        );
+        let input: EntryIter = Box::new(walker);
+        let it = query::naive_apply(&q, input, false);
+        Ok(Results::new(q, it))
+    }
+
+    /// Makes every earlier write durable: fsyncs the data files written and the directories
+    /// changed since the last `sync` (or the whole file system with `syncfs` when more than
+    /// [`MAX_TRACKED_FILES`] files were written). Upstream's `Sync` does nothing. The prefix is
+    /// ignored (everything is synced).
+    fn sync(&self, _prefix: &Key) -> Result<()> {
+        let _open = self.write_guard()?;
+        self.dirty.flush(&self.root)
+    }
+
+    /// Waits for writes in flight, stops the checkpoint thread, makes every write durable,
+    /// writes `diskUsage.cache` with fsync and releases the lock. Reads keep working.
+    fn close(&self) -> Result<()> {
+        {
+            let mut closed = self.closed.write();
+            if *closed {
+                return Ok(());
+            }
+            *closed = true;
+        }
+        self.usage.stop();
+        if let Some(handle) = self.checkpointer.lock().take()
+            && handle.join().is_err()
+        {
+            log::error!("flatfs: the disk-usage checkpoint thread panicked");
+        }
+        let synced = self.dirty.flush(&self.root);
+        let cached = self.usage.write_cache(self.usage.get(), true);
+        if let Err(e) = &cached {
+            log::error!(
+                "flatfs: could not store the final disk usage in {DISK_USAGE_FILE}; future \
+                 estimates may be inaccurate: {e}"
+            );
+        }
+        drop(self.lock.lock().take());
+        synced.and(cached)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ordered_scan: false,
+            ranged_read: true,
+            atomic_put: true,
+            atomic_batch: false,
+            durable_put: self.options.sync,
+            persistent: true,
+            general_keys: self.options.encode_keys,
+            file_backed: true,
+            max_value_size: None,
+        }
+    }
+
+    fn batch(&self) -> Result<Box<dyn Batch + '_>> {
+        let _open = self.write_guard()?;
+        Ok(Box::new(FlatFsBatch::new(self)?))
+    }
+
+    fn apply_batch(&self, ops: BatchOps) -> Result<()> {
+        drop(self.write_guard()?);
+        let mut batch = FlatFsBatch::new(self)?;
+        for (key, op) in ops {
+            match op {
+                Some(value) => batch.put(key, value)?,
+                None => batch.delete(key)?,
+            }
+        }
+        Box::new(batch).commit()
+    }
+
+    fn disk_usage(&self) -> Result<Option<u64>> {
+        Ok(Some(u64::try_from(self.usage.get()).unwrap_or(0)))
+    }
+
+    /// Stages in a named file in `.temp` (mode 0600), seeded for `CopyCurrent` by copying the
+    /// current data file in the kernel (`copy_file_range` where available).
+    fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
+        let name = self.name(key)?;
+        let shard = self.shard.dir_for(&name);
+        let _open = self.write_guard()?;
+        let (file, path) = self.temp_file("stage")?;
+        let staged = Staged::named(file, path);
+        if init == StageInit::CopyCurrent {
+            let current = self.file_path(&shard, &name);
+            match retry_emfile(|| File::open(&current)) {
+                Ok(mut src) => {
+                    let mut dst: &File = staged.file();
+                    io::copy(&mut src, &mut dst).map_err(|e| {
+                        Error::io(format!("flatfs: copying {} to stage", current.display()), e)
+                    })?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("flatfs: opening {}", current.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Renames the staged file into place (no copy through memory), with disk-usage accounting.
+    /// Unlike puts, a commit never coalesces with a concurrent write of the same key: it waits
+    /// for it and then runs, because the staged bytes exist nowhere else. With `durable` (or the
+    /// `sync` option) the file, its shard directory and a newly created shard directory's entry
+    /// in the root are fsynced before this returns.
+    fn commit_staged(&self, key: &Key, staged: Staged, durable: bool) -> Result<()> {
+        let name = self.name(key)?;
+        let shard = self.shard.dir_for(&name);
+        let _open = self.write_guard()?;
+        let durable = durable || self.options.sync;
+        let (file, src) = self.adopt_staged(staged)?;
+        let Some(src_path) = src.0.clone() else {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "flatfs: staged value has no file",
+            ));
+        };
+        let ctx = || format!("flatfs: committing {}", src_path.display());
+        let size = file.metadata().map_err(|e| Error::io(ctx(), e))?.len();
+        if durable {
+            file.sync_all().map_err(|e| Error::io(ctx(), e))?;
+        }
+        drop(file);
+        let op = self.ops.acquire(&name);
+        let result = (|| {
+            self.ensure_shard_dir(&shard, durable)?;
+            let dest = self.file_path(&shard, &name);
+            self.rename_into_place(&src_path, &shard, &dest, size, durable)?;
+            let dir = self.root.join(&shard);
+            if durable {
+                fsync_dir(&dir)?;
+            } else {
+                self.dirty.file(dest, &dir);
+            }
+            Ok(())
+        })();
+        op.finish(result.is_ok());
+        if result.is_ok() {
+            src.disarm();
+        }
+        result
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.temp.clone()
+    }
+
+    /// The data file of `key` (which may not exist); [`ErrorKind::NotFound`] for a key the
+    /// store cannot hold.
+    fn backing_file(&self, key: &Key) -> Result<Option<PathBuf>> {
+        match self.data_path(key) {
+            Ok(p) => Ok(Some(p)),
+            Err(_) => Err(Error::not_found()),
+        }
+    }
+}
+
+impl Drop for FlatFsStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            log::error!("flatfs: closing {}: {e}", self.root.display());
+        }
+    }
+}
+
+impl std::fmt::Debug for FlatFsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlatFsStore")
+            .field("root", &self.root)
+            .field("shard", &self.shard.id())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
