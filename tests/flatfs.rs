@@ -1553,3 +1553,22 @@ fn encoding_works_with_staging_and_disk_usage() {
     assert_eq!(entries[0].key, key);
     assert_eq!(entries[0].value.as_deref(), Some(&b"contents"[..]));
 }
+
+#[test]
+fn rename_moves_the_data_file_and_keeps_usage_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_new(dir.path(), ShardFn::NextToLast(2));
+    store.put(&k("/SRCKEY"), b"0123456789").unwrap();
+    store.put(&k("/OTHER"), b"xy").unwrap();
+    let before = du(&store);
+    store.rename(&k("/SRCKEY"), &k("/DESTKEY")).unwrap();
+    assert_eq!(store.get(&k("/DESTKEY")).unwrap(), b"0123456789");
+    assert!(!store.has(&k("/SRCKEY")).unwrap());
+    assert_eq!(du(&store), before, "a move neither adds nor frees space");
+    // Over an existing key: the replaced value's bytes are freed.
+    store.rename(&k("/DESTKEY"), &k("/OTHER")).unwrap();
+    assert_eq!(store.get(&k("/OTHER")).unwrap(), b"0123456789");
+    assert_eq!(du(&store), before - 2);
+    assert!(store.rename(&k("/MISSING"), &k("/X")).unwrap_err().is_not_found());
+    assert!(store.rename(&k("/lower"), &k("/X")).unwrap_err().is_not_found());
+}

@@ -936,6 +936,59 @@ impl Datastore for FlatFsStore {
         result
     }
 
+    /// Moves a value with one `rename(2)` of its data file (atomic, no copy), under both
+    /// names' operation slots (taken in name order, so two crossing renames cannot deadlock).
+    fn rename(&self, from: &Key, to: &Key) -> Result<()> {
+        let Ok(from_name) = self.name(from) else {
+            return Err(Error::not_found());
+        };
+        let to_name = self.name(to)?;
+        let from_shard = self.shard.dir_for(&from_name);
+        let to_shard = self.shard.dir_for(&to_name);
+        let src = self.file_path(&from_shard, &from_name);
+        if from_name == to_name {
+            return if src.exists() {
+                Ok(())
+            } else {
+                Err(Error::not_found())
+            };
+        }
+        let _open = self.write_guard()?;
+        let (a, b) = if from_name < to_name {
+            (&from_name, &to_name)
+        } else {
+            (&to_name, &from_name)
+        };
+        let op_a = self.ops.acquire(a);
+        let op_b = self.ops.acquire(b);
+        let result = (|| {
+            let size = match std::fs::metadata(&src) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::not_found()),
+                Err(e) => return Err(Error::io(format!("flatfs: stat {}", src.display()), e)),
+            };
+            let sync = self.options.sync;
+            self.ensure_shard_dir(&to_shard, sync)?;
+            let dest = self.file_path(&to_shard, &to_name);
+            self.rename_into_place(&src, &to_shard, &dest, size, sync)?;
+            // The moved bytes were already counted under their old name.
+            self.usage.add(-i64::try_from(size).unwrap_or(i64::MAX));
+            let to_dir = self.root.join(&to_shard);
+            let from_dir = self.root.join(&from_shard);
+            if sync {
+                fsync_dir(&to_dir)?;
+                fsync_dir(&from_dir)?;
+            } else {
+                self.dirty.file(dest, &to_dir);
+                self.dirty.dir(&from_dir);
+            }
+            Ok(())
+        })();
+        op_b.finish(result.is_ok());
+        op_a.finish(result.is_ok());
+        result
+    }
+
     fn staging_dir(&self) -> PathBuf {
         self.temp.clone()
     }
