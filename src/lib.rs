@@ -14,5 +14,6 @@ pub mod fs;
 pub mod group_commit;
 pub mod index;
 pub mod spec;
+pub mod sys;
 
 pub use datastore::{Datastore, Error, ErrorKind, Key, Query, Result};

@@ -1,5 +1,7 @@
 //! The `dsfs` command line.
 
+pub mod mount;
+
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -133,7 +135,50 @@ enum Command {
     },
     /// Rebuild the index from the store's keys (loses directories, modes and xattrs).
     Reindex,
+    /// Mount a store as a filesystem. Returns once the mount is live; the daemon serves it
+    /// until 'dsfs umount' (or SIGTERM/SIGINT), committing every pending write before it exits.
+    #[command(after_help = MOUNT_HELP)]
+    Mount {
+        /// The store (a repository directory or a spec; see 'dsfs --help').
+        spec: String,
+        /// An existing, empty directory to mount on.
+        mountpoint: PathBuf,
+        /// Mount options, comma-separated (see below); may be repeated.
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Stay in the foreground and log to standard error.
+        #[arg(short, long)]
+        foreground: bool,
+        /// Append the daemon's log to this file.
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
+    /// Unmount a dsfs mount and wait until every pending write is committed.
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Detach now even if busy (lazy unmount).
+        #[arg(short = 'l', long)]
+        lazy: bool,
+    },
 }
+
+const MOUNT_HELP: &str = "\
+MOUNT OPTIONS (-o a,b,c):
+  ro                    read-only
+  allow_other           let every user in (non-root needs user_allow_other in /etc/fuse.conf)
+  allow_root            let root in as well as you
+  default_permissions   the kernel checks modes and owners (the default;
+                        no_default_permissions turns it off)
+  uid=N, gid=N          report every file as owned by N
+  umask=OOO             clear these bits from every reported mode
+  threads=N             FUSE worker threads (default: cores, 2 to 8)
+  passthrough=on|off    let the kernel read file-backed values directly (default on)
+  writeback_cache=on|off  kernel write caching, when passthrough is off (default off)
+  nosuid, nodev, noexec, noatime, sync, dirsync: passed to the kernel
+  noauto, user, _netdev, nofail, defaults, x-*: accepted for fstab and ignored
+
+Logging: RUST_LOG=info with -f, or --log FILE for the daemon.";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum OrderArg {
@@ -189,6 +234,17 @@ fn out_err(e: io::Error) -> Error {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, Error> {
+    match &cli.command {
+        Command::Mount {
+            spec,
+            mountpoint,
+            options,
+            foreground,
+            log,
+        } => return mount::mount(spec, mountpoint, options, *foreground, log.as_deref()),
+        Command::Umount { mountpoint, lazy } => return mount::umount(mountpoint, *lazy),
+        _ => {}
+    }
     let spec_text = cli.store.clone().unwrap_or_else(default_store);
     let spec = StoreSpec::parse(&spec_text)?;
     let mode = OpenMode {
@@ -376,6 +432,9 @@ fn execute(
                 out.flush().map_err(out_err)?;
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Mount { .. } | Command::Umount { .. } => {
+            return Err(Error::new(ErrorKind::InvalidArgument, "mount commands run on their own"));
         }
         Command::Reindex => {
             let bar = spinner("indexing");

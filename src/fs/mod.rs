@@ -14,9 +14,7 @@ pub mod fuse;
 pub mod names;
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs::File;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -1202,13 +1200,7 @@ impl DsFs {
     pub fn statfs(&self) -> FsResult<StatFs> {
         let dir = self.backend.staging_dir();
         let files = self.index.key_count().unwrap_or(0);
-        let path = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| FsError::Io("staging path has a NUL".into()))?;
-        // SAFETY: `path` is a valid NUL-terminated string and `vfs` a properly sized, writable
-        // statvfs that the call fills in; nothing is retained after the call.
-        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut vfs) };
-        if rc != 0 {
+        let Ok(vfs) = crate::sys::statvfs(&dir) else {
             return Ok(StatFs {
                 files,
                 bsize: 4096,
@@ -1216,7 +1208,7 @@ impl DsFs {
                 namelen: names::NAME_MAX as u32,
                 ..StatFs::default()
             });
-        }
+        };
         Ok(StatFs {
             blocks: vfs.f_blocks,
             bfree: vfs.f_bfree,
@@ -1364,14 +1356,8 @@ impl DsFs {
                     return Err(FsError::NoSuchOffset);
                 }
                 if let Some(s) = &st.staged {
-                    use std::os::fd::AsRawFd;
-                    // SAFETY: the descriptor belongs to the staging file, which `st` keeps
-                    // open for the duration of the call; lseek does not retain it.
-                    let r = unsafe { libc::lseek(s.file().as_raw_fd(), offset, whence) };
-                    if r < 0 {
-                        return Err(FsError::NoSuchOffset);
-                    }
-                    return Ok(r);
+                    return crate::sys::lseek(s.file(), offset, whence)
+                        .map_err(|_| FsError::NoSuchOffset);
                 }
                 Ok(if whence == libc::SEEK_DATA { offset } else { size })
             }

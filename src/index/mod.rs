@@ -72,8 +72,7 @@ pub struct IndexOptions {
 
 impl Default for IndexOptions {
     fn default() -> IndexOptions {
-        // SAFETY: geteuid and getegid have no preconditions and cannot fail.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let (uid, gid) = crate::sys::effective_ids();
         IndexOptions {
             commit_interval: group_commit::DEFAULT_INTERVAL,
             cache_size: 64 << 20,

@@ -38,30 +38,11 @@ fn fsync_file(path: &Path) -> Result<()> {
 }
 
 /// Flushes every dirty page and inode of the file system that holds `root`.
-#[cfg(target_os = "linux")]
 fn syncfs(root: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
     let dir = File::open(root)
         .map_err(|e| Error::io(format!("flatfs: opening {}", root.display()), e))?;
-    // SAFETY: `dir` is an open descriptor that outlives the call; syncfs only reads the
-    // descriptor number and touches no memory of ours.
-    let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Error::io(
-            format!("flatfs: syncfs of {}", root.display()),
-            io::Error::last_os_error(),
-        ))
-    }
-}
-
-/// Flushes every file system (no `syncfs` outside Linux).
-#[cfg(not(target_os = "linux"))]
-fn syncfs(_root: &Path) -> Result<()> {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    Ok(())
+    crate::sys::syncfs(&dir)
+        .map_err(|e| Error::io(format!("flatfs: syncfs of {}", root.display()), e))
 }
 
 #[derive(Default)]

@@ -1,0 +1,467 @@
+//! `dsfs mount` and `dsfs umount`.
+//!
+//! `mount` checks the mount point, opens the store and mounts it. Without `-f` it starts
+//! itself again as a daemon (in a new session) and returns once the daemon reports the mount
+//! live, or with the daemon's error. SIGINT, SIGTERM and SIGHUP unmount cleanly: the session
+//! ends, every staged write is committed and the store is closed. `umount` unmounts and waits
+//! for the daemon to finish those commits, so a remount right after never finds the store
+//! still locked.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::datastore::{Error, ErrorKind};
+use crate::fs::fuse::{FuseAdapter, KernelOptions};
+use crate::fs::{DsFs, FsOptions};
+use crate::spec::{self, OpenMode, StoreSpec};
+
+/// The environment variable that marks the re-executed daemon.
+const DAEMON_ENV: &str = "DSFS_MOUNT_DAEMON";
+/// What the daemon prints on its standard output once the mount is live.
+const READY: &str = "dsfs-mount-ready";
+/// How long `umount` waits for the daemon to commit and exit.
+const EXIT_WAIT: Duration = Duration::from_secs(300);
+
+/// Parsed `-o` options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Read-only mount.
+    pub read_only: bool,
+    /// Let every user in (`allow_other`).
+    pub allow_other: bool,
+    /// Let root in too (`allow_root`).
+    pub allow_root: bool,
+    /// Let the kernel check permissions from the reported modes (on unless turned off).
+    pub default_permissions: bool,
+    /// Report every file as owned by this user.
+    pub uid: Option<u32>,
+    /// Report every file as owned by this group.
+    pub gid: Option<u32>,
+    /// Clear these bits from every reported mode.
+    pub umask: Option<u32>,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Kernel passthrough for file-backed values.
+    pub passthrough: bool,
+    /// Kernel writeback cache (ignored when passthrough is in use).
+    pub writeback_cache: bool,
+    /// Options handed to the kernel unchanged (nosuid, nodev, noexec, noatime, ...).
+    pub kernel: Vec<String>,
+}
+
+impl Default for MountOptions {
+    fn default() -> MountOptions {
+        MountOptions {
+            read_only: false,
+            allow_other: false,
+            allow_root: false,
+            default_permissions: true,
+            uid: None,
+            gid: None,
+            umask: None,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(2, 8),
+            passthrough: true,
+            writeback_cache: false,
+            kernel: Vec::new(),
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidArgument, msg)
+}
+
+fn on_off(name: &str, value: Option<&str>) -> Result<bool, Error> {
+    match value {
+        None | Some("1" | "on" | "yes" | "true") => Ok(true),
+        Some("0" | "off" | "no" | "false") => Ok(false),
+        Some(v) => Err(bad(format!("-o {name}= takes on or off, not {v:?}"))),
+    }
+}
+
+fn number(name: &str, value: Option<&str>, radix: u32) -> Result<u32, Error> {
+    let v = value.ok_or_else(|| bad(format!("-o {name} needs a value ({name}=...)")))?;
+    u32::from_str_radix(v, radix).map_err(|_| bad(format!("-o {name}={v}: not a number")))
+}
+
+impl MountOptions {
+    /// Parses comma-separated `-o` lists, as `mount(8)` and fstab write them. Options that only
+    /// matter to `mount(8)` or systemd (`noauto`, `user`, `_netdev`, `nofail`, `x-*`, ...) are
+    /// accepted and ignored.
+    pub fn parse<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, Error> {
+        let mut o = MountOptions::default();
+        for list in lists {
+            for opt in list.as_ref().split(',').filter(|s| !s.is_empty()) {
+                let (name, value) = match opt.split_once('=') {
+                    Some((n, v)) => (n, Some(v)),
+                    None => (opt, None),
+                };
+                match name {
+                    "ro" => o.read_only = true,
+                    "rw" => o.read_only = false,
+                    "allow_other" => o.allow_other = true,
+                    "allow_root" => o.allow_root = true,
+                    "default_permissions" => o.default_permissions = on_off(name, value)?,
+                    "no_default_permissions" => o.default_permissions = false,
+                    "uid" => o.uid = Some(number(name, value, 10)?),
+                    "gid" => o.gid = Some(number(name, value, 10)?),
+                    "umask" => o.umask = Some(number(name, value, 8)? & 0o7777),
+                    "threads" => {
+                        let n = number(name, value, 10)? as usize;
+                        if !(1..=64).contains(&n) {
+                            return Err(bad("-o threads= takes 1 to 64"));
+                        }
+                        o.threads = n;
+                    }
+                    "passthrough" => o.passthrough = on_off(name, value)?,
+                    "writeback_cache" => o.writeback_cache = on_off(name, value)?,
+                    "nosuid" | "nodev" | "noexec" | "noatime" | "suid" | "dev" | "exec"
+                    | "atime" | "sync" | "async" | "dirsync" => o.kernel.push(name.to_owned()),
+                    "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner"
+                    | "group" | "_netdev" | "nofail" | "relatime" | "strictatime" | "lazytime" => {}
+                    n if n.starts_with("x-") || n.starts_with("comment") => {}
+                    other => {
+                        return Err(bad(format!(
+                            "unknown mount option {other:?} (see 'dsfs mount --help')"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    fn fuser_config(&self, fsname: &str) -> Config {
+        let mut opts = vec![
+            MountOption::FSName(fsname.to_owned()),
+            MountOption::Subtype("dsfs".to_owned()),
+        ];
+        if self.read_only {
+            opts.push(MountOption::RO);
+        }
+        if self.default_permissions {
+            opts.push(MountOption::DefaultPermissions);
+        }
+        for k in &self.kernel {
+            opts.push(match k.as_str() {
+                "nosuid" => MountOption::NoSuid,
+                "suid" => MountOption::Suid,
+                "nodev" => MountOption::NoDev,
+                "dev" => MountOption::Dev,
+                "noexec" => MountOption::NoExec,
+                "exec" => MountOption::Exec,
+                "noatime" => MountOption::NoAtime,
+                "atime" => MountOption::Atime,
+                "sync" => MountOption::Sync,
+                "async" => MountOption::Async,
+                "dirsync" => MountOption::DirSync,
+                other => MountOption::CUSTOM(other.to_owned()),
+            });
+        }
+        let mut config = Config::default();
+        config.mount_options = opts;
+        config.acl = if self.allow_other {
+            SessionACL::All
+        } else if self.allow_root {
+            SessionACL::RootAndOwner
+        } else {
+            SessionACL::Owner
+        };
+        config.n_threads = Some(self.threads);
+        config.clone_fd = true;
+        config
+    }
+}
+
+/// Decodes the octal escapes (`\040` for a space) of /proc/self/mountinfo.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The filesystem type mounted at `path`, if anything is.
+pub fn mounted_fstype(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    let mut found = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.len() > 4 && unescape_mountinfo(fields[4]) == want {
+            found = fields.get(sep + 1).map(|s| s.to_string());
+        }
+    }
+    found
+}
+
+fn canonical_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
+    let mp = std::fs::canonicalize(mountpoint).map_err(|e| {
+        Error::io(format!("mount point {}", mountpoint.display()), e)
+    })?;
+    if !mp.is_dir() {
+        return Err(bad(format!("mount point {} is not a directory", mp.display())));
+    }
+    Ok(mp)
+}
+
+/// Where the daemon serving `mountpoint` records its process id.
+fn pid_file(mountpoint: &Path) -> PathBuf {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(mountpoint.as_os_str().as_encoded_bytes());
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| {
+            let (uid, _) = crate::sys::effective_ids();
+            if uid == 0 {
+                PathBuf::from("/run")
+            } else {
+                std::env::temp_dir()
+            }
+        })
+        .join(format!("dsfs-{}", crate::sys::effective_ids().0));
+    dir.join(format!("{:016x}.pid", h.finish()))
+}
+
+/// `dsfs mount`.
+pub fn mount(spec_text: &str, mountpoint: &Path, option_lists: &[String], foreground: bool, log: Option<&Path>) -> Result<ExitCode, Error> {
+    let options = MountOptions::parse(option_lists)?;
+    let spec = StoreSpec::parse(spec_text)?;
+    let mp = canonical_mountpoint(mountpoint)?;
+    if let Some(fstype) = mounted_fstype(&mp) {
+        return Err(bad(format!("{} is already mounted ({fstype})", mp.display())));
+    }
+    if foreground || std::env::var_os(DAEMON_ENV).is_some() {
+        return serve(&spec, spec_text, &mp, &options, std::env::var_os(DAEMON_ENV).is_some());
+    }
+    // Start the daemon: the same command with -f, reporting readiness on its stdout.
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the dsfs binary", e))?;
+    let stderr = match log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Error::io(format!("opening log {}", path.display()), e))?,
+        ),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new(exe)
+        .arg("mount")
+        .arg(spec_text)
+        .arg(&mp)
+        .args(option_lists.iter().flat_map(|o| ["-o", o.as_str()]))
+        .env(DAEMON_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| Error::io("starting the mount daemon", e))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::new(ErrorKind::Io, "no pipe to the mount daemon"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    match lines.next() {
+        Some(Ok(line)) if line == READY => Ok(ExitCode::SUCCESS),
+        Some(Ok(line)) => Err(Error::new(ErrorKind::Io, line)),
+        _ => {
+            let status = child.wait().ok();
+            Err(Error::new(
+                ErrorKind::Io,
+                format!("the mount daemon exited before the mount was live ({status:?}); run with -f to see why"),
+            ))
+        }
+    }
+}
+
+/// Mounts and serves until unmounted or signalled.
+fn serve(spec: &StoreSpec, spec_text: &str, mp: &Path, options: &MountOptions, daemon: bool) -> Result<ExitCode, Error> {
+    let report = |msg: &str| {
+        if daemon {
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{msg}");
+            let _ = out.flush();
+        }
+    };
+    let signals = crate::sys::SignalSet::block_termination()
+        .map_err(|e| Error::io("blocking signals", e))?;
+    if daemon {
+        crate::sys::new_session();
+    }
+    let result = (|| {
+        let opened = spec::open(spec, OpenMode::default())?;
+        if let Some(r) = &opened.reconciled
+            && !r.is_consistent()
+        {
+            log::warn!("repaired the index after an unclean stop: {}", r.summary());
+        }
+        let fs = Arc::new(DsFs::new(
+            opened.store.clone(),
+            FsOptions {
+                read_only: options.read_only,
+                uid: options.uid,
+                gid: options.gid,
+                umask: options.umask,
+                passthrough: options.passthrough,
+            },
+        ));
+        let adapter = FuseAdapter::new(
+            fs.clone(),
+            KernelOptions {
+                passthrough: options.passthrough,
+                writeback_cache: options.writeback_cache,
+                ..KernelOptions::default()
+            },
+        );
+        let session = Session::new(adapter, mp, &options.fuser_config(spec_text)).map_err(|e| {
+            Error::io(format!("mounting {}", mp.display()), e)
+        })?;
+        Ok((fs, session))
+    })();
+    let (fs, mut session) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            report(&format!("dsfs: {e}"));
+            return Err(e);
+        }
+    };
+    let pid_path = pid_file(mp);
+    if let Some(dir) = pid_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
+        log::warn!("could not write {}: {e}", pid_path.display());
+    }
+    log::info!("mounted {spec_text} at {}", mp.display());
+    report(READY);
+    let mut unmounter = session.unmount_callable();
+    let watched = mp.to_path_buf();
+    std::thread::Builder::new()
+        .name("dsfs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                log::info!("signal {sig}: unmounting {}", watched.display());
+                if let Err(e) = unmounter.unmount() {
+                    log::error!("unmount of {} failed: {e}", watched.display());
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting the signal thread", e))?;
+    let ran = session.run();
+    let shut = fs.shutdown();
+    let _ = std::fs::remove_file(&pid_path);
+    if let Err(e) = ran {
+        log::error!("FUSE session ended with an error: {e}");
+    }
+    match shut {
+        Ok(()) => {
+            log::info!("unmounted {} cleanly", mp.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(Error::new(ErrorKind::Io, format!("committing at unmount: {e}"))),
+    }
+}
+
+/// `dsfs umount`: unmounts and waits for the daemon to commit and exit.
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode, Error> {
+    let mp = canonical_mountpoint(mountpoint)?;
+    match mounted_fstype(&mp) {
+        Some(t) if t.starts_with("fuse") => {}
+        Some(t) => return Err(bad(format!("{} is a {t} mount, not dsfs", mp.display()))),
+        None => return Err(bad(format!("{} is not mounted", mp.display()))),
+    }
+    let pid = std::fs::read_to_string(pid_file(&mp))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg(&mp).output();
+    let ok = match out {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            let msg = String::from_utf8_lossy(&o.stderr).trim().to_owned();
+            // As root, umount(8) works where fusermount3 is missing or refuses.
+            let fallback = Command::new("umount")
+                .args(if lazy { vec!["-l"] } else { vec![] })
+                .arg(&mp)
+                .output();
+            match fallback {
+                Ok(f) if f.status.success() => true,
+                _ => return Err(Error::new(ErrorKind::Io, format!("unmounting {}: {msg}", mp.display()))),
+            }
+        }
+        Err(e) => {
+            let fallback = Command::new("umount").arg(&mp).output();
+            match fallback {
+                Ok(f) if f.status.success() => true,
+                _ => return Err(Error::io("running fusermount3", e)),
+            }
+        }
+    };
+    if ok && let Some(pid) = pid {
+        let deadline = Instant::now() + EXIT_WAIT;
+        while crate::sys::process_alive(pid) {
+            if Instant::now() > deadline {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("unmounted, but the dsfs daemon (pid {pid}) is still committing"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_like_mount_writes_them() {
+        let o = MountOptions::parse(&["ro,allow_other,uid=1000,gid=100,umask=022", "threads=4,passthrough=off,noauto,_netdev,x-systemd.automount,nosuid"]).unwrap();
+        assert!(o.read_only && o.allow_other);
+        assert_eq!((o.uid, o.gid, o.umask, o.threads), (Some(1000), Some(100), Some(0o022), 4));
+        assert!(!o.passthrough);
+        assert_eq!(o.kernel, ["nosuid"]);
+        assert!(o.default_permissions);
+        for bad in ["bogus", "uid=x", "threads=0", "passthrough=maybe", "umask=9"] {
+            assert!(MountOptions::parse(&[bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mountinfo_escapes_decode() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}
