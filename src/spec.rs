@@ -7,25 +7,30 @@
 //! |---|---|
 //! | `mem:` | a volatile in-memory store with an in-memory index |
 //! | `redb:PATH` | values in the redb file `PATH`; the index beside it in `PATH.index` |
+//! | `flatfs:PATH` | a go-ds-flatfs directory (a Kubo repo's `blocks/`), created if missing; the index in `PATH/.dsfs.index.redb`, which flatfs readers skip |
+//! | `kubo:IPFS_PATH` | the datastore a Kubo repository's `datastore_spec` describes (flatfs, mount and measure are supported; a `levelds` part is named in a clear error) |
 //! | `dir:PATH` or a bare `PATH` | a dsfs repository: the embedded default (see below) |
 //!
-//! Options: `index=PATH` puts the index elsewhere; `durable=true` makes a redb store fsync
-//! every write.
+//! Options: `index=PATH` puts the index elsewhere; `durable=true` makes redb fsync every write;
+//! for flatfs, `shard=/repo/flatfs/shard/v1/next-to-last/2` (or just `next-to-last/2`) picks
+//! the shard function of a new directory and `sync=true` fsyncs every put.
 //!
 //! A **repository** is a directory with a `dsfs.json` file naming its datastore (in the JSON
 //! form of Kubo's `Datastore.Spec`, with paths relative to the directory) and its index file.
-//! Opening a missing or empty directory creates one with the default layout; opening a
-//! non-empty directory that has no `dsfs.json` is refused, so dsfs never writes into a
-//! directory it does not own.
+//! Opening a missing or empty directory creates one with the default layout
+//! ([`Repo::default_config`]); opening a non-empty directory that has no `dsfs.json` is
+//! refused, so dsfs never writes into a directory it does not own.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::backend::flatfs::{FlatFsOptions, ShardFn};
 use crate::backend::redb::RedbOptions;
-use crate::backend::{MemStore, RedbStore};
-use crate::datastore::{Datastore, Error, ErrorKind, Result};
+use crate::backend::tiered::TieredOptions;
+use crate::backend::{FlatFsStore, MemStore, MountStore, RedbStore, TieredStore};
+use crate::datastore::{Datastore, Error, ErrorKind, Key, Result};
 use crate::index::reconcile::Report;
 use crate::index::store::open_reconciled;
 use crate::index::{Index, IndexOptions, IndexedStore};
@@ -44,6 +49,10 @@ pub struct StoreSpec {
     pub index: Option<PathBuf>,
     /// fsync every write (redb stores).
     pub durable: bool,
+    /// The shard function of a new flatfs directory.
+    pub shard: Option<String>,
+    /// flatfs `sync`: fsync every put.
+    pub sync: bool,
 }
 
 /// The store a spec names.
@@ -53,6 +62,10 @@ pub enum SpecKind {
     Mem,
     /// `redb:PATH`.
     Redb(PathBuf),
+    /// `flatfs:PATH`.
+    Flatfs(PathBuf),
+    /// `kubo:IPFS_PATH`.
+    Kubo(PathBuf),
     /// A repository directory.
     Repo(PathBuf),
 }
@@ -80,10 +93,12 @@ impl StoreSpec {
                     SpecKind::Mem
                 }
                 "redb" => SpecKind::Redb(non_empty_path(scheme, arg)?),
+                "flatfs" => SpecKind::Flatfs(non_empty_path(scheme, arg)?),
+                "kubo" => SpecKind::Kubo(non_empty_path(scheme, arg)?),
                 "dir" => SpecKind::Repo(non_empty_path(scheme, arg)?),
                 other => {
                     return Err(invalid(format!(
-                        "unknown store type {other:?} in {text:?} (known: mem:, redb:PATH, dir:PATH or a directory path)"
+                        "unknown store type {other:?} in {text:?} (known: mem:, redb:PATH, flatfs:PATH, kubo:IPFS_PATH, dir:PATH or a directory path)"
                     )));
                 }
             },
@@ -93,6 +108,8 @@ impl StoreSpec {
             kind,
             index: None,
             durable: false,
+            shard: None,
+            sync: false,
         };
         for opt in options.into_iter().flat_map(|o| o.split('&')) {
             if opt.is_empty() {
@@ -102,9 +119,14 @@ impl StoreSpec {
             match name {
                 "index" => spec.index = Some(non_empty_path("index", value)?),
                 "durable" => spec.durable = parse_bool(name, value)?,
+                "sync" => spec.sync = parse_bool(name, value)?,
+                "shard" => {
+                    parse_shard(value)?;
+                    spec.shard = Some(value.to_owned());
+                }
                 other => {
                     return Err(invalid(format!(
-                        "unknown store option {other:?} (known: index, durable)"
+                        "unknown store option {other:?} (known: index, durable, shard, sync)"
                     )));
                 }
             }
@@ -127,6 +149,17 @@ fn non_empty_path(what: &str, arg: &str) -> Result<PathBuf> {
     } else {
         Ok(PathBuf::from(arg))
     }
+}
+
+/// Parses a shard function, in full (`/repo/flatfs/shard/v1/next-to-last/2`) or short
+/// (`next-to-last/2`) form.
+fn parse_shard(text: &str) -> Result<ShardFn> {
+    let full = if text.starts_with('/') {
+        text.to_owned()
+    } else {
+        format!("/repo/flatfs/shard/v1/{text}")
+    };
+    ShardFn::parse(&full).map_err(|e| invalid(format!("shard function {text:?}: {e}")))
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool> {
@@ -178,6 +211,61 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
                 format!("redb {}, index {}", path.display(), index_path.display()),
             )
         }
+        SpecKind::Flatfs(path) => {
+            let shard = match &spec.shard {
+                Some(t) => parse_shard(t)?,
+                None => ShardFn::IPFS_DEFAULT,
+            };
+            let backend = open_flatfs(path, shard, spec.sync)?;
+            let index_path = spec
+                .index
+                .clone()
+                .unwrap_or_else(|| path.join(FLATFS_INDEX));
+            let index = Index::open(&index_path, index_options)?;
+            (
+                backend,
+                index,
+                format!("flatfs {}, index {}", path.display(), index_path.display()),
+            )
+        }
+        SpecKind::Kubo(ipfs_path) => {
+            let text = std::fs::read_to_string(ipfs_path.join("datastore_spec")).map_err(|e| {
+                Error::io(
+                    format!(
+                        "reading {}/datastore_spec (is this a Kubo repository?)",
+                        ipfs_path.display()
+                    ),
+                    e,
+                )
+            })?;
+            let tree: Value = serde_json::from_str(&text).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Corrupt,
+                    format!("{}/datastore_spec", ipfs_path.display()),
+                    e,
+                )
+            })?;
+            let opener = TreeOpener {
+                base: ipfs_path,
+                contained: false,
+                durable: spec.durable,
+            };
+            let backend = opener.open(&tree)?;
+            let index_path = spec
+                .index
+                .clone()
+                .unwrap_or_else(|| ipfs_path.join("dsfs-index.redb"));
+            let index = Index::open(&index_path, index_options)?;
+            (
+                backend,
+                index,
+                format!(
+                    "Kubo repository {}, index {}",
+                    ipfs_path.display(),
+                    index_path.display()
+                ),
+            )
+        }
         SpecKind::Repo(dir) => {
             let repo = Repo::open_or_create(dir)?;
             let backend = repo.open_datastore(spec)?;
@@ -221,11 +309,33 @@ pub struct Repo {
 
 impl Repo {
     /// The default layout of a new repository.
+    ///
+    /// `/blocks` is a go-ds-flatfs directory in Kubo's layout (next-to-last/2), so IPFS blocks
+    /// are stored exactly where Kubo keeps them. Everything else goes to a tiered store: values
+    /// under 64 KiB inline in redb (cheap small files and any name), larger ones as plain files
+    /// that the kernel can read directly (passthrough). See `docs/ARCHITECTURE.md`.
     pub fn default_config() -> Value {
         json!({
             "dsfs_repo": REPO_VERSION,
             "index": "index.redb",
-            "datastore": { "type": "redb", "path": "values.redb" }
+            "datastore": {
+                "type": "mount",
+                "mounts": [
+                    {
+                        "mountpoint": "/blocks",
+                        "type": "flatfs",
+                        "path": "blocks",
+                        "shardFunc": ShardFn::IPFS_DEFAULT.id(),
+                        "sync": false
+                    },
+                    {
+                        "mountpoint": "/",
+                        "type": "tiered",
+                        "path": "data",
+                        "threshold": crate::backend::tiered::DEFAULT_THRESHOLD
+                    }
+                ]
+            }
         })
     }
 
@@ -351,20 +461,133 @@ impl Repo {
     }
 
     fn open_config(&self, ds: &Value, spec: &StoreSpec) -> Result<Arc<dyn Datastore>> {
-        let ty = ds.get("type").and_then(Value::as_str).unwrap_or("");
+        TreeOpener {
+            base: &self.dir,
+            contained: true,
+            durable: spec.durable,
+        }
+        .open(ds)
+        .map_err(|e| e.context(self.dir.join(REPO_FILE).display()))
+    }
+}
+
+/// The index file inside a flatfs directory (a dot-name, which flatfs readers skip).
+pub const FLATFS_INDEX: &str = ".dsfs.index.redb";
+
+fn open_flatfs(path: &Path, shard: ShardFn, sync: bool) -> Result<Arc<dyn Datastore>> {
+    Ok(Arc::new(FlatFsStore::create_or_open(
+        path,
+        shard,
+        FlatFsOptions {
+            sync,
+            ..FlatFsOptions::default()
+        },
+    )?))
+}
+
+/// Opens a datastore tree in the JSON form of Kubo's `Datastore.Spec`.
+struct TreeOpener<'a> {
+    /// Relative paths are resolved against this directory.
+    base: &'a Path,
+    /// Paths must be relative and stay inside `base` (dsfs repositories).
+    contained: bool,
+    /// fsync every redb write.
+    durable: bool,
+}
+
+impl TreeOpener<'_> {
+    fn path(&self, node: &Value) -> Result<PathBuf> {
+        let text = node
+            .get("path")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| invalid("a datastore needs a \"path\""))?;
+        let rel = Path::new(text);
+        if self.contained
+            && rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(invalid(format!(
+                "path {text:?} must be relative and inside the repository"
+            )));
+        }
+        Ok(self.base.join(rel))
+    }
+
+    fn open(&self, node: &Value) -> Result<Arc<dyn Datastore>> {
+        let ty = node.get("type").and_then(Value::as_str).unwrap_or("");
         match ty {
+            "mount" => {
+                let mounts = node
+                    .get("mounts")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| invalid("a mount needs a \"mounts\" list"))?;
+                let mut children = Vec::new();
+                for m in mounts {
+                    let point = m
+                        .get("mountpoint")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| invalid("every mount needs a \"mountpoint\""))?;
+                    children.push((Key::new(point), self.open(m)?));
+                }
+                Ok(Arc::new(MountStore::new(children)?))
+            }
+            "measure" => {
+                let child = node
+                    .get("child")
+                    .ok_or_else(|| invalid("a measure datastore needs a \"child\""))?;
+                self.open(child)
+            }
+            "flatfs" => {
+                let shard = match node.get("shardFunc").and_then(Value::as_str) {
+                    Some(t) => parse_shard(t)?,
+                    None => ShardFn::IPFS_DEFAULT,
+                };
+                let sync = node.get("sync").and_then(Value::as_bool).unwrap_or(false);
+                open_flatfs(&self.path(node)?, shard, sync)
+            }
             "redb" => {
-                let path = self.contained_path(ds.get("path"), "datastore path")?;
-                let durable =
-                    spec.durable || ds.get("durable").and_then(Value::as_bool).unwrap_or(false);
-                Ok(Arc::new(RedbStore::open(path, redb_options(durable))?))
+                let durable = self.durable
+                    || node
+                        .get("durable")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                Ok(Arc::new(RedbStore::open(
+                    self.path(node)?,
+                    redb_options(durable),
+                )?))
+            }
+            "tiered" => {
+                let dir = self.path(node)?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                let threshold = node
+                    .get("threshold")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(crate::backend::tiered::DEFAULT_THRESHOLD);
+                Ok(Arc::new(TieredStore::open(
+                    &dir.join("records.redb"),
+                    &dir.join("files"),
+                    TieredOptions {
+                        threshold,
+                        redb: redb_options(self.durable),
+                        sync_files: false,
+                    },
+                )?))
             }
             "mem" => Ok(Arc::new(MemStore::new())),
+            "levelds" | "pebbleds" | "badgerds" => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "datastore type {ty:?} is not supported by dsfs (supported: mount, measure, flatfs, redb, tiered, mem); \
+                     mount the flatfs part directly, e.g. flatfs:IPFS_PATH/blocks"
+                ),
+            )),
             other => Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "{}: datastore type {other:?} is not supported (supported: redb, mem)",
-                    self.dir.join(REPO_FILE).display()
+                    "datastore type {other:?} is not supported (supported: mount, measure, flatfs, redb, tiered, mem)"
                 ),
             )),
         }
@@ -443,6 +666,89 @@ mod tests {
         let opened = open(&spec, OpenMode::default()).unwrap();
         assert_eq!(opened.store.get(&"/a/b".into()).unwrap(), b"v");
         assert!(opened.reconciled.is_none());
+    }
+
+    #[test]
+    fn the_default_layout_keeps_blocks_in_kubos_flatfs_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = StoreSpec::parse(dir.path().join("r").to_str().unwrap()).unwrap();
+        {
+            let opened = open(&spec, OpenMode::default()).unwrap();
+            let block =
+                crate::cid::block_key(&crate::cid::sha256_multihash(&[0x0a, 0x02, 0x08, 0x01]));
+            opened.store.put(&block, &[0x0a, 0x02, 0x08, 0x01]).unwrap();
+            opened
+                .store
+                .put(&"/home/notes.txt".into(), b"small")
+                .unwrap();
+            opened
+                .store
+                .put(&"/home/video".into(), &vec![0u8; 100_000])
+                .unwrap();
+            opened.store.close().unwrap();
+        }
+        let root = dir.path().join("r");
+        assert_eq!(
+            std::fs::read_to_string(root.join("blocks/SHARDING")).unwrap(),
+            "/repo/flatfs/shard/v1/next-to-last/2\n"
+        );
+        assert!(
+            root.join("blocks/X3/CIQFTFEEHEDF6KLBT32BFAGLXEZL4UWFNWM4LFTLMXQBCERZ6CMLX3Y.data")
+                .exists()
+        );
+        assert!(root.join("data/records.redb").exists());
+        let opened = open(&spec, OpenMode::default()).unwrap();
+        assert!(
+            opened
+                .store
+                .backing_file(&"/home/video".into())
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            opened
+                .store
+                .backing_file(&"/home/notes.txt".into())
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            opened.store.get(&"/home/notes.txt".into()).unwrap(),
+            b"small"
+        );
+    }
+
+    #[test]
+    fn flatfs_specs_open_upstream_directories_and_keep_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks = dir.path().join("blocks");
+        let spec =
+            StoreSpec::parse(&format!("flatfs:{}?shard=next-to-last/2", blocks.display())).unwrap();
+        let opened = open(&spec, OpenMode::default()).unwrap();
+        opened.store.put(&"/CIQABC".into(), b"v").unwrap();
+        assert!(opened.store.put(&"/lower/case".into(), b"v").is_err());
+        opened.store.close().unwrap();
+        assert!(blocks.join(FLATFS_INDEX).exists());
+        assert!(blocks.join("AB/CIQABC.data").exists());
+        assert!(StoreSpec::parse("flatfs:/x?shard=sideways/2").is_err());
+    }
+
+    #[test]
+    fn kubo_specs_open_what_dsfs_supports_and_name_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let kubo = dir.path();
+        let default = r#"{"mounts":[{"mountpoint":"/blocks","path":"blocks","shardFunc":"/repo/flatfs/shard/v1/next-to-last/2","type":"flatfs"},{"mountpoint":"/","path":"datastore","type":"levelds"}],"type":"mount"}"#;
+        std::fs::write(kubo.join("datastore_spec"), default).unwrap();
+        let spec = StoreSpec::parse(&format!("kubo:{}", kubo.display())).unwrap();
+        let err = open(&spec, OpenMode::default()).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("levelds"), "{err}");
+        let measured = r#"{"type":"mount","mounts":[{"mountpoint":"/blocks","type":"measure","prefix":"flatfs.datastore","child":{"type":"flatfs","path":"blocks","shardFunc":"/repo/flatfs/shard/v1/next-to-last/2","sync":false}}]}"#;
+        std::fs::write(kubo.join("datastore_spec"), measured).unwrap();
+        let opened = open(&spec, OpenMode::default()).unwrap();
+        opened.store.put(&"/blocks/CIQXYZ".into(), b"b").unwrap();
+        opened.store.close().unwrap();
+        assert!(kubo.join("blocks/XY/CIQXYZ.data").exists());
     }
 
     #[test]

@@ -1569,6 +1569,16 @@ fn rename_moves_the_data_file_and_keeps_usage_exact() {
     store.rename(&k("/DESTKEY"), &k("/OTHER")).unwrap();
     assert_eq!(store.get(&k("/OTHER")).unwrap(), b"0123456789");
     assert_eq!(du(&store), before - 2);
-    assert!(store.rename(&k("/MISSING"), &k("/X")).unwrap_err().is_not_found());
-    assert!(store.rename(&k("/lower"), &k("/X")).unwrap_err().is_not_found());
+    assert!(
+        store
+            .rename(&k("/MISSING"), &k("/X"))
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(
+        store
+            .rename(&k("/lower"), &k("/X"))
+            .unwrap_err()
+            .is_not_found()
+    );
 }

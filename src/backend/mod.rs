@@ -5,8 +5,10 @@ pub mod flatfs;
 pub mod mem;
 pub mod mount;
 pub mod redb;
+pub mod tiered;
 
 pub use self::flatfs::FlatFsStore;
 pub use self::mem::MemStore;
 pub use self::mount::MountStore;
 pub use self::redb::RedbStore;
+pub use self::tiered::TieredStore;

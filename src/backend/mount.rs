@@ -545,6 +545,16 @@ impl Datastore for MountStore {
         src.1.store.delete(&src.2)
     }
 
+    fn scrub(&self, repair: bool) -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        for m in &self.mounts {
+            for p in m.store.scrub(repair)? {
+                all.push(format!("{}: {p}", m.prefix));
+            }
+        }
+        Ok(all)
+    }
+
     fn staging_dir(&self) -> PathBuf {
         self.mounts
             .iter()

@@ -423,7 +423,12 @@ fn execute(
             for (drift, key) in &report.examples {
                 writeln!(out, "  {drift}: {key}").map_err(out_err)?;
             }
-            if !report.is_consistent() && !*repair {
+            let problems = store.backend().scrub(*repair)?;
+            for p in &problems {
+                let note = if *repair { " (repaired)" } else { "" };
+                writeln!(out, "  store: {p}{note}").map_err(out_err)?;
+            }
+            if (!report.is_consistent() || !problems.is_empty()) && !*repair {
                 writeln!(
                     out,
                     "run 'dsfs fsck --repair' to make the index match the store"
@@ -434,7 +439,10 @@ fn execute(
             }
         }
         Command::Mount { .. } | Command::Umount { .. } => {
-            return Err(Error::new(ErrorKind::InvalidArgument, "mount commands run on their own"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "mount commands run on their own",
+            ));
         }
         Command::Reindex => {
             let bar = spinner("indexing");

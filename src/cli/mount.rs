@@ -219,11 +219,13 @@ pub fn mounted_fstype(path: &Path) -> Option<String> {
 }
 
 fn canonical_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
-    let mp = std::fs::canonicalize(mountpoint).map_err(|e| {
-        Error::io(format!("mount point {}", mountpoint.display()), e)
-    })?;
+    let mp = std::fs::canonicalize(mountpoint)
+        .map_err(|e| Error::io(format!("mount point {}", mountpoint.display()), e))?;
     if !mp.is_dir() {
-        return Err(bad(format!("mount point {} is not a directory", mp.display())));
+        return Err(bad(format!(
+            "mount point {} is not a directory",
+            mp.display()
+        )));
     }
     Ok(mp)
 }
@@ -249,15 +251,30 @@ fn pid_file(mountpoint: &Path) -> PathBuf {
 }
 
 /// `dsfs mount`.
-pub fn mount(spec_text: &str, mountpoint: &Path, option_lists: &[String], foreground: bool, log: Option<&Path>) -> Result<ExitCode, Error> {
+pub fn mount(
+    spec_text: &str,
+    mountpoint: &Path,
+    option_lists: &[String],
+    foreground: bool,
+    log: Option<&Path>,
+) -> Result<ExitCode, Error> {
     let options = MountOptions::parse(option_lists)?;
     let spec = StoreSpec::parse(spec_text)?;
     let mp = canonical_mountpoint(mountpoint)?;
     if let Some(fstype) = mounted_fstype(&mp) {
-        return Err(bad(format!("{} is already mounted ({fstype})", mp.display())));
+        return Err(bad(format!(
+            "{} is already mounted ({fstype})",
+            mp.display()
+        )));
     }
     if foreground || std::env::var_os(DAEMON_ENV).is_some() {
-        return serve(&spec, spec_text, &mp, &options, std::env::var_os(DAEMON_ENV).is_some());
+        return serve(
+            &spec,
+            spec_text,
+            &mp,
+            &options,
+            std::env::var_os(DAEMON_ENV).is_some(),
+        );
     }
     // Start the daemon: the same command with -f, reporting readiness on its stdout.
     let exe = std::env::current_exe().map_err(|e| Error::io("finding the dsfs binary", e))?;
@@ -294,14 +311,22 @@ pub fn mount(spec_text: &str, mountpoint: &Path, option_lists: &[String], foregr
             let status = child.wait().ok();
             Err(Error::new(
                 ErrorKind::Io,
-                format!("the mount daemon exited before the mount was live ({status:?}); run with -f to see why"),
+                format!(
+                    "the mount daemon exited before the mount was live ({status:?}); run with -f to see why"
+                ),
             ))
         }
     }
 }
 
 /// Mounts and serves until unmounted or signalled.
-fn serve(spec: &StoreSpec, spec_text: &str, mp: &Path, options: &MountOptions, daemon: bool) -> Result<ExitCode, Error> {
+fn serve(
+    spec: &StoreSpec,
+    spec_text: &str,
+    mp: &Path,
+    options: &MountOptions,
+    daemon: bool,
+) -> Result<ExitCode, Error> {
     let report = |msg: &str| {
         if daemon {
             let mut out = std::io::stdout();
@@ -309,8 +334,8 @@ fn serve(spec: &StoreSpec, spec_text: &str, mp: &Path, options: &MountOptions, d
             let _ = out.flush();
         }
     };
-    let signals = crate::sys::SignalSet::block_termination()
-        .map_err(|e| Error::io("blocking signals", e))?;
+    let signals =
+        crate::sys::SignalSet::block_termination().map_err(|e| Error::io("blocking signals", e))?;
     if daemon {
         crate::sys::new_session();
     }
@@ -339,9 +364,8 @@ fn serve(spec: &StoreSpec, spec_text: &str, mp: &Path, options: &MountOptions, d
                 ..KernelOptions::default()
             },
         );
-        let session = Session::new(adapter, mp, &options.fuser_config(spec_text)).map_err(|e| {
-            Error::io(format!("mounting {}", mp.display()), e)
-        })?;
+        let session = Session::new(adapter, mp, &options.fuser_config(spec_text))
+            .map_err(|e| Error::io(format!("mounting {}", mp.display()), e))?;
         Ok((fs, session))
     })();
     let (fs, mut session) = match result {
@@ -384,7 +408,10 @@ fn serve(spec: &StoreSpec, spec_text: &str, mp: &Path, options: &MountOptions, d
             log::info!("unmounted {} cleanly", mp.display());
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => Err(Error::new(ErrorKind::Io, format!("committing at unmount: {e}"))),
+        Err(e) => Err(Error::new(
+            ErrorKind::Io,
+            format!("committing at unmount: {e}"),
+        )),
     }
 }
 
@@ -416,7 +443,12 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode, Error> {
                 .output();
             match fallback {
                 Ok(f) if f.status.success() => true,
-                _ => return Err(Error::new(ErrorKind::Io, format!("unmounting {}: {msg}", mp.display()))),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!("unmounting {}: {msg}", mp.display()),
+                    ));
+                }
             }
         }
         Err(e) => {
@@ -448,13 +480,26 @@ mod tests {
 
     #[test]
     fn options_parse_like_mount_writes_them() {
-        let o = MountOptions::parse(&["ro,allow_other,uid=1000,gid=100,umask=022", "threads=4,passthrough=off,noauto,_netdev,x-systemd.automount,nosuid"]).unwrap();
+        let o = MountOptions::parse(&[
+            "ro,allow_other,uid=1000,gid=100,umask=022",
+            "threads=4,passthrough=off,noauto,_netdev,x-systemd.automount,nosuid",
+        ])
+        .unwrap();
         assert!(o.read_only && o.allow_other);
-        assert_eq!((o.uid, o.gid, o.umask, o.threads), (Some(1000), Some(100), Some(0o022), 4));
+        assert_eq!(
+            (o.uid, o.gid, o.umask, o.threads),
+            (Some(1000), Some(100), Some(0o022), 4)
+        );
         assert!(!o.passthrough);
         assert_eq!(o.kernel, ["nosuid"]);
         assert!(o.default_permissions);
-        for bad in ["bogus", "uid=x", "threads=0", "passthrough=maybe", "umask=9"] {
+        for bad in [
+            "bogus",
+            "uid=x",
+            "threads=0",
+            "passthrough=maybe",
+            "umask=9",
+        ] {
             assert!(MountOptions::parse(&[bad]).is_err(), "{bad}");
         }
     }

@@ -197,6 +197,14 @@ pub trait Datastore: Send + Sync {
         self.delete(from)
     }
 
+    /// Checks the store's own invariants (go-datastore's `Scrubbed`/`Checked` features) and,
+    /// with `repair`, fixes what it can. Returns a description of each problem found. The
+    /// default has nothing to check.
+    fn scrub(&self, repair: bool) -> Result<Vec<String>> {
+        let _ = repair;
+        Ok(Vec::new())
+    }
+
     /// Space used on disk, if the store can tell (go-datastore's `PersistentDatastore`).
     fn disk_usage(&self) -> Result<Option<u64>> {
         Ok(None)
@@ -304,6 +312,9 @@ impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
     }
     fn rename(&self, from: &Key, to: &Key) -> Result<()> {
         (**self).rename(from, to)
+    }
+    fn scrub(&self, repair: bool) -> Result<Vec<String>> {
+        (**self).scrub(repair)
     }
     fn disk_usage(&self) -> Result<Option<u64>> {
         (**self).disk_usage()

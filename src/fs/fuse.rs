@@ -18,9 +18,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -120,7 +119,11 @@ impl FuseAdapter {
     }
 
     /// Registers `file` with the kernel for passthrough, sharing one id per backing file.
-    fn backing_id(&self, file: &std::fs::File, register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>) -> Option<Arc<BackingId>> {
+    fn backing_id(
+        &self,
+        file: &std::fs::File,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
         if !self.passthrough.load(Ordering::Relaxed) {
             return None;
         }
@@ -165,8 +168,11 @@ impl Filesystem for FuseAdapter {
                 self.passthrough.store(false, Ordering::Relaxed);
             }
         }
-        if self.options.writeback_cache && !self.passthrough.load(Ordering::Relaxed)
-            && config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_err()
+        if self.options.writeback_cache
+            && !self.passthrough.load(Ordering::Relaxed)
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_err()
         {
             log::info!("kernel writeback cache unavailable");
         }
@@ -243,11 +249,27 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, self.fs.mknod(ctx(req), parent.0, name.as_bytes(), mode, umask));
+        self.entry(
+            reply,
+            self.fs
+                .mknod(ctx(req), parent.0, name.as_bytes(), mode, umask),
+        );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        self.entry(reply, self.fs.mkdir(ctx(req), parent.0, name.as_bytes(), mode, umask));
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            self.fs
+                .mkdir(ctx(req), parent.0, name.as_bytes(), mode, umask),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -264,11 +286,22 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         self.entry(
             reply,
-            self.fs
-                .symlink(ctx(req), parent.0, link_name.as_bytes(), target.as_os_str().as_bytes()),
+            self.fs.symlink(
+                ctx(req),
+                parent.0,
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+            ),
         );
     }
 
@@ -286,13 +319,26 @@ impl Filesystem for FuseAdapter {
             noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
         };
-        match self.fs.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), f) {
+        match self.fs.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            f,
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.entry(reply, self.fs.link());
     }
 
@@ -345,7 +391,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -370,7 +423,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.fsync(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -385,7 +445,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         match self.fs.readdir(ino.0, offset, 512) {
             Ok(items) => {
                 for item in items {
@@ -400,12 +467,26 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         match self.fs.readdir(ino.0, offset, 256) {
             Ok(items) => {
                 for item in items {
                     let attr = file_attr(&item.attr);
-                    if reply.add(INodeNo(item.ino), item.offset, &item.name, &self.options.ttl, &attr, Generation(0)) {
+                    if reply.add(
+                        INodeNo(item.ino),
+                        item.offset,
+                        &item.name,
+                        &self.options.ttl,
+                        &attr,
+                        Generation(0),
+                    ) {
                         break;
                     }
                 }
@@ -415,7 +496,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.store().index().sync() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e.into())),
@@ -424,7 +512,9 @@ impl Filesystem for FuseAdapter {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.fs.statfs() {
-            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -483,7 +573,10 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(ctx(req), parent.0, name.as_bytes(), mode, umask, flags) {
+        match self
+            .fs
+            .create(ctx(req), parent.0, name.as_bytes(), mode, umask, flags)
+        {
             Ok((attr, opened)) => reply.created(
                 &self.options.ttl,
                 &file_attr(&attr),
@@ -511,7 +604,15 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),

@@ -26,7 +26,9 @@ use names::{NameRef, VALUE_NAME, component_to_name, name_to_component};
 
 use crate::datastore::{Datastore, Key, StageInit, Staged};
 use crate::index::node::Timestamp;
-use crate::index::{Index, IndexError, IndexErrorKind, IndexedStore, Node, NodeId, NodeKind, ROOT, Tx};
+use crate::index::{
+    Index, IndexError, IndexErrorKind, IndexedStore, Node, NodeId, NodeKind, ROOT, Tx,
+};
 
 /// Inode numbers with this bit set name the value of a directory that also holds one
 /// (the `.dsfs.value` entry); the rest of the bits are the directory's node id.
@@ -211,6 +213,14 @@ struct InodeState {
     mtime: Option<Timestamp>,
 }
 
+/// One value that a rename moves from one key to another.
+struct ValueMove {
+    from: Key,
+    to: Key,
+    id: NodeId,
+    size: u64,
+}
+
 struct OpenInode {
     state: Mutex<InodeState>,
 }
@@ -304,7 +314,11 @@ impl DsFs {
 
     fn attr_of(&self, ino: u64, n: &Node) -> Attr {
         let (kind, mut size, perm) = if ino & VALUE_INO != 0 {
-            (FileKind::File, n.value.unwrap_or(0), (n.mode & 0o7666) as u16)
+            (
+                FileKind::File,
+                n.value.unwrap_or(0),
+                (n.mode & 0o7666) as u16,
+            )
         } else {
             let k = match n.kind {
                 NodeKind::Dir => FileKind::Dir,
@@ -411,7 +425,14 @@ impl DsFs {
     }
 
     /// Makes a directory.
-    pub fn mkdir(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> FsResult<Attr> {
+    pub fn mkdir(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Attr> {
         self.check_writable()?;
         let comp = Self::component(name)?;
         let pnode = self.dir_node(parent)?;
@@ -433,7 +454,14 @@ impl DsFs {
     }
 
     /// Creates an empty regular file (`mknod` with `S_IFREG`); other node types are refused.
-    pub fn mknod(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32, umask: u32) -> FsResult<Attr> {
+    pub fn mknod(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Attr> {
         self.check_writable()?;
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             return Err(FsError::NotPermitted(
@@ -452,7 +480,13 @@ impl DsFs {
         self.getattr(id)
     }
 
-    fn create_file_node(&self, parent: u64, comp: &str, key: &Key, mut n: Node) -> FsResult<NodeId> {
+    fn create_file_node(
+        &self,
+        parent: u64,
+        comp: &str,
+        key: &Key,
+        mut n: Node,
+    ) -> FsResult<NodeId> {
         n.value = Some(0);
         Ok(self.index.write(|tx| {
             let id = tx.create(parent, comp, n.clone())?;
@@ -538,7 +572,11 @@ impl DsFs {
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.handles.read().get(&fh).cloned().ok_or(FsError::BadHandle)
+        self.handles
+            .read()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
     }
 
     /// Opens inode `ino` with open(2) `flags`.
@@ -725,7 +763,8 @@ impl DsFs {
                 if let Some(mode) = set.mode {
                     n.mode = mode & 0o7777;
                 }
-                let chown = set.uid.is_some_and(|u| u != n.uid) || set.gid.is_some_and(|g| g != n.gid);
+                let chown =
+                    set.uid.is_some_and(|u| u != n.uid) || set.gid.is_some_and(|g| g != n.gid);
                 if let Some(uid) = set.uid {
                     n.uid = uid;
                 }
@@ -789,7 +828,11 @@ impl DsFs {
             }
             // A truncate is visible to every later reader, so commit it unless a handle is
             // still writing (its close commits).
-            let writers = self.handles.read().values().any(|h| h.ino == ino && h.writable);
+            let writers = self
+                .handles
+                .read()
+                .values()
+                .any(|h| h.ino == ino && h.writable);
             if !writers {
                 self.commit(ino, &inode, false)?;
             }
@@ -949,7 +992,9 @@ impl DsFs {
             let mut cur = newparent;
             loop {
                 if cur == src {
-                    return Err(FsError::Invalid("cannot move a directory into itself".into()));
+                    return Err(FsError::Invalid(
+                        "cannot move a directory into itself".into(),
+                    ));
                 }
                 if cur == ROOT {
                     break;
@@ -990,8 +1035,8 @@ impl DsFs {
             let _ = dst_id;
             self.backend.delete(&new_key)?;
         }
-        for (from_key, to_key, _) in &moves {
-            self.backend.rename(from_key, to_key)?;
+        for m in &moves {
+            self.backend.rename(&m.from, &m.to)?;
         }
         self.index.write(|tx| {
             Self::keep_dir(tx, parent)?;
@@ -1009,11 +1054,11 @@ impl DsFs {
             n.ctime = now_ts();
             tx.put_node(src, &n)?;
             tx.link(newparent, &to, src, n.kind == NodeKind::Dir)?;
-            for (from_key, _, _) in &moves {
-                tx.remove_key(from_key)?;
+            for m in &moves {
+                tx.remove_key(&m.from)?;
             }
-            for (_, to_key, (id, size)) in &moves {
-                tx.set_key(to_key, *id, *size)?;
+            for m in &moves {
+                tx.set_key(&m.to, m.id, m.size)?;
             }
             Ok(())
         })?;
@@ -1029,26 +1074,42 @@ impl DsFs {
         snode: &Node,
         old: &Key,
         new: &Key,
-    ) -> FsResult<Vec<(Key, Key, (NodeId, u64))>> {
+    ) -> FsResult<Vec<ValueMove>> {
         let mut moves = Vec::new();
         match snode.kind {
             NodeKind::Symlink => {}
             NodeKind::File => {
                 self.commit_if_open(src)?;
                 let size = self.index.value_size(old)?.unwrap_or(0);
-                moves.push((old.clone(), new.clone(), (src, size)));
+                moves.push(ValueMove {
+                    from: old.clone(),
+                    to: new.clone(),
+                    id: src,
+                    size,
+                });
             }
             NodeKind::Dir => {
                 if let Some(size) = snode.value {
-                    moves.push((old.clone(), new.clone(), (src, size)));
+                    moves.push(ValueMove {
+                        from: old.clone(),
+                        to: new.clone(),
+                        id: src,
+                        size,
+                    });
                 }
                 for ke in self.index.keys(Some(old))? {
                     let ke = ke?;
                     self.commit_if_open(ke.id)?;
-                    let rest = ke.key.strip_prefix(old).ok_or_else(|| {
-                        FsError::Io(format!("{} listed under {old}", ke.key))
-                    })?;
-                    moves.push((ke.key.clone(), new.child(&rest), (ke.id, ke.size)));
+                    let rest = ke
+                        .key
+                        .strip_prefix(old)
+                        .ok_or_else(|| FsError::Io(format!("{} listed under {old}", ke.key)))?;
+                    moves.push(ValueMove {
+                        to: new.child(&rest),
+                        from: ke.key,
+                        id: ke.id,
+                        size: ke.size,
+                    });
                 }
             }
         }
@@ -1064,8 +1125,12 @@ impl DsFs {
 
     /// After a rename, open inodes learn their new keys.
     fn rekey_open(&self) -> FsResult<()> {
-        let open: Vec<(u64, Arc<OpenInode>)> =
-            self.open.read().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let open: Vec<(u64, Arc<OpenInode>)> = self
+            .open
+            .read()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         for (ino, inode) in open {
             let mut st = inode.state.lock();
             if st.unlinked {
@@ -1229,30 +1294,33 @@ impl DsFs {
             return Err(FsError::TooBig);
         }
         let id = ino & !VALUE_INO;
-        self.index.write(|tx| {
-            let exists = tx.xattr(id, &name)?.is_some();
-            if flags & libc::XATTR_CREATE != 0 && exists {
-                return Err(idx_err(IndexErrorKind::AlreadyExists, "attribute exists"));
-            }
-            if flags & libc::XATTR_REPLACE != 0 && !exists {
-                return Err(idx_err(IndexErrorKind::NotFound, "no such attribute"));
-            }
-            tx.set_xattr(id, &name, Some(value))?;
-            let mut n = tx.node_required(id)?;
-            n.ctime = now_ts();
-            tx.put_node(id, &n)
-        })
-        .map_err(|e| match e.kind() {
-            IndexErrorKind::NotFound => FsError::NoData,
-            _ => e.into(),
-        })
+        self.index
+            .write(|tx| {
+                let exists = tx.xattr(id, &name)?.is_some();
+                if flags & libc::XATTR_CREATE != 0 && exists {
+                    return Err(idx_err(IndexErrorKind::AlreadyExists, "attribute exists"));
+                }
+                if flags & libc::XATTR_REPLACE != 0 && !exists {
+                    return Err(idx_err(IndexErrorKind::NotFound, "no such attribute"));
+                }
+                tx.set_xattr(id, &name, Some(value))?;
+                let mut n = tx.node_required(id)?;
+                n.ctime = now_ts();
+                tx.put_node(id, &n)
+            })
+            .map_err(|e| match e.kind() {
+                IndexErrorKind::NotFound => FsError::NoData,
+                _ => e.into(),
+            })
     }
 
     /// An extended attribute's value.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         let name = xattr_name(name)?;
         self.node(ino & !VALUE_INO)?;
-        self.index.xattr(ino & !VALUE_INO, &name)?.ok_or(FsError::NoData)
+        self.index
+            .xattr(ino & !VALUE_INO, &name)?
+            .ok_or(FsError::NoData)
     }
 
     /// The NUL-separated list of extended attribute names.
@@ -1280,7 +1348,11 @@ impl DsFs {
             }
             Ok(removed)
         })?;
-        if removed { Ok(()) } else { Err(FsError::NoData) }
+        if removed {
+            Ok(())
+        } else {
+            Err(FsError::NoData)
+        }
     }
 
     /// Checks `mask` (R_OK/W_OK/X_OK bits, or F_OK) for the caller.
@@ -1319,7 +1391,9 @@ impl DsFs {
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
         self.check_writable()?;
         if mode != 0 && mode != libc::FALLOC_FL_KEEP_SIZE {
-            return Err(FsError::NotSupported("only plain fallocate is supported".into()));
+            return Err(FsError::NotSupported(
+                "only plain fallocate is supported".into(),
+            ));
         }
         let h = self.handle(fh)?;
         if !h.writable {
@@ -1359,7 +1433,11 @@ impl DsFs {
                     return crate::sys::lseek(s.file(), offset, whence)
                         .map_err(|_| FsError::NoSuchOffset);
                 }
-                Ok(if whence == libc::SEEK_DATA { offset } else { size })
+                Ok(if whence == libc::SEEK_DATA {
+                    offset
+                } else {
+                    size
+                })
             }
             libc::SEEK_SET => Ok(offset),
             libc::SEEK_END => Ok(size + offset),
@@ -1373,8 +1451,12 @@ impl DsFs {
         if *shut {
             return Ok(());
         }
-        let open: Vec<(u64, Arc<OpenInode>)> =
-            self.open.read().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let open: Vec<(u64, Arc<OpenInode>)> = self
+            .open
+            .read()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         let mut first_err = None;
         for (ino, inode) in open {
             if let Err(e) = self.commit(ino, &inode, false) {

@@ -72,7 +72,11 @@ pub fn name_to_component(name: &[u8]) -> FsResult<NameRef> {
     let Some(encoded) = name.strip_prefix(ESCAPE_PREFIX) else {
         return Ok(NameRef::Component(name.to_owned()));
     };
-    let reserved = || FsError::Invalid(format!("{name:?}: names starting with {ESCAPE_PREFIX} are reserved"));
+    let reserved = || {
+        FsError::Invalid(format!(
+            "{name:?}: names starting with {ESCAPE_PREFIX} are reserved"
+        ))
+    };
     let bytes = percent_decode(encoded).ok_or_else(reserved)?;
     let component = String::from_utf8(bytes).map_err(|_| reserved())?;
     // Only the canonical spelling of a component that needs escaping is accepted, so that the
@@ -106,8 +110,20 @@ mod tests {
 
     #[test]
     fn ordinary_names_are_their_own_components() {
-        for n in ["a", "CIQFTFEE", "with space", "ünïcødé", "%41", "100%", ".hidden", "..."] {
-            assert_eq!(name_to_component(n.as_bytes()).unwrap(), NameRef::Component(n.into()));
+        for n in [
+            "a",
+            "CIQFTFEE",
+            "with space",
+            "ünïcødé",
+            "%41",
+            "100%",
+            ".hidden",
+            "...",
+        ] {
+            assert_eq!(
+                name_to_component(n.as_bytes()).unwrap(),
+                NameRef::Component(n.into())
+            );
             assert_eq!(component_to_name(n).unwrap(), n);
         }
     }
@@ -118,21 +134,39 @@ mod tests {
             let name = component_to_name(c).unwrap();
             assert!(name.starts_with(ESCAPE_PREFIX), "{name}");
             assert!(!name.contains('\0'));
-            assert_eq!(name_to_component(name.as_bytes()).unwrap(), NameRef::Component(c.into()));
+            assert_eq!(
+                name_to_component(name.as_bytes()).unwrap(),
+                NameRef::Component(c.into())
+            );
         }
     }
 
     #[test]
     fn the_value_name_means_the_directory_value() {
-        assert_eq!(name_to_component(VALUE_NAME.as_bytes()).unwrap(), NameRef::DirValue);
+        assert_eq!(
+            name_to_component(VALUE_NAME.as_bytes()).unwrap(),
+            NameRef::DirValue
+        );
     }
 
     #[test]
     fn bad_names_get_clear_errors() {
-        assert!(matches!(name_to_component(&[b'a'; 256]), Err(FsError::NameTooLong)));
-        assert!(matches!(name_to_component(b"\xff\xfe"), Err(FsError::BadName)));
-        assert!(matches!(name_to_component(b".dsfs.esc.plain"), Err(FsError::Invalid(_))));
-        assert!(matches!(name_to_component(b".dsfs.esc.%zz"), Err(FsError::Invalid(_))));
+        assert!(matches!(
+            name_to_component(&[b'a'; 256]),
+            Err(FsError::NameTooLong)
+        ));
+        assert!(matches!(
+            name_to_component(b"\xff\xfe"),
+            Err(FsError::BadName)
+        ));
+        assert!(matches!(
+            name_to_component(b".dsfs.esc.plain"),
+            Err(FsError::Invalid(_))
+        ));
+        assert!(matches!(
+            name_to_component(b".dsfs.esc.%zz"),
+            Err(FsError::Invalid(_))
+        ));
         assert!(name_to_component(&[b'a'; 255]).is_ok());
         assert!(component_to_name(&"\0".repeat(100)).is_none());
     }

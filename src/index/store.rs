@@ -145,6 +145,10 @@ impl Datastore for IndexedStore {
         Ok(())
     }
 
+    fn scrub(&self, repair: bool) -> Result<Vec<String>> {
+        self.backend.scrub(repair)
+    }
+
     fn disk_usage(&self) -> Result<Option<u64>> {
         self.backend.disk_usage()
     }
