@@ -65,8 +65,10 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts a flusher for `db` that makes writes durable within `interval`.
-    pub fn start(db: Arc<Database>, interval: Duration, name: &str) -> GroupCommit {
+    /// Starts a flusher for `db` that makes writes durable within `interval`; with `None`,
+    /// no thread runs and only [`GroupCommit::flush`] makes writes durable (for an owner that
+    /// must order other work before each durable commit).
+    pub fn start(db: Arc<Database>, interval: Option<Duration>, name: &str) -> GroupCommit {
         let shared = Arc::new(Shared {
             db,
             state: Mutex::new(State {
@@ -74,15 +76,18 @@ impl GroupCommit {
                 stop: false,
             }),
             wake: Condvar::new(),
-            interval,
+            interval: interval.unwrap_or_default(),
             name: name.to_owned(),
         });
         let worker = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("dsfs-commit-{name}"))
-            .spawn(move || run(worker))
-            .map_err(|e| log::error!("could not start the commit thread for {name}: {e}"))
-            .ok();
+        let thread = match interval {
+            None => None,
+            Some(_) => std::thread::Builder::new()
+                .name(format!("dsfs-commit-{name}"))
+                .spawn(move || run(worker))
+                .map_err(|e| log::error!("could not start the commit thread for {name}: {e}"))
+                .ok(),
+        };
         GroupCommit {
             shared,
             thread: Mutex::new(thread),

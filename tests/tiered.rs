@@ -39,6 +39,13 @@ fn k(s: &str) -> Key {
     Key::new(s)
 }
 
+/// Files replaced or deleted are removed at the next checkpoint, after the records that
+/// stopped pointing at them are durable; `sync` runs one.
+fn settled(s: &TieredStore, dir: &Path) -> usize {
+    s.sync(&Key::root()).unwrap();
+    files(dir)
+}
+
 #[test]
 fn small_values_stay_inline_and_large_ones_become_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,12 +68,17 @@ fn small_values_stay_inline_and_large_ones_become_files() {
     assert_eq!(s.read_at(&k("/big"), 4995, &mut buf).unwrap(), 5);
     // Shrinking moves the value inline and removes the file; growing does the reverse.
     s.put(&k("/big"), b"now small").unwrap();
-    assert_eq!(files(dir.path()), 0);
+    assert_eq!(
+        files(dir.path()),
+        1,
+        "the old file stays until the flip is durable"
+    );
+    assert_eq!(settled(&s, dir.path()), 0);
     assert_eq!(s.get(&k("/big")).unwrap(), b"now small");
     s.put(&k("/small"), &big).unwrap();
     assert_eq!(files(dir.path()), 1);
     s.delete(&k("/small")).unwrap();
-    assert_eq!(files(dir.path()), 0);
+    assert_eq!(settled(&s, dir.path()), 0);
 }
 
 #[test]
@@ -81,7 +93,7 @@ fn rename_moves_the_record_not_the_file() {
     assert_eq!(s.backing_file(&k("/b/y")).unwrap().unwrap(), before);
     assert_eq!(s.get(&k("/b/y")).unwrap(), big);
     assert!(!s.has(&k("/a/x")).unwrap());
-    assert_eq!(files(dir.path()), 1, "the replaced file is gone");
+    assert_eq!(settled(&s, dir.path()), 1, "the replaced file is gone");
     assert!(s.rename(&k("/none"), &k("/z")).unwrap_err().is_not_found());
 }
 
@@ -100,7 +112,7 @@ fn staged_commits_pick_the_tier_by_final_size() {
     s.commit_staged(&k("/f"), st, false).unwrap();
     assert!(s.backing_file(&k("/f")).unwrap().is_none());
     assert_eq!(s.get(&k("/f")).unwrap(), vec![3u8; 10]);
-    assert_eq!(files(dir.path()), 0);
+    assert_eq!(settled(&s, dir.path()), 0);
     // Seeded from an inline value.
     let st = s.stage(&k("/f"), StageInit::CopyCurrent).unwrap();
     assert_eq!(st.read_all().unwrap(), vec![3u8; 10]);
@@ -180,5 +192,5 @@ fn batches_place_each_value_and_apply_together() {
     assert_eq!(s.get(&k("/big")).unwrap(), vec![6u8; 4000]);
     assert_eq!(s.get(&k("/small")).unwrap(), b"s");
     assert!(!s.has(&k("/gone")).unwrap());
-    assert_eq!(files(dir.path()), 1);
+    assert_eq!(settled(&s, dir.path()), 1);
 }

@@ -27,8 +27,9 @@ const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
 pub struct RedbOptions {
     /// fsync every write before it returns (slower; `sync` is then free).
     pub durable_puts: bool,
-    /// The longest a write waits to become durable when `durable_puts` is off.
-    pub commit_interval: Duration,
+    /// The longest a write waits to become durable when `durable_puts` is off; `None` leaves
+    /// durability to explicit `sync` calls (the owner of the store orders them).
+    pub commit_interval: Option<Duration>,
     /// redb's page cache size in bytes.
     pub cache_size: usize,
 }
@@ -37,7 +38,7 @@ impl Default for RedbOptions {
     fn default() -> RedbOptions {
         RedbOptions {
             durable_puts: false,
-            commit_interval: group_commit::DEFAULT_INTERVAL,
+            commit_interval: Some(group_commit::DEFAULT_INTERVAL),
             cache_size: 64 << 20,
         }
     }

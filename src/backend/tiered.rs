@@ -3,18 +3,27 @@
 //! Every key has one record in a redb store. A small value lives inline in that record; a value
 //! of at least `threshold` bytes lives in a flatfs directory as a plain file, under a random
 //! file id, and the record points to it. The record is the commit point: writing a large value
-//! first writes (or renames) its file, then flips the record in one redb transaction, then
-//! removes the file it replaced. So every put, overwrite, rename and batch is atomic, a rename
-//! never moves file data, and a crash leaves at worst an unreferenced file, which
-//! [`Datastore::scrub`] removes. Large values are plain files that the filesystem can hand to
-//! the kernel (passthrough), and that a staged write commits with one `rename(2)`.
+//! first writes (or renames) its file, then flips the record in one redb transaction. So every
+//! put, overwrite, rename and batch is atomic, and a rename never moves file data. Large values
+//! are plain files that the filesystem can hand to the kernel (passthrough), and that a staged
+//! write commits with one `rename(2)`.
+//!
+//! Durability is ordered by a checkpoint (every second while there are changes, and on `sync`
+//! and `close`): first the files are synced, then the records are committed durably, and only
+//! then are the files that the committed records no longer reference deleted. A crash at any
+//! moment therefore finds each record pointing at a complete file (its old or its new value),
+//! and leaves at worst unreferenced files, which [`Datastore::scrub`] removes.
 //!
 //! Record format: one tag byte, then either the value (`0`) or the file id in ASCII (`1`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::flatfs::{FlatFsOptions, FlatFsStore, ShardFn};
 use super::redb::{RedbOptions, RedbStore};
@@ -105,11 +114,33 @@ impl Default for TieredOptions {
 
 /// See the module documentation.
 pub struct TieredStore {
+    inner: Arc<Inner>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Inner {
     records: RedbStore,
     files: FlatFsStore,
     threshold: u64,
     stripes: Vec<Mutex<()>>,
+    /// Files replaced by records that are not yet durable: deleted at the next checkpoint.
+    retired: Mutex<Vec<Key>>,
+    /// Serialises checkpoints.
+    checkpointing: Mutex<()>,
+    state: Mutex<CheckpointState>,
+    wake: Condvar,
+    closed: std::sync::atomic::AtomicBool,
 }
+
+struct CheckpointState {
+    dirty: bool,
+    stop: bool,
+}
+
+/// How often changes are made durable in the background.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Retired files that force a checkpoint before more are queued.
+const MAX_RETIRED: usize = 1024;
 
 impl TieredStore {
     /// Opens (creating if needed) a tiered store with records in `records_path` and files in
@@ -128,12 +159,83 @@ impl TieredStore {
                 ..FlatFsOptions::default()
             },
         )?;
-        Ok(TieredStore {
+        let inner = Arc::new(Inner {
             records,
             files,
             threshold: options.threshold.max(1),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            retired: Mutex::new(Vec::new()),
+            checkpointing: Mutex::new(()),
+            state: Mutex::new(CheckpointState {
+                dirty: false,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let worker = inner.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("dsfs-tiered-checkpoint".into())
+            .spawn(move || worker.run_checkpoints())
+            .map_err(|e| Error::io("starting the checkpoint thread", e))?;
+        Ok(TieredStore {
+            inner,
+            checkpointer: Mutex::new(Some(checkpointer)),
         })
+    }
+}
+
+impl Inner {
+    fn run_checkpoints(&self) {
+        loop {
+            {
+                let mut st = self.state.lock();
+                while !st.dirty && !st.stop {
+                    self.wake.wait(&mut st);
+                }
+                if st.stop {
+                    return;
+                }
+                let deadline = std::time::Instant::now() + CHECKPOINT_INTERVAL;
+                while !st.stop && !self.wake.wait_until(&mut st, deadline).timed_out() {}
+                if st.stop {
+                    return;
+                }
+                st.dirty = false;
+            }
+            if let Err(e) = self.checkpoint() {
+                log::error!("tiered: background checkpoint failed: {e}");
+                self.state.lock().dirty = true;
+            }
+        }
+    }
+
+    fn mark_dirty(&self) {
+        let mut st = self.state.lock();
+        if !st.dirty {
+            st.dirty = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Files, then durable records, then the deletion of files no durable record references.
+    fn checkpoint(&self) -> Result<()> {
+        let _one = self.checkpointing.lock();
+        let retired = std::mem::take(&mut *self.retired.lock());
+        let synced = self
+            .files
+            .sync(&Key::root())
+            .and_then(|()| self.records.sync(&Key::root()));
+        if let Err(e) = synced {
+            self.retired.lock().extend(retired);
+            return Err(e);
+        }
+        for id in retired {
+            if let Err(e) = self.files.delete(&id) {
+                log::warn!("tiered: could not remove replaced file {id}: {e} (scrub removes it)");
+            }
+        }
+        Ok(())
     }
 
     fn stripe(&self, key: &Key) -> usize {
@@ -172,11 +274,18 @@ impl TieredStore {
         }
     }
 
+    /// Queues the file a record no longer points to for deletion once that record is durable.
     fn drop_file(&self, old: Option<Loc>) {
-        if let Some(Loc::File(id)) = old
-            && let Err(e) = self.files.delete(&id)
-        {
-            log::warn!("tiered: could not remove replaced file {id}: {e} (scrub removes it)");
+        self.mark_dirty();
+        if let Some(Loc::File(id)) = old {
+            let full = {
+                let mut r = self.retired.lock();
+                r.push(id);
+                r.len() >= MAX_RETIRED
+            };
+            if full && let Err(e) = self.checkpoint() {
+                log::error!("tiered: checkpoint failed: {e}");
+            }
         }
     }
 
@@ -188,11 +297,11 @@ impl TieredStore {
     }
 }
 
-impl Datastore for TieredStore {
+impl Datastore for Inner {
     fn get(&self, key: &Key) -> Result<Vec<u8>> {
         match self.loc(key)? {
             Some(Loc::Inline(v)) => Ok(v),
-            Some(Loc::File(id)) => self.files.get(&id).map_err(|e| Self::file_missing(key, e)),
+            Some(Loc::File(id)) => self.files.get(&id).map_err(|e| Inner::file_missing(key, e)),
             None => Err(Error::not_found()),
         }
     }
@@ -207,7 +316,7 @@ impl Datastore for TieredStore {
             Some(Loc::File(id)) => self
                 .files
                 .get_size(&id)
-                .map_err(|e| Self::file_missing(key, e)),
+                .map_err(|e| Inner::file_missing(key, e)),
             None => Err(Error::not_found()),
         }
     }
@@ -218,7 +327,7 @@ impl Datastore for TieredStore {
             Some(Loc::File(id)) => self
                 .files
                 .read_at(&id, offset, buf)
-                .map_err(|e| Self::file_missing(key, e)),
+                .map_err(|e| Inner::file_missing(key, e)),
             None => Err(Error::not_found()),
         }
     }
@@ -273,12 +382,12 @@ impl Datastore for TieredStore {
                     if keys_only {
                         let size = files
                             .get_size(&id)
-                            .map_err(|err| TieredStore::file_missing(&key, err))?;
+                            .map_err(|err| Inner::file_missing(&key, err))?;
                         Entry::key_only(key, Some(size))
                     } else {
                         let v = files
                             .get(&id)
-                            .map_err(|err| TieredStore::file_missing(&key, err))?;
+                            .map_err(|err| Inner::file_missing(&key, err))?;
                         Entry::with_value(key, v)
                     }
                 }
@@ -288,16 +397,18 @@ impl Datastore for TieredStore {
         Ok(Results::new(q, it))
     }
 
-    fn sync(&self, prefix: &Key) -> Result<()> {
-        // Files before the records that point to them.
-        self.files.sync(&Key::root())?;
-        self.records.sync(prefix)
+    fn sync(&self, _prefix: &Key) -> Result<()> {
+        self.checkpoint()
     }
 
     fn close(&self) -> Result<()> {
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
+        let c = self.checkpoint();
         let a = self.records.close();
         let b = self.files.close();
-        a.and(b)
+        c.and(a).and(b)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -398,10 +509,10 @@ impl Datastore for TieredStore {
             drop(staged);
             self.records.put(key, &inline_record(&value))?;
         }
-        if durable {
-            self.records.sync(key)?;
-        }
         self.drop_file(old);
+        if durable {
+            self.checkpoint()?;
+        }
         Ok(())
     }
 
@@ -418,7 +529,10 @@ impl Datastore for TieredStore {
 
     fn scrub(&self, repair: bool) -> Result<Vec<String>> {
         // Files that no record points to: debris of a crash between a file write and its
-        // record flip.
+        // record flip. With every writer held off and everything durable, "unreferenced now"
+        // is also "unreferenced after any crash".
+        let _all: Vec<MutexGuard<'_, ()>> = self.stripes.iter().map(|m| m.lock()).collect();
+        self.checkpoint()?;
         let mut referenced = BTreeSet::new();
         for r in self.records.query(Query::default())? {
             let e = r?;
@@ -448,13 +562,86 @@ impl Datastore for TieredStore {
     }
 }
 
-impl TieredStore {
+impl Inner {
     /// A cheap second handle on the file tier for query iterators (which must be `'static`).
     fn files_handle(&self) -> FilesHandle {
         FilesHandle {
             path: self.files.path().to_path_buf(),
             shard: self.files.shard_fn(),
         }
+    }
+}
+
+impl Drop for TieredStore {
+    fn drop(&mut self) {
+        {
+            let mut st = self.inner.state.lock();
+            st.stop = true;
+            self.inner.wake.notify_one();
+        }
+        if let Some(t) = self.checkpointer.lock().take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.inner.close() {
+            log::error!("tiered: closing failed: {e}");
+        }
+    }
+}
+
+impl Datastore for TieredStore {
+    fn get(&self, key: &Key) -> Result<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn has(&self, key: &Key) -> Result<bool> {
+        self.inner.has(key)
+    }
+    fn get_size(&self, key: &Key) -> Result<u64> {
+        self.inner.get_size(key)
+    }
+    fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.inner.read_at(key, offset, buf)
+    }
+    fn put(&self, key: &Key, value: &[u8]) -> Result<()> {
+        self.inner.put(key, value)
+    }
+    fn delete(&self, key: &Key) -> Result<()> {
+        self.inner.delete(key)
+    }
+    fn query(&self, q: Query) -> Result<Results> {
+        self.inner.query(q)
+    }
+    fn sync(&self, prefix: &Key) -> Result<()> {
+        self.inner.sync(prefix)
+    }
+    fn close(&self) -> Result<()> {
+        self.inner.close()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn apply_batch(&self, ops: BatchOps) -> Result<()> {
+        self.inner.apply_batch(ops)
+    }
+    fn rename(&self, from: &Key, to: &Key) -> Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn disk_usage(&self) -> Result<Option<u64>> {
+        self.inner.disk_usage()
+    }
+    fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
+        self.inner.stage(key, init)
+    }
+    fn commit_staged(&self, key: &Key, staged: Staged, durable: bool) -> Result<()> {
+        self.inner.commit_staged(key, staged, durable)
+    }
+    fn staging_dir(&self) -> PathBuf {
+        self.inner.staging_dir()
+    }
+    fn backing_file(&self, key: &Key) -> Result<Option<PathBuf>> {
+        self.inner.backing_file(key)
+    }
+    fn scrub(&self, repair: bool) -> Result<Vec<String>> {
+        self.inner.scrub(repair)
     }
 }
 

@@ -1,1 +1,210 @@
+//! `DsFs` without FUSE: the POSIX semantics over an in-memory store and index.
 
+use std::sync::Arc;
+
+use super::*;
+use crate::backend::MemStore;
+use crate::index::IndexOptions;
+
+fn fs() -> DsFs {
+    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
+    let store = Arc::new(IndexedStore::new(Arc::new(MemStore::new()), index));
+    DsFs::new(store, FsOptions::default())
+}
+
+const CTX: Ctx = Ctx {
+    uid: 1000,
+    gid: 1000,
+};
+
+fn names(fs: &DsFs, dir: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = fs.readdir(dir, offset, 3).unwrap();
+        let Some(last) = page.last() else { break };
+        offset = last.offset;
+        out.extend(page.into_iter().map(|i| i.name));
+    }
+    out
+}
+
+fn write_file(fs: &DsFs, parent: u64, name: &str, data: &[u8]) -> u64 {
+    let (attr, opened) = fs
+        .create(CTX, parent, name.as_bytes(), 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    fs.write(opened.fh, 0, data).unwrap();
+    fs.release(opened.fh).unwrap();
+    attr.ino
+}
+
+fn read_file(fs: &DsFs, ino: u64) -> Vec<u8> {
+    let o = fs.open(ino, libc::O_RDONLY).unwrap();
+    let data = fs.read(o.fh, 0, 1 << 20).unwrap();
+    fs.release(o.fh).unwrap();
+    data
+}
+
+#[test]
+fn created_files_are_keys_with_their_bytes() {
+    let fs = fs();
+    let d = fs.mkdir(CTX, ROOT, b"docs", 0o755, 0o022).unwrap();
+    let f = write_file(&fs, d.ino, "a.txt", b"hello");
+    assert_eq!(read_file(&fs, f), b"hello");
+    assert_eq!(fs.store().get(&Key::new("/docs/a.txt")).unwrap(), b"hello");
+    let attr = fs.getattr(f).unwrap();
+    assert_eq!((attr.size, attr.perm, attr.uid), (5, 0o644, 1000));
+    assert_eq!(names(&fs, d.ino), [".", "..", "a.txt"]);
+}
+
+#[test]
+fn readdir_pages_resume_and_show_escaped_names() {
+    let fs = fs();
+    fs.store().put(&Key::new("/odd/x\0y"), b"nul").unwrap();
+    fs.store().put(&Key::new("/odd/plain"), b"p").unwrap();
+    fs.store().put(&Key::new("/odd"), b"own value").unwrap();
+    let odd = fs.lookup(ROOT, b"odd").unwrap();
+    assert_eq!(odd.kind, FileKind::Dir);
+    let mut got = names(&fs, odd.ino);
+    got.sort();
+    assert_eq!(got, [".", "..", ".dsfs.esc.x%00y", ".dsfs.value", "plain"]);
+    let esc = fs.lookup(odd.ino, b".dsfs.esc.x%00y").unwrap();
+    assert_eq!(read_file(&fs, esc.ino), b"nul");
+    let own = fs.lookup(odd.ino, b".dsfs.value").unwrap();
+    assert_eq!(read_file(&fs, own.ino), b"own value");
+}
+
+#[test]
+fn unlinked_open_files_stay_readable_until_closed() {
+    let fs = fs();
+    let f = write_file(&fs, ROOT, "f", b"still here");
+    let o = fs.open(f, libc::O_RDONLY).unwrap();
+    fs.unlink(ROOT, b"f").unwrap();
+    assert!(matches!(fs.lookup(ROOT, b"f"), Err(FsError::NotFound)));
+    assert_eq!(fs.read(o.fh, 0, 100).unwrap(), b"still here");
+    fs.release(o.fh).unwrap();
+    assert!(!fs.store().has(&Key::new("/f")).unwrap());
+}
+
+#[test]
+fn writes_are_shared_by_every_handle_and_committed_on_close() {
+    let fs = fs();
+    let f = write_file(&fs, ROOT, "f", b"0123456789");
+    let a = fs.open(f, libc::O_RDWR).unwrap();
+    let b = fs.open(f, libc::O_RDONLY).unwrap();
+    fs.write(a.fh, 2, b"AB").unwrap();
+    assert_eq!(fs.read(b.fh, 0, 100).unwrap(), b"01AB456789");
+    assert_eq!(
+        fs.store().get(&Key::new("/f")).unwrap(),
+        b"0123456789",
+        "not committed yet"
+    );
+    fs.flush(a.fh).unwrap();
+    assert_eq!(fs.store().get(&Key::new("/f")).unwrap(), b"01AB456789");
+    fs.release(a.fh).unwrap();
+    fs.release(b.fh).unwrap();
+}
+
+#[test]
+fn rename_rules() {
+    let fs = fs();
+    let d = fs.mkdir(CTX, ROOT, b"d", 0o755, 0).unwrap();
+    let e = fs.mkdir(CTX, ROOT, b"e", 0o755, 0).unwrap();
+    write_file(&fs, d.ino, "f", b"F");
+    write_file(&fs, ROOT, "g", b"G");
+    let none = RenameFlags::default();
+    // A directory over a non-empty directory, a file over a directory, a dir into itself.
+    fs.rename(ROOT, b"e", ROOT, b"d", none).unwrap_err();
+    assert!(matches!(fs.rename(ROOT, b"d", ROOT, b"e", none), Ok(())));
+    assert!(matches!(
+        fs.rename(ROOT, b"g", ROOT, b"e", none),
+        Err(FsError::IsDir)
+    ));
+    let e2 = fs.lookup(ROOT, b"e").unwrap();
+    assert!(matches!(
+        fs.rename(ROOT, b"e", e2.ino, b"inside", none),
+        Err(FsError::Invalid(_))
+    ));
+    assert_eq!(fs.store().get(&Key::new("/e/f")).unwrap(), b"F");
+    let _ = e;
+    // NOREPLACE and EXCHANGE.
+    write_file(&fs, ROOT, "h", b"H");
+    let noreplace = RenameFlags {
+        noreplace: true,
+        exchange: false,
+    };
+    assert!(matches!(
+        fs.rename(ROOT, b"g", ROOT, b"h", noreplace),
+        Err(FsError::Exists)
+    ));
+    let exchange = RenameFlags {
+        noreplace: false,
+        exchange: true,
+    };
+    fs.rename(ROOT, b"g", ROOT, b"h", exchange).unwrap();
+    assert_eq!(fs.store().get(&Key::new("/g")).unwrap(), b"H");
+    assert_eq!(fs.store().get(&Key::new("/h")).unwrap(), b"G");
+    let g = fs.lookup(ROOT, b"g").unwrap();
+    assert_eq!(read_file(&fs, g.ino), b"H");
+}
+
+#[test]
+fn read_only_mounts_refuse_changes() {
+    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
+    let store = Arc::new(IndexedStore::new(Arc::new(MemStore::new()), index));
+    store.put(&Key::new("/f"), b"x").unwrap();
+    let fs = DsFs::new(
+        store,
+        FsOptions {
+            read_only: true,
+            ..FsOptions::default()
+        },
+    );
+    assert!(matches!(
+        fs.mkdir(CTX, ROOT, b"d", 0o755, 0),
+        Err(FsError::ReadOnly)
+    ));
+    let f = fs.lookup(ROOT, b"f").unwrap();
+    assert!(matches!(
+        fs.open(f.ino, libc::O_WRONLY),
+        Err(FsError::ReadOnly)
+    ));
+    assert_eq!(read_file(&fs, f.ino), b"x");
+}
+
+#[test]
+fn xattrs_follow_the_flags_and_the_size_protocol_errors() {
+    let fs = fs();
+    let f = write_file(&fs, ROOT, "f", b"");
+    fs.setxattr(f, b"user.a", b"1", 0).unwrap();
+    assert!(matches!(
+        fs.setxattr(f, b"user.a", b"2", libc::XATTR_CREATE),
+        Err(FsError::Exists)
+    ));
+    assert!(matches!(
+        fs.setxattr(f, b"user.b", b"2", libc::XATTR_REPLACE),
+        Err(FsError::NoData)
+    ));
+    assert_eq!(fs.getxattr(f, b"user.a").unwrap(), b"1");
+    assert_eq!(fs.listxattr(f).unwrap(), b"user.a\0");
+    fs.removexattr(f, b"user.a").unwrap();
+    assert!(matches!(fs.getxattr(f, b"user.a"), Err(FsError::NoData)));
+}
+
+#[test]
+fn every_error_has_its_own_errno_and_unknowns_are_eio() {
+    assert_eq!(FsError::NotFound.errno(), libc::ENOENT);
+    assert_eq!(
+        FsError::store(crate::datastore::Error::not_found()).errno(),
+        libc::EIO
+    );
+    assert_eq!(
+        FsError::store(crate::datastore::Error::new(
+            crate::ErrorKind::NoSpace,
+            "full"
+        ))
+        .errno(),
+        libc::ENOSPC
+    );
+    assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
+}

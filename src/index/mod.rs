@@ -200,7 +200,7 @@ impl Index {
         txn.commit()
             .map_err(|e| IndexError::redb("committing the index start", e))?;
         let db = Arc::new(db);
-        let commits = GroupCommit::start(db.clone(), options.commit_interval, "index");
+        let commits = GroupCommit::start(db.clone(), Some(options.commit_interval), "index");
         Ok(Index {
             db,
             commits,

@@ -184,6 +184,9 @@ pub fn open_reconciled(
 ) -> IndexResult<(IndexedStore, Option<super::reconcile::Report>)> {
     let report = if index.was_unclean() {
         log::warn!("the index was not closed cleanly; reconciling it with the store");
+        for problem in backend.scrub(true)? {
+            log::warn!("repaired after an unclean stop: {problem}");
+        }
         let report = super::reconcile::check(&index, backend.as_ref(), true, &mut |_| {})?;
         if !report.is_consistent() {
             log::warn!(

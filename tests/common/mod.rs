@@ -1,0 +1,209 @@
+//! Mounting dsfs for real in a temporary directory, and always unmounting it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The dsfs binary under test.
+pub fn dsfs() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dsfs"));
+    c.env_remove("DSFS_STORE");
+    c
+}
+
+/// Whether something is mounted at `path` (from /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// Waits until `path` is (or is not) a mount point, failing after `timeout`.
+pub fn wait_mounted(path: &Path, mounted: bool, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while is_mounted(path) != mounted {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not become {}mounted within {timeout:?}",
+            path.display(),
+            if mounted { "" } else { "un" }
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn check(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a shell command line in `dir`; returns stdout, failing the test on a non-zero exit.
+pub fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("running sh");
+    check(out, script)
+}
+
+/// A dsfs mount in a temporary directory. Dropping it unmounts (lazily as a last resort), so
+/// a failing test never leaves a mount behind.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub spec: String,
+    pub mnt: PathBuf,
+    pub options: Vec<String>,
+    /// A foreground daemon this test owns (for kill tests); `None` for daemonised mounts.
+    pub child: Option<Child>,
+}
+
+impl Mount {
+    /// A fresh default repository, mounted.
+    pub fn repo() -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("repo").to_string_lossy().into_owned();
+        Mount::with_spec(dir, spec, &[])
+    }
+
+    /// A fresh flatfs directory (next-to-last/2), mounted.
+    pub fn flatfs() -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = format!("flatfs:{}", dir.path().join("blocks").display());
+        Mount::with_spec(dir, spec, &[])
+    }
+
+    /// Mounts `spec` at `<dir>/mnt` with `-o options`.
+    pub fn with_spec(dir: tempfile::TempDir, spec: String, options: &[&str]) -> Mount {
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mnt = std::fs::canonicalize(mnt).unwrap();
+        let m = Mount {
+            dir,
+            spec,
+            mnt,
+            options: options.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        m.mount();
+        m
+    }
+
+    fn mount_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "mount".to_string(),
+            self.spec.clone(),
+            self.mnt.to_string_lossy().into_owned(),
+        ];
+        for o in &self.options {
+            args.push("-o".into());
+            args.push(o.clone());
+        }
+        args
+    }
+
+    /// Mounts (the daemon returns once the mount is live: no waiting needed).
+    pub fn mount(&self) {
+        let out = dsfs().args(self.mount_args()).output().unwrap();
+        check(out, "dsfs mount");
+        assert!(
+            is_mounted(&self.mnt),
+            "dsfs mount returned before the mount was live"
+        );
+    }
+
+    /// Mounts with a foreground daemon owned by the test, waiting (with a timeout) for the
+    /// mount to appear.
+    pub fn mount_foreground(&mut self) {
+        let child = dsfs()
+            .args(self.mount_args())
+            .arg("-f")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_mounted(&self.mnt, true, Duration::from_secs(30));
+    }
+
+    /// Unmounts and waits for the daemon's final commits.
+    pub fn umount(&mut self) {
+        if !is_mounted(&self.mnt) {
+            return;
+        }
+        let out = dsfs().arg("umount").arg(&self.mnt).output().unwrap();
+        check(out, "dsfs umount");
+        if let Some(mut c) = self.child.take() {
+            c.wait().unwrap();
+        }
+        assert!(!is_mounted(&self.mnt));
+    }
+
+    pub fn remount(&mut self) {
+        self.umount();
+        self.mount();
+    }
+
+    /// Kills the foreground daemon without warning and detaches the dead mount.
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().expect("kill9 needs mount_foreground");
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.mnt)
+            .output();
+        wait_mounted(&self.mnt, false, Duration::from_secs(10));
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Runs `dsfs --store SPEC args...` (the mount must be down: the store is locked while
+    /// mounted).
+    pub fn dsfs_store(&self, args: &[&str]) -> Output {
+        dsfs()
+            .arg("--store")
+            .arg(&self.spec)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let ok = dsfs()
+                .arg("umount")
+                .arg(&self.mnt)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if !ok {
+                let _ = Command::new("fusermount3")
+                    .args(["-u", "-z"])
+                    .arg(&self.mnt)
+                    .output();
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
