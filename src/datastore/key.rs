@@ -408,7 +408,16 @@ mod tests {
     #[test]
     fn cleaning_and_accessors_match_the_spec_table() {
         // (input, cleaned, parent, name, type, path, list)
-        let rows: &[(&str, &str, &str, &str, &str, &str, &[&str])] = &[
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a [&'a str],
+        );
+        let rows: &[Row] = &[
             ("", "/", "/", "", "", "/", &[""]),
             ("/", "/", "/", "", "", "/", &[""]),
             ("a", "/a", "/", "a", "", "/", &["a"]),

@@ -121,9 +121,12 @@ impl fmt::Display for Op {
 #[derive(Clone)]
 pub struct FilterFn(pub Arc<dyn Fn(&Entry) -> bool + Send + Sync>);
 
+/// The function type behind an [`OrderFn`].
+pub type OrderFnDyn = dyn Fn(&Entry, &Entry) -> Ordering + Send + Sync;
+
 /// A user-supplied ordering, compared by identity.
 #[derive(Clone)]
-pub struct OrderFn(pub Arc<dyn Fn(&Entry, &Entry) -> Ordering + Send + Sync>);
+pub struct OrderFn(pub Arc<OrderFnDyn>);
 
 /// A predicate on entries; an entry is kept when every filter of the query keeps it.
 #[derive(Clone)]
@@ -429,7 +432,7 @@ pub fn naive_apply(query: &Query, input: EntryIter, sorted_by_key: bool) -> Entr
             Err(_) => true,
         }));
     }
-    for filter in query.filters.iter().cloned() {
+    for filter in query.filters.clone() {
         it = Box::new(it.filter(move |r| match r {
             Ok(e) => filter.keep(e),
             Err(_) => true,
