@@ -7,6 +7,7 @@
 
 #[macro_use]
 mod harness;
+mod extra;
 mod stores;
 mod suite;
 
@@ -17,6 +18,7 @@ use crate::harness::Case;
 /// Every case, in the order they are listed for each store.
 fn all_cases() -> Vec<Case> {
     let mut cases = suite::cases();
+    cases.extend(extra::cases());
     cases
 }
 
