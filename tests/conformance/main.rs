@@ -8,6 +8,7 @@
 #[macro_use]
 mod harness;
 mod extra;
+mod model;
 mod stores;
 mod suite;
 
@@ -19,6 +20,7 @@ use crate::harness::Case;
 fn all_cases() -> Vec<Case> {
     let mut cases = suite::cases();
     cases.extend(extra::cases());
+    cases.extend(model::cases());
     cases
 }
 
