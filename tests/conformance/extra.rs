@@ -49,7 +49,7 @@ pub fn cases() -> Vec<Case> {
         Case::new("delete_missing_ok", |ctx| delete_missing(ctx.ds())),
         Case::new("overwrite_replaces", |ctx| overwrite_replaces(ctx.ds())),
         Case::new("keys_only_sizes", |ctx| keys_only_sizes(ctx.ds())),
-        Case::new("order::FN(KEY)", |ctx| opaque_key_orders(ctx.ds())),
+        Case::new("opaque_key_orders", |ctx| opaque_key_orders(ctx.ds())),
         Case::new("concurrent_puts_gets", concurrent_puts_gets),
         Case::new("write_during_open_query", write_during_open_query),
     ]

@@ -144,13 +144,23 @@ pub fn run_query(ds: &dyn Datastore, q: Query) -> TResult<Vec<Entry>> {
         .map_err(|e| Failed::from(format!("{at}: query {q}: {e:?}")))?;
     if results.query() != &q {
         return Err(Failed::from(format!(
-            "{at}: results carry {:?}, not the query passed in ({q:?})",
-            results.query()
+            "{at}: results carry {}, not the query passed in ({})",
+            describe(results.query()),
+            describe(&q)
         )));
     }
     results
         .rest()
         .map_err(|e| Failed::from(format!("{at}: draining query {q}: {e:?}")))
+}
+
+/// A query with every field shown (its `Display` leaves out `returns_sizes`, and custom
+/// filters and orders compare by identity).
+pub fn describe(q: &Query) -> String {
+    format!(
+        "{q} [prefix {:?}, keys_only {}, returns_sizes {}, offset {}, limit {}, filters {:?}, orders {:?}]",
+        q.prefix, q.keys_only, q.returns_sizes, q.offset, q.limit, q.filters, q.orders
+    )
 }
 
 /// The keys of every entry, in order.
@@ -160,11 +170,14 @@ pub fn keys_of(entries: &[Entry]) -> Vec<String> {
 
 /// Runs `f` on another thread and fails if it does not finish within `limit` (a deadlock
 /// detector, not a speed threshold: the limits are generous). A hung thread is leaked.
+#[track_caller]
 pub fn within<T: Send + 'static>(
     limit: Duration,
     what: &str,
     f: impl FnOnce() -> TResult<T> + Send + 'static,
 ) -> TResult<T> {
+    let loc = Location::caller();
+    let at = format!("{}:{}", loc.file(), loc.line());
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name(format!("conformance-{what}"))
@@ -174,10 +187,12 @@ pub fn within<T: Send + 'static>(
         .map_err(|e| fail(format!("spawning a thread: {e}")))?;
     match rx.recv_timeout(limit) {
         Ok(r) => r,
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(fail(format!(
-            "{what} did not finish within {limit:?}: the store looks deadlocked"
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(Failed::from(format!(
+            "{at}: {what} did not finish within {limit:?}: the store looks deadlocked"
         ))),
-        Err(mpsc::RecvTimeoutError::Disconnected) => Err(fail(format!("{what} panicked"))),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(Failed::from(format!("{at}: {what} panicked")))
+        }
     }
 }
 

@@ -1,9 +1,12 @@
 //! A model-based property test: random sequences of operations run against a store and against
 //! a `BTreeMap<String, Vec<u8>>`, which must agree after every step. Keys come from a small
 //! alphabet with one to three components, so collisions and parent/child pairs are frequent.
+//! `PROPTEST_CASES` raises the number of cases (never below 256); `PROPTEST_RNG_SEED` fixes the
+//! seed to replay a run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dsfs::datastore::{Entry, Order};
 use dsfs::{Datastore, Key, Query};
@@ -104,16 +107,23 @@ fn model(ctx: &mut Ctx) -> TResult {
         failure_persistence: None,
         ..Config::default()
     };
+    let wanted = config.cases as usize;
     let mut runner = TestRunner::new(config);
     let strategy = prop::collection::vec(op_strategy(persistent), 1..40);
+    let ran = AtomicUsize::new(0);
     let result = runner.run(&strategy, |ops| {
+        ran.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::tempdir_in(&base)
             .map_err(|e| TestCaseError::fail(format!("temporary directory: {e}")))?;
         run_sequence(&factory, dir.path(), &ops)
             .map_err(|f| TestCaseError::fail(f.message().unwrap_or("failed").to_string()))
     });
     match result {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            let ran = ran.into_inner();
+            ensure!(ran >= wanted, "only {ran} of {wanted} cases ran");
+            Ok(())
+        }
         Err(TestError::Fail(reason, ops)) => Err(fail(format!(
             "{reason}\nminimal failing sequence ({} steps):\n{ops:#?}",
             ops.len()

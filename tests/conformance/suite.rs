@@ -8,8 +8,8 @@ use dsfs::datastore::query::{Entry, Filter, Op, Order, naive_apply};
 use dsfs::{Datastore, Key, Query};
 
 use crate::harness::{
-    Case, OrFail, TResult, check_bytes, expect_not_found, fail, key, keys_of, random_bytes,
-    run_query,
+    Case, OrFail, TResult, check_bytes, describe, expect_not_found, fail, key, keys_of,
+    random_bytes, run_query,
 };
 
 /// go-datastore's `ElemCount` (without the race detector).
@@ -125,8 +125,9 @@ pub fn subtest_query_on(
     let results = ds.query(q.clone()).or_fail(format!("query {q}"))?;
     ensure!(
         results.query() == &q,
-        "results carry {:?}, not the query passed in",
-        results.query()
+        "results carry {}, not the query passed in ({})",
+        describe(results.query()),
+        describe(&q)
     );
     let mut iterated = Vec::new();
     for r in results {
