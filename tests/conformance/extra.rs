@@ -489,10 +489,12 @@ fn stage_round_trip(ctx: &mut Ctx) -> TResult {
         let left: Vec<_> = after.iter().filter(|p| !files_before.contains(p)).collect();
         // The store's own files may have appeared (a redb file is created at open); staging
         // files must not be among what is left.
+        let temporary = |p: &&std::path::PathBuf| {
+            let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase());
+            name.is_some_and(|n| n.contains("stage") || n.contains("tmp") || n.contains("temp"))
+        };
         ensure!(
-            left.iter().all(|p| !p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().contains("stage"))),
+            !left.iter().any(temporary),
             "staging files left behind: {left:?}"
         );
     }
