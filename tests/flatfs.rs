@@ -484,6 +484,7 @@ fn ranged_reads_and_capabilities() {
             general_keys: false,
             file_backed: true,
             max_value_size: None,
+            max_key_len: Some(250),
         }
     );
     drop(store);

@@ -439,6 +439,7 @@ impl Datastore for MountStore {
             general_keys: false,
             file_backed: false,
             max_value_size: None,
+            max_key_len: None,
         };
         for m in &self.mounts {
             let k = m.store.capabilities();
@@ -455,6 +456,7 @@ impl Datastore for MountStore {
             };
             if m.prefix.is_root() {
                 c.general_keys = k.general_keys;
+                c.max_key_len = k.max_key_len;
             }
         }
         c

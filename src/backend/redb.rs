@@ -232,6 +232,7 @@ impl Datastore for RedbStore {
             general_keys: true,
             file_backed: false,
             max_value_size: Some(u32::MAX as u64),
+            max_key_len: None,
         }
     }
 

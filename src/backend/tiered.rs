@@ -422,6 +422,7 @@ impl Datastore for Inner {
             general_keys: true,
             file_backed: true,
             max_value_size: None,
+            max_key_len: None,
         }
     }
 

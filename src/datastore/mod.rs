@@ -44,10 +44,15 @@ pub struct Capabilities {
     /// Any clean key is accepted (many components, any characters). flatfs accepts only one
     /// component in its own alphabet.
     pub general_keys: bool,
-    /// Values are plain files that can be handed to the kernel (see [`Datastore::backing_file`]).
+    /// Some values are plain files that can be handed to the kernel: for those keys
+    /// [`Datastore::backing_file`] names the file (which keys depends on the store: all of
+    /// flatfs's, the large values of a tiered store, one child's in a mount).
     pub file_backed: bool,
     /// The largest value the store accepts, if it has a limit.
     pub max_value_size: Option<u64>,
+    /// The longest key (in bytes) the store accepts, if it has a limit; longer keys are
+    /// refused with [`ErrorKind::InvalidKey`].
+    pub max_key_len: Option<usize>,
 }
 
 impl Capabilities {
@@ -63,6 +68,7 @@ impl Capabilities {
             general_keys: true,
             file_backed: false,
             max_value_size: None,
+            max_key_len: None,
         }
     }
 }

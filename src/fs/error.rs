@@ -116,6 +116,7 @@ impl From<IndexError> for FsError {
             IndexErrorKind::NoSpace => FsError::NoSpace,
             IndexErrorKind::ReadOnly => FsError::ReadOnly,
             IndexErrorKind::Corrupt
+            | IndexErrorKind::Closed
             | IndexErrorKind::Locked
             | IndexErrorKind::Store
             | IndexErrorKind::Io => {

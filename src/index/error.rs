@@ -27,6 +27,8 @@ pub enum IndexErrorKind {
     NoSpace,
     /// The index is on a read-only filesystem.
     ReadOnly,
+    /// The index was closed and refuses changes.
+    Closed,
     /// The backing store (the datastore) failed; see the source.
     Store,
     /// redb or the OS failed.
@@ -97,6 +99,7 @@ impl From<datastore::Error> for IndexError {
             ErrorKind::Locked => IndexErrorKind::Locked,
             ErrorKind::NoSpace => IndexErrorKind::NoSpace,
             ErrorKind::ReadOnly => IndexErrorKind::ReadOnly,
+            ErrorKind::Closed => IndexErrorKind::Closed,
             _ => IndexErrorKind::Store,
         };
         IndexError {
@@ -120,6 +123,7 @@ impl From<IndexError> for datastore::Error {
             IndexErrorKind::Locked => ErrorKind::Locked,
             IndexErrorKind::NoSpace => ErrorKind::NoSpace,
             IndexErrorKind::ReadOnly => ErrorKind::ReadOnly,
+            IndexErrorKind::Closed => ErrorKind::Closed,
             IndexErrorKind::Store | IndexErrorKind::Io => ErrorKind::Io,
         };
         datastore::Error::with_source(kind, "index", e)

@@ -113,6 +113,7 @@ pub struct Index {
     path: Option<PathBuf>,
     options: IndexOptions,
     was_unclean: bool,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Index {
@@ -207,6 +208,7 @@ impl Index {
             path,
             options,
             was_unclean,
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -231,8 +233,12 @@ impl Index {
         self.commits.flush().map_err(IndexError::from)
     }
 
-    /// Marks the index cleanly closed and makes everything durable.
+    /// Marks the index cleanly closed and makes everything durable. Later writes fail with
+    /// [`IndexErrorKind::Closed`]; reads keep working. Closing twice is `Ok`.
     pub fn close(&self) -> IndexResult<()> {
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
         let mut txn = self
             .db
             .begin_write()
@@ -260,6 +266,12 @@ impl Index {
     /// Runs `f` in one write transaction, committed without fsync (made durable by the group
     /// committer or [`Index::sync`]). If `f` fails nothing is written.
     pub fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> IndexResult<T>) -> IndexResult<T> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(IndexError::new(
+                IndexErrorKind::Closed,
+                "the index is closed",
+            ));
+        }
         let mut txn = self
             .db
             .begin_write()

@@ -106,9 +106,14 @@ impl Datastore for IndexedStore {
         index.and(backend)
     }
 
+    /// The backend's guarantees, except that queries come in key order (from the index), and
+    /// that a batch is not atomic to concurrent readers: a query lists keys from the index and
+    /// reads values from the backend, which a batch updates one after the other. (After a
+    /// crash a batch is still all-or-nothing in the backend, and fsck re-lists it.)
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             ordered_scan: true,
+            atomic_batch: false,
             ..self.backend.capabilities()
         }
     }

@@ -3,8 +3,29 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use dsfs::Datastore;
-use dsfs::backend::{MemStore, RedbStore};
+use dsfs::backend::flatfs::{FlatFsOptions, ShardFn};
+use dsfs::backend::tiered::TieredOptions;
+use dsfs::backend::{FlatFsStore, MemStore, MountStore, RedbStore, TieredStore};
+use dsfs::index::{Index, IndexOptions, IndexedStore};
+use dsfs::spec::{self, OpenMode, StoreSpec};
+use dsfs::{Datastore, Key};
+
+/// upstream's flatfs suite topology: flatfs `prefix/2` mounted at `/capital` under `root`, so
+/// flatfs receives exactly the keys of its alphabet (`/0KEY0` ...).
+fn with_flatfs_at_capital(
+    root: Arc<dyn Datastore>,
+    dir: &Path,
+) -> dsfs::Result<Arc<dyn Datastore>> {
+    let flat = FlatFsStore::create_or_open(
+        dir.join("flatfs"),
+        ShardFn::Prefix(2),
+        FlatFsOptions::default(),
+    )?;
+    Ok(Arc::new(MountStore::new(vec![
+        (Key::root(), root),
+        (Key::new("/capital"), Arc::new(flat)),
+    ])?))
+}
 
 /// Opens (or re-opens) a store whose files live in the given directory.
 pub type OpenFn = Arc<dyn Fn(&Path) -> dsfs::Result<Arc<dyn Datastore>> + Send + Sync>;
@@ -42,6 +63,57 @@ pub fn all() -> Vec<StoreFactory> {
                 dir.join("values.redb"),
                 Default::default(),
             )?))
+        }),
+        StoreFactory::new("indexed-mem", |_dir| {
+            let index = Arc::new(Index::in_memory(IndexOptions::default())?);
+            Ok(Arc::new(IndexedStore::new(
+                Arc::new(MemStore::new()),
+                index,
+            )))
+        }),
+        StoreFactory::new("indexed-redb", |dir| {
+            let backend = RedbStore::open(dir.join("values.redb"), Default::default())?;
+            let index = Arc::new(Index::open(
+                dir.join("index.redb"),
+                IndexOptions::default(),
+            )?);
+            Ok(Arc::new(IndexedStore::new(Arc::new(backend), index)))
+        }),
+        StoreFactory::new("tiered", |dir| {
+            // A small threshold so that the suite's 64-byte values and 256 KiB batch values
+            // exercise both tiers.
+            let options = TieredOptions {
+                threshold: 100,
+                ..TieredOptions::default()
+            };
+            Ok(Arc::new(TieredStore::open(
+                &dir.join("records.redb"),
+                &dir.join("files"),
+                options,
+            )?))
+        }),
+        StoreFactory::new("flatfs-encoded", |dir| {
+            let options = FlatFsOptions {
+                encode_keys: true,
+                ..FlatFsOptions::default()
+            };
+            Ok(Arc::new(FlatFsStore::create_or_open(
+                dir.join("flatfs"),
+                ShardFn::NextToLast(2),
+                options,
+            )?))
+        }),
+        StoreFactory::new("mount-mem-flatfs", |dir| {
+            with_flatfs_at_capital(Arc::new(MemStore::new()), dir)
+        }),
+        StoreFactory::new("mount-redb-flatfs", |dir| {
+            let root = RedbStore::open(dir.join("values.redb"), Default::default())?;
+            with_flatfs_at_capital(Arc::new(root), dir)
+        }),
+        StoreFactory::new("default-repo", |dir| {
+            let spec = StoreSpec::parse(&dir.join("repo").to_string_lossy())?;
+            let opened = spec::open(&spec, OpenMode::default())?;
+            Ok(opened.store as Arc<dyn Datastore>)
         }),
     ]
 }

@@ -840,6 +840,12 @@ impl Datastore for FlatFsStore {
             general_keys: self.options.encode_keys,
             file_backed: true,
             max_value_size: None,
+            // A name plus `.data` must fit in 255 bytes; encoded keys grow by 8/5.
+            max_key_len: Some(if self.options.encode_keys {
+                encode::MAX_ENCODED_KEY_BYTES
+            } else {
+                250
+            }),
         }
     }
 
