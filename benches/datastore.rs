@@ -14,7 +14,8 @@
 //! Groups (benchmark ids are `group/store/parameter`):
 //! * `put`, `get`, `read_at` (4 KiB from the middle of the value), `has`, `get_size`: values of
 //!   1 KiB, 256 KiB and 1 MiB; `put` overwrites one of 16 keys in turn.
-//! * `batch_put`: a batch of 1,000 fresh keys of 1 KiB each, committed.
+//! * `batch_put`: a batch of 1,000 new keys of 1 KiB each, committed, into a store of 10k keys
+//!   (the previous batch's keys are deleted outside the timing).
 //! * `query`: a query for every key of a store holding 10k or 100k keys of 1 KiB, keys only and
 //!   with values. The keys are single-component (flatfs accepts nothing else), so the prefix is
 //!   `/`; each store is filled once per size, outside the timed loop.
@@ -29,7 +30,7 @@
 
 mod common;
 
-use std::cell::{Cell, OnceCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::fs::{self, File};
 use std::hint::black_box;
 use std::io::Write;
@@ -104,6 +105,8 @@ const READ_LEN: usize = 4096;
 /// Keys per `batch_put` batch, and their value size.
 const BATCH_KEYS: usize = 1_000;
 const BATCH_VALUE: usize = 1 << 10;
+/// Keys the `batch_put` stores hold besides the batch.
+const BATCH_BASE: usize = 10_000;
 
 /// Value size of the query stores.
 const QUERY_VALUE: usize = 1 << 10;
@@ -339,12 +342,27 @@ fn reads(c: &mut Criterion) {
     g.finish();
 }
 
+/// Writes `keys`, each with `val`, in batches of 1,000, then syncs.
+fn fill(store: &dyn Datastore, keys: impl IntoIterator<Item = Key>, val: &[u8]) {
+    let keys: Vec<Key> = keys.into_iter().collect();
+    for chunk in keys.chunks(1_000) {
+        let mut batch = store.batch().expect("batch");
+        for k in chunk {
+            batch.put(k.clone(), val.to_vec()).expect("batch put");
+        }
+        batch.commit().expect("commit");
+    }
+    store.sync(&Key::root()).expect("sync");
+}
+
 fn batch_put(c: &mut Criterion) {
     let mut g = group(c, "batch_put", Budget::SLOW);
     g.throughput(Throughput::Elements(BATCH_KEYS as u64));
     let label = format!("{BATCH_KEYS}x{}", size_label(BATCH_VALUE));
     let val = value(BATCH_VALUE, 7);
-    // Fresh keys for every batch, as an import writes them.
+    let base = if quick() { 1_000 } else { BATCH_BASE };
+    // Every batch writes keys the store does not hold, as an import does; the previous batch's
+    // keys are removed outside the timing, so the store stays at `base` keys.
     let next = Cell::new(0u64);
     let ops = || {
         let start = next.get();
@@ -353,12 +371,32 @@ fn batch_put(c: &mut Criterion) {
             .map(|i| (key("BATCH", i), val.clone()))
             .collect::<Vec<_>>()
     };
+    let base_keys = || (0..base as u64).map(|i| key("BASE", i));
     for kind in STORES {
         let fx = OnceCell::new();
+        let previous: RefCell<Vec<Key>> = RefCell::default();
         g.bench_function(BenchmarkId::new(kind.name, &label), |b| {
-            let store = &fx.get_or_init(|| Fixture::new(kind)).store;
+            let store = &fx
+                .get_or_init(|| {
+                    let fx = Fixture::new(kind);
+                    fill(fx.store.as_ref(), base_keys(), &val);
+                    fx
+                })
+                .store;
             b.iter_batched(
-                ops,
+                || {
+                    let old = previous.take();
+                    if !old.is_empty() {
+                        let mut batch = store.batch().expect("batch");
+                        for k in old {
+                            batch.delete(k).expect("batch delete");
+                        }
+                        batch.commit().expect("commit");
+                    }
+                    let ops = ops();
+                    *previous.borrow_mut() = ops.iter().map(|(k, _)| k.clone()).collect();
+                    ops
+                },
                 |ops| {
                     let mut batch = store.batch().expect("batch");
                     for (k, v) in ops {
@@ -371,10 +409,24 @@ fn batch_put(c: &mut Criterion) {
         });
     }
     let floor = OnceCell::new();
+    let previous: RefCell<Vec<Key>> = RefCell::default();
     g.bench_function(BenchmarkId::new(FLOOR, &label), |b| {
-        let floor = floor.get_or_init(Floor::new);
+        let floor = floor.get_or_init(|| {
+            let f = Floor::new();
+            for k in base_keys() {
+                f.put(&k, &val);
+            }
+            f
+        });
         b.iter_batched(
-            ops,
+            || {
+                for k in previous.take() {
+                    fs::remove_file(floor.path(&k)).expect("unlink");
+                }
+                let ops = ops();
+                *previous.borrow_mut() = ops.iter().map(|(k, _)| k.clone()).collect();
+                ops
+            },
             |ops| {
                 for (k, v) in ops {
                     floor.put(&k, &v);
@@ -403,14 +455,7 @@ fn query(c: &mut Criterion) {
             let fixture = || {
                 fx.get_or_init(|| {
                     let fx = Fixture::new(kind);
-                    for chunk in (0..n as u64).collect::<Vec<_>>().chunks(1_000) {
-                        let mut batch = fx.store.batch().expect("batch");
-                        for &i in chunk {
-                            batch.put(key("Q", i), val.clone()).expect("batch put");
-                        }
-                        batch.commit().expect("commit");
-                    }
-                    fx.store.sync(&Key::root()).expect("sync");
+                    fill(fx.store.as_ref(), (0..n as u64).map(|i| key("Q", i)), &val);
                     fx
                 })
             };
