@@ -2,14 +2,16 @@
 //! `std::fs` "floor" that file-backed stores are measured against.
 //!
 //! ```text
-//! cargo bench --bench datastore                     # full run, a few minutes on 2 cores
+//! cargo bench --bench datastore                     # full run, 5-6 minutes on 2 cores
 //! cargo bench --bench datastore -- 'get/redb'       # a subset (criterion's regex filter)
 //! DSFS_BENCH_QUICK=1 cargo bench --bench datastore  # CI smoke test: every bench, tiny times
 //! ```
 //!
 //! `DSFS_BENCH_QUICK=1` (see `benches/common/mod.rs`) runs every benchmark for a few
-//! milliseconds and shrinks the query stores to 1,000 and 10,000 keys: the figures are
-//! meaningless, but every setup and routine runs, so it works as a CI smoke test.
+//! milliseconds and shrinks the query stores to 1,000 and 10,000 keys and the `batch_put` store
+//! to 1,000: the figures are meaningless, but every setup and routine runs, so it works as a CI
+//! smoke test (about 20 s for both bench targets on 2 cores, after the build). Criterion's test
+//! mode (`cargo test --all-targets`) uses the same small stores.
 //!
 //! Groups (benchmark ids are `group/store/parameter`):
 //! * `put`, `get`, `read_at` (4 KiB from the middle of the value), `has`, `get_size`: values of
@@ -46,7 +48,7 @@ use dsfs::backend::{MemStore, RedbStore};
 use dsfs::index::{Index, IndexOptions, IndexedStore};
 use dsfs::{Datastore, Key, Query};
 
-use common::{Budget, count_label, group, mix, quick, size_label, value};
+use common::{Budget, count_label, group, mix, size_label, small, value};
 
 /// A store under test: a name for the benchmark ids and how to open a fresh one in an empty
 /// directory.
@@ -360,7 +362,7 @@ fn batch_put(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH_KEYS as u64));
     let label = format!("{BATCH_KEYS}x{}", size_label(BATCH_VALUE));
     let val = value(BATCH_VALUE, 7);
-    let base = if quick() { 1_000 } else { BATCH_BASE };
+    let base = if small() { 1_000 } else { BATCH_BASE };
     // Every batch writes keys the store does not hold, as an import does; the previous batch's
     // keys are removed outside the timing, so the store stays at `base` keys.
     let next = Cell::new(0u64);
@@ -439,7 +441,7 @@ fn batch_put(c: &mut Criterion) {
 }
 
 fn query(c: &mut Criterion) {
-    let sizes: &[usize] = if quick() {
+    let sizes: &[usize] = if small() {
         &[1_000, 10_000]
     } else {
         &[10_000, 100_000]

@@ -2,17 +2,19 @@
 //! listing cost grows with the directory, not with the store.
 //!
 //! ```text
-//! cargo bench --bench index                       # full run, 1k/100k/1M; about 4 minutes
+//! cargo bench --bench index                       # full run, 1k/100k/1M; 2-3 minutes
 //! DSFS_BENCH_1M=0 cargo bench --bench index       # leave the 1M-key cases out
 //! DSFS_BENCH_QUICK=1 cargo bench --bench index    # CI smoke test: every bench, tiny times
 //! ```
 //!
 //! `DSFS_BENCH_QUICK=1` (see `benches/common/mod.rs`) runs every benchmark for a few
-//! milliseconds: the figures are meaningless, but every setup and routine runs. Quick mode
-//! leaves the 1M-key cases out unless `DSFS_BENCH_1M=1` asks for them.
+//! milliseconds: the figures are meaningless, but every setup and routine runs (about 20 s for
+//! both bench targets on 2 cores, after the build). Quick mode leaves the 1M-key cases out
+//! unless `DSFS_BENCH_1M=1` asks for them; so does criterion's test mode (`cargo test
+//! --all-targets` runs every bench once).
 //!
-//! `DSFS_BENCH_1M` decides whether the 1M-key cases run: `1` always, `0` never, unset in every
-//! run but a quick one. On a 2-core VM building the index with one 1M-entry directory takes
+//! `DSFS_BENCH_1M` decides whether the 1M-key cases run: `1` always, `0` never; unset, in
+//! every run but a quick or test one. On a 2-core VM building the index with one 1M-entry directory takes
 //! about 30 s (1 GiB file) and the one with 1M keys in 1,000 other directories about 15 s
 //! (0.5 GiB); one listing of the 1M-entry directory takes about 5 s.
 //!
@@ -41,7 +43,7 @@ use tempfile::TempDir;
 use dsfs::Key;
 use dsfs::index::{Index, IndexOptions, NodeId};
 
-use common::{Budget, count_label, env_flag, group, mix, quick};
+use common::{Budget, count_label, env_flag, group, mix, small};
 
 /// Keys per `record_batch` transaction while building an index.
 const CHUNK: usize = 20_000;
@@ -64,11 +66,11 @@ fn sizes() -> Vec<usize> {
     v
 }
 
-/// Whether the 1M-key cases run: `DSFS_BENCH_1M` if set, else unless in quick mode.
+/// Whether the 1M-key cases run: `DSFS_BENCH_1M` if set, else unless in quick or test mode.
 fn include_1m() -> bool {
     match std::env::var_os("DSFS_BENCH_1M") {
         Some(_) => env_flag("DSFS_BENCH_1M"),
-        None => !quick(),
+        None => !small(),
     }
 }
 

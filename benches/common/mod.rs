@@ -3,7 +3,9 @@
 //! `DSFS_BENCH_QUICK=1` turns every benchmark into a smoke test: 10 samples, a few milliseconds
 //! of warm-up and measurement, few bootstrap resamples and no plots. The figures are then
 //! meaningless; the point is that every benchmark still runs its setup and its routine, so CI
-//! catches a bench that panics or hangs.
+//! catches a bench that panics or hangs. The big fixtures (100k-key stores, 1M-key indexes) are
+//! built small in quick mode and in criterion's test mode (`cargo test --all-targets` runs every
+//! bench once, in the test profile): see [`small`].
 
 #![allow(dead_code)] // Each bench target uses a different subset.
 
@@ -20,6 +22,24 @@ pub fn env_flag(name: &str) -> bool {
 /// Whether `DSFS_BENCH_QUICK` asks for the smoke-test settings.
 pub fn quick() -> bool {
     env_flag("DSFS_BENCH_QUICK")
+}
+
+/// Whether criterion runs in test mode (each benchmark once, untimed): `cargo test --benches`
+/// or `cargo test --all-targets` (no `--bench` argument), or `cargo bench -- --test`. The rule
+/// is criterion's own.
+pub fn test_mode() -> bool {
+    let (mut bench, mut test) = (false, false);
+    for arg in std::env::args() {
+        bench |= arg == "--bench";
+        test |= arg == "--test";
+    }
+    test || !bench
+}
+
+/// Whether to build the small versions of the big fixtures: in quick mode and in test mode,
+/// where the figures do not matter and only the code paths should run.
+pub fn small() -> bool {
+    quick() || test_mode()
 }
 
 /// The `Criterion` every bench starts from: modest defaults, or the quick settings.
