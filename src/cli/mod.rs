@@ -383,6 +383,10 @@ fn execute(
                 NodeKind::Dir if node.value.is_some() => "directory with a value",
                 NodeKind::Dir => "directory",
                 NodeKind::Symlink => "symlink",
+                NodeKind::Fifo => "named pipe",
+                NodeKind::CharDevice => "character device",
+                NodeKind::BlockDevice => "block device",
+                NodeKind::Socket => "socket",
             };
             writeln!(out, "key:    {key}").map_err(out_err)?;
             writeln!(out, "kind:   {kind}").map_err(out_err)?;

@@ -81,12 +81,16 @@ fn file_attr(a: &Attr) -> FileAttr {
             FileKind::Dir => FileType::Directory,
             FileKind::File => FileType::RegularFile,
             FileKind::Symlink => FileType::Symlink,
+            FileKind::NamedPipe => FileType::NamedPipe,
+            FileKind::CharDevice => FileType::CharDevice,
+            FileKind::BlockDevice => FileType::BlockDevice,
+            FileKind::Socket => FileType::Socket,
         },
         perm: a.perm,
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: a.blksize,
         flags: 0,
     }
@@ -246,14 +250,13 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            self.fs
-                .mknod(ctx(req), parent.0, name.as_bytes(), mode, umask),
-        );
+        let r = self
+            .fs
+            .mknod(ctx(req), parent.0, name.as_bytes(), mode, umask, rdev);
+        self.entry(reply, r);
     }
 
     fn mkdir(

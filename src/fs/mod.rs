@@ -49,6 +49,14 @@ pub enum FileKind {
     File,
     /// A symbolic link.
     Symlink,
+    /// A named pipe.
+    NamedPipe,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A Unix socket.
+    Socket,
 }
 
 /// The attributes `stat` reports.
@@ -78,6 +86,8 @@ pub struct Attr {
     pub gid: u32,
     /// Preferred I/O size.
     pub blksize: u32,
+    /// Device number, for device nodes.
+    pub rdev: u32,
 }
 
 /// Who is asking.
@@ -324,6 +334,10 @@ impl DsFs {
                 NodeKind::Dir => FileKind::Dir,
                 NodeKind::File => FileKind::File,
                 NodeKind::Symlink => FileKind::Symlink,
+                NodeKind::Fifo => FileKind::NamedPipe,
+                NodeKind::CharDevice => FileKind::CharDevice,
+                NodeKind::BlockDevice => FileKind::BlockDevice,
+                NodeKind::Socket => FileKind::Socket,
             };
             (k, n.size(), n.mode as u16)
         };
@@ -360,6 +374,7 @@ impl DsFs {
             uid: self.options.uid.unwrap_or(n.uid),
             gid: self.options.gid.unwrap_or(n.gid),
             blksize: BLKSIZE,
+            rdev: n.rdev,
         }
     }
 
@@ -453,7 +468,8 @@ impl DsFs {
         self.getattr(id)
     }
 
-    /// Creates an empty regular file (`mknod` with `S_IFREG`); other node types are refused.
+    /// `mknod`: an empty regular file (a key with an empty value) for `S_IFREG`; named pipes,
+    /// sockets and device nodes are kept in the index only, like symlinks.
     pub fn mknod(
         &self,
         ctx: Ctx,
@@ -461,15 +477,27 @@ impl DsFs {
         name: &[u8],
         mode: u32,
         umask: u32,
+        rdev: u32,
     ) -> FsResult<Attr> {
         self.check_writable()?;
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return Err(FsError::NotPermitted(
-                "dsfs stores only regular files, directories and symlinks".into(),
-            ));
-        }
+        let special = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => None,
+            libc::S_IFIFO => Some(NodeKind::Fifo),
+            libc::S_IFCHR => Some(NodeKind::CharDevice),
+            libc::S_IFBLK => Some(NodeKind::BlockDevice),
+            libc::S_IFSOCK => Some(NodeKind::Socket),
+            other => return Err(FsError::Invalid(format!("mknod of file type {other:o}"))),
+        };
         let comp = Self::component(name)?;
         let pnode = self.dir_node(parent)?;
+        if let Some(kind) = special {
+            let mut n = self.new_node(ctx, &pnode, kind, mode, umask);
+            if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+                n.rdev = rdev;
+            }
+            let id = self.index.write(|tx| tx.create(parent, &comp, n.clone()))?;
+            return self.getattr(id);
+        }
         let key = self.key_of(parent)?.join_component(&comp)?;
         if self.index.lookup(parent, &comp)?.is_some() {
             return Err(FsError::Exists);
@@ -584,7 +612,14 @@ impl DsFs {
         let attr = self.getattr(ino)?;
         match attr.kind {
             FileKind::Dir => return Err(FsError::IsDir),
-            FileKind::Symlink => return Err(FsError::Invalid("open of a symlink".into())),
+            FileKind::Symlink
+            | FileKind::NamedPipe
+            | FileKind::CharDevice
+            | FileKind::BlockDevice
+            | FileKind::Socket => {
+                // The kernel opens these itself; FUSE never asks.
+                return Err(FsError::Invalid("open of a non-regular file".into()));
+            }
             FileKind::File => {}
         }
         let acc = flags & libc::O_ACCMODE;
@@ -1077,7 +1112,11 @@ impl DsFs {
     ) -> FsResult<Vec<ValueMove>> {
         let mut moves = Vec::new();
         match snode.kind {
-            NodeKind::Symlink => {}
+            NodeKind::Symlink
+            | NodeKind::Fifo
+            | NodeKind::CharDevice
+            | NodeKind::BlockDevice
+            | NodeKind::Socket => {}
             NodeKind::File => {
                 self.commit_if_open(src)?;
                 let size = self.index.value_size(old)?.unwrap_or(0);

@@ -13,7 +13,7 @@
 //! | `meta` | name | u64 (next node id, next cookie, format version, open flag) |
 //! | `nodes` | node id | encoded [`Node`] |
 //! | `dirents` | (parent id, name) | (child id, cookie) |
-//! | `cookies` | (parent id, cookie) | name: the listing order, stable under removal |
+//! | `cookies` | (parent id, cookie) | (child id, name): the listing order, stable under removal |
 //! | `keys` | datastore key | (node id, value size) |
 //! | `xattrs` | (node id, attribute name) | value |
 //!
@@ -47,7 +47,7 @@ use crate::group_commit::{self, GroupCommit};
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
 const DIRENTS: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("dirents");
-const COOKIES: TableDefinition<(u64, u64), &str> = TableDefinition::new("cookies");
+const COOKIES: TableDefinition<(u64, u64), (u64, &str)> = TableDefinition::new("cookies");
 const KEYS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("keys");
 const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
 
@@ -356,7 +356,6 @@ impl Index {
     pub fn list(&self, dir: NodeId, after: u64, limit: usize) -> IndexResult<Vec<DirEntry>> {
         let txn = self.read_txn()?;
         let cookies = open_read(&txn, COOKIES)?;
-        let dirents = open_read(&txn, DIRENTS)?;
         let nodes = open_read(&txn, NODES)?;
         let lo = (dir, after.saturating_add(1));
         let hi = (dir, u64::MAX);
@@ -367,12 +366,8 @@ impl Index {
         for item in range.take(limit) {
             let (k, v) = item.map_err(|e| IndexError::redb("listing", e))?;
             let cookie = k.value().1;
-            let name = v.value().to_owned();
-            let id = dirents
-                .get((dir, name.as_str()))
-                .map_err(|e| IndexError::redb("listing", e))?
-                .map(|v| v.value().0)
-                .ok_or_else(|| IndexError::corrupt(format!("cookie {cookie} names no entry")))?;
+            let (id, name) = v.value();
+            let name = name.to_owned();
             let node = get_node(&nodes, id)?
                 .ok_or_else(|| IndexError::corrupt(format!("entry {name:?} names no node")))?;
             out.push(DirEntry {
@@ -551,7 +546,7 @@ pub struct Tx<'t> {
     meta: Table<'t, &'static str, u64>,
     nodes: Table<'t, u64, &'static [u8]>,
     dirents: Table<'t, (u64, &'static str), (u64, u64)>,
-    cookies: Table<'t, (u64, u64), &'static str>,
+    cookies: Table<'t, (u64, u64), (u64, &'static str)>,
     keys: Table<'t, &'static str, (u64, u64)>,
     xattrs: Table<'t, (u64, &'static str), &'static [u8]>,
     uid: u32,
@@ -658,7 +653,7 @@ impl<'t> Tx<'t> {
             .insert((parent, name), (child, cookie))
             .map_err(w("writing an entry"))?;
         self.cookies
-            .insert((parent, cookie), name)
+            .insert((parent, cookie), (child, name))
             .map_err(w("writing an entry"))?;
         self.touch_dir(parent, if is_dir { 1 } else { 0 })
     }
@@ -780,12 +775,14 @@ impl<'t> Tx<'t> {
                     let mut node = self.node_required(child)?;
                     match node.kind {
                         NodeKind::Dir => {}
-                        NodeKind::File | NodeKind::Symlink => {
-                            if node.kind == NodeKind::Symlink {
+                        _ => {
+                            if node.kind.is_index_only() {
                                 log::warn!(
-                                    "a key below symlink {comp:?} replaces the symlink with a directory"
+                                    "a key below {comp:?} replaces that {:?} with a directory",
+                                    node.kind
                                 );
                                 node.target.clear();
+                                node.rdev = 0;
                                 node.value = None;
                             }
                             node.kind = NodeKind::Dir;
@@ -831,10 +828,11 @@ impl<'t> Tx<'t> {
                 }
                 Some(id) => {
                     let mut node = self.node_required(id)?;
-                    if node.kind == NodeKind::Symlink {
-                        log::warn!("a value stored at symlink {key} replaces the symlink");
+                    if node.kind.is_index_only() {
+                        log::warn!("a value stored at {key} replaces a {:?}", node.kind);
                         node.kind = NodeKind::File;
                         node.target.clear();
+                        node.rdev = 0;
                     }
                     node.value = Some(size);
                     node.mtime = now;
@@ -857,7 +855,12 @@ impl<'t> Tx<'t> {
             return Ok(true);
         };
         match node.kind {
-            NodeKind::File | NodeKind::Symlink => {
+            NodeKind::File
+            | NodeKind::Symlink
+            | NodeKind::Fifo
+            | NodeKind::CharDevice
+            | NodeKind::BlockDevice
+            | NodeKind::Socket => {
                 self.unlink(node.parent, &node.name)?;
                 self.remove_node(id)?;
                 self.prune(node.parent)?;

@@ -20,14 +20,32 @@ pub enum NodeKind {
     File,
     /// A symbolic link, kept only in the index.
     Symlink,
+    /// A named pipe (kept only in the index; the kernel serves it).
+    Fifo,
+    /// A character device node (index only).
+    CharDevice,
+    /// A block device node (index only).
+    BlockDevice,
+    /// A Unix socket node (index only).
+    Socket,
 }
 
 impl NodeKind {
+    /// Whether nodes of this kind hold a datastore value of their own (files do; directories
+    /// may; links and special files live only in the index).
+    pub fn is_index_only(self) -> bool {
+        !matches!(self, NodeKind::File | NodeKind::Dir)
+    }
+
     fn to_byte(self) -> u8 {
         match self {
             NodeKind::Dir => 1,
             NodeKind::File => 2,
             NodeKind::Symlink => 3,
+            NodeKind::Fifo => 4,
+            NodeKind::CharDevice => 5,
+            NodeKind::BlockDevice => 6,
+            NodeKind::Socket => 7,
         }
     }
 
@@ -36,6 +54,10 @@ impl NodeKind {
             1 => Ok(NodeKind::Dir),
             2 => Ok(NodeKind::File),
             3 => Ok(NodeKind::Symlink),
+            4 => Ok(NodeKind::Fifo),
+            5 => Ok(NodeKind::CharDevice),
+            6 => Ok(NodeKind::BlockDevice),
+            7 => Ok(NodeKind::Socket),
             _ => Err(IndexError::corrupt(format!("unknown node kind {b}"))),
         }
     }
@@ -120,6 +142,8 @@ pub struct Node {
     pub subdirs: u32,
     /// The link target, for symlinks.
     pub target: Vec<u8>,
+    /// The device number, for device nodes.
+    pub rdev: u32,
 }
 
 /// Default permission bits for new files and directories made from datastore keys.
@@ -147,6 +171,7 @@ impl Node {
             ctime: now,
             subdirs: 0,
             target: Vec::new(),
+            rdev: 0,
         }
     }
 
@@ -161,7 +186,11 @@ impl Node {
         match self.kind {
             NodeKind::File => self.value.unwrap_or(0),
             NodeKind::Symlink => self.target.len() as u64,
-            NodeKind::Dir => 0,
+            NodeKind::Dir
+            | NodeKind::Fifo
+            | NodeKind::CharDevice
+            | NodeKind::BlockDevice
+            | NodeKind::Socket => 0,
         }
     }
 
@@ -196,6 +225,7 @@ impl Node {
             out.extend_from_slice(&t.nanos.to_le_bytes());
         }
         out.extend_from_slice(&self.subdirs.to_le_bytes());
+        out.extend_from_slice(&self.rdev.to_le_bytes());
         out.extend_from_slice(&(self.name.len() as u32).to_le_bytes());
         out.extend_from_slice(self.name.as_bytes());
         out.extend_from_slice(&(self.target.len() as u32).to_le_bytes());
@@ -226,6 +256,7 @@ impl Node {
             *t = Timestamp { secs, nanos };
         }
         let subdirs = r.u32()?;
+        let rdev = r.u32()?;
         let name_len = r.u32()? as usize;
         let name = String::from_utf8(r.take(name_len)?.to_vec())
             .map_err(|_| IndexError::corrupt("node name is not UTF-8"))?;
@@ -248,6 +279,7 @@ impl Node {
             ctime: times[2],
             subdirs,
             target,
+            rdev,
         })
     }
 }
@@ -294,6 +326,7 @@ mod tests {
         n.value = Some(42);
         n.explicit = true;
         n.subdirs = 3;
+        n.rdev = 0x0801;
         n.atime = Timestamp { secs: -5, nanos: 7 };
         assert_eq!(Node::decode(&n.encode()).unwrap(), n);
         let d = Node::new(NodeKind::Dir, ROOT, "d", 0o755, 0, 0);
