@@ -221,6 +221,9 @@ struct InodeState {
     unlinked: bool,
     /// Modification time of uncommitted writes.
     mtime: Option<Timestamp>,
+    /// The attributes the inode had when its last name was removed (for `fstat` of an open,
+    /// unlinked file).
+    orphan: Option<Node>,
 }
 
 /// One value that a rename moves from one key to another.
@@ -380,7 +383,21 @@ impl DsFs {
 
     /// Attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let n = self.node(ino & !VALUE_INO)?;
+        let n = match self.node(ino & !VALUE_INO) {
+            Ok(n) => n,
+            Err(FsError::NotFound) => {
+                // An open file whose last name is gone still answers fstat (with nlink 0).
+                let inode = self.open.read().get(&ino).cloned();
+                let snapshot = inode.and_then(|i| i.state.lock().orphan.clone());
+                let Some(n) = snapshot else {
+                    return Err(FsError::NotFound);
+                };
+                let mut attr = self.attr_of(ino, &n);
+                attr.nlink = 0;
+                return Ok(attr);
+            }
+            Err(e) => return Err(e),
+        };
         if ino & VALUE_INO != 0 && (n.kind != NodeKind::Dir || n.value.is_none()) {
             return Err(FsError::NotFound);
         }
@@ -549,6 +566,7 @@ impl DsFs {
         }
         let key = self.key_of(parent)?.join_component(&comp)?;
         let n = self.new_node(ctx, &pnode, NodeKind::File, mode, umask);
+        let created = n.mtime;
         // The value is created empty in staging and reaches the store when the file is first
         // committed (close, flush or fsync): one store write per small file, not two.
         let staged = self.backend.stage(&key, StageInit::Empty)?;
@@ -558,6 +576,8 @@ impl DsFs {
             let mut st = inode.state.lock();
             st.staged = Some(staged);
             st.dirty = true;
+            // Committing the new file later must not move its times.
+            st.mtime = Some(created);
         }
         let fh = self.add_handle(id, inode, flags);
         Ok((self.getattr(id)?, Opened { fh, backing: None }))
@@ -576,6 +596,7 @@ impl DsFs {
                         opens: 0,
                         unlinked: false,
                         mtime: None,
+                        orphan: None,
                     }),
                 })
             })
@@ -728,7 +749,12 @@ impl DsFs {
         let size = staged.len()?;
         let key = st.key.clone();
         st.dirty = false;
-        let mtime = st.mtime.take().unwrap_or_else(now_ts);
+        // The times of the last change, not of this commit: a commit on the kernel's
+        // asynchronous RELEASE must not move a file's times after close() returned.
+        let mtime = match st.mtime.take() {
+            Some(t) => t,
+            None => tx_free_node_mtime(&self.index, ino)?,
+        };
         self.backend.commit_staged(&key, staged, durable)?;
         self.index.write(|tx| {
             let id = ino & !VALUE_INO;
@@ -923,6 +949,9 @@ impl DsFs {
         if n.kind == NodeKind::Dir {
             return Err(FsError::IsDir);
         }
+        if n.links > 1 {
+            return self.unlink_name(parent, &comp, id, &n);
+        }
         let key = self.key_of(parent)?.join_component(&comp)?;
         self.orphan_open(id)?;
         self.index.write(|tx| {
@@ -940,6 +969,58 @@ impl DsFs {
         Ok(())
     }
 
+    /// Removes one name of a node that has several (hard links). If it is the name whose key
+    /// holds the value, the value first moves (one rename) to the key of a remaining name, so
+    /// the datastore never loses it.
+    fn unlink_name(&self, parent: u64, comp: &str, id: NodeId, n: &Node) -> FsResult<()> {
+        let primary = n.parent == parent && n.name == comp;
+        if !primary {
+            self.index.write(|tx| {
+                Self::keep_dir(tx, parent)?;
+                tx.unlink(parent, comp)?;
+                tx.remove_alias(id, parent, comp)?;
+                let mut node = tx.node_required(id)?;
+                node.links = node.links.saturating_sub(1).max(1);
+                node.ctime = now_ts();
+                tx.put_node(id, &node)
+            })?;
+            return Ok(());
+        }
+        let Some((ap, an)) = self.index.aliases(id)?.into_iter().next() else {
+            return Err(FsError::Io(format!(
+                "node {id} counts {} names but lists none",
+                n.links
+            )));
+        };
+        let old = self.key_of(id)?;
+        let new = self.key_of(ap)?.join_component(&an)?;
+        let size = if n.kind == NodeKind::File {
+            self.commit_if_open(id)?;
+            let size = self.index.value_size(&old)?.unwrap_or(0);
+            self.backend.rename(&old, &new)?;
+            Some(size)
+        } else {
+            None
+        };
+        self.index.write(|tx| {
+            Self::keep_dir(tx, parent)?;
+            tx.unlink(parent, comp)?;
+            tx.remove_alias(id, ap, &an)?;
+            let mut node = tx.node_required(id)?;
+            node.parent = ap;
+            node.name = an.clone();
+            node.links = node.links.saturating_sub(1).max(1);
+            node.ctime = now_ts();
+            tx.put_node(id, &node)?;
+            if let Some(size) = size {
+                tx.remove_key(&old)?;
+                tx.set_key(&new, id, size)?;
+            }
+            Ok(())
+        })?;
+        self.rekey_open()
+    }
+
     /// Marks a directory the user has seen as explicit, so that removing its last entry
     /// leaves it in place.
     fn keep_dir(tx: &mut Tx<'_>, dir: NodeId) -> Result<(), IndexError> {
@@ -955,10 +1036,12 @@ impl DsFs {
     /// a private copy, and nothing of it is committed.
     fn orphan_open(&self, ino: u64) -> FsResult<()> {
         if let Some(inode) = self.open.read().get(&ino).cloned() {
+            let snapshot = self.index.node(ino & !VALUE_INO).ok();
             let mut st = inode.state.lock();
             self.ensure_staged(&mut st)?;
             st.unlinked = true;
             st.dirty = false;
+            st.orphan = snapshot;
         }
         Ok(())
     }
@@ -986,11 +1069,33 @@ impl DsFs {
         Ok(())
     }
 
-    /// Hard links are not supported: a key names exactly one value.
-    pub fn link(&self) -> FsResult<Attr> {
-        Err(FsError::NotPermitted(
-            "hard links are not supported: a datastore key names one value".into(),
-        ))
+    /// A hard link: another name for a file (or special file). The value stays under the key
+    /// of the node's first name; the others are names in the index (see `docs/SEMANTICS.md`).
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        self.check_writable()?;
+        if ino & VALUE_INO != 0 {
+            return Err(FsError::NotPermitted(format!(
+                "{VALUE_NAME} cannot be linked"
+            )));
+        }
+        let n = self.node(ino)?;
+        if n.kind == NodeKind::Dir {
+            return Err(FsError::NotPermitted("hard links to directories".into()));
+        }
+        let comp = Self::component(newname)?;
+        self.dir_node(newparent)?;
+        self.index.write(|tx| {
+            if tx.lookup(newparent, &comp)?.is_some() {
+                return Err(idx_err(IndexErrorKind::AlreadyExists, "the name exists"));
+            }
+            tx.link(newparent, &comp, ino, false)?;
+            tx.add_alias(ino, newparent, &comp)?;
+            let mut node = tx.node_required(ino)?;
+            node.links = node.links.saturating_add(1);
+            node.ctime = now_ts();
+            tx.put_node(ino, &node)
+        })?;
+        self.getattr(ino)
     }
 
     /// Renames `parent/name` to `newparent/newname`.
@@ -1022,6 +1127,12 @@ impl DsFs {
         if flags.noreplace && dst.is_some() {
             return Err(FsError::Exists);
         }
+        if let Some((dst_id, _)) = &dst
+            && *dst_id == src
+        {
+            // Two names of one file: POSIX says rename does nothing.
+            return Ok(());
+        }
         if snode.kind == NodeKind::Dir {
             // A directory cannot move below itself.
             let mut cur = newparent;
@@ -1045,6 +1156,17 @@ impl DsFs {
             };
             return self.exchange(parent, &from, src, &snode, newparent, &to, dst_id, &dnode);
         }
+        let mut dst = dst;
+        if let Some((dst_id, dnode)) = &dst
+            && dnode.kind != NodeKind::Dir
+            && snode.kind != NodeKind::Dir
+            && dnode.links > 1
+        {
+            // Replacing one name of a multiply-linked file removes just that name.
+            self.unlink_name(newparent, &to, *dst_id, dnode)?;
+            dst = None;
+        }
+        let src_is_alias = snode.links > 1 && !(snode.parent == parent && snode.name == from);
         if let Some((dst_id, dnode)) = &dst {
             match (snode.kind == NodeKind::Dir, dnode.kind == NodeKind::Dir) {
                 (true, false) => return Err(FsError::NotDir),
@@ -1057,6 +1179,32 @@ impl DsFs {
                 (false, false) => {}
             }
             self.orphan_open(*dst_id)?;
+        }
+        if src_is_alias {
+            // An extra name moves in the index only; the value stays under the first name.
+            if let Some((_, dnode)) = &dst
+                && dnode.kind == NodeKind::File
+            {
+                self.backend.delete(&new_key)?;
+            }
+            self.index.write(|tx| {
+                Self::keep_dir(tx, parent)?;
+                if let Some((dst_id, dnode)) = &dst {
+                    tx.unlink(newparent, &to)?;
+                    tx.remove_node(*dst_id)?;
+                    if dnode.kind == NodeKind::File {
+                        tx.remove_key(&new_key)?;
+                    }
+                }
+                tx.unlink(parent, &from)?;
+                tx.link(newparent, &to, src, false)?;
+                tx.remove_alias(src, parent, &from)?;
+                tx.add_alias(src, newparent, &to)?;
+                let mut n = tx.node_required(src)?;
+                n.ctime = now_ts();
+                tx.put_node(src, &n)
+            })?;
+            return Ok(());
         }
         // Move the values first (the store is the truth), then the namespace in one index
         // transaction. A crash between leaves values under their new keys with the index still
@@ -1521,6 +1669,11 @@ impl DsFs {
     pub fn ttl(&self, _attr: &Attr) -> Duration {
         Duration::from_secs(1)
     }
+}
+
+/// The recorded modification time of `ino` (for a commit with no newer write).
+fn tx_free_node_mtime(index: &Index, ino: u64) -> FsResult<Timestamp> {
+    Ok(index.node(ino & !VALUE_INO)?.mtime)
 }
 
 fn xattr_name(name: &[u8]) -> FsResult<String> {

@@ -208,3 +208,57 @@ fn every_error_has_its_own_errno_and_unknowns_are_eio() {
     );
     assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
 }
+
+#[test]
+fn hard_links_share_one_value_that_survives_any_single_unlink() {
+    let fs = fs();
+    let d = fs.mkdir(CTX, ROOT, b"d", 0o755, 0).unwrap();
+    let f = write_file(&fs, ROOT, "orig", b"shared");
+    let a = fs.link(f, d.ino, b"alias").unwrap();
+    assert_eq!((a.ino, a.nlink), (f, 2));
+    assert_eq!(fs.getattr(f).unwrap().nlink, 2);
+    assert_eq!(
+        read_file(&fs, fs.lookup(d.ino, b"alias").unwrap().ino),
+        b"shared"
+    );
+    // Removing the name whose key holds the value moves the value to the other name's key.
+    fs.unlink(ROOT, b"orig").unwrap();
+    assert!(!fs.store().has(&Key::new("/orig")).unwrap());
+    assert_eq!(fs.store().get(&Key::new("/d/alias")).unwrap(), b"shared");
+    assert_eq!(fs.getattr(f).unwrap().nlink, 1);
+    // Renaming an extra name, and renaming onto another name of the same file.
+    fs.link(f, ROOT, b"second").unwrap();
+    fs.rename(ROOT, b"second", ROOT, b"third", RenameFlags::default())
+        .unwrap();
+    assert_eq!(
+        read_file(&fs, fs.lookup(ROOT, b"third").unwrap().ino),
+        b"shared"
+    );
+    fs.rename(ROOT, b"third", d.ino, b"alias", RenameFlags::default())
+        .unwrap();
+    assert!(
+        fs.lookup(ROOT, b"third").is_ok(),
+        "rename between names of one file is a no-op"
+    );
+    // A datastore delete of the key removes every name.
+    fs.store().delete(&Key::new("/d/alias")).unwrap();
+    assert!(fs.lookup(ROOT, b"third").is_err());
+    assert!(fs.lookup(d.ino, b"alias").is_err());
+    assert!(matches!(
+        fs.link(d.ino, ROOT, b"dirlink"),
+        Err(FsError::NotPermitted(_))
+    ));
+}
+
+#[test]
+fn an_unlinked_open_file_still_answers_fstat_with_nlink_zero() {
+    let fs = fs();
+    let (attr, o) = fs.create(CTX, ROOT, b"f", 0o644, 0, libc::O_RDWR).unwrap();
+    fs.unlink(ROOT, b"f").unwrap();
+    let a = fs.getattr(attr.ino).unwrap();
+    assert_eq!(a.nlink, 0);
+    fs.write(o.fh, 0, b"Hello").unwrap();
+    assert_eq!(fs.read(o.fh, 0, 5).unwrap(), b"Hello");
+    fs.release(o.fh).unwrap();
+    assert!(matches!(fs.getattr(attr.ino), Err(FsError::NotFound)));
+}

@@ -16,6 +16,7 @@
 //! | `cookies` | (parent id, cookie) | (child id, name): the listing order, stable under removal |
 //! | `keys` | datastore key | (node id, value size) |
 //! | `xattrs` | (node id, attribute name) | value |
+//! | `aliases` | (node id, parent id, name) | (): the extra names of a hard-linked node |
 //!
 //! Lookup is one B-tree probe per path component; listing a directory is one range scan of its
 //! cookies, O(its entries), never a walk of its subtree. Writes commit without fsync and are made
@@ -50,6 +51,7 @@ const DIRENTS: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("
 const COOKIES: TableDefinition<(u64, u64), (u64, &str)> = TableDefinition::new("cookies");
 const KEYS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("keys");
 const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
+const ALIASES: TableDefinition<(u64, u64, &str), ()> = TableDefinition::new("aliases");
 
 const META_VERSION: &str = "format_version";
 const META_NEXT_ID: &str = "next_node_id";
@@ -197,6 +199,8 @@ impl Index {
         txn.open_table(KEYS)
             .map_err(|e| IndexError::redb("creating tables", e))?;
         txn.open_table(XATTRS)
+            .map_err(|e| IndexError::redb("creating tables", e))?;
+        txn.open_table(ALIASES)
             .map_err(|e| IndexError::redb("creating tables", e))?;
         txn.commit()
             .map_err(|e| IndexError::redb("committing the index start", e))?;
@@ -436,6 +440,22 @@ impl Index {
             .map(|v| v.value().to_vec()))
     }
 
+    /// The extra names (directory, name) of a hard-linked node `id`.
+    pub fn aliases(&self, id: NodeId) -> IndexResult<Vec<(NodeId, String)>> {
+        let txn = self.read_txn()?;
+        let aliases = open_read(&txn, ALIASES)?;
+        let mut out = Vec::new();
+        for item in aliases
+            .range::<(u64, u64, &str)>((id, 0, "")..(id.saturating_add(1), 0, ""))
+            .map_err(|e| IndexError::redb("listing aliases", e))?
+        {
+            let (k, _) = item.map_err(|e| IndexError::redb("listing aliases", e))?;
+            let (_, parent, name) = k.value();
+            out.push((parent, name.to_owned()));
+        }
+        Ok(out)
+    }
+
     /// The names of node `id`'s extended attributes.
     pub fn xattr_names(&self, id: NodeId) -> IndexResult<Vec<String>> {
         let txn = self.read_txn()?;
@@ -549,6 +569,7 @@ pub struct Tx<'t> {
     cookies: Table<'t, (u64, u64), (u64, &'static str)>,
     keys: Table<'t, &'static str, (u64, u64)>,
     xattrs: Table<'t, (u64, &'static str), &'static [u8]>,
+    aliases: Table<'t, (u64, u64, &'static str), ()>,
     uid: u32,
     gid: u32,
 }
@@ -566,6 +587,7 @@ impl<'t> Tx<'t> {
             cookies: txn.open_table(COOKIES).map_err(w("opening cookies"))?,
             keys: txn.open_table(KEYS).map_err(w("opening keys"))?,
             xattrs: txn.open_table(XATTRS).map_err(w("opening xattrs"))?,
+            aliases: txn.open_table(ALIASES).map_err(w("opening aliases"))?,
             uid: options.uid,
             gid: options.gid,
         })
@@ -685,9 +707,13 @@ impl<'t> Tx<'t> {
         self.put_node(dir, &node)
     }
 
-    /// Deletes node `id` and its xattrs (its entry must already be unlinked).
+    /// Deletes node `id`, its xattrs and its alias records (its entries must already be
+    /// unlinked).
     pub fn remove_node(&mut self, id: NodeId) -> IndexResult<()> {
         self.nodes.remove(id).map_err(w("removing a node"))?;
+        for (parent, name) in self.aliases(id)? {
+            self.remove_alias(id, parent, &name)?;
+        }
         let names: Vec<String> = {
             let mut v = Vec::new();
             for item in self
@@ -706,6 +732,38 @@ impl<'t> Tx<'t> {
                 .map_err(w("removing xattrs"))?;
         }
         Ok(())
+    }
+
+    /// Records an extra name (hard link) of node `id`.
+    pub fn add_alias(&mut self, id: NodeId, parent: NodeId, name: &str) -> IndexResult<()> {
+        self.aliases
+            .insert((id, parent, name), ())
+            .map_err(w("writing aliases"))?;
+        Ok(())
+    }
+
+    /// Forgets an extra name of node `id`; returns whether it was recorded.
+    pub fn remove_alias(&mut self, id: NodeId, parent: NodeId, name: &str) -> IndexResult<bool> {
+        Ok(self
+            .aliases
+            .remove((id, parent, name))
+            .map_err(w("removing aliases"))?
+            .is_some())
+    }
+
+    /// The extra names (directory, name) of node `id`.
+    pub fn aliases(&self, id: NodeId) -> IndexResult<Vec<(NodeId, String)>> {
+        let mut out = Vec::new();
+        for item in self
+            .aliases
+            .range::<(u64, u64, &str)>((id, 0, "")..(id.saturating_add(1), 0, ""))
+            .map_err(w("listing aliases"))?
+        {
+            let (k, _) = item.map_err(w("listing aliases"))?;
+            let (_, parent, name) = k.value();
+            out.push((parent, name.to_owned()));
+        }
+        Ok(out)
     }
 
     /// Records `key` in the `keys` table.
@@ -861,6 +919,11 @@ impl<'t> Tx<'t> {
             | NodeKind::CharDevice
             | NodeKind::BlockDevice
             | NodeKind::Socket => {
+                // Every name of the node goes with its value, hard links included.
+                for (parent, name) in self.aliases(id)? {
+                    self.unlink(parent, &name)?;
+                    self.prune(parent)?;
+                }
                 self.unlink(node.parent, &node.name)?;
                 self.remove_node(id)?;
                 self.prune(node.parent)?;
@@ -908,6 +971,7 @@ impl<'t> Tx<'t> {
         self.cookies.retain(|_, _| false).map_err(w("clearing"))?;
         self.keys.retain(|_, _| false).map_err(w("clearing"))?;
         self.xattrs.retain(|_, _| false).map_err(w("clearing"))?;
+        self.aliases.retain(|_, _| false).map_err(w("clearing"))?;
         let root = self.node_required(ROOT)?;
         self.nodes.retain(|_, _| false).map_err(w("clearing"))?;
         let mut fresh = root;

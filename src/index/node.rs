@@ -144,6 +144,9 @@ pub struct Node {
     pub target: Vec<u8>,
     /// The device number, for device nodes.
     pub rdev: u32,
+    /// Names this node has (hard links); 1 unless linked. Directories count subdirectories
+    /// instead (see [`Node::nlink`]).
+    pub links: u32,
 }
 
 /// Default permission bits for new files and directories made from datastore keys.
@@ -172,6 +175,7 @@ impl Node {
             subdirs: 0,
             target: Vec::new(),
             rdev: 0,
+            links: 1,
         }
     }
 
@@ -194,11 +198,11 @@ impl Node {
         }
     }
 
-    /// The link count: 2 plus subdirectories for a directory, 1 otherwise.
+    /// The link count: 2 plus subdirectories for a directory, the number of names otherwise.
     pub fn nlink(&self) -> u32 {
         match self.kind {
             NodeKind::Dir => 2 + self.subdirs,
-            _ => 1,
+            _ => self.links,
         }
     }
 
@@ -226,6 +230,7 @@ impl Node {
         }
         out.extend_from_slice(&self.subdirs.to_le_bytes());
         out.extend_from_slice(&self.rdev.to_le_bytes());
+        out.extend_from_slice(&self.links.to_le_bytes());
         out.extend_from_slice(&(self.name.len() as u32).to_le_bytes());
         out.extend_from_slice(self.name.as_bytes());
         out.extend_from_slice(&(self.target.len() as u32).to_le_bytes());
@@ -257,6 +262,7 @@ impl Node {
         }
         let subdirs = r.u32()?;
         let rdev = r.u32()?;
+        let links = r.u32()?;
         let name_len = r.u32()? as usize;
         let name = String::from_utf8(r.take(name_len)?.to_vec())
             .map_err(|_| IndexError::corrupt("node name is not UTF-8"))?;
@@ -280,6 +286,7 @@ impl Node {
             subdirs,
             target,
             rdev,
+            links,
         })
     }
 }
@@ -327,6 +334,7 @@ mod tests {
         n.explicit = true;
         n.subdirs = 3;
         n.rdev = 0x0801;
+        n.links = 3;
         n.atime = Timestamp { secs: -5, nanos: 7 };
         assert_eq!(Node::decode(&n.encode()).unwrap(), n);
         let d = Node::new(NodeKind::Dir, ROOT, "d", 0o755, 0, 0);

@@ -102,11 +102,18 @@ impl Mount {
         m
     }
 
+    /// The daemon's log (shown when a test fails).
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("dsfs.log")
+    }
+
     fn mount_args(&self) -> Vec<String> {
         let mut args = vec![
             "mount".to_string(),
             self.spec.clone(),
             self.mnt.to_string_lossy().into_owned(),
+            "--log".to_string(),
+            self.log().to_string_lossy().into_owned(),
         ];
         for o in &self.options {
             args.push("-o".into());
@@ -187,6 +194,15 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.log())
+        {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of the dsfs daemon log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if is_mounted(&self.mnt) {
             let ok = dsfs()
                 .arg("umount")
