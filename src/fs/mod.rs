@@ -1189,13 +1189,7 @@ impl DsFs {
             }
             self.index.write(|tx| {
                 Self::keep_dir(tx, parent)?;
-                if let Some((dst_id, dnode)) = &dst {
-                    tx.unlink(newparent, &to)?;
-                    tx.remove_node(*dst_id)?;
-                    if dnode.kind == NodeKind::File {
-                        tx.remove_key(&new_key)?;
-                    }
-                }
+                Self::drop_replaced(tx, newparent, &to, &dst, &new_key)?;
                 tx.unlink(parent, &from)?;
                 tx.link(newparent, &to, src, false)?;
                 tx.remove_alias(src, parent, &from)?;
@@ -1210,12 +1204,11 @@ impl DsFs {
         // transaction. A crash between leaves values under their new keys with the index still
         // showing the old names; fsck --repair re-lists them.
         let moves = self.value_moves(src, &snode, &old_key, &new_key)?;
-        if let Some((dst_id, dnode)) = &dst
+        if let Some((_, dnode)) = &dst
             && dnode.kind == NodeKind::File
             && snode.kind != NodeKind::File
         {
             // A symlink replacing a file: the file's value goes.
-            let _ = dst_id;
             self.backend.delete(&new_key)?;
         }
         for m in &moves {
@@ -1223,13 +1216,7 @@ impl DsFs {
         }
         self.index.write(|tx| {
             Self::keep_dir(tx, parent)?;
-            if let Some((dst_id, dnode)) = &dst {
-                tx.unlink(newparent, &to)?;
-                tx.remove_node(*dst_id)?;
-                if dnode.kind == NodeKind::File {
-                    tx.remove_key(&new_key)?;
-                }
-            }
+            Self::drop_replaced(tx, newparent, &to, &dst, &new_key)?;
             tx.unlink(parent, &from)?;
             let mut n = tx.node_required(src)?;
             n.parent = newparent;
@@ -1246,6 +1233,24 @@ impl DsFs {
             Ok(())
         })?;
         self.rekey_open()?;
+        Ok(())
+    }
+
+    /// Removes the entry a rename replaces (its node, and its key if it was a file).
+    fn drop_replaced(
+        tx: &mut Tx<'_>,
+        dir: NodeId,
+        name: &str,
+        replaced: &Option<(NodeId, Node)>,
+        key: &Key,
+    ) -> Result<(), IndexError> {
+        if let Some((id, node)) = replaced {
+            tx.unlink(dir, name)?;
+            tx.remove_node(*id)?;
+            if node.kind == NodeKind::File {
+                tx.remove_key(key)?;
+            }
+        }
         Ok(())
     }
 
