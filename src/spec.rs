@@ -9,6 +9,8 @@
 //! | `redb:PATH` | values in the redb file `PATH`; the index beside it in `PATH.index` |
 //! | `flatfs:PATH` | a go-ds-flatfs directory (a Kubo repo's `blocks/`), created if missing; the index in `PATH/.dsfs.index.redb`, which flatfs readers skip |
 //! | `kubo:IPFS_PATH` | the datastore a Kubo repository's `datastore_spec` describes (flatfs, mount and measure are supported; a `levelds` part is named in a clear error) |
+//! | `json:FILE` | the Kubo-style JSON datastore tree in `FILE` (paths relative to it); the index in `FILE.index.redb` |
+//! | `mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/i.redb` | a mount of `mem:`, `redb:` and `flatfs:` children (each with its own `?options`) |
 //! | `dir:PATH` or a bare `PATH` | a dsfs repository: the embedded default (see below) |
 //!
 //! Options: `index=PATH` puts the index elsewhere; `durable=true` makes redb fsync every write;
@@ -66,6 +68,10 @@ pub enum SpecKind {
     Flatfs(PathBuf),
     /// `kubo:IPFS_PATH`.
     Kubo(PathBuf),
+    /// `json:FILE`: a Kubo-style JSON datastore tree, paths relative to the file.
+    Json(PathBuf),
+    /// `mount:PREFIX=SPEC;PREFIX=SPEC[;index=PATH]`: children of kind mem, redb or flatfs.
+    Mount(Vec<(Key, StoreSpec)>),
     /// A repository directory.
     Repo(PathBuf),
 }
@@ -79,6 +85,9 @@ impl StoreSpec {
     pub fn parse(text: &str) -> Result<StoreSpec> {
         if text.is_empty() {
             return Err(invalid("empty store spec"));
+        }
+        if let Some(list) = text.strip_prefix("mount:") {
+            return StoreSpec::parse_mount(list);
         }
         let (body, options) = match text.rsplit_once('?') {
             Some((b, o)) if has_scheme(b) => (b, Some(o)),
@@ -95,10 +104,11 @@ impl StoreSpec {
                 "redb" => SpecKind::Redb(non_empty_path(scheme, arg)?),
                 "flatfs" => SpecKind::Flatfs(non_empty_path(scheme, arg)?),
                 "kubo" => SpecKind::Kubo(non_empty_path(scheme, arg)?),
+                "json" => SpecKind::Json(non_empty_path(scheme, arg)?),
                 "dir" => SpecKind::Repo(non_empty_path(scheme, arg)?),
                 other => {
                     return Err(invalid(format!(
-                        "unknown store type {other:?} in {text:?} (known: mem:, redb:PATH, flatfs:PATH, kubo:IPFS_PATH, dir:PATH or a directory path)"
+                        "unknown store type {other:?} in {text:?} (known: mem:, redb:PATH, flatfs:PATH, kubo:IPFS_PATH, json:FILE, mount:..., dir:PATH or a directory path)"
                     )));
                 }
             },
@@ -132,6 +142,75 @@ impl StoreSpec {
             }
         }
         Ok(spec)
+    }
+}
+
+impl StoreSpec {
+    /// `PREFIX=SPEC;PREFIX=SPEC[;index=PATH]`, each child a `mem:`, `redb:` or `flatfs:` spec
+    /// (with its own `?options`).
+    fn parse_mount(list: &str) -> Result<StoreSpec> {
+        let mut mounts = Vec::new();
+        let mut index = None;
+        for part in list.split(';').filter(|p| !p.is_empty()) {
+            let (lhs, rhs) = part.split_once('=').ok_or_else(|| {
+                invalid(format!(
+                    "mount: entry {part:?} is not PREFIX=SPEC or index=PATH"
+                ))
+            })?;
+            if lhs == "index" {
+                index = Some(non_empty_path("index", rhs)?);
+                continue;
+            }
+            if !lhs.starts_with('/') {
+                return Err(invalid(format!(
+                    "mount: prefix {lhs:?} must start with '/'"
+                )));
+            }
+            let child = StoreSpec::parse(rhs)?;
+            if !matches!(
+                child.kind,
+                SpecKind::Mem | SpecKind::Redb(_) | SpecKind::Flatfs(_)
+            ) {
+                return Err(invalid(format!(
+                    "mount: child {rhs:?} must be mem:, redb:PATH or flatfs:PATH"
+                )));
+            }
+            mounts.push((Key::new(lhs), child));
+        }
+        if mounts.is_empty() {
+            return Err(invalid("mount: needs at least one PREFIX=SPEC"));
+        }
+        let all_mem = mounts.iter().all(|(_, c)| c.kind == SpecKind::Mem);
+        if index.is_none() && !all_mem {
+            return Err(invalid(
+                "mount: needs ;index=PATH for its key index (e.g. mount:/blocks=flatfs:/d/blocks;/=redb:/d/v.redb;index=/d/index.redb)",
+            ));
+        }
+        Ok(StoreSpec {
+            kind: SpecKind::Mount(mounts),
+            index,
+            durable: false,
+            shard: None,
+            sync: false,
+        })
+    }
+
+    /// Opens the store of a `mem:`, `redb:` or `flatfs:` spec (no index).
+    fn open_simple(&self) -> Result<Arc<dyn Datastore>> {
+        match &self.kind {
+            SpecKind::Mem => Ok(Arc::new(MemStore::new())),
+            SpecKind::Redb(path) => {
+                Ok(Arc::new(RedbStore::open(path, redb_options(self.durable))?))
+            }
+            SpecKind::Flatfs(path) => {
+                let shard = match &self.shard {
+                    Some(t) => parse_shard(t)?,
+                    None => ShardFn::IPFS_DEFAULT,
+                };
+                open_flatfs(path, shard, self.sync)
+            }
+            _ => Err(invalid("not a simple store spec")),
+        }
     }
 }
 
@@ -194,29 +273,69 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
     let index_options = IndexOptions::default();
     let (backend, index, description): (Arc<dyn Datastore>, Index, String) = match &spec.kind {
         SpecKind::Mem => (
-            Arc::new(MemStore::new()),
+            spec.open_simple()?,
             Index::in_memory(index_options)?,
             "in-memory store".to_owned(),
         ),
+        SpecKind::Mount(children) => {
+            let mut mounts = Vec::new();
+            for (prefix, child) in children {
+                mounts.push((prefix.clone(), child.open_simple()?));
+            }
+            let backend: Arc<dyn Datastore> = Arc::new(MountStore::new(mounts)?);
+            let index = match &spec.index {
+                Some(p) => Index::open(p, index_options)?,
+                None => Index::in_memory(index_options)?,
+            };
+            (
+                backend,
+                index,
+                format!("mount of {} stores", children.len()),
+            )
+        }
+        SpecKind::Json(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
+            let tree: Value = serde_json::from_str(&text).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Corrupt,
+                    format!("{} is not JSON", file.display()),
+                    e,
+                )
+            })?;
+            let base = file.parent().unwrap_or(Path::new("."));
+            let opener = TreeOpener {
+                base,
+                contained: false,
+                durable: spec.durable,
+            };
+            let backend = opener.open(&tree).map_err(|e| e.context(file.display()))?;
+            let index_path = spec
+                .index
+                .clone()
+                .unwrap_or_else(|| append_ext(file, "index.redb"));
+            let index = Index::open(&index_path, index_options)?;
+            (
+                backend,
+                index,
+                format!("{}, index {}", file.display(), index_path.display()),
+            )
+        }
         SpecKind::Redb(path) => {
-            let backend = RedbStore::open(path, redb_options(spec.durable))?;
+            let backend = spec.open_simple()?;
             let index_path = spec
                 .index
                 .clone()
                 .unwrap_or_else(|| append_ext(path, "index"));
             let index = Index::open(&index_path, index_options)?;
             (
-                Arc::new(backend),
+                backend,
                 index,
                 format!("redb {}, index {}", path.display(), index_path.display()),
             )
         }
         SpecKind::Flatfs(path) => {
-            let shard = match &spec.shard {
-                Some(t) => parse_shard(t)?,
-                None => ShardFn::IPFS_DEFAULT,
-            };
-            let backend = open_flatfs(path, shard, spec.sync)?;
+            let backend = spec.open_simple()?;
             let index_path = spec
                 .index
                 .clone()
@@ -749,6 +868,44 @@ mod tests {
         opened.store.put(&"/blocks/CIQXYZ".into(), b"b").unwrap();
         opened.store.close().unwrap();
         assert!(kubo.join("blocks/XY/CIQXYZ.data").exists());
+    }
+
+    #[test]
+    fn mount_and_json_specs_compose_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let text = format!(
+            "mount:/blocks=flatfs:{d}/blocks?shard=next-to-last/2;/=redb:{d}/v.redb;index={d}/i.redb"
+        );
+        let spec = StoreSpec::parse(&text).unwrap();
+        {
+            let opened = open(&spec, OpenMode::default()).unwrap();
+            opened.store.put(&"/blocks/CIQAAA".into(), b"b").unwrap();
+            opened.store.put(&"/pins/x".into(), b"p").unwrap();
+            opened.store.close().unwrap();
+        }
+        assert!(dir.path().join("blocks/AA/CIQAAA.data").exists());
+        assert!(dir.path().join("i.redb").exists());
+        for bad in [
+            "mount:",
+            "mount:/a=dir:/x",
+            "mount:a=mem:",
+            "mount:/a=redb:/x",
+            "mount:/a",
+        ] {
+            assert!(StoreSpec::parse(bad).is_err(), "{bad}");
+        }
+        assert!(StoreSpec::parse("mount:/=mem:;/b=mem:").is_ok());
+        let json = dir.path().join("layout.json");
+        std::fs::write(
+            &json,
+            r#"{"type":"mount","mounts":[{"mountpoint":"/","type":"redb","path":"j.redb"}]}"#,
+        )
+        .unwrap();
+        let spec = StoreSpec::parse(&format!("json:{}", json.display())).unwrap();
+        let opened = open(&spec, OpenMode::default()).unwrap();
+        opened.store.put(&"/k".into(), b"v").unwrap();
+        assert!(dir.path().join("j.redb").exists());
     }
 
     #[test]

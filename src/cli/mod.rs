@@ -26,6 +26,11 @@ STORE SPECS (--store, or the DSFS_STORE environment variable):
   DIR                 a dsfs repository directory (created when missing or empty)
   mem:                a volatile in-memory store (gone when the command ends)
   redb:PATH           values in one redb file; the index beside it in PATH.index
+  flatfs:PATH         a go-ds-flatfs directory (a Kubo repo's blocks/); ?shard=next-to-last/2&sync=true
+  kubo:IPFS_PATH      the layout of a Kubo repo's datastore_spec (flatfs, mount, measure)
+  json:FILE           a Kubo-style JSON datastore tree (paths relative to FILE)
+  mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/index.redb
+                      a mount of mem:, redb: and flatfs: stores by key prefix
   Options follow a '?': redb:PATH?index=/other/index.redb&durable=true
   Without --store, the repository in $XDG_DATA_HOME/dsfs (~/.local/share/dsfs) is used.
 
