@@ -127,7 +127,8 @@ impl MountOptions {
                     | "atime" | "sync" | "async" | "dirsync" => o.kernel.push(name.to_owned()),
                     "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner"
                     | "group" | "_netdev" | "nofail" | "relatime" | "strictatime" | "lazytime" => {}
-                    n if n.starts_with("x-") || n.starts_with("comment") => {}
+                    n if n.starts_with("x-") || n.starts_with("X-") || n.starts_with("comment") => {
+                    }
                     other => {
                         return Err(bad(format!(
                             "unknown mount option {other:?} (see 'dsfs mount --help')"
@@ -218,16 +219,42 @@ pub fn mounted_fstype(path: &Path) -> Option<String> {
     found
 }
 
-fn canonical_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
-    let mp = std::fs::canonicalize(mountpoint)
-        .map_err(|e| Error::io(format!("mount point {}", mountpoint.display()), e))?;
-    if !mp.is_dir() {
-        return Err(bad(format!(
+/// Whether an error is a dead FUSE mount (its daemon gone: "transport endpoint is not
+/// connected").
+fn is_dead_mount(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOTCONN)
+}
+
+/// The mount point as an absolute path, and whether it is a dead FUSE mount.
+fn resolve_mountpoint(mountpoint: &Path) -> Result<(PathBuf, bool), Error> {
+    let ctx = || format!("mount point {}", mountpoint.display());
+    let mp = match std::fs::canonicalize(mountpoint) {
+        Ok(p) => p,
+        Err(e) if is_dead_mount(&e) => {
+            std::path::absolute(mountpoint).map_err(|e| Error::io(ctx(), e))?
+        }
+        Err(e) => return Err(Error::io(ctx(), e)),
+    };
+    match std::fs::metadata(&mp) {
+        Ok(m) if m.is_dir() => Ok((mp, false)),
+        Ok(_) => Err(bad(format!(
             "mount point {} is not a directory",
             mp.display()
-        )));
+        ))),
+        Err(e) if is_dead_mount(&e) => Ok((mp, true)),
+        Err(e) => Err(Error::io(ctx(), e)),
     }
-    Ok(mp)
+}
+
+fn canonical_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
+    match resolve_mountpoint(mountpoint)? {
+        (mp, false) => Ok(mp),
+        (mp, true) => Err(bad(format!(
+            "{} is a dead FUSE mount (its daemon is gone); run 'dsfs umount {}' first",
+            mp.display(),
+            mp.display()
+        ))),
+    }
 }
 
 /// Where the daemon serving `mountpoint` records its process id.
@@ -339,7 +366,7 @@ fn serve(
     if daemon {
         crate::sys::new_session();
     }
-    let result = (|| {
+    let result: Result<(Arc<DsFs>, Session<FuseAdapter>), Error> = (|| {
         let opened = spec::open(spec, OpenMode::default())?;
         if let Some(r) = &opened.reconciled
             && !r.is_consistent()
@@ -371,7 +398,7 @@ fn serve(
     let (fs, mut session) = match result {
         Ok(v) => v,
         Err(e) => {
-            report(&format!("dsfs: {e}"));
+            report(&e.to_string());
             return Err(e);
         }
     };
@@ -389,10 +416,25 @@ fn serve(
     std::thread::Builder::new()
         .name("dsfs-signals".into())
         .spawn(move || {
-            if let Ok(sig) = signals.wait() {
+            while let Ok(sig) = signals.wait() {
                 log::info!("signal {sig}: unmounting {}", watched.display());
-                if let Err(e) = unmounter.unmount() {
-                    log::error!("unmount of {} failed: {e}", watched.display());
+                match unmounter.unmount() {
+                    Ok(()) => return,
+                    Err(e) => {
+                        // Busy (a process works inside the mount): detach it lazily, so the
+                        // session still ends and every staged write is committed.
+                        log::warn!(
+                            "unmount of {} failed ({e}); detaching it",
+                            watched.display()
+                        );
+                        if lazy_unmount(&watched) {
+                            return;
+                        }
+                        log::error!(
+                            "could not detach {}; send the signal again",
+                            watched.display()
+                        );
+                    }
                 }
             }
         })
@@ -415,9 +457,30 @@ fn serve(
     }
 }
 
+/// Detaches `mp` even if busy (`fusermount3 -u -z`, or `umount -l` as root).
+fn lazy_unmount(mp: &Path) -> bool {
+    let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+    ok(Command::new("fusermount3").args(["-u", "-z"]).arg(mp))
+        || ok(Command::new("umount").arg("-l").arg(mp))
+}
+
 /// `dsfs umount`: unmounts and waits for the daemon to commit and exit.
 pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode, Error> {
-    let mp = canonical_mountpoint(mountpoint)?;
+    let (mp, dead) = resolve_mountpoint(mountpoint)?;
+    if dead {
+        // The daemon is gone and nothing is left to commit: detach the dead mount.
+        if lazy_unmount(&mp) {
+            let _ = std::fs::remove_file(pid_file(&mp));
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "{} is a dead FUSE mount and could not be detached",
+                mp.display()
+            ),
+        ));
+    }
     match mounted_fstype(&mp) {
         Some(t) if t.starts_with("fuse") => {}
         Some(t) => return Err(bad(format!("{} is a {t} mount, not dsfs", mp.display()))),
