@@ -55,7 +55,7 @@ Jobs (--jobs, comma-separated; default: all, in this order):
 Options:
   --quick           smoke test: SIZE 32M, RUNTIME 1, 200 small files, 1000 entries
   --size SIZE       fio file size (fio syntax; default 1G)
-  --runtime SEC     seconds per time-based job (default 5)
+  --runtime SEC     seconds per time-based job (default 3)
   --small-files N   small-file count (default 10000)
   --entries N       metadata directory entries (default 100000)
   --targets LIST    see above
@@ -123,7 +123,7 @@ done
 if [ "$QUICK" = 1 ]; then
     : "${SIZE:=32M}" "${RUNTIME:=1}" "${NSMALL:=200}" "${NENTRIES:=1000}"
 else
-    : "${SIZE:=1G}" "${RUNTIME:=5}" "${NSMALL:=10000}" "${NENTRIES:=100000}"
+    : "${SIZE:=1G}" "${RUNTIME:=3}" "${NSMALL:=10000}" "${NENTRIES:=100000}"
 fi
 [[ "$RUNTIME" =~ ^[1-9][0-9]*$ ]] || die "--runtime takes whole seconds"
 [[ "$NSMALL" =~ ^[1-9][0-9]*$ ]] || die "--small-files takes a positive number"
