@@ -66,6 +66,9 @@ Options:
   --dsfs PATH       use this dsfs binary instead of building target/release/dsfs
   --dir DIR         where to create the scratch directory (default /var/tmp; it must be on
                     the disk you want to measure: every target's data lives there)
+  --job-timeout SEC stop a job that runs this long (default 300; a job stuck in a FUSE request
+                    has its target's FUSE connection aborted, and that target's later jobs
+                    are skipped; all of these count as failures)
   --keep            keep the scratch directory (stores, logs, fio JSON) afterwards
   --out DIR         where to write results (default benches/fio/results)
   --label NAME      appended to the result file names
@@ -94,6 +97,7 @@ ALL_JOBS="seqwrite-1m,seqread-1m,randread-4k-j1,randread-4k-j4,randread-4k-libai
 JOBS="$ALL_JOBS" MODES="buffered,direct" DSFS_OPTS="" BINDFS_OPTS="" DSFS="" BASE="/var/tmp"
 OUTDIR="$HERE/results"
 SMALL_SIZE=4096
+JOB_TIMEOUT=300
 
 die() { echo "run.sh: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
@@ -113,6 +117,7 @@ while [ $# -gt 0 ]; do
         --dsfs) need "$@"; DSFS="$2"; shift ;;
         --dir) need "$@"; BASE="$2"; shift ;;
         --keep) KEEP=1 ;;
+        --job-timeout) need "$@"; JOB_TIMEOUT="$2"; shift ;;
         --out) need "$@"; OUTDIR="$2"; shift ;;
         --label) need "$@"; LABEL="$2"; shift ;;
         --no-results) NORESULTS=1 ;;
@@ -126,6 +131,7 @@ else
     : "${SIZE:=1G}" "${RUNTIME:=3}" "${NSMALL:=10000}" "${NENTRIES:=100000}"
 fi
 [[ "$RUNTIME" =~ ^[1-9][0-9]*$ ]] || die "--runtime takes whole seconds"
+[[ "$JOB_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--job-timeout takes whole seconds"
 [[ "$NSMALL" =~ ^[1-9][0-9]*$ ]] || die "--small-files takes a positive number"
 [[ "$NENTRIES" =~ ^[1-9][0-9]*$ ]] || die "--entries takes a positive number"
 [[ "$SIZE" =~ ^[1-9][0-9]*[KMGkmg]?$ ]] || die "--size takes a number with an optional K, M or G"
@@ -189,6 +195,10 @@ exec 9>&2
 declare -A MNT=() KIND=() PIDOF=()
 MOUNTED=()       # mount points made here, in mount order
 CHILD=""         # the foreground job's pid, so a signal can stop it
+WATCHDOG=""      # its watchdog's pid
+WATCH_MP=""      # the mount point the foreground job works on
+declare -A HUNG=()  # mount points on which a job hung
+declare -A PIDFILE=()  # dsfs's pid file per mount point
 CLEANED=0
 
 # Whether $1 is a mount point, from the mount table: stat-based checks fail on a FUSE mount
@@ -199,31 +209,60 @@ is_mounted() {
     M="$esc" awk '$5 == ENVIRON["M"] { f = 1 } END { exit !f }' /proc/self/mountinfo
 }
 
+# Unmounts one mount made here. A dsfs mount goes through 'dsfs umount' (which waits for the
+# daemon's final commits); if that fails, or a job hung on the mount, the FUSE connection is
+# aborted (umount -f) and the mount detached (fusermount3 -u -z), and a daemon that still has
+# not exited after that is stopped by its pid (TERM, then KILL).
 unmount_one() {
-    local mp="$1" kind="$2" pid="${3:-}"
-    is_mounted "$mp" || return 0
-    if [ "$kind" = dsfs ]; then
-        timeout -k 5 330 "$DSFS" umount "$mp" >/dev/null 2>&1 && return 0
-        echo "run.sh: 'dsfs umount $mp' failed; lazy unmount" >&9
-    else
-        fusermount3 -u "$mp" 2>/dev/null && return 0
+    local mp="$1" kind="$2" pid="${3:-}" i
+    if is_mounted "$mp"; then
+        if [ "$kind" = dsfs ] && [ -z "${HUNG[$mp]:-}" ]; then
+            timeout -k 5 330 "$DSFS" umount "$mp" >/dev/null 2>&1 && return 0
+            echo "run.sh: 'dsfs umount $mp' failed; lazy unmount" >&9
+        elif [ -z "${HUNG[$mp]:-}" ]; then
+            fusermount3 -u "$mp" 2>/dev/null && return 0
+        fi
+        [ -n "${HUNG[$mp]:-}" ] && umount -f "$mp" 2>/dev/null
+        if is_mounted "$mp"; then
+            fusermount3 -u -z "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true
+        fi
     fi
-    fusermount3 -u -z "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true
-    if [ -n "$pid" ]; then   # let the daemon finish its commits before its store is removed
-        local i
-        for i in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    [ -n "$pid" ] || return 0
+    # Let the daemon finish its commits before its store is removed.
+    for i in $(seq 1 "$([ -n "${HUNG[$mp]:-}" ] && echo 50 || echo 600)"); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    echo "run.sh: the daemon of $mp (pid $pid) did not exit; stopping it" >&9
+    kill -TERM "$pid" 2>/dev/null
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # A daemon that had to be killed leaves its pid file behind.
+    local pf="${PIDFILE[$mp]:-}"
+    if [ -n "$pf" ] && [ "$(cat "$pf" 2>/dev/null)" = "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+        rm -f "$pf"
     fi
 }
 
 cleanup() {
     [ "$CLEANED" = 1 ] && return
     CLEANED=1
+    [ -n "$WATCHDOG" ] && kill -TERM "$WATCHDOG" 2>/dev/null
     if [ -n "$CHILD" ]; then
         kill -TERM "$CHILD" 2>/dev/null
+        # A child stuck in a FUSE request must not block the cleanup: abort that connection.
+        local i
+        for i in $(seq 1 50); do kill -0 "$CHILD" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$CHILD" 2>/dev/null && [ -n "$WATCH_MP" ] && [ "${KIND[$WATCH_MP]:-}" != native ]; then
+            HUNG[$WATCH_MP]=1
+            umount -f "$WATCH_MP" 2>/dev/null
+        fi
+        kill -KILL "$CHILD" 2>/dev/null
         wait "$CHILD" 2>/dev/null
         CHILD=""
     fi
-    local i mp still=0
+    local mp still=0
     for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
         mp="${MOUNTED[$i]}"
         unmount_one "$mp" "${KIND[$mp]}" "${PIDOF[$mp]:-}"
@@ -252,12 +291,38 @@ trap 'on_signal TERM 143' TERM
 trap 'on_signal HUP 129' HUP
 
 # Runs a command in the background and waits, so that a signal interrupts the wait at once.
+# A watchdog stops it after JOB_TIMEOUT seconds: TERM, KILL, and if it is still there (stuck
+# in a FUSE request that its daemon never answers) the FUSE connection of WATCH_MP is aborted
+# (umount -f), which fails the stuck requests. Returns 124 and sets HUNG[WATCH_MP] then.
 run_child() {
+    local flag="$SCRATCH/hung.$BASHPID.$RANDOM"
     "$@" &
     CHILD=$!
+    (
+        nap() { sleep "$1" & s=$!; wait "$s"; }
+        trap 'kill "$s" 2>/dev/null; exit 0' TERM
+        nap "$JOB_TIMEOUT"
+        : > "$flag"
+        echo "run.sh: '$*' still running after ${JOB_TIMEOUT} s; stopping it" >&9
+        kill -TERM "$CHILD" 2>/dev/null; nap 10
+        kill -KILL "$CHILD" 2>/dev/null; nap 5
+        if kill -0 "$CHILD" 2>/dev/null && [ -n "$WATCH_MP" ]; then
+            echo "run.sh: it is stuck in the kernel; aborting the FUSE connection of $WATCH_MP" >&9
+            umount -f "$WATCH_MP" 2>/dev/null
+        fi
+    ) &
+    WATCHDOG=$!
     wait "$CHILD"
     local rc=$?
+    kill -TERM "$WATCHDOG" 2>/dev/null
+    wait "$WATCHDOG" 2>/dev/null
+    WATCHDOG=""
     CHILD=""
+    if [ -e "$flag" ]; then
+        rm -f "$flag"
+        [ -n "$WATCH_MP" ] && HUNG[$WATCH_MP]=1
+        return 124
+    fi
     return $rc
 }
 
@@ -282,7 +347,7 @@ try:
     with open(f"{base}/dsfs-{uid}/{h:016x}.pid") as f:
         pid = int(f.read().strip())
     os.kill(pid, 0)
-    print(pid); sys.exit(0)
+    print(pid, f"{base}/dsfs-{uid}/{h:016x}.pid"); sys.exit(0)
 except Exception:
     pass
 for p in os.listdir("/proc"):
@@ -340,7 +405,10 @@ setup_target() {
     esac
     if [ "${KIND[$mp]}" != native ]; then
         is_mounted "$mp" || die "$mp is not mounted"
-        PIDOF[$mp]="$(daemon_pid "$mp")" || die "cannot find the daemon serving $mp"
+        local found
+        found="$(daemon_pid "$mp")" || die "cannot find the daemon serving $mp"
+        PIDOF[$mp]="${found%% *}"
+        [ "$found" != "${found#* }" ] && PIDFILE[$mp]="${found#* }"
     fi
     MNT[$t]="$mp"
 }
@@ -357,29 +425,54 @@ cpu_delta() {   # before after -> seconds, or "" when unknown
 }
 
 warm() {   # reads the file once through the target so buffered jobs start warm on every target
-    run_child bash -c 'cat "$1" > /dev/null' _ "$1"
+    local mp="$1"
+    [ -n "${HUNG[$mp]:-}" ] && return 0
+    WATCH_MP="$mp"
+    run_child bash -c 'cat "$1" > /dev/null' _ "$mp/FIODATA"
+    WATCH_MP=""
 }
 
-FIO_LIMIT=$(( RUNTIME * 4 + 600 ))
+# measure TARGET JOB MODE KIND OUT COMMAND...: runs COMMAND (stdout to OUT.stdout, stderr to
+# OUT.err) under the watchdog, with the daemon's CPU time read before and after, and records
+# the result. Skipped (and failed) on a target where an earlier job hung.
+measure() {
+    local t="$1" job="$2" mode="$3" kind="$4" out="$5"
+    shift 5
+    local mp="${MNT[$t]}" c0 c1 rc s e status
+    local pid="${PIDOF[$mp]:-}"
+    if [ -n "${HUNG[$mp]:-}" ]; then
+        : > "$out.skipped"
+        record "$t" "$job" "$mode" "$kind" 125 "" "" "$out"
+        status="skipped (an earlier job hung on this target)"
+    else
+        WATCH_MP="$mp"
+        c0="$(cpu_ticks "$pid")"; s=$EPOCHREALTIME
+        run_child "$@" > "$out.stdout" 2> "$out.err"
+        rc=$?
+        e=$EPOCHREALTIME; c1="$(cpu_ticks "$pid")"
+        WATCH_MP=""
+        [ "$rc" = 124 ] && [ -n "${HUNG[$mp]:-}" ] && : > "$out.hung"
+        record "$t" "$job" "$mode" "$kind" "$rc" "$(cpu_delta "$c0" "$c1")" \
+            "$(awk "BEGIN{printf \"%.3f\", $e-$s}")" "$out"
+        status="ok"
+        [ -e "$out.hung" ] && status="HUNG"
+        [ "$rc" = 0 ] || [ -e "$out.hung" ] || status="exit $rc"
+    fi
+    printf '   %-26s %-8s %-34s %s\n' "$job" "$mode" "$t" "$status" >&2
+}
+
 run_fio() {
     local t="$1" job="$2" mode="$3" mp="${MNT[$1]}"
-    local pid="${PIDOF[${MNT[$1]}]:-}"
     local direct=0; [ "$mode" = direct ] && direct=1
     local file="$mp/FIODATA"
-    [ "$job" = seqwrite-1m ] && file="$mp/FIOSEQW" && rm -f "$file"
+    [ "$job" = seqwrite-1m ] && file="$mp/FIOSEQW" && rm -f "$file" 2>/dev/null
     local out="$SCRATCH/out/${t//[@:=]/_}.$job.$mode"
-    if [ "$mode" = buffered ] && [ "$job" != seqwrite-1m ]; then warm "$mp/FIODATA"; fi
-    local c0 c1 rc s e
-    c0="$(cpu_ticks "$pid")"; s=$EPOCHREALTIME
-    run_child env -C "$SCRATCH/out" FIO_FILE="$file" FIO_SIZE="$SIZE" FIO_RUNTIME="$RUNTIME" \
-        FIO_DIRECT="$direct" timeout -k 10 "$FIO_LIMIT" fio --output-format=json \
-        --output="$out.json" "$JOBDIR/$job.fio" > "$out.stdout" 2> "$out.err"
-    rc=$?
-    e=$EPOCHREALTIME; c1="$(cpu_ticks "$pid")"
-    [ "$job" = seqwrite-1m ] && rm -f "$file"
-    record "$t" "$job" "$mode" fio "$rc" "$(cpu_delta "$c0" "$c1")" "$(awk "BEGIN{printf \"%.3f\", $e-$s}")" "$out"
-    local status="ok"; [ "$rc" = 0 ] || status="exit $rc"
-    printf '   %-26s %-8s %-34s %s\n' "$job" "$mode" "$t" "$status" >&2
+    if [ "$mode" = buffered ] && [ "$job" != seqwrite-1m ]; then warm "$mp"; fi
+    measure "$t" "$job" "$mode" fio "$out" env -C "$SCRATCH/out" FIO_FILE="$file" FIO_SIZE="$SIZE" \
+        FIO_RUNTIME="$RUNTIME" FIO_DIRECT="$direct" fio --output-format=json --output="$out.json" \
+        "$JOBDIR/$job.fio"
+    [ "$job" = seqwrite-1m ] && [ -z "${HUNG[$mp]:-}" ] && rm -f "$file" 2>/dev/null
+    return 0
 }
 
 # The small-file and metadata loops: one file per open/write/close, timed inside Python so that
@@ -415,35 +508,20 @@ sys.exit(1 if bad else 0)
 
 run_files() {   # target op dir count size prefix job-name
     local t="$1" op="$2" dir="$3" n="$4" size="$5" prefix="$6" name="$7"
-    local pid="${PIDOF[${MNT[$t]}]:-}" c0 c1 rc s e
-    local out="$SCRATCH/out/${t//[@:=]/_}.$name"
-    c0="$(cpu_ticks "$pid")"; s=$EPOCHREALTIME
-    run_child python3 -c "$PY_FILES" "$op" "$dir" "$n" "$size" "$prefix" > "$out.json" 2> "$out.err"
-    rc=$?
-    e=$EPOCHREALTIME; c1="$(cpu_ticks "$pid")"
-    record "$t" "$name" - files "$rc" "$(cpu_delta "$c0" "$c1")" "$(awk "BEGIN{printf \"%.3f\", $e-$s}")" "$out"
-    local status="ok"; [ "$rc" = 0 ] || status="exit $rc"
-    printf '   %-26s %-8s %-34s %s\n' "$name" - "$t" "$status" >&2
+    measure "$t" "$name" - files "$SCRATCH/out/${t//[@:=]/_}.$name" \
+        python3 -c "$PY_FILES" "$op" "$dir" "$n" "$size" "$prefix"
 }
 
 run_ls() {   # target dir expected-entries flag(-f|-l) job-name
     local t="$1" dir="$2" n="$3" flag="$4" name="$5"
-    local pid="${PIDOF[${MNT[$t]}]:-}" c0 c1 rc
-    local out="$SCRATCH/out/${t//[@:=]/_}.$name"
-    c0="$(cpu_ticks "$pid")"
     # Timed inside the child: 'ls -f DIR | wc -l' (names only) or 'ls -l DIR' (stat every entry).
-    run_child env LC_ALL=C bash -c '
+    measure "$t" "$name" - ls "$SCRATCH/out/${t//[@:=]/_}.$name" env LC_ALL=C bash -c '
         set -o pipefail
         s=$EPOCHREALTIME
         if [ "$2" = -f ]; then c=$(ls -f "$1" | wc -l); rc=$?; else ls -l "$1" > /dev/null; rc=$?; c=$(( $3 + 2 )); fi
         e=$EPOCHREALTIME
         printf "{\"seconds\": %s, \"entries\": %s}\n" "$(awk "BEGIN{print $e-$s}")" "$c"
-        [ "$rc" = 0 ] && [ "$c" -ge $(( $3 + 2 )) ]' _ "$dir" "$flag" "$n" > "$out.json" 2> "$out.err"
-    rc=$?
-    c1="$(cpu_ticks "$pid")"
-    record "$t" "$name" - ls "$rc" "$(cpu_delta "$c0" "$c1")" "" "$out"
-    local status="ok"; [ "$rc" = 0 ] || status="exit $rc"
-    printf '   %-26s %-8s %-34s %s\n' "$name" - "$t" "$status" >&2
+        [ "$rc" = 0 ] && [ "$c" -ge $(( $3 + 2 )) ]' _ "$dir" "$flag" "$n"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -461,9 +539,11 @@ if [ "$NEED_DATA" = 1 ]; then
     echo "== laying out FIODATA ($SIZE) on every target (not measured)" >&2
     for t in "${TARGET_LIST[@]}"; do
         f="${MNT[$t]}/FIODATA"
+        WATCH_MP="${MNT[$t]}"
         run_child env -C "$SCRATCH/out" FIO_FILE="$f" FIO_SIZE="$SIZE" FIO_RUNTIME="$RUNTIME" \
             FIO_DIRECT=0 fio --output=/dev/null "$JOBDIR/seqwrite-1m.fio" >/dev/null 2>"$SCRATCH/out/layout.err" \
             || die "laying out $f failed: $(tail -3 "$SCRATCH/out/layout.err")"
+        WATCH_MP=""
     done
 fi
 
@@ -525,7 +605,7 @@ DISK_SRC="$(df --output=source "$SCRATCH" | tail -1)"
 export R_RECORDS="$RECORDS" R_OUT="$OUTDIR" R_STAMP="$STAMP" R_NORESULTS="$NORESULTS" \
     R_SIZE="$SIZE" R_RUNTIME="$RUNTIME" R_NSMALL="$NSMALL" R_NENTRIES="$NENTRIES" \
     R_TARGETS="$(IFS=,; echo "${TARGET_LIST[*]}")" R_QUICK="$QUICK" R_SECONDS="$(python3 -c "print(round($END-$START,1))")" \
-    R_DSFS_OPTS="$DSFS_OPTS" R_BINDFS_OPTS="$BINDFS_OPTS" \
+    R_DSFS_OPTS="$DSFS_OPTS" R_BINDFS_OPTS="$BINDFS_OPTS" R_JOB_TIMEOUT="$JOB_TIMEOUT" \
     R_KERNEL="$(uname -r)" R_CPUS="$(nproc)" R_MEM="$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
     R_DISK="$(df -h --output=source,fstype,size "$SCRATCH" | tail -1 | tr -s ' '); $(lsblk -dno NAME,SIZE,TYPE "$DISK_SRC" 2>/dev/null | tr -s ' '); scheduler $(sed -n "s/.*\[\(.*\)\].*/\1/p" /sys/block/"$(basename "$DISK_SRC")"/queue/scheduler 2>/dev/null)" \
     R_FIO="$(fio --version)" R_BINDFS="$(command -v bindfs >/dev/null && bindfs --version 2>/dev/null | head -1 || echo -)" \
@@ -561,7 +641,14 @@ results = []
 for r in recs:
     res = dict(target=r["target"], job=r["job"], mode=r["mode"], daemon_cpu_s=r["cpu"],
                wall_s=r["wall"], status="ok")
-    if r["kind"] == "fio":
+    if os.path.exists(r["out"] + ".skipped"):
+        res["status"] = "FAILED"
+        res["error"] = "skipped: an earlier job hung on this target"
+    elif os.path.exists(r["out"] + ".hung"):
+        res["status"] = "FAILED"
+        res["error"] = ("HUNG: still running after %s s; stopped (a process stuck in a FUSE request "
+                        "is released by aborting the connection)" % E["R_JOB_TIMEOUT"])
+    elif r["kind"] == "fio":
         d = load_json(r["out"] + ".json")
         err = read(r["out"] + ".err") + read(r["out"] + ".stdout")
         jobs = (d or {}).get("jobs") or []
@@ -580,10 +667,10 @@ for r in recs:
             res["status"] = "FAILED"
             res["error"] = (err.strip().splitlines() or ["exit %d" % r["rc"]])[-1][:300]
     else:
-        d = load_json(r["out"] + ".json") if r["out"] else None
+        d = load_json(r["out"] + ".stdout")
         if r["rc"] != 0 or not d:
             res["status"] = "FAILED"
-            e = read(r["out"] + ".err").strip().splitlines() if r["out"] else []
+            e = read(r["out"] + ".err").strip().splitlines()
             res["error"] = (e or ["exit %d" % r["rc"]])[-1][:300]
         elif r["kind"] == "files":
             res.update(files=d["files"], seconds=d["seconds"], files_per_s=d["files"] / d["seconds"])
