@@ -48,9 +48,12 @@ Jobs (--jobs, comma-separated; default: all, in this order):
               a native file but not a FUSE file's backing file, so only warm-vs-warm is a fair
               comparison. Buffered numbers are page-cache numbers.
     direct    direct=1 (O_DIRECT). Native: the device. FUSE: the client page cache is
-              bypassed; what the daemon does with the backing file differs (passthrough
-              opens it with O_DIRECT, bindfs clears the flag, dsfs's userspace path reads
-              and writes it buffered). A target that refuses O_DIRECT (EINVAL) is "n/a".
+              bypassed, and what reaches the disk differs: dsfs hands read-only opens of
+              committed files to the kernel (passthrough), which opens the backing file
+              with O_DIRECT; dsfs writes (and reads of files open for writing) go through
+              the daemon into a buffered staging file; bindfs clears O_DIRECT. So a FUSE
+              direct=1 write can beat native. A target that refuses O_DIRECT (EINVAL) is
+              "n/a", not a failure.
 
 Options:
   --quick           smoke test: SIZE 32M, RUNTIME 1, 200 small files, 1000 entries
@@ -75,9 +78,11 @@ Options:
   --no-results      print the table only
   -h, --help        this text
 
-Output: a table per job (bandwidth MiB/s, IOPS, p50/p99 completion latency in µs from fio's
-JSON, the FUSE daemon's CPU seconds from /proc/PID/stat utime+stime before and after the job,
-and each figure as a ratio to native), then RESULTS/<UTC date>[-LABEL].{json,md}.
+Output: one row per job, mode and target: bandwidth MiB/s, IOPS, p50/p99 completion latency in
+µs (from fio's JSON), the FUSE daemon's CPU seconds (utime+stime from /proc/PID/stat before and
+after the job; dsfs's pid from its pid file), each figure with its ratio to native; then
+files/s or seconds for the small-file and metadata jobs. Printed, and written to
+OUT/<UTC date>[-LABEL].json and .md (the JSON has every figure, wall times and errors).
 
 Exit status: 0 if every job ran on every target (an "n/a" O_DIRECT refusal is not an error),
 1 if any job failed on any target, 2 on a usage or setup error, 130/143 when interrupted.
