@@ -61,6 +61,9 @@ Options:
   --runtime SEC     seconds per time-based job (default 3)
   --small-files N   small-file count (default 10000)
   --entries N       metadata directory entries (default 100000)
+  --repeat N        run every fio and small-file job N times (default 1), interleaved over
+                    the targets; the table shows the median and every run's MiB/s or files/s
+                    (the metadata directory is built once; its 'ls' runs twice anyway)
   --targets LIST    see above
   --jobs LIST       see above
   --modes LIST      buffered,direct (default both)
@@ -103,6 +106,8 @@ JOBS="$ALL_JOBS" MODES="buffered,direct" DSFS_OPTS="" BINDFS_OPTS="" DSFS="" BAS
 OUTDIR="$HERE/results"
 SMALL_SIZE=4096
 JOB_TIMEOUT=300
+REPEAT=1
+REP=1            # the current repetition
 
 die() { echo "run.sh: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
@@ -123,6 +128,7 @@ while [ $# -gt 0 ]; do
         --dir) need "$@"; BASE="$2"; shift ;;
         --keep) KEEP=1 ;;
         --job-timeout) need "$@"; JOB_TIMEOUT="$2"; shift ;;
+        --repeat) need "$@"; REPEAT="$2"; shift ;;
         --out) need "$@"; OUTDIR="$2"; shift ;;
         --label) need "$@"; LABEL="$2"; shift ;;
         --no-results) NORESULTS=1 ;;
@@ -137,6 +143,7 @@ else
 fi
 [[ "$RUNTIME" =~ ^[1-9][0-9]*$ ]] || die "--runtime takes whole seconds"
 [[ "$JOB_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--job-timeout takes whole seconds"
+[[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat takes a positive number"
 [[ "$NSMALL" =~ ^[1-9][0-9]*$ ]] || die "--small-files takes a positive number"
 [[ "$NENTRIES" =~ ^[1-9][0-9]*$ ]] || die "--entries takes a positive number"
 [[ "$SIZE" =~ ^[1-9][0-9]*[KMGkmg]?$ ]] || die "--size takes a number with an optional K, M or G"
@@ -419,7 +426,8 @@ setup_target() {
 }
 
 # Records one result line: target job mode kind rc cpu_seconds wall_seconds payload
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RECORDS"; }
+# (target job mode kind rc cpu-seconds wall-seconds out-prefix; the repetition is appended)
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$REP" >> "$RECORDS"; }
 
 cpu_delta() {   # before after -> seconds, or "" when unknown
     if [ -n "$1" ] && [ -n "$2" ]; then
@@ -463,6 +471,7 @@ measure() {
         [ -e "$out.hung" ] && status="HUNG"
         [ "$rc" = 0 ] || [ -e "$out.hung" ] || status="exit $rc"
     fi
+    [ "$REPEAT" -gt 1 ] && status="$status (run $REP)"
     printf '   %-26s %-8s %-34s %s\n' "$job" "$mode" "$t" "$status" >&2
 }
 
@@ -471,7 +480,7 @@ run_fio() {
     local direct=0; [ "$mode" = direct ] && direct=1
     local file="$mp/FIODATA"
     [ "$job" = seqwrite-1m ] && file="$mp/FIOSEQW" && rm -f "$file" 2>/dev/null
-    local out="$SCRATCH/out/${t//[@:=]/_}.$job.$mode"
+    local out="$SCRATCH/out/${t//[@:=]/_}.$job.$mode.r$REP"
     if [ "$mode" = buffered ] && [ "$job" != seqwrite-1m ]; then warm "$mp"; fi
     measure "$t" "$job" "$mode" fio "$out" env -C "$SCRATCH/out" FIO_FILE="$file" FIO_SIZE="$SIZE" \
         FIO_RUNTIME="$RUNTIME" FIO_DIRECT="$direct" fio --output-format=json --output="$out.json" \
@@ -513,14 +522,14 @@ sys.exit(1 if bad else 0)
 
 run_files() {   # target op dir count size prefix job-name
     local t="$1" op="$2" dir="$3" n="$4" size="$5" prefix="$6" name="$7"
-    measure "$t" "$name" - files "$SCRATCH/out/${t//[@:=]/_}.$name" \
+    measure "$t" "$name" - files "$SCRATCH/out/${t//[@:=]/_}.$name.r$REP" \
         python3 -c "$PY_FILES" "$op" "$dir" "$n" "$size" "$prefix"
 }
 
 run_ls() {   # target dir expected-entries flag(-f|-l) job-name
     local t="$1" dir="$2" n="$3" flag="$4" name="$5"
     # Timed inside the child: 'ls -f DIR | wc -l' (names only) or 'ls -l DIR' (stat every entry).
-    measure "$t" "$name" - ls "$SCRATCH/out/${t//[@:=]/_}.$name" env LC_ALL=C bash -c '
+    measure "$t" "$name" - ls "$SCRATCH/out/${t//[@:=]/_}.$name.r$REP" env LC_ALL=C bash -c '
         set -o pipefail
         s=$EPOCHREALTIME
         if [ "$2" = -f ]; then c=$(ls -f "$1" | wc -l); rc=$?; else ls -l "$1" > /dev/null; rc=$?; c=$(( $3 + 2 )); fi
@@ -558,15 +567,18 @@ for job in "${JOB_LIST[@]}"; do
     case "$job" in
         smallfiles)
             echo "== smallfiles: $NSMALL files of $SMALL_SIZE bytes" >&2
-            for t in "${TARGET_LIST[@]}"; do
-                run_files "$t" create "${MNT[$t]}" "$NSMALL" "$SMALL_SIZE" SF smallfiles-create
+            for REP in $(seq 1 "$REPEAT"); do
+                for t in "${TARGET_LIST[@]}"; do
+                    run_files "$t" create "${MNT[$t]}" "$NSMALL" "$SMALL_SIZE" SF smallfiles-create
+                done
+                for t in "${TARGET_LIST[@]}"; do
+                    run_files "$t" read "${MNT[$t]}" "$NSMALL" "$SMALL_SIZE" SF smallfiles-read
+                done
+                for t in "${TARGET_LIST[@]}"; do
+                    run_files "$t" unlink "${MNT[$t]}" "$NSMALL" "$SMALL_SIZE" SF smallfiles-unlink
+                done
             done
-            for t in "${TARGET_LIST[@]}"; do
-                run_files "$t" read "${MNT[$t]}" "$NSMALL" "$SMALL_SIZE" SF smallfiles-read
-            done
-            for t in "${TARGET_LIST[@]}"; do
-                run_files "$t" unlink "${MNT[$t]}" "$NSMALL" "$SMALL_SIZE" SF smallfiles-unlink
-            done
+            REP=1
             ;;
         metadata)
             echo "== metadata: $NENTRIES entries in one directory" >&2
@@ -586,8 +598,11 @@ for job in "${JOB_LIST[@]}"; do
             ;;
         *)
             for mode in "${MODE_LIST[@]}"; do
-                for t in "${TARGET_LIST[@]}"; do run_fio "$t" "$job" "$mode"; done
+                for REP in $(seq 1 "$REPEAT"); do
+                    for t in "${TARGET_LIST[@]}"; do run_fio "$t" "$job" "$mode"; done
+                done
             done
+            REP=1
             ;;
     esac
 done
@@ -610,7 +625,7 @@ DISK_SRC="$(df --output=source "$SCRATCH" | tail -1)"
 export R_RECORDS="$RECORDS" R_OUT="$OUTDIR" R_STAMP="$STAMP" R_NORESULTS="$NORESULTS" \
     R_SIZE="$SIZE" R_RUNTIME="$RUNTIME" R_NSMALL="$NSMALL" R_NENTRIES="$NENTRIES" \
     R_TARGETS="$(IFS=,; echo "${TARGET_LIST[*]}")" R_QUICK="$QUICK" R_SECONDS="$(python3 -c "print(round($END-$START,1))")" \
-    R_DSFS_OPTS="$DSFS_OPTS" R_BINDFS_OPTS="$BINDFS_OPTS" R_JOB_TIMEOUT="$JOB_TIMEOUT" \
+    R_REPEAT="$REPEAT" R_DSFS_OPTS="$DSFS_OPTS" R_BINDFS_OPTS="$BINDFS_OPTS" R_JOB_TIMEOUT="$JOB_TIMEOUT" \
     R_KERNEL="$(uname -r)" R_CPUS="$(nproc)" R_MEM="$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
     R_DISK="$(df -h --output=source,fstype,size "$SCRATCH" | tail -1 | tr -s ' '); $(lsblk -dno NAME,SIZE,TYPE "$DISK_SRC" 2>/dev/null | tr -s ' '); scheduler $(sed -n "s/.*\[\(.*\)\].*/\1/p" /sys/block/"$(basename "$DISK_SRC")"/queue/scheduler 2>/dev/null)" \
     R_FIO="$(fio --version)" R_BINDFS="$(command -v bindfs >/dev/null && bindfs --version 2>/dev/null | head -1 || echo -)" \
@@ -622,8 +637,8 @@ import json, os, sys, datetime
 E = os.environ
 recs = []
 for line in open(E["R_RECORDS"]):
-    t, job, mode, kind, rc, cpu, wall, out = line.rstrip("\n").split("\t")
-    recs.append(dict(target=t, job=job, mode=mode, kind=kind, rc=int(rc),
+    t, job, mode, kind, rc, cpu, wall, out, rep = line.rstrip("\n").split("\t")
+    recs.append(dict(target=t, job=job, mode=mode, kind=kind, rc=int(rc), rep=int(rep),
                      cpu=float(cpu) if cpu else None, wall=float(wall) if wall else None, out=out))
 
 def read(p):
@@ -642,10 +657,10 @@ def load_json(p):
     except ValueError:
         return None
 
-results = []
+runs = []
 for r in recs:
-    res = dict(target=r["target"], job=r["job"], mode=r["mode"], daemon_cpu_s=r["cpu"],
-               wall_s=r["wall"], status="ok")
+    res = dict(target=r["target"], job=r["job"], mode=r["mode"], run=r["rep"],
+               daemon_cpu_s=r["cpu"], wall_s=r["wall"], status="ok")
     if os.path.exists(r["out"] + ".skipped"):
         res["status"] = "FAILED"
         res["error"] = "skipped: an earlier job hung on this target"
@@ -681,6 +696,38 @@ for r in recs:
             res.update(files=d["files"], seconds=d["seconds"], files_per_s=d["files"] / d["seconds"])
         else:
             res.update(seconds=d["seconds"], entries=d["entries"] - 2)
+    runs.append(res)
+
+# One result per (target, job, mode): the median of its runs; failed if any run failed.
+METRICS = ("bw_mib_s", "iops", "p50_us", "p99_us", "fio_runtime_s", "files", "files_per_s",
+           "seconds", "entries", "daemon_cpu_s", "wall_s")
+
+def median(v):
+    v = sorted(v)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+groups = {}
+for r in runs:
+    groups.setdefault((r["target"], r["job"], r["mode"]), []).append(r)
+results = []
+for (t, job, mode), rs in groups.items():
+    res = dict(target=t, job=job, mode=mode, runs=len(rs))
+    failed = [r for r in rs if r["status"] == "FAILED"]
+    ok = [r for r in rs if r["status"] == "ok"]
+    if failed:
+        res["status"] = "FAILED"
+        res["error"] = "; ".join(sorted({r.get("error", "") for r in failed}))
+    elif not ok:
+        res["status"] = rs[0]["status"]
+    else:
+        res["status"] = "ok"
+        for k in METRICS:
+            vals = [r[k] for r in ok if r.get(k) is not None]
+            if vals:
+                res[k] = median(vals)
+        main = "bw_mib_s" if "bw_mib_s" in res else ("files_per_s" if "files_per_s" in res else "seconds")
+        res["per_run"] = {main: [r.get(main) for r in ok]}
     results.append(res)
 
 native = {(r["job"], r["mode"]): r for r in results if r["target"] == "native" and r["status"] == "ok"}
@@ -724,7 +771,7 @@ machine = {
 }
 params = {"size": E["R_SIZE"], "runtime_s": int(E["R_RUNTIME"]), "small_files": int(E["R_NSMALL"]),
           "small_file_bytes": 4096, "metadata_entries": int(E["R_NENTRIES"]),
-          "quick": E["R_QUICK"] == "1", "targets": targets, "dsfs_opts": E["R_DSFS_OPTS"],
+          "quick": E["R_QUICK"] == "1", "repeat": int(E["R_REPEAT"]), "targets": targets, "dsfs_opts": E["R_DSFS_OPTS"],
           "bindfs_opts": E["R_BINDFS_OPTS"], "total_seconds": float(E["R_SECONDS"])}
 
 md = []
@@ -735,6 +782,7 @@ md.append(f"Machine: {machine['cpus']} CPUs, {machine['memory']}, kernel {machin
 md.append(f"Parameters: size {params['size']}, runtime {params['runtime_s']} s per time-based job, "
           f"{params['small_files']} small files of 4 KiB, {params['metadata_entries']} metadata entries"
           f"{', --quick' if params['quick'] else ''}"
+          f"{', median of %d runs per job' % params['repeat'] if params['repeat'] > 1 else ''}"
           f"{', dsfs -o ' + params['dsfs_opts'] if params['dsfs_opts'] else ''}"
           f"{', bindfs ' + params['bindfs_opts'] if params['bindfs_opts'] else ''}; "
           f"total {params['total_seconds']} s.\n")
@@ -743,21 +791,30 @@ md.append("buffered = direct=0 with the file read once through the target first 
           "FUSE only the client cache is bypassed, see --help). Latencies are fio completion "
           "latencies (clat). (×) = ratio to native: above 1 is faster for MiB/s, IOPS and files/s, "
           "slower for latencies and seconds. Daemon CPU = the FUSE daemon's utime+stime during the job.\n")
-md.append("| job | mode | target | MiB/s | IOPS | p50 µs | p99 µs | daemon CPU s |")
-md.append("|---|---|---|---|---|---|---|---|")
+REP = int(E["R_REPEAT"])
+
+def per_run(r):
+    if REP == 1:
+        return ""
+    key, vals = next(iter(r.get("per_run", {}).items()), ("", []))
+    return " | " + " / ".join(fmt(v, 3 if key == "seconds" else None) for v in vals)
+
+extra_h = " | MiB/s per run" if REP > 1 else ""
+md.append("| job | mode | target | MiB/s | IOPS | p50 µs | p99 µs | daemon CPU s" + extra_h + " |")
+md.append("|---|---|---|---|---|---|---|---" + ("|---" if REP > 1 else "") + "|")
 for r in fio_rows:
     md.append(f"| {r['job']} | {r['mode']} | {r['target']} | {cell(r, 'bw_mib_s')} | {cell(r, 'iops')} | "
-              f"{cell(r, 'p50_us')} | {cell(r, 'p99_us')} | {fmt(r['daemon_cpu_s'], 2)} |")
+              f"{cell(r, 'p50_us')} | {cell(r, 'p99_us')} | {fmt(r.get('daemon_cpu_s'), 2)}{per_run(r)} |")
 if other_rows:
     md.append("")
-    md.append("| job | target | result | daemon CPU s |")
-    md.append("|---|---|---|---|")
+    md.append("| job | target | result | daemon CPU s" + (" | per run" if REP > 1 else "") + " |")
+    md.append("|---|---|---|---" + ("|---" if REP > 1 else "") + "|")
     for r in other_rows:
         if "files_per_s" in r or (r["status"] != "ok" and not r["job"].startswith("ls")):
             res = cell(r, "files_per_s", unit=" files/s")
         else:
             res = cell(r, "seconds", 3, unit=" s")
-        md.append(f"| {r['job']} | {r['target']} | {res} | {fmt(r['daemon_cpu_s'], 2)} |")
+        md.append(f"| {r['job']} | {r['target']} | {res} | {fmt(r.get('daemon_cpu_s'), 2)}{per_run(r)} |")
 failed = [r for r in results if r["status"] == "FAILED"]
 if failed:
     md.append("\n**Failures:**\n")
@@ -769,15 +826,15 @@ print(text)
 if E["R_NORESULTS"] != "1":
     os.makedirs(E["R_OUT"], exist_ok=True)
     base = os.path.join(E["R_OUT"], E["R_STAMP"])
-    for r in results:
-        r.pop("out", None)
     with open(base + ".json", "w") as f:
-        json.dump({"machine": machine, "parameters": params, "results": results}, f, indent=1)
+        json.dump({"machine": machine, "parameters": params, "results": results, "runs": runs},
+                  f, indent=1)
     with open(base + ".md", "w") as f:
         f.write(text)
     print(f"wrote {base}.json and {base}.md", file=sys.stderr)
 print(f"{len(failed)} failed, {sum(r['status'].startswith('n/a') for r in results)} n/a, "
-      f"{sum(r['status'] == 'ok' for r in results)} ok, in {params['total_seconds']} s", file=sys.stderr)
+      f"{sum(r['status'] == 'ok' for r in results)} ok ({len(runs)} runs), in {params['total_seconds']} s",
+      file=sys.stderr)
 sys.exit(1 if failed else 0)
 PY
 exit $?
