@@ -124,8 +124,10 @@ impl Datastore for IndexedStore {
             .filter(|(_, op)| op.is_none())
             .map(|(k, _)| k)
             .collect();
-        self.index
-            .record_batch(deletes.iter().map(|k| (*k, None)))?;
+        if !deletes.is_empty() {
+            self.index
+                .record_batch(deletes.iter().map(|k| (*k, None)))?;
+        }
         let sizes: Vec<(Key, Option<u64>)> = ops
             .iter()
             .filter_map(|(k, op)| op.as_ref().map(|v| (k.clone(), Some(v.len() as u64))))
@@ -138,8 +140,10 @@ impl Datastore for IndexedStore {
             }
         }
         batch.commit()?;
-        self.index
-            .record_batch(sizes.iter().map(|(k, s)| (k, *s)))?;
+        if !sizes.is_empty() {
+            self.index
+                .record_batch(sizes.iter().map(|(k, s)| (k, *s)))?;
+        }
         Ok(())
     }
 
