@@ -93,7 +93,9 @@ Nothing stays mounted: on exit, error or signal every mount made here is unmount
 ('dsfs umount', then 'fusermount3 -u -z' as a fallback), and the scratch directory is
 removed unless --keep. No thresholds: this measures, it never judges speed.
 
-Run as root for FUSE passthrough (it needs CAP_SYS_ADMIN); the script never drops caches.
+Run as root for FUSE passthrough (it needs CAP_SYS_ADMIN). The script never drops caches; it
+runs sync(1) before every measured job so that one job's writeback does not land in the next.
+On a shared or virtual machine, repeat (--repeat 3) before trusting any single ratio.
 EOF
 }
 
@@ -459,6 +461,8 @@ measure() {
         status="skipped (an earlier job hung on this target)"
     else
         WATCH_MP="$mp"
+        # Write back what earlier jobs left dirty, so their writeback does not land in this job.
+        timeout 300 sync 2>/dev/null
         c0="$(cpu_ticks "$pid")"; s=$EPOCHREALTIME
         run_child "$@" > "$out.stdout" 2> "$out.err"
         rc=$?
