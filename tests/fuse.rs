@@ -489,6 +489,8 @@ fn fio(m: &Mount, name: &str, args: &[&str]) {
             "--ioengine=psync",
             "--size=16M",
             "--verify=crc32c",
+            // fio would leave a verify-state file in the working directory after each job.
+            "--verify_state_save=0",
             "--group_reporting",
             "--output-format=terse",
         ])

@@ -817,7 +817,15 @@ impl DsFs {
             || set.ctime.is_some()
             || set.size.is_some();
         if has_meta {
-            let open_mtime = self.open.read().get(&ino).cloned();
+            // An explicit mtime replaces the one pending from writes. The file's state lock is
+            // taken and released before the index transaction: everywhere else (commit) takes
+            // the state lock first and the index second, so taking it inside the transaction
+            // could deadlock.
+            if set.mtime.is_some()
+                && let Some(inode) = self.open.read().get(&ino).cloned()
+            {
+                inode.state.lock().mtime = None;
+            }
             self.index.write(|tx| {
                 let mut n = tx.node_required(id)?;
                 let now = now_ts();
@@ -845,9 +853,6 @@ impl DsFs {
                 }
                 if let Some(t) = set.mtime {
                     n.mtime = time_of(t);
-                    if let Some(inode) = &open_mtime {
-                        inode.state.lock().mtime = None;
-                    }
                 } else if set.size.is_some() {
                     n.mtime = now;
                 }

@@ -262,3 +262,46 @@ fn an_unlinked_open_file_still_answers_fstat_with_nlink_zero() {
     fs.release(o.fh).unwrap();
     assert!(matches!(fs.getattr(attr.ino), Err(FsError::NotFound)));
 }
+
+/// Writers committing while another thread sets times must not deadlock (the two paths once
+/// took the file's lock and the index transaction in opposite orders).
+#[test]
+fn setattr_racing_commits_does_not_deadlock() {
+    let fs = Arc::new(fs());
+    let f = write_file(&fs, ROOT, "raced", b"x");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let writer = {
+        let fs = fs.clone();
+        let done = done_tx.clone();
+        std::thread::spawn(move || {
+            while std::time::Instant::now() < deadline {
+                let o = fs.open(f, libc::O_RDWR).unwrap();
+                fs.write(o.fh, 0, b"y").unwrap();
+                fs.release(o.fh).unwrap();
+            }
+            done.send(()).unwrap();
+        })
+    };
+    let toucher = {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            while std::time::Instant::now() < deadline {
+                let set = SetAttr {
+                    mtime: Some(TimeSet::Now),
+                    atime: Some(TimeSet::Now),
+                    ..SetAttr::default()
+                };
+                fs.setattr(CTX, f, &set).unwrap();
+            }
+            done_tx.send(()).unwrap();
+        })
+    };
+    for _ in 0..2 {
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a writer and a setattr deadlocked");
+    }
+    writer.join().unwrap();
+    toucher.join().unwrap();
+}
