@@ -465,24 +465,37 @@ impl DsFs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Attr> {
+        self.create_index_node(ctx, parent, name, NodeKind::Dir, mode, umask, |n| {
+            n.explicit = true;
+        })
+    }
+
+    /// Creates a node that lives in the index only (a directory, symlink or special file).
+    #[allow(clippy::too_many_arguments)]
+    fn create_index_node(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &[u8],
+        kind: NodeKind,
+        mode: u32,
+        umask: u32,
+        fill: impl FnOnce(&mut Node),
+    ) -> FsResult<Attr> {
         self.check_writable()?;
         let comp = Self::component(name)?;
         let pnode = self.dir_node(parent)?;
-        let mut n = self.new_node(ctx, &pnode, NodeKind::Dir, mode, umask);
-        n.explicit = true;
+        let mut n = self.new_node(ctx, &pnode, kind, mode, umask);
+        fill(&mut n);
         let id = self.index.write(|tx| tx.create(parent, &comp, n.clone()))?;
         self.getattr(id)
     }
 
     /// Makes a symbolic link.
     pub fn symlink(&self, ctx: Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Attr> {
-        self.check_writable()?;
-        let comp = Self::component(name)?;
-        let pnode = self.dir_node(parent)?;
-        let mut n = self.new_node(ctx, &pnode, NodeKind::Symlink, 0o777, 0);
-        n.target = target.to_vec();
-        let id = self.index.write(|tx| tx.create(parent, &comp, n.clone()))?;
-        self.getattr(id)
+        self.create_index_node(ctx, parent, name, NodeKind::Symlink, 0o777, 0, |n| {
+            n.target = target.to_vec();
+        })
     }
 
     /// `mknod`: an empty regular file (a key with an empty value) for `S_IFREG`; named pipes,
@@ -505,16 +518,15 @@ impl DsFs {
             libc::S_IFSOCK => Some(NodeKind::Socket),
             other => return Err(FsError::Invalid(format!("mknod of file type {other:o}"))),
         };
+        if let Some(kind) = special {
+            return self.create_index_node(ctx, parent, name, kind, mode, umask, |n| {
+                if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+                    n.rdev = rdev;
+                }
+            });
+        }
         let comp = Self::component(name)?;
         let pnode = self.dir_node(parent)?;
-        if let Some(kind) = special {
-            let mut n = self.new_node(ctx, &pnode, kind, mode, umask);
-            if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
-                n.rdev = rdev;
-            }
-            let id = self.index.write(|tx| tx.create(parent, &comp, n.clone()))?;
-            return self.getattr(id);
-        }
         let key = self.key_of(parent)?.join_component(&comp)?;
         if self.index.lookup(parent, &comp)?.is_some() {
             return Err(FsError::Exists);
@@ -753,7 +765,7 @@ impl DsFs {
         // asynchronous RELEASE must not move a file's times after close() returned.
         let mtime = match st.mtime.take() {
             Some(t) => t,
-            None => tx_free_node_mtime(&self.index, ino)?,
+            None => recorded_mtime(&self.index, ino)?,
         };
         self.backend.commit_staged(&key, staged, durable)?;
         self.index.write(|tx| {
@@ -1682,7 +1694,7 @@ impl DsFs {
 }
 
 /// The recorded modification time of `ino` (for a commit with no newer write).
-fn tx_free_node_mtime(index: &Index, ino: u64) -> FsResult<Timestamp> {
+fn recorded_mtime(index: &Index, ino: u64) -> FsResult<Timestamp> {
     Ok(index.node(ino & !VALUE_INO)?.mtime)
 }
 
