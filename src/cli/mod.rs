@@ -23,16 +23,27 @@ const COPY_CHUNK: usize = 1 << 20;
 
 const AFTER_HELP: &str = "\
 STORE SPECS (--store, or the DSFS_STORE environment variable):
-  DIR                 a dsfs repository directory (created when missing or empty)
-  mem:                a volatile in-memory store (gone when the command ends)
-  redb:PATH           values in one redb file; the index beside it in PATH.index
-  flatfs:PATH         a go-ds-flatfs directory (a Kubo repo's blocks/); ?shard=next-to-last/2&sync=true
-  kubo:IPFS_PATH      the layout of a Kubo repo's datastore_spec (flatfs, mount, measure)
-  json:FILE           a Kubo-style JSON datastore tree (paths relative to FILE)
+  DIR, dir:DIR      a dsfs repository directory (dir: or a path with a '/'
+                    creates it when missing; 'dsfs init' does too)
+  mem:              a volatile in-memory store (gone when the command ends)
+  redb:PATH         values in one redb file; the index beside it in PATH.index
+  flatfs:PATH       a go-ds-flatfs directory (a Kubo repo's blocks/)
+  kubo:IPFS_PATH    the layout of a Kubo repo's datastore_spec
+  json:FILE         a Kubo-style JSON datastore tree (paths relative to FILE)
   mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/index.redb
-                      a mount of mem:, redb: and flatfs: stores by key prefix
-  Options follow a '?': redb:PATH?index=/other/index.redb&durable=true
-  Without --store, the repository in $XDG_DATA_HOME/dsfs (~/.local/share/dsfs) is used.
+                    mem:, redb: and flatfs: stores mounted by key prefix
+
+  Options follow a '?', joined by '&':
+    index=PATH      keep the index there          (every store)
+    durable=true    fsync every redb write        (redb:, repositories)
+    shard=next-to-last/2   shard function of a new directory   (flatfs:)
+    sync=true       fsync every put               (flatfs:)
+    encode=true     store keys outside flatfs's alphabet (A-Z 0-9 + - _ =) under
+                    reversible encoded names      (flatfs:)
+  e.g. flatfs:/srv/blocks?shard=next-to-last/2&encode=true
+
+  Without --store, the repository in $XDG_DATA_HOME/dsfs (~/.local/share/dsfs)
+  is used.
 
 KEYS are go-datastore keys: '/'-separated, cleaned like paths ('a//b/' is '/a/b').
 
@@ -101,6 +112,11 @@ enum Command {
         /// Result order.
         #[arg(long, value_enum)]
         order: Option<OrderArg>,
+        /// End each line with a NUL byte and print keys raw (for `xargs -0`). Without it,
+        /// backslashes and control characters in keys are printed as C escapes (`\\`, `\n`,
+        /// `\t`, `\x1b`), so every key is one unambiguous line.
+        #[arg(short = '0', long)]
+        null: bool,
     },
     /// Delete keys. Deleting a key that holds nothing succeeds.
     Rm {
@@ -146,7 +162,7 @@ enum Command {
     Mount {
         /// The store (a repository directory or a spec; see 'dsfs --help').
         spec: String,
-        /// An existing, empty directory to mount on.
+        /// An existing, empty directory to mount on (see -o nonempty).
         mountpoint: PathBuf,
         /// Mount options, comma-separated (see below); may be repeated.
         #[arg(short = 'o', value_name = "OPTIONS")]
@@ -180,6 +196,8 @@ MOUNT OPTIONS (-o a,b,c):
   threads=N             FUSE worker threads (default: cores, 2 to 8)
   passthrough=on|off    let the kernel read file-backed values directly (default on)
   writeback_cache=on|off  kernel write caching, when passthrough is off (default off)
+  nonempty              mount over a directory that has entries (they are hidden
+                        while mounted; without it such a mount point is refused)
   nosuid, nodev, noexec, noatime, sync, dirsync: passed to the kernel
   noauto, user, _netdev, nofail, defaults, x-*: accepted for fstab and ignored
 
@@ -319,6 +337,7 @@ fn execute(
             limit,
             offset,
             order,
+            null,
         } => {
             let orders = match order {
                 None => vec![],
@@ -346,11 +365,16 @@ fn execute(
                         .unwrap_or_else(|| "-".into());
                     write!(out, "{size:>12} ").map_err(out_err)?;
                 }
-                write!(out, "{}", entry.key).map_err(out_err)?;
+                if *null {
+                    write!(out, "{}", entry.key).map_err(out_err)?;
+                } else {
+                    write!(out, "{}", escape_key(entry.key.as_str())).map_err(out_err)?;
+                }
                 if *values && let Some(v) = &entry.value {
                     write!(out, "\t{}", String::from_utf8_lossy(v)).map_err(out_err)?;
                 }
-                writeln!(out).map_err(out_err)?;
+                out.write_all(if *null { b"\0" } else { b"\n" })
+                    .map_err(out_err)?;
             }
         }
         Command::Rm { keys, recursive } => {
@@ -464,6 +488,28 @@ fn execute(
     }
     out.flush().map_err(out_err)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A key as one printable line: backslashes and control characters become C escapes.
+fn escape_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if !key.chars().any(|c| c == '\\' || c.is_control()) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len() + 8);
+    for c in key.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() && c.is_ascii() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn spinner(what: &str) -> ProgressBar {
@@ -653,4 +699,20 @@ fn name_error(path: &Path) -> Error {
             path.display()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_key;
+
+    #[test]
+    fn listed_keys_escape_control_characters_and_backslashes() {
+        assert_eq!(escape_key("/plain/key.txt"), "/plain/key.txt");
+        assert_eq!(escape_key("/a\nb"), "/a\\nb");
+        assert_eq!(escape_key("/tab\there"), "/tab\\there");
+        assert_eq!(escape_key("/back\\slash"), "/back\\\\slash");
+        assert_eq!(escape_key("/esc\u{1b}[0m"), "/esc\\x1b[0m");
+        assert_eq!(escape_key("/del\u{7f}"), "/del\\x7f");
+        assert_eq!(escape_key("/caf\u{e9}"), "/caf\u{e9}");
+    }
 }
