@@ -15,7 +15,8 @@
 //!
 //! Options: `index=PATH` puts the index elsewhere; `durable=true` makes redb fsync every write;
 //! for flatfs, `shard=/repo/flatfs/shard/v1/next-to-last/2` (or just `next-to-last/2`) picks
-//! the shard function of a new directory and `sync=true` fsyncs every put.
+//! the shard function of a new directory, `sync=true` fsyncs every put and `encode=true` stores
+//! keys outside flatfs's alphabet under reversible encoded names.
 //!
 //! A **repository** is a directory with a `dsfs.json` file naming its datastore (in the JSON
 //! form of Kubo's `Datastore.Spec`, with paths relative to the directory) and its index file.
