@@ -225,6 +225,24 @@ impl StoreSpec {
     }
 }
 
+impl StoreSpec {
+    /// The path that identifies this store on this machine: its directory or file (for a
+    /// mount spec, its index), canonical where it exists. A daemon serving the store and a
+    /// command that wants it find each other by it. `None` for `mem:`, which nothing shares.
+    pub fn home(&self) -> Option<PathBuf> {
+        let path = match &self.kind {
+            SpecKind::Mem => return None,
+            SpecKind::Mount(_) => self.index.clone()?,
+            SpecKind::Redb(p)
+            | SpecKind::Flatfs(p)
+            | SpecKind::Kubo(p)
+            | SpecKind::Json(p)
+            | SpecKind::Repo(p) => p.clone(),
+        };
+        Some(std::fs::canonicalize(&path).unwrap_or(path))
+    }
+}
+
 /// Whether `s` starts with a lower-case `scheme:`.
 fn has_scheme(s: &str) -> bool {
     match s.split_once(':') {

@@ -163,3 +163,77 @@ fn a_plain_flatfs_mount_says_why_a_name_is_refused_and_encode_accepts_it() {
     assert_eq!(fs::read(m.path("notes.txt")).unwrap(), b"hello");
     assert!(!Path::new(&m.path("notes.txt")).is_dir());
 }
+
+#[test]
+fn the_command_line_works_on_a_mounted_store_through_its_daemon() {
+    let m = Mount::repo();
+    let spec = m.spec.clone();
+    // Put through the command line (standard input and a relative file), read in the mount.
+    put(&spec, "/notes/a", b"from the cli");
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("b.txt"), b"from a file").unwrap();
+    let out = dsfs()
+        .current_dir(work.path())
+        .args(["--store", &spec, "put", "/notes/b", "b.txt"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(m.path("notes/a")).unwrap(), b"from the cli");
+    assert_eq!(fs::read(m.path("notes/b")).unwrap(), b"from a file");
+
+    // Write in the mount, read through the command line.
+    fs::write(m.path("notes/c"), b"from the mount").unwrap();
+    let cli = |args: &[&str]| {
+        let out = dsfs()
+            .arg("--store")
+            .arg(&spec)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(cli(&["get", "/notes/c"]), "from the mount");
+    assert_eq!(cli(&["ls", "/notes"]), "/notes/a\n/notes/b\n/notes/c\n");
+    assert!(cli(&["stat", "/notes/c"]).contains("size:   14"));
+    cli(&["rm", "/notes/a"]);
+    let gone = std::time::Instant::now();
+    while m.path("notes/a").exists() {
+        assert!(
+            gone.elapsed().as_secs() < 10,
+            "removed key still in the mount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(cli(&["fsck"]).contains("consistent"));
+
+    // What cannot run beside a mount says where the store is mounted and by whom.
+    let out = dsfs().args(["--store", &spec, "reindex"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("mounted at {}", m.mnt.display())) && err.contains("pid"),
+        "{err}"
+    );
+    let other = tempfile::tempdir().unwrap();
+    let out = dsfs()
+        .arg("mount")
+        .arg(&spec)
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("mounted at {}", m.mnt.display())),
+        "{err}"
+    );
+}

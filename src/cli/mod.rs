@@ -1,5 +1,6 @@
 //! The `dsfs` command line.
 
+mod control;
 pub mod mount;
 
 use std::fs::File;
@@ -273,7 +274,27 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     let mode = OpenMode {
         no_reconcile: matches!(cli.command, Command::Fsck { .. } | Command::Reindex),
     };
-    let opened = spec::open(&spec, mode)?;
+    let opened = match spec::open(&spec, mode) {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == ErrorKind::Locked => {
+            // Mounted: the daemon runs the command on the store it has open.
+            let Some(home) = spec.home() else {
+                return Err(e);
+            };
+            if let Some(code) = control::forward(&home, &cli.command)? {
+                return Ok(code);
+            }
+            return Err(Error::new(
+                ErrorKind::Locked,
+                format!(
+                    "{} is in use by another process and no dsfs daemon answers for it \
+                     (another dsfs command still running?): {e}",
+                    home.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(report) = &opened.reconciled
         && !report.is_consistent()
     {
@@ -283,30 +304,78 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         );
     }
     let store = opened.store.clone();
-    let result = execute(&cli.command, &store, &opened.description);
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut err = io::stderr();
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let io = CmdIo {
+        out: &mut out,
+        err: &mut err,
+        input: &mut input,
+        cwd: None,
+        live: None,
+    };
+    let result = execute(&cli.command, &store, &opened.description, io);
     let closed = store.close();
     let code = result?;
     closed?;
     Ok(code)
 }
 
+/// Where a command reads and writes: this process's terminal, or a client of the control
+/// socket ([`control`]).
+struct CmdIo<'a> {
+    /// Standard output.
+    pub out: &'a mut dyn Write,
+    /// Standard error (messages that are not errors).
+    pub err: &'a mut dyn Write,
+    /// Standard input.
+    pub input: &'a mut dyn Read,
+    /// The directory relative paths are relative to, if not this process's.
+    pub cwd: Option<PathBuf>,
+    /// For a command run by a mount daemon: who serves the store ("mounted at ...").
+    pub live: Option<String>,
+}
+
 fn execute(
     command: &Command,
     store: &Arc<IndexedStore>,
     description: &str,
+    io: CmdIo<'_>,
 ) -> Result<ExitCode, Error> {
-    let stdout = io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
+    let CmdIo {
+        out: raw_out,
+        err,
+        input,
+        cwd,
+        live,
+    } = io;
+    let path_of = |p: &Path| match &cwd {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    };
+    if let Some(live) = &live
+        && matches!(command, Command::Fsck { repair: true } | Command::Reindex)
+    {
+        return Err(Error::new(
+            ErrorKind::Locked,
+            format!("the store is {live}: unmount it before repairing or rebuilding its index"),
+        ));
+    }
+    let mut out = BufWriter::new(raw_out);
     match command {
         Command::Init => {
             writeln!(out, "{description}").map_err(out_err)?;
         }
         Command::Put { key, file } => {
             let key = Key::new(key);
-            put_from(store.as_ref(), &key, file.as_deref())?;
+            let file = file.as_deref().map(path_of);
+            put_from(store.as_ref(), &key, file.as_deref(), input)?;
         }
         Command::PutBlock { file } => {
-            let data = read_input(file.as_deref())?;
+            let file = file.as_deref().map(path_of);
+            let data = read_input(file.as_deref(), input)?;
             let hash = crate::cid::sha256_multihash(&data);
             let key = crate::cid::block_key(&hash);
             store.put(&key, &data)?;
@@ -320,7 +389,8 @@ fn execute(
             };
             match output {
                 Some(path) => {
-                    let mut f = File::create(path)
+                    let path = path_of(path);
+                    let mut f = File::create(&path)
                         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
                     copy_out(store.as_ref(), &key, &mut f)?;
                     f.sync_all()
@@ -441,9 +511,13 @@ fn execute(
             prefix,
             batch,
         } => {
-            let (files, bytes) =
-                import(store.as_ref(), source, &Key::new(prefix), (*batch).max(1))?;
-            eprintln!("imported {files} files, {bytes} bytes");
+            let (files, bytes) = import(
+                store.as_ref(),
+                &path_of(source),
+                &Key::new(prefix),
+                (*batch).max(1),
+            )?;
+            writeln!(err, "imported {files} files, {bytes} bytes").map_err(out_err)?;
         }
         Command::Fsck { repair } => {
             let bar = spinner("checking");
@@ -536,13 +610,13 @@ fn bytes_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-fn read_input(file: Option<&Path>) -> Result<Vec<u8>, Error> {
+fn read_input(file: Option<&Path>, input: &mut dyn Read) -> Result<Vec<u8>, Error> {
     let mut data = Vec::new();
     match file {
-        None => io::stdin()
+        None => input
             .read_to_end(&mut data)
             .map_err(|e| Error::io("reading standard input", e))?,
-        Some(p) if p == Path::new("-") => io::stdin()
+        Some(p) if p == Path::new("-") => input
             .read_to_end(&mut data)
             .map_err(|e| Error::io("reading standard input", e))?,
         Some(p) => File::open(p)
@@ -553,9 +627,14 @@ fn read_input(file: Option<&Path>) -> Result<Vec<u8>, Error> {
 }
 
 /// Puts a file (large ones streamed through a staging file with progress) or standard input.
-fn put_from(store: &dyn Datastore, key: &Key, file: Option<&Path>) -> Result<(), Error> {
+fn put_from(
+    store: &dyn Datastore,
+    key: &Key,
+    file: Option<&Path>,
+    input: &mut dyn Read,
+) -> Result<(), Error> {
     let Some(path) = file.filter(|p| *p != Path::new("-")) else {
-        let data = read_input(None)?;
+        let data = read_input(None, input)?;
         return store.put(key, &data);
     };
     let mut f =
@@ -624,7 +703,7 @@ fn import(
     let mut done = 0u64;
     for (path, key, len) in &files {
         if *len >= STREAM_THRESHOLD {
-            put_from(store, key, Some(path))?;
+            put_from(store, key, Some(path), &mut io::empty())?;
         } else {
             let data = std::fs::read(path)
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;

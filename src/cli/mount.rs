@@ -409,8 +409,18 @@ fn serve(
     if daemon {
         crate::sys::new_session();
     }
-    let result: Result<(Arc<DsFs>, Session<FuseAdapter>), Error> = (|| {
-        let opened = spec::open(spec, OpenMode::default())?;
+    let result: Result<(Arc<DsFs>, Session<FuseAdapter>, spec::Opened), Error> = (|| {
+        let opened = spec::open(spec, OpenMode::default()).map_err(|e| {
+            match (
+                e.kind(),
+                spec.home().and_then(|h| super::control::holder(&h)),
+            ) {
+                (ErrorKind::Locked, Some(holder)) => {
+                    bad(format!("{spec_text} is already {holder}"))
+                }
+                _ => e,
+            }
+        })?;
         if let Some(r) = &opened.reconciled
             && !r.is_consistent()
         {
@@ -436,9 +446,9 @@ fn serve(
         );
         let session = Session::new(adapter, mp, &options.fuser_config(spec_text))
             .map_err(|e| Error::io(format!("mounting {}", mp.display()), e))?;
-        Ok((fs, session))
+        Ok((fs, session, opened))
     })();
-    let (fs, mut session) = match result {
+    let (fs, mut session, opened) = match result {
         Ok(v) => v,
         Err(e) => {
             report(&e.to_string());
@@ -452,6 +462,13 @@ fn serve(
     if let Err(e) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
         log::warn!("could not write {}: {e}", pid_path.display());
     }
+    // The command line reaches the mounted store through the daemon (see `control`).
+    let control = spec.home().and_then(|home| {
+        super::control::Server::start(&home, opened.store.clone(), opened.description.clone(), mp)
+            .map_err(|e| log::warn!("no control socket ({e}): dsfs commands cannot reach this store while it is mounted"))
+            .ok()
+    });
+    drop(opened);
     log::info!("mounted {spec_text} at {}", mp.display());
     report(READY);
     let mut unmounter = session.unmount_callable();
@@ -483,6 +500,7 @@ fn serve(
         })
         .map_err(|e| Error::io("starting the signal thread", e))?;
     let ran = session.run();
+    drop(control);
     let shut = fs.shutdown();
     let _ = std::fs::remove_file(&pid_path);
     if let Err(e) = ran {
