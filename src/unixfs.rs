@@ -264,6 +264,41 @@ pub fn import_bytes<S: BlockSink + ?Sized>(
     file.finish()
 }
 
+/// Imports the value of `key` (of `size` bytes) from a store, reading it once in chunks.
+/// This is the CID the value would get from `ipfs add` of a file with the same bytes.
+pub fn import_value<S: BlockSink + ?Sized>(
+    store: &dyn crate::datastore::Datastore,
+    key: &crate::datastore::Key,
+    size: u64,
+    options: ImportOptions,
+    sink: &mut S,
+) -> crate::datastore::Result<Link> {
+    let chunk = options.chunk_size.max(1);
+    let mut buf = vec![0u8; chunk];
+    let mut file = FileImporter::new(options, sink);
+    let mut offset = 0u64;
+    while offset < size {
+        let want = chunk.min((size - offset) as usize);
+        let mut n = 0;
+        while n < want {
+            let k = store.read_at(key, offset + n as u64, &mut buf[n..want])?;
+            if k == 0 {
+                return Err(crate::datastore::Error::new(
+                    crate::datastore::ErrorKind::Corrupt,
+                    format!(
+                        "{key}: the value ended at {} of {size} bytes",
+                        offset + n as u64
+                    ),
+                ));
+            }
+            n += k;
+        }
+        file.push_chunk(&buf[..n])?;
+        offset += n as u64;
+    }
+    file.finish()
+}
+
 /// Builds a directory node from its entries (any order; sorted here by name bytes).
 pub fn directory<S: BlockSink + ?Sized>(
     entries: &mut [(String, Link)],

@@ -113,3 +113,70 @@ fn add_r_gives_a_tree_kubos_root_cid_and_only_hash_stores_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("-r"));
 }
+
+/// `user.ipfs.cid` of a file, read as any program would (Python's os.getxattr).
+fn xattr_cid(path: &Path) -> Result<String, String> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.getxattr(sys.argv[1], 'user.ipfs.cid').decode())",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn files_in_a_mount_carry_their_cid_and_it_follows_writes() {
+    let m = common::Mount::repo();
+    let f = m.path("data.bin");
+    std::fs::write(&f, pattern(262_145)).unwrap();
+    assert_eq!(
+        xattr_cid(&f).unwrap(),
+        "Qmb8bAgrFbL4bjpWHtTrHG2uXSnCm9qKaEEwJyzRuBmc1k"
+    );
+    // Asked again: the same, from the cache.
+    assert_eq!(
+        xattr_cid(&f).unwrap(),
+        "Qmb8bAgrFbL4bjpWHtTrHG2uXSnCm9qKaEEwJyzRuBmc1k"
+    );
+    // A write changes it.
+    std::fs::write(&f, pattern(1)).unwrap();
+    assert_eq!(
+        xattr_cid(&f).unwrap(),
+        "QmS9JArPwa55ePgDnyg6TzX24mYTS1b1vLqWNebyVotKxQ"
+    );
+    std::fs::write(m.path("empty"), b"").unwrap();
+    assert_eq!(
+        xattr_cid(&m.path("empty")).unwrap(),
+        "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
+    );
+    // Directories have none; the attribute cannot be set.
+    std::fs::create_dir(m.path("dir")).unwrap();
+    assert!(xattr_cid(&m.path("dir")).is_err());
+    let set = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; os.setxattr(sys.argv[1], 'user.ipfs.cid', b'Qmfake')",
+        ])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!set.status.success());
+    // `dsfs cid` says the same through the daemon, for the key and for a local copy.
+    let out = dsfs()
+        .args(["--store", &m.spec, "cid", "/data.bin"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "QmS9JArPwa55ePgDnyg6TzX24mYTS1b1vLqWNebyVotKxQ\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

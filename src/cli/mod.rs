@@ -133,10 +133,15 @@ enum Command {
         /// The key.
         key: String,
     },
-    /// Print the CIDv1 (raw, sha2-256) of a value.
+    /// Print the CID `ipfs add` gives a value (or a local file): the same as the
+    /// user.ipfs.cid attribute of the file in a mount. --raw: the CIDv1 of the whole value
+    /// as one raw block.
     Cid {
-        /// The key.
+        /// The key, or a local file's path when no such key exists.
         key: String,
+        /// The CIDv1 (raw, sha2-256) of the whole value, as one block.
+        #[arg(long)]
+        raw: bool,
     },
     /// Add a file (or a tree with -r) as `ipfs add` does: a UnixFS DAG whose blocks go under
     /// /blocks in Kubo's layout; prints each CID, which equals the one Kubo prints for the
@@ -589,9 +594,55 @@ fn execute(
                 }
             }
         }
-        Command::Cid { key } => {
-            let value = store.get(&Key::new(key))?;
-            writeln!(out, "{}", crate::cid::raw_cid(&value)).map_err(out_err)?;
+        Command::Cid { key, raw } => {
+            let options = crate::unixfs::ImportOptions::default();
+            let k = Key::new(key);
+            let size = match store.get_size(&k) {
+                Ok(size) => Some(size),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e),
+            };
+            let local = path_of(Path::new(key));
+            let cid = match (size, raw) {
+                (Some(_), true) => crate::cid::raw_cid(&store.get(&k)?),
+                (Some(size), false) => {
+                    crate::unixfs::import_value(
+                        store.as_ref(),
+                        &k,
+                        size,
+                        options,
+                        &mut crate::unixfs::Discard,
+                    )?
+                    .cid
+                }
+                (None, _) if local.is_file() => {
+                    if *raw {
+                        let bytes = std::fs::read(&local)
+                            .map_err(|e| Error::io(format!("reading {}", local.display()), e))?;
+                        crate::cid::raw_cid(&bytes)
+                    } else {
+                        let added = crate::unixfs::import_path(
+                            &local,
+                            false,
+                            false,
+                            options,
+                            &mut crate::unixfs::Discard,
+                            &mut |_| {},
+                        )?;
+                        added
+                            .last()
+                            .map(|(_, link)| link.cid)
+                            .ok_or_else(|| Error::new(ErrorKind::Io, "nothing imported"))?
+                    }
+                }
+                (None, _) => {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("{key}: no such key (nor a local file)"),
+                    ));
+                }
+            };
+            writeln!(out, "{cid}").map_err(out_err)?;
         }
         Command::Import {
             source,
