@@ -62,6 +62,13 @@ fn add_prints_kubos_cids_and_stores_the_blocks_in_kubos_layout() {
     );
     assert_eq!(root.first(), Some(&0x12), "{root:?}");
 
+    // Read back by CID, whole and identical.
+    let back = run_raw(
+        &repo,
+        &["cat", "Qmb8bAgrFbL4bjpWHtTrHG2uXSnCm9qKaEEwJyzRuBmc1k"],
+    );
+    assert!(back == pattern(262_145), "cat returned other bytes");
+
     // CIDv1 implies raw leaves, as in Kubo.
     let out = run(
         &repo,

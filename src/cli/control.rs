@@ -342,6 +342,7 @@ fn reads_stdin(command: &Command) -> bool {
         | Command::Cid { .. }
         | Command::Import { .. }
         | Command::Add { .. }
+        | Command::Cat { .. }
         | Command::Fsck { .. }
         | Command::Reindex
         | Command::Mount { .. }

@@ -174,6 +174,12 @@ enum Command {
         #[arg(short = 'Q', long)]
         quieter: bool,
     },
+    /// Write the UnixFS file CID names (as 'ipfs cat' would) from the blocks in /blocks,
+    /// checking every block against its hash.
+    Cat {
+        /// The file's CID (v0 or v1, any multibase).
+        cid: String,
+    },
     /// Copy a directory tree into the store: each file becomes a key under PREFIX.
     Import {
         /// The directory (or single file) to copy.
@@ -593,6 +599,24 @@ fn execute(
                     writeln!(out, "added {} {}", link.cid, name.display()).map_err(out_err)?;
                 }
             }
+        }
+        Command::Cat { cid } => {
+            let parsed = cid::Cid::try_from(cid.as_str()).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("{cid:?} is not a CID: {e}"),
+                )
+            })?;
+            crate::unixfs::cat(store.as_ref(), &parsed, &mut out).map_err(|e| {
+                if e.is_not_found() {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!("{cid}: a block of it is not in this store"),
+                    )
+                } else {
+                    e
+                }
+            })?;
         }
         Command::Cid { key, raw } => {
             let options = crate::unixfs::ImportOptions::default();
