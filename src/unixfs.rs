@@ -498,18 +498,24 @@ fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
-/// The fields of a protobuf message: (field number, varint value or bytes).
-fn fields(b: &[u8]) -> Option<Vec<(u64, Result<u64, &[u8]>)>> {
+/// A protobuf field's value.
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+}
+
+/// The fields of a protobuf message, with their numbers.
+fn fields(b: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < b.len() {
         let key = read_varint(b, &mut pos)?;
         match key & 7 {
-            0 => out.push((key >> 3, Ok(read_varint(b, &mut pos)?))),
+            0 => out.push((key >> 3, Field::Varint(read_varint(b, &mut pos)?))),
             2 => {
                 let len = usize::try_from(read_varint(b, &mut pos)?).ok()?;
                 let end = pos.checked_add(len).filter(|e| *e <= b.len())?;
-                out.push((key >> 3, Err(&b[pos..end])));
+                out.push((key >> 3, Field::Bytes(&b[pos..end])));
                 pos = end;
             }
             _ => return None,
@@ -543,14 +549,14 @@ pub fn decode(cid: &Cid, block: &[u8]) -> crate::datastore::Result<Node> {
     let mut unixfs: &[u8] = &[];
     for (field, value) in fields(block).ok_or_else(bad)? {
         match (field, value) {
-            (1, Err(data)) => unixfs = data,
-            (2, Err(link)) => {
+            (1, Field::Bytes(data)) => unixfs = data,
+            (2, Field::Bytes(link)) => {
                 let mut hash = None;
                 let mut name = String::new();
                 for (f, v) in fields(link).ok_or_else(bad)? {
                     match (f, v) {
-                        (1, Err(h)) => hash = Some(Cid::try_from(h).map_err(|_| bad())?),
-                        (2, Err(n)) => name = String::from_utf8_lossy(n).into_owned(),
+                        (1, Field::Bytes(h)) => hash = Some(Cid::try_from(h).map_err(|_| bad())?),
+                        (2, Field::Bytes(n)) => name = String::from_utf8_lossy(n).into_owned(),
                         _ => {}
                     }
                 }
@@ -567,10 +573,10 @@ pub fn decode(cid: &Cid, block: &[u8]) -> crate::datastore::Result<Node> {
     };
     for (field, value) in fields(unixfs).ok_or_else(bad)? {
         match (field, value) {
-            (1, Ok(kind)) => node.kind = kind,
-            (2, Err(data)) => node.data = data.to_vec(),
-            (4, Ok(size)) => node.blocksizes.push(size),
-            (4, Err(packed)) => {
+            (1, Field::Varint(kind)) => node.kind = kind,
+            (2, Field::Bytes(data)) => node.data = data.to_vec(),
+            (4, Field::Varint(size)) => node.blocksizes.push(size),
+            (4, Field::Bytes(packed)) => {
                 let mut pos = 0;
                 while pos < packed.len() {
                     node.blocksizes
