@@ -1730,23 +1730,28 @@ impl DsFs {
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        let mut first_err = None;
+        // What failed, named so that the unmount can say what is at risk.
+        let mut failures = Vec::new();
         for (ino, inode) in open {
             if let Err(e) = self.commit(ino, &inode, false) {
-                log::error!("committing inode {ino} at unmount failed: {e}");
-                first_err.get_or_insert(e);
+                let key = inode.state.lock().key.clone();
+                log::error!("committing {key} (inode {ino}) at unmount failed: {e}");
+                failures.push(format!("the writes to {key} ({e})"));
             }
         }
         if let Err(e) = self.store.sync(&Key::root()) {
-            first_err.get_or_insert(FsError::store(e));
+            log::error!("the final sync failed: {e}");
+            failures.push(format!("every change since the last sync ({e})"));
         }
         if let Err(e) = self.store.close() {
-            first_err.get_or_insert(FsError::store(e));
+            log::error!("closing the store failed: {e}");
+            failures.push(format!("closing the store ({e})"));
         }
         *shut = true;
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(FsError::Io(failures.join("; ")))
         }
     }
 
