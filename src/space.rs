@@ -8,11 +8,11 @@
 //! [`open_redb`], whose storage backend answers an ENOSPC by releasing the reserve of its
 //! filesystem and retrying the write once, so redb never sees the error.
 //!
-//! While the reserve is released the space it freed is kept for commits and removals:
-//! [`room_for_new_data`] says no, and the filesystem refuses new data (create, write, mkdir,
-//! ...) with ENOSPC, while `rm`, `truncate`, renames and the commits of bytes already written
-//! go on. Once enough space is free again (twice the reserve), the reserve is refilled and new
-//! data is accepted.
+//! When the disk is nearly full (less than half the reserve free) or the reserve is released,
+//! [`Reserve::room_for_new_data`] says no and the filesystem refuses new data (create, write,
+//! mkdir, ...) with ENOSPC, while `rm`, `truncate`, renames and the commits of bytes already
+//! written go on. Once enough space is free again (twice the reserve), the reserve is refilled
+//! and new data is accepted.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -143,6 +143,13 @@ impl Reserve {
             log::error!("releasing the reserve {}: {e}", self.path.display());
             return false;
         }
+        // ext4 hands freed blocks out again only once its journal has committed the removal.
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = File::open(dir)
+            && let Err(e) = crate::sys::syncfs(&d)
+        {
+            log::warn!("syncing {} after releasing its reserve: {e}", dir.display());
+        }
         log::warn!(
             "the disk holding {} is full: released its {} KiB reserve so that commits finish; \
              new data gets ENOSPC until space is freed",
@@ -152,17 +159,33 @@ impl Reserve {
         true
     }
 
-    /// Whether new data may be written: the reserve is held, or there is room to refill it
-    /// (twice its size free) and it was refilled.
+    /// Whether new data may be written: the reserve is held and the disk still has room
+    /// beside it, or the reserve could be refilled (twice its size free). Values small enough
+    /// to live in redb wait in memory until the next durable commit, so new data is refused
+    /// while the commit of what was accepted may still need the space.
     pub fn room_for_new_data(&self) -> bool {
+        let free = self.free_bytes();
         if self.is_held() {
-            return true;
+            return free >= self.size / 2;
         }
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let free = crate::sys::statvfs(dir)
-            .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
-            .unwrap_or(0);
         free >= self.size.saturating_mul(2) && self.refill()
+    }
+
+    /// Bytes this process may still write on the reserve's filesystem.
+    fn free_bytes(&self) -> u64 {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        match crate::sys::statvfs(dir) {
+            Ok(v) => {
+                // root may also use the blocks the filesystem keeps back for it.
+                let blocks = if crate::sys::effective_ids().0 == 0 {
+                    v.f_bfree
+                } else {
+                    v.f_bavail
+                };
+                blocks.saturating_mul(v.f_frsize)
+            }
+            Err(_) => 0,
+        }
     }
 }
 
@@ -179,6 +202,14 @@ fn live_reserves(dev: u64) -> Vec<Arc<Reserve>> {
 fn release_on(dev: u64) -> bool {
     live_reserves(dev).iter().any(|r| r.release())
 }
+
+/// Whether device `dev` has a reserve that was spent (by this call or a concurrent one).
+fn spent_on(dev: u64) -> bool {
+    live_reserves(dev).iter().any(|r| !r.is_held())
+}
+
+/// How often a write that ran out of space is retried after the reserve was released.
+const RETRIES: u32 = 5;
 
 /// Opens (creating if needed) the redb database at `path` through a [`ReserveBackend`].
 pub fn open_redb(
@@ -200,6 +231,8 @@ pub fn open_redb(
 #[derive(Debug)]
 pub struct ReserveBackend {
     inner: FileBackend,
+    /// The same file, for `syncfs` while freed space settles.
+    file: File,
     dev: u64,
 }
 
@@ -207,17 +240,33 @@ impl ReserveBackend {
     /// Wraps `file`.
     pub fn new(file: File) -> std::result::Result<ReserveBackend, DatabaseError> {
         let dev = file.metadata()?.dev();
+        let dup = file.try_clone()?;
         Ok(ReserveBackend {
             inner: FileBackend::new(file)?,
+            file: dup,
             dev,
         })
     }
 
+    /// Runs `op`; if it runs out of space and the filesystem has a reserve, releases it and
+    /// retries (a few times: a concurrent release may still be settling).
     fn spend<T>(&self, op: impl Fn() -> io::Result<T>) -> io::Result<T> {
-        match op() {
-            Err(e) if is_no_space(&e) && release_on(self.dev) => op(),
-            other => other,
+        let mut result = op();
+        for attempt in 0..RETRIES {
+            match &result {
+                Err(e) if is_no_space(e) => {}
+                _ => return result,
+            }
+            if !release_on(self.dev) {
+                if !spent_on(self.dev) {
+                    return result;
+                }
+                let _ = crate::sys::syncfs(&self.file);
+                std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
+            }
+            result = op();
         }
+        result
     }
 }
 

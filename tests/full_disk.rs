@@ -124,15 +124,26 @@ fn a_full_disk_keeps_every_acknowledged_file_and_the_mount_usable() {
     );
 
     // Small files on the full disk: each one is acknowledged or refused with ENOSPC.
+    // Enough of them that their records no longer fit in the index's and the records'
+    // existing pages.
     let mut acknowledged: Vec<(String, Vec<u8>)> = Vec::new();
-    for i in 0..50 {
+    let mut refused = 0;
+    for i in 0..1500 {
         let name = format!("small{i}");
-        let data = format!("small file {i}\n").into_bytes();
+        let mut data = format!("small file {i}\n").into_bytes();
+        data.resize(2048, b'.');
         match write_and_close(&m.path(&name), &data) {
             Ok(()) => acknowledged.push((name, data)),
-            Err(e) => expect_enospc(&name, &e),
+            Err(e) => {
+                expect_enospc(&name, &e);
+                refused += 1;
+            }
         }
     }
+    eprintln!(
+        "on the full disk: {} small files acknowledged, {refused} refused",
+        acknowledged.len()
+    );
     // Give the background commit time to meet the full disk.
     std::thread::sleep(std::time::Duration::from_millis(1500));
 
@@ -163,6 +174,15 @@ fn a_full_disk_keeps_every_acknowledged_file_and_the_mount_usable() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // What the daemon did about the full disk (shown with --nocapture).
+    if let Ok(log) = fs::read_to_string(m.log()) {
+        for line in log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        {
+            eprintln!("daemon: {line}");
+        }
+    }
     m.mount();
     for (name, data) in &acknowledged {
         let got = fs::read(m.path(name)).unwrap_or_else(|e| panic!("{name} is gone: {e}"));
