@@ -260,3 +260,64 @@ fn random_store_faults_never_lose_a_committed_file() {
         assert_eq!(r.content(name).as_ref(), Some(data), "{name}");
     }
 }
+
+/// redb storage in memory whose reads can be made to fail.
+#[derive(Debug)]
+struct FlakyStorage {
+    inner: redb::backends::InMemoryBackend,
+    fail_reads: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl redb::StorageBackend for FlakyStorage {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write(offset, data)
+    }
+}
+
+#[test]
+fn statfs_reports_an_index_failure_instead_of_zero_files() {
+    let fail_reads = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storage = FlakyStorage {
+        inner: redb::backends::InMemoryBackend::new(),
+        fail_reads: fail_reads.clone(),
+    };
+    let index = Arc::new(Index::with_backend(storage, IndexOptions::default()).unwrap());
+    let store = Arc::new(IndexedStore::new(Arc::new(MemStore::new()), index));
+    let fs = DsFs::new(store, FsOptions::default());
+    let (_, o) = fs
+        .create(CTX, ROOT, b"f", 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    fs.release(o.fh).unwrap();
+    assert!(fs.statfs().unwrap().files >= 1);
+    fail_reads.store(true, Ordering::SeqCst);
+    assert_eq!(errno(fs.statfs()), libc::EIO);
+    fail_reads.store(false, Ordering::SeqCst);
+}
+
+#[test]
+fn store_errors_passed_through_the_index_keep_their_errno() {
+    use crate::datastore::Error;
+    let through_index = |kind| FsError::from(IndexError::from(Error::new(kind, "x"))).errno();
+    assert_eq!(through_index(ErrorKind::InvalidKey), libc::EINVAL);
+    assert_eq!(through_index(ErrorKind::InvalidArgument), libc::EINVAL);
+    assert_eq!(through_index(ErrorKind::Unsupported), libc::EOPNOTSUPP);
+    assert_eq!(through_index(ErrorKind::NoSpace), libc::ENOSPC);
+    assert_eq!(through_index(ErrorKind::AlreadyExists), libc::EEXIST);
+    assert_eq!(through_index(ErrorKind::NoMount), libc::EIO);
+    assert_eq!(through_index(ErrorKind::Io), libc::EIO);
+}

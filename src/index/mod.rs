@@ -155,6 +155,20 @@ impl Index {
         Index::init(db, None, options)
     }
 
+    /// An index over any redb storage backend, with no page cache (tests inject storage
+    /// failures this way).
+    #[cfg(test)]
+    pub(crate) fn with_backend(
+        backend: impl redb::StorageBackend,
+        options: IndexOptions,
+    ) -> IndexResult<Index> {
+        let db = Database::builder()
+            .set_cache_size(0)
+            .create_with_backend(backend)
+            .map_err(|e| IndexError::redb("creating an index", e))?;
+        Index::init(db, None, options)
+    }
+
     fn init(db: Database, path: Option<PathBuf>, options: IndexOptions) -> IndexResult<Index> {
         let txn = db
             .begin_write()
