@@ -16,5 +16,6 @@ pub mod index;
 pub mod space;
 pub mod spec;
 pub mod sys;
+pub mod unixfs;
 
 pub use datastore::{Datastore, Error, ErrorKind, Key, Query, Result};
