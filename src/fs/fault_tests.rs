@@ -249,7 +249,7 @@ fn random_store_faults_never_lose_a_committed_file() {
             expect.insert(name, data);
         } else if released.is_ok() {
             // The last close committed after all.
-            if let Some(now) = r.faults.inner().get(&Key::new(format!("/{name}"))).ok() {
+            if let Ok(now) = r.faults.inner().get(&Key::new(format!("/{name}"))) {
                 expect.insert(name, now);
             }
         }
