@@ -440,9 +440,14 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         }
         SpecKind::Repo(dir) => {
             let repo = Repo::open_or_create(dir)?;
-            let backend = repo.open_datastore(spec)?;
+            // A repository keeps room to commit and to remove files on a full disk.
+            let index_options = IndexOptions {
+                reserve: Some(crate::space::DEFAULT_RESERVE),
+                ..index_options
+            };
             let index_path = spec.index.clone().unwrap_or_else(|| repo.index_path());
             let index = Index::open(&index_path, index_options)?;
+            let backend = repo.open_datastore(spec)?;
             (backend, index, format!("repository {}", dir.display()))
         }
     };

@@ -58,9 +58,9 @@ impl RedbStore {
     /// [`crate::ErrorKind::Locked`] if another process has it open.
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<RedbStore> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::builder()
-            .set_cache_size(options.cache_size)
-            .create(&path)
+        let mut builder = Database::builder();
+        builder.set_cache_size(options.cache_size);
+        let db = crate::space::open_redb(&builder, &path)
             .map_err(|e| redb_error(&format!("opening redb store {}", path.display()), e))?;
         let txn = db
             .begin_write()

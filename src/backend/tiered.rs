@@ -41,6 +41,7 @@ pub const DEFAULT_THRESHOLD: u64 = 64 << 10;
 const STRIPES: usize = 64;
 
 /// Where a value lives.
+#[derive(PartialEq, Eq)]
 enum Loc {
     Inline(Vec<u8>),
     File(Key),
@@ -297,13 +298,41 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Reads `key`'s value with `inline` or, in the file tier, with `file`. A reader that
+    /// resolved a file just before an overwrite and a checkpoint deleted it finds the file
+    /// gone: it looks the record up again and reads where the value lives now. Only a record
+    /// that still names a missing file is corrupt.
+    fn read_value<T>(
+        &self,
+        key: &Key,
+        inline: impl Fn(&[u8]) -> T,
+        file: impl Fn(&Key) -> Result<T>,
+    ) -> Result<T> {
+        let mut loc = self.loc(key)?;
+        loop {
+            let id = match loc {
+                None => return Err(Error::not_found()),
+                Some(Loc::Inline(v)) => return Ok(inline(&v)),
+                Some(Loc::File(id)) => id,
+            };
+            match file(&id) {
+                Err(e) if e.is_not_found() => {
+                    let now = self.loc(key)?;
+                    if now.as_ref() == Some(&Loc::File(id)) {
+                        return Err(Inner::file_missing(key, e));
+                    }
+                    loc = now;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 impl Datastore for Inner {
     fn get(&self, key: &Key) -> Result<Vec<u8>> {
-        match self.loc(key)? {
-            Some(Loc::Inline(v)) => Ok(v),
-            Some(Loc::File(id)) => self.files.get(&id).map_err(|e| Inner::file_missing(key, e)),
-            None => Err(Error::not_found()),
-        }
+        self.read_value(key, |v| v.to_vec(), |id| self.files.get(id))
     }
 
     fn has(&self, key: &Key) -> Result<bool> {
@@ -311,25 +340,17 @@ impl Datastore for Inner {
     }
 
     fn get_size(&self, key: &Key) -> Result<u64> {
-        match self.loc(key)? {
-            Some(Loc::Inline(v)) => Ok(v.len() as u64),
-            Some(Loc::File(id)) => self
-                .files
-                .get_size(&id)
-                .map_err(|e| Inner::file_missing(key, e)),
-            None => Err(Error::not_found()),
-        }
+        self.read_value(key, |v| v.len() as u64, |id| self.files.get_size(id))
     }
 
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        match self.loc(key)? {
-            Some(Loc::Inline(v)) => Ok(copy_range(&v, offset, buf)),
-            Some(Loc::File(id)) => self
-                .files
-                .read_at(&id, offset, buf)
-                .map_err(|e| Inner::file_missing(key, e)),
-            None => Err(Error::not_found()),
-        }
+        // The buffer is filled by whichever attempt succeeds; a failed one wrote nothing.
+        let buf = std::cell::RefCell::new(buf);
+        self.read_value(
+            key,
+            |v| copy_range(v, offset, &mut buf.borrow_mut()),
+            |id| self.files.read_at(id, offset, &mut buf.borrow_mut()),
+        )
     }
 
     fn put(&self, key: &Key, value: &[u8]) -> Result<()> {

@@ -13,6 +13,7 @@
 //! * `sync(prefix)` makes every write under `prefix` that returned before it durable.
 
 pub mod error;
+pub mod faulty;
 pub mod key;
 pub mod query;
 pub mod stage;

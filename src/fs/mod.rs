@@ -313,6 +313,15 @@ impl DsFs {
         }
     }
 
+    /// Refuses new data (ENOSPC) while the repository's space reserve is spent, so that the
+    /// space left goes to commits of what was already written and to removals.
+    fn check_room(&self) -> FsResult<()> {
+        match self.index.reserve() {
+            Some(r) if !r.room_for_new_data() => Err(FsError::NoSpace),
+            _ => Ok(()),
+        }
+    }
+
     fn node(&self, id: NodeId) -> FsResult<Node> {
         Ok(self.index.node(id)?)
     }
@@ -513,6 +522,7 @@ impl DsFs {
         fill: impl FnOnce(&mut Node),
     ) -> FsResult<Attr> {
         self.check_writable()?;
+        self.check_room()?;
         let comp = Self::component(name)?;
         let pnode = self.dir_node(parent)?;
         let mut n = self.new_node(ctx, &pnode, kind, mode, umask);
@@ -540,6 +550,7 @@ impl DsFs {
         rdev: u32,
     ) -> FsResult<Attr> {
         self.check_writable()?;
+        self.check_room()?;
         let special = match mode & libc::S_IFMT {
             0 | libc::S_IFREG => None,
             libc::S_IFIFO => Some(NodeKind::Fifo),
@@ -606,6 +617,7 @@ impl DsFs {
             let opened = self.open(id, flags)?;
             return Ok((self.getattr(id)?, opened));
         }
+        self.check_room()?;
         let key = self.key_of(parent)?.join_component(&comp)?;
         let n = self.new_node(ctx, &pnode, NodeKind::File, mode, umask);
         let created = n.mtime;
@@ -761,6 +773,7 @@ impl DsFs {
         if !h.writable {
             return Err(FsError::BadHandle);
         }
+        self.check_room()?;
         let mut st = h.inode.state.lock();
         let append = h.append;
         let staged = self.ensure_staged(&mut st)?;
@@ -771,7 +784,9 @@ impl DsFs {
         Ok(data.len() as u32)
     }
 
-    /// Commits the inode's staged bytes, if any changed, to the store and the index.
+    /// Commits the inode's staged bytes, if any changed, to the store and the index. A failed
+    /// commit keeps the staged bytes and leaves the file dirty, so the next flush, fsync or close
+    /// tries again and reports the failure until a commit succeeds.
     fn commit(&self, ino: u64, inode: &OpenInode, durable: bool) -> FsResult<()> {
         let mut st = inode.state.lock();
         if st.unlinked {
@@ -788,25 +803,46 @@ impl DsFs {
             st.dirty = false;
             return Ok(());
         };
-        let size = staged.len()?;
-        let key = st.key.clone();
-        st.dirty = false;
-        // The times of the last change, not of this commit: a commit on the kernel's
-        // asynchronous RELEASE must not move a file's times after close() returned.
-        let mtime = match st.mtime.take() {
-            Some(t) => t,
-            None => recorded_mtime(&self.index, ino)?,
+        // The store consumes the staged value (a file-backed store renames its file); this
+        // second handle on the same bytes stays with the inode if the commit fails.
+        let keep = match staged.try_clone_detached() {
+            Ok(k) => k,
+            Err(e) => {
+                st.staged = Some(staged);
+                return Err(e.into());
+            }
         };
-        self.backend.commit_staged(&key, staged, durable)?;
-        self.index.write(|tx| {
-            let id = ino & !VALUE_INO;
-            let mut n = tx.node_required(id)?;
-            n.value = Some(size);
-            n.mtime = mtime;
-            n.ctime = mtime;
-            tx.put_node(id, &n)?;
-            tx.set_key(&key, id, size)
-        })?;
+        let key = st.key.clone();
+        let pending_mtime = st.mtime;
+        let result = (|| -> FsResult<()> {
+            let size = staged.len()?;
+            // The times of the last change, not of this commit: a commit on the kernel's
+            // asynchronous RELEASE must not move a file's times after close() returned.
+            let mtime = match pending_mtime {
+                Some(t) => t,
+                None => recorded_mtime(&self.index, ino)?,
+            };
+            self.backend.commit_staged(&key, staged, durable)?;
+            self.index.write(|tx| {
+                let id = ino & !VALUE_INO;
+                let mut n = tx.node_required(id)?;
+                n.value = Some(size);
+                n.mtime = mtime;
+                n.ctime = mtime;
+                tx.put_node(id, &n)?;
+                tx.set_key(&key, id, size)
+            })?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            log::warn!("commit of inode {ino} failed, its writes stay staged: {e}");
+            st.staged = Some(keep);
+            return Err(e);
+        }
+        st.dirty = false;
+        st.mtime = None;
+        drop(keep);
+        drop(st);
         if durable {
             self.index.sync()?;
         }
@@ -976,6 +1012,11 @@ impl DsFs {
                 }
                 let key = self.key_of(parent)?;
                 self.orphan_open(parent | VALUE_INO)?;
+                // The value goes first: if that fails, the name still has its value.
+                if let Err(e) = self.backend.delete(&key) {
+                    self.unorphan(parent | VALUE_INO);
+                    return Err(e.into());
+                }
                 self.index.write(|tx| {
                     let mut n = tx.node_required(parent)?;
                     n.value = None;
@@ -985,7 +1026,6 @@ impl DsFs {
                     tx.remove_key(&key)?;
                     Ok(())
                 })?;
-                self.backend.delete(&key)?;
                 return Ok(());
             }
             NameRef::Component(c) => c,
@@ -1002,6 +1042,15 @@ impl DsFs {
         }
         let key = self.key_of(parent)?.join_component(&comp)?;
         self.orphan_open(id)?;
+        // The value goes before the name: a failed delete leaves both, and a failed index
+        // write after it leaves a name without a value that a retried unlink (or the reconcile
+        // after a crash) removes; never a value that no name reaches.
+        if n.kind == NodeKind::File
+            && let Err(e) = self.backend.delete(&key)
+        {
+            self.unorphan(id);
+            return Err(e.into());
+        }
         self.index.write(|tx| {
             Self::keep_dir(tx, parent)?;
             tx.unlink(parent, &comp)?;
@@ -1011,9 +1060,6 @@ impl DsFs {
             }
             Ok(())
         })?;
-        if n.kind == NodeKind::File {
-            self.backend.delete(&key)?;
-        }
         Ok(())
     }
 
@@ -1094,6 +1140,21 @@ impl DsFs {
         Ok(())
     }
 
+    /// Undoes [`DsFs::orphan_open`] after the removal failed: the name is still there, so its
+    /// open handles write to it again (their bytes, copied when orphaned, stay staged).
+    fn unorphan(&self, ino: u64) {
+        if let Some(inode) = self.open.read().get(&ino).cloned() {
+            let mut st = inode.state.lock();
+            if st.unlinked {
+                st.unlinked = false;
+                st.orphan = None;
+                // Orphaning dropped the dirty mark; committing the same bytes again is harmless,
+                // losing a handle's pending writes is not.
+                st.dirty = st.staged.is_some();
+            }
+        }
+    }
+
     /// Removes an empty directory.
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.check_writable()?;
@@ -1132,6 +1193,7 @@ impl DsFs {
         }
         let comp = Self::component(newname)?;
         self.dir_node(newparent)?;
+        self.check_room()?;
         self.index.write(|tx| {
             if tx.lookup(newparent, &comp)?.is_some() {
                 return Err(idx_err(IndexErrorKind::AlreadyExists, "the name exists"));
@@ -1502,7 +1564,7 @@ impl DsFs {
     /// Filesystem statistics: the space of the filesystem holding the store's files.
     pub fn statfs(&self) -> FsResult<StatFs> {
         let dir = self.backend.staging_dir();
-        let files = self.index.key_count().unwrap_or(0);
+        let files = self.index.key_count()?;
         let Ok(vfs) = crate::sys::statvfs(&dir) else {
             return Ok(StatFs {
                 files,
@@ -1528,6 +1590,7 @@ impl DsFs {
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         self.check_writable()?;
         refuse_computed_xattr(name)?;
+        self.check_room()?;
         let name = xattr_name(name)?;
         if value.len() > XATTR_MAX {
             return Err(FsError::TooBig);
@@ -1645,6 +1708,7 @@ impl DsFs {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| FsError::Invalid("offset + length overflows".into()))?;
+        self.check_room()?;
         let mut st = h.inode.state.lock();
         let staged = self.ensure_staged(&mut st)?;
         if mode == 0 && staged.len()? < end {
@@ -1700,23 +1764,28 @@ impl DsFs {
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        let mut first_err = None;
+        // What failed, named so that the unmount can say what is at risk.
+        let mut failures = Vec::new();
         for (ino, inode) in open {
             if let Err(e) = self.commit(ino, &inode, false) {
-                log::error!("committing inode {ino} at unmount failed: {e}");
-                first_err.get_or_insert(e);
+                let key = inode.state.lock().key.clone();
+                log::error!("committing {key} (inode {ino}) at unmount failed: {e}");
+                failures.push(format!("the writes to {key} ({e})"));
             }
         }
         if let Err(e) = self.store.sync(&Key::root()) {
-            first_err.get_or_insert(FsError::store(e));
+            log::error!("the final sync failed: {e}");
+            failures.push(format!("every change since the last sync ({e})"));
         }
         if let Err(e) = self.store.close() {
-            first_err.get_or_insert(FsError::store(e));
+            log::error!("closing the store failed: {e}");
+            failures.push(format!("closing the store ({e})"));
         }
         *shut = true;
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(FsError::Io(failures.join("; ")))
         }
     }
 
@@ -1795,5 +1864,7 @@ impl Drop for DsFs {
     }
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;
