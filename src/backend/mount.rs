@@ -571,6 +571,13 @@ impl Datastore for MountStore {
             None => Ok(None),
         }
     }
+
+    fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        match self.lookup(key) {
+            Some((_, m, k)) => m.store.open_backing(&k),
+            None => Ok(None),
+        }
+    }
 }
 
 /// mount's `ErrNoMount` for `key`.

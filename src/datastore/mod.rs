@@ -255,6 +255,25 @@ pub trait Datastore: Send + Sync {
         let _ = key;
         Ok(None)
     }
+
+    /// The file [`Datastore::backing_file`] names, opened for reading, if it is a regular file
+    /// in the store: a symlink or another file type there is [`ErrorKind::Corrupt`], never
+    /// the file it points to. The default opens the path with `O_NOFOLLOW`; stores with a
+    /// root directory open beneath it without following any symlink.
+    fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        let Some(path) = self.backing_file(key)? else {
+            return Ok(None);
+        };
+        match crate::sys::open_regular_nofollow(&path) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::not_found()),
+            Err(e) if crate::sys::is_foreign_file(&e) => Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{} is a symlink or not a regular file: {e}", path.display()),
+            )),
+            Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
+        }
+    }
 }
 
 /// Copies `value[offset..]` into `buf` and returns the count; 0 at or past the end.
@@ -336,6 +355,9 @@ impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
     }
     fn backing_file(&self, key: &Key) -> Result<Option<std::path::PathBuf>> {
         (**self).backing_file(key)
+    }
+    fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        (**self).open_backing(key)
     }
 }
 

@@ -716,11 +716,9 @@ impl DsFs {
                 && ino & VALUE_INO == 0
             {
                 // Nobody is writing: the kernel may read the committed file directly.
-                if let Ok(Some(path)) = self.backend.backing_file(&st.key) {
-                    match File::open(&path) {
-                        Ok(f) => backing = Some(f),
-                        Err(e) => log::debug!("no passthrough for {}: {e}", path.display()),
-                    }
+                match self.backend.open_backing(&st.key) {
+                    Ok(f) => backing = f,
+                    Err(e) => log::debug!("no passthrough for {}: {e}", st.key),
                 }
             }
         }
