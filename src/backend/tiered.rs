@@ -489,6 +489,22 @@ impl Datastore for Inner {
         Ok(())
     }
 
+    /// Swaps the two records in one redb transaction: the values (inline bytes or file ids)
+    /// change places, no file is copied or renamed.
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        if a == b {
+            return if self.has(a)? {
+                Ok(())
+            } else {
+                Err(Error::not_found())
+            };
+        }
+        let _g = self.lock_many([a, b]);
+        self.records.exchange(a, b)?;
+        self.mark_dirty();
+        Ok(())
+    }
+
     fn disk_usage(&self) -> Result<Option<u64>> {
         let a = self.records.disk_usage()?.unwrap_or(0);
         let b = self.files.disk_usage()?.unwrap_or(0);
@@ -644,6 +660,9 @@ impl Datastore for TieredStore {
     }
     fn rename(&self, from: &Key, to: &Key) -> Result<()> {
         self.inner.rename(from, to)
+    }
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        self.inner.exchange(a, b)
     }
     fn disk_usage(&self) -> Result<Option<u64>> {
         self.inner.disk_usage()

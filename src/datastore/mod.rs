@@ -203,6 +203,17 @@ pub trait Datastore: Send + Sync {
         self.delete(from)
     }
 
+    /// Swaps the values of `a` and `b` (both must hold one; a missing one is
+    /// [`ErrorKind::NotFound`]) atomically, also across a crash, without copying either value.
+    /// Stores that cannot do that refuse with [`ErrorKind::Unsupported`], the default.
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        let _ = (a, b);
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this store cannot swap two values atomically",
+        ))
+    }
+
     /// Checks the store's own invariants (go-datastore's `Scrubbed`/`Checked` features) and,
     /// with `repair`, fixes what it can. Returns a description of each problem found. The
     /// default has nothing to check.
@@ -337,6 +348,9 @@ impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
     }
     fn rename(&self, from: &Key, to: &Key) -> Result<()> {
         (**self).rename(from, to)
+    }
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        (**self).exchange(a, b)
     }
     fn scrub(&self, repair: bool) -> Result<Vec<String>> {
         (**self).scrub(repair)

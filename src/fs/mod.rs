@@ -1474,24 +1474,29 @@ impl DsFs {
         let b = self.key_of(newparent)?.join_component(to)?;
         self.commit_if_open(src)?;
         self.commit_if_open(dst)?;
-        // Swap the values through staging copies; each key is replaced atomically.
         let a_size = self.index.value_size(&a)?;
         let b_size = self.index.value_size(&b)?;
-        let a_copy = match a_size {
-            Some(_) => Some(self.backend.stage(&a, StageInit::CopyCurrent)?),
-            None => None,
-        };
-        let b_copy = match b_size {
-            Some(_) => Some(self.backend.stage(&b, StageInit::CopyCurrent)?),
-            None => None,
-        };
-        match b_copy {
-            Some(s) => self.backend.commit_staged(&a, s, false)?,
-            None => self.backend.delete(&a)?,
-        }
-        match a_copy {
-            Some(s) => self.backend.commit_staged(&b, s, false)?,
-            None => self.backend.delete(&b)?,
+        // One store operation swaps or moves the values (never a copy), then one index
+        // transaction swaps the names, with both files' open inodes locked throughout. A crash
+        // between the two leaves the values swapped and the index behind, which the repair
+        // after an unclean stop brings in line; never one value under both names.
+        let mut held: Vec<(u64, Arc<OpenInode>, &Key)> = [(src, &b), (dst, &a)]
+            .into_iter()
+            .filter_map(|(id, key)| self.open_inode_of(id).map(|i| (id, i, key)))
+            .collect();
+        held.sort_by_key(|h| h.0);
+        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.lock()).collect();
+        match (a_size, b_size) {
+            (Some(_), Some(_)) => self.backend.exchange(&a, &b).map_err(|e| {
+                if e.kind() == crate::datastore::ErrorKind::Unsupported {
+                    FsError::NotSupported(format!("RENAME_EXCHANGE: {e}"))
+                } else {
+                    FsError::store(e)
+                }
+            })?,
+            (Some(_), None) => self.backend.rename(&a, &b)?,
+            (None, Some(_)) => self.backend.rename(&b, &a)?,
+            (None, None) => {}
         }
         self.index.write(|tx| {
             tx.unlink(parent, from)?;
@@ -1519,6 +1524,12 @@ impl DsFs {
             }
             Ok(())
         })?;
+        for (st, h) in guards.iter_mut().zip(&held) {
+            if !st.unlinked {
+                st.key = h.2.clone();
+            }
+        }
+        drop(guards);
         self.rekey_open()
     }
 

@@ -200,3 +200,143 @@ fn a_hanging_store_read_during_unlink_blocks_no_other_file() {
     );
     fs.release(held.fh).unwrap();
 }
+
+/// A memory store whose writes (`put`, `commit_staged`, `delete`) fail after the first
+/// `allowed` of them, as a full disk or a crash would stop them.
+struct FailingWrites {
+    inner: MemStore,
+    allowed: std::sync::atomic::AtomicI64,
+}
+
+impl FailingWrites {
+    fn write_allowed(&self) -> DsResult<()> {
+        if self
+            .allowed
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            Ok(())
+        } else {
+            Err(crate::datastore::Error::new(
+                crate::datastore::ErrorKind::NoSpace,
+                "injected failure",
+            ))
+        }
+    }
+}
+
+impl Datastore for FailingWrites {
+    fn get(&self, key: &Key) -> DsResult<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn has(&self, key: &Key) -> DsResult<bool> {
+        self.inner.has(key)
+    }
+    fn get_size(&self, key: &Key) -> DsResult<u64> {
+        self.inner.get_size(key)
+    }
+    fn put(&self, key: &Key, value: &[u8]) -> DsResult<()> {
+        self.write_allowed()?;
+        self.inner.put(key, value)
+    }
+    fn delete(&self, key: &Key) -> DsResult<()> {
+        self.write_allowed()?;
+        self.inner.delete(key)
+    }
+    fn query(&self, query: Query) -> DsResult<Results> {
+        self.inner.query(query)
+    }
+    fn sync(&self, prefix: &Key) -> DsResult<()> {
+        self.inner.sync(prefix)
+    }
+    fn close(&self) -> DsResult<()> {
+        self.inner.close()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn rename(&self, from: &Key, to: &Key) -> DsResult<()> {
+        self.write_allowed()?;
+        self.inner.rename(from, to)
+    }
+    fn exchange(&self, a: &Key, b: &Key) -> DsResult<()> {
+        self.write_allowed()?;
+        self.inner.exchange(a, b)
+    }
+}
+
+fn contents(fs: &DsFs, name: &str) -> Vec<u8> {
+    let ino = fs.lookup(ROOT, name.as_bytes()).unwrap().ino;
+    let o = fs.open(ino, libc::O_RDONLY).unwrap();
+    let data = fs.read(o.fh, 0, 1 << 16).unwrap();
+    fs.release(o.fh).unwrap();
+    data
+}
+
+/// `RENAME_EXCHANGE` is one store operation: when the store fails (or the machine stops)
+/// after its first write, the two names hold their old values or each other's, never one
+/// value under both.
+#[test]
+fn an_exchange_interrupted_after_one_store_write_never_duplicates_a_value() {
+    let store = Arc::new(FailingWrites {
+        inner: MemStore::new(),
+        allowed: std::sync::atomic::AtomicI64::new(i64::MAX),
+    });
+    let fs = fs_over(store.clone());
+    write_file(&fs, ROOT, "a", b"AAAA");
+    write_file(&fs, ROOT, "b", b"BB");
+    store.allowed.store(1, std::sync::atomic::Ordering::SeqCst);
+    let exchange = RenameFlags {
+        exchange: true,
+        ..RenameFlags::default()
+    };
+    let result = fs.rename(ROOT, b"a", ROOT, b"b", exchange);
+    let pair = (
+        store.inner.get(&Key::new("/a")).unwrap(),
+        store.inner.get(&Key::new("/b")).unwrap(),
+    );
+    assert!(
+        pair == (b"AAAA".to_vec(), b"BB".to_vec()) || pair == (b"BB".to_vec(), b"AAAA".to_vec()),
+        "after {result:?} the store holds {pair:?}"
+    );
+    result.unwrap();
+    assert_eq!(contents(&fs, "a"), b"BB");
+    assert_eq!(contents(&fs, "b"), b"AAAA");
+    assert_eq!(
+        fs.getattr(fs.lookup(ROOT, b"a").unwrap().ino).unwrap().size,
+        2
+    );
+}
+
+/// A store that cannot swap two values atomically refuses the exchange (EOPNOTSUPP) and
+/// changes nothing.
+#[test]
+fn an_exchange_the_store_cannot_make_atomic_is_refused_and_changes_nothing() {
+    let fs = fs_over(Arc::new(GatedStore::default()));
+    write_file(&fs, ROOT, "a", b"AAAA");
+    write_file(&fs, ROOT, "b", b"BB");
+    let exchange = RenameFlags {
+        exchange: true,
+        ..RenameFlags::default()
+    };
+    let err = fs.rename(ROOT, b"a", ROOT, b"b", exchange).unwrap_err();
+    assert_eq!(err.errno(), libc::EOPNOTSUPP);
+    assert_eq!(contents(&fs, "a"), b"AAAA");
+    assert_eq!(contents(&fs, "b"), b"BB");
+}
+
+/// An open handle keeps reading its own file across an exchange.
+#[test]
+fn an_open_file_follows_its_value_through_an_exchange() {
+    let fs = fs_over(Arc::new(MemStore::new()));
+    let a = write_file(&fs, ROOT, "a", b"AAAA");
+    write_file(&fs, ROOT, "b", b"BB");
+    let o = fs.open(a, libc::O_RDONLY).unwrap();
+    let exchange = RenameFlags {
+        exchange: true,
+        ..RenameFlags::default()
+    };
+    fs.rename(ROOT, b"a", ROOT, b"b", exchange).unwrap();
+    assert_eq!(fs.read(o.fh, 0, 100).unwrap(), b"AAAA");
+    fs.release(o.fh).unwrap();
+}

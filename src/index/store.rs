@@ -184,6 +184,10 @@ impl Datastore for IndexedStore {
         self.backend.backing_file(key)
     }
 
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        self.backend.exchange(a, b)
+    }
+
     fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
         self.backend.open_backing(key)
     }
