@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 
 pub use error::{FsError, FsResult};
-use names::{NameRef, VALUE_NAME, component_to_name, name_to_component};
+use names::{NameRef, VALUE_NAME, component_to_name, long_name_matches, name_to_component};
 
 use crate::datastore::{Datastore, Key, StageInit, Staged};
 use crate::index::node::Timestamp;
@@ -276,6 +276,8 @@ pub struct DsFs {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     shut: Mutex<bool>,
+    /// The IPFS CIDs of files, each with the (mtime, size) it was computed for.
+    cids: Mutex<HashMap<u64, (Timestamp, u64, String)>>,
 }
 
 fn ts(t: Timestamp) -> SystemTime {
@@ -313,6 +315,7 @@ impl DsFs {
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             shut: Mutex::new(false),
+            cids: Mutex::new(HashMap::new()),
         }
     }
 
@@ -426,7 +429,7 @@ impl DsFs {
     /// The entry `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         let dir = self.dir_node(parent)?;
-        match name_to_component(name)? {
+        match self.resolve_name(parent, name)? {
             NameRef::DirValue => {
                 if dir.value.is_some() {
                     Ok(self.attr_of(parent | VALUE_INO, &dir))
@@ -438,6 +441,30 @@ impl DsFs {
                 Some((id, n)) => Ok(self.attr_of(id, &n)),
                 None => Err(FsError::NotFound),
             },
+            NameRef::Long(_) => Err(FsError::NotFound),
+        }
+    }
+
+    /// What `name` in directory `parent` refers to, with a [`NameRef::Long`] name resolved to
+    /// the component it stands for (`NotFound` when no entry has that name). Only long names
+    /// cost a scan of the directory.
+    fn resolve_name(&self, parent: u64, name: &[u8]) -> FsResult<NameRef> {
+        let NameRef::Long(long) = name_to_component(name)? else {
+            return name_to_component(name);
+        };
+        let mut after = 0;
+        loop {
+            let entries = self.index.list(parent, after, 1024)?;
+            let Some(last) = entries.last() else {
+                return Err(FsError::NotFound);
+            };
+            after = last.cookie;
+            if let Some(e) = entries
+                .into_iter()
+                .find(|e| long_name_matches(&e.name, &long))
+            {
+                return Ok(NameRef::Component(e.name));
+            }
         }
     }
 
@@ -471,6 +498,9 @@ impl DsFs {
             NameRef::Component(c) => Ok(c),
             NameRef::DirValue => Err(FsError::Invalid(format!(
                 "{VALUE_NAME} names a directory's value and cannot be created this way"
+            ))),
+            NameRef::Long(name) => Err(FsError::Invalid(format!(
+                "{name:?} stands for an over-long key component and cannot be created"
             ))),
         }
     }
@@ -998,7 +1028,7 @@ impl DsFs {
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
-        let comp = match name_to_component(name)? {
+        let comp = match self.resolve_name(parent, name)? {
             NameRef::DirValue => {
                 if dir.value.is_none() {
                     return Err(FsError::NotFound);
@@ -1018,6 +1048,7 @@ impl DsFs {
                 return Ok(());
             }
             NameRef::Component(c) => c,
+            NameRef::Long(_) => return Err(FsError::NotFound),
         };
         let Some((id, n)) = self.index.lookup(parent, &comp)? else {
             return Err(FsError::NotFound);
@@ -1195,9 +1226,10 @@ impl DsFs {
         self.check_writable()?;
         self.dir_node(parent)?;
         self.dir_node(newparent)?;
-        let (NameRef::Component(from), NameRef::Component(to)) =
-            (name_to_component(name)?, name_to_component(newname)?)
-        else {
+        let (NameRef::Component(from), NameRef::Component(to)) = (
+            self.resolve_name(parent, name)?,
+            self.resolve_name(newparent, newname)?,
+        ) else {
             return Err(FsError::Invalid(format!(
                 "{VALUE_NAME} cannot be renamed; copy it instead"
             )));
@@ -1566,10 +1598,7 @@ impl DsFs {
         let after = offset.saturating_sub(FIRST_ENTRY_OFFSET);
         let want = limit.saturating_sub(out.len()).max(1);
         for e in self.index.list(ino, after, want)? {
-            let Some(name) = component_to_name(&e.name) else {
-                log::warn!("entry {:?} has no name within 255 bytes; skipped", e.name);
-                continue;
-            };
+            let name = component_to_name(&e.name);
             out.push(DirItem {
                 ino: e.id,
                 offset: e.cookie + FIRST_ENTRY_OFFSET,
@@ -1608,6 +1637,7 @@ impl DsFs {
     /// Sets an extended attribute (`XATTR_CREATE`/`XATTR_REPLACE` honoured).
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         self.check_writable()?;
+        refuse_computed_xattr(name)?;
         let name = xattr_name(name)?;
         if value.len() > XATTR_MAX {
             return Err(FsError::TooBig);
@@ -1635,6 +1665,9 @@ impl DsFs {
 
     /// An extended attribute's value.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if name == CID_XATTR.as_bytes() {
+            return self.ipfs_cid(ino).map(String::into_bytes);
+        }
         let name = xattr_name(name)?;
         self.node(ino & !VALUE_INO)?;
         self.index
@@ -1656,6 +1689,7 @@ impl DsFs {
     /// Removes an extended attribute.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         self.check_writable()?;
+        refuse_computed_xattr(name)?;
         let name = xattr_name(name)?;
         let id = ino & !VALUE_INO;
         let removed = self.index.write(|tx| {
@@ -1806,6 +1840,54 @@ impl DsFs {
 /// The recorded modification time of `ino` (for a commit with no newer write).
 fn recorded_mtime(index: &Index, ino: u64) -> FsResult<Timestamp> {
     Ok(index.node(ino & !VALUE_INO)?.mtime)
+}
+
+/// The extended attribute that holds a file's IPFS CID (read-only, not listed).
+pub const CID_XATTR: &str = "user.ipfs.cid";
+
+impl DsFs {
+    /// The CID `ipfs add` (default settings) gives the committed content of file `ino`:
+    /// computed by one streaming read on first ask, then kept while the file's mtime and size
+    /// stay the same (every commit of a write changes the mtime).
+    fn ipfs_cid(&self, ino: u64) -> FsResult<String> {
+        let n = self.node(ino & !VALUE_INO)?;
+        let is_value = ino & VALUE_INO != 0;
+        if !(n.kind == NodeKind::File || is_value && n.kind == NodeKind::Dir) {
+            return Err(FsError::NoData);
+        }
+        let Some(size) = n.value else {
+            return Err(FsError::NoData);
+        };
+        if let Some((mtime, csize, cid)) = self.cids.lock().get(&ino)
+            && *mtime == n.mtime
+            && *csize == size
+        {
+            return Ok(cid.clone());
+        }
+        let key = self.key_of(ino)?;
+        let cid = crate::unixfs::import_value(
+            self.backend.as_ref(),
+            &key,
+            size,
+            crate::unixfs::ImportOptions::default(),
+            &mut crate::unixfs::Discard,
+        )
+        .map_err(FsError::store)?
+        .cid
+        .to_string();
+        self.cids.lock().insert(ino, (n.mtime, size, cid.clone()));
+        Ok(cid)
+    }
+}
+
+/// [`CID_XATTR`] follows the content and cannot be set or removed.
+fn refuse_computed_xattr(name: &[u8]) -> FsResult<()> {
+    if name == CID_XATTR.as_bytes() {
+        return Err(FsError::NotPermitted(format!(
+            "{CID_XATTR} is computed from the file's content"
+        )));
+    }
+    Ok(())
 }
 
 fn xattr_name(name: &[u8]) -> FsResult<String> {
