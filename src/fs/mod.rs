@@ -16,7 +16,7 @@
 //! 1. `DsFs::handles` and `DsFs::open` (the handle table and the open-file table) are held
 //!    only to look up, insert or remove an entry and to count an inode's opens: never across
 //!    store or index I/O and never while waiting for another lock. Callers clone the `Arc` out
-//!    and drop the guard before locking the inode ([`DsFs::open_inode_of`]).
+//!    and drop the guard before locking the inode (`DsFs::open_inode_of`).
 //! 2. An open inode's `InodeState` mutex may be held across store I/O and index transactions
 //!    for that file (staging, commit, the move of its value in a rename), so that every read,
 //!    write and commit sees the key and the value in step. Holding one blocks only that file.
