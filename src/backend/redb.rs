@@ -249,6 +249,26 @@ impl Datastore for RedbStore {
         })
     }
 
+    /// One transaction: both values or neither change, also across a crash.
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        self.write(|t| {
+            let get = |t: &redb::Table<&str, &[u8]>, k: &Key| -> Result<Vec<u8>> {
+                use redb::ReadableTable;
+                t.get(k.as_str())
+                    .map_err(|e| redb_error("swapping", e))?
+                    .map(|v| v.value().to_vec())
+                    .ok_or_else(Error::not_found)
+            };
+            let va = get(t, a)?;
+            let vb = get(t, b)?;
+            t.insert(a.as_str(), vb.as_slice())
+                .map_err(|e| redb_error("swapping", e))?;
+            t.insert(b.as_str(), va.as_slice())
+                .map_err(|e| redb_error("swapping", e))?;
+            Ok(())
+        })
+    }
+
     fn apply_batch(&self, ops: BatchOps) -> Result<()> {
         self.write(|t| {
             for (key, op) in &ops {

@@ -8,6 +8,24 @@
 //! any offset and read back by every handle before it is committed, and committed to the store
 //! (for file-backed stores, by one rename) on `flush`/`close`, `fsync`, and unmount. See
 //! `docs/SEMANTICS.md` for what each operation promises.
+//!
+//! # Locks
+//!
+//! The lock order of the filesystem, and the one place it is written down:
+//!
+//! 1. `DsFs::handles` and `DsFs::open` (the handle table and the open-file table) are held
+//!    only to look up, insert or remove an entry and to count an inode's opens: never across
+//!    store or index I/O and never while waiting for another lock. Callers clone the `Arc` out
+//!    and drop the guard before locking the inode (`DsFs::open_inode_of`).
+//! 2. An open inode's `InodeState` mutex may be held across store I/O and index transactions
+//!    for that file (staging, commit, the move of its value in a rename), so that every read,
+//!    write and commit sees the key and the value in step. Holding one blocks only that file.
+//!    When several are held at once (a rename of a directory with open files in it), they are
+//!    taken in ascending inode order.
+//! 3. The index's write transaction and the stores' own locks are innermost: no inode state
+//!    lock is ever taken inside an index transaction or a store call.
+//!
+//! `DsFs::shut` is taken by `shutdown` alone, before any of these.
 
 pub mod error;
 pub mod fuse;
@@ -16,7 +34,7 @@ pub mod names;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
@@ -215,8 +233,6 @@ struct InodeState {
     staged: Option<Staged>,
     /// The staged bytes differ from the committed value.
     dirty: bool,
-    /// Open handles.
-    opens: u32,
     /// The name was removed while open: reads still work, nothing is committed.
     unlinked: bool,
     /// Modification time of uncommitted writes.
@@ -236,6 +252,9 @@ struct ValueMove {
 
 struct OpenInode {
     state: Mutex<InodeState>,
+    /// Open handles and other users (a truncate in progress). Changed only under the write
+    /// lock of the open-file table, so that the last one out removes the entry.
+    opens: AtomicU32,
 }
 
 struct Handle {
@@ -359,7 +378,7 @@ impl DsFs {
         let mut mtime = n.mtime;
         let mut ctime = n.ctime;
         if kind == FileKind::File
-            && let Some(inode) = self.open.read().get(&ino).cloned()
+            && let Some(inode) = self.open_inode_of(ino)
         {
             let st = inode.state.lock();
             if let Some(staged) = &st.staged
@@ -647,16 +666,34 @@ impl DsFs {
                         key,
                         staged: None,
                         dirty: false,
-                        opens: 0,
                         unlinked: false,
                         mtime: None,
                         orphan: None,
                     }),
+                    opens: AtomicU32::new(0),
                 })
             })
             .clone();
-        inode.state.lock().opens += 1;
+        inode.opens.fetch_add(1, Ordering::Relaxed);
         Ok(inode)
+    }
+
+    /// The open inode `ino`, if it is open. The table's lock is released on return, so the
+    /// caller may lock the inode (see the lock order in the module documentation).
+    fn open_inode_of(&self, ino: u64) -> Option<Arc<OpenInode>> {
+        self.open.read().get(&ino).cloned()
+    }
+
+    /// Drops one reference to an open inode; the last one removes it from the table.
+    fn forget_open(&self, ino: u64, inode: &Arc<OpenInode>) {
+        let mut open = self.open.write();
+        let before = inode.opens.fetch_sub(1, Ordering::Relaxed);
+        if before <= 1 {
+            inode.opens.store(0, Ordering::Relaxed);
+            if open.get(&ino).is_some_and(|i| Arc::ptr_eq(i, inode)) {
+                open.remove(&ino);
+            }
+        }
     }
 
     fn add_handle(&self, ino: u64, inode: Arc<OpenInode>, flags: i32) -> u64 {
@@ -721,11 +758,9 @@ impl DsFs {
                 && ino & VALUE_INO == 0
             {
                 // Nobody is writing: the kernel may read the committed file directly.
-                if let Ok(Some(path)) = self.backend.backing_file(&st.key) {
-                    match File::open(&path) {
-                        Ok(f) => backing = Some(f),
-                        Err(e) => log::debug!("no passthrough for {}: {e}", path.display()),
-                    }
+                match self.backend.open_backing(&st.key) {
+                    Ok(f) => backing = f,
+                    Err(e) => log::debug!("no passthrough for {}: {e}", st.key),
                 }
             }
         }
@@ -737,24 +772,61 @@ impl DsFs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.handle(fh)?;
         let mut buf = vec![0u8; size as usize];
-        let n = {
-            let st = h.inode.state.lock();
-            match &st.staged {
-                Some(staged) => staged.read_at(offset, &mut buf)?,
-                None => {
-                    let key = st.key.clone();
-                    drop(st);
-                    match self.backend.read_at(&key, offset, &mut buf) {
-                        Ok(n) => n,
-                        // An empty file created but not yet committed elsewhere.
-                        Err(e) if e.is_not_found() && self.index.value_size(&key)? == Some(0) => 0,
-                        Err(e) => return Err(FsError::store(e)),
-                    }
+        let mut tries = 0;
+        let n = loop {
+            let key = {
+                let st = h.inode.state.lock();
+                match &st.staged {
+                    Some(staged) => break staged.read_at(offset, &mut buf)?,
+                    None => st.key.clone(),
                 }
+            };
+            // The store is read without the inode's lock, so that a slow read does not stall
+            // the file's other users.
+            match self.backend.read_at(&key, offset, &mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.is_not_found() => {
+                    // A rename moves the value with the inode locked and re-keys the inode
+                    // before unlocking: once the lock is ours again, a changed key means the
+                    // value moved under us, so read it again at its new key.
+                    tries += 1;
+                    if tries < 64 && self.key_moved(h.ino, &h.inode, &key)? {
+                        continue;
+                    }
+                    // An empty file created but not yet committed elsewhere.
+                    if self.index.value_size(&key)? == Some(0) {
+                        break 0;
+                    }
+                    return Err(FsError::store(e));
+                }
+                Err(e) => return Err(FsError::store(e)),
             }
         };
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// Whether a read of an open inode that found no value at `key` should be tried again:
+    /// the value moved since (a rename, or staged writes now hold it), or it moved away and
+    /// back (two renames) so the index names a value there again. Brings the inode's key up
+    /// to date from the index.
+    fn key_moved(&self, ino: u64, inode: &OpenInode, key: &Key) -> FsResult<bool> {
+        let mut st = inode.state.lock();
+        if st.staged.is_some() || st.key != *key {
+            return Ok(true);
+        }
+        if st.unlinked {
+            return Ok(false);
+        }
+        match self.index.key_of(ino & !VALUE_INO) {
+            Ok(current) if current != *key => {
+                st.key = current;
+                Ok(true)
+            }
+            Ok(_) => Ok(self.index.value_size(key)?.is_some_and(|size| size > 0)),
+            Err(e) if e.kind() == IndexErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ensures the inode has a staging area seeded with its current value.
@@ -867,15 +939,7 @@ impl DsFs {
             return Err(FsError::BadHandle);
         };
         let result = self.commit(h.ino, &h.inode, false);
-        let mut open = self.open.write();
-        let last = {
-            let mut st = h.inode.state.lock();
-            st.opens = st.opens.saturating_sub(1);
-            st.opens == 0
-        };
-        if last {
-            open.remove(&h.ino);
-        }
+        self.forget_open(h.ino, &h.inode);
         result
     }
 
@@ -900,7 +964,7 @@ impl DsFs {
             // the state lock first and the index second, so taking it inside the transaction
             // could deadlock.
             if set.mtime.is_some()
-                && let Some(inode) = self.open.read().get(&ino).cloned()
+                && let Some(inode) = self.open_inode_of(ino)
             {
                 inode.state.lock().mtime = None;
             }
@@ -986,19 +1050,14 @@ impl DsFs {
         result
     }
 
+    /// Drops the reference `truncate` took; the last user commits (outside the table lock).
     fn drop_open_ref(&self, ino: u64, inode: &Arc<OpenInode>) {
-        let mut open = self.open.write();
-        let last = {
-            let mut st = inode.state.lock();
-            st.opens = st.opens.saturating_sub(1);
-            st.opens == 0
-        };
-        if last {
-            if let Err(e) = self.commit(ino, inode, false) {
-                log::error!("commit of inode {ino} failed: {e}");
-            }
-            open.remove(&ino);
+        if inode.opens.load(Ordering::Relaxed) <= 1
+            && let Err(e) = self.commit(ino, inode, false)
+        {
+            log::error!("commit of inode {ino} failed: {e}");
         }
+        self.forget_open(ino, inode);
     }
 
     /// Removes a file or symlink (or, for `.dsfs.value`, a directory's value).
@@ -1090,27 +1149,36 @@ impl DsFs {
         let new = self.key_of(ap)?.join_component(&an)?;
         let size = if n.kind == NodeKind::File {
             self.commit_if_open(id)?;
-            let size = self.index.value_size(&old)?.unwrap_or(0);
-            self.backend.rename(&old, &new)?;
-            Some(size)
+            Some(self.index.value_size(&old)?.unwrap_or(0))
         } else {
             None
         };
-        self.index.write(|tx| {
-            Self::keep_dir(tx, parent)?;
-            tx.unlink(parent, comp)?;
-            tx.remove_alias(id, ap, &an)?;
-            let mut node = tx.node_required(id)?;
-            node.parent = ap;
-            node.name = an.clone();
-            node.links = node.links.saturating_sub(1).max(1);
-            node.ctime = now_ts();
-            tx.put_node(id, &node)?;
-            if let Some(size) = size {
-                tx.remove_key(&old)?;
-                tx.set_key(&new, id, size)?;
-            }
-            Ok(())
+        let moves: Vec<ValueMove> = size
+            .iter()
+            .map(|&size| ValueMove {
+                from: old.clone(),
+                to: new.clone(),
+                id,
+                size,
+            })
+            .collect();
+        self.move_values(&moves, || {
+            Ok(self.index.write(|tx| {
+                Self::keep_dir(tx, parent)?;
+                tx.unlink(parent, comp)?;
+                tx.remove_alias(id, ap, &an)?;
+                let mut node = tx.node_required(id)?;
+                node.parent = ap;
+                node.name = an.clone();
+                node.links = node.links.saturating_sub(1).max(1);
+                node.ctime = now_ts();
+                tx.put_node(id, &node)?;
+                if let Some(size) = size {
+                    tx.remove_key(&old)?;
+                    tx.set_key(&new, id, size)?;
+                }
+                Ok(())
+            })?)
         })?;
         self.rekey_open()
     }
@@ -1129,7 +1197,7 @@ impl DsFs {
     /// Detaches an open inode from its key before the key goes away: its handles keep reading
     /// a private copy, and nothing of it is committed.
     fn orphan_open(&self, ino: u64) -> FsResult<()> {
-        if let Some(inode) = self.open.read().get(&ino).cloned() {
+        if let Some(inode) = self.open_inode_of(ino) {
             let snapshot = self.index.node(ino & !VALUE_INO).ok();
             let mut st = inode.state.lock();
             self.ensure_staged(&mut st)?;
@@ -1322,28 +1390,59 @@ impl DsFs {
             // A symlink replacing a file: the file's value goes.
             self.backend.delete(&new_key)?;
         }
-        for m in &moves {
-            self.backend.rename(&m.from, &m.to)?;
-        }
-        self.index.write(|tx| {
-            Self::keep_dir(tx, parent)?;
-            Self::drop_replaced(tx, newparent, &to, &dst, &new_key)?;
-            tx.unlink(parent, &from)?;
-            let mut n = tx.node_required(src)?;
-            n.parent = newparent;
-            n.name = to.clone();
-            n.ctime = now_ts();
-            tx.put_node(src, &n)?;
-            tx.link(newparent, &to, src, n.kind == NodeKind::Dir)?;
-            for m in &moves {
-                tx.remove_key(&m.from)?;
-            }
-            for m in &moves {
-                tx.set_key(&m.to, m.id, m.size)?;
-            }
-            Ok(())
+        self.move_values(&moves, || {
+            Ok(self.index.write(|tx| {
+                Self::keep_dir(tx, parent)?;
+                Self::drop_replaced(tx, newparent, &to, &dst, &new_key)?;
+                tx.unlink(parent, &from)?;
+                let mut n = tx.node_required(src)?;
+                n.parent = newparent;
+                n.name = to.clone();
+                n.ctime = now_ts();
+                tx.put_node(src, &n)?;
+                tx.link(newparent, &to, src, n.kind == NodeKind::Dir)?;
+                for m in &moves {
+                    tx.remove_key(&m.from)?;
+                }
+                for m in &moves {
+                    tx.set_key(&m.to, m.id, m.size)?;
+                }
+                Ok(())
+            })?)
         })?;
         self.rekey_open()?;
+        Ok(())
+    }
+
+    /// Moves values in the store, then runs `record` (the index transaction that names them),
+    /// with every open inode whose value moves locked throughout and re-keyed before it is
+    /// unlocked: a read, write or commit through an open handle never uses a key whose value
+    /// is gone. Inodes opened meanwhile learn their keys from [`DsFs::rekey_open`].
+    fn move_values(
+        &self,
+        moves: &[ValueMove],
+        record: impl FnOnce() -> FsResult<()>,
+    ) -> FsResult<()> {
+        let mut held: Vec<(u64, Arc<OpenInode>, &Key)> = Vec::new();
+        for m in moves {
+            for ino in [m.id, m.id | VALUE_INO] {
+                if let Some(inode) = self.open_inode_of(ino) {
+                    held.push((ino, inode, &m.to));
+                }
+            }
+        }
+        held.sort_by_key(|h| h.0);
+        held.dedup_by_key(|h| h.0);
+        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.lock()).collect();
+        for m in moves {
+            self.backend.rename(&m.from, &m.to)?;
+        }
+        record()?;
+        for (st, h) in guards.iter_mut().zip(&held) {
+            if !st.unlinked {
+                st.key = h.2.clone();
+            }
+        }
         Ok(())
     }
 
@@ -1420,7 +1519,7 @@ impl DsFs {
     }
 
     fn commit_if_open(&self, id: NodeId) -> FsResult<()> {
-        if let Some(inode) = self.open.read().get(&id).cloned() {
+        if let Some(inode) = self.open_inode_of(id) {
             self.commit(id, &inode, false)?;
         }
         Ok(())
@@ -1469,24 +1568,29 @@ impl DsFs {
         let b = self.key_of(newparent)?.join_component(to)?;
         self.commit_if_open(src)?;
         self.commit_if_open(dst)?;
-        // Swap the values through staging copies; each key is replaced atomically.
         let a_size = self.index.value_size(&a)?;
         let b_size = self.index.value_size(&b)?;
-        let a_copy = match a_size {
-            Some(_) => Some(self.backend.stage(&a, StageInit::CopyCurrent)?),
-            None => None,
-        };
-        let b_copy = match b_size {
-            Some(_) => Some(self.backend.stage(&b, StageInit::CopyCurrent)?),
-            None => None,
-        };
-        match b_copy {
-            Some(s) => self.backend.commit_staged(&a, s, false)?,
-            None => self.backend.delete(&a)?,
-        }
-        match a_copy {
-            Some(s) => self.backend.commit_staged(&b, s, false)?,
-            None => self.backend.delete(&b)?,
+        // One store operation swaps or moves the values (never a copy), then one index
+        // transaction swaps the names, with both files' open inodes locked throughout. A crash
+        // between the two leaves the values swapped and the index behind, which the repair
+        // after an unclean stop brings in line; never one value under both names.
+        let mut held: Vec<(u64, Arc<OpenInode>, &Key)> = [(src, &b), (dst, &a)]
+            .into_iter()
+            .filter_map(|(id, key)| self.open_inode_of(id).map(|i| (id, i, key)))
+            .collect();
+        held.sort_by_key(|h| h.0);
+        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.lock()).collect();
+        match (a_size, b_size) {
+            (Some(_), Some(_)) => self.backend.exchange(&a, &b).map_err(|e| {
+                if e.kind() == crate::datastore::ErrorKind::Unsupported {
+                    FsError::NotSupported(format!("RENAME_EXCHANGE: {e}"))
+                } else {
+                    FsError::store(e)
+                }
+            })?,
+            (Some(_), None) => self.backend.rename(&a, &b)?,
+            (None, Some(_)) => self.backend.rename(&b, &a)?,
+            (None, None) => {}
         }
         self.index.write(|tx| {
             tx.unlink(parent, from)?;
@@ -1514,6 +1618,12 @@ impl DsFs {
             }
             Ok(())
         })?;
+        for (st, h) in guards.iter_mut().zip(&held) {
+            if !st.unlinked {
+                st.key = h.2.clone();
+            }
+        }
+        drop(guards);
         self.rekey_open()
     }
 
@@ -1868,3 +1978,6 @@ impl Drop for DsFs {
 mod fault_tests;
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod race_tests;

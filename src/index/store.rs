@@ -183,6 +183,14 @@ impl Datastore for IndexedStore {
     fn backing_file(&self, key: &Key) -> Result<Option<std::path::PathBuf>> {
         self.backend.backing_file(key)
     }
+
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        self.backend.exchange(a, b)
+    }
+
+    fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        self.backend.open_backing(key)
+    }
 }
 
 /// Opens `backend` with `index`, reconciling them first when the index was not closed cleanly
