@@ -165,7 +165,7 @@ where
             Ok(_) if !backwards => return (out, failures),
             Ok(_) => {}
             Err(e) => {
-                log::warn!("salvage: {e}");
+                log::debug!("salvage: {e}");
                 failures += 1;
             }
         }

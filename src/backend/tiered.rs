@@ -406,10 +406,21 @@ impl Datastore for Inner {
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
         match self.loc(key)? {
             Some(Loc::Inline(v)) => Ok(copy_range(&v, offset, buf)),
-            Some(Loc::File(f)) => self
-                .files
-                .read_at(&f.id, offset, buf)
-                .map_err(|e| Inner::file_missing(key, e)),
+            Some(Loc::File(f)) => {
+                let n = self
+                    .files
+                    .read_at(&f.id, offset, buf)
+                    .map_err(|e| Inner::file_missing(key, e))?;
+                // A short read before the recorded end: the file was truncated behind our back.
+                if let Some(size) = f.size
+                    && n < buf.len()
+                    && offset.saturating_add(n as u64) < size
+                {
+                    let found = self.files.get_size(&f.id).unwrap_or(0);
+                    return Err(Inner::wrong_size(key, size, found));
+                }
+                Ok(n)
+            }
             None => Err(Error::not_found()),
         }
     }
@@ -712,15 +723,48 @@ impl Inner {
                 }
             })
             .collect();
+        // After records were salvaged from a damaged file, an unreferenced file may be the
+        // only copy of a lost value: it is kept in lost+found rather than deleted.
+        let salvaged = self.records_were_salvaged();
         for id in ids {
             if !referenced.contains(&id) {
-                problems.push(format!("unreferenced file {id}"));
-                if repair {
-                    self.files.delete(&id)?;
+                if salvaged {
+                    let note = if repair { " (kept in lost+found)" } else { "" };
+                    problems.push(format!(
+                        "unreferenced file {id}, perhaps of a record lost with the damaged records file{note}"
+                    ));
+                    if repair {
+                        files.keep_aside(&id);
+                    }
+                } else {
+                    problems.push(format!("unreferenced file {id}"));
+                    if repair {
+                        self.files.delete(&id)?;
+                    }
                 }
             }
         }
         Ok(problems)
+    }
+
+    /// Whether a damaged records file was ever moved aside here (`records.redb.corrupt-*`).
+    fn records_were_salvaged(&self) -> bool {
+        let path = self.records.path();
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return false;
+        };
+        let prefix = format!("{}.corrupt-", name.to_string_lossy());
+        std::fs::read_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        })
+        .unwrap_or(false)
     }
 
     /// A cheap second handle on the file tier for query iterators (which must be `'static`).

@@ -664,6 +664,14 @@ fn copy_out(store: &dyn Datastore, key: &Key, out: &mut dyn Write) -> Result<(),
         out.write_all(&buf[..n]).map_err(out_err)?;
         offset += n as u64;
     }
+    if offset < size {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{key}: the value ended after {offset} of its {size} bytes (damaged? 'dsfs fsck' checks)"
+            ),
+        ));
+    }
     Ok(())
 }
 
