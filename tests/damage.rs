@@ -327,7 +327,7 @@ fn reindex_with_a_missing_file_keeps_every_other_key() {
     std::fs::remove_file(blob_of_size(&repo, BIG1)).unwrap();
     run(dsfs(&repo).arg("reindex"));
     assert_eq!(ok(dsfs(&repo).args(["get", "/s/k001"])), "small 1");
-    assert!(ok(dsfs(&repo).arg("ls")).lines().count() >= SMALL + 1);
+    assert!(ok(dsfs(&repo).arg("ls")).lines().count() > SMALL);
 }
 
 /// Kill -9 during a big copy through the mount, then a plain `fsck` (which must not hide the
@@ -410,7 +410,8 @@ fn kill_9_loop_during_a_mixed_workload_loses_nothing_fsynced_and_leaves_no_debri
     let repo = PathBuf::from(&m.spec);
     let fio = Command::new("fio").arg("--version").output().is_ok();
     // (relative path, contents) of every file whose fsync returned.
-    let durable: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::new(Mutex::new(Vec::new()));
+    type Fsynced = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let durable: Fsynced = Arc::new(Mutex::new(Vec::new()));
     for round in 0..ROUNDS {
         m.mount_foreground();
         // Everything fsynced in earlier rounds survived the crashes since.
@@ -479,7 +480,11 @@ fn kill_9_loop_during_a_mixed_workload_loses_nothing_fsynced_and_leaves_no_debri
                 .unwrap()
         });
         std::thread::sleep(Duration::from_millis(150 + (round as u64 * 37) % 400));
-        m.kill9();
+        // Kill the daemon, and stop the workload while the dead mount still answers ENOTCONN:
+        // after the detach a late writer would write into the bare mount point instead.
+        let mut daemon = m.child.take().expect("a foreground daemon");
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
         renamer.join().unwrap();
@@ -489,6 +494,12 @@ fn kill_9_loop_during_a_mixed_workload_loses_nothing_fsynced_and_leaves_no_debri
             let _ = f.kill();
             let _ = f.wait();
         }
+        Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&m.mnt)
+            .output()
+            .unwrap();
+        wait_mounted(&m.mnt, false, Duration::from_secs(10));
         // A mount recovers from the crash (reconcile and scrub); after a clean unmount fsck
         // finds nothing.
         m.mount();
@@ -510,4 +521,59 @@ fn kill_9_loop_during_a_mixed_workload_loses_nothing_fsynced_and_leaves_no_debri
         "{ROUNDS} kills; {} fsynced files checked",
         durable.lock().unwrap().len()
     );
+}
+
+/// What only the index knows (an explicit empty directory, a symlink, a mode, an xattr) is
+/// carried over from an index file that was moved aside into the index rebuilt from the store.
+#[test]
+fn a_rebuilt_index_keeps_what_still_reads_in_the_old_file() {
+    use dsfs::Datastore;
+    use dsfs::index::{Node, NodeKind, ROOT, reconcile, salvage};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = make_repo(dir.path());
+    let spec = dsfs::spec::StoreSpec::parse(repo.to_str().unwrap()).unwrap();
+    {
+        let opened = dsfs::spec::open(&spec, dsfs::spec::OpenMode::default()).unwrap();
+        let index = opened.store.index();
+        let (file, _) = index.resolve(&dsfs::Key::new("/big1")).unwrap().unwrap();
+        index
+            .write(|tx| {
+                let mut d = Node::new(NodeKind::Dir, ROOT, "empty", 0o700, 1, 2);
+                d.explicit = true;
+                tx.create(ROOT, "empty", d)?;
+                let mut l = Node::new(NodeKind::Symlink, ROOT, "link", 0o777, 0, 0);
+                l.target = b"/big1".to_vec();
+                tx.create(ROOT, "link", l)?;
+                let mut f = tx.node_required(file)?;
+                f.mode = 0o600;
+                tx.put_node(file, &f)?;
+                tx.set_xattr(file, "user.note", Some(b"kept"))?;
+                Ok(())
+            })
+            .unwrap();
+        opened.store.close().unwrap();
+    }
+    let old = salvage::move_aside(&repo.join("index.redb")).unwrap();
+    let opened = dsfs::spec::open(&spec, dsfs::spec::OpenMode::default()).unwrap();
+    let index = opened.store.index();
+    assert!(index.resolve(&dsfs::Key::new("/empty")).unwrap().is_none());
+    reconcile::reindex(index, opened.store.backend().as_ref(), &mut |_| {}).unwrap();
+    let report = salvage::restore(index, &old);
+    assert!(report.opened && report.nodes_restored >= 3, "{report:?}");
+    let (_, empty) = index.resolve(&dsfs::Key::new("/empty")).unwrap().unwrap();
+    assert!(empty.explicit && empty.kind == NodeKind::Dir);
+    assert_eq!((empty.mode & 0o7777, empty.uid, empty.gid), (0o700, 1, 2));
+    let (_, link) = index.resolve(&dsfs::Key::new("/link")).unwrap().unwrap();
+    assert_eq!(
+        (link.kind, link.target.as_slice()),
+        (NodeKind::Symlink, &b"/big1"[..])
+    );
+    let (file, f) = index.resolve(&dsfs::Key::new("/big1")).unwrap().unwrap();
+    assert_eq!(f.mode & 0o7777, 0o600);
+    assert_eq!(
+        index.xattr(file, "user.note").unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(index.key_count().unwrap(), (SMALL + 2) as u64);
+    opened.store.close().unwrap();
 }

@@ -484,7 +484,7 @@ impl Index {
             Ok(crate::redb_guard::iter(
                 "index: scanning keys",
                 entries,
-                |m| IndexError::corrupt(m),
+                IndexError::corrupt,
             ))
         })
     }
