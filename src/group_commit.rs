@@ -198,8 +198,8 @@ fn run(shared: Arc<Shared>) {
 pub fn redb_error(context: &str, err: impl Into<redb::Error>) -> Error {
     let err: redb::Error = err.into();
     let kind = match &err {
+        e if crate::redb_guard::is_corruption(e) => ErrorKind::Corrupt,
         redb::Error::DatabaseAlreadyOpen => ErrorKind::Locked,
-        redb::Error::Corrupted(_) => ErrorKind::Corrupt,
         redb::Error::ValueTooLarge(_) => ErrorKind::InvalidArgument,
         redb::Error::Io(io) => match io.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,

@@ -13,6 +13,7 @@ pub mod datastore;
 pub mod fs;
 pub mod group_commit;
 pub mod index;
+pub mod redb_guard;
 pub mod space;
 pub mod spec;
 pub mod sys;

@@ -35,6 +35,7 @@ use crate::backend::tiered::TieredOptions;
 use crate::backend::{FlatFsStore, MemStore, MountStore, RedbStore, TieredStore};
 use crate::datastore::{Datastore, Error, ErrorKind, Key, Result};
 use crate::index::reconcile::Report;
+use crate::index::salvage::{Salvaged, SetAside, open_or_set_aside, rebuild};
 use crate::index::store::open_reconciled;
 use crate::index::{Index, IndexOptions, IndexedStore};
 
@@ -56,6 +57,9 @@ pub struct StoreSpec {
     pub shard: Option<String>,
     /// flatfs `sync`: fsync every put.
     pub sync: bool,
+    /// Verify every page of redb files when opening them (`fsck`, `reindex`): a damaged file
+    /// is then found at once and salvaged. Not part of the spec's text.
+    pub check_integrity: bool,
     /// flatfs `encode`: store keys outside flatfs's alphabet under reversible encoded names.
     pub encode: bool,
 }
@@ -128,6 +132,7 @@ impl StoreSpec {
             durable: false,
             shard: None,
             sync: false,
+            check_integrity: false,
             encode: false,
         };
         for opt in options.into_iter().flat_map(|o| o.split('&')) {
@@ -202,6 +207,7 @@ impl StoreSpec {
             durable: false,
             shard: None,
             sync: false,
+            check_integrity: false,
             encode: false,
         })
     }
@@ -211,7 +217,8 @@ impl StoreSpec {
         match &self.kind {
             SpecKind::Mem => Ok(Arc::new(MemStore::new())),
             SpecKind::Redb(path) => {
-                Ok(Arc::new(RedbStore::open(path, redb_options(self.durable))?))
+                let options = redb_options(self.durable, self.check_integrity);
+                Ok(Arc::new(RedbStore::open_salvaging(path, options)?.0))
             }
             SpecKind::Flatfs(path) => {
                 let shard = match &self.shard {
@@ -312,6 +319,8 @@ pub struct Opened {
     pub description: String,
     /// What the automatic reconcile after an unclean stop changed, if it ran.
     pub reconciled: Option<Report>,
+    /// What was carried over when a damaged index was moved aside and rebuilt, if it was.
+    pub rebuilt: Option<Salvaged>,
 }
 
 /// How to open a store.
@@ -323,7 +332,16 @@ pub struct OpenMode {
 
 /// Opens the store a spec names, with its index.
 pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
-    let index_options = IndexOptions::default();
+    let index_options = IndexOptions {
+        check_integrity: spec.check_integrity,
+        ..IndexOptions::default()
+    };
+    let mut aside: Option<SetAside> = None;
+    let mut open_index = |path: &Path, options: IndexOptions| -> Result<Index> {
+        let (index, set_aside) = open_or_set_aside(path, options)?;
+        aside = set_aside;
+        Ok(index)
+    };
     let (backend, index, description): (Arc<dyn Datastore>, Index, String) = match &spec.kind {
         SpecKind::Mem => (
             spec.open_simple()?,
@@ -337,7 +355,7 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             }
             let backend: Arc<dyn Datastore> = Arc::new(MountStore::new(mounts)?);
             let index = match &spec.index {
-                Some(p) => Index::open(p, index_options)?,
+                Some(p) => open_index(p, index_options)?,
                 None => Index::in_memory(index_options)?,
             };
             (
@@ -361,13 +379,14 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
                 base,
                 contained: true,
                 durable: spec.durable,
+                check_integrity: spec.check_integrity,
             };
             let backend = opener.open(&tree).map_err(|e| e.context(file.display()))?;
             let index_path = spec
                 .index
                 .clone()
                 .unwrap_or_else(|| append_ext(file, "index.redb"));
-            let index = Index::open(&index_path, index_options)?;
+            let index = open_index(&index_path, index_options)?;
             (
                 backend,
                 index,
@@ -380,7 +399,7 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
                 .index
                 .clone()
                 .unwrap_or_else(|| append_ext(path, "index"));
-            let index = Index::open(&index_path, index_options)?;
+            let index = open_index(&index_path, index_options)?;
             (
                 backend,
                 index,
@@ -393,7 +412,7 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
                 .index
                 .clone()
                 .unwrap_or_else(|| path.join(FLATFS_INDEX));
-            let index = Index::open(&index_path, index_options)?;
+            let index = open_index(&index_path, index_options)?;
             (
                 backend,
                 index,
@@ -421,13 +440,14 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
                 base: ipfs_path,
                 contained: false,
                 durable: spec.durable,
+                check_integrity: spec.check_integrity,
             };
             let backend = opener.open(&tree)?;
             let index_path = spec
                 .index
                 .clone()
                 .unwrap_or_else(|| ipfs_path.join("dsfs-index.redb"));
-            let index = Index::open(&index_path, index_options)?;
+            let index = open_index(&index_path, index_options)?;
             (
                 backend,
                 index,
@@ -446,13 +466,17 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
                 ..index_options
             };
             let index_path = spec.index.clone().unwrap_or_else(|| repo.index_path());
-            let index = Index::open(&index_path, index_options)?;
+            let index = open_index(&index_path, index_options)?;
             let backend = repo.open_datastore(spec)?;
             (backend, index, format!("repository {}", dir.display()))
         }
     };
     let index = Arc::new(index);
-    let (store, reconciled) = if mode.no_reconcile {
+    let rebuilt = match &aside {
+        Some(a) => Some(rebuild(&index, backend.as_ref(), a)?.1),
+        None => None,
+    };
+    let (store, reconciled) = if mode.no_reconcile || rebuilt.is_some() {
         (IndexedStore::new(backend, index), None)
     } else {
         open_reconciled(backend, index)?
@@ -461,12 +485,14 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         store: Arc::new(store),
         description,
         reconciled,
+        rebuilt,
     })
 }
 
-fn redb_options(durable: bool) -> RedbOptions {
+fn redb_options(durable: bool, check_integrity: bool) -> RedbOptions {
     RedbOptions {
         durable_puts: durable,
+        check_integrity,
         ..RedbOptions::default()
     }
 }
@@ -636,6 +662,7 @@ impl Repo {
             base: &self.dir,
             contained: true,
             durable: spec.durable,
+            check_integrity: spec.check_integrity,
         }
         .open(ds)
         .map_err(|e| e.context(self.dir.join(REPO_FILE).display()))
@@ -683,6 +710,8 @@ struct TreeOpener<'a> {
     contained: bool,
     /// fsync every redb write.
     durable: bool,
+    /// Verify redb files when opening them.
+    check_integrity: bool,
 }
 
 impl TreeOpener<'_> {
@@ -742,10 +771,10 @@ impl TreeOpener<'_> {
                         .get("durable")
                         .and_then(Value::as_bool)
                         .unwrap_or(false);
-                Ok(Arc::new(RedbStore::open(
-                    self.path(node)?,
-                    redb_options(durable),
-                )?))
+                let options = redb_options(durable, self.check_integrity);
+                Ok(Arc::new(
+                    RedbStore::open_salvaging(self.path(node)?, options)?.0,
+                ))
             }
             "tiered" => {
                 let dir = self.path(node)?;
@@ -760,7 +789,7 @@ impl TreeOpener<'_> {
                     &dir.join("files"),
                     TieredOptions {
                         threshold,
-                        redb: redb_options(self.durable),
+                        redb: redb_options(self.durable, self.check_integrity),
                         sync_files: false,
                     },
                 )?))

@@ -571,6 +571,16 @@ impl Datastore for MountStore {
         Ok(all)
     }
 
+    fn verify(&self, repair: bool) -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        for m in &self.mounts {
+            for p in m.store.verify(repair)? {
+                all.push(format!("{}: {p}", m.prefix));
+            }
+        }
+        Ok(all)
+    }
+
     fn staging_dir(&self) -> PathBuf {
         self.mounts
             .iter()

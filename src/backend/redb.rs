@@ -22,6 +22,12 @@ use crate::group_commit::{self, GroupCommit, redb_error};
 
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
 
+/// Runs code that calls redb, turning a redb panic on a damaged file into a
+/// [`crate::ErrorKind::Corrupt`] error.
+fn guard<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    crate::redb_guard::catch(what, f, Error::corrupt_text)
+}
+
 /// Options for opening a [`RedbStore`].
 #[derive(Clone, Debug)]
 pub struct RedbOptions {
@@ -32,6 +38,9 @@ pub struct RedbOptions {
     pub commit_interval: Option<Duration>,
     /// redb's page cache size in bytes.
     pub cache_size: usize,
+    /// Verify every page's checksum when opening (reads the whole file), so that a damaged
+    /// file fails to open as [`crate::ErrorKind::Corrupt`] rather than failing later.
+    pub check_integrity: bool,
 }
 
 impl Default for RedbOptions {
@@ -40,6 +49,7 @@ impl Default for RedbOptions {
             durable_puts: false,
             commit_interval: Some(group_commit::DEFAULT_INTERVAL),
             cache_size: 64 << 20,
+            check_integrity: false,
         }
     }
 }
@@ -57,26 +67,96 @@ impl RedbStore {
     /// Opens the database at `path`, creating it if it does not exist. Fails with
     /// [`crate::ErrorKind::Locked`] if another process has it open.
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<RedbStore> {
-        let path = path.as_ref().to_path_buf();
-        let mut builder = Database::builder();
-        builder.set_cache_size(options.cache_size);
-        let db = crate::space::open_redb(&builder, &path)
-            .map_err(|e| redb_error(&format!("opening redb store {}", path.display()), e))?;
-        let txn = db
-            .begin_write()
-            .map_err(|e| redb_error("starting a transaction", e))?;
-        txn.open_table(VALUES)
-            .map_err(|e| redb_error("creating the values table", e))?;
-        txn.commit().map_err(|e| redb_error("committing", e))?;
-        let db = Arc::new(db);
-        let commits = GroupCommit::start(db.clone(), options.commit_interval, "values");
-        Ok(RedbStore {
-            db,
-            path,
-            options,
-            commits,
-            closed: AtomicBool::new(false),
+        guard("redb store: open", || {
+            let path = path.as_ref().to_path_buf();
+            let mut builder = Database::builder();
+            builder
+                .set_cache_size(options.cache_size)
+                .set_check_integrity_on_open(options.check_integrity);
+            let db = crate::space::open_redb(&builder, &path)
+                .map_err(|e| redb_error(&format!("opening redb store {}", path.display()), e))?;
+            let txn = db
+                .begin_write()
+                .map_err(|e| redb_error("starting a transaction", e))?;
+            txn.open_table(VALUES)
+                .map_err(|e| redb_error("creating the values table", e))?;
+            txn.commit().map_err(|e| redb_error("committing", e))?;
+            let db = Arc::new(db);
+            let commits = GroupCommit::start(db.clone(), options.commit_interval, "values");
+            Ok(RedbStore {
+                db,
+                path,
+                options,
+                commits,
+                closed: AtomicBool::new(false),
+            })
         })
+    }
+
+    /// Opens the database at `path` like [`RedbStore::open`]; if the file is damaged, moves it
+    /// aside (`<name>.corrupt-<unix seconds>`), creates a fresh one and copies into it every
+    /// record that still reads. Returns the store and, after a salvage, one line saying what
+    /// happened (also logged).
+    pub fn open_salvaging(
+        path: impl AsRef<Path>,
+        options: RedbOptions,
+    ) -> Result<(RedbStore, Option<String>)> {
+        let path = path.as_ref();
+        let why = match RedbStore::open(path, options.clone()) {
+            Ok(store) => return Ok((store, None)),
+            Err(e) if e.kind() == crate::ErrorKind::Corrupt => e,
+            Err(e) => return Err(e),
+        };
+        let aside = crate::index::salvage::move_aside(path).map_err(|e| {
+            Error::io(
+                format!(
+                    "{} is damaged ({why}) and could not be moved aside",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+        let store = RedbStore::open(path, options)?;
+        let opened = guard("opening a damaged store", || {
+            Database::builder()
+                .open_read_only(&aside)
+                .map_err(|e| redb_error("opening a damaged store", e))
+        });
+        let (records, unreadable) = match opened {
+            Ok(old) => {
+                let (records, bad) = crate::redb_guard::salvage_table(&old, VALUES, |k, v| {
+                    Some((k.to_owned(), v.to_vec()))
+                });
+                (records, bad)
+            }
+            Err(e) => {
+                log::warn!("salvage: {e}");
+                (Default::default(), 1)
+            }
+        };
+        let copied = records.len();
+        for chunk in records.into_iter().collect::<Vec<_>>().chunks(1024) {
+            store.write(|t| {
+                for (k, v) in chunk {
+                    t.insert(k.as_str(), v.as_slice())
+                        .map_err(|e| redb_error("salvaging", e))?;
+                }
+                Ok(())
+            })?;
+        }
+        store.sync(&Key::root())?;
+        let line = format!(
+            "{} was damaged ({why}); moved it to {} and salvaged {copied} readable records into a new file{}",
+            path.display(),
+            aside.display(),
+            if unreadable > 0 {
+                " (some parts could not be read: their keys are missing now; 'dsfs fsck' lists them)"
+            } else {
+                ""
+            }
+        );
+        log::warn!("{line}");
+        Ok((store, Some(line)))
     }
 
     /// The database file.
@@ -93,79 +173,91 @@ impl RedbStore {
     }
 
     fn write(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>) -> Result<()> {
-        self.check_open()?;
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| redb_error("starting a write", e))?;
-        if !self.options.durable_puts {
-            txn.set_durability(Durability::None)
-                .map_err(|e| redb_error("setting durability", e))?;
-        }
-        {
-            let mut table = txn
-                .open_table(VALUES)
-                .map_err(|e| redb_error("opening the values table", e))?;
-            f(&mut table)?;
-        }
-        txn.commit()
-            .map_err(|e| redb_error("committing a write", e))?;
-        if !self.options.durable_puts {
-            self.commits.mark_dirty();
-        }
-        Ok(())
+        guard("redb store: write", || {
+            self.check_open()?;
+            let mut txn = self
+                .db
+                .begin_write()
+                .map_err(|e| redb_error("starting a write", e))?;
+            if !self.options.durable_puts {
+                txn.set_durability(Durability::None)
+                    .map_err(|e| redb_error("setting durability", e))?;
+            }
+            {
+                let mut table = txn
+                    .open_table(VALUES)
+                    .map_err(|e| redb_error("opening the values table", e))?;
+                f(&mut table)?;
+            }
+            txn.commit()
+                .map_err(|e| redb_error("committing a write", e))?;
+            if !self.options.durable_puts {
+                self.commits.mark_dirty();
+            }
+            Ok(())
+        })
     }
 
     fn read_table(&self) -> Result<redb::ReadOnlyTable<&'static str, &'static [u8]>> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| redb_error("starting a read", e))?;
-        txn.open_table(VALUES)
-            .map_err(|e| redb_error("opening the values table", e))
+        guard("redb store: read_table", || {
+            let txn = self
+                .db
+                .begin_read()
+                .map_err(|e| redb_error("starting a read", e))?;
+            txn.open_table(VALUES)
+                .map_err(|e| redb_error("opening the values table", e))
+        })
     }
 }
 
 impl Datastore for RedbStore {
     fn get(&self, key: &Key) -> Result<Vec<u8>> {
-        let table = self.read_table()?;
-        match table
-            .get(key.as_str())
-            .map_err(|e| redb_error("reading", e))?
-        {
-            Some(v) => Ok(v.value().to_vec()),
-            None => Err(Error::not_found()),
-        }
+        guard("redb store: get", || {
+            let table = self.read_table()?;
+            match table
+                .get(key.as_str())
+                .map_err(|e| redb_error("reading", e))?
+            {
+                Some(v) => Ok(v.value().to_vec()),
+                None => Err(Error::not_found()),
+            }
+        })
     }
 
     fn has(&self, key: &Key) -> Result<bool> {
-        let table = self.read_table()?;
-        Ok(table
-            .get(key.as_str())
-            .map_err(|e| redb_error("reading", e))?
-            .is_some())
+        guard("redb store: has", || {
+            let table = self.read_table()?;
+            Ok(table
+                .get(key.as_str())
+                .map_err(|e| redb_error("reading", e))?
+                .is_some())
+        })
     }
 
     fn get_size(&self, key: &Key) -> Result<u64> {
-        let table = self.read_table()?;
-        match table
-            .get(key.as_str())
-            .map_err(|e| redb_error("reading", e))?
-        {
-            Some(v) => Ok(v.value().len() as u64),
-            None => Err(Error::not_found()),
-        }
+        guard("redb store: get_size", || {
+            let table = self.read_table()?;
+            match table
+                .get(key.as_str())
+                .map_err(|e| redb_error("reading", e))?
+            {
+                Some(v) => Ok(v.value().len() as u64),
+                None => Err(Error::not_found()),
+            }
+        })
     }
 
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let table = self.read_table()?;
-        match table
-            .get(key.as_str())
-            .map_err(|e| redb_error("reading", e))?
-        {
-            Some(v) => Ok(copy_range(v.value(), offset, buf)),
-            None => Err(Error::not_found()),
-        }
+        guard("redb store: read_at", || {
+            let table = self.read_table()?;
+            match table
+                .get(key.as_str())
+                .map_err(|e| redb_error("reading", e))?
+            {
+                Some(v) => Ok(copy_range(v.value(), offset, buf)),
+                None => Err(Error::not_found()),
+            }
+        })
     }
 
     fn put(&self, key: &Key, value: &[u8]) -> Result<()> {
@@ -185,40 +277,50 @@ impl Datastore for RedbStore {
     }
 
     fn query(&self, q: Query) -> Result<Results> {
-        let table = self.read_table()?;
-        let prefix = q.prefix_key();
-        let range = match query::prefix_range(prefix.as_ref()) {
-            Some((lo, hi)) => {
-                table.range::<&str>((Bound::Included(lo.as_str()), Bound::Excluded(hi.as_str())))
+        guard("redb store: query", || {
+            let table = self.read_table()?;
+            let prefix = q.prefix_key();
+            let range = match query::prefix_range(prefix.as_ref()) {
+                Some((lo, hi)) => table
+                    .range::<&str>((Bound::Included(lo.as_str()), Bound::Excluded(hi.as_str()))),
+                None => table.range::<&str>(..),
             }
-            None => table.range::<&str>(..),
-        }
-        .map_err(|e| redb_error("starting a scan", e))?;
-        let keys_only = q.keys_only;
-        let entries: EntryIter = Box::new(range.map(move |item| {
-            let (k, v) = item.map_err(|e| redb_error("scanning", e))?;
-            let key = Key::from_raw(k.value().to_owned())?;
-            let value = v.value();
-            Ok(if keys_only {
-                Entry::key_only(key, Some(value.len() as u64))
-            } else {
-                Entry::with_value(key, value.to_vec())
-            })
-        }));
-        let it = query::naive_apply(&q, entries, true);
-        Ok(Results::new(q, it))
+            .map_err(|e| redb_error("starting a scan", e))?;
+            let keys_only = q.keys_only;
+            let entries: EntryIter = Box::new(range.map(move |item| {
+                let (k, v) = item.map_err(|e| redb_error("scanning", e))?;
+                let key = Key::from_raw(k.value().to_owned())?;
+                let value = v.value();
+                Ok(if keys_only {
+                    Entry::key_only(key, Some(value.len() as u64))
+                } else {
+                    Entry::with_value(key, value.to_vec())
+                })
+            }));
+            let entries: EntryIter = Box::new(crate::redb_guard::iter(
+                "redb store: scanning",
+                entries,
+                Error::corrupt_text,
+            ));
+            let it = query::naive_apply(&q, entries, true);
+            Ok(Results::new(q, it))
+        })
     }
 
     fn sync(&self, _prefix: &Key) -> Result<()> {
-        self.check_open()?;
-        self.commits.flush()
+        guard("redb store: sync", || {
+            self.check_open()?;
+            self.commits.flush()
+        })
     }
 
     fn close(&self) -> Result<()> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        self.commits.stop()
+        guard("redb store: close", || {
+            if self.closed.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
+            self.commits.stop()
+        })
     }
 
     fn capabilities(&self) -> Capabilities {

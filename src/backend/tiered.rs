@@ -14,7 +14,16 @@
 //! moment therefore finds each record pointing at a complete file (its old or its new value),
 //! and leaves at worst unreferenced files, which [`Datastore::scrub`] removes.
 //!
-//! Record format: one tag byte, then either the value (`0`) or the file id in ASCII (`1`).
+//! Record format: one tag byte, then
+//! * `0`: the value itself;
+//! * `1`: the file id in ASCII (records written before sizes and hashes were kept);
+//! * `2`: the value's size (u64, little endian), its sha2-256 (32 bytes), the file id;
+//! * `3`: the value's size, the file id (a staged value written out of order: no hash).
+//!
+//! The size lets [`Datastore::scrub`] find a truncated or missing file with one `stat`, and
+//! the hash lets [`Datastore::verify`] find an altered one. The hash is computed while the value
+//! is written (from the bytes of a `put`, or as a staged file is written in order), never by
+//! reading a file back on the write path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -35,6 +44,8 @@ use crate::datastore::{
 
 const INLINE: u8 = 0;
 const FILE: u8 = 1;
+const FILE_HASHED: u8 = 2;
+const FILE_SIZED: u8 = 3;
 /// The default size from which a value is stored as a file.
 pub const DEFAULT_THRESHOLD: u64 = 64 << 10;
 /// Key striping for per-key write serialisation.
@@ -44,21 +55,54 @@ const STRIPES: usize = 64;
 #[derive(PartialEq, Eq)]
 enum Loc {
     Inline(Vec<u8>),
-    File(Key),
+    File(FileRef),
+}
+
+/// A record's pointer to the file holding a value.
+#[derive(Clone, PartialEq, Eq)]
+struct FileRef {
+    id: Key,
+    /// The value's size when it was written (absent in old records).
+    size: Option<u64>,
+    /// The value's sha2-256 when it was written (absent in old records and for values
+    /// written out of order).
+    hash: Option<[u8; 32]>,
 }
 
 fn decode(key: &Key, rec: Vec<u8>) -> Result<Loc> {
+    let file = |rest: &[u8], size: Option<u64>, hash: Option<[u8; 32]>| -> Result<Loc> {
+        let id = std::str::from_utf8(rest).map_err(|_| corrupt(key))?;
+        Ok(Loc::File(FileRef {
+            id: Key::from_raw(id.to_owned()).map_err(|_| corrupt(key))?,
+            size,
+            hash,
+        }))
+    };
+    let u64_at = |b: &[u8]| -> Result<u64> {
+        let a: [u8; 8] = b
+            .get(..8)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| corrupt(key))?;
+        Ok(u64::from_le_bytes(a))
+    };
     match rec.first() {
         Some(&INLINE) => {
             let mut v = rec;
             v.remove(0);
             Ok(Loc::Inline(v))
         }
-        Some(&FILE) => {
-            let id = std::str::from_utf8(&rec[1..]).map_err(|_| corrupt(key))?;
-            Ok(Loc::File(
-                Key::from_raw(id.to_owned()).map_err(|_| corrupt(key))?,
-            ))
+        Some(&FILE) => file(&rec[1..], None, None),
+        Some(&FILE_HASHED) => {
+            let size = u64_at(&rec[1..])?;
+            let hash: [u8; 32] = rec
+                .get(9..41)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| corrupt(key))?;
+            file(&rec[41..], Some(size), Some(hash))
+        }
+        Some(&FILE_SIZED) => {
+            let size = u64_at(&rec[1..])?;
+            file(rec.get(9..).ok_or_else(|| corrupt(key))?, Some(size), None)
         }
         _ => Err(corrupt(key)),
     }
@@ -78,11 +122,28 @@ fn inline_record(value: &[u8]) -> Vec<u8> {
     r
 }
 
-fn file_record(id: &Key) -> Vec<u8> {
-    let mut r = Vec::with_capacity(id.as_str().len() + 1);
-    r.push(FILE);
+fn file_record(id: &Key, size: u64, hash: Option<[u8; 32]>) -> Vec<u8> {
+    let mut r = Vec::with_capacity(id.as_str().len() + 41);
+    match hash {
+        Some(h) => {
+            r.push(FILE_HASHED);
+            r.extend_from_slice(&size.to_le_bytes());
+            r.extend_from_slice(&h);
+        }
+        None => {
+            r.push(FILE_SIZED);
+            r.extend_from_slice(&size.to_le_bytes());
+        }
+    }
     r.extend_from_slice(id.as_bytes());
     r
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_slice());
+    out
 }
 
 /// A fresh file id: 16 random bytes in base32, a valid flatfs key.
@@ -151,7 +212,7 @@ impl TieredStore {
         files_dir: &Path,
         options: TieredOptions,
     ) -> Result<TieredStore> {
-        let records = RedbStore::open(records_path, options.redb.clone())?;
+        let (records, _salvaged) = RedbStore::open_salvaging(records_path, options.redb.clone())?;
         let files = FlatFsStore::create_or_open(
             files_dir,
             ShardFn::NextToLast(2),
@@ -275,10 +336,17 @@ impl Inner {
         }
     }
 
+    fn wrong_size(key: &Key, recorded: u64, found: u64) -> Error {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("tiered: the file holding {key} has {found} bytes but {recorded} were written"),
+        )
+    }
+
     /// Queues the file a record no longer points to for deletion once that record is durable.
     fn drop_file(&self, old: Option<Loc>) {
         self.mark_dirty();
-        if let Some(Loc::File(id)) = old {
+        if let Some(Loc::File(FileRef { id, .. })) = old {
             let full = {
                 let mut r = self.retired.lock();
                 r.push(id);
@@ -307,19 +375,19 @@ impl Inner {
         &self,
         key: &Key,
         inline: impl Fn(&[u8]) -> T,
-        file: impl Fn(&Key) -> Result<T>,
+        file: impl Fn(&FileRef) -> Result<T>,
     ) -> Result<T> {
         let mut loc = self.loc(key)?;
         loop {
-            let id = match loc {
+            let f = match loc {
                 None => return Err(Error::not_found()),
                 Some(Loc::Inline(v)) => return Ok(inline(&v)),
-                Some(Loc::File(id)) => id,
+                Some(Loc::File(f)) => f,
             };
-            match file(&id) {
+            match file(&f) {
                 Err(e) if e.is_not_found() => {
                     let now = self.loc(key)?;
-                    if now.as_ref() == Some(&Loc::File(id)) {
+                    if now.as_ref() == Some(&Loc::File(f)) {
                         return Err(Inner::file_missing(key, e));
                     }
                     loc = now;
@@ -332,7 +400,19 @@ impl Inner {
 
 impl Datastore for Inner {
     fn get(&self, key: &Key) -> Result<Vec<u8>> {
-        self.read_value(key, |v| v.to_vec(), |id| self.files.get(id))
+        self.read_value(
+            key,
+            |v| v.to_vec(),
+            |f| {
+                let v = self.files.get(&f.id)?;
+                match f.size {
+                    Some(size) if size != v.len() as u64 => {
+                        Err(Inner::wrong_size(key, size, v.len() as u64))
+                    }
+                    _ => Ok(v),
+                }
+            },
+        )
     }
 
     fn has(&self, key: &Key) -> Result<bool> {
@@ -340,16 +420,35 @@ impl Datastore for Inner {
     }
 
     fn get_size(&self, key: &Key) -> Result<u64> {
-        self.read_value(key, |v| v.len() as u64, |id| self.files.get_size(id))
+        self.read_value(
+            key,
+            |v| v.len() as u64,
+            |f| match f.size {
+                Some(size) => Ok(size),
+                None => self.files.get_size(&f.id),
+            },
+        )
     }
 
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let len = buf.len();
         // The buffer is filled by whichever attempt succeeds; a failed one wrote nothing.
         let buf = std::cell::RefCell::new(buf);
         self.read_value(
             key,
             |v| copy_range(v, offset, &mut buf.borrow_mut()),
-            |id| self.files.read_at(id, offset, &mut buf.borrow_mut()),
+            |f| {
+                let n = self.files.read_at(&f.id, offset, &mut buf.borrow_mut())?;
+                // A short read before the recorded end: the file was truncated behind our back.
+                if let Some(size) = f.size
+                    && n < len
+                    && offset.saturating_add(n as u64) < size
+                {
+                    let found = self.files.get_size(&f.id).unwrap_or(0);
+                    return Err(Inner::wrong_size(key, size, found));
+                }
+                Ok(n)
+            },
         )
     }
 
@@ -359,7 +458,8 @@ impl Datastore for Inner {
         if value.len() as u64 >= self.threshold {
             let id = new_file_id();
             self.files.put(&id, value)?;
-            if let Err(e) = self.records.put(key, &file_record(&id)) {
+            let record = file_record(&id, value.len() as u64, Some(sha256(value)));
+            if let Err(e) = self.records.put(key, &record) {
                 let _ = self.files.delete(&id);
                 return Err(e);
             }
@@ -399,17 +499,25 @@ impl Datastore for Inner {
                             Entry::with_value(e.key, v)
                         }
                     }
-                    Loc::File(id) => {
+                    Loc::File(f) => {
                         let key = e.key;
                         if keys_only {
-                            let size = files
-                                .get_size(&id)
-                                .map_err(|err| Inner::file_missing(&key, err))?;
+                            let size = match f.size {
+                                Some(size) => size,
+                                None => files
+                                    .get_size(&f.id)
+                                    .map_err(|err| Inner::file_missing(&key, err))?,
+                            };
                             Entry::key_only(key, Some(size))
                         } else {
                             let v = files
-                                .get(&id)
+                                .get(&f.id)
                                 .map_err(|err| Inner::file_missing(&key, err))?;
+                            if let Some(size) = f.size
+                                && size != v.len() as u64
+                            {
+                                return Err(Inner::wrong_size(&key, size, v.len() as u64));
+                            }
                             Entry::with_value(key, v)
                         }
                     }
@@ -471,7 +579,8 @@ impl Datastore for Inner {
                         let id = new_file_id();
                         self.files.put(&id, v)?;
                         written.push(id.clone());
-                        records.insert(key.clone(), Some(file_record(&id)));
+                        let record = file_record(&id, v.len() as u64, Some(sha256(v)));
+                        records.insert(key.clone(), Some(record));
                     }
                     Some(v) => {
                         records.insert(key.clone(), Some(inline_record(v)));
@@ -534,8 +643,8 @@ impl Datastore for Inner {
 
     fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
         match (init, self.loc(key)?) {
-            (StageInit::CopyCurrent, Some(Loc::File(id))) => {
-                self.files.stage(&id, StageInit::CopyCurrent)
+            (StageInit::CopyCurrent, Some(Loc::File(f))) => {
+                self.files.stage(&f.id, StageInit::CopyCurrent)
             }
             (StageInit::CopyCurrent, Some(Loc::Inline(v))) => self.stage_bytes(&v),
             _ => self.files.stage(&new_file_id(), StageInit::Empty),
@@ -548,8 +657,9 @@ impl Datastore for Inner {
         let old = self.loc(key)?;
         if size >= self.threshold {
             let id = new_file_id();
+            let hash = staged.content_hash(size);
             self.files.commit_staged(&id, staged, durable)?;
-            if let Err(e) = self.records.put(key, &file_record(&id)) {
+            if let Err(e) = self.records.put(key, &file_record(&id, size, hash)) {
                 let _ = self.files.delete(&id);
                 return Err(e);
             }
@@ -571,33 +681,96 @@ impl Datastore for Inner {
 
     fn backing_file(&self, key: &Key) -> Result<Option<PathBuf>> {
         match self.loc(key)? {
-            Some(Loc::File(id)) => self.files.backing_file(&id),
+            Some(Loc::File(f)) => self.files.backing_file(&f.id),
             _ => Ok(None),
         }
     }
 
     fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
         match self.loc(key)? {
-            Some(Loc::File(id)) => self.files.open_backing(&id),
+            Some(Loc::File(f)) => self.files.open_backing(&f.id),
             _ => Ok(None),
         }
     }
 
     fn scrub(&self, repair: bool) -> Result<Vec<String>> {
-        // Files that no record points to: debris of a crash between a file write and its
-        // record flip. With every writer held off and everything durable, "unreferenced now"
-        // is also "unreferenced after any crash".
+        self.check(repair, false)
+    }
+
+    fn verify(&self, repair: bool) -> Result<Vec<String>> {
+        self.check(repair, true)
+    }
+}
+
+impl Inner {
+    /// The store's own check: every file a record points to exists and has the recorded size
+    /// (with `verify`, also the recorded hash); no file is left that no record points to.
+    /// With `repair`, a record whose file is missing or damaged is removed (its key becomes
+    /// missing; a damaged file is kept in `lost+found/` beside the files) and unreferenced files
+    /// (debris of a crash between a file write and its record flip) are deleted.
+    fn check(&self, repair: bool, verify: bool) -> Result<Vec<String>> {
+        // With every writer held off and everything durable, "unreferenced now" is also
+        // "unreferenced after any crash".
         let _all: Vec<MutexGuard<'_, ()>> = self.stripes.iter().map(|m| m.lock()).collect();
         self.checkpoint()?;
+        let mut problems = Vec::new();
         let mut referenced = BTreeSet::new();
+        let mut lost: Vec<(Key, Option<Key>)> = Vec::new();
+        let files = self.files_handle();
         for r in self.records.query(Query::default())? {
-            let e = r?;
-            if let Loc::File(id) = decode(&e.key, e.value.unwrap_or_default())? {
-                referenced.insert(id);
+            let e = match r {
+                Ok(e) => e,
+                Err(err) => {
+                    problems.push(format!("a record cannot be read: {err}"));
+                    continue;
+                }
+            };
+            let f = match decode(&e.key, e.value.unwrap_or_default()) {
+                Ok(Loc::File(f)) => f,
+                Ok(Loc::Inline(_)) => continue,
+                Err(err) => {
+                    problems.push(format!("lost value {}: {err}", e.key));
+                    lost.push((e.key, None));
+                    continue;
+                }
+            };
+            referenced.insert(f.id.clone());
+            let damage = match files.get_size(&f.id) {
+                Err(err) if err.is_not_found() => Some("the file holding it is missing".to_owned()),
+                Err(err) => Some(format!("its file cannot be read: {err}")),
+                Ok(found) => match f.size {
+                    Some(size) if size != found => Some(format!(
+                        "its file has {found} bytes but {size} were written"
+                    )),
+                    _ if verify => match (f.hash, files.hash(&f.id)) {
+                        (Some(want), Ok(got)) if want != got => Some(
+                            "its file does not match the hash recorded when it was written"
+                                .to_owned(),
+                        ),
+                        (_, Err(err)) => Some(format!("its file cannot be read: {err}")),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+            };
+            if let Some(d) = damage {
+                let note = if repair { " (the key is removed)" } else { "" };
+                problems.push(format!("lost value {}: {d}{note}", e.key));
+                lost.push((e.key, Some(f.id)));
             }
         }
+        if repair {
+            for (key, id) in &lost {
+                self.records.delete(key)?;
+                if let Some(id) = id {
+                    referenced.remove(id);
+                    files.keep_aside(id);
+                }
+            }
+            self.records.sync(&Key::root())?;
+        }
         // Symlinks and other file types among the files: never followed, reported.
-        let mut problems = self.files.scrub(false)?;
+        problems.extend(self.files.scrub(false)?);
         let q = Query {
             keys_only: true,
             ..Query::default()
@@ -605,21 +778,58 @@ impl Datastore for Inner {
         let ids: Vec<Key> = self
             .files
             .query(q)?
-            .map(|r| r.map(|e| e.key))
-            .collect::<Result<_>>()?;
+            .filter_map(|r| match r {
+                Ok(e) => Some(e.key),
+                Err(err) => {
+                    problems.push(format!("the file directory cannot be listed: {err}"));
+                    None
+                }
+            })
+            .collect();
+        // After records were salvaged from a damaged file, an unreferenced file may be the
+        // only copy of a lost value: it is kept in lost+found rather than deleted.
+        let salvaged = self.records_were_salvaged();
         for id in ids {
             if !referenced.contains(&id) {
-                problems.push(format!("unreferenced file {id}"));
-                if repair {
-                    self.files.delete(&id)?;
+                if salvaged {
+                    let note = if repair { " (kept in lost+found)" } else { "" };
+                    problems.push(format!(
+                        "unreferenced file {id}, perhaps of a record lost with the damaged records file{note}"
+                    ));
+                    if repair {
+                        files.keep_aside(&id);
+                    }
+                } else {
+                    problems.push(format!("unreferenced file {id}"));
+                    if repair {
+                        self.files.delete(&id)?;
+                    }
                 }
             }
         }
         Ok(problems)
     }
-}
 
-impl Inner {
+    /// Whether a damaged records file was ever moved aside here (`records.redb.corrupt-*`).
+    fn records_were_salvaged(&self) -> bool {
+        let path = self.records.path();
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return false;
+        };
+        let prefix = format!("{}.corrupt-", name.to_string_lossy());
+        std::fs::read_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        })
+        .unwrap_or(false)
+    }
+
     /// A cheap second handle on the file tier for query iterators (which must be `'static`).
     fn files_handle(&self) -> FilesHandle {
         FilesHandle {
@@ -706,6 +916,9 @@ impl Datastore for TieredStore {
     fn scrub(&self, repair: bool) -> Result<Vec<String>> {
         self.inner.scrub(repair)
     }
+    fn verify(&self, repair: bool) -> Result<Vec<String>> {
+        self.inner.verify(repair)
+    }
 }
 
 /// How a symlink or other file type where a value's file belongs is described.
@@ -748,5 +961,45 @@ impl FilesHandle {
             .metadata()
             .map(|m| m.len())
             .map_err(|e| Error::io(format!("stat {}", self.file(id).display()), e))
+    }
+
+    /// The sha2-256 of a file, read in 1 MiB pieces.
+    fn hash(&self, id: &Key) -> Result<[u8; 32]> {
+        use std::io::Read;
+        let p = self.file(id);
+        let err = |e| Error::io(format!("reading {}", p.display()), e);
+        let mut f = std::fs::File::open(&p).map_err(err)?;
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(err)?;
+            if n == 0 {
+                break;
+            }
+            sha2::Digest::update(&mut hasher, &buf[..n]);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(sha2::Digest::finalize(hasher).as_slice());
+        Ok(out)
+    }
+
+    /// Moves a damaged file out of the file tier into `lost+found/` beside it (a value that
+    /// no longer matches what was written is not deleted, in case someone wants its bytes).
+    fn keep_aside(&self, id: &Key) {
+        let p = self.file(id);
+        if !p.exists() {
+            return;
+        }
+        let dir = self
+            .path
+            .parent()
+            .map(|d| d.join("lost+found"))
+            .unwrap_or_else(|| self.path.join("lost+found"));
+        let moved = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::rename(&p, dir.join(&id.as_str()[1..])));
+        match moved {
+            Ok(()) => log::warn!("tiered: kept the damaged file of {id} in {}", dir.display()),
+            Err(e) => log::warn!("tiered: could not move {} aside: {e}", p.display()),
+        }
     }
 }

@@ -214,7 +214,7 @@ fn handle(stream: UnixStream, served: &Served) -> io::Result<()> {
         cwd: Some(cwd),
         live: Some(who(served)),
     };
-    let status = match super::execute(&cli.command, &served.store, &served.description, io) {
+    let status = match super::execute(&cli.command, &served.store, &served.description, None, io) {
         Ok(code) if code == ExitCode::SUCCESS => 0,
         Ok(_) => 1,
         Err(e) => {

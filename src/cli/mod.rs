@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::datastore::{Datastore, Error, ErrorKind, Key, Order, Query, StageInit};
 use crate::index::reconcile;
+use crate::index::salvage::Salvaged;
 use crate::index::{IndexedStore, NodeKind};
 use crate::spec::{self, OpenMode, StoreSpec};
 
@@ -191,11 +192,17 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         batch: usize,
     },
-    /// Compare the index with the store; exit status 1 if they disagree.
+    /// Check the store and the index; exit status 0 when everything is (or, with --repair,
+    /// has been made) consistent, 1 when a problem remains.
     Fsck {
-        /// Make the index match the store.
+        /// Repair what can be repaired: remove debris, turn values that are lost (a missing or
+        /// damaged file) into missing keys, and make the index match the store.
         #[arg(long)]
         repair: bool,
+        /// Also read every file-backed value and compare it with the hash recorded when it
+        /// was written (finds truncated or altered files; reads all the data).
+        #[arg(long)]
+        verify: bool,
     },
     /// Rebuild the index from the store's keys (loses directories, modes and xattrs).
     Reindex,
@@ -312,7 +319,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         _ => {}
     }
     let spec_text = cli.store.clone().unwrap_or_else(default_store);
-    let spec = StoreSpec::parse(&spec_text)?;
+    let mut spec = StoreSpec::parse(&spec_text)?;
+    // fsck and reindex read every page of the redb files as they open them, so that damage is
+    // found (and the damaged file salvaged) before they trust what they read.
+    spec.check_integrity = matches!(cli.command, Command::Fsck { .. } | Command::Reindex);
     let mode = OpenMode {
         no_reconcile: matches!(cli.command, Command::Fsck { .. } | Command::Reindex),
     };
@@ -358,7 +368,13 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         cwd: None,
         live: None,
     };
-    let result = execute(&cli.command, &store, &opened.description, io);
+    let result = execute(
+        &cli.command,
+        &store,
+        &opened.description,
+        opened.rebuilt.as_ref(),
+        io,
+    );
     let closed = store.close();
     let code = result?;
     closed?;
@@ -384,6 +400,7 @@ fn execute(
     command: &Command,
     store: &Arc<IndexedStore>,
     description: &str,
+    rebuilt: Option<&Salvaged>,
     io: CmdIo<'_>,
 ) -> Result<ExitCode, Error> {
     let CmdIo {
@@ -398,7 +415,10 @@ fn execute(
         _ => p.to_path_buf(),
     };
     if let Some(live) = &live
-        && matches!(command, Command::Fsck { repair: true } | Command::Reindex)
+        && matches!(
+            command,
+            Command::Fsck { repair: true, .. } | Command::Reindex
+        )
     {
         return Err(Error::new(
             ErrorKind::Locked,
@@ -681,31 +701,8 @@ fn execute(
             )?;
             writeln!(err, "imported {files} files, {bytes} bytes").map_err(out_err)?;
         }
-        Command::Fsck { repair } => {
-            let bar = spinner("checking");
-            let report =
-                reconcile::check(store.index(), store.backend().as_ref(), *repair, &mut |n| {
-                    bar.set_position(n)
-                })?;
-            bar.finish_and_clear();
-            writeln!(out, "{}", report.summary()).map_err(out_err)?;
-            for (drift, key) in &report.examples {
-                writeln!(out, "  {drift}: {key}").map_err(out_err)?;
-            }
-            let problems = store.backend().scrub(*repair)?;
-            for p in &problems {
-                let note = if *repair { " (repaired)" } else { "" };
-                writeln!(out, "  store: {p}{note}").map_err(out_err)?;
-            }
-            if (!report.is_consistent() || !problems.is_empty()) && !*repair {
-                writeln!(
-                    out,
-                    "run 'dsfs fsck --repair' to make the index match the store"
-                )
-                .map_err(out_err)?;
-                out.flush().map_err(out_err)?;
-                return Ok(ExitCode::FAILURE);
-            }
+        Command::Fsck { repair, verify } => {
+            return fsck(store, rebuilt, *repair, *verify, &mut out);
         }
         Command::Mount { .. } | Command::Umount { .. } => {
             return Err(Error::new(
@@ -723,6 +720,124 @@ fn execute(
         }
     }
     out.flush().map_err(out_err)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dsfs fsck`: the store's own check (debris, lost and damaged values), then index against
+/// store. Every problem is printed once, after a summary line that counts them; the exit status
+/// is 0 exactly when the summary says nothing is left to repair.
+fn fsck(
+    store: &Arc<IndexedStore>,
+    rebuilt: Option<&Salvaged>,
+    repair: bool,
+    verify: bool,
+    out: &mut dyn Write,
+) -> Result<ExitCode, Error> {
+    // Problems found, and whether each one was repaired.
+    let mut lines: Vec<(String, bool)> = Vec::new();
+    if let Some(salvaged) = rebuilt {
+        lines.push((
+            format!(
+                "index: the index file was damaged; it was moved aside and rebuilt from the store ({})",
+                salvaged.summary()
+            ),
+            true,
+        ));
+    }
+    let backend = store.backend();
+    let scrubbed = if verify {
+        backend.verify(repair)
+    } else {
+        backend.scrub(repair)
+    };
+    match scrubbed {
+        Ok(problems) => {
+            for p in problems {
+                lines.push((format!("store: {p}"), repair));
+            }
+        }
+        Err(e) => lines.push((format!("store: the store's check failed: {e}"), false)),
+    }
+    let bar = spinner("checking");
+    let report = reconcile::check(store.index(), backend.as_ref(), repair, &mut |n| {
+        bar.set_position(n)
+    });
+    bar.finish_and_clear();
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            writeln!(out, "the check could not run to the end: {e}").map_err(out_err)?;
+            for (line, _) in &lines {
+                writeln!(out, "  {line}").map_err(out_err)?;
+            }
+            out.flush().map_err(out_err)?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for (drift, key) in &report.examples {
+        lines.push((format!("index: {drift}: {key}"), repair));
+    }
+    let more = report.unlisted + report.dangling + report.wrong_size;
+    let shown = report.examples.len() as u64;
+    for e in &report.errors {
+        // A value that cannot be read is not repaired by the index; the store's repair above
+        // handles the ones it can.
+        lines.push((format!("store: cannot read: {e}"), false));
+    }
+    let problems = lines.len() as u64
+        + more.saturating_sub(shown)
+        + report.unreadable.saturating_sub(report.errors.len() as u64);
+    let unrepaired = lines.iter().filter(|(_, fixed)| !fixed).count() as u64
+        + if repair {
+            0
+        } else {
+            more.saturating_sub(shown)
+        }
+        + report.unreadable.saturating_sub(report.errors.len() as u64);
+    let counted = if problems == 1 {
+        "1 problem".to_owned()
+    } else {
+        format!("{problems} problems")
+    };
+    let state = if problems == 0 {
+        "consistent".to_owned()
+    } else if unrepaired == 0 {
+        format!("{counted}, all repaired")
+    } else if repair {
+        format!("{counted}, {unrepaired} not repaired")
+    } else {
+        counted
+    };
+    writeln!(
+        out,
+        "{} keys in store, {} in index: {state}",
+        report.store_keys, report.index_keys
+    )
+    .map_err(out_err)?;
+    for (line, fixed) in &lines {
+        let note = if *fixed && !line.starts_with("index: the index file") {
+            " (repaired)"
+        } else {
+            ""
+        };
+        writeln!(out, "  {line}{note}").map_err(out_err)?;
+    }
+    if more > shown {
+        writeln!(out, "  ... and {} more index entries", more - shown).map_err(out_err)?;
+    }
+    if unrepaired > 0 && !repair {
+        writeln!(
+            out,
+            "run 'dsfs fsck --repair' to repair what can be repaired"
+        )
+        .map_err(out_err)?;
+    }
+    out.flush().map_err(out_err)?;
+    if unrepaired > 0 {
+        return Ok(ExitCode::FAILURE);
+    }
+    // Nothing is left of an unclean stop: the next open need not reconcile again.
+    store.index().mark_reconciled();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -909,6 +1024,14 @@ fn copy_out(store: &dyn Datastore, key: &Key, out: &mut dyn Write) -> Result<(),
         }
         out.write_all(&buf[..n]).map_err(out_err)?;
         offset += n as u64;
+    }
+    if offset < size {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{key}: the value ended after {offset} of its {size} bytes (damaged? 'dsfs fsck' checks)"
+            ),
+        ));
     }
     Ok(())
 }

@@ -115,6 +115,11 @@ impl Error {
         Error::with_source(kind, context, err)
     }
 
+    /// A [`ErrorKind::Corrupt`] error: stored data is not what was written.
+    pub fn corrupt_text(message: String) -> Error {
+        Error::new(ErrorKind::Corrupt, message)
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -223,6 +223,13 @@ pub trait Datastore: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// [`Datastore::scrub`], and also reads every value the store can check against a recorded
+    /// hash (a truncated or altered file is reported, and with `repair` its key is removed).
+    /// The default is `scrub`.
+    fn verify(&self, repair: bool) -> Result<Vec<String>> {
+        self.scrub(repair)
+    }
+
     /// Space used on disk, if the store can tell (go-datastore's `PersistentDatastore`).
     fn disk_usage(&self) -> Result<Option<u64>> {
         Ok(None)
@@ -355,6 +362,9 @@ impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
     }
     fn scrub(&self, repair: bool) -> Result<Vec<String>> {
         (**self).scrub(repair)
+    }
+    fn verify(&self, repair: bool) -> Result<Vec<String>> {
+        (**self).verify(repair)
     }
     fn disk_usage(&self) -> Result<Option<u64>> {
         (**self).disk_usage()

@@ -28,6 +28,31 @@ pub struct Staged {
     file: File,
     /// The staging file's name while it still exists on disk; `None` for unlinked files.
     path: Option<TempPath>,
+    /// The sha2-256 of the bytes written so far, while they were written in order from offset
+    /// 0 (a copy, a stream, `cp`): a store records it with the value at no extra read. Any
+    /// other write pattern drops it.
+    hash: parking_lot::Mutex<Option<Prefix>>,
+}
+
+/// The hash of the first `len` bytes of a staged value.
+struct Prefix {
+    len: u64,
+    hasher: sha2::Sha256,
+}
+
+impl Prefix {
+    fn new() -> Prefix {
+        Prefix {
+            len: 0,
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Prefix({} bytes hashed)", self.len)
+    }
 }
 
 /// A path that is removed when dropped, unless [`TempPath::keep`] takes it.
@@ -57,7 +82,11 @@ impl Staged {
         let (file, path) = create_unique(dir, "stage")?;
         std::fs::remove_file(&path)
             .map_err(|e| Error::io(format!("unlinking staging file {}", path.display()), e))?;
-        Ok(Staged { file, path: None })
+        Ok(Staged {
+            file,
+            path: None,
+            hash: parking_lot::Mutex::new(Some(Prefix::new())),
+        })
     }
 
     /// Wraps a named staging file that a file-backed store will rename into place. The file is
@@ -66,6 +95,7 @@ impl Staged {
         Staged {
             file,
             path: Some(TempPath(Some(path))),
+            hash: parking_lot::Mutex::new(Some(Prefix::new())),
         }
     }
 
@@ -78,12 +108,29 @@ impl Staged {
             .file
             .try_clone()
             .map_err(|e| Error::io("duplicating a staging file handle", e))?;
-        Ok(Staged { file, path: None })
+        Ok(Staged {
+            file,
+            path: None,
+            hash: parking_lot::Mutex::new(None),
+        })
     }
 
-    /// The staging file.
+    /// The staging file. Writing through it bypasses the running hash, so taking it gives
+    /// up [`Staged::content_hash`].
     pub fn file(&self) -> &File {
+        *self.hash.lock() = None;
         &self.file
+    }
+
+    /// The sha2-256 of the staged value if it is `len` bytes long and every byte was written
+    /// in order from offset 0; `None` otherwise (the store then records no hash).
+    pub fn content_hash(&self, len: u64) -> Option<[u8; 32]> {
+        let guard = self.hash.lock();
+        let prefix = guard.as_ref().filter(|p| p.len == len)?;
+        let digest = sha2::Digest::finalize(prefix.hasher.clone());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_slice());
+        Some(out)
     }
 
     /// The staging file's path, for stores that commit by rename.
@@ -112,9 +159,21 @@ impl Staged {
 
     /// Writes all of `data` at `offset`, extending the file (with a hole) if needed.
     pub fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.file
+        let mut hash = self.hash.lock();
+        let written = self
+            .file
             .write_all_at(data, offset)
-            .map_err(|e| Error::io("writing staging file", e))
+            .map_err(|e| Error::io("writing staging file", e));
+        match hash.as_mut() {
+            Some(p) if written.is_ok() && offset == p.len => {
+                sha2::Digest::update(&mut p.hasher, data);
+                p.len += data.len() as u64;
+            }
+            // Out of order, or a failed write: the running hash no longer describes the file.
+            Some(_) => *hash = None,
+            None => {}
+        }
+        written
     }
 
     /// Reads into `buf` from `offset`; returns the count, short only at the end.
@@ -133,9 +192,19 @@ impl Staged {
 
     /// Truncates or extends (with a hole) to `len` bytes.
     pub fn set_len(&self, len: u64) -> Result<()> {
-        self.file
+        let mut hash = self.hash.lock();
+        let resized = self
+            .file
             .set_len(len)
-            .map_err(|e| Error::io("resizing staging file", e))
+            .map_err(|e| Error::io("resizing staging file", e));
+        match hash.as_ref() {
+            // Emptied (an O_TRUNC open): the hash starts again.
+            _ if len == 0 && resized.is_ok() => *hash = Some(Prefix::new()),
+            Some(p) if resized.is_ok() && p.len == len => {}
+            Some(_) => *hash = None,
+            None => {}
+        }
+        resized
     }
 
     /// The whole staged value.

@@ -78,8 +78,8 @@ impl IndexError {
     pub fn redb(context: &str, err: impl Into<redb::Error>) -> IndexError {
         let err: redb::Error = err.into();
         let kind = match &err {
+            e if crate::redb_guard::is_corruption(e) => IndexErrorKind::Corrupt,
             redb::Error::DatabaseAlreadyOpen => IndexErrorKind::Locked,
-            redb::Error::Corrupted(_) => IndexErrorKind::Corrupt,
             redb::Error::Io(io) => match io.raw_os_error() {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) => IndexErrorKind::NoSpace,
                 Some(libc::EROFS) => IndexErrorKind::ReadOnly,

@@ -25,6 +25,7 @@
 pub mod error;
 pub mod node;
 pub mod reconcile;
+pub mod salvage;
 pub mod store;
 
 use std::ops::Bound;
@@ -73,6 +74,9 @@ pub struct IndexOptions {
     /// Keep a [`crate::space::Reserve`] of this many bytes beside the index file, spent when
     /// the disk fills up so that commits and removals still work.
     pub reserve: Option<u64>,
+    /// Verify every page's checksum when opening (reads the whole file): a damaged file then
+    /// fails to open as [`IndexErrorKind::Corrupt`] instead of failing later. For `fsck`.
+    pub check_integrity: bool,
 }
 
 impl Default for IndexOptions {
@@ -84,6 +88,7 @@ impl Default for IndexOptions {
             uid,
             gid,
             reserve: None,
+            check_integrity: false,
         }
     }
 }
@@ -119,6 +124,10 @@ pub struct Index {
     path: Option<PathBuf>,
     options: IndexOptions,
     was_unclean: bool,
+    /// Whether closing may mark the index clean: false after an unclean stop until the index
+    /// has been reconciled with its store (a plain `fsck` must leave the crash visible to the
+    /// next open, which then scrubs the store's debris).
+    reconciled: std::sync::atomic::AtomicBool,
     closed: std::sync::atomic::AtomicBool,
     reserve: Option<Arc<crate::space::Reserve>>,
 }
@@ -133,11 +142,20 @@ impl Index {
             (Some(size), Some(dir)) => Some(crate::space::Reserve::establish(dir, size)?),
             _ => None,
         };
-        let mut builder = Database::builder();
-        builder.set_cache_size(options.cache_size);
-        let db = crate::space::open_redb(&builder, &path)
-            .map_err(|e| IndexError::redb(&format!("opening index {}", path.display()), e))?;
-        let mut index = Index::init(db, Some(path), options)?;
+        let what = format!("opening index {}", path.display());
+        let mut index = crate::redb_guard::catch(
+            &what,
+            || {
+                let mut builder = Database::builder();
+                builder
+                    .set_cache_size(options.cache_size)
+                    .set_check_integrity_on_open(options.check_integrity);
+                let db = crate::space::open_redb(&builder, &path)
+                    .map_err(|e| IndexError::redb(&what, e))?;
+                Index::init(db, Some(path.clone()), options)
+            },
+            IndexError::corrupt,
+        )?;
         index.reserve = reserve;
         Ok(index)
     }
@@ -243,6 +261,7 @@ impl Index {
             path,
             options,
             was_unclean,
+            reconciled: std::sync::atomic::AtomicBool::new(!was_unclean),
             closed: std::sync::atomic::AtomicBool::new(false),
             reserve: None,
         })
@@ -252,6 +271,13 @@ impl Index {
     /// index may then have lost its last updates and should be reconciled with the store.
     pub fn was_unclean(&self) -> bool {
         self.was_unclean
+    }
+
+    /// Records that the index and its store have been reconciled (and the store scrubbed)
+    /// since the unclean stop, so that closing may mark the index clean again.
+    pub fn mark_reconciled(&self) {
+        self.reconciled
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The index file, if it is on disk.
@@ -272,25 +298,33 @@ impl Index {
     /// Marks the index cleanly closed and makes everything durable. Later writes fail with
     /// [`IndexErrorKind::Closed`]; reads keep working. Closing twice is `Ok`.
     pub fn close(&self) -> IndexResult<()> {
-        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            return Ok(());
-        }
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| IndexError::redb("closing the index", e))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| IndexError::redb("closing the index", e))?;
-        {
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| IndexError::redb("opening meta", e))?;
-            meta.insert(META_OPEN, 0)
-                .map_err(|e| IndexError::redb("writing meta", e))?;
-        }
-        txn.commit()
-            .map_err(|e| IndexError::redb("closing the index", e))?;
-        self.commits.stop().map_err(IndexError::from)
+        guard("close", || {
+            if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return Ok(());
+            }
+            let mut txn = self
+                .db
+                .begin_write()
+                .map_err(|e| IndexError::redb("closing the index", e))?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(|e| IndexError::redb("closing the index", e))?;
+            {
+                let mut meta = txn
+                    .open_table(META)
+                    .map_err(|e| IndexError::redb("opening meta", e))?;
+                // Until the store has been reconciled, the next open must still see the crash.
+                let open = if self.reconciled.load(std::sync::atomic::Ordering::Acquire) {
+                    0
+                } else {
+                    1
+                };
+                meta.insert(META_OPEN, open)
+                    .map_err(|e| IndexError::redb("writing meta", e))?;
+            }
+            txn.commit()
+                .map_err(|e| IndexError::redb("closing the index", e))?;
+            self.commits.stop().map_err(IndexError::from)
+        })
     }
 
     fn read_txn(&self) -> IndexResult<ReadTransaction> {
@@ -302,140 +336,159 @@ impl Index {
     /// Runs `f` in one write transaction, committed without fsync (made durable by the group
     /// committer or [`Index::sync`]). If `f` fails nothing is written.
     pub fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> IndexResult<T>) -> IndexResult<T> {
-        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(IndexError::new(
-                IndexErrorKind::Closed,
-                "the index is closed",
-            ));
-        }
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| IndexError::redb("starting an index write", e))?;
-        txn.set_durability(Durability::None)
-            .map_err(|e| IndexError::redb("starting an index write", e))?;
-        let result = {
-            let mut tx = Tx::open(&txn, &self.options)?;
-            f(&mut tx)?
-        };
-        txn.commit()
-            .map_err(|e| IndexError::redb("committing an index write", e))?;
-        self.commits.mark_dirty();
-        Ok(result)
+        guard("write", || {
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(IndexError::new(
+                    IndexErrorKind::Closed,
+                    "the index is closed",
+                ));
+            }
+            let mut txn = self
+                .db
+                .begin_write()
+                .map_err(|e| IndexError::redb("starting an index write", e))?;
+            txn.set_durability(Durability::None)
+                .map_err(|e| IndexError::redb("starting an index write", e))?;
+            let result = {
+                let mut tx = Tx::open(&txn, &self.options)?;
+                f(&mut tx)?
+            };
+            txn.commit()
+                .map_err(|e| IndexError::redb("committing an index write", e))?;
+            self.commits.mark_dirty();
+            Ok(result)
+        })
     }
 
     /// The node `id`, or `NotFound`.
     pub fn node(&self, id: NodeId) -> IndexResult<Node> {
-        let txn = self.read_txn()?;
-        let nodes = open_read(&txn, NODES)?;
-        get_node(&nodes, id)?.ok_or_else(|| IndexError::not_found(format!("no node {id}")))
+        guard("node", || {
+            let txn = self.read_txn()?;
+            let nodes = open_read(&txn, NODES)?;
+            get_node(&nodes, id)?.ok_or_else(|| IndexError::not_found(format!("no node {id}")))
+        })
     }
 
     /// The entry `name` in directory `parent`.
     pub fn lookup(&self, parent: NodeId, name: &str) -> IndexResult<Option<(NodeId, Node)>> {
-        let txn = self.read_txn()?;
-        let dirents = open_read(&txn, DIRENTS)?;
-        let nodes = open_read(&txn, NODES)?;
-        let Some(id) = dirents
-            .get((parent, name))
-            .map_err(|e| IndexError::redb("looking up", e))?
-            .map(|v| v.value().0)
-        else {
-            return Ok(None);
-        };
-        let node = get_node(&nodes, id)?.ok_or_else(|| {
-            IndexError::corrupt(format!("entry {name:?} names missing node {id}"))
-        })?;
-        Ok(Some((id, node)))
+        guard("lookup", || {
+            let txn = self.read_txn()?;
+            let dirents = open_read(&txn, DIRENTS)?;
+            let nodes = open_read(&txn, NODES)?;
+            let Some(id) = dirents
+                .get((parent, name))
+                .map_err(|e| IndexError::redb("looking up", e))?
+                .map(|v| v.value().0)
+            else {
+                return Ok(None);
+            };
+            let node = get_node(&nodes, id)?.ok_or_else(|| {
+                IndexError::corrupt(format!("entry {name:?} names missing node {id}"))
+            })?;
+            Ok(Some((id, node)))
+        })
     }
 
     /// The node at `key`'s path: a file, a symlink or a directory (implied or explicit).
     pub fn resolve(&self, key: &Key) -> IndexResult<Option<(NodeId, Node)>> {
-        let txn = self.read_txn()?;
-        let dirents = open_read(&txn, DIRENTS)?;
-        let nodes = open_read(&txn, NODES)?;
-        let mut id = ROOT;
-        for comp in key.components() {
-            match dirents
-                .get((id, comp))
-                .map_err(|e| IndexError::redb("resolving", e))?
-            {
-                Some(v) => id = v.value().0,
-                None => return Ok(None),
+        guard("resolve", || {
+            let txn = self.read_txn()?;
+            let dirents = open_read(&txn, DIRENTS)?;
+            let nodes = open_read(&txn, NODES)?;
+            let mut id = ROOT;
+            for comp in key.components() {
+                match dirents
+                    .get((id, comp))
+                    .map_err(|e| IndexError::redb("resolving", e))?
+                {
+                    Some(v) => id = v.value().0,
+                    None => return Ok(None),
+                }
             }
-        }
-        let node = get_node(&nodes, id)?
-            .ok_or_else(|| IndexError::corrupt(format!("path {key} names missing node {id}")))?;
-        Ok(Some((id, node)))
+            let node = get_node(&nodes, id)?.ok_or_else(|| {
+                IndexError::corrupt(format!("path {key} names missing node {id}"))
+            })?;
+            Ok(Some((id, node)))
+        })
     }
 
     /// The datastore key of node `id`, built from its ancestors' names.
     pub fn key_of(&self, id: NodeId) -> IndexResult<Key> {
-        let txn = self.read_txn()?;
-        let nodes = open_read(&txn, NODES)?;
-        key_of(&nodes, id)
+        guard("key_of", || {
+            let txn = self.read_txn()?;
+            let nodes = open_read(&txn, NODES)?;
+            key_of(&nodes, id)
+        })
     }
 
     /// The size of the value at `key`, from the `keys` table; `None` if the key holds no value.
     pub fn value_size(&self, key: &Key) -> IndexResult<Option<u64>> {
-        let txn = self.read_txn()?;
-        let keys = open_read(&txn, KEYS)?;
-        Ok(keys
-            .get(key.as_str())
-            .map_err(|e| IndexError::redb("reading keys", e))?
-            .map(|v| v.value().1))
+        guard("value_size", || {
+            let txn = self.read_txn()?;
+            let keys = open_read(&txn, KEYS)?;
+            Ok(keys
+                .get(key.as_str())
+                .map_err(|e| IndexError::redb("reading keys", e))?
+                .map(|v| v.value().1))
+        })
     }
 
     /// Up to `limit` entries of directory `dir` whose cookie is greater than `after` (0 starts
     /// at the beginning), in cookie order. Cookies never change while an entry exists, so a
     /// listing resumed after removals skips nothing and repeats nothing.
     pub fn list(&self, dir: NodeId, after: u64, limit: usize) -> IndexResult<Vec<DirEntry>> {
-        let txn = self.read_txn()?;
-        let cookies = open_read(&txn, COOKIES)?;
-        let nodes = open_read(&txn, NODES)?;
-        let lo = (dir, after.saturating_add(1));
-        let hi = (dir, u64::MAX);
-        let mut out = Vec::new();
-        let range = cookies
-            .range::<(u64, u64)>(lo..=hi)
-            .map_err(|e| IndexError::redb("listing", e))?;
-        for item in range.take(limit) {
-            let (k, v) = item.map_err(|e| IndexError::redb("listing", e))?;
-            let cookie = k.value().1;
-            let (id, name) = v.value();
-            let name = name.to_owned();
-            let node = get_node(&nodes, id)?
-                .ok_or_else(|| IndexError::corrupt(format!("entry {name:?} names no node")))?;
-            out.push(DirEntry {
-                name,
-                id,
-                cookie,
-                node,
-            });
-        }
-        Ok(out)
+        guard("list", || {
+            let txn = self.read_txn()?;
+            let cookies = open_read(&txn, COOKIES)?;
+            let nodes = open_read(&txn, NODES)?;
+            let lo = (dir, after.saturating_add(1));
+            let hi = (dir, u64::MAX);
+            let mut out = Vec::new();
+            let range = cookies
+                .range::<(u64, u64)>(lo..=hi)
+                .map_err(|e| IndexError::redb("listing", e))?;
+            for item in range.take(limit) {
+                let (k, v) = item.map_err(|e| IndexError::redb("listing", e))?;
+                let cookie = k.value().1;
+                let (id, name) = v.value();
+                let name = name.to_owned();
+                let node = get_node(&nodes, id)?
+                    .ok_or_else(|| IndexError::corrupt(format!("entry {name:?} names no node")))?;
+                out.push(DirEntry {
+                    name,
+                    id,
+                    cookie,
+                    node,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// The number of entries in directory `dir` (a range scan of its cookies).
     pub fn entry_count(&self, dir: NodeId) -> IndexResult<u64> {
-        let txn = self.read_txn()?;
-        let cookies = open_read(&txn, COOKIES)?;
-        let mut n = 0;
-        for item in cookies
-            .range::<(u64, u64)>((dir, 0)..=(dir, u64::MAX))
-            .map_err(|e| IndexError::redb("counting", e))?
-        {
-            item.map_err(|e| IndexError::redb("counting", e))?;
-            n += 1;
-        }
-        Ok(n)
+        guard("entry_count", || {
+            let txn = self.read_txn()?;
+            let cookies = open_read(&txn, COOKIES)?;
+            let mut n = 0;
+            for item in cookies
+                .range::<(u64, u64)>((dir, 0)..=(dir, u64::MAX))
+                .map_err(|e| IndexError::redb("counting", e))?
+            {
+                item.map_err(|e| IndexError::redb("counting", e))?;
+                n += 1;
+            }
+            Ok(n)
+        })
     }
 
     /// The number of keys that hold values.
     pub fn key_count(&self) -> IndexResult<u64> {
-        let txn = self.read_txn()?;
-        let keys = open_read(&txn, KEYS)?;
-        keys.len().map_err(|e| IndexError::redb("counting keys", e))
+        guard("key_count", || {
+            let txn = self.read_txn()?;
+            let keys = open_read(&txn, KEYS)?;
+            keys.len().map_err(|e| IndexError::redb("counting keys", e))
+        })
     }
 
     /// Every key holding a value that is a strict descendant of `prefix` (all keys for `None`
@@ -444,63 +497,76 @@ impl Index {
         &self,
         prefix: Option<&Key>,
     ) -> IndexResult<impl Iterator<Item = IndexResult<KeyEntry>> + Send + 'static> {
-        let txn = self.read_txn()?;
-        let keys = open_read(&txn, KEYS)?;
-        let range = match prefix_range(prefix) {
-            Some((lo, hi)) => {
-                keys.range::<&str>((Bound::Included(lo.as_str()), Bound::Excluded(hi.as_str())))
+        guard("keys", || {
+            let txn = self.read_txn()?;
+            let keys = open_read(&txn, KEYS)?;
+            let range = match prefix_range(prefix) {
+                Some((lo, hi)) => {
+                    keys.range::<&str>((Bound::Included(lo.as_str()), Bound::Excluded(hi.as_str())))
+                }
+                None => keys.range::<&str>(..),
             }
-            None => keys.range::<&str>(..),
-        }
-        .map_err(|e| IndexError::redb("scanning keys", e))?;
-        Ok(range.map(|item| {
-            let (k, v) = item.map_err(|e| IndexError::redb("scanning keys", e))?;
-            let key = Key::from_raw(k.value().to_owned())
-                .map_err(|_| IndexError::corrupt(format!("unclean key {:?}", k.value())))?;
-            let (id, size) = v.value();
-            Ok(KeyEntry { key, id, size })
-        }))
+            .map_err(|e| IndexError::redb("scanning keys", e))?;
+            let entries = range.map(|item| {
+                let (k, v) = item.map_err(|e| IndexError::redb("scanning keys", e))?;
+                let key = Key::from_raw(k.value().to_owned())
+                    .map_err(|_| IndexError::corrupt(format!("unclean key {:?}", k.value())))?;
+                let (id, size) = v.value();
+                Ok(KeyEntry { key, id, size })
+            });
+            Ok(crate::redb_guard::iter(
+                "index: scanning keys",
+                entries,
+                IndexError::corrupt,
+            ))
+        })
     }
 
     /// The extended attribute `name` of node `id`.
     pub fn xattr(&self, id: NodeId, name: &str) -> IndexResult<Option<Vec<u8>>> {
-        let txn = self.read_txn()?;
-        let xattrs = open_read(&txn, XATTRS)?;
-        Ok(xattrs
-            .get((id, name))
-            .map_err(|e| IndexError::redb("reading xattr", e))?
-            .map(|v| v.value().to_vec()))
+        guard("xattr", || {
+            let txn = self.read_txn()?;
+            let xattrs = open_read(&txn, XATTRS)?;
+            Ok(xattrs
+                .get((id, name))
+                .map_err(|e| IndexError::redb("reading xattr", e))?
+                .map(|v| v.value().to_vec()))
+        })
     }
 
     /// The extra names (directory, name) of a hard-linked node `id`.
     pub fn aliases(&self, id: NodeId) -> IndexResult<Vec<(NodeId, String)>> {
-        let txn = self.read_txn()?;
-        let aliases = open_read(&txn, ALIASES)?;
-        let mut out = Vec::new();
-        for item in aliases
-            .range::<(u64, u64, &str)>((id, 0, "")..(id.saturating_add(1), 0, ""))
-            .map_err(|e| IndexError::redb("listing aliases", e))?
-        {
-            let (k, _) = item.map_err(|e| IndexError::redb("listing aliases", e))?;
-            let (_, parent, name) = k.value();
-            out.push((parent, name.to_owned()));
-        }
-        Ok(out)
+        guard("aliases", || {
+            let txn = self.read_txn()?;
+            let aliases = open_read(&txn, ALIASES)?;
+            let mut out = Vec::new();
+            for item in aliases
+                .range::<(u64, u64, &str)>((id, 0, "")..(id.saturating_add(1), 0, ""))
+                .map_err(|e| IndexError::redb("listing aliases", e))?
+            {
+                let (k, _) = item.map_err(|e| IndexError::redb("listing aliases", e))?;
+                let (_, parent, name) = k.value();
+                out.push((parent, name.to_owned()));
+            }
+            Ok(out)
+        })
     }
 
     /// The names of node `id`'s extended attributes.
     pub fn xattr_names(&self, id: NodeId) -> IndexResult<Vec<String>> {
-        let txn = self.read_txn()?;
-        let xattrs = open_read(&txn, XATTRS)?;
-        let mut out = Vec::new();
-        for item in xattrs
-            .range::<(u64, &str)>((id, "")..(id.saturating_add(1), ""))
-            .map_err(|e| IndexError::redb("listing xattrs", e))?
-        {
-            let (k, _) = item.map_err(|e| IndexError::redb("listing xattrs", e))?;
-            out.push(k.value().1.to_owned());
-        }
-        Ok(out)
+        guard("xattr_names", || {
+            let txn = self.read_txn()?;
+            let xattrs = open_read(&txn, XATTRS)?;
+            let mut out = Vec::new();
+            for item in xattrs
+                .range::<(u64, &str)>((id, "")..(id.saturating_add(1), ""))
+                .map_err(|e| IndexError::redb("listing xattrs", e))?
+            {
+                let (k, _) = item.map_err(|e| IndexError::redb("listing xattrs", e))?;
+                out.push(k.value().1.to_owned());
+            }
+            Ok(out)
+        })
     }
 
     /// Records that `key` now holds a value of `size` bytes: creates the file node and any
@@ -549,6 +615,12 @@ impl Drop for Index {
             log::error!("final index commit failed: {e}");
         }
     }
+}
+
+/// Runs index code that calls redb, turning a redb panic on a damaged file into a
+/// [`IndexErrorKind::Corrupt`] error.
+fn guard<T>(what: &str, f: impl FnOnce() -> IndexResult<T>) -> IndexResult<T> {
+    crate::redb_guard::catch(&format!("index: {what}"), f, IndexError::corrupt)
 }
 
 fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(

@@ -15,6 +15,8 @@ use crate::datastore::{Datastore, Key, Order, Query};
 
 /// How many repairs are applied per index transaction.
 const REPAIR_CHUNK: usize = 10_000;
+/// How many damaged values a check or reindex skips before it gives up on the store.
+const MAX_FAILURES: u64 = 100_000;
 /// How many examples of each kind of drift a report keeps.
 const EXAMPLES: usize = 20;
 
@@ -31,8 +33,12 @@ pub struct Report {
     pub dangling: u64,
     /// Keys whose recorded size was wrong.
     pub wrong_size: u64,
+    /// Store entries that could not be read (a damaged value or record).
+    pub unreadable: u64,
     /// Up to 20 keys of each kind, for the report.
     pub examples: Vec<(Drift, Key)>,
+    /// Up to 20 read errors, for the report.
+    pub errors: Vec<String>,
     /// Whether the drift was repaired.
     pub repaired: bool,
 }
@@ -61,7 +67,12 @@ impl fmt::Display for Drift {
 impl Report {
     /// Whether index and backend agree.
     pub fn is_consistent(&self) -> bool {
-        self.unlisted == 0 && self.dangling == 0 && self.wrong_size == 0
+        self.unlisted == 0 && self.dangling == 0 && self.wrong_size == 0 && self.unreadable == 0
+    }
+
+    /// How many problems the check found.
+    pub fn problems(&self) -> u64 {
+        self.unlisted + self.dangling + self.wrong_size + self.unreadable
     }
 
     /// One line describing the result.
@@ -69,8 +80,13 @@ impl Report {
         let state = if self.is_consistent() {
             "consistent".to_owned()
         } else {
+            let unreadable = if self.unreadable > 0 {
+                format!(", {} unreadable", self.unreadable)
+            } else {
+                String::new()
+            };
             format!(
-                "{} unlisted, {} dangling, {} wrong sizes{}",
+                "{} unlisted, {} dangling, {} wrong sizes{unreadable}{}",
                 self.unlisted,
                 self.dangling,
                 self.wrong_size,
@@ -152,7 +168,22 @@ pub fn check(
     let mut pending = listed.next().transpose()?;
     let mut seen = 0u64;
     loop {
-        let s = store.next().transpose()?;
+        let s = match store.next() {
+            None => None,
+            Some(Ok(entry)) => Some(entry),
+            // A value that cannot be read is reported and the check goes on; the store's
+            // scrub (run by fsck before this check) repairs what it can.
+            Some(Err(e)) => {
+                report.unreadable += 1;
+                if report.errors.len() < EXAMPLES {
+                    report.errors.push(e.to_string());
+                }
+                if report.unreadable > MAX_FAILURES {
+                    return Err(e.into());
+                }
+                continue;
+            }
+        };
         // Advance the index side up to the store key, reporting dangling keys on the way.
         let mut matched: Option<KeyEntry> = None;
         while let Some(ke) = pending.take() {
@@ -210,27 +241,43 @@ pub fn check(
     Ok(report)
 }
 
-/// Rebuilds the index from scratch from `backend`'s keys. Explicit directories, symlinks,
-/// modes, owners and xattrs are lost; returns the number of keys indexed.
+/// Rebuilds the index from scratch from `backend`'s keys, in one index transaction: if the
+/// store cannot be read to the end, the index is left as it was. Explicit directories,
+/// symlinks, modes, owners and xattrs are not kept (see [`super::salvage`] for carrying them
+/// over from an old index). A key whose size cannot be read (its value is damaged) is left out
+/// and logged. Returns the number of keys indexed.
 pub fn reindex(
     index: &Index,
     backend: &dyn Datastore,
     progress: &mut dyn FnMut(u64),
 ) -> IndexResult<u64> {
-    index.clear()?;
-    let mut chunk: Vec<Fix> = Vec::with_capacity(REPAIR_CHUNK);
-    let mut n = 0u64;
-    for item in store_keys(backend)? {
-        let (key, size) = item?;
-        chunk.push((key, Some(size)));
-        n += 1;
-        if chunk.len() >= REPAIR_CHUNK {
-            flush(index, &mut chunk)?;
-            progress(n);
+    let n = index.write(|tx| {
+        tx.clear()?;
+        let mut n = 0u64;
+        let mut failures = 0u64;
+        for item in store_keys(backend)? {
+            match item {
+                Ok((key, size)) => {
+                    tx.put_key(&key, size)?;
+                    n += 1;
+                    if n.is_multiple_of(1000) {
+                        progress(n);
+                    }
+                }
+                Err(e) if e.kind() == crate::datastore::ErrorKind::Corrupt => {
+                    log::warn!("reindex: left out a damaged value: {e}");
+                    failures += 1;
+                    if failures > MAX_FAILURES {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-    }
-    flush(index, &mut chunk)?;
+        Ok(n)
+    })?;
     progress(n);
     index.sync()?;
+    index.mark_reconciled();
     Ok(n)
 }

@@ -158,6 +158,10 @@ impl Datastore for IndexedStore {
         self.backend.scrub(repair)
     }
 
+    fn verify(&self, repair: bool) -> Result<Vec<String>> {
+        self.backend.verify(repair)
+    }
+
     fn disk_usage(&self) -> Result<Option<u64>> {
         self.backend.disk_usage()
     }
@@ -211,6 +215,7 @@ pub fn open_reconciled(
                 report.summary()
             );
         }
+        index.mark_reconciled();
         Some(report)
     } else {
         None

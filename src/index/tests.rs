@@ -186,6 +186,13 @@ fn the_index_persists_and_detects_an_unclean_stop() {
         let ix = Index::open(&path, IndexOptions::default()).unwrap();
         assert!(ix.was_unclean());
         assert_eq!(ix.value_size(&k("/a/b")).unwrap(), Some(9));
+        // Closed without reconciling with the store (a plain fsck): still unclean.
+        ix.close().unwrap();
+    }
+    {
+        let ix = Index::open(&path, IndexOptions::default()).unwrap();
+        assert!(ix.was_unclean());
+        ix.mark_reconciled();
         ix.close().unwrap();
     }
     let ix = Index::open(&path, IndexOptions::default()).unwrap();

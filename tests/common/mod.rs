@@ -79,6 +79,22 @@ impl Mount {
         Mount::with_spec(dir, spec, &[])
     }
 
+    /// A fresh default repository, not mounted yet (for [`Mount::mount_foreground`]).
+    pub fn repo_unmounted() -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("repo").to_string_lossy().into_owned();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mnt = std::fs::canonicalize(mnt).unwrap();
+        Mount {
+            dir,
+            spec,
+            mnt,
+            options: Vec::new(),
+            child: None,
+        }
+    }
+
     /// A fresh flatfs directory (next-to-last/2), mounted.
     pub fn flatfs() -> Mount {
         let dir = tempfile::tempdir().unwrap();
