@@ -180,6 +180,8 @@ MOUNT OPTIONS (-o a,b,c):
   threads=N             FUSE worker threads (default: cores, 2 to 8)
   passthrough=on|off    let the kernel read file-backed values directly (default on)
   writeback_cache=on|off  kernel write caching, when passthrough is off (default off)
+  revalidate=SECONDS    how soon changes other programs make to a flatfs store show
+                        (default 2; 0 never looks; stores only dsfs writes never need it)
   nosuid, nodev, noexec, noatime, sync, dirsync: passed to the kernel
   noauto, user, _netdev, nofail, defaults, x-*: accepted for fstab and ignored
 
@@ -254,6 +256,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     let spec = StoreSpec::parse(&spec_text)?;
     let mode = OpenMode {
         no_reconcile: matches!(cli.command, Command::Fsck { .. } | Command::Reindex),
+        progress: true,
     };
     let opened = spec::open(&spec, mode)?;
     if let Some(report) = &opened.reconciled
