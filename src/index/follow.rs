@@ -409,3 +409,124 @@ impl Follower {
         !self.interval().is_zero() && self.checked.lock().insert(key.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::backend::FlatFsStore;
+    use crate::backend::flatfs::{FlatFsOptions, ShardFn};
+    use crate::index::IndexOptions;
+
+    /// Makes every shard directory's time an hour old, so its stamp is settled.
+    fn settle(root: &std::path::Path) {
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        for ent in std::fs::read_dir(root).unwrap() {
+            let ent = ent.unwrap();
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if ent.file_type().unwrap().is_dir() && !name.starts_with('.') {
+                std::fs::File::open(ent.path())
+                    .unwrap()
+                    .set_modified(past)
+                    .unwrap();
+            }
+        }
+    }
+
+    fn store(root: &std::path::Path) -> Arc<FlatFsStore> {
+        Arc::new(
+            FlatFsStore::create_or_open(root, ShardFn::IPFS_DEFAULT, FlatFsOptions::default())
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_open_check_rereads_only_the_shards_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blocks");
+        let store = store(&root);
+        for i in 0..200u32 {
+            let key = Key::new(format!("/K{i:04}X"));
+            store.put(&key, &i.to_le_bytes()).unwrap();
+        }
+        settle(&root);
+        let index = Index::in_memory(IndexOptions::default()).unwrap();
+        let built = prepare(&index, store.as_ref(), &mut |_| {}).unwrap();
+        assert_eq!(
+            built,
+            Prepared::Built {
+                keys: 200,
+                reason: "new"
+            }
+        );
+        let shards = store.segments().unwrap().unwrap();
+        assert!(shards.len() > 10);
+        // Nothing changed: no shard is read again.
+        let mut known = index.segment_stamps().unwrap();
+        let same = follow_segments(&index, store.as_ref(), &shards, &mut known).unwrap();
+        assert_eq!(same.scanned, 0);
+        assert_eq!(
+            prepare(&index, store.as_ref(), &mut |_| {}).unwrap(),
+            Prepared::Unchanged
+        );
+        // Another program adds a block to one shard.
+        let shard = store.segment_of(&Key::new("/K0007X")).unwrap();
+        std::fs::write(root.join(&shard).join("NEW07X.data"), b"by hand").unwrap();
+        let found = prepare(&index, store.as_ref(), &mut |_| {}).unwrap();
+        let Prepared::Followed(report) = found else {
+            panic!("expected a segment check, got {found:?}");
+        };
+        assert_eq!(report.scanned, 1);
+        assert_eq!(report.segments, shards.len() as u64);
+        assert_eq!((report.added, report.removed, report.resized), (1, 0, 0));
+        assert_eq!(index.value_size(&Key::new("/NEW07X")).unwrap(), Some(7));
+        assert_eq!(index.key_count().unwrap(), 201);
+    }
+
+    #[test]
+    fn a_shard_removed_underneath_takes_its_keys_out_of_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blocks");
+        let store = store(&root);
+        for i in 0..50u32 {
+            store.put(&Key::new(format!("/K{i:04}X")), b"v").unwrap();
+        }
+        settle(&root);
+        let index = Index::in_memory(IndexOptions::default()).unwrap();
+        prepare(&index, store.as_ref(), &mut |_| {}).unwrap();
+        let key = Key::new("/K0003X");
+        let shard = store.segment_of(&key).unwrap();
+        let lost = store.segment_keys(&shard).unwrap().len() as u64;
+        std::fs::remove_dir_all(root.join(&shard)).unwrap();
+        let Prepared::Followed(report) = prepare(&index, store.as_ref(), &mut |_| {}).unwrap()
+        else {
+            panic!("expected a segment check");
+        };
+        assert_eq!(report.removed, lost);
+        assert_eq!(index.value_size(&key).unwrap(), None);
+        assert_eq!(index.key_count().unwrap(), 50 - lost);
+    }
+
+    #[test]
+    fn an_index_built_for_another_store_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = store(&dir.path().join("a"));
+        let b = store(&dir.path().join("b"));
+        a.put(&Key::new("/INA"), b"a").unwrap();
+        b.put(&Key::new("/INB"), b"b").unwrap();
+        let index = Index::in_memory(IndexOptions::default()).unwrap();
+        prepare(&index, a.as_ref(), &mut |_| {}).unwrap();
+        let again = prepare(&index, b.as_ref(), &mut |_| {}).unwrap();
+        assert_eq!(
+            again,
+            Prepared::Built {
+                keys: 1,
+                reason: "built for another store"
+            }
+        );
+        assert_eq!(index.value_size(&Key::new("/INA")).unwrap(), None);
+        assert_eq!(index.value_size(&Key::new("/INB")).unwrap(), Some(1));
+    }
+}
