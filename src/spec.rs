@@ -398,6 +398,9 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
     };
     let index = Arc::new(index);
     let (store, reconciled) = if mode.no_reconcile {
+        let mut bar = BuildProgress::new(mode.progress);
+        crate::index::follow::build_if_needed(&index, backend.as_ref(), &mut |n| bar.update(n))?;
+        bar.finish();
         (IndexedStore::new(backend, index), None)
     } else {
         let unclean = index.was_unclean();

@@ -102,6 +102,19 @@ fn a_hand_made_kubo_flatfs_lists_and_reads_with_the_cli_on_first_use() {
 }
 
 #[test]
+fn fsck_as_the_first_command_on_a_kubo_flatfs_finds_it_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    kubo_blocks(&blocks, &[("XABC", b"abc value"), ("XDEF", b"")]);
+    let spec = format!("flatfs:{}", blocks.display());
+    let fsck = stdout_ok(&["--store", &spec, "fsck"]);
+    assert!(
+        fsck.contains("2 keys in store, 2 in index: consistent"),
+        "{fsck}"
+    );
+}
+
+#[test]
 fn a_kubo_flatfs_of_many_shards_lists_and_reads_through_its_first_mount() {
     let dir = tempfile::tempdir().unwrap();
     let blocks = dir.path().join("blocks");

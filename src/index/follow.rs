@@ -189,12 +189,36 @@ pub fn prepare(
     backend: &dyn Datastore,
     progress: &mut dyn FnMut(u64),
 ) -> IndexResult<Prepared> {
+    prepare_as(index, backend, false, progress)
+}
+
+/// Only the first step of [`prepare`]: builds an index that is new or was built for another
+/// store, and leaves any other index as it is (for `fsck`, which reports drift instead of
+/// repairing it).
+pub fn build_if_needed(
+    index: &Index,
+    backend: &dyn Datastore,
+    progress: &mut dyn FnMut(u64),
+) -> IndexResult<Prepared> {
+    prepare_as(index, backend, true, progress)
+}
+
+fn prepare_as(
+    index: &Index,
+    backend: &dyn Datastore,
+    build_only: bool,
+    progress: &mut dyn FnMut(u64),
+) -> IndexResult<Prepared> {
     let identity = backend.identity()?;
     let recorded = index.store_identity()?;
     let segments = backend.segments()?;
     let stamps = segments.as_deref().map(all_stamps).unwrap_or_default();
     let other_store = matches!((&recorded, &identity), (Some(r), Some(i)) if r != i);
-    if other_store || (recorded.is_none() && index.key_count()? == 0) {
+    let new = recorded.is_none() && index.key_count()? == 0;
+    if !other_store && !new && build_only {
+        return Ok(Prepared::Unchanged);
+    }
+    if other_store || new {
         let reason = if other_store {
             "built for another store"
         } else {
@@ -284,10 +308,20 @@ pub fn follow_segments(
             continue;
         }
         match in_store.remove(&ke.key) {
-            None => {
-                report.removed += 1;
-                fixes.push((ke.key, None));
-            }
+            // Not listed: gone, unless written since the listing (by this process, while
+            // serving), which one probe tells.
+            None => match backend.get_size(&ke.key) {
+                Ok(size) if size == ke.size => {}
+                Ok(size) => {
+                    report.resized += 1;
+                    fixes.push((ke.key, Some(size)));
+                }
+                Err(e) if e.is_not_found() => {
+                    report.removed += 1;
+                    fixes.push((ke.key, None));
+                }
+                Err(e) => return Err(e.into()),
+            },
             Some(size) if size != ke.size => {
                 report.resized += 1;
                 fixes.push((ke.key, Some(size)));

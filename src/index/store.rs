@@ -300,11 +300,17 @@ pub fn open_following(
     index: Arc<Index>,
     progress: &mut dyn FnMut(u64),
 ) -> IndexResult<(IndexedStore, Prepared)> {
+    let started = std::time::Instant::now();
     let prepared = super::follow::prepare(&index, backend.as_ref(), progress)?;
     match &prepared {
         Prepared::Unchanged => {}
         Prepared::Built { keys, reason } => {
-            log::info!("indexed {keys} keys of the store (the index was {reason})");
+            let secs = started.elapsed().as_secs_f64();
+            log::info!(
+                "indexed {keys} keys of the store in {secs:.2} s ({:.0} keys/s; the index was \
+                 {reason})",
+                *keys as f64 / secs.max(1e-9)
+            );
         }
         Prepared::Reconciled(report) => {
             if !report.is_consistent() {
