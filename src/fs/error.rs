@@ -87,7 +87,11 @@ impl FsError {
         match e.kind() {
             ErrorKind::NoSpace => FsError::NoSpace,
             ErrorKind::ReadOnly => FsError::ReadOnly,
-            ErrorKind::InvalidKey => FsError::Invalid(e.to_string()),
+            ErrorKind::InvalidKey => {
+                // The application sees only EINVAL; the log says which key and what to do.
+                log::warn!("refused: {e}");
+                FsError::Invalid(e.to_string())
+            }
             ErrorKind::Unsupported => FsError::NotSupported(e.to_string()),
             ErrorKind::NotFound
             | ErrorKind::InvalidArgument
