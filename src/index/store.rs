@@ -322,8 +322,8 @@ pub fn open_following(
     Ok((IndexedStore::new(backend, index), prepared))
 }
 
-/// Opens `backend` with `index`, reconciling them first when the index was not closed cleanly
-/// and the backend can enumerate its keys. Returns the store and what the repair changed.
+/// [`open_following`] without progress, returning only what a repair after an unclean stop
+/// changed (the index is still built or followed as [`super::follow::prepare`] says).
 pub fn open_reconciled(
     backend: Arc<dyn Datastore>,
     index: Arc<Index>,
