@@ -592,7 +592,8 @@ impl Datastore for MountStore {
         }
     }
 
-    /// The children's segments, each named [`segment_name`]`(prefix, child segment)`.
+    /// The children's segments, each named by the mount prefix's length, `:`, the prefix and
+    /// the child's segment name.
     fn segments(&self) -> Result<Option<Vec<crate::datastore::Segment>>> {
         let mut out = Vec::new();
         let mut any = false;
