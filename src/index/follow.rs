@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::reconcile::{self, Report};
-use super::{Index, IndexError, IndexResult};
+use super::{Index, IndexError, IndexResult, ROOT};
 use crate::datastore::{Datastore, Key, Segment};
 
 /// `identity` -> the store identity the index was built for.
@@ -214,7 +214,8 @@ fn prepare_as(
     let segments = backend.segments()?;
     let stamps = segments.as_deref().map(all_stamps).unwrap_or_default();
     let other_store = matches!((&recorded, &identity), (Some(r), Some(i)) if r != i);
-    let new = recorded.is_none() && index.key_count()? == 0;
+    // New: nothing recorded at all, not even a directory or symlink made through a mount.
+    let new = recorded.is_none() && index.key_count()? == 0 && index.entry_count(ROOT)? == 0;
     if !other_store && !new && build_only {
         return Ok(Prepared::Unchanged);
     }
@@ -541,6 +542,25 @@ mod tests {
         assert_eq!(report.removed, lost);
         assert_eq!(index.value_size(&key).unwrap(), None);
         assert_eq!(index.key_count().unwrap(), 50 - lost);
+    }
+
+    #[test]
+    fn an_index_holding_only_directories_is_not_rebuilt_on_open() {
+        let backend = crate::backend::MemStore::new();
+        let index = Index::in_memory(IndexOptions::default()).unwrap();
+        prepare(&index, &backend, &mut |_| {}).unwrap();
+        index
+            .write(|tx| {
+                let node =
+                    crate::index::Node::new(crate::index::NodeKind::Dir, ROOT, "made", 0o755, 0, 0);
+                tx.create(ROOT, "made", node)
+            })
+            .unwrap();
+        assert_eq!(
+            prepare(&index, &backend, &mut |_| {}).unwrap(),
+            Prepared::Unchanged
+        );
+        assert!(index.lookup(ROOT, "made").unwrap().is_some());
     }
 
     #[test]
