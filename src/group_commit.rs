@@ -18,14 +18,31 @@ use crate::datastore::{Error, ErrorKind, Result};
 /// The default bound on how long a non-durable commit waits for its durable one.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
 
+/// The flusher's bookkeeping. Every non-durable commit bumps `marked`; a durable commit that
+/// started after mark `n` was recorded covers every commit up to `n`, and sets `durable` to it
+/// when it succeeds. A flush returns only once `durable` reaches the mark it saw on entry, so a
+/// flush never returns early because another thread's durable commit is still running.
 struct State {
-    dirty: bool,
+    marked: u64,
+    durable: u64,
+    committing: bool,
     stop: bool,
 }
 
+impl State {
+    fn dirty(&self) -> bool {
+        self.durable < self.marked
+    }
+}
+
+/// The durable commit a flush runs (a redb commit with `Durability::Immediate`; tests inject
+/// their own).
+type CommitFn = Box<dyn Fn() -> Result<()> + Send + Sync>;
+
 struct Shared {
-    db: Arc<Database>,
+    commit: CommitFn,
     state: Mutex<State>,
+    /// Wakes the background thread (a mark or a stop) and flushes waiting for a running commit.
     wake: Condvar,
     interval: Duration,
     name: String,
@@ -33,18 +50,30 @@ struct Shared {
 
 impl Shared {
     fn flush(&self) -> Result<()> {
-        {
-            let mut st = self.state.lock();
-            if !st.dirty {
+        let mut st = self.state.lock();
+        let target = st.marked;
+        loop {
+            if st.durable >= target {
                 return Ok(());
             }
-            st.dirty = false;
+            if st.committing {
+                // Another flush is committing; it may have started before our mark, so wait
+                // for it and then check again (and commit ourselves if it did not cover us).
+                self.wake.wait(&mut st);
+                continue;
+            }
+            st.committing = true;
+            let covers = st.marked;
+            drop(st);
+            let result = (self.commit)();
+            st = self.state.lock();
+            st.committing = false;
+            if result.is_ok() {
+                st.durable = st.durable.max(covers);
+            }
+            self.wake.notify_all();
+            result?;
         }
-        let result = durable_commit(&self.db);
-        if result.is_err() {
-            self.state.lock().dirty = true;
-        }
-        result
     }
 }
 
@@ -69,10 +98,17 @@ impl GroupCommit {
     /// no thread runs and only [`GroupCommit::flush`] makes writes durable (for an owner that
     /// must order other work before each durable commit).
     pub fn start(db: Arc<Database>, interval: Option<Duration>, name: &str) -> GroupCommit {
+        GroupCommit::with_commit(Box::new(move || durable_commit(&db)), interval, name)
+    }
+
+    /// Like [`GroupCommit::start`], with `commit` as the durable commit.
+    fn with_commit(commit: CommitFn, interval: Option<Duration>, name: &str) -> GroupCommit {
         let shared = Arc::new(Shared {
-            db,
+            commit,
             state: Mutex::new(State {
-                dirty: false,
+                marked: 0,
+                durable: 0,
+                committing: false,
                 stop: false,
             }),
             wake: Condvar::new(),
@@ -97,9 +133,10 @@ impl GroupCommit {
     /// Records that a non-durable commit happened; the flusher will make it durable.
     pub fn mark_dirty(&self) {
         let mut st = self.shared.state.lock();
-        if !st.dirty {
-            st.dirty = true;
-            self.shared.wake.notify_one();
+        let was_dirty = st.dirty();
+        st.marked += 1;
+        if !was_dirty {
+            self.shared.wake.notify_all();
         }
     }
 
@@ -113,7 +150,7 @@ impl GroupCommit {
         {
             let mut st = self.shared.state.lock();
             st.stop = true;
-            self.shared.wake.notify_one();
+            self.shared.wake.notify_all();
         }
         if let Some(handle) = self.thread.lock().take()
             && handle.join().is_err()
@@ -136,7 +173,7 @@ fn run(shared: Arc<Shared>) {
     loop {
         {
             let mut st = shared.state.lock();
-            while !st.dirty && !st.stop {
+            while !st.dirty() && !st.stop {
                 shared.wake.wait(&mut st);
             }
             if st.stop {
@@ -150,6 +187,7 @@ fn run(shared: Arc<Shared>) {
             }
         }
         if let Err(e) = shared.flush() {
+            // Still dirty: the next round retries after the interval.
             log::error!("background durable commit of {} failed: {e}", shared.name);
         }
     }
@@ -171,4 +209,76 @@ pub fn redb_error(context: &str, err: impl Into<redb::Error>) -> Error {
         _ => ErrorKind::Io,
     };
     Error::with_source(kind, context.to_owned(), err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    /// A durable commit that announces its start and takes a while.
+    struct SlowCommit {
+        started: AtomicBool,
+        finished: AtomicU32,
+    }
+
+    fn slow_committer() -> (Arc<SlowCommit>, GroupCommit) {
+        let probe = Arc::new(SlowCommit {
+            started: AtomicBool::new(false),
+            finished: AtomicU32::new(0),
+        });
+        let p = probe.clone();
+        let commit: CommitFn = Box::new(move || {
+            p.started.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            p.finished.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        (probe, GroupCommit::with_commit(commit, None, "test"))
+    }
+
+    #[test]
+    fn flush_waits_for_a_durable_commit_already_running() {
+        let (probe, gc) = slow_committer();
+        let gc = Arc::new(gc);
+        // Two writers commit before either flushes.
+        gc.mark_dirty();
+        gc.mark_dirty();
+        let first = {
+            let gc = gc.clone();
+            std::thread::spawn(move || gc.flush())
+        };
+        while !probe.started.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        // The second writer's flush starts while the first one's durable commit runs: it may
+        // only return once that commit (which covers its write) has finished.
+        gc.flush().unwrap();
+        assert!(probe.finished.load(Ordering::SeqCst) >= 1);
+        first.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_failed_durable_commit_stays_dirty_and_a_later_flush_retries() {
+        let fail = Arc::new(AtomicBool::new(true));
+        let runs = Arc::new(AtomicU32::new(0));
+        let (f, r) = (fail.clone(), runs.clone());
+        let commit: CommitFn = Box::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+            if f.load(Ordering::SeqCst) {
+                Err(Error::new(ErrorKind::NoSpace, "injected"))
+            } else {
+                Ok(())
+            }
+        });
+        let gc = GroupCommit::with_commit(commit, None, "test");
+        gc.mark_dirty();
+        assert_eq!(gc.flush().unwrap_err().kind(), ErrorKind::NoSpace);
+        fail.store(false, Ordering::SeqCst);
+        gc.flush().unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        // Nothing new: no further commit.
+        gc.flush().unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
 }

@@ -13,7 +13,9 @@ pub mod datastore;
 pub mod fs;
 pub mod group_commit;
 pub mod index;
+pub mod space;
 pub mod spec;
 pub mod sys;
+pub mod unixfs;
 
 pub use datastore::{Datastore, Error, ErrorKind, Key, Query, Result};

@@ -362,7 +362,7 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             let base = file.parent().unwrap_or(Path::new("."));
             let opener = TreeOpener {
                 base,
-                contained: false,
+                contained: true,
                 durable: spec.durable,
             };
             let backend = opener.open(&tree).map_err(|e| e.context(file.display()))?;
@@ -443,9 +443,14 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         }
         SpecKind::Repo(dir) => {
             let repo = Repo::open_or_create(dir)?;
-            let backend = repo.open_datastore(spec)?;
+            // A repository keeps room to commit and to remove files on a full disk.
+            let index_options = IndexOptions {
+                reserve: Some(crate::space::DEFAULT_RESERVE),
+                ..index_options
+            };
             let index_path = spec.index.clone().unwrap_or_else(|| repo.index_path());
             let index = Index::open(&index_path, index_options)?;
+            let backend = repo.open_datastore(spec)?;
             (backend, index, format!("repository {}", dir.display()))
         }
     };
@@ -665,21 +670,15 @@ impl Repo {
                 ),
             )
         })?;
-        let rel = Path::new(text);
-        if text.is_empty()
-            || rel
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(Error::new(
+        contained_join(&self.dir, text).ok_or_else(|| {
+            Error::new(
                 ErrorKind::InvalidArgument,
                 format!(
                     "{}: {what} path {text:?} must be relative and inside the repository",
                     self.dir.join(REPO_FILE).display()
                 ),
-            ));
-        }
-        Ok(self.dir.join(rel))
+            )
+        })
     }
 
     /// Opens the datastore the repository file describes.
@@ -702,6 +701,18 @@ impl Repo {
         .open(ds)
         .map_err(|e| e.context(self.dir.join(REPO_FILE).display()))
     }
+}
+
+/// `base` joined with the path `text` from a store description, if `text` is relative and
+/// names something inside `base` (no `..`, no root): the one check for repositories'
+/// `dsfs.json` and for `json:` spec files.
+fn contained_join(base: &Path, text: &str) -> Option<PathBuf> {
+    let rel = Path::new(text);
+    let inside = !text.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    inside.then(|| base.join(rel))
 }
 
 /// The index file inside a flatfs directory (a dot-name, which flatfs readers skip).
@@ -728,7 +739,8 @@ fn open_flatfs(
 struct TreeOpener<'a> {
     /// Relative paths are resolved against this directory.
     base: &'a Path,
-    /// Paths must be relative and stay inside `base` (dsfs repositories).
+    /// Paths must be relative and stay inside `base` (dsfs repositories and `json:` files;
+    /// a Kubo repository's own spec may name any path, as Kubo allows).
     contained: bool,
     /// fsync every redb write.
     durable: bool,
@@ -741,17 +753,15 @@ impl TreeOpener<'_> {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| invalid("a datastore needs a \"path\""))?;
-        let rel = Path::new(text);
-        if self.contained
-            && rel
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(invalid(format!(
-                "path {text:?} must be relative and inside the repository"
-            )));
+        if !self.contained {
+            return Ok(self.base.join(text));
         }
-        Ok(self.base.join(rel))
+        contained_join(self.base, text).ok_or_else(|| {
+            invalid(format!(
+                "path {text:?} must be relative and inside {}",
+                self.base.display()
+            ))
+        })
     }
 
     fn open(&self, node: &Value) -> Result<Arc<dyn Datastore>> {
@@ -1090,6 +1100,21 @@ mod tests {
         let err = open(&spec, OpenMode::default()).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(err.to_string().contains("not a dsfs repository"), "{err}");
+    }
+
+    #[test]
+    fn json_spec_paths_cannot_leave_the_directory_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spec.json");
+        for bad in ["../../../x", "/etc/x", "a/../../x"] {
+            let tree = json!({"type": "mount", "mounts": [
+                {"mountpoint": "/", "type": "flatfs", "path": bad,
+                 "shardFunc": "/repo/flatfs/shard/v1/next-to-last/2"}]});
+            std::fs::write(&file, tree.to_string()).unwrap();
+            let spec = StoreSpec::parse(&format!("json:{}", file.display())).unwrap();
+            let err = open(&spec, OpenMode::default()).err().expect(bad);
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
+        }
     }
 
     #[test]

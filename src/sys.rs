@@ -120,6 +120,85 @@ pub fn new_session() {
     }
 }
 
+/// Whether an error from [`open_beneath`] or [`open_regular_nofollow`] means the path is not a
+/// plain file inside its store (a symlink on the way, or another file type there).
+pub fn is_foreign_file(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV))
+        || e.kind() == io::ErrorKind::InvalidData
+}
+
+/// Checks that an opened file is a regular file.
+fn regular(file: std::fs::File, what: &Path) -> io::Result<std::fs::File> {
+    if file.metadata()?.file_type().is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", what.display()),
+        ))
+    }
+}
+
+/// Opens the regular file `rel` below the directory `root` for reading, following no symlink
+/// on the way (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a symlink anywhere in
+/// `rel` is `ELOOP`, a path leaving `root` is `EXDEV`, another file type is `InvalidData`
+/// (FIFOs are opened non-blocking, so they cannot hang the caller). See
+/// [`is_foreign_file`].
+pub fn open_beneath(root: &std::fs::File, rel: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let c = CString::new(rel.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: an all-zero open_how is a valid value of this plain C struct (no flags).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    let fd = loop {
+        // SAFETY: `root` is an open descriptor for the duration of the call, `c` is
+        // NUL-terminated and `how` is a valid open_how of the size passed; openat2 retains
+        // neither pointer.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if r >= 0 {
+            break r as i32;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    regular(file, rel)
+}
+
+/// Opens the regular file at `path` for reading without following a symlink in its last
+/// component (`O_NOFOLLOW`); errors as for [`open_beneath`].
+pub fn open_regular_nofollow(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    regular(file, path)
+}
+
+/// Opens the directory `path` for use as the root of [`open_beneath`] (following symlinks:
+/// a store's root may be one).
+pub fn open_dir(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+        .open(path)
+}
+
 /// The process id and effective user of the peer of a connected Unix socket
 /// (`SO_PEERCRED`: fixed when the peer connected or listened).
 pub fn peer_credentials(socket: &impl AsRawFd) -> io::Result<(i32, u32)> {

@@ -137,6 +137,16 @@ impl Datastore for MemStore {
         Ok(())
     }
 
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        self.check_open()?;
+        let mut map = self.map.write();
+        let va = map.get(a.as_str()).cloned().ok_or_else(Error::not_found)?;
+        let vb = map.get(b.as_str()).cloned().ok_or_else(Error::not_found)?;
+        map.insert(a.as_str().to_owned(), vb);
+        map.insert(b.as_str().to_owned(), va);
+        Ok(())
+    }
+
     fn apply_batch(&self, ops: BatchOps) -> Result<()> {
         self.check_open()?;
         let mut map = self.map.write();

@@ -547,6 +547,20 @@ impl Datastore for MountStore {
         src.1.store.delete(&src.2)
     }
 
+    /// Delegated when one child holds both keys; across children nothing can swap two values
+    /// atomically, so it is [`ErrorKind::Unsupported`].
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        let ma = self.lookup(a).ok_or_else(Error::not_found)?;
+        let mb = self.lookup(b).ok_or_else(Error::not_found)?;
+        if std::ptr::eq(ma.1, mb.1) {
+            return ma.1.store.exchange(&ma.2, &mb.2);
+        }
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("{a} and {b} are in different stores; they cannot be swapped atomically"),
+        ))
+    }
+
     fn scrub(&self, repair: bool) -> Result<Vec<String>> {
         let mut all = Vec::new();
         for m in &self.mounts {
@@ -568,6 +582,13 @@ impl Datastore for MountStore {
     fn backing_file(&self, key: &Key) -> Result<Option<PathBuf>> {
         match self.lookup(key) {
             Some((_, m, k)) => m.store.backing_file(&k),
+            None => Ok(None),
+        }
+    }
+
+    fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        match self.lookup(key) {
+            Some((_, m, k)) => m.store.open_backing(&k),
             None => Ok(None),
         }
     }

@@ -58,9 +58,9 @@ impl RedbStore {
     /// [`crate::ErrorKind::Locked`] if another process has it open.
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<RedbStore> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::builder()
-            .set_cache_size(options.cache_size)
-            .create(&path)
+        let mut builder = Database::builder();
+        builder.set_cache_size(options.cache_size);
+        let db = crate::space::open_redb(&builder, &path)
             .map_err(|e| redb_error(&format!("opening redb store {}", path.display()), e))?;
         let txn = db
             .begin_write()
@@ -245,6 +245,26 @@ impl Datastore for RedbStore {
                 .ok_or_else(Error::not_found)?;
             t.insert(to.as_str(), value.as_slice())
                 .map_err(|e| redb_error("moving", e))?;
+            Ok(())
+        })
+    }
+
+    /// One transaction: both values or neither change, also across a crash.
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        self.write(|t| {
+            let get = |t: &redb::Table<&str, &[u8]>, k: &Key| -> Result<Vec<u8>> {
+                use redb::ReadableTable;
+                t.get(k.as_str())
+                    .map_err(|e| redb_error("swapping", e))?
+                    .map(|v| v.value().to_vec())
+                    .ok_or_else(Error::not_found)
+            };
+            let va = get(t, a)?;
+            let vb = get(t, b)?;
+            t.insert(a.as_str(), vb.as_slice())
+                .map_err(|e| redb_error("swapping", e))?;
+            t.insert(b.as_str(), va.as_slice())
+                .map_err(|e| redb_error("swapping", e))?;
             Ok(())
         })
     }

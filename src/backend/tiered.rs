@@ -41,6 +41,7 @@ pub const DEFAULT_THRESHOLD: u64 = 64 << 10;
 const STRIPES: usize = 64;
 
 /// Where a value lives.
+#[derive(PartialEq, Eq)]
 enum Loc {
     Inline(Vec<u8>),
     File(Key),
@@ -297,13 +298,41 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Reads `key`'s value with `inline` or, in the file tier, with `file`. A reader that
+    /// resolved a file just before an overwrite and a checkpoint deleted it finds the file
+    /// gone: it looks the record up again and reads where the value lives now. Only a record
+    /// that still names a missing file is corrupt.
+    fn read_value<T>(
+        &self,
+        key: &Key,
+        inline: impl Fn(&[u8]) -> T,
+        file: impl Fn(&Key) -> Result<T>,
+    ) -> Result<T> {
+        let mut loc = self.loc(key)?;
+        loop {
+            let id = match loc {
+                None => return Err(Error::not_found()),
+                Some(Loc::Inline(v)) => return Ok(inline(&v)),
+                Some(Loc::File(id)) => id,
+            };
+            match file(&id) {
+                Err(e) if e.is_not_found() => {
+                    let now = self.loc(key)?;
+                    if now.as_ref() == Some(&Loc::File(id)) {
+                        return Err(Inner::file_missing(key, e));
+                    }
+                    loc = now;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 impl Datastore for Inner {
     fn get(&self, key: &Key) -> Result<Vec<u8>> {
-        match self.loc(key)? {
-            Some(Loc::Inline(v)) => Ok(v),
-            Some(Loc::File(id)) => self.files.get(&id).map_err(|e| Inner::file_missing(key, e)),
-            None => Err(Error::not_found()),
-        }
+        self.read_value(key, |v| v.to_vec(), |id| self.files.get(id))
     }
 
     fn has(&self, key: &Key) -> Result<bool> {
@@ -311,25 +340,17 @@ impl Datastore for Inner {
     }
 
     fn get_size(&self, key: &Key) -> Result<u64> {
-        match self.loc(key)? {
-            Some(Loc::Inline(v)) => Ok(v.len() as u64),
-            Some(Loc::File(id)) => self
-                .files
-                .get_size(&id)
-                .map_err(|e| Inner::file_missing(key, e)),
-            None => Err(Error::not_found()),
-        }
+        self.read_value(key, |v| v.len() as u64, |id| self.files.get_size(id))
     }
 
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        match self.loc(key)? {
-            Some(Loc::Inline(v)) => Ok(copy_range(&v, offset, buf)),
-            Some(Loc::File(id)) => self
-                .files
-                .read_at(&id, offset, buf)
-                .map_err(|e| Inner::file_missing(key, e)),
-            None => Err(Error::not_found()),
-        }
+        // The buffer is filled by whichever attempt succeeds; a failed one wrote nothing.
+        let buf = std::cell::RefCell::new(buf);
+        self.read_value(
+            key,
+            |v| copy_range(v, offset, &mut buf.borrow_mut()),
+            |id| self.files.read_at(id, offset, &mut buf.borrow_mut()),
+        )
     }
 
     fn put(&self, key: &Key, value: &[u8]) -> Result<()> {
@@ -366,32 +387,43 @@ impl Datastore for Inner {
         let records = self.records.query(inner)?;
         let keys_only = q.keys_only;
         let files = self.files_handle();
-        let entries: EntryIter = Box::new(records.map(move |r| {
-            let e = r?;
-            let rec = e.value.unwrap_or_default();
-            Ok(match decode(&e.key, rec)? {
-                Loc::Inline(v) => {
-                    if keys_only {
-                        Entry::key_only(e.key, Some(v.len() as u64))
-                    } else {
-                        Entry::with_value(e.key, v)
+        let entries: EntryIter = Box::new(records.filter_map(move |r| {
+            let entry = (|| -> Result<Entry> {
+                let e = r?;
+                let rec = e.value.unwrap_or_default();
+                Ok(match decode(&e.key, rec)? {
+                    Loc::Inline(v) => {
+                        if keys_only {
+                            Entry::key_only(e.key, Some(v.len() as u64))
+                        } else {
+                            Entry::with_value(e.key, v)
+                        }
                     }
-                }
-                Loc::File(id) => {
-                    let key = e.key;
-                    if keys_only {
-                        let size = files
-                            .get_size(&id)
-                            .map_err(|err| Inner::file_missing(&key, err))?;
-                        Entry::key_only(key, Some(size))
-                    } else {
-                        let v = files
-                            .get(&id)
-                            .map_err(|err| Inner::file_missing(&key, err))?;
-                        Entry::with_value(key, v)
+                    Loc::File(id) => {
+                        let key = e.key;
+                        if keys_only {
+                            let size = files
+                                .get_size(&id)
+                                .map_err(|err| Inner::file_missing(&key, err))?;
+                            Entry::key_only(key, Some(size))
+                        } else {
+                            let v = files
+                                .get(&id)
+                                .map_err(|err| Inner::file_missing(&key, err))?;
+                            Entry::with_value(key, v)
+                        }
                     }
+                })
+            })();
+            match entry {
+                // A symlink or other foreign file where a value's file belongs: listed as
+                // absent (scrub names it), never read.
+                Err(e) if e.kind() == ErrorKind::Corrupt && e.to_string().contains(FOREIGN) => {
+                    log::warn!("tiered: skipping a value: {e}");
+                    None
                 }
-            })
+                other => Some(other),
+            }
         }));
         let it = query::naive_apply(&q, entries, true);
         Ok(Results::new(q, it))
@@ -478,6 +510,22 @@ impl Datastore for Inner {
         Ok(())
     }
 
+    /// Swaps the two records in one redb transaction: the values (inline bytes or file ids)
+    /// change places, no file is copied or renamed.
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        if a == b {
+            return if self.has(a)? {
+                Ok(())
+            } else {
+                Err(Error::not_found())
+            };
+        }
+        let _g = self.lock_many([a, b]);
+        self.records.exchange(a, b)?;
+        self.mark_dirty();
+        Ok(())
+    }
+
     fn disk_usage(&self) -> Result<Option<u64>> {
         let a = self.records.disk_usage()?.unwrap_or(0);
         let b = self.files.disk_usage()?.unwrap_or(0);
@@ -528,6 +576,13 @@ impl Datastore for Inner {
         }
     }
 
+    fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        match self.loc(key)? {
+            Some(Loc::File(id)) => self.files.open_backing(&id),
+            _ => Ok(None),
+        }
+    }
+
     fn scrub(&self, repair: bool) -> Result<Vec<String>> {
         // Files that no record points to: debris of a crash between a file write and its
         // record flip. With every writer held off and everything durable, "unreferenced now"
@@ -541,7 +596,8 @@ impl Datastore for Inner {
                 referenced.insert(id);
             }
         }
-        let mut problems = Vec::new();
+        // Symlinks and other file types among the files: never followed, reported.
+        let mut problems = self.files.scrub(false)?;
         let q = Query {
             keys_only: true,
             ..Query::default()
@@ -626,6 +682,9 @@ impl Datastore for TieredStore {
     fn rename(&self, from: &Key, to: &Key) -> Result<()> {
         self.inner.rename(from, to)
     }
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        self.inner.exchange(a, b)
+    }
     fn disk_usage(&self) -> Result<Option<u64>> {
         self.inner.disk_usage()
     }
@@ -641,10 +700,16 @@ impl Datastore for TieredStore {
     fn backing_file(&self, key: &Key) -> Result<Option<PathBuf>> {
         self.inner.backing_file(key)
     }
+    fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        self.inner.open_backing(key)
+    }
     fn scrub(&self, repair: bool) -> Result<Vec<String>> {
         self.inner.scrub(repair)
     }
 }
+
+/// How a symlink or other file type where a value's file belongs is described.
+const FOREIGN: &str = "is a symlink or not a regular file; dsfs does not follow it";
 
 /// Reads of the file tier by path, for query iterators that outlive `&self`.
 struct FilesHandle {
@@ -660,15 +725,28 @@ impl FilesHandle {
             .join(format!("{name}.data"))
     }
 
-    fn get(&self, id: &Key) -> Result<Vec<u8>> {
+    fn open(&self, id: &Key) -> Result<std::fs::File> {
         let p = self.file(id);
-        std::fs::read(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))
+        crate::sys::open_regular_nofollow(&p).map_err(|e| {
+            if crate::sys::is_foreign_file(&e) {
+                Error::new(ErrorKind::Corrupt, format!("{} {FOREIGN}", p.display()))
+            } else {
+                Error::io(format!("opening {}", p.display()), e)
+            }
+        })
+    }
+
+    fn get(&self, id: &Key) -> Result<Vec<u8>> {
+        let mut value = Vec::new();
+        std::io::Read::read_to_end(&mut self.open(id)?, &mut value)
+            .map_err(|e| Error::io(format!("reading {}", self.file(id).display()), e))?;
+        Ok(value)
     }
 
     fn get_size(&self, id: &Key) -> Result<u64> {
-        let p = self.file(id);
-        std::fs::metadata(&p)
+        self.open(id)?
+            .metadata()
             .map(|m| m.len())
-            .map_err(|e| Error::io(format!("stat {}", p.display()), e))
+            .map_err(|e| Error::io(format!("stat {}", self.file(id).display()), e))
     }
 }

@@ -341,6 +341,8 @@ fn reads_stdin(command: &Command) -> bool {
         | Command::Stat { .. }
         | Command::Cid { .. }
         | Command::Import { .. }
+        | Command::Add { .. }
+        | Command::Cat { .. }
         | Command::Fsck { .. }
         | Command::Reindex
         | Command::Mount { .. }

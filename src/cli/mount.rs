@@ -525,6 +525,18 @@ fn serve(
     let ran = session.run();
     drop(control);
     let shut = fs.shutdown();
+    let failed_path = failure_file(&pid_path);
+    match &shut {
+        // `umount` waits for this process and reports the failure from this file.
+        Err(e) => {
+            if let Err(w) = std::fs::write(&failed_path, format!("{e}\n")) {
+                log::error!("could not write {}: {w}", failed_path.display());
+            }
+        }
+        Ok(()) => {
+            let _ = std::fs::remove_file(&failed_path);
+        }
+    }
     let _ = std::fs::remove_file(&pid_path);
     if let Err(e) = ran {
         log::error!("FUSE session ended with an error: {e}");
@@ -539,6 +551,11 @@ fn serve(
             format!("committing at unmount: {e}"),
         )),
     }
+}
+
+/// Where a daemon whose final commit failed says what is at risk, for `umount` to report.
+fn failure_file(pid_path: &Path) -> PathBuf {
+    pid_path.with_extension("failed")
 }
 
 /// Detaches `mp` even if busy (`fusermount3 -u -z`, or `umount -l` as root).
@@ -617,6 +634,19 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode, Error> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+    let failed_path = failure_file(&pid_file(&mp));
+    if let Ok(what) = std::fs::read_to_string(&failed_path) {
+        let _ = std::fs::remove_file(&failed_path);
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "unmounted {}, but the final commit failed; writes not yet committed may be \
+                 lost: {}",
+                mp.display(),
+                what.trim()
+            ),
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

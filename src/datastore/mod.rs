@@ -13,6 +13,7 @@
 //! * `sync(prefix)` makes every write under `prefix` that returned before it durable.
 
 pub mod error;
+pub mod faulty;
 pub mod key;
 pub mod query;
 pub mod stage;
@@ -203,6 +204,17 @@ pub trait Datastore: Send + Sync {
         self.delete(from)
     }
 
+    /// Swaps the values of `a` and `b` (both must hold one; a missing one is
+    /// [`ErrorKind::NotFound`]) atomically, also across a crash, without copying either value.
+    /// Stores that cannot do that refuse with [`ErrorKind::Unsupported`], the default.
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        let _ = (a, b);
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this store cannot swap two values atomically",
+        ))
+    }
+
     /// Checks the store's own invariants (go-datastore's `Scrubbed`/`Checked` features) and,
     /// with `repair`, fixes what it can. Returns a description of each problem found. The
     /// default has nothing to check.
@@ -254,6 +266,25 @@ pub trait Datastore: Send + Sync {
     fn backing_file(&self, key: &Key) -> Result<Option<std::path::PathBuf>> {
         let _ = key;
         Ok(None)
+    }
+
+    /// The file [`Datastore::backing_file`] names, opened for reading, if it is a regular file
+    /// in the store: a symlink or another file type there is [`ErrorKind::Corrupt`], never
+    /// the file it points to. The default opens the path with `O_NOFOLLOW`; stores with a
+    /// root directory open beneath it without following any symlink.
+    fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        let Some(path) = self.backing_file(key)? else {
+            return Ok(None);
+        };
+        match crate::sys::open_regular_nofollow(&path) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::not_found()),
+            Err(e) if crate::sys::is_foreign_file(&e) => Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{} is a symlink or not a regular file: {e}", path.display()),
+            )),
+            Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
+        }
     }
 
     /// Which store this is, as a string an index records to tell whether it was built for this
@@ -369,6 +400,9 @@ impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
     fn rename(&self, from: &Key, to: &Key) -> Result<()> {
         (**self).rename(from, to)
     }
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        (**self).exchange(a, b)
+    }
     fn scrub(&self, repair: bool) -> Result<Vec<String>> {
         (**self).scrub(repair)
     }
@@ -401,6 +435,9 @@ impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
     }
     fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
         (**self).segment_keys(segment)
+    }
+    fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        (**self).open_backing(key)
     }
 }
 

@@ -69,6 +69,18 @@ impl Staged {
         }
     }
 
+    /// A second handle on the same bytes that outlives this one's commit: it shares the open
+    /// file (not its name), so whatever a store does with the name (rename it into place, remove
+    /// it after a failure), the bytes stay readable through the copy until it is dropped. The
+    /// filesystem keeps one across each commit, so a failed commit loses nothing.
+    pub fn try_clone_detached(&self) -> Result<Staged> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| Error::io("duplicating a staging file handle", e))?;
+        Ok(Staged { file, path: None })
+    }
+
     /// The staging file.
     pub fn file(&self) -> &File {
         &self.file

@@ -119,7 +119,9 @@ impl From<IndexError> for FsError {
             IndexErrorKind::InvalidArgument => FsError::Invalid(e.to_string()),
             IndexErrorKind::NoSpace => FsError::NoSpace,
             IndexErrorKind::ReadOnly => FsError::ReadOnly,
+            IndexErrorKind::Unsupported => FsError::NotSupported(e.to_string()),
             IndexErrorKind::Corrupt
+            | IndexErrorKind::NoMount
             | IndexErrorKind::Closed
             | IndexErrorKind::Locked
             | IndexErrorKind::Store

@@ -2,17 +2,34 @@
 //! and its result one reply; errors become errno through [`FsError::errno`].
 //!
 //! Kernel passthrough: when [`DsFs::open`] offers a backing file, the adapter registers it with
-//! the kernel once per backing file (a `Weak` per file, an `Arc` per open handle, released with
-//! the handle) and replies `opened_passthrough`; if the kernel refuses, it falls back to the
+//! the kernel and replies `opened_passthrough`; if the kernel refuses, it falls back to the
 //! userspace read path for the rest of the mount.
+//!
+//! The kernel keeps one I/O mode per inode: while any handle of an inode uses a backing file,
+//! every other open of that inode must name the same backing file (an ordinary open fails
+//! with EIO), and while page-cached handles are open no open may name one. Passthrough with
+//! `FOPEN_DIRECT_IO` is allowed and sends reads and writes to the daemon (direct I/O
+//! overrides passthrough). The adapter therefore counts, per inode, the handles of each kind
+//! and chooses every open's mode so that it never conflicts:
+//!
+//! * passthrough, when the daemon offers a backing file, no page-cached handle is open, and
+//!   any other passthrough handle uses the same file;
+//! * else, while passthrough handles are open: the same backing id with `FOPEN_DIRECT_IO`
+//!   (writers, and readers of a newer version, served by the daemon);
+//! * else an ordinary page-cached open.
+//!
+//! Its counts drop at `release`, after the kernel has dropped its own, so they never
+//! undercount. A memory mapping of a direct-I/O handle beside passthrough readers maps the
+//! backing file (the kernel's rule), so a shared writable mapping then writes to the
+//! committed value in place; ordinary writes never do.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -52,10 +69,37 @@ pub struct FuseAdapter {
     fs: Arc<DsFs>,
     options: KernelOptions,
     passthrough: AtomicBool,
-    /// One kernel backing id per backing file (device, inode) while any handle uses it.
-    backing_by_file: Mutex<HashMap<(u64, u64), Weak<BackingId>>>,
-    /// The backing id each passthrough handle holds until release.
-    backing_by_handle: Mutex<HashMap<u64, Arc<BackingId>>>,
+    /// The I/O modes of the open handles of each inode, and the handles' own modes.
+    io: Mutex<IoTable>,
+}
+
+/// How the kernel serves one open handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IoMode {
+    /// Reads go to the backing file in the kernel.
+    Passthrough,
+    /// Ordinary FUSE I/O through the page cache.
+    Cached,
+    /// The inode's backing id with `FOPEN_DIRECT_IO`: reads and writes go to the daemon,
+    /// beside passthrough handles of the same inode.
+    Direct,
+}
+
+/// The handles of one inode, by mode.
+#[derive(Default)]
+struct InodeIo {
+    /// Handles holding the backing id (passthrough and direct).
+    passthrough: u32,
+    cached: u32,
+    /// The backing file (device, inode) and kernel id the passthrough handles share.
+    backing: Option<((u64, u64), Arc<BackingId>)>,
+}
+
+#[derive(Default)]
+struct IoTable {
+    inodes: HashMap<u64, InodeIo>,
+    /// Each handle's inode and mode, until release.
+    handles: HashMap<u64, (u64, IoMode)>,
 }
 
 fn errno(e: FsError) -> Errno {
@@ -111,8 +155,7 @@ impl FuseAdapter {
             passthrough: AtomicBool::new(options.passthrough),
             fs,
             options,
-            backing_by_file: Mutex::new(HashMap::new()),
-            backing_by_handle: Mutex::new(HashMap::new()),
+            io: Mutex::new(IoTable::default()),
         }
     }
 
@@ -123,34 +166,98 @@ impl FuseAdapter {
         }
     }
 
-    /// Registers `file` with the kernel for passthrough, sharing one id per backing file.
-    fn backing_id(
+    /// Chooses the mode of a new handle of `ino` (see the module documentation), registering
+    /// `backing` with the kernel when passthrough is chosen, and records it. The table stays
+    /// locked from the choice to the record, so concurrent opens see each other.
+    fn choose_mode(
         &self,
-        file: &std::fs::File,
+        fh: u64,
+        ino: u64,
+        backing: Option<&std::fs::File>,
         register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return None;
-        }
-        let meta = file.metadata().ok()?;
-        let key = (meta.dev(), meta.ino());
-        let mut map = self.backing_by_file.lock();
-        if let Some(id) = map.get(&key).and_then(Weak::upgrade) {
-            return Some(id);
-        }
-        match register(file) {
-            Ok(id) => {
-                let id = Arc::new(id);
-                map.retain(|_, w| w.strong_count() > 0);
-                map.insert(key, Arc::downgrade(&id));
-                Some(id)
+    ) -> (IoMode, Option<Arc<BackingId>>) {
+        let mut io = self.io.lock();
+        let state = io.inodes.entry(ino).or_default();
+        let mut chosen = None;
+        if let Some(file) = backing
+            && self.passthrough.load(Ordering::Relaxed)
+        {
+            let meta = file.metadata().ok();
+            let file_id = meta.map(|m| (m.dev(), m.ino()));
+            if state.cached > 0 {
+                log::debug!(
+                    "inode {ino}: no passthrough while {} cached handles are open",
+                    state.cached
+                );
+            } else if let Some((id_of, id)) = &state.backing {
+                if Some(*id_of) == file_id {
+                    chosen = Some(id.clone());
+                } else {
+                    log::debug!(
+                        "inode {ino}: no passthrough while open handles read an older version"
+                    );
+                }
+            } else if let Some(file_id) = file_id {
+                match register(file) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        state.backing = Some((file_id, id.clone()));
+                        chosen = Some(id);
+                    }
+                    Err(e) => {
+                        log::warn!("kernel passthrough refused ({e}); serving reads in userspace");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                    }
+                }
             }
-            Err(e) => {
-                log::warn!("kernel passthrough refused ({e}); serving reads in userspace");
-                self.passthrough.store(false, Ordering::Relaxed);
-                None
-            }
         }
+        let mode = if chosen.is_some() {
+            state.passthrough += 1;
+            IoMode::Passthrough
+        } else if let Some((_, id)) = &state.backing {
+            log::debug!(
+                "inode {ino}: direct I/O beside {} passthrough handles",
+                state.passthrough
+            );
+            chosen = Some(id.clone());
+            state.passthrough += 1;
+            IoMode::Direct
+        } else {
+            state.cached += 1;
+            IoMode::Cached
+        };
+        io.handles.insert(fh, (ino, mode));
+        (mode, chosen)
+    }
+
+    /// Forgets a released handle's mode.
+    fn forget_mode(&self, fh: u64) {
+        let mut io = self.io.lock();
+        let Some((ino, mode)) = io.handles.remove(&fh) else {
+            return;
+        };
+        let Some(state) = io.inodes.get_mut(&ino) else {
+            return;
+        };
+        match mode {
+            IoMode::Passthrough | IoMode::Direct => {
+                state.passthrough = state.passthrough.saturating_sub(1);
+                if state.passthrough == 0 {
+                    state.backing = None;
+                }
+            }
+            IoMode::Cached => state.cached = state.cached.saturating_sub(1),
+        }
+        if state.passthrough == 0 && state.cached == 0 {
+            io.inodes.remove(&ino);
+        }
+    }
+}
+
+fn fopen_flags(mode: IoMode) -> FopenFlags {
+    match mode {
+        IoMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
+        IoMode::Passthrough | IoMode::Cached => FopenFlags::empty(),
     }
 }
 
@@ -345,13 +452,13 @@ impl Filesystem for FuseAdapter {
             Ok(o) => o,
             Err(e) => return reply.error(errno(e)),
         };
-        if let Some(file) = &opened.backing
-            && let Some(id) = self.backing_id(file, |f| reply.open_backing(f))
-        {
-            self.backing_by_handle.lock().insert(opened.fh, id.clone());
-            return reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id);
+        let (mode, id) = self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), |f| {
+            reply.open_backing(f)
+        });
+        match id {
+            Some(id) => reply.opened_passthrough(FileHandle(opened.fh), fopen_flags(mode), &id),
+            None => reply.opened(FileHandle(opened.fh), fopen_flags(mode)),
         }
-        reply.opened(FileHandle(opened.fh), FopenFlags::empty());
     }
 
     fn read(
@@ -411,7 +518,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let result = self.fs.release(fh.0);
-        self.backing_by_handle.lock().remove(&fh.0);
+        self.forget_mode(fh.0);
         empty(reply, result)
     }
 
@@ -560,13 +667,23 @@ impl Filesystem for FuseAdapter {
             .fs
             .create(ctx(req), parent.0, name.as_bytes(), mode, umask, flags)
         {
-            Ok((attr, opened)) => reply.created(
-                &self.options.ttl,
-                &file_attr(&attr),
-                Generation(0),
-                FileHandle(opened.fh),
-                FopenFlags::empty(),
-            ),
+            Ok((attr, opened)) => {
+                let (mode, id) = self.choose_mode(opened.fh, attr.ino, None, |_| {
+                    Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+                });
+                let (ttl, attr, fh) = (&self.options.ttl, file_attr(&attr), FileHandle(opened.fh));
+                match id {
+                    Some(id) => reply.created_passthrough(
+                        ttl,
+                        &attr,
+                        Generation(0),
+                        fh,
+                        fopen_flags(mode),
+                        &id,
+                    ),
+                    None => reply.created(ttl, &attr, Generation(0), fh, fopen_flags(mode)),
+                }
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

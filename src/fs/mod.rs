@@ -8,6 +8,24 @@
 //! any offset and read back by every handle before it is committed, and committed to the store
 //! (for file-backed stores, by one rename) on `flush`/`close`, `fsync`, and unmount. See
 //! `docs/SEMANTICS.md` for what each operation promises.
+//!
+//! # Locks
+//!
+//! The lock order of the filesystem, and the one place it is written down:
+//!
+//! 1. `DsFs::handles` and `DsFs::open` (the handle table and the open-file table) are held
+//!    only to look up, insert or remove an entry and to count an inode's opens: never across
+//!    store or index I/O and never while waiting for another lock. Callers clone the `Arc` out
+//!    and drop the guard before locking the inode (`DsFs::open_inode_of`).
+//! 2. An open inode's `InodeState` mutex may be held across store I/O and index transactions
+//!    for that file (staging, commit, the move of its value in a rename), so that every read,
+//!    write and commit sees the key and the value in step. Holding one blocks only that file.
+//!    When several are held at once (a rename of a directory with open files in it), they are
+//!    taken in ascending inode order.
+//! 3. The index's write transaction and the stores' own locks are innermost: no inode state
+//!    lock is ever taken inside an index transaction or a store call.
+//!
+//! `DsFs::shut` is taken by `shutdown` alone, before any of these.
 
 pub mod error;
 pub mod fuse;
@@ -16,7 +34,7 @@ pub mod names;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
@@ -215,8 +233,6 @@ struct InodeState {
     staged: Option<Staged>,
     /// The staged bytes differ from the committed value.
     dirty: bool,
-    /// Open handles.
-    opens: u32,
     /// The name was removed while open: reads still work, nothing is committed.
     unlinked: bool,
     /// Modification time of uncommitted writes.
@@ -236,6 +252,9 @@ struct ValueMove {
 
 struct OpenInode {
     state: Mutex<InodeState>,
+    /// Open handles and other users (a truncate in progress). Changed only under the write
+    /// lock of the open-file table, so that the last one out removes the entry.
+    opens: AtomicU32,
 }
 
 struct Handle {
@@ -257,6 +276,8 @@ pub struct DsFs {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     shut: Mutex<bool>,
+    /// The IPFS CIDs of files, each with the (mtime, size) it was computed for.
+    cids: Mutex<HashMap<u64, (Timestamp, u64, String)>>,
 }
 
 fn ts(t: Timestamp) -> SystemTime {
@@ -294,6 +315,7 @@ impl DsFs {
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             shut: Mutex::new(false),
+            cids: Mutex::new(HashMap::new()),
         }
     }
 
@@ -307,6 +329,15 @@ impl DsFs {
             Err(FsError::ReadOnly)
         } else {
             Ok(())
+        }
+    }
+
+    /// Refuses new data (ENOSPC) while the repository's space reserve is spent, so that the
+    /// space left goes to commits of what was already written and to removals.
+    fn check_room(&self) -> FsResult<()> {
+        match self.index.reserve() {
+            Some(r) if !r.room_for_new_data() => Err(FsError::NoSpace),
+            _ => Ok(()),
         }
     }
 
@@ -347,7 +378,7 @@ impl DsFs {
         let mut mtime = n.mtime;
         let mut ctime = n.ctime;
         if kind == FileKind::File
-            && let Some(inode) = self.open.read().get(&ino).cloned()
+            && let Some(inode) = self.open_inode_of(ino)
         {
             let st = inode.state.lock();
             if let Some(staged) = &st.staged
@@ -556,6 +587,7 @@ impl DsFs {
         fill: impl FnOnce(&mut Node),
     ) -> FsResult<Attr> {
         self.check_writable()?;
+        self.check_room()?;
         let comp = Self::component(name)?;
         let pnode = self.dir_node(parent)?;
         let mut n = self.new_node(ctx, &pnode, kind, mode, umask);
@@ -583,6 +615,7 @@ impl DsFs {
         rdev: u32,
     ) -> FsResult<Attr> {
         self.check_writable()?;
+        self.check_room()?;
         let special = match mode & libc::S_IFMT {
             0 | libc::S_IFREG => None,
             libc::S_IFIFO => Some(NodeKind::Fifo),
@@ -649,6 +682,7 @@ impl DsFs {
             let opened = self.open(id, flags)?;
             return Ok((self.getattr(id)?, opened));
         }
+        self.check_room()?;
         let key = self.key_of(parent)?.join_component(&comp)?;
         let n = self.new_node(ctx, &pnode, NodeKind::File, mode, umask);
         let created = n.mtime;
@@ -678,16 +712,34 @@ impl DsFs {
                         key,
                         staged: None,
                         dirty: false,
-                        opens: 0,
                         unlinked: false,
                         mtime: None,
                         orphan: None,
                     }),
+                    opens: AtomicU32::new(0),
                 })
             })
             .clone();
-        inode.state.lock().opens += 1;
+        inode.opens.fetch_add(1, Ordering::Relaxed);
         Ok(inode)
+    }
+
+    /// The open inode `ino`, if it is open. The table's lock is released on return, so the
+    /// caller may lock the inode (see the lock order in the module documentation).
+    fn open_inode_of(&self, ino: u64) -> Option<Arc<OpenInode>> {
+        self.open.read().get(&ino).cloned()
+    }
+
+    /// Drops one reference to an open inode; the last one removes it from the table.
+    fn forget_open(&self, ino: u64, inode: &Arc<OpenInode>) {
+        let mut open = self.open.write();
+        let before = inode.opens.fetch_sub(1, Ordering::Relaxed);
+        if before <= 1 {
+            inode.opens.store(0, Ordering::Relaxed);
+            if open.get(&ino).is_some_and(|i| Arc::ptr_eq(i, inode)) {
+                open.remove(&ino);
+            }
+        }
     }
 
     fn add_handle(&self, ino: u64, inode: Arc<OpenInode>, flags: i32) -> u64 {
@@ -752,11 +804,9 @@ impl DsFs {
                 && ino & VALUE_INO == 0
             {
                 // Nobody is writing: the kernel may read the committed file directly.
-                if let Ok(Some(path)) = self.backend.backing_file(&st.key) {
-                    match File::open(&path) {
-                        Ok(f) => backing = Some(f),
-                        Err(e) => log::debug!("no passthrough for {}: {e}", path.display()),
-                    }
+                match self.backend.open_backing(&st.key) {
+                    Ok(f) => backing = f,
+                    Err(e) => log::debug!("no passthrough for {}: {e}", st.key),
                 }
             }
         }
@@ -768,32 +818,68 @@ impl DsFs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.handle(fh)?;
         let mut buf = vec![0u8; size as usize];
-        let n = {
-            let st = h.inode.state.lock();
-            match &st.staged {
-                Some(staged) => staged.read_at(offset, &mut buf)?,
-                None => {
-                    let key = st.key.clone();
-                    drop(st);
-                    match self.backend.read_at(&key, offset, &mut buf) {
-                        Ok(n) => n,
-                        // An empty file created but not yet committed elsewhere.
-                        Err(e) if e.is_not_found() && self.index.value_size(&key)? == Some(0) => 0,
-                        // Deleted underneath by another program: the file is gone.
-                        Err(e) if e.is_not_found() && self.store.follows() => {
-                            let listed = self.index.value_size(&key)?.unwrap_or(0);
-                            if self.store.recheck_key(&key, listed)?.is_none() {
-                                return Err(FsError::NotFound);
-                            }
-                            return Err(FsError::store(e));
-                        }
-                        Err(e) => return Err(FsError::store(e)),
-                    }
+        let mut tries = 0;
+        let n = loop {
+            let key = {
+                let st = h.inode.state.lock();
+                match &st.staged {
+                    Some(staged) => break staged.read_at(offset, &mut buf)?,
+                    None => st.key.clone(),
                 }
+            };
+            // The store is read without the inode's lock, so that a slow read does not stall
+            // the file's other users.
+            match self.backend.read_at(&key, offset, &mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.is_not_found() => {
+                    // A rename moves the value with the inode locked and re-keys the inode
+                    // before unlocking: once the lock is ours again, a changed key means the
+                    // value moved under us, so read it again at its new key.
+                    tries += 1;
+                    if tries < 64 && self.key_moved(h.ino, &h.inode, &key)? {
+                        continue;
+                    }
+                    // An empty file created but not yet committed elsewhere.
+                    if self.index.value_size(&key)? == Some(0) {
+                        break 0;
+                    }
+                    // Deleted underneath by another program: the file is gone.
+                    if self.store.follows() {
+                        let listed = self.index.value_size(&key)?.unwrap_or(0);
+                        if self.store.recheck_key(&key, listed)?.is_none() {
+                            return Err(FsError::NotFound);
+                        }
+                    }
+                    return Err(FsError::store(e));
+                }
+                Err(e) => return Err(FsError::store(e)),
             }
         };
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// Whether a read of an open inode that found no value at `key` should be tried again:
+    /// the value moved since (a rename, or staged writes now hold it), or it moved away and
+    /// back (two renames) so the index names a value there again. Brings the inode's key up
+    /// to date from the index.
+    fn key_moved(&self, ino: u64, inode: &OpenInode, key: &Key) -> FsResult<bool> {
+        let mut st = inode.state.lock();
+        if st.staged.is_some() || st.key != *key {
+            return Ok(true);
+        }
+        if st.unlinked {
+            return Ok(false);
+        }
+        match self.index.key_of(ino & !VALUE_INO) {
+            Ok(current) if current != *key => {
+                st.key = current;
+                Ok(true)
+            }
+            Ok(_) => Ok(self.index.value_size(key)?.is_some_and(|size| size > 0)),
+            Err(e) if e.kind() == IndexErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ensures the inode has a staging area seeded with its current value.
@@ -812,6 +898,7 @@ impl DsFs {
         if !h.writable {
             return Err(FsError::BadHandle);
         }
+        self.check_room()?;
         let mut st = h.inode.state.lock();
         let append = h.append;
         let staged = self.ensure_staged(&mut st)?;
@@ -822,7 +909,9 @@ impl DsFs {
         Ok(data.len() as u32)
     }
 
-    /// Commits the inode's staged bytes, if any changed, to the store and the index.
+    /// Commits the inode's staged bytes, if any changed, to the store and the index. A failed
+    /// commit keeps the staged bytes and leaves the file dirty, so the next flush, fsync or close
+    /// tries again and reports the failure until a commit succeeds.
     fn commit(&self, ino: u64, inode: &OpenInode, durable: bool) -> FsResult<()> {
         let mut st = inode.state.lock();
         if st.unlinked {
@@ -839,25 +928,46 @@ impl DsFs {
             st.dirty = false;
             return Ok(());
         };
-        let size = staged.len()?;
-        let key = st.key.clone();
-        st.dirty = false;
-        // The times of the last change, not of this commit: a commit on the kernel's
-        // asynchronous RELEASE must not move a file's times after close() returned.
-        let mtime = match st.mtime.take() {
-            Some(t) => t,
-            None => recorded_mtime(&self.index, ino)?,
+        // The store consumes the staged value (a file-backed store renames its file); this
+        // second handle on the same bytes stays with the inode if the commit fails.
+        let keep = match staged.try_clone_detached() {
+            Ok(k) => k,
+            Err(e) => {
+                st.staged = Some(staged);
+                return Err(e.into());
+            }
         };
-        self.backend.commit_staged(&key, staged, durable)?;
-        self.index.write(|tx| {
-            let id = ino & !VALUE_INO;
-            let mut n = tx.node_required(id)?;
-            n.value = Some(size);
-            n.mtime = mtime;
-            n.ctime = mtime;
-            tx.put_node(id, &n)?;
-            tx.set_key(&key, id, size)
-        })?;
+        let key = st.key.clone();
+        let pending_mtime = st.mtime;
+        let result = (|| -> FsResult<()> {
+            let size = staged.len()?;
+            // The times of the last change, not of this commit: a commit on the kernel's
+            // asynchronous RELEASE must not move a file's times after close() returned.
+            let mtime = match pending_mtime {
+                Some(t) => t,
+                None => recorded_mtime(&self.index, ino)?,
+            };
+            self.backend.commit_staged(&key, staged, durable)?;
+            self.index.write(|tx| {
+                let id = ino & !VALUE_INO;
+                let mut n = tx.node_required(id)?;
+                n.value = Some(size);
+                n.mtime = mtime;
+                n.ctime = mtime;
+                tx.put_node(id, &n)?;
+                tx.set_key(&key, id, size)
+            })?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            log::warn!("commit of inode {ino} failed, its writes stay staged: {e}");
+            st.staged = Some(keep);
+            return Err(e);
+        }
+        st.dirty = false;
+        st.mtime = None;
+        drop(keep);
+        drop(st);
         if durable {
             self.index.sync()?;
         }
@@ -882,15 +992,7 @@ impl DsFs {
             return Err(FsError::BadHandle);
         };
         let result = self.commit(h.ino, &h.inode, false);
-        let mut open = self.open.write();
-        let last = {
-            let mut st = h.inode.state.lock();
-            st.opens = st.opens.saturating_sub(1);
-            st.opens == 0
-        };
-        if last {
-            open.remove(&h.ino);
-        }
+        self.forget_open(h.ino, &h.inode);
         result
     }
 
@@ -915,7 +1017,7 @@ impl DsFs {
             // the state lock first and the index second, so taking it inside the transaction
             // could deadlock.
             if set.mtime.is_some()
-                && let Some(inode) = self.open.read().get(&ino).cloned()
+                && let Some(inode) = self.open_inode_of(ino)
             {
                 inode.state.lock().mtime = None;
             }
@@ -1001,19 +1103,14 @@ impl DsFs {
         result
     }
 
+    /// Drops the reference `truncate` took; the last user commits (outside the table lock).
     fn drop_open_ref(&self, ino: u64, inode: &Arc<OpenInode>) {
-        let mut open = self.open.write();
-        let last = {
-            let mut st = inode.state.lock();
-            st.opens = st.opens.saturating_sub(1);
-            st.opens == 0
-        };
-        if last {
-            if let Err(e) = self.commit(ino, inode, false) {
-                log::error!("commit of inode {ino} failed: {e}");
-            }
-            open.remove(&ino);
+        if inode.opens.load(Ordering::Relaxed) <= 1
+            && let Err(e) = self.commit(ino, inode, false)
+        {
+            log::error!("commit of inode {ino} failed: {e}");
         }
+        self.forget_open(ino, inode);
     }
 
     /// Removes a file or symlink (or, for `.dsfs.value`, a directory's value).
@@ -1027,6 +1124,11 @@ impl DsFs {
                 }
                 let key = self.key_of(parent)?;
                 self.orphan_open(parent | VALUE_INO)?;
+                // The value goes first: if that fails, the name still has its value.
+                if let Err(e) = self.backend.delete(&key) {
+                    self.unorphan(parent | VALUE_INO);
+                    return Err(e.into());
+                }
                 self.index.write(|tx| {
                     let mut n = tx.node_required(parent)?;
                     n.value = None;
@@ -1036,7 +1138,6 @@ impl DsFs {
                     tx.remove_key(&key)?;
                     Ok(())
                 })?;
-                self.backend.delete(&key)?;
                 return Ok(());
             }
             NameRef::Component(c) => c,
@@ -1053,6 +1154,15 @@ impl DsFs {
         }
         let key = self.key_of(parent)?.join_component(&comp)?;
         self.orphan_open(id)?;
+        // The value goes before the name: a failed delete leaves both, and a failed index
+        // write after it leaves a name without a value that a retried unlink (or the reconcile
+        // after a crash) removes; never a value that no name reaches.
+        if n.kind == NodeKind::File
+            && let Err(e) = self.backend.delete(&key)
+        {
+            self.unorphan(id);
+            return Err(e.into());
+        }
         self.index.write(|tx| {
             Self::keep_dir(tx, parent)?;
             tx.unlink(parent, &comp)?;
@@ -1062,9 +1172,6 @@ impl DsFs {
             }
             Ok(())
         })?;
-        if n.kind == NodeKind::File {
-            self.backend.delete(&key)?;
-        }
         Ok(())
     }
 
@@ -1095,27 +1202,36 @@ impl DsFs {
         let new = self.key_of(ap)?.join_component(&an)?;
         let size = if n.kind == NodeKind::File {
             self.commit_if_open(id)?;
-            let size = self.index.value_size(&old)?.unwrap_or(0);
-            self.backend.rename(&old, &new)?;
-            Some(size)
+            Some(self.index.value_size(&old)?.unwrap_or(0))
         } else {
             None
         };
-        self.index.write(|tx| {
-            Self::keep_dir(tx, parent)?;
-            tx.unlink(parent, comp)?;
-            tx.remove_alias(id, ap, &an)?;
-            let mut node = tx.node_required(id)?;
-            node.parent = ap;
-            node.name = an.clone();
-            node.links = node.links.saturating_sub(1).max(1);
-            node.ctime = now_ts();
-            tx.put_node(id, &node)?;
-            if let Some(size) = size {
-                tx.remove_key(&old)?;
-                tx.set_key(&new, id, size)?;
-            }
-            Ok(())
+        let moves: Vec<ValueMove> = size
+            .iter()
+            .map(|&size| ValueMove {
+                from: old.clone(),
+                to: new.clone(),
+                id,
+                size,
+            })
+            .collect();
+        self.move_values(&moves, || {
+            Ok(self.index.write(|tx| {
+                Self::keep_dir(tx, parent)?;
+                tx.unlink(parent, comp)?;
+                tx.remove_alias(id, ap, &an)?;
+                let mut node = tx.node_required(id)?;
+                node.parent = ap;
+                node.name = an.clone();
+                node.links = node.links.saturating_sub(1).max(1);
+                node.ctime = now_ts();
+                tx.put_node(id, &node)?;
+                if let Some(size) = size {
+                    tx.remove_key(&old)?;
+                    tx.set_key(&new, id, size)?;
+                }
+                Ok(())
+            })?)
         })?;
         self.rekey_open()
     }
@@ -1134,7 +1250,7 @@ impl DsFs {
     /// Detaches an open inode from its key before the key goes away: its handles keep reading
     /// a private copy, and nothing of it is committed.
     fn orphan_open(&self, ino: u64) -> FsResult<()> {
-        if let Some(inode) = self.open.read().get(&ino).cloned() {
+        if let Some(inode) = self.open_inode_of(ino) {
             let snapshot = self.index.node(ino & !VALUE_INO).ok();
             let mut st = inode.state.lock();
             self.ensure_staged(&mut st)?;
@@ -1143,6 +1259,21 @@ impl DsFs {
             st.orphan = snapshot;
         }
         Ok(())
+    }
+
+    /// Undoes [`DsFs::orphan_open`] after the removal failed: the name is still there, so its
+    /// open handles write to it again (their bytes, copied when orphaned, stay staged).
+    fn unorphan(&self, ino: u64) {
+        if let Some(inode) = self.open.read().get(&ino).cloned() {
+            let mut st = inode.state.lock();
+            if st.unlinked {
+                st.unlinked = false;
+                st.orphan = None;
+                // Orphaning dropped the dirty mark; committing the same bytes again is harmless,
+                // losing a handle's pending writes is not.
+                st.dirty = st.staged.is_some();
+            }
+        }
     }
 
     /// Removes an empty directory.
@@ -1183,6 +1314,7 @@ impl DsFs {
         }
         let comp = Self::component(newname)?;
         self.dir_node(newparent)?;
+        self.check_room()?;
         self.index.write(|tx| {
             if tx.lookup(newparent, &comp)?.is_some() {
                 return Err(idx_err(IndexErrorKind::AlreadyExists, "the name exists"));
@@ -1311,28 +1443,59 @@ impl DsFs {
             // A symlink replacing a file: the file's value goes.
             self.backend.delete(&new_key)?;
         }
-        for m in &moves {
-            self.backend.rename(&m.from, &m.to)?;
-        }
-        self.index.write(|tx| {
-            Self::keep_dir(tx, parent)?;
-            Self::drop_replaced(tx, newparent, &to, &dst, &new_key)?;
-            tx.unlink(parent, &from)?;
-            let mut n = tx.node_required(src)?;
-            n.parent = newparent;
-            n.name = to.clone();
-            n.ctime = now_ts();
-            tx.put_node(src, &n)?;
-            tx.link(newparent, &to, src, n.kind == NodeKind::Dir)?;
-            for m in &moves {
-                tx.remove_key(&m.from)?;
-            }
-            for m in &moves {
-                tx.set_key(&m.to, m.id, m.size)?;
-            }
-            Ok(())
+        self.move_values(&moves, || {
+            Ok(self.index.write(|tx| {
+                Self::keep_dir(tx, parent)?;
+                Self::drop_replaced(tx, newparent, &to, &dst, &new_key)?;
+                tx.unlink(parent, &from)?;
+                let mut n = tx.node_required(src)?;
+                n.parent = newparent;
+                n.name = to.clone();
+                n.ctime = now_ts();
+                tx.put_node(src, &n)?;
+                tx.link(newparent, &to, src, n.kind == NodeKind::Dir)?;
+                for m in &moves {
+                    tx.remove_key(&m.from)?;
+                }
+                for m in &moves {
+                    tx.set_key(&m.to, m.id, m.size)?;
+                }
+                Ok(())
+            })?)
         })?;
         self.rekey_open()?;
+        Ok(())
+    }
+
+    /// Moves values in the store, then runs `record` (the index transaction that names them),
+    /// with every open inode whose value moves locked throughout and re-keyed before it is
+    /// unlocked: a read, write or commit through an open handle never uses a key whose value
+    /// is gone. Inodes opened meanwhile learn their keys from [`DsFs::rekey_open`].
+    fn move_values(
+        &self,
+        moves: &[ValueMove],
+        record: impl FnOnce() -> FsResult<()>,
+    ) -> FsResult<()> {
+        let mut held: Vec<(u64, Arc<OpenInode>, &Key)> = Vec::new();
+        for m in moves {
+            for ino in [m.id, m.id | VALUE_INO] {
+                if let Some(inode) = self.open_inode_of(ino) {
+                    held.push((ino, inode, &m.to));
+                }
+            }
+        }
+        held.sort_by_key(|h| h.0);
+        held.dedup_by_key(|h| h.0);
+        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.lock()).collect();
+        for m in moves {
+            self.backend.rename(&m.from, &m.to)?;
+        }
+        record()?;
+        for (st, h) in guards.iter_mut().zip(&held) {
+            if !st.unlinked {
+                st.key = h.2.clone();
+            }
+        }
         Ok(())
     }
 
@@ -1409,7 +1572,7 @@ impl DsFs {
     }
 
     fn commit_if_open(&self, id: NodeId) -> FsResult<()> {
-        if let Some(inode) = self.open.read().get(&id).cloned() {
+        if let Some(inode) = self.open_inode_of(id) {
             self.commit(id, &inode, false)?;
         }
         Ok(())
@@ -1458,24 +1621,29 @@ impl DsFs {
         let b = self.key_of(newparent)?.join_component(to)?;
         self.commit_if_open(src)?;
         self.commit_if_open(dst)?;
-        // Swap the values through staging copies; each key is replaced atomically.
         let a_size = self.index.value_size(&a)?;
         let b_size = self.index.value_size(&b)?;
-        let a_copy = match a_size {
-            Some(_) => Some(self.backend.stage(&a, StageInit::CopyCurrent)?),
-            None => None,
-        };
-        let b_copy = match b_size {
-            Some(_) => Some(self.backend.stage(&b, StageInit::CopyCurrent)?),
-            None => None,
-        };
-        match b_copy {
-            Some(s) => self.backend.commit_staged(&a, s, false)?,
-            None => self.backend.delete(&a)?,
-        }
-        match a_copy {
-            Some(s) => self.backend.commit_staged(&b, s, false)?,
-            None => self.backend.delete(&b)?,
+        // One store operation swaps or moves the values (never a copy), then one index
+        // transaction swaps the names, with both files' open inodes locked throughout. A crash
+        // between the two leaves the values swapped and the index behind, which the repair
+        // after an unclean stop brings in line; never one value under both names.
+        let mut held: Vec<(u64, Arc<OpenInode>, &Key)> = [(src, &b), (dst, &a)]
+            .into_iter()
+            .filter_map(|(id, key)| self.open_inode_of(id).map(|i| (id, i, key)))
+            .collect();
+        held.sort_by_key(|h| h.0);
+        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.lock()).collect();
+        match (a_size, b_size) {
+            (Some(_), Some(_)) => self.backend.exchange(&a, &b).map_err(|e| {
+                if e.kind() == crate::datastore::ErrorKind::Unsupported {
+                    FsError::NotSupported(format!("RENAME_EXCHANGE: {e}"))
+                } else {
+                    FsError::store(e)
+                }
+            })?,
+            (Some(_), None) => self.backend.rename(&a, &b)?,
+            (None, Some(_)) => self.backend.rename(&b, &a)?,
+            (None, None) => {}
         }
         self.index.write(|tx| {
             tx.unlink(parent, from)?;
@@ -1503,6 +1671,12 @@ impl DsFs {
             }
             Ok(())
         })?;
+        for (st, h) in guards.iter_mut().zip(&held) {
+            if !st.unlinked {
+                st.key = h.2.clone();
+            }
+        }
+        drop(guards);
         self.rekey_open()
     }
 
@@ -1559,7 +1733,7 @@ impl DsFs {
     /// Filesystem statistics: the space of the filesystem holding the store's files.
     pub fn statfs(&self) -> FsResult<StatFs> {
         let dir = self.backend.staging_dir();
-        let files = self.index.key_count().unwrap_or(0);
+        let files = self.index.key_count()?;
         let Ok(vfs) = crate::sys::statvfs(&dir) else {
             return Ok(StatFs {
                 files,
@@ -1584,6 +1758,8 @@ impl DsFs {
     /// Sets an extended attribute (`XATTR_CREATE`/`XATTR_REPLACE` honoured).
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         self.check_writable()?;
+        refuse_computed_xattr(name)?;
+        self.check_room()?;
         let name = xattr_name(name)?;
         if value.len() > XATTR_MAX {
             return Err(FsError::TooBig);
@@ -1611,6 +1787,9 @@ impl DsFs {
 
     /// An extended attribute's value.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if name == CID_XATTR.as_bytes() {
+            return self.ipfs_cid(ino).map(String::into_bytes);
+        }
         let name = xattr_name(name)?;
         self.node(ino & !VALUE_INO)?;
         self.index
@@ -1632,6 +1811,7 @@ impl DsFs {
     /// Removes an extended attribute.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         self.check_writable()?;
+        refuse_computed_xattr(name)?;
         let name = xattr_name(name)?;
         let id = ino & !VALUE_INO;
         let removed = self.index.write(|tx| {
@@ -1697,6 +1877,7 @@ impl DsFs {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| FsError::Invalid("offset + length overflows".into()))?;
+        self.check_room()?;
         let mut st = h.inode.state.lock();
         let staged = self.ensure_staged(&mut st)?;
         if mode == 0 && staged.len()? < end {
@@ -1752,23 +1933,28 @@ impl DsFs {
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        let mut first_err = None;
+        // What failed, named so that the unmount can say what is at risk.
+        let mut failures = Vec::new();
         for (ino, inode) in open {
             if let Err(e) = self.commit(ino, &inode, false) {
-                log::error!("committing inode {ino} at unmount failed: {e}");
-                first_err.get_or_insert(e);
+                let key = inode.state.lock().key.clone();
+                log::error!("committing {key} (inode {ino}) at unmount failed: {e}");
+                failures.push(format!("the writes to {key} ({e})"));
             }
         }
         if let Err(e) = self.store.sync(&Key::root()) {
-            first_err.get_or_insert(FsError::store(e));
+            log::error!("the final sync failed: {e}");
+            failures.push(format!("every change since the last sync ({e})"));
         }
         if let Err(e) = self.store.close() {
-            first_err.get_or_insert(FsError::store(e));
+            log::error!("closing the store failed: {e}");
+            failures.push(format!("closing the store ({e})"));
         }
         *shut = true;
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(FsError::Io(failures.join("; ")))
         }
     }
 
@@ -1782,6 +1968,54 @@ impl DsFs {
 /// The recorded modification time of `ino` (for a commit with no newer write).
 fn recorded_mtime(index: &Index, ino: u64) -> FsResult<Timestamp> {
     Ok(index.node(ino & !VALUE_INO)?.mtime)
+}
+
+/// The extended attribute that holds a file's IPFS CID (read-only, not listed).
+pub const CID_XATTR: &str = "user.ipfs.cid";
+
+impl DsFs {
+    /// The CID `ipfs add` (default settings) gives the committed content of file `ino`:
+    /// computed by one streaming read on first ask, then kept while the file's mtime and size
+    /// stay the same (every commit of a write changes the mtime).
+    fn ipfs_cid(&self, ino: u64) -> FsResult<String> {
+        let n = self.node(ino & !VALUE_INO)?;
+        let is_value = ino & VALUE_INO != 0;
+        if !(n.kind == NodeKind::File || is_value && n.kind == NodeKind::Dir) {
+            return Err(FsError::NoData);
+        }
+        let Some(size) = n.value else {
+            return Err(FsError::NoData);
+        };
+        if let Some((mtime, csize, cid)) = self.cids.lock().get(&ino)
+            && *mtime == n.mtime
+            && *csize == size
+        {
+            return Ok(cid.clone());
+        }
+        let key = self.key_of(ino)?;
+        let cid = crate::unixfs::import_value(
+            self.backend.as_ref(),
+            &key,
+            size,
+            crate::unixfs::ImportOptions::default(),
+            &mut crate::unixfs::Discard,
+        )
+        .map_err(FsError::store)?
+        .cid
+        .to_string();
+        self.cids.lock().insert(ino, (n.mtime, size, cid.clone()));
+        Ok(cid)
+    }
+}
+
+/// [`CID_XATTR`] follows the content and cannot be set or removed.
+fn refuse_computed_xattr(name: &[u8]) -> FsResult<()> {
+    if name == CID_XATTR.as_bytes() {
+        return Err(FsError::NotPermitted(format!(
+            "{CID_XATTR} is computed from the file's content"
+        )));
+    }
+    Ok(())
 }
 
 fn xattr_name(name: &[u8]) -> FsResult<String> {
@@ -1800,4 +2034,9 @@ impl Drop for DsFs {
 }
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod race_tests;

@@ -29,6 +29,10 @@ pub enum IndexErrorKind {
     ReadOnly,
     /// The index was closed and refuses changes.
     Closed,
+    /// The backing store does not support the operation.
+    Unsupported,
+    /// No store of a mount covers the key.
+    NoMount,
     /// The backing store (the datastore) failed; see the source.
     Store,
     /// redb or the OS failed.
@@ -100,7 +104,13 @@ impl From<datastore::Error> for IndexError {
             ErrorKind::NoSpace => IndexErrorKind::NoSpace,
             ErrorKind::ReadOnly => IndexErrorKind::ReadOnly,
             ErrorKind::Closed => IndexErrorKind::Closed,
-            _ => IndexErrorKind::Store,
+            ErrorKind::AlreadyExists => IndexErrorKind::AlreadyExists,
+            // A key the store refuses is a name the filesystem cannot hold (EINVAL), not a
+            // broken store.
+            ErrorKind::InvalidKey | ErrorKind::InvalidArgument => IndexErrorKind::InvalidArgument,
+            ErrorKind::Unsupported => IndexErrorKind::Unsupported,
+            ErrorKind::NoMount => IndexErrorKind::NoMount,
+            ErrorKind::Io => IndexErrorKind::Store,
         };
         IndexError {
             kind,
@@ -124,6 +134,8 @@ impl From<IndexError> for datastore::Error {
             IndexErrorKind::NoSpace => ErrorKind::NoSpace,
             IndexErrorKind::ReadOnly => ErrorKind::ReadOnly,
             IndexErrorKind::Closed => ErrorKind::Closed,
+            IndexErrorKind::Unsupported => ErrorKind::Unsupported,
+            IndexErrorKind::NoMount => ErrorKind::NoMount,
             IndexErrorKind::Store | IndexErrorKind::Io => ErrorKind::Io,
         };
         datastore::Error::with_source(kind, "index", e)

@@ -72,6 +72,9 @@ pub struct IndexOptions {
     pub uid: u32,
     /// Group of nodes created from datastore keys.
     pub gid: u32,
+    /// Keep a [`crate::space::Reserve`] of this many bytes beside the index file, spent when
+    /// the disk fills up so that commits and removals still work.
+    pub reserve: Option<u64>,
 }
 
 impl Default for IndexOptions {
@@ -82,6 +85,7 @@ impl Default for IndexOptions {
             cache_size: 64 << 20,
             uid,
             gid,
+            reserve: None,
         }
     }
 }
@@ -118,6 +122,7 @@ pub struct Index {
     options: IndexOptions,
     was_unclean: bool,
     closed: std::sync::atomic::AtomicBool,
+    reserve: Option<Arc<crate::space::Reserve>>,
 }
 
 impl Index {
@@ -125,11 +130,23 @@ impl Index {
     /// [`IndexErrorKind::Locked`] when another process has it open.
     pub fn open(path: impl AsRef<Path>, options: IndexOptions) -> IndexResult<Index> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::builder()
-            .set_cache_size(options.cache_size)
-            .create(&path)
+        // The reserve comes first: opening the index commits, and a full disk must not stop it.
+        let reserve = match (options.reserve, path.parent()) {
+            (Some(size), Some(dir)) => Some(crate::space::Reserve::establish(dir, size)?),
+            _ => None,
+        };
+        let mut builder = Database::builder();
+        builder.set_cache_size(options.cache_size);
+        let db = crate::space::open_redb(&builder, &path)
             .map_err(|e| IndexError::redb(&format!("opening index {}", path.display()), e))?;
-        Index::init(db, Some(path), options)
+        let mut index = Index::init(db, Some(path), options)?;
+        index.reserve = reserve;
+        Ok(index)
+    }
+
+    /// The reserve of space kept beside the index file, if it keeps one.
+    pub fn reserve(&self) -> Option<&Arc<crate::space::Reserve>> {
+        self.reserve.as_ref()
     }
 
     /// A volatile index held in memory (for volatile stores and tests).
@@ -137,6 +154,20 @@ impl Index {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| IndexError::redb("creating an in-memory index", e))?;
+        Index::init(db, None, options)
+    }
+
+    /// An index over any redb storage backend, with no page cache (tests inject storage
+    /// failures this way).
+    #[cfg(test)]
+    pub(crate) fn with_backend(
+        backend: impl redb::StorageBackend,
+        options: IndexOptions,
+    ) -> IndexResult<Index> {
+        let db = Database::builder()
+            .set_cache_size(0)
+            .create_with_backend(backend)
+            .map_err(|e| IndexError::redb("creating an index", e))?;
         Index::init(db, None, options)
     }
 
@@ -215,6 +246,7 @@ impl Index {
             options,
             was_unclean,
             closed: std::sync::atomic::AtomicBool::new(false),
+            reserve: None,
         })
     }
 

@@ -272,6 +272,14 @@ impl Datastore for IndexedStore {
     fn backing_file(&self, key: &Key) -> Result<Option<std::path::PathBuf>> {
         self.backend.backing_file(key)
     }
+
+    fn exchange(&self, a: &Key, b: &Key) -> Result<()> {
+        self.backend.exchange(a, b)
+    }
+
+    fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        self.backend.open_backing(key)
+    }
 }
 
 /// Whether a store error means that the key holds no value there.

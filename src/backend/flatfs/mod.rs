@@ -107,6 +107,8 @@ impl Default for FlatFsOptions {
 /// A flatfs datastore. See the module documentation and `docs/FLATFS.md`.
 pub struct FlatFsStore {
     root: PathBuf,
+    /// The root directory, open: data files are opened beneath it without following symlinks.
+    root_dir: File,
     temp: PathBuf,
     shard: ShardFn,
     options: FlatFsOptions,
@@ -162,6 +164,59 @@ fn is_emfile_error(e: &Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<io::Error>())
         .is_some_and(disk_usage::is_too_many_files)
+}
+
+/// Symlinks and other non-regular files in a flatfs tree rooted at `root` (one per line of the
+/// report).
+pub(crate) fn scrub_foreign(root: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let list = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("flatfs: listing {}", dir.display()), e))
+    };
+    for ent in list(root)? {
+        let ent = ent.map_err(|e| Error::io(format!("flatfs: listing {}", root.display()), e))?;
+        let path = ent.path();
+        let Ok(t) = ent.file_type() else { continue };
+        if t.is_symlink() {
+            found.push(format!(
+                "{} is a symlink; dsfs does not follow it",
+                path.display()
+            ));
+            continue;
+        }
+        if !t.is_dir() || ent.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        for sub in list(&path)? {
+            let sub =
+                sub.map_err(|e| Error::io(format!("flatfs: listing {}", path.display()), e))?;
+            let Ok(t) = sub.file_type() else { continue };
+            if !t.is_file() {
+                found.push(format!(
+                    "{} is {}, not a data file; dsfs does not follow or read it",
+                    sub.path().display(),
+                    if t.is_symlink() {
+                        "a symlink"
+                    } else {
+                        "not a regular file"
+                    }
+                ));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The error for a path in the store that is a symlink or not a regular file.
+fn foreign(path: &Path, e: io::Error) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!(
+            "flatfs: {} is a symlink or not a regular file ({e}); dsfs does not follow it",
+            path.display()
+        ),
+    )
 }
 
 fn dir_is_empty(path: &Path) -> Result<bool> {
@@ -368,9 +423,12 @@ impl FlatFsStore {
         if scanned && let Err(e) = usage.write_cache(initial, true) {
             log::warn!("flatfs: could not write {DISK_USAGE_FILE}: {e}");
         }
+        let root_dir = crate::sys::open_dir(&root)
+            .map_err(|e| Error::io(format!("flatfs: opening {}", root.display()), e))?;
         let checkpointer = usage.start()?;
         Ok(FlatFsStore {
             root,
+            root_dir,
             temp,
             shard,
             options,
@@ -437,6 +495,26 @@ impl FlatFsStore {
         let name = self.name(key)?;
         let shard = self.shard.dir_for(&name);
         Ok(self.file_path(&shard, &name))
+    }
+
+    /// Opens the data file of `key` for reading, beneath the root and following no symlink: a
+    /// symlink (file or shard directory) or another file type where a data file belongs is
+    /// [`ErrorKind::Corrupt`], never the file it points to. A key the store cannot hold, like a
+    /// missing file, is [`ErrorKind::NotFound`].
+    fn open_data(&self, key: &Key) -> Result<File> {
+        let Ok(name) = self.name(key) else {
+            return Err(Error::not_found());
+        };
+        let rel = PathBuf::from(self.shard.dir_for(&name)).join(format!("{name}{EXTENSION}"));
+        match retry_emfile(|| crate::sys::open_beneath(&self.root_dir, &rel)) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::not_found()),
+            Err(e) if crate::sys::is_foreign_file(&e) => Err(foreign(&self.root.join(&rel), e)),
+            Err(e) => Err(Error::io(
+                format!("flatfs: opening {}", self.root.join(&rel).display()),
+                e,
+            )),
+        }
     }
 
     pub(crate) fn staging_dir_path(&self) -> &Path {
@@ -694,22 +772,20 @@ fn check_param(shard: ShardFn) -> Result<()> {
 
 impl Datastore for FlatFsStore {
     fn get(&self, key: &Key) -> Result<Vec<u8>> {
-        let Ok(path) = self.data_path(key) else {
-            return Err(Error::not_found());
-        };
-        match retry_emfile(|| std::fs::read(&path)) {
-            Ok(v) => Ok(v),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::not_found()),
-            Err(e) => Err(Error::io(format!("flatfs: reading {}", path.display()), e)),
-        }
+        let mut file = self.open_data(key)?;
+        let mut value = Vec::new();
+        io::Read::read_to_end(&mut file, &mut value)
+            .map_err(|e| Error::io(format!("flatfs: reading the value of {key}"), e))?;
+        Ok(value)
     }
 
     fn has(&self, key: &Key) -> Result<bool> {
         let Ok(path) = self.data_path(key) else {
             return Ok(false);
         };
-        match std::fs::metadata(&path) {
-            Ok(_) => Ok(true),
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => Ok(true),
+            Ok(_) => Err(foreign(&path, io::Error::from_raw_os_error(libc::ELOOP))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io(format!("flatfs: stat {}", path.display()), e)),
         }
@@ -719,22 +795,17 @@ impl Datastore for FlatFsStore {
         let Ok(path) = self.data_path(key) else {
             return Err(Error::not_found());
         };
-        match std::fs::metadata(&path) {
-            Ok(m) => Ok(m.len()),
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => Ok(m.len()),
+            Ok(_) => Err(foreign(&path, io::Error::from_raw_os_error(libc::ELOOP))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::not_found()),
             Err(e) => Err(Error::io(format!("flatfs: stat {}", path.display()), e)),
         }
     }
 
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let Ok(path) = self.data_path(key) else {
-            return Err(Error::not_found());
-        };
-        let file = match retry_emfile(|| File::open(&path)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::not_found()),
-            Err(e) => return Err(Error::io(format!("flatfs: opening {}", path.display()), e)),
-        };
+        let path = self.data_path(key)?;
+        let file = self.open_data(key)?;
         let mut done = 0;
         while done < buf.len() {
             // pread refuses offsets past i64::MAX; nothing can be stored there anyway.
@@ -882,20 +953,15 @@ impl Datastore for FlatFsStore {
         let staged = Staged::named(file, path);
         if init == StageInit::CopyCurrent {
             let current = self.file_path(&shard, &name);
-            match retry_emfile(|| File::open(&current)) {
+            match self.open_data(key) {
                 Ok(mut src) => {
                     let mut dst: &File = staged.file();
                     io::copy(&mut src, &mut dst).map_err(|e| {
                         Error::io(format!("flatfs: copying {} to stage", current.display()), e)
                     })?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("flatfs: opening {}", current.display()),
-                        e,
-                    ));
-                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(staged)
@@ -1039,6 +1105,18 @@ impl Datastore for FlatFsStore {
             return Ok(Vec::new());
         }
         follow::shard_keys(&self.root.join(segment), self.options.encode_keys)
+    }
+
+    fn open_backing(&self, key: &Key) -> Result<Option<File>> {
+        self.open_data(key).map(Some)
+    }
+
+    /// Reports what does not belong where data files are: symlinks and other non-regular
+    /// files, at the top (where shard directories belong) or inside shard directories. They
+    /// are never followed or read; `repair` leaves them for a person to look at.
+    fn scrub(&self, repair: bool) -> Result<Vec<String>> {
+        let _ = repair;
+        scrub_foreign(&self.root)
     }
 }
 

@@ -55,9 +55,20 @@ impl Walker {
     fn entry(&self, path: &Path, stem: &str) -> Option<Result<Entry>> {
         let key = key_for(stem, self.encode);
         if !self.keys_only {
-            return match std::fs::read(path) {
+            let read = crate::sys::open_regular_nofollow(path).and_then(|mut f| {
+                let mut value = Vec::new();
+                io::Read::read_to_end(&mut f, &mut value).map(|_| value)
+            });
+            return match read {
                 Ok(value) => Some(Ok(Entry::with_value(key, value))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) if crate::sys::is_foreign_file(&e) => {
+                    log::warn!(
+                        "flatfs: skipping {}: a symlink or not a regular file",
+                        path.display()
+                    );
+                    None
+                }
                 Err(e) => Some(Err(Error::io(
                     format!("flatfs: query reading {}", path.display()),
                     e,
@@ -67,7 +78,14 @@ impl Walker {
         if !self.returns_sizes {
             return Some(Ok(Entry::key_only(key, None)));
         }
-        match std::fs::metadata(path) {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.is_file() => {
+                log::warn!(
+                    "flatfs: skipping {}: a symlink or not a regular file",
+                    path.display()
+                );
+                None
+            }
             Ok(m) => Some(Ok(Entry::key_only(key, Some(m.len())))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => Some(Err(Error::io(

@@ -1,0 +1,342 @@
+//! `DsFs` under concurrency: reads racing renames, and no table lock held across store I/O.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::*;
+use crate::backend::MemStore;
+use crate::datastore::{Batch, BatchOps, Capabilities, Query, Result as DsResult, Results};
+use crate::index::IndexOptions;
+
+const CTX: Ctx = Ctx {
+    uid: 1000,
+    gid: 1000,
+};
+
+/// How long a test waits for something that must not be blocked before calling it a hang.
+const HANG: Duration = Duration::from_secs(20);
+
+fn fs_over(backend: Arc<dyn Datastore>) -> DsFs {
+    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
+    let store = Arc::new(IndexedStore::new(backend, index));
+    DsFs::new(store, FsOptions::default())
+}
+
+fn write_file(fs: &DsFs, parent: u64, name: &str, data: &[u8]) -> u64 {
+    let (attr, opened) = fs
+        .create(CTX, parent, name.as_bytes(), 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    fs.write(opened.fh, 0, data).unwrap();
+    fs.release(opened.fh).unwrap();
+    attr.ino
+}
+
+/// A memory store whose whole-value reads (`get`, which staging copies use) stop, once armed,
+/// until the test lets them go: a store call that hangs.
+#[derive(Default)]
+struct GatedStore {
+    inner: MemStore,
+    armed: std::sync::atomic::AtomicBool,
+    entered: parking_lot::Mutex<Option<mpsc::Sender<()>>>,
+    release: parking_lot::Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl GatedStore {
+    /// Arms the gate: the next `get` reports on the returned receiver and waits for the
+    /// returned sender.
+    fn arm(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        *self.entered.lock() = Some(entered_tx);
+        *self.release.lock() = Some(release_rx);
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        (entered_rx, release_tx)
+    }
+
+    fn wait_if_armed(&self) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            if let Some(tx) = self.entered.lock().take() {
+                let _ = tx.send(());
+            }
+            if let Some(rx) = self.release.lock().take() {
+                let _ = rx.recv_timeout(HANG * 2);
+            }
+        }
+    }
+}
+
+impl Datastore for GatedStore {
+    fn get(&self, key: &Key) -> DsResult<Vec<u8>> {
+        self.wait_if_armed();
+        self.inner.get(key)
+    }
+    fn has(&self, key: &Key) -> DsResult<bool> {
+        self.inner.has(key)
+    }
+    fn get_size(&self, key: &Key) -> DsResult<u64> {
+        self.inner.get_size(key)
+    }
+    fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> DsResult<usize> {
+        self.inner.read_at(key, offset, buf)
+    }
+    fn put(&self, key: &Key, value: &[u8]) -> DsResult<()> {
+        self.inner.put(key, value)
+    }
+    fn delete(&self, key: &Key) -> DsResult<()> {
+        self.inner.delete(key)
+    }
+    fn query(&self, query: Query) -> DsResult<Results> {
+        self.inner.query(query)
+    }
+    fn sync(&self, prefix: &Key) -> DsResult<()> {
+        self.inner.sync(prefix)
+    }
+    fn close(&self) -> DsResult<()> {
+        self.inner.close()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn batch(&self) -> DsResult<Box<dyn Batch + '_>> {
+        self.inner.batch()
+    }
+    fn apply_batch(&self, ops: BatchOps) -> DsResult<()> {
+        self.inner.apply_batch(ops)
+    }
+    fn rename(&self, from: &Key, to: &Key) -> DsResult<()> {
+        self.inner.rename(from, to)
+    }
+}
+
+/// `tail -f` of a log that is being rotated: every read through an open handle succeeds and
+/// sees the file's bytes, whatever name the file has at that moment.
+#[test]
+fn reads_never_fail_while_the_file_is_renamed() {
+    let fs = Arc::new(fs_over(Arc::new(MemStore::new())));
+    let content: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let f = write_file(&fs, ROOT, "log", &content);
+    let o = fs.open(f, libc::O_RDONLY).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renamer = {
+        let fs = fs.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let names: [&[u8]; 2] = [b"log", b"log.1"];
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 5_000 {
+                fs.rename(
+                    ROOT,
+                    names[i % 2],
+                    ROOT,
+                    names[(i + 1) % 2],
+                    RenameFlags::default(),
+                )
+                .unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    let mut failures = 0;
+    let mut reads = 0;
+    while !renamer.is_finished() {
+        match fs.read(o.fh, 0, 4096) {
+            Ok(data) => assert_eq!(data, content),
+            Err(_) => failures += 1,
+        }
+        reads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let renames = renamer.join().unwrap();
+    fs.release(o.fh).unwrap();
+    assert_eq!(
+        failures, 0,
+        "{failures} of {reads} reads failed during {renames} renames"
+    );
+}
+
+/// A store call that hangs while an open file is unlinked (its value copied aside for the
+/// handles still open) must not stop other files from being opened or stat'ed.
+#[test]
+fn a_hanging_store_read_during_unlink_blocks_no_other_file() {
+    let store = Arc::new(GatedStore::default());
+    let fs = Arc::new(fs_over(store.clone()));
+    let victim = write_file(&fs, ROOT, "victim", b"bytes kept for the open handle");
+    let other = write_file(&fs, ROOT, "other", b"unrelated");
+    let held = fs.open(victim, libc::O_RDONLY).unwrap();
+    let (entered, release) = store.arm();
+    let unlinker = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.unlink(ROOT, b"victim"))
+    };
+    entered
+        .recv_timeout(HANG)
+        .expect("the unlink never reached the store");
+    let (done_tx, done_rx) = mpsc::channel();
+    let opener = {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            let o = fs.open(other, libc::O_RDONLY);
+            let attr = fs.getattr(other);
+            let _ = done_tx.send(());
+            if let Ok(o) = o {
+                let _ = fs.release(o.fh);
+            }
+            attr.map(|a| a.size)
+        })
+    };
+    let unblocked = done_rx.recv_timeout(HANG);
+    release.send(()).unwrap();
+    unlinker.join().unwrap().unwrap();
+    assert!(
+        unblocked.is_ok(),
+        "opening another file waited for the unlinked file's store read"
+    );
+    assert_eq!(opener.join().unwrap().unwrap(), 9);
+    assert_eq!(
+        fs.read(held.fh, 0, 100).unwrap(),
+        b"bytes kept for the open handle"
+    );
+    fs.release(held.fh).unwrap();
+}
+
+/// A memory store whose writes (`put`, `commit_staged`, `delete`) fail after the first
+/// `allowed` of them, as a full disk or a crash would stop them.
+struct FailingWrites {
+    inner: MemStore,
+    allowed: std::sync::atomic::AtomicI64,
+}
+
+impl FailingWrites {
+    fn write_allowed(&self) -> DsResult<()> {
+        if self
+            .allowed
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            Ok(())
+        } else {
+            Err(crate::datastore::Error::new(
+                crate::datastore::ErrorKind::NoSpace,
+                "injected failure",
+            ))
+        }
+    }
+}
+
+impl Datastore for FailingWrites {
+    fn get(&self, key: &Key) -> DsResult<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn has(&self, key: &Key) -> DsResult<bool> {
+        self.inner.has(key)
+    }
+    fn get_size(&self, key: &Key) -> DsResult<u64> {
+        self.inner.get_size(key)
+    }
+    fn put(&self, key: &Key, value: &[u8]) -> DsResult<()> {
+        self.write_allowed()?;
+        self.inner.put(key, value)
+    }
+    fn delete(&self, key: &Key) -> DsResult<()> {
+        self.write_allowed()?;
+        self.inner.delete(key)
+    }
+    fn query(&self, query: Query) -> DsResult<Results> {
+        self.inner.query(query)
+    }
+    fn sync(&self, prefix: &Key) -> DsResult<()> {
+        self.inner.sync(prefix)
+    }
+    fn close(&self) -> DsResult<()> {
+        self.inner.close()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn rename(&self, from: &Key, to: &Key) -> DsResult<()> {
+        self.write_allowed()?;
+        self.inner.rename(from, to)
+    }
+    fn exchange(&self, a: &Key, b: &Key) -> DsResult<()> {
+        self.write_allowed()?;
+        self.inner.exchange(a, b)
+    }
+}
+
+fn contents(fs: &DsFs, name: &str) -> Vec<u8> {
+    let ino = fs.lookup(ROOT, name.as_bytes()).unwrap().ino;
+    let o = fs.open(ino, libc::O_RDONLY).unwrap();
+    let data = fs.read(o.fh, 0, 1 << 16).unwrap();
+    fs.release(o.fh).unwrap();
+    data
+}
+
+/// `RENAME_EXCHANGE` is one store operation: when the store fails (or the machine stops)
+/// after its first write, the two names hold their old values or each other's, never one
+/// value under both.
+#[test]
+fn an_exchange_interrupted_after_one_store_write_never_duplicates_a_value() {
+    let store = Arc::new(FailingWrites {
+        inner: MemStore::new(),
+        allowed: std::sync::atomic::AtomicI64::new(i64::MAX),
+    });
+    let fs = fs_over(store.clone());
+    write_file(&fs, ROOT, "a", b"AAAA");
+    write_file(&fs, ROOT, "b", b"BB");
+    store.allowed.store(1, std::sync::atomic::Ordering::SeqCst);
+    let exchange = RenameFlags {
+        exchange: true,
+        ..RenameFlags::default()
+    };
+    let result = fs.rename(ROOT, b"a", ROOT, b"b", exchange);
+    let pair = (
+        store.inner.get(&Key::new("/a")).unwrap(),
+        store.inner.get(&Key::new("/b")).unwrap(),
+    );
+    assert!(
+        pair == (b"AAAA".to_vec(), b"BB".to_vec()) || pair == (b"BB".to_vec(), b"AAAA".to_vec()),
+        "after {result:?} the store holds {pair:?}"
+    );
+    result.unwrap();
+    assert_eq!(contents(&fs, "a"), b"BB");
+    assert_eq!(contents(&fs, "b"), b"AAAA");
+    assert_eq!(
+        fs.getattr(fs.lookup(ROOT, b"a").unwrap().ino).unwrap().size,
+        2
+    );
+}
+
+/// A store that cannot swap two values atomically refuses the exchange (EOPNOTSUPP) and
+/// changes nothing.
+#[test]
+fn an_exchange_the_store_cannot_make_atomic_is_refused_and_changes_nothing() {
+    let fs = fs_over(Arc::new(GatedStore::default()));
+    write_file(&fs, ROOT, "a", b"AAAA");
+    write_file(&fs, ROOT, "b", b"BB");
+    let exchange = RenameFlags {
+        exchange: true,
+        ..RenameFlags::default()
+    };
+    let err = fs.rename(ROOT, b"a", ROOT, b"b", exchange).unwrap_err();
+    assert_eq!(err.errno(), libc::EOPNOTSUPP);
+    assert_eq!(contents(&fs, "a"), b"AAAA");
+    assert_eq!(contents(&fs, "b"), b"BB");
+}
+
+/// An open handle keeps reading its own file across an exchange.
+#[test]
+fn an_open_file_follows_its_value_through_an_exchange() {
+    let fs = fs_over(Arc::new(MemStore::new()));
+    let a = write_file(&fs, ROOT, "a", b"AAAA");
+    write_file(&fs, ROOT, "b", b"BB");
+    let o = fs.open(a, libc::O_RDONLY).unwrap();
+    let exchange = RenameFlags {
+        exchange: true,
+        ..RenameFlags::default()
+    };
+    fs.rename(ROOT, b"a", ROOT, b"b", exchange).unwrap();
+    assert_eq!(fs.read(o.fh, 0, 100).unwrap(), b"AAAA");
+    fs.release(o.fh).unwrap();
+}

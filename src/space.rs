@@ -1,0 +1,354 @@
+//! Room to commit on a full disk.
+//!
+//! redb treats a failed write as fatal for the open database: after one ENOSPC every later
+//! transaction fails ("Previous I/O error occurred"), so a full disk would take the index and
+//! every redb-backed store down with it, and with them the commits of writes that `close`
+//! already acknowledged. dsfs therefore keeps a [`Reserve`]: a file of preallocated zeros beside
+//! a repository's index. The redb databases of the repository are opened through
+//! [`open_redb`], whose storage backend answers an ENOSPC by releasing the reserve of its
+//! filesystem and retrying the write once, so redb never sees the error.
+//!
+//! When the disk is nearly full (less than half the reserve free) or the reserve is released,
+//! [`Reserve::room_for_new_data`] says no and the filesystem refuses new data (create, write,
+//! mkdir, ...) with ENOSPC, while `rm`, `truncate`, renames and the commits of bytes already
+//! written go on. Once enough space is free again (twice the reserve), the reserve is refilled
+//! and new data is accepted.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Bound;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use redb::backends::FileBackend;
+use redb::{BackendError, Database, DatabaseError, StorageBackend};
+
+use crate::datastore::{Error, Result};
+
+/// The reserve file's name, in the directory of the index it protects.
+pub const RESERVE_NAME: &str = ".dsfs-reserve";
+
+/// The largest reserve kept; smaller filesystems keep 1/32 of their size.
+pub const DEFAULT_RESERVE: u64 = 8 << 20;
+
+/// Every live reserve of this process, found by the device of the file that ran out of space.
+static RESERVES: Mutex<Vec<Weak<Reserve>>> = Mutex::new(Vec::new());
+
+/// Preallocated space beside a repository's index, spent when the disk fills up. See the
+/// module documentation.
+#[derive(Debug)]
+pub struct Reserve {
+    path: PathBuf,
+    size: u64,
+    dev: u64,
+    held: AtomicBool,
+    fill: Mutex<()>,
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+impl Reserve {
+    /// Keeps a reserve of up to `size` bytes (at most 1/32 of the filesystem) in `dir`, filling
+    /// the file now if there is room, and registers it for the filesystem's redb databases.
+    pub fn establish(dir: &Path, size: u64) -> Result<Arc<Reserve>> {
+        let dev = std::fs::metadata(dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+            .dev();
+        let size = match crate::sys::statvfs(dir) {
+            Ok(v) => size.min(v.f_blocks.saturating_mul(v.f_frsize) / 32),
+            Err(_) => size,
+        };
+        let reserve = Arc::new(Reserve {
+            path: dir.join(RESERVE_NAME),
+            size,
+            dev,
+            held: AtomicBool::new(false),
+            fill: Mutex::new(()),
+        });
+        if !reserve.refill() {
+            log::warn!(
+                "no room for the {} KiB reserve {}: a full disk may stop commits",
+                size >> 10,
+                reserve.path.display()
+            );
+        }
+        let mut all = RESERVES.lock();
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&reserve));
+        Ok(reserve)
+    }
+
+    /// The reserve file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the reserve is in place (not spent).
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Fills the reserve file to its size; returns whether it is held now.
+    fn refill(&self) -> bool {
+        let _g = self.fill.lock();
+        if self.is_held() {
+            return true;
+        }
+        match self.write_zeros() {
+            Ok(()) => {
+                self.held.store(true, Ordering::Release);
+                true
+            }
+            Err(e) => {
+                // A partial reserve would only take space that commits need now.
+                let _ = std::fs::remove_file(&self.path);
+                log::debug!("filling {}: {e}", self.path.display());
+                false
+            }
+        }
+    }
+
+    fn write_zeros(&self) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&self.path)?;
+        let meta = file.metadata()?;
+        // Blocks actually allocated, not the length: a sparse file reserves nothing.
+        let mut at = (meta.blocks() * 512).min(meta.len()).min(self.size);
+        let zeros = vec![0u8; 64 << 10];
+        while at < self.size {
+            let n = zeros.len().min((self.size - at) as usize);
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        file.set_len(self.size)?;
+        file.sync_all()
+    }
+
+    /// Frees the reserve's space for commits; returns whether there was any to free.
+    pub fn release(&self) -> bool {
+        let _g = self.fill.lock();
+        if !self.held.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            log::error!("releasing the reserve {}: {e}", self.path.display());
+            return false;
+        }
+        // ext4 hands freed blocks out again only once its journal has committed the removal.
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = File::open(dir)
+            && let Err(e) = crate::sys::syncfs(&d)
+        {
+            log::warn!("syncing {} after releasing its reserve: {e}", dir.display());
+        }
+        log::warn!(
+            "the disk holding {} is full: released its {} KiB reserve so that commits finish; \
+             new data gets ENOSPC until space is freed",
+            self.path.display(),
+            self.size >> 10
+        );
+        true
+    }
+
+    /// Whether new data may be written: the reserve is held and the disk still has room
+    /// beside it, or the reserve could be refilled (twice its size free). Values small enough
+    /// to live in redb wait in memory until the next durable commit, so new data is refused
+    /// while the commit of what was accepted may still need the space.
+    pub fn room_for_new_data(&self) -> bool {
+        let free = self.free_bytes();
+        if self.is_held() {
+            return free >= self.size / 2;
+        }
+        free >= self.size.saturating_mul(2) && self.refill()
+    }
+
+    /// Bytes this process may still write on the reserve's filesystem.
+    fn free_bytes(&self) -> u64 {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        match crate::sys::statvfs(dir) {
+            Ok(v) => {
+                // root may also use the blocks the filesystem keeps back for it.
+                let blocks = if crate::sys::effective_ids().0 == 0 {
+                    v.f_bfree
+                } else {
+                    v.f_bavail
+                };
+                blocks.saturating_mul(v.f_frsize)
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
+fn live_reserves(dev: u64) -> Vec<Arc<Reserve>> {
+    RESERVES
+        .lock()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|r| r.dev == dev)
+        .collect()
+}
+
+/// Releases a reserve on device `dev`; returns whether space was freed.
+fn release_on(dev: u64) -> bool {
+    live_reserves(dev).iter().any(|r| r.release())
+}
+
+/// Whether device `dev` has a reserve that was spent (by this call or a concurrent one).
+fn spent_on(dev: u64) -> bool {
+    live_reserves(dev).iter().any(|r| !r.is_held())
+}
+
+/// How often a write that ran out of space is retried after the reserve was released.
+const RETRIES: u32 = 5;
+
+/// Opens (creating if needed) the redb database at `path` through a [`ReserveBackend`].
+pub fn open_redb(
+    builder: &redb::Builder,
+    path: &Path,
+) -> std::result::Result<Database, DatabaseError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let backend = ReserveBackend::new(file)?;
+    builder.create_with_backend(backend)
+}
+
+/// redb's file backend, except that a write, resize or sync that fails for lack of space
+/// releases the filesystem's [`Reserve`] and is retried once.
+#[derive(Debug)]
+pub struct ReserveBackend {
+    inner: FileBackend,
+    /// The same file, for `syncfs` while freed space settles.
+    file: File,
+    dev: u64,
+}
+
+impl ReserveBackend {
+    /// Wraps `file`.
+    pub fn new(file: File) -> std::result::Result<ReserveBackend, DatabaseError> {
+        let dev = file.metadata()?.dev();
+        let dup = file.try_clone()?;
+        Ok(ReserveBackend {
+            inner: FileBackend::new(file)?,
+            file: dup,
+            dev,
+        })
+    }
+
+    /// Runs `op`; if it runs out of space and the filesystem has a reserve, releases it and
+    /// retries (a few times: a concurrent release may still be settling).
+    fn spend<T>(&self, op: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        let mut result = op();
+        for attempt in 0..RETRIES {
+            match &result {
+                Err(e) if is_no_space(e) => {}
+                _ => return result,
+            }
+            if !release_on(self.dev) {
+                if !spent_on(self.dev) {
+                    return result;
+                }
+                let _ = crate::sys::syncfs(&self.file);
+                std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
+            }
+            result = op();
+        }
+        result
+    }
+}
+
+impl StorageBackend for ReserveBackend {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.spend(|| self.inner.set_len(len))
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.spend(|| self.inner.sync_data())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.spend(|| self.inner.write(offset, data))
+    }
+    fn close(&self) -> io::Result<()> {
+        self.inner.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> std::result::Result<bool, BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> std::result::Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> std::result::Result<(), BackendError> {
+        self.inner.lock_range(start, end)
+    }
+    fn lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> std::result::Result<(), BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> std::result::Result<(), BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+    fn query_lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> std::result::Result<bool, BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reserve_is_allocated_released_once_and_refilled_when_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Reserve::establish(dir.path(), 1 << 20).unwrap();
+        assert!(r.is_held());
+        let meta = std::fs::metadata(r.path()).unwrap();
+        assert!(meta.blocks() * 512 >= meta.len().min(1 << 20));
+        assert!(r.release());
+        assert!(!r.path().exists());
+        assert!(!r.release());
+        // A temporary directory has far more than twice the reserve free.
+        assert!(r.room_for_new_data());
+        assert!(r.is_held() && r.path().exists());
+    }
+}

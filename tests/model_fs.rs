@@ -1,0 +1,377 @@
+//! A model-based test of `DsFs`: random sequences of create/write, truncate, rename, exchange,
+//! link, unlink, mkdir, rmdir, fsync and close-and-reopen, applied both to the filesystem and
+//! to a reference tree (names to inode numbers to bytes), on several stores; after every
+//! sequence, and after every reopen, the filesystem must hold exactly the reference tree.
+//! `PROPTEST_CASES` sets the cases per store (default 128: 512 in all).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use dsfs::fs::{Ctx, DsFs, FileKind, FsOptions, RenameFlags, SetAttr};
+use dsfs::index::ROOT;
+use dsfs::spec::{OpenMode, StoreSpec};
+use proptest::prelude::*;
+
+const CTX: Ctx = Ctx { uid: 0, gid: 0 };
+const FILES: [&str; 3] = ["a", "b", "c"];
+const DIRS: [&str; 2] = ["d", "e"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write(String, Vec<u8>),
+    Truncate(String, u64),
+    Rename(String, String),
+    Exchange(String, String),
+    Link(String, String),
+    Unlink(String),
+    Mkdir(String),
+    Rmdir(String),
+    Fsync(String),
+    Reopen,
+}
+
+fn path() -> impl Strategy<Value = String> {
+    (0..3usize, 0..3usize).prop_map(|(d, f)| match d {
+        0 => FILES[f].to_string(),
+        d => format!("{}/{}", DIRS[d - 1], FILES[f]),
+    })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (path(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(|(p, d)| Op::Write(p, d)),
+        1 => (path(), 0..400u64).prop_map(|(p, n)| Op::Truncate(p, n)),
+        2 => (path(), path()).prop_map(|(a, b)| Op::Rename(a, b)),
+        1 => (path(), path()).prop_map(|(a, b)| Op::Exchange(a, b)),
+        1 => (path(), path()).prop_map(|(a, b)| Op::Link(a, b)),
+        2 => path().prop_map(Op::Unlink),
+        1 => (0..2usize).prop_map(|d| Op::Mkdir(DIRS[d].into())),
+        1 => (0..2usize).prop_map(|d| Op::Rmdir(DIRS[d].into())),
+        1 => path().prop_map(Op::Fsync),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// The reference: file names to inode numbers, inode numbers to bytes, and directories.
+#[derive(Default, Debug)]
+struct Model {
+    names: BTreeMap<String, u32>,
+    files: BTreeMap<u32, Vec<u8>>,
+    dirs: BTreeSet<String>,
+    next: u32,
+}
+
+impl Model {
+    fn parent_exists(&self, p: &str) -> bool {
+        match p.split_once('/') {
+            Some((d, _)) => self.dirs.contains(d),
+            None => true,
+        }
+    }
+    fn gc(&mut self) {
+        let live: BTreeSet<u32> = self.names.values().copied().collect();
+        self.files.retain(|k, _| live.contains(k));
+    }
+}
+
+/// A store the model runs on: a spec, and whether it survives a reopen.
+struct Factory {
+    name: &'static str,
+    spec: fn(&std::path::Path) -> String,
+    persistent: bool,
+    atomic_exchange: bool,
+}
+
+const FACTORIES: [Factory; 4] = [
+    Factory {
+        name: "mem",
+        spec: |_| "mem:".into(),
+        persistent: false,
+        atomic_exchange: true,
+    },
+    Factory {
+        name: "redb",
+        spec: |d| format!("redb:{}", d.join("v.redb").display()),
+        persistent: true,
+        atomic_exchange: true,
+    },
+    Factory {
+        name: "repository",
+        spec: |d| d.join("repo").display().to_string(),
+        persistent: true,
+        atomic_exchange: true,
+    },
+    Factory {
+        name: "flatfs-encoded",
+        spec: |d| format!("flatfs:{}?encode=true", d.join("blocks").display()),
+        persistent: true,
+        atomic_exchange: false,
+    },
+];
+
+fn mount(spec: &str) -> DsFs {
+    let spec = StoreSpec::parse(spec).unwrap();
+    let opened = dsfs::spec::open(&spec, OpenMode::default()).unwrap();
+    DsFs::new(opened.store, FsOptions::default())
+}
+
+/// The inode of `path`, if it exists.
+fn lookup(fs: &DsFs, path: &str) -> Option<u64> {
+    let mut ino = ROOT;
+    for c in path.split('/') {
+        ino = fs.lookup(ino, c.as_bytes()).ok()?.ino;
+    }
+    Some(ino)
+}
+
+fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+fn parent_ino(fs: &DsFs, path: &str) -> Option<u64> {
+    match split(path).0 {
+        "" => Some(ROOT),
+        d => lookup(fs, d),
+    }
+}
+
+fn read_all(fs: &DsFs, ino: u64) -> Vec<u8> {
+    let o = fs.open(ino, libc::O_RDONLY).unwrap();
+    let data = fs.read(o.fh, 0, 1 << 20).unwrap();
+    fs.release(o.fh).unwrap();
+    data
+}
+
+/// Applies `op` to the filesystem and the model; the two must agree on success.
+fn apply(fs: &DsFs, m: &mut Model, op: &Op, exchange_ok: bool) -> Result<(), TestCaseError> {
+    match op {
+        Op::Write(p, data) => {
+            let ok = m.parent_exists(p) && !m.dirs.contains(p.as_str());
+            let parent = parent_ino(fs, p);
+            prop_assert_eq!(parent.is_some(), m.parent_exists(p));
+            let Some(parent) = parent else { return Ok(()) };
+            let name = split(p).1;
+            let r = fs.create(
+                CTX,
+                parent,
+                name.as_bytes(),
+                0o644,
+                0,
+                libc::O_WRONLY | libc::O_TRUNC,
+            );
+            prop_assert_eq!(r.is_ok(), ok, "create {}: {:?}", p, r.as_ref().err());
+            if let Ok((_, o)) = r {
+                fs.write(o.fh, 0, data).unwrap();
+                fs.release(o.fh).unwrap();
+                let id = *m.names.entry(p.clone()).or_insert_with(|| {
+                    m.next += 1;
+                    m.next
+                });
+                m.files.insert(id, data.clone());
+            }
+        }
+        Op::Truncate(p, n) => {
+            let Some(&id) = m.names.get(p) else {
+                return Ok(());
+            };
+            let ino = lookup(fs, p).unwrap();
+            let set = SetAttr {
+                size: Some(*n),
+                ..SetAttr::default()
+            };
+            fs.setattr(CTX, ino, &set).unwrap();
+            m.files.get_mut(&id).unwrap().resize(*n as usize, 0);
+        }
+        Op::Rename(a, b) => {
+            // Files only; the model of directory renames is not worth its bugs here.
+            if !m.names.contains_key(a) || m.dirs.contains(b.as_str()) || !m.parent_exists(b) {
+                return Ok(());
+            }
+            let (pa, pb) = (parent_ino(fs, a).unwrap(), parent_ino(fs, b).unwrap());
+            fs.rename(
+                pa,
+                split(a).1.as_bytes(),
+                pb,
+                split(b).1.as_bytes(),
+                RenameFlags::default(),
+            )
+            .map_err(|e| TestCaseError::fail(format!("rename {a} {b}: {e}")))?;
+            if a != b && m.names.get(a) != m.names.get(b) {
+                let id = m.names.remove(a).unwrap();
+                m.names.insert(b.clone(), id);
+                m.gc();
+            }
+        }
+        Op::Exchange(a, b) => {
+            if a == b || !m.names.contains_key(a) || !m.names.contains_key(b) {
+                return Ok(());
+            }
+            let (pa, pb) = (parent_ino(fs, a).unwrap(), parent_ino(fs, b).unwrap());
+            let flags = RenameFlags {
+                exchange: true,
+                ..RenameFlags::default()
+            };
+            let r = fs.rename(pa, split(a).1.as_bytes(), pb, split(b).1.as_bytes(), flags);
+            let same_file = m.names.get(a) == m.names.get(b);
+            match r {
+                Ok(()) => {
+                    let (ia, ib) = (m.names[a], m.names[b]);
+                    m.names.insert(a.clone(), ib);
+                    m.names.insert(b.clone(), ia);
+                }
+                Err(e) => prop_assert!(
+                    !exchange_ok && !same_file && e.errno() == libc::EOPNOTSUPP,
+                    "exchange {} {}: {}",
+                    a,
+                    b,
+                    e
+                ),
+            }
+        }
+        Op::Link(a, b) => {
+            if !m.names.contains_key(a)
+                || m.names.contains_key(b)
+                || m.dirs.contains(b.as_str())
+                || !m.parent_exists(b)
+            {
+                return Ok(());
+            }
+            let ino = lookup(fs, a).unwrap();
+            fs.link(ino, parent_ino(fs, b).unwrap(), split(b).1.as_bytes())
+                .map_err(|e| TestCaseError::fail(format!("link {a} {b}: {e}")))?;
+            let id = m.names[a];
+            m.names.insert(b.clone(), id);
+        }
+        Op::Unlink(p) => {
+            let parent = parent_ino(fs, p);
+            let Some(parent) = parent else { return Ok(()) };
+            let r = fs.unlink(parent, split(p).1.as_bytes());
+            prop_assert_eq!(r.is_ok(), m.names.contains_key(p), "unlink {}: {:?}", p, r);
+            m.names.remove(p);
+            m.gc();
+        }
+        Op::Mkdir(d) => {
+            let r = fs.mkdir(CTX, ROOT, d.as_bytes(), 0o755, 0);
+            let free = !m.dirs.contains(d.as_str()) && !m.names.contains_key(d);
+            prop_assert_eq!(r.is_ok(), free, "mkdir {}: {:?}", d, r.as_ref().err());
+            m.dirs.insert(d.clone());
+        }
+        Op::Rmdir(d) => {
+            let r = fs.rmdir(ROOT, d.as_bytes());
+            let prefix = format!("{d}/");
+            let empty =
+                m.dirs.contains(d.as_str()) && !m.names.keys().any(|n| n.starts_with(&prefix));
+            prop_assert_eq!(r.is_ok(), empty, "rmdir {}: {:?}", d, r);
+            if empty {
+                m.dirs.remove(d.as_str());
+            }
+        }
+        Op::Fsync(p) => {
+            let Some(ino) = lookup(fs, p) else {
+                prop_assert!(!m.names.contains_key(p));
+                return Ok(());
+            };
+            if fs.getattr(ino).unwrap().kind != FileKind::File {
+                return Ok(());
+            }
+            let o = fs.open(ino, libc::O_WRONLY).unwrap();
+            fs.fsync(o.fh).unwrap();
+            fs.release(o.fh).unwrap();
+        }
+        Op::Reopen => {}
+    }
+    Ok(())
+}
+
+/// The filesystem holds exactly the model's names, directories and bytes.
+fn check(fs: &DsFs, m: &Model) -> Result<(), TestCaseError> {
+    let mut seen = BTreeSet::new();
+    let mut dirs = BTreeSet::new();
+    let list = |ino: u64| -> Vec<(String, u64, FileKind)> {
+        fs.readdir(ino, 0, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.name != "." && i.name != "..")
+            .map(|i| (i.name, i.ino, i.attr.kind))
+            .collect()
+    };
+    for (name, ino, kind) in list(ROOT) {
+        if kind == FileKind::Dir {
+            dirs.insert(name.clone());
+            for (child, cino, _) in list(ino) {
+                seen.insert((format!("{name}/{child}"), cino));
+            }
+        } else {
+            seen.insert((name, ino));
+        }
+    }
+    prop_assert_eq!(&dirs, &m.dirs);
+    let names: BTreeSet<&String> = seen.iter().map(|(n, _)| n).collect();
+    let want: BTreeSet<&String> = m.names.keys().collect();
+    prop_assert_eq!(names, want);
+    for (name, ino) in &seen {
+        let want = &m.files[&m.names[name]];
+        prop_assert_eq!(&read_all(fs, *ino), want, "content of {}", name);
+        prop_assert_eq!(fs.getattr(*ino).unwrap().size, want.len() as u64);
+    }
+    Ok(())
+}
+
+fn run(factory: &Factory, ops: &[Op]) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = (factory.spec)(dir.path());
+    let mut fs = Arc::new(mount(&spec));
+    let mut m = Model::default();
+    for op in ops {
+        if let Op::Reopen = op {
+            if factory.persistent {
+                fs.shutdown().unwrap();
+                drop(fs);
+                fs = Arc::new(mount(&spec));
+                check(&fs, &m)?;
+            }
+            continue;
+        }
+        apply(&fs, &mut m, op, factory.atomic_exchange)?;
+    }
+    check(&fs, &m)?;
+    fs.shutdown().unwrap();
+    Ok(())
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(128),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+macro_rules! model_test {
+    ($name:ident, $i:expr) => {
+        proptest! {
+            #![proptest_config(config())]
+            #[test]
+            fn $name(ops in prop::collection::vec(op(), 1..25)) {
+                run(&FACTORIES[$i], &ops)?;
+            }
+        }
+    };
+}
+
+model_test!(the_filesystem_follows_the_model_on_mem, 0);
+model_test!(the_filesystem_follows_the_model_on_redb, 1);
+model_test!(
+    the_filesystem_follows_the_model_on_the_default_repository,
+    2
+);
+model_test!(the_filesystem_follows_the_model_on_encoded_flatfs, 3);
+
+#[test]
+fn the_factories_are_named() {
+    let names: Vec<&str> = FACTORIES.iter().map(|f| f.name).collect();
+    assert_eq!(names, ["mem", "redb", "repository", "flatfs-encoded"]);
+}
