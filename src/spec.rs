@@ -34,9 +34,10 @@ use crate::backend::redb::RedbOptions;
 use crate::backend::tiered::TieredOptions;
 use crate::backend::{FlatFsStore, MemStore, MountStore, RedbStore, TieredStore};
 use crate::datastore::{Datastore, Error, ErrorKind, Key, Result};
+use crate::index::follow::Prepared;
 use crate::index::reconcile::Report;
 use crate::index::salvage::{Salvaged, SetAside, open_or_set_aside, rebuild};
-use crate::index::store::open_reconciled;
+use crate::index::store::open_following;
 use crate::index::{Index, IndexOptions, IndexedStore};
 
 /// The repository description file inside a repository directory.
@@ -328,6 +329,8 @@ pub struct Opened {
 pub struct OpenMode {
     /// Leave the index as it is even after an unclean stop (for `fsck`, which reports drift).
     pub no_reconcile: bool,
+    /// Show a progress bar on standard error (if it is a terminal) while the index is built.
+    pub progress: bool,
 }
 
 /// Opens the store a spec names, with its index.
@@ -477,9 +480,27 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         None => None,
     };
     let (store, reconciled) = if mode.no_reconcile || rebuilt.is_some() {
+        if rebuilt.is_none() {
+            let mut bar = BuildProgress::new(mode.progress);
+            crate::index::follow::build_if_needed(&index, backend.as_ref(), &mut |n| {
+                bar.update(n)
+            })?;
+            bar.finish();
+        }
         (IndexedStore::new(backend, index), None)
     } else {
-        open_reconciled(backend, index)?
+        let unclean = index.was_unclean();
+        let mut bar = BuildProgress::new(mode.progress);
+        let (store, prepared) = open_following(backend, index, &mut |n| bar.update(n))?;
+        bar.finish();
+        let report = match prepared {
+            Prepared::Reconciled(report) if unclean => Some(report),
+            Prepared::Unchanged
+            | Prepared::Built { .. }
+            | Prepared::Reconciled(_)
+            | Prepared::Followed(_) => None,
+        };
+        (store, report)
     };
     Ok(Opened {
         store: Arc::new(store),
@@ -487,6 +508,50 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         reconciled,
         rebuilt,
     })
+}
+
+/// The progress bar of an index build: shown on a terminal once the build has taken half a
+/// second, never otherwise.
+struct BuildProgress {
+    enabled: bool,
+    start: std::time::Instant,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl BuildProgress {
+    fn new(enabled: bool) -> BuildProgress {
+        BuildProgress {
+            enabled: enabled && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            start: std::time::Instant::now(),
+            bar: None,
+        }
+    }
+
+    fn update(&mut self, n: u64) {
+        if !self.enabled {
+            return;
+        }
+        if self.bar.is_none() && self.start.elapsed() >= std::time::Duration::from_millis(500) {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} indexing the store: {pos} keys ({per_sec}, {elapsed})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(n);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn redb_options(durable: bool, check_integrity: bool) -> RedbOptions {

@@ -602,6 +602,80 @@ impl Datastore for MountStore {
             None => Ok(None),
         }
     }
+
+    /// `mount(PREFIX=IDENTITY;...)`, `-` for a child without an identity; `None` when no child
+    /// has one.
+    fn identity(&self) -> Result<Option<String>> {
+        let mut parts = Vec::new();
+        let mut any = false;
+        for m in self.mounts.iter().rev() {
+            let id = m.store.identity()?;
+            any |= id.is_some();
+            parts.push(format!("{}={}", m.prefix, id.as_deref().unwrap_or("-")));
+        }
+        Ok(any.then(|| format!("mount({})", parts.join(";"))))
+    }
+
+    fn shared(&self, key: &Key) -> bool {
+        match self.lookup(key) {
+            Some((_, m, k)) => m.store.shared(&k),
+            None => false,
+        }
+    }
+
+    /// The children's segments, each named by the mount prefix's length, `:`, the prefix and
+    /// the child's segment name.
+    fn segments(&self) -> Result<Option<Vec<crate::datastore::Segment>>> {
+        let mut out = Vec::new();
+        let mut any = false;
+        for m in &self.mounts {
+            if let Some(segs) = m.store.segments()? {
+                any = true;
+                out.extend(segs.into_iter().map(|s| crate::datastore::Segment {
+                    name: segment_name(&m.prefix, &s.name),
+                    ..s
+                }));
+            }
+        }
+        Ok(any.then_some(out))
+    }
+
+    fn segment_of(&self, key: &Key) -> Option<String> {
+        let (_, m, k) = self.lookup(key)?;
+        let seg = m.store.segment_of(&k)?;
+        Some(segment_name(&m.prefix, &seg))
+    }
+
+    fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
+        let Some((prefix, seg)) = split_segment_name(segment) else {
+            return Ok(Vec::new());
+        };
+        let Some(m) = self.mounts.iter().find(|m| m.prefix.as_str() == prefix) else {
+            return Ok(Vec::new());
+        };
+        let holes = self.holes(m);
+        let keys = m.store.segment_keys(seg)?;
+        Ok(keys
+            .into_iter()
+            .map(|(k, size)| (m.prefix.child(&k), size))
+            .filter(|(k, _)| !holes.iter().any(|h| h.is_ancestor_of(k)))
+            .collect())
+    }
+}
+
+/// The name of the segment `seg` of the store mounted at `prefix`: the prefix's length, `:`,
+/// the prefix, then the child's name, so that any prefix and name split back apart.
+fn segment_name(prefix: &Key, seg: &str) -> String {
+    format!("{}:{}{seg}", prefix.as_str().len(), prefix.as_str())
+}
+
+fn split_segment_name(name: &str) -> Option<(&str, &str)> {
+    let (len, rest) = name.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    if !rest.is_char_boundary(len.min(rest.len())) || len > rest.len() {
+        return None;
+    }
+    Some(rest.split_at(len))
 }
 
 /// mount's `ErrNoMount` for `key`.

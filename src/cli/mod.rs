@@ -246,6 +246,8 @@ MOUNT OPTIONS (-o a,b,c):
   threads=N             FUSE worker threads (default: cores, 2 to 8)
   passthrough=on|off    let the kernel read file-backed values directly (default on)
   writeback_cache=on|off  kernel write caching, when passthrough is off (default off)
+  revalidate=SECONDS    how soon changes other programs make to a flatfs store show
+                        (default 2; 0 never looks; stores only dsfs writes never need it)
   nonempty              mount over a directory that has entries (they are hidden
                         while mounted; without it such a mount point is refused)
   nosuid, nodev, noexec, noatime, sync, dirsync: passed to the kernel
@@ -325,6 +327,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     spec.check_integrity = matches!(cli.command, Command::Fsck { .. } | Command::Reindex);
     let mode = OpenMode {
         no_reconcile: matches!(cli.command, Command::Fsck { .. } | Command::Reindex),
+        progress: true,
     };
     let opened = match spec::open(&spec, mode) {
         Ok(opened) => opened,

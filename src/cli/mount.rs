@@ -50,6 +50,9 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Kernel writeback cache (ignored when passthrough is in use).
     pub writeback_cache: bool,
+    /// How often parts of the store that other programs may write (flatfs) are revalidated;
+    /// `None` keeps the default ([`crate::index::follow::DEFAULT_REVALIDATE`]), zero never.
+    pub revalidate: Option<Duration>,
     /// Mount over a directory that has entries (hiding them while mounted).
     pub nonempty: bool,
     /// Options handed to the kernel unchanged (nosuid, nodev, noexec, noatime, ...).
@@ -72,6 +75,7 @@ impl Default for MountOptions {
                 .clamp(2, 8),
             passthrough: true,
             writeback_cache: false,
+            revalidate: None,
             nonempty: false,
             kernel: Vec::new(),
         }
@@ -93,6 +97,14 @@ fn on_off(name: &str, value: Option<&str>) -> Result<bool, Error> {
 fn number(name: &str, value: Option<&str>, radix: u32) -> Result<u32, Error> {
     let v = value.ok_or_else(|| bad(format!("-o {name} needs a value ({name}=...)")))?;
     u32::from_str_radix(v, radix).map_err(|_| bad(format!("-o {name}={v}: not a number")))
+}
+
+fn seconds(name: &str, value: Option<&str>) -> Result<Duration, Error> {
+    let v = value.ok_or_else(|| bad(format!("-o {name} needs a value ({name}=SECONDS)")))?;
+    v.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| bad(format!("-o {name}={v}: not a number of seconds")))
 }
 
 impl MountOptions {
@@ -126,6 +138,7 @@ impl MountOptions {
                     }
                     "passthrough" => o.passthrough = on_off(name, value)?,
                     "writeback_cache" => o.writeback_cache = on_off(name, value)?,
+                    "revalidate" => o.revalidate = Some(seconds(name, value)?),
                     "nonempty" => o.nonempty = on_off(name, value)?,
                     "nosuid" | "nodev" | "noexec" | "noatime" | "suid" | "dev" | "exec"
                     | "atime" | "sync" | "async" | "dirsync" => o.kernel.push(name.to_owned()),
@@ -410,7 +423,14 @@ fn serve(
         crate::sys::new_session();
     }
     let result: Result<(Arc<DsFs>, Session<FuseAdapter>, spec::Opened), Error> = (|| {
-        let opened = spec::open(spec, OpenMode::default()).map_err(|e| {
+        let opened = spec::open(
+            spec,
+            OpenMode {
+                progress: true,
+                ..OpenMode::default()
+            },
+        )
+        .map_err(|e| {
             match (
                 e.kind(),
                 spec.home().and_then(|h| super::control::holder(&h)),
@@ -425,6 +445,9 @@ fn serve(
             && !r.is_consistent()
         {
             log::warn!("repaired the index after an unclean stop: {}", r.summary());
+        }
+        if let Some(interval) = options.revalidate {
+            opened.store.set_revalidate(interval);
         }
         let fs = Arc::new(DsFs::new(
             opened.store.clone(),

@@ -293,6 +293,56 @@ pub trait Datastore: Send + Sync {
             Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
         }
     }
+
+    /// Which store this is, as a string an index records to tell whether it was built for this
+    /// store: the store's type and layout and an id kept in the store (flatfs writes one the
+    /// first time it is asked). `None`: the store has no identity of its own (an index always
+    /// opened beside it, or a volatile store).
+    fn identity(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// Whether programs other than this process may add, change or remove values under `key`
+    /// while the store is open (a flatfs directory a running Kubo writes). Indexes revalidate
+    /// such keys against the store; stores that only their owner can write return `false`.
+    fn shared(&self, key: &Key) -> bool {
+        let _ = key;
+        false
+    }
+
+    /// The store's segments (a flatfs shard directory each) with a stamp that changes whenever
+    /// an entry is added, removed or renamed in it, so an index can find what changed by looking
+    /// at every segment's stamp instead of every key. `Ok(None)` for stores without segments.
+    fn segments(&self) -> Result<Option<Vec<Segment>>> {
+        Ok(None)
+    }
+
+    /// The segment that holds `key`, if the store has segments and could hold `key`.
+    fn segment_of(&self, key: &Key) -> Option<String> {
+        let _ = key;
+        None
+    }
+
+    /// Every key in `segment` with the size of its value (any order). A segment that does not
+    /// exist holds no keys.
+    fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("this store has no segments (asked for {segment:?})"),
+        ))
+    }
+}
+
+/// One segment of a store (see [`Datastore::segments`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// The segment's name, as [`Datastore::segment_of`] and [`Datastore::segment_keys`] use it.
+    pub name: String,
+    /// Changes whenever an entry of the segment is added, removed or renamed.
+    pub stamp: String,
+    /// The stamp is old enough that a change made in the same clock tick as the last one would
+    /// have changed it too. An unsettled stamp is not trusted: the segment is scanned again.
+    pub settled: bool,
 }
 
 /// Copies `value[offset..]` into `buf` and returns the count; 0 at or past the end.
@@ -380,6 +430,21 @@ impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
     }
     fn backing_file(&self, key: &Key) -> Result<Option<std::path::PathBuf>> {
         (**self).backing_file(key)
+    }
+    fn identity(&self) -> Result<Option<String>> {
+        (**self).identity()
+    }
+    fn shared(&self, key: &Key) -> bool {
+        (**self).shared(key)
+    }
+    fn segments(&self) -> Result<Option<Vec<Segment>>> {
+        (**self).segments()
+    }
+    fn segment_of(&self, key: &Key) -> Option<String> {
+        (**self).segment_of(key)
+    }
+    fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
+        (**self).segment_keys(segment)
     }
     fn open_backing(&self, key: &Key) -> Result<Option<std::fs::File>> {
         (**self).open_backing(key)

@@ -432,7 +432,39 @@ impl DsFs {
         if ino & VALUE_INO != 0 && (n.kind != NodeKind::Dir || n.value.is_none()) {
             return Err(FsError::NotFound);
         }
+        let n = self.revalidated(ino, n)?;
         Ok(self.attr_of(ino, &n))
+    }
+
+    /// For a store others may write: checks the store's segments once per interval, and asks
+    /// the store for the value of node `ino` once per interval. A value deleted underneath is
+    /// `NotFound`; one rewritten underneath has its new size. Files open here are left alone
+    /// (their value is this filesystem's to commit).
+    fn revalidated(&self, ino: u64, n: Node) -> FsResult<Node> {
+        if !self.store.follows() {
+            return Ok(n);
+        }
+        if let Err(e) = self.store.revalidate() {
+            log::warn!("revalidating the index against the store failed: {e}");
+        }
+        let id = ino & !VALUE_INO;
+        let Some(size) = n.value else {
+            return Ok(n);
+        };
+        if self.open.read().contains_key(&ino) {
+            return Ok(n);
+        }
+        let key = self.index.key_of(id)?;
+        match self.store.revalidate_key(&key, size)? {
+            Some(s) if s == size => Ok(n),
+            Some(_) => Ok(self.node(id)?),
+            None => match self.index.node(id) {
+                // A directory that lost its value, or a node that went with it.
+                Ok(fresh) if ino & VALUE_INO == 0 => Ok(fresh),
+                Ok(_) => Err(FsError::NotFound),
+                Err(e) => Err(e.into()),
+            },
+        }
     }
 
     /// The entry `name` in directory `parent`.
@@ -447,7 +479,21 @@ impl DsFs {
                 }
             }
             NameRef::Component(c) => match self.index.lookup(parent, &c)? {
-                Some((id, n)) => Ok(self.attr_of(id, &n)),
+                Some((id, n)) => {
+                    let n = self.revalidated(id, n)?;
+                    Ok(self.attr_of(id, &n))
+                }
+                None if self.store.follows() => {
+                    // A name the index does not know may have been added underneath.
+                    let key = self.key_of(parent)?.child_string(&c);
+                    if self.store.discover(&key)?.is_none() {
+                        return Err(FsError::NotFound);
+                    }
+                    match self.index.lookup(parent, &c)? {
+                        Some((id, n)) => Ok(self.attr_of(id, &n)),
+                        None => Err(FsError::NotFound),
+                    }
+                }
                 None => Err(FsError::NotFound),
             },
             NameRef::Long(_) => Err(FsError::NotFound),
@@ -796,6 +842,13 @@ impl DsFs {
                     // An empty file created but not yet committed elsewhere.
                     if self.index.value_size(&key)? == Some(0) {
                         break 0;
+                    }
+                    // Deleted underneath by another program: the file is gone.
+                    if self.store.follows() {
+                        let listed = self.index.value_size(&key)?.unwrap_or(0);
+                        if self.store.recheck_key(&key, listed)?.is_none() {
+                            return Err(FsError::NotFound);
+                        }
                     }
                     return Err(FsError::store(e));
                 }
@@ -1629,6 +1682,12 @@ impl DsFs {
 
     /// Up to `limit` entries of directory `ino` after `offset` (0 starts at the beginning).
     pub fn readdir(&self, ino: u64, offset: u64, limit: usize) -> FsResult<Vec<DirItem>> {
+        if offset == 0
+            && self.store.follows()
+            && let Err(e) = self.store.revalidate()
+        {
+            log::warn!("revalidating the index against the store failed: {e}");
+        }
         let dir = self.dir_node(ino)?;
         let mut out = Vec::new();
         if offset < 1 {

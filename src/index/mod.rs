@@ -22,7 +22,9 @@
 //! cookies, O(its entries), never a walk of its subtree. Writes commit without fsync and are made
 //! durable by a [`GroupCommit`] within a bounded delay, or at once by [`Index::sync`].
 
+pub mod build;
 pub mod error;
+pub mod follow;
 pub mod node;
 pub mod reconcile;
 pub mod salvage;

@@ -8,7 +8,9 @@
 //! that, and the index's open flag tells whether a crash happened.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use super::follow::{DEFAULT_REVALIDATE, Follower, Prepared};
 use super::{Index, IndexResult};
 use crate::datastore::query::{self, Entry, EntryIter};
 use crate::datastore::{
@@ -19,13 +21,100 @@ use crate::datastore::{
 pub struct IndexedStore {
     backend: Arc<dyn Datastore>,
     index: Arc<Index>,
+    follower: Follower,
+    /// Whether the backend has segments that others may write (asked once).
+    follows: std::sync::OnceLock<bool>,
 }
 
 impl IndexedStore {
     /// Pairs `backend` with `index`. The caller decides whether to reconcile them first (see
     /// [`Index::was_unclean`] and [`super::reconcile::check`]).
     pub fn new(backend: Arc<dyn Datastore>, index: Arc<Index>) -> IndexedStore {
-        IndexedStore { backend, index }
+        IndexedStore {
+            backend,
+            index,
+            follower: Follower::new(DEFAULT_REVALIDATE),
+            follows: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether this store is revalidated at all: the interval is not zero and the backend has
+    /// parts that other programs may write (segments).
+    pub fn follows(&self) -> bool {
+        !self.follower.interval().is_zero()
+            && *self.follows.get_or_init(|| match self.backend.segments() {
+                Ok(segments) => segments.is_some(),
+                Err(e) => {
+                    log::warn!("cannot list the store's segments: {e}");
+                    false
+                }
+            })
+    }
+
+    /// How often keys that other programs may write ([`Datastore::shared`]) are revalidated
+    /// against the store; zero never revalidates. Keys only dsfs writes are never revalidated.
+    pub fn set_revalidate(&self, interval: Duration) {
+        self.follower.set_interval(interval);
+    }
+
+    /// The revalidation interval.
+    pub fn revalidate_interval(&self) -> Duration {
+        self.follower.interval()
+    }
+
+    /// Checks the store's segments for changes made by other programs, if the revalidation
+    /// interval has passed since the last check (O(segments), plus a re-read of the changed
+    /// ones).
+    pub fn revalidate(&self) -> IndexResult<()> {
+        self.follower
+            .segments_if_due(&self.index, self.backend.as_ref())
+    }
+
+    /// For a key the index does not list, in a part of the store others may write: asks the
+    /// store, and records the key if it holds a value. Returns the value's size.
+    pub fn discover(&self, key: &Key) -> IndexResult<Option<u64>> {
+        if self.follower.interval().is_zero() || !self.backend.shared(key) {
+            return Ok(None);
+        }
+        match self.backend.get_size(key) {
+            Ok(size) => {
+                log::debug!("{key} appeared in the store; indexing it");
+                self.index.record_put(key, size)?;
+                Ok(Some(size))
+            }
+            Err(e) if absent(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// For a key the index lists with a value of `listed` bytes, in a part of the store others
+    /// may write: at most once per interval, asks the store for the value's size and updates the
+    /// index (a value rewritten in place) or removes the key (a value deleted underneath).
+    /// Returns the current size, or `None` if the value is gone.
+    pub fn revalidate_key(&self, key: &Key, listed: u64) -> IndexResult<Option<u64>> {
+        if !self.backend.shared(key) || !self.follower.key_due(key) {
+            return Ok(Some(listed));
+        }
+        self.recheck_key(key, listed)
+    }
+
+    /// Like [`IndexedStore::revalidate_key`], but now, whatever the interval: for a value the
+    /// store just failed to find.
+    pub fn recheck_key(&self, key: &Key, listed: u64) -> IndexResult<Option<u64>> {
+        match self.backend.get_size(key) {
+            Ok(size) if size == listed => Ok(Some(size)),
+            Ok(size) => {
+                log::debug!("{key} was rewritten underneath ({listed} -> {size} bytes)");
+                self.index.record_put(key, size)?;
+                Ok(Some(size))
+            }
+            Err(e) if absent(&e) => {
+                log::debug!("{key} was deleted underneath; forgetting it");
+                self.index.record_delete(key)?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The index.
@@ -197,28 +286,68 @@ impl Datastore for IndexedStore {
     }
 }
 
-/// Opens `backend` with `index`, reconciling them first when the index was not closed cleanly
-/// and the backend can enumerate its keys. Returns the store and what the repair changed.
+/// Whether a store error means that the key holds no value there.
+fn absent(e: &Error) -> bool {
+    match e.kind() {
+        crate::datastore::ErrorKind::NotFound
+        | crate::datastore::ErrorKind::InvalidKey
+        | crate::datastore::ErrorKind::NoMount => true,
+        crate::datastore::ErrorKind::InvalidArgument
+        | crate::datastore::ErrorKind::Closed
+        | crate::datastore::ErrorKind::Unsupported
+        | crate::datastore::ErrorKind::ReadOnly
+        | crate::datastore::ErrorKind::NoSpace
+        | crate::datastore::ErrorKind::AlreadyExists
+        | crate::datastore::ErrorKind::Locked
+        | crate::datastore::ErrorKind::Corrupt
+        | crate::datastore::ErrorKind::Io => false,
+    }
+}
+
+/// Opens `backend` with `index`, first bringing the index in step with the store
+/// ([`super::follow::prepare`]: built when new or built for another store, reconciled after an
+/// unclean stop, changed segments re-read). `progress` is called with the keys done so far.
+pub fn open_following(
+    backend: Arc<dyn Datastore>,
+    index: Arc<Index>,
+    progress: &mut dyn FnMut(u64),
+) -> IndexResult<(IndexedStore, Prepared)> {
+    let started = std::time::Instant::now();
+    let prepared = super::follow::prepare(&index, backend.as_ref(), progress)?;
+    match &prepared {
+        Prepared::Unchanged => {}
+        Prepared::Built { keys, reason } => {
+            let secs = started.elapsed().as_secs_f64();
+            log::info!(
+                "indexed {keys} keys of the store in {secs:.2} s ({:.0} keys/s; the index was \
+                 {reason})",
+                *keys as f64 / secs.max(1e-9)
+            );
+        }
+        Prepared::Reconciled(report) => {
+            if !report.is_consistent() {
+                log::warn!("repaired the index: {}", report.summary());
+            }
+        }
+        Prepared::Followed(_) => {}
+    }
+    Ok((IndexedStore::new(backend, index), prepared))
+}
+
+/// [`open_following`] without progress, returning only what a repair after an unclean stop
+/// changed (the index is still built or followed as [`super::follow::prepare`] says).
 pub fn open_reconciled(
     backend: Arc<dyn Datastore>,
     index: Arc<Index>,
 ) -> IndexResult<(IndexedStore, Option<super::reconcile::Report>)> {
-    let report = if index.was_unclean() {
-        log::warn!("the index was not closed cleanly; reconciling it with the store");
-        for problem in backend.scrub(true)? {
-            log::warn!("repaired after an unclean stop: {problem}");
-        }
-        let report = super::reconcile::check(&index, backend.as_ref(), true, &mut |_| {})?;
-        if !report.is_consistent() {
-            log::warn!(
-                "repaired the index after an unclean stop: {}",
-                report.summary()
-            );
-        }
-        index.mark_reconciled();
-        Some(report)
-    } else {
-        None
+    let unclean = index.was_unclean();
+    let (store, prepared) = open_following(backend, index, &mut |_| {})?;
+    let report = match prepared {
+        Prepared::Reconciled(report) if unclean => Some(report),
+        Prepared::Unchanged
+        | Prepared::Built { .. }
+        | Prepared::Reconciled(_)
+        | Prepared::Followed(_) => None,
     };
-    Ok((IndexedStore::new(backend, index), report))
+    Ok((store, report))
 }

@@ -17,6 +17,7 @@ mod batch;
 mod disk_usage;
 mod durability;
 mod encode;
+mod follow;
 mod ops;
 mod shard;
 mod walk;
@@ -49,6 +50,7 @@ pub use self::encode::{
     ENCODED_MARKER, EXTENSION, MAX_ENCODED_KEY_BYTES, MAX_FILE_NAME, MAX_NAME, base32_decode,
     base32_encode, is_valid_key,
 };
+pub use self::follow::ID_FILE;
 pub use self::shard::{
     MAX_SHARD_PARAM, README_FILE, README_TEXT, SHARD_ID_PREFIX, SHARDING_FILE, ShardFn,
 };
@@ -1072,6 +1074,37 @@ impl Datastore for FlatFsStore {
             Ok(p) => Ok(Some(p)),
             Err(_) => Err(Error::not_found()),
         }
+    }
+
+    /// `flatfs SHARD-FUNCTION id=ID`, the id read from [`ID_FILE`] (written on first use).
+    fn identity(&self) -> Result<Option<String>> {
+        let id = follow::store_id(&self.root)?;
+        Ok(Some(format!(
+            "flatfs {} encode={} id={id}",
+            self.shard.id(),
+            self.options.encode_keys
+        )))
+    }
+
+    /// A flatfs directory is a plain directory of files: Kubo, or anyone, may write it.
+    fn shared(&self, _key: &Key) -> bool {
+        true
+    }
+
+    fn segments(&self) -> Result<Option<Vec<crate::datastore::Segment>>> {
+        follow::segments(&self.root).map(Some)
+    }
+
+    fn segment_of(&self, key: &Key) -> Option<String> {
+        let name = self.name(key).ok()?;
+        Some(self.shard.dir_for(&name))
+    }
+
+    fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
+        if segment.is_empty() || segment.starts_with('.') || segment.contains('/') {
+            return Ok(Vec::new());
+        }
+        follow::shard_keys(&self.root.join(segment), self.options.encode_keys)
     }
 
     fn open_backing(&self, key: &Key) -> Result<Option<File>> {
