@@ -74,7 +74,98 @@ pub enum SpecKind {
     Mount(Vec<(Key, StoreSpec)>),
     /// A repository directory.
     Repo(PathBuf),
+    /// `rados:POOL?conf=PATH&id=NAME&prefix=NAMESPACE&timeout=SECS`.
+    Rados(RadosSpec),
 }
+
+/// Where a `rados:` spec's store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RadosSpec {
+    /// The pool.
+    pub pool: String,
+    /// The `ceph.conf` (monitors and the keyring's location).
+    pub conf: PathBuf,
+    /// The cephx client name, as in `client.NAME`.
+    pub id: String,
+    /// The RADOS namespace that holds this store's objects, so several stores share a pool.
+    pub prefix: String,
+    /// The bound, in seconds, on connecting and on every cluster operation.
+    pub timeout_secs: u64,
+}
+
+/// One store scheme: its name, its usage, and how its argument becomes a [`SpecKind`]. Adding
+/// a scheme is one row here plus its [`SpecKind`] variant and the arm of [`open`] that opens
+/// it; the unknown-scheme message and the option check come from this table.
+struct Scheme {
+    name: &'static str,
+    usage: &'static str,
+    parse: fn(&str) -> Result<SpecKind>,
+    /// Options beyond the common `index` and `durable`.
+    options: &'static [&'static str],
+}
+
+/// Every scheme `TYPE:ARGUMENT` that [`StoreSpec::parse`] knows (`mount:` has its own syntax).
+const SCHEMES: &[Scheme] = &[
+    Scheme {
+        name: "mem",
+        usage: "mem:",
+        parse: |arg| {
+            if arg.is_empty() {
+                Ok(SpecKind::Mem)
+            } else {
+                Err(invalid("mem: takes no argument"))
+            }
+        },
+        options: &[],
+    },
+    Scheme {
+        name: "redb",
+        usage: "redb:PATH",
+        parse: |arg| Ok(SpecKind::Redb(non_empty_path("redb", arg)?)),
+        options: &[],
+    },
+    Scheme {
+        name: "flatfs",
+        usage: "flatfs:PATH",
+        parse: |arg| Ok(SpecKind::Flatfs(non_empty_path("flatfs", arg)?)),
+        options: &["shard", "sync"],
+    },
+    Scheme {
+        name: "kubo",
+        usage: "kubo:IPFS_PATH",
+        parse: |arg| Ok(SpecKind::Kubo(non_empty_path("kubo", arg)?)),
+        options: &[],
+    },
+    Scheme {
+        name: "json",
+        usage: "json:FILE",
+        parse: |arg| Ok(SpecKind::Json(non_empty_path("json", arg)?)),
+        options: &[],
+    },
+    Scheme {
+        name: "dir",
+        usage: "dir:PATH",
+        parse: |arg| Ok(SpecKind::Repo(non_empty_path("dir", arg)?)),
+        options: &[],
+    },
+    Scheme {
+        name: "rados",
+        usage: "rados:POOL?conf=PATH&id=NAME&prefix=NS",
+        parse: |arg| {
+            if arg.is_empty() || arg.contains('/') {
+                return Err(invalid("rados: needs a pool name (rados:POOL?conf=...)"));
+            }
+            Ok(SpecKind::Rados(RadosSpec {
+                pool: arg.to_owned(),
+                conf: PathBuf::from("/etc/ceph/ceph.conf"),
+                id: "admin".to_owned(),
+                prefix: "dsfs".to_owned(),
+                timeout_secs: 30,
+            }))
+        },
+        options: &["conf", "id", "prefix", "timeout"],
+    },
+];
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidArgument, msg)
@@ -93,26 +184,20 @@ impl StoreSpec {
             Some((b, o)) if has_scheme(b) => (b, Some(o)),
             _ => (text, None),
         };
-        let kind = match body.split_once(':') {
-            Some((scheme, arg)) if has_scheme(body) => match scheme {
-                "mem" => {
-                    if !arg.is_empty() {
-                        return Err(invalid("mem: takes no argument"));
+        let (kind, scheme_options): (SpecKind, &[&str]) = match body.split_once(':') {
+            Some((scheme, arg)) if has_scheme(body) => {
+                match SCHEMES.iter().find(|s| s.name == scheme) {
+                    Some(s) => ((s.parse)(arg)?, s.options),
+                    None => {
+                        let known: Vec<&str> = SCHEMES.iter().map(|s| s.usage).collect();
+                        return Err(invalid(format!(
+                            "unknown store type {scheme:?} in {text:?} (known: {}, mount:... or a directory path)",
+                            known.join(", ")
+                        )));
                     }
-                    SpecKind::Mem
                 }
-                "redb" => SpecKind::Redb(non_empty_path(scheme, arg)?),
-                "flatfs" => SpecKind::Flatfs(non_empty_path(scheme, arg)?),
-                "kubo" => SpecKind::Kubo(non_empty_path(scheme, arg)?),
-                "json" => SpecKind::Json(non_empty_path(scheme, arg)?),
-                "dir" => SpecKind::Repo(non_empty_path(scheme, arg)?),
-                other => {
-                    return Err(invalid(format!(
-                        "unknown store type {other:?} in {text:?} (known: mem:, redb:PATH, flatfs:PATH, kubo:IPFS_PATH, json:FILE, mount:..., dir:PATH or a directory path)"
-                    )));
-                }
-            },
-            _ => SpecKind::Repo(PathBuf::from(body)),
+            }
+            _ => (SpecKind::Repo(PathBuf::from(body)), &[]),
         };
         let mut spec = StoreSpec {
             kind,
@@ -126,18 +211,37 @@ impl StoreSpec {
                 continue;
             }
             let (name, value) = opt.split_once('=').unwrap_or((opt, "true"));
-            match name {
-                "index" => spec.index = Some(non_empty_path("index", value)?),
-                "durable" => spec.durable = parse_bool(name, value)?,
-                "sync" => spec.sync = parse_bool(name, value)?,
-                "shard" => {
+            if !matches!(name, "index" | "durable") && !scheme_options.contains(&name) {
+                let mut known = vec!["index", "durable"];
+                known.extend_from_slice(scheme_options);
+                return Err(invalid(format!(
+                    "unknown store option {name:?} for this store (known: {})",
+                    known.join(", ")
+                )));
+            }
+            match (name, &mut spec.kind) {
+                ("index", _) => spec.index = Some(non_empty_path("index", value)?),
+                ("durable", _) => spec.durable = parse_bool(name, value)?,
+                ("sync", _) => spec.sync = parse_bool(name, value)?,
+                ("shard", _) => {
                     parse_shard(value)?;
                     spec.shard = Some(value.to_owned());
                 }
-                other => {
-                    return Err(invalid(format!(
-                        "unknown store option {other:?} (known: index, durable, shard, sync)"
-                    )));
+                ("conf", SpecKind::Rados(r)) => r.conf = non_empty_path("conf", value)?,
+                ("id", SpecKind::Rados(r)) if !value.is_empty() => r.id = value.to_owned(),
+                ("prefix", SpecKind::Rados(r)) if !value.is_empty() => r.prefix = value.to_owned(),
+                ("timeout", SpecKind::Rados(r)) => {
+                    r.timeout_secs =
+                        value
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|&s| s > 0)
+                            .ok_or_else(|| {
+                                invalid(format!("timeout takes whole seconds, not {value:?}"))
+                            })?
+                }
+                (other, _) => {
+                    return Err(invalid(format!("option {other} needs a value")));
                 }
             }
         }
@@ -392,18 +496,70 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             let index = Index::open(&index_path, index_options)?;
             (backend, index, format!("repository {}", dir.display()))
         }
+        SpecKind::Rados(r) => {
+            let backend = open_rados(r)?;
+            let (index, where_) = match &spec.index {
+                Some(p) => (Index::open(p, index_options)?, p.display().to_string()),
+                None => (Index::in_memory(index_options)?, "in memory".to_owned()),
+            };
+            (
+                backend,
+                index,
+                format!(
+                    "rados pool {} namespace {}, index {where_}",
+                    r.pool, r.prefix
+                ),
+            )
+        }
     };
+    // A shared store (other hosts write to it) changes while this index is closed: the index
+    // follows the store at every open, not only after an unclean stop.
+    let shared = matches!(spec.kind, SpecKind::Rados(_));
     let index = Arc::new(index);
     let (store, reconciled) = if mode.no_reconcile {
         (IndexedStore::new(backend, index), None)
     } else {
-        open_reconciled(backend, index)?
+        let (store, report) = open_reconciled(backend, index)?;
+        match report {
+            Some(r) => (store, Some(r)),
+            None if shared => {
+                let r = crate::index::reconcile::check(
+                    store.index(),
+                    store.backend().as_ref(),
+                    true,
+                    &mut |_| {},
+                )?;
+                (store, Some(r))
+            }
+            None => (store, None),
+        }
     };
     Ok(Opened {
         store: Arc::new(store),
         description,
         reconciled,
     })
+}
+
+#[cfg(feature = "rados")]
+fn open_rados(r: &RadosSpec) -> Result<Arc<dyn Datastore>> {
+    use crate::backend::rados::{RadosOptions, RadosStore};
+    let options = RadosOptions {
+        conf: r.conf.clone(),
+        id: r.id.clone(),
+        namespace: r.prefix.clone(),
+        timeout: std::time::Duration::from_secs(r.timeout_secs),
+        ..RadosOptions::new(r.pool.clone())
+    };
+    Ok(Arc::new(RadosStore::open(options)?))
+}
+
+#[cfg(not(feature = "rados"))]
+fn open_rados(_: &RadosSpec) -> Result<Arc<dyn Datastore>> {
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        "this dsfs was built without RADOS support (build with: cargo build --features rados)",
+    ))
 }
 
 fn redb_options(durable: bool) -> RedbOptions {

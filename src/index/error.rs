@@ -70,6 +70,13 @@ impl IndexError {
         self.kind
     }
 
+    /// The datastore error behind a [`IndexErrorKind::Store`] failure.
+    pub fn store_error(&self) -> Option<&datastore::Error> {
+        self.source
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<datastore::Error>())
+    }
+
     /// Converts a redb failure, keeping full-disk, read-only and lock conditions as kinds.
     pub fn redb(context: &str, err: impl Into<redb::Error>) -> IndexError {
         let err: redb::Error = err.into();
@@ -124,7 +131,8 @@ impl From<IndexError> for datastore::Error {
             IndexErrorKind::NoSpace => ErrorKind::NoSpace,
             IndexErrorKind::ReadOnly => ErrorKind::ReadOnly,
             IndexErrorKind::Closed => ErrorKind::Closed,
-            IndexErrorKind::Store | IndexErrorKind::Io => ErrorKind::Io,
+            IndexErrorKind::Store => e.store_error().map_or(ErrorKind::Io, |s| s.kind()),
+            IndexErrorKind::Io => ErrorKind::Io,
         };
         datastore::Error::with_source(kind, "index", e)
     }

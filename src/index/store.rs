@@ -176,6 +176,10 @@ impl Datastore for IndexedStore {
         Ok(())
     }
 
+    fn space(&self) -> Result<Option<crate::datastore::Space>> {
+        self.backend.space()
+    }
+
     fn staging_dir(&self) -> std::path::PathBuf {
         self.backend.staging_dir()
     }
