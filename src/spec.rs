@@ -12,6 +12,7 @@
 //! | `json:FILE` | the Kubo-style JSON datastore tree in `FILE` (paths relative to it); the index in `FILE.index.redb` |
 //! | `mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/i.redb` | a mount of `mem:`, `redb:` and `flatfs:` children (each with its own `?options`) |
 //! | `dir:PATH` or a bare `PATH` | a dsfs repository: the embedded default (see below) |
+//! | `rados:POOL?conf=PATH&id=NAME&prefix=NS&timeout=SECS` | a Ceph RADOS pool (cargo feature `rados`); the index in memory unless `index=PATH`, re-read from the cluster at every open |
 //!
 //! Options: `index=PATH` puts the index elsewhere; `durable=true` makes redb fsync every write;
 //! for flatfs, `shard=/repo/flatfs/shard/v1/next-to-last/2` (or just `next-to-last/2`) picks
@@ -522,6 +523,7 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         let (store, report) = open_reconciled(backend, index)?;
         match report {
             Some(r) => (store, Some(r)),
+            // Routine for a shared store, so not reported as a repair.
             None if shared => {
                 let r = crate::index::reconcile::check(
                     store.index(),
@@ -529,7 +531,8 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
                     true,
                     &mut |_| {},
                 )?;
-                (store, Some(r))
+                log::info!("the index follows the shared store: {}", r.summary());
+                (store, None)
             }
             None => (store, None),
         }
@@ -925,6 +928,50 @@ mod tests {
             let err = StoreSpec::parse(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");
         }
+    }
+
+    #[test]
+    fn rados_specs_parse_with_their_own_options_only() {
+        let s = StoreSpec::parse(
+            "rados:pool1?conf=/c/ceph.conf&id=dsfs&prefix=team&timeout=5&index=/i.redb",
+        )
+        .unwrap();
+        assert_eq!(
+            s.kind,
+            SpecKind::Rados(RadosSpec {
+                pool: "pool1".into(),
+                conf: "/c/ceph.conf".into(),
+                id: "dsfs".into(),
+                prefix: "team".into(),
+                timeout_secs: 5,
+            })
+        );
+        assert_eq!(s.index, Some("/i.redb".into()));
+        let d = StoreSpec::parse("rados:p").unwrap();
+        assert!(matches!(d.kind, SpecKind::Rados(RadosSpec { ref id, .. }) if id == "admin"));
+        for bad in [
+            "rados:",
+            "rados:a/b",
+            "rados:p?timeout=0",
+            "rados:p?timeout=soon",
+            "rados:p?shard=next-to-last/2",
+            "redb:/x?conf=/c",
+            "flatfs:/x?prefix=a",
+        ] {
+            let err = StoreSpec::parse(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");
+        }
+        let err = StoreSpec::parse("nope:x").unwrap_err();
+        assert!(err.to_string().contains("rados:POOL"), "{err}");
+    }
+
+    #[cfg(not(feature = "rados"))]
+    #[test]
+    fn a_rados_spec_without_the_feature_says_how_to_build_it() {
+        let spec = StoreSpec::parse("rados:p").unwrap();
+        let err = open(&spec, OpenMode::default()).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("--features rados"), "{err}");
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl Cluster {
 }
 
 fn value(i: u64) -> Vec<u8> {
-    let len = if i % 10 == 0 {
+    let len = if i.is_multiple_of(10) {
         300_000
     } else {
         1000 + i as usize

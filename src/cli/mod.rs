@@ -29,6 +29,8 @@ STORE SPECS (--store, or the DSFS_STORE environment variable):
   flatfs:PATH         a go-ds-flatfs directory (a Kubo repo's blocks/); ?shard=next-to-last/2&sync=true
   kubo:IPFS_PATH      the layout of a Kubo repo's datastore_spec (flatfs, mount, measure)
   json:FILE           a Kubo-style JSON datastore tree (paths relative to FILE)
+  rados:POOL          a Ceph RADOS pool (built with --features rados);
+                      ?conf=/etc/ceph/ceph.conf&id=NAME&prefix=NAMESPACE&timeout=30
   mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/index.redb
                       a mount of mem:, redb: and flatfs: stores by key prefix
   Options follow a '?': redb:PATH?index=/other/index.redb&durable=true

@@ -152,6 +152,8 @@ fn rados() -> Option<StoreFactory> {
             // exercise both kinds of record and multi-chunk values.
             inline_max: 100,
             chunk_size: 64 << 10,
+            // Few shards: every query reads every shard, and the suite runs many queries.
+            shards: 3,
             ..RadosOptions::new(pool.clone())
         };
         Ok(Arc::new(RadosStore::open(options)?) as Arc<dyn Datastore>)

@@ -83,6 +83,8 @@ pub struct RadosOptions {
     pub orphan_grace: Duration,
     /// Where the filesystem stages writes before they are committed to the cluster.
     pub staging_dir: PathBuf,
+    /// Index shards, when this open creates the namespace (an existing one keeps its own).
+    pub shards: u32,
 }
 
 impl RadosOptions {
@@ -99,6 +101,7 @@ impl RadosOptions {
             chunk_size: DEFAULT_CHUNK,
             orphan_grace: Duration::from_secs(600),
             staging_dir: std::env::temp_dir(),
+            shards: DEFAULT_SHARDS,
         }
     }
 }
@@ -352,7 +355,8 @@ impl RadosStore {
     }
 }
 
-/// Reads `meta`, or writes it (exclusively, so two first openers agree) and creates the shards.
+/// Reads `meta`, or writes it (exclusively, so two first openers agree). Shard objects come
+/// into being with their first record; a missing one reads as empty.
 fn open_layout(pool: &Pool, options: &RadosOptions) -> Result<u32> {
     let what = format!("rados: pool {:?}", options.pool);
     for _ in 0..3 {
@@ -366,14 +370,11 @@ fn open_layout(pool: &Pool, options: &RadosOptions) -> Result<u32> {
                         options.namespace
                     ))
                 })?;
-                for s in 0..shards {
-                    pool.create(&shard_object(s), false, None)
-                        .map_err(|e| rados_error(format!("{what}: creating index shards"), e))?;
-                }
                 return Ok(shards);
             }
             Err(Errno(libc::ENOENT)) => {
-                let meta = format!("dsfs-rados {LAYOUT_VERSION} shards={DEFAULT_SHARDS}\n");
+                let shards = options.shards.max(1);
+                let meta = format!("dsfs-rados {LAYOUT_VERSION} shards={shards}\n");
                 match pool.create("meta", true, Some(meta.as_bytes())) {
                     Ok(()) | Err(Errno(libc::EEXIST)) => continue,
                     Err(e) => return Err(rados_error(format!("{what}: writing meta"), e)),
@@ -419,10 +420,12 @@ impl Inner {
 
     fn record(&self, key: &Key) -> Result<Option<Record>> {
         let ek = escape(key.as_bytes());
-        let found = self
-            .pool
-            .omap_get(&self.shard_of(key), &[&ek])
-            .map_err(|e| rados_error(format!("rados: looking up {key}"), e))?;
+        let found = match self.pool.omap_get(&self.shard_of(key), &[&ek]) {
+            Ok(found) => found,
+            // A shard that has never held a record.
+            Err(Errno(libc::ENOENT)) => Vec::new(),
+            Err(e) => return Err(rados_error(format!("rados: looking up {key}"), e)),
+        };
         match found.into_iter().find(|(k, _)| *k == ek) {
             Some((_, v)) => Ok(Some(Record::decode(&v)?)),
             None => Ok(None),
@@ -641,14 +644,15 @@ impl Inner {
     }
 
     /// Every (key, record) in one shard, in order.
-    fn shard_records(&self, shard: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn shard_records(&self, shard: &str) -> Result<sys::OmapEntries> {
         let mut out = Vec::new();
         let mut after = Vec::new();
         loop {
-            let (page, more) = self
-                .pool
-                .omap_list(shard, &after, b"", PAGE)
-                .map_err(|e| rados_error(format!("rados: listing {shard}"), e))?;
+            let (page, more) = match self.pool.omap_list(shard, &after, b"", PAGE) {
+                Ok(p) => p,
+                Err(Errno(libc::ENOENT)) => (Vec::new(), false),
+                Err(e) => return Err(rados_error(format!("rados: listing {shard}"), e)),
+            };
             let Some(last) = page.last() else { break };
             after = last.0.clone();
             out.extend(page);
@@ -953,11 +957,16 @@ impl Scan {
     fn refill(&mut self, i: usize) -> Result<()> {
         let c = &mut self.cursors[i];
         if c.buf.is_empty() && c.more {
-            let (page, more) = self
-                .inner
-                .pool
-                .omap_list(&c.shard, &c.after, &self.prefix, PAGE)
-                .map_err(|e| rados_error(format!("rados: listing {}", c.shard), e))?;
+            let (page, more) =
+                match self
+                    .inner
+                    .pool
+                    .omap_list(&c.shard, &c.after, &self.prefix, PAGE)
+                {
+                    Ok(p) => p,
+                    Err(Errno(libc::ENOENT)) => (Vec::new(), false),
+                    Err(e) => return Err(rados_error(format!("rados: listing {}", c.shard), e)),
+                };
             if let Some(last) = page.last() {
                 c.after = last.0.clone();
             }

@@ -139,6 +139,9 @@ unsafe extern "C" {
     fn rados_nobjects_list_close(ctx: rados_list_ctx_t);
 }
 
+/// Omap entries as (key, value) pairs, in key order.
+pub type OmapEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A librados failure: the negative errno it returned, as a positive number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Errno(pub i32);
@@ -345,7 +348,7 @@ impl Pool {
     }
 
     /// The omap values of `keys` in `oid` that exist, as (key, value) pairs.
-    pub fn omap_get(&self, oid: &str, keys: &[&[u8]]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+    pub fn omap_get(&self, oid: &str, keys: &[&[u8]]) -> Result<OmapEntries, Errno> {
         let ptrs: Vec<*const c_char> = keys.iter().map(|k| k.as_ptr().cast()).collect();
         let lens: Vec<usize> = keys.iter().map(|k| k.len()).collect();
         let op = ReadOp::new();
@@ -378,7 +381,7 @@ impl Pool {
         start_after: &[u8],
         prefix: &[u8],
         max: u64,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Errno> {
+    ) -> Result<(OmapEntries, bool), Errno> {
         let start = CString::new(start_after).map_err(|_| Errno(libc::EINVAL))?;
         let prefix = CString::new(prefix).map_err(|_| Errno(libc::EINVAL))?;
         let op = ReadOp::new();
@@ -516,7 +519,7 @@ struct OmapIter(rados_omap_iter_t);
 
 impl OmapIter {
     /// Copies every (key, value) pair out.
-    fn drain(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+    fn drain(&self) -> Result<OmapEntries, Errno> {
         let mut out = Vec::new();
         if self.0.is_null() {
             return Ok(out);
