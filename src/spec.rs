@@ -16,7 +16,8 @@
 //!
 //! Options: `index=PATH` puts the index elsewhere; `durable=true` makes redb fsync every write;
 //! for flatfs, `shard=/repo/flatfs/shard/v1/next-to-last/2` (or just `next-to-last/2`) picks
-//! the shard function of a new directory and `sync=true` fsyncs every put.
+//! the shard function of a new directory, `sync=true` fsyncs every put and `encode=true` stores
+//! keys outside flatfs's alphabet under reversible encoded names.
 //!
 //! A **repository** is a directory with a `dsfs.json` file naming its datastore (in the JSON
 //! form of Kubo's `Datastore.Spec`, with paths relative to the directory) and its index file.
@@ -56,6 +57,8 @@ pub struct StoreSpec {
     pub shard: Option<String>,
     /// flatfs `sync`: fsync every put.
     pub sync: bool,
+    /// flatfs `encode`: store keys outside flatfs's alphabet under reversible encoded names.
+    pub encode: bool,
 }
 
 /// The store a spec names.
@@ -129,7 +132,7 @@ const SCHEMES: &[Scheme] = &[
         name: "flatfs",
         usage: "flatfs:PATH",
         parse: |arg| Ok(SpecKind::Flatfs(non_empty_path("flatfs", arg)?)),
-        options: &["shard", "sync"],
+        options: &["shard", "sync", "encode"],
     },
     Scheme {
         name: "kubo",
@@ -198,7 +201,12 @@ impl StoreSpec {
                     }
                 }
             }
-            _ => (SpecKind::Repo(PathBuf::from(body)), &[]),
+            _ => {
+                if is_bare_word(body) && !Path::new(body).exists() {
+                    return Err(bare_word_error(body));
+                }
+                (SpecKind::Repo(PathBuf::from(body)), &[])
+            }
         };
         let mut spec = StoreSpec {
             kind,
@@ -206,6 +214,7 @@ impl StoreSpec {
             durable: false,
             shard: None,
             sync: false,
+            encode: false,
         };
         for opt in options.into_iter().flat_map(|o| o.split('&')) {
             if opt.is_empty() {
@@ -224,6 +233,7 @@ impl StoreSpec {
                 ("index", _) => spec.index = Some(non_empty_path("index", value)?),
                 ("durable", _) => spec.durable = parse_bool(name, value)?,
                 ("sync", _) => spec.sync = parse_bool(name, value)?,
+                ("encode", _) => spec.encode = parse_bool(name, value)?,
                 ("shard", _) => {
                     parse_shard(value)?;
                     spec.shard = Some(value.to_owned());
@@ -297,6 +307,7 @@ impl StoreSpec {
             durable: false,
             shard: None,
             sync: false,
+            encode: false,
         })
     }
 
@@ -312,10 +323,29 @@ impl StoreSpec {
                     Some(t) => parse_shard(t)?,
                     None => ShardFn::IPFS_DEFAULT,
                 };
-                open_flatfs(path, shard, self.sync)
+                open_flatfs(path, shard, self.sync, self.encode)
             }
             _ => Err(invalid("not a simple store spec")),
         }
+    }
+}
+
+impl StoreSpec {
+    /// The path that identifies this store on this machine: its directory or file (for a
+    /// mount spec, its index), canonical where it exists. A daemon serving the store and a
+    /// command that wants it find each other by it. `None` for `mem:`, which nothing shares.
+    pub fn home(&self) -> Option<PathBuf> {
+        let path = match &self.kind {
+            SpecKind::Mem => return None,
+            // A shared cluster store is this host's through its local index, if it has one.
+            SpecKind::Mount(_) | SpecKind::Rados(_) => self.index.clone()?,
+            SpecKind::Redb(p)
+            | SpecKind::Flatfs(p)
+            | SpecKind::Kubo(p)
+            | SpecKind::Json(p)
+            | SpecKind::Repo(p) => p.clone(),
+        };
+        Some(std::fs::canonicalize(&path).unwrap_or(path))
     }
 }
 
@@ -325,6 +355,27 @@ fn has_scheme(s: &str) -> bool {
         Some((scheme, _)) => !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_lowercase()),
         None => false,
     }
+}
+
+/// Whether a spec is a single path component (`flatfs`, `myrepo`): such a word names a
+/// repository only if it exists, so that a forgotten colon (`--store flatfs`) never creates a
+/// repository called `./flatfs`.
+fn is_bare_word(spec: &str) -> bool {
+    !spec.contains('/') && spec != "." && spec != ".."
+}
+
+fn bare_word_error(word: &str) -> Error {
+    let scheme = word.split(['?', ':']).next().unwrap_or(word);
+    if scheme == "mount" || SCHEMES.iter().any(|s| s.name == scheme) {
+        return invalid(format!(
+            "{word:?} names no directory here; did you mean {scheme}:PATH (e.g. {scheme}:./{scheme})? \
+             A store type is followed by a colon"
+        ));
+    }
+    invalid(format!(
+        "{word:?} names no directory here; did you mean flatfs:{word} (a go-ds-flatfs directory)? \
+         To create a new dsfs repository, give a path (./{word}) or dir:{word}"
+    ))
 }
 
 fn non_empty_path(what: &str, arg: &str) -> Result<PathBuf> {
@@ -752,12 +803,18 @@ impl Repo {
 /// The index file inside a flatfs directory (a dot-name, which flatfs readers skip).
 pub const FLATFS_INDEX: &str = ".dsfs.index.redb";
 
-fn open_flatfs(path: &Path, shard: ShardFn, sync: bool) -> Result<Arc<dyn Datastore>> {
+fn open_flatfs(
+    path: &Path,
+    shard: ShardFn,
+    sync: bool,
+    encode: bool,
+) -> Result<Arc<dyn Datastore>> {
     Ok(Arc::new(FlatFsStore::create_or_open(
         path,
         shard,
         FlatFsOptions {
             sync,
+            encode_keys: encode,
             ..FlatFsOptions::default()
         },
     )?))
@@ -823,7 +880,8 @@ impl TreeOpener<'_> {
                     None => ShardFn::IPFS_DEFAULT,
                 };
                 let sync = node.get("sync").and_then(Value::as_bool).unwrap_or(false);
-                open_flatfs(&self.path(node)?, shard, sync)
+                let encode = node.get("encode").and_then(Value::as_bool).unwrap_or(false);
+                open_flatfs(&self.path(node)?, shard, sync, encode)
             }
             "redb" => {
                 let durable = self.durable
@@ -972,6 +1030,59 @@ mod tests {
         let err = open(&spec, OpenMode::default()).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(err.to_string().contains("--features rados"), "{err}");
+    }
+
+    #[test]
+    fn a_forgotten_colon_asks_instead_of_creating_a_repository() {
+        // Relative to the test's working directory, where neither word exists.
+        for word in ["flatfs", "redb", "no-such-repository-here"] {
+            assert!(!Path::new(word).exists());
+            let err = StoreSpec::parse(word).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{word}");
+            assert!(err.to_string().contains("did you mean"), "{err}");
+            assert!(!Path::new(word).exists());
+        }
+        assert!(
+            StoreSpec::parse("flatfs")
+                .unwrap_err()
+                .to_string()
+                .contains("flatfs:PATH")
+        );
+        // A path, or dir:, still names a repository to create.
+        assert_eq!(
+            StoreSpec::parse("./new-repo").unwrap().kind,
+            SpecKind::Repo("./new-repo".into())
+        );
+        assert_eq!(
+            StoreSpec::parse("dir:new-repo").unwrap().kind,
+            SpecKind::Repo("new-repo".into())
+        );
+        // An existing directory may be named by a bare word.
+        assert_eq!(
+            StoreSpec::parse("src").unwrap().kind,
+            SpecKind::Repo("src".into())
+        );
+    }
+
+    #[test]
+    fn flatfs_encode_option_turns_on_the_key_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = format!("flatfs:{}", dir.path().join("plain").display());
+        let spec = StoreSpec::parse(&plain).unwrap();
+        assert!(!spec.encode);
+        let store = open(&spec, OpenMode::default()).unwrap().store;
+        let err = store.put(&"/notes.txt".into(), b"x").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidKey);
+        assert!(err.to_string().contains("encode=true"), "{err}");
+        store.close().unwrap();
+
+        let encoded = format!("flatfs:{}?encode=true", dir.path().join("enc").display());
+        let spec = StoreSpec::parse(&encoded).unwrap();
+        assert!(spec.encode);
+        let store = open(&spec, OpenMode::default()).unwrap().store;
+        store.put(&"/notes.txt".into(), b"x").unwrap();
+        assert_eq!(store.get(&"/notes.txt".into()).unwrap(), b"x");
+        store.close().unwrap();
     }
 
     #[test]

@@ -119,3 +119,27 @@ pub fn new_session() {
         libc::setsid();
     }
 }
+
+/// The process id and effective user of the peer of a connected Unix socket
+/// (`SO_PEERCRED`: fixed when the peer connected or listened).
+pub fn peer_credentials(socket: &impl AsRawFd) -> io::Result<(i32, u32)> {
+    // SAFETY: an all-zero ucred is a valid value of this plain C struct.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the descriptor is open for the borrow; `cred` and `len` are writable and `len`
+    // holds the size of `cred`, as getsockopt requires.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok((cred.pid, cred.uid))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,5 +1,6 @@
 //! The `dsfs` command line.
 
+mod control;
 pub mod mount;
 
 use std::fs::File;
@@ -23,18 +24,31 @@ const COPY_CHUNK: usize = 1 << 20;
 
 const AFTER_HELP: &str = "\
 STORE SPECS (--store, or the DSFS_STORE environment variable):
-  DIR                 a dsfs repository directory (created when missing or empty)
-  mem:                a volatile in-memory store (gone when the command ends)
-  redb:PATH           values in one redb file; the index beside it in PATH.index
-  flatfs:PATH         a go-ds-flatfs directory (a Kubo repo's blocks/); ?shard=next-to-last/2&sync=true
-  kubo:IPFS_PATH      the layout of a Kubo repo's datastore_spec (flatfs, mount, measure)
-  json:FILE           a Kubo-style JSON datastore tree (paths relative to FILE)
-  rados:POOL          a Ceph RADOS pool (built with --features rados);
-                      ?conf=/etc/ceph/ceph.conf&id=NAME&prefix=NAMESPACE&timeout=30
+  DIR, dir:DIR      a dsfs repository directory (dir: or a path with a '/'
+                    creates it when missing; 'dsfs init' does too)
+  mem:              a volatile in-memory store (gone when the command ends)
+  redb:PATH         values in one redb file; the index beside it in PATH.index
+  flatfs:PATH       a go-ds-flatfs directory (a Kubo repo's blocks/)
+  kubo:IPFS_PATH    the layout of a Kubo repo's datastore_spec
+  json:FILE         a Kubo-style JSON datastore tree (paths relative to FILE)
+  rados:POOL        a Ceph RADOS pool (dsfs built with --features rados)
   mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/index.redb
-                      a mount of mem:, redb: and flatfs: stores by key prefix
-  Options follow a '?': redb:PATH?index=/other/index.redb&durable=true
-  Without --store, the repository in $XDG_DATA_HOME/dsfs (~/.local/share/dsfs) is used.
+                    mem:, redb: and flatfs: stores mounted by key prefix
+
+  Options follow a '?', joined by '&':
+    index=PATH      keep the index there          (every store)
+    durable=true    fsync every redb write        (redb:, repositories)
+    shard=next-to-last/2   shard function of a new directory   (flatfs:)
+    sync=true       fsync every put               (flatfs:)
+    encode=true     store keys outside flatfs's alphabet (A-Z 0-9 + - _ =) under
+                    reversible encoded names      (flatfs:)
+    conf=PATH id=NAME prefix=NS timeout=SECS   ceph.conf, cephx user,
+                    RADOS namespace, bound on every operation   (rados:)
+  e.g. flatfs:/srv/blocks?shard=next-to-last/2&encode=true
+       rados:dsfs?conf=/etc/ceph/ceph.conf&id=dsfs&index=/var/lib/dsfs/index.redb
+
+  Without --store, the repository in $XDG_DATA_HOME/dsfs (~/.local/share/dsfs)
+  is used.
 
 KEYS are go-datastore keys: '/'-separated, cleaned like paths ('a//b/' is '/a/b').
 
@@ -103,6 +117,11 @@ enum Command {
         /// Result order.
         #[arg(long, value_enum)]
         order: Option<OrderArg>,
+        /// End each line with a NUL byte and print keys raw (for `xargs -0`). Without it,
+        /// backslashes and control characters in keys are printed as C escapes (`\\`, `\n`,
+        /// `\t`, `\x1b`), so every key is one unambiguous line.
+        #[arg(short = '0', long)]
+        null: bool,
     },
     /// Delete keys. Deleting a key that holds nothing succeeds.
     Rm {
@@ -148,7 +167,7 @@ enum Command {
     Mount {
         /// The store (a repository directory or a spec; see 'dsfs --help').
         spec: String,
-        /// An existing, empty directory to mount on.
+        /// An existing, empty directory to mount on (see -o nonempty).
         mountpoint: PathBuf,
         /// Mount options, comma-separated (see below); may be repeated.
         #[arg(short = 'o', value_name = "OPTIONS")]
@@ -182,6 +201,8 @@ MOUNT OPTIONS (-o a,b,c):
   threads=N             FUSE worker threads (default: cores, 2 to 8)
   passthrough=on|off    let the kernel read file-backed values directly (default on)
   writeback_cache=on|off  kernel write caching, when passthrough is off (default off)
+  nonempty              mount over a directory that has entries (they are hidden
+                        while mounted; without it such a mount point is refused)
   nosuid, nodev, noexec, noatime, sync, dirsync: passed to the kernel
   noauto, user, _netdev, nofail, defaults, x-*: accepted for fstab and ignored
 
@@ -257,7 +278,27 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     let mode = OpenMode {
         no_reconcile: matches!(cli.command, Command::Fsck { .. } | Command::Reindex),
     };
-    let opened = spec::open(&spec, mode)?;
+    let opened = match spec::open(&spec, mode) {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == ErrorKind::Locked => {
+            // Mounted: the daemon runs the command on the store it has open.
+            let Some(home) = spec.home() else {
+                return Err(e);
+            };
+            if let Some(code) = control::forward(&home, &cli.command)? {
+                return Ok(code);
+            }
+            return Err(Error::new(
+                ErrorKind::Locked,
+                format!(
+                    "{} is in use by another process and no dsfs daemon answers for it \
+                     (another dsfs command still running?): {e}",
+                    home.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(report) = &opened.reconciled
         && !report.is_consistent()
     {
@@ -267,30 +308,78 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         );
     }
     let store = opened.store.clone();
-    let result = execute(&cli.command, &store, &opened.description);
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut err = io::stderr();
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let io = CmdIo {
+        out: &mut out,
+        err: &mut err,
+        input: &mut input,
+        cwd: None,
+        live: None,
+    };
+    let result = execute(&cli.command, &store, &opened.description, io);
     let closed = store.close();
     let code = result?;
     closed?;
     Ok(code)
 }
 
+/// Where a command reads and writes: this process's terminal, or a client of the control
+/// socket ([`control`]).
+struct CmdIo<'a> {
+    /// Standard output.
+    pub out: &'a mut dyn Write,
+    /// Standard error (messages that are not errors).
+    pub err: &'a mut dyn Write,
+    /// Standard input.
+    pub input: &'a mut dyn Read,
+    /// The directory relative paths are relative to, if not this process's.
+    pub cwd: Option<PathBuf>,
+    /// For a command run by a mount daemon: who serves the store ("mounted at ...").
+    pub live: Option<String>,
+}
+
 fn execute(
     command: &Command,
     store: &Arc<IndexedStore>,
     description: &str,
+    io: CmdIo<'_>,
 ) -> Result<ExitCode, Error> {
-    let stdout = io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
+    let CmdIo {
+        out: raw_out,
+        err,
+        input,
+        cwd,
+        live,
+    } = io;
+    let path_of = |p: &Path| match &cwd {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    };
+    if let Some(live) = &live
+        && matches!(command, Command::Fsck { repair: true } | Command::Reindex)
+    {
+        return Err(Error::new(
+            ErrorKind::Locked,
+            format!("the store is {live}: unmount it before repairing or rebuilding its index"),
+        ));
+    }
+    let mut out = BufWriter::new(raw_out);
     match command {
         Command::Init => {
             writeln!(out, "{description}").map_err(out_err)?;
         }
         Command::Put { key, file } => {
             let key = Key::new(key);
-            put_from(store.as_ref(), &key, file.as_deref())?;
+            let file = file.as_deref().map(path_of);
+            put_from(store.as_ref(), &key, file.as_deref(), input)?;
         }
         Command::PutBlock { file } => {
-            let data = read_input(file.as_deref())?;
+            let file = file.as_deref().map(path_of);
+            let data = read_input(file.as_deref(), input)?;
             let hash = crate::cid::sha256_multihash(&data);
             let key = crate::cid::block_key(&hash);
             store.put(&key, &data)?;
@@ -304,7 +393,8 @@ fn execute(
             };
             match output {
                 Some(path) => {
-                    let mut f = File::create(path)
+                    let path = path_of(path);
+                    let mut f = File::create(&path)
                         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
                     copy_out(store.as_ref(), &key, &mut f)?;
                     f.sync_all()
@@ -321,6 +411,7 @@ fn execute(
             limit,
             offset,
             order,
+            null,
         } => {
             let orders = match order {
                 None => vec![],
@@ -348,11 +439,16 @@ fn execute(
                         .unwrap_or_else(|| "-".into());
                     write!(out, "{size:>12} ").map_err(out_err)?;
                 }
-                write!(out, "{}", entry.key).map_err(out_err)?;
+                if *null {
+                    write!(out, "{}", entry.key).map_err(out_err)?;
+                } else {
+                    write!(out, "{}", escape_key(entry.key.as_str())).map_err(out_err)?;
+                }
                 if *values && let Some(v) = &entry.value {
                     write!(out, "\t{}", String::from_utf8_lossy(v)).map_err(out_err)?;
                 }
-                writeln!(out).map_err(out_err)?;
+                out.write_all(if *null { b"\0" } else { b"\n" })
+                    .map_err(out_err)?;
             }
         }
         Command::Rm { keys, recursive } => {
@@ -419,9 +515,13 @@ fn execute(
             prefix,
             batch,
         } => {
-            let (files, bytes) =
-                import(store.as_ref(), source, &Key::new(prefix), (*batch).max(1))?;
-            eprintln!("imported {files} files, {bytes} bytes");
+            let (files, bytes) = import(
+                store.as_ref(),
+                &path_of(source),
+                &Key::new(prefix),
+                (*batch).max(1),
+            )?;
+            writeln!(err, "imported {files} files, {bytes} bytes").map_err(out_err)?;
         }
         Command::Fsck { repair } => {
             let bar = spinner("checking");
@@ -468,6 +568,28 @@ fn execute(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A key as one printable line: backslashes and control characters become C escapes.
+fn escape_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if !key.chars().any(|c| c == '\\' || c.is_control()) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len() + 8);
+    for c in key.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() && c.is_ascii() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn spinner(what: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -492,13 +614,13 @@ fn bytes_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-fn read_input(file: Option<&Path>) -> Result<Vec<u8>, Error> {
+fn read_input(file: Option<&Path>, input: &mut dyn Read) -> Result<Vec<u8>, Error> {
     let mut data = Vec::new();
     match file {
-        None => io::stdin()
+        None => input
             .read_to_end(&mut data)
             .map_err(|e| Error::io("reading standard input", e))?,
-        Some(p) if p == Path::new("-") => io::stdin()
+        Some(p) if p == Path::new("-") => input
             .read_to_end(&mut data)
             .map_err(|e| Error::io("reading standard input", e))?,
         Some(p) => File::open(p)
@@ -509,9 +631,14 @@ fn read_input(file: Option<&Path>) -> Result<Vec<u8>, Error> {
 }
 
 /// Puts a file (large ones streamed through a staging file with progress) or standard input.
-fn put_from(store: &dyn Datastore, key: &Key, file: Option<&Path>) -> Result<(), Error> {
+fn put_from(
+    store: &dyn Datastore,
+    key: &Key,
+    file: Option<&Path>,
+    input: &mut dyn Read,
+) -> Result<(), Error> {
     let Some(path) = file.filter(|p| *p != Path::new("-")) else {
-        let data = read_input(None)?;
+        let data = read_input(None, input)?;
         return store.put(key, &data);
     };
     let mut f =
@@ -580,7 +707,7 @@ fn import(
     let mut done = 0u64;
     for (path, key, len) in &files {
         if *len >= STREAM_THRESHOLD {
-            put_from(store, key, Some(path))?;
+            put_from(store, key, Some(path), &mut io::empty())?;
         } else {
             let data = std::fs::read(path)
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -655,4 +782,20 @@ fn name_error(path: &Path) -> Error {
             path.display()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_key;
+
+    #[test]
+    fn listed_keys_escape_control_characters_and_backslashes() {
+        assert_eq!(escape_key("/plain/key.txt"), "/plain/key.txt");
+        assert_eq!(escape_key("/a\nb"), "/a\\nb");
+        assert_eq!(escape_key("/tab\there"), "/tab\\there");
+        assert_eq!(escape_key("/back\\slash"), "/back\\\\slash");
+        assert_eq!(escape_key("/esc\u{1b}[0m"), "/esc\\x1b[0m");
+        assert_eq!(escape_key("/del\u{7f}"), "/del\\x7f");
+        assert_eq!(escape_key("/caf\u{e9}"), "/caf\u{e9}");
+    }
 }

@@ -50,6 +50,8 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Kernel writeback cache (ignored when passthrough is in use).
     pub writeback_cache: bool,
+    /// Mount over a directory that has entries (hiding them while mounted).
+    pub nonempty: bool,
     /// Options handed to the kernel unchanged (nosuid, nodev, noexec, noatime, ...).
     pub kernel: Vec<String>,
 }
@@ -70,6 +72,7 @@ impl Default for MountOptions {
                 .clamp(2, 8),
             passthrough: true,
             writeback_cache: false,
+            nonempty: false,
             kernel: Vec::new(),
         }
     }
@@ -123,6 +126,7 @@ impl MountOptions {
                     }
                     "passthrough" => o.passthrough = on_off(name, value)?,
                     "writeback_cache" => o.writeback_cache = on_off(name, value)?,
+                    "nonempty" => o.nonempty = on_off(name, value)?,
                     "nosuid" | "nodev" | "noexec" | "noatime" | "suid" | "dev" | "exec"
                     | "atime" | "sync" | "async" | "dirsync" => o.kernel.push(name.to_owned()),
                     "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner"
@@ -294,6 +298,9 @@ pub fn mount(
             mp.display()
         )));
     }
+    if !options.nonempty {
+        refuse_non_empty(&mp)?;
+    }
     if foreground || std::env::var_os(DAEMON_ENV).is_some() {
         return serve(
             &spec,
@@ -335,14 +342,50 @@ pub fn mount(
         Some(Ok(line)) if line == READY => Ok(ExitCode::SUCCESS),
         Some(Ok(line)) => Err(Error::new(ErrorKind::Io, line)),
         _ => {
-            let status = child.wait().ok();
+            let how = describe_exit(child.wait().ok());
+            let see = match log {
+                Some(path) => format!("see {} or run with -f", path.display()),
+                None => "run with -f to see why".to_owned(),
+            };
             Err(Error::new(
                 ErrorKind::Io,
-                format!(
-                    "the mount daemon exited before the mount was live ({status:?}); run with -f to see why"
-                ),
+                format!("the mount daemon exited {how} before the mount was live; {see}"),
             ))
         }
+    }
+}
+
+/// Refuses a mount point with entries: mounting would hide them until the unmount, which
+/// looks like data loss to whoever finds the directory empty.
+fn refuse_non_empty(mp: &Path) -> Result<(), Error> {
+    let mut entries = std::fs::read_dir(mp)
+        .map_err(|e| Error::io(format!("reading mount point {}", mp.display()), e))?;
+    match entries.next() {
+        None => Ok(()),
+        Some(entry) => {
+            let example = entry
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Err(bad(format!(
+                "mount point {} is not empty (it holds {example:?}, among others); mounting \
+                 would hide its files until the unmount: use an empty directory, or -o nonempty \
+                 to mount over it anyway",
+                mp.display()
+            )))
+        }
+    }
+}
+
+/// How a daemon that exited early ended, as words.
+fn describe_exit(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("with status {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            (None, None) => "for an unknown reason".to_owned(),
+        },
+        None => "and could not be waited for".to_owned(),
     }
 }
 
@@ -366,8 +409,18 @@ fn serve(
     if daemon {
         crate::sys::new_session();
     }
-    let result: Result<(Arc<DsFs>, Session<FuseAdapter>), Error> = (|| {
-        let opened = spec::open(spec, OpenMode::default())?;
+    let result: Result<(Arc<DsFs>, Session<FuseAdapter>, spec::Opened), Error> = (|| {
+        let opened = spec::open(spec, OpenMode::default()).map_err(|e| {
+            match (
+                e.kind(),
+                spec.home().and_then(|h| super::control::holder(&h)),
+            ) {
+                (ErrorKind::Locked, Some(holder)) => {
+                    bad(format!("{spec_text} is already {holder}"))
+                }
+                _ => e,
+            }
+        })?;
         if let Some(r) = &opened.reconciled
             && !r.is_consistent()
         {
@@ -393,9 +446,9 @@ fn serve(
         );
         let session = Session::new(adapter, mp, &options.fuser_config(spec_text))
             .map_err(|e| Error::io(format!("mounting {}", mp.display()), e))?;
-        Ok((fs, session))
+        Ok((fs, session, opened))
     })();
-    let (fs, mut session) = match result {
+    let (fs, mut session, opened) = match result {
         Ok(v) => v,
         Err(e) => {
             report(&e.to_string());
@@ -409,6 +462,13 @@ fn serve(
     if let Err(e) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
         log::warn!("could not write {}: {e}", pid_path.display());
     }
+    // The command line reaches the mounted store through the daemon (see `control`).
+    let control = spec.home().and_then(|home| {
+        super::control::Server::start(&home, opened.store.clone(), opened.description.clone(), mp)
+            .map_err(|e| log::warn!("no control socket ({e}): dsfs commands cannot reach this store while it is mounted"))
+            .ok()
+    });
+    drop(opened);
     log::info!("mounted {spec_text} at {}", mp.display());
     report(READY);
     let mut unmounter = session.unmount_callable();
@@ -440,6 +500,7 @@ fn serve(
         })
         .map_err(|e| Error::io("starting the signal thread", e))?;
     let ran = session.run();
+    drop(control);
     let shut = fs.shutdown();
     let _ = std::fs::remove_file(&pid_path);
     if let Err(e) = ran {
@@ -540,6 +601,27 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_early_daemon_exit_is_described_in_words() {
+        use std::os::unix::process::ExitStatusExt;
+        let code = describe_exit(Some(std::process::ExitStatus::from_raw(101 << 8)));
+        assert_eq!(code, "with status 101");
+        let sig = describe_exit(Some(std::process::ExitStatus::from_raw(libc::SIGKILL)));
+        assert_eq!(sig, "killed by signal 9");
+    }
+
+    #[test]
+    fn a_non_empty_mount_point_is_refused_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        refuse_non_empty(dir.path()).unwrap();
+        std::fs::write(dir.path().join("precious"), b"x").unwrap();
+        let err = refuse_non_empty(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("-o nonempty"), "{err}");
+        assert!(err.to_string().contains("precious"), "{err}");
+        assert!(MountOptions::parse(&["nonempty"]).unwrap().nonempty);
+        assert!(!MountOptions::parse(&["ro"]).unwrap().nonempty);
+    }
 
     #[test]
     fn options_parse_like_mount_writes_them() {

@@ -96,7 +96,11 @@ impl FsError {
         match kind {
             ErrorKind::NoSpace => FsError::NoSpace,
             ErrorKind::ReadOnly => FsError::ReadOnly,
-            ErrorKind::InvalidKey => FsError::Invalid(e),
+            ErrorKind::InvalidKey => {
+                // The application sees only EINVAL; the log says which key and what to do.
+                log::warn!("refused: {e}");
+                FsError::Invalid(e)
+            }
             ErrorKind::Unsupported => FsError::NotSupported(e),
             ErrorKind::TimedOut => {
                 log::error!("store timeout: {e}");

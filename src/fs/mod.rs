@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 
 pub use error::{FsError, FsResult};
-use names::{NameRef, VALUE_NAME, component_to_name, name_to_component};
+use names::{NameRef, VALUE_NAME, component_to_name, long_name_matches, name_to_component};
 
 use crate::datastore::{Datastore, Key, StageInit, Staged};
 use crate::index::node::Timestamp;
@@ -407,7 +407,7 @@ impl DsFs {
     /// The entry `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         let dir = self.dir_node(parent)?;
-        match name_to_component(name)? {
+        match self.resolve_name(parent, name)? {
             NameRef::DirValue => {
                 if dir.value.is_some() {
                     Ok(self.attr_of(parent | VALUE_INO, &dir))
@@ -419,6 +419,30 @@ impl DsFs {
                 Some((id, n)) => Ok(self.attr_of(id, &n)),
                 None => Err(FsError::NotFound),
             },
+            NameRef::Long(_) => Err(FsError::NotFound),
+        }
+    }
+
+    /// What `name` in directory `parent` refers to, with a [`NameRef::Long`] name resolved to
+    /// the component it stands for (`NotFound` when no entry has that name). Only long names
+    /// cost a scan of the directory.
+    fn resolve_name(&self, parent: u64, name: &[u8]) -> FsResult<NameRef> {
+        let NameRef::Long(long) = name_to_component(name)? else {
+            return name_to_component(name);
+        };
+        let mut after = 0;
+        loop {
+            let entries = self.index.list(parent, after, 1024)?;
+            let Some(last) = entries.last() else {
+                return Err(FsError::NotFound);
+            };
+            after = last.cookie;
+            if let Some(e) = entries
+                .into_iter()
+                .find(|e| long_name_matches(&e.name, &long))
+            {
+                return Ok(NameRef::Component(e.name));
+            }
         }
     }
 
@@ -452,6 +476,9 @@ impl DsFs {
             NameRef::Component(c) => Ok(c),
             NameRef::DirValue => Err(FsError::Invalid(format!(
                 "{VALUE_NAME} names a directory's value and cannot be created this way"
+            ))),
+            NameRef::Long(name) => Err(FsError::Invalid(format!(
+                "{name:?} stands for an over-long key component and cannot be created"
             ))),
         }
     }
@@ -939,7 +966,7 @@ impl DsFs {
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
-        let comp = match name_to_component(name)? {
+        let comp = match self.resolve_name(parent, name)? {
             NameRef::DirValue => {
                 if dir.value.is_none() {
                     return Err(FsError::NotFound);
@@ -959,6 +986,7 @@ impl DsFs {
                 return Ok(());
             }
             NameRef::Component(c) => c,
+            NameRef::Long(_) => return Err(FsError::NotFound),
         };
         let Some((id, n)) = self.index.lookup(parent, &comp)? else {
             return Err(FsError::NotFound);
@@ -1127,9 +1155,10 @@ impl DsFs {
         self.check_writable()?;
         self.dir_node(parent)?;
         self.dir_node(newparent)?;
-        let (NameRef::Component(from), NameRef::Component(to)) =
-            (name_to_component(name)?, name_to_component(newname)?)
-        else {
+        let (NameRef::Component(from), NameRef::Component(to)) = (
+            self.resolve_name(parent, name)?,
+            self.resolve_name(newparent, newname)?,
+        ) else {
             return Err(FsError::Invalid(format!(
                 "{VALUE_NAME} cannot be renamed; copy it instead"
             )));
@@ -1456,10 +1485,7 @@ impl DsFs {
         let after = offset.saturating_sub(FIRST_ENTRY_OFFSET);
         let want = limit.saturating_sub(out.len()).max(1);
         for e in self.index.list(ino, after, want)? {
-            let Some(name) = component_to_name(&e.name) else {
-                log::warn!("entry {:?} has no name within 255 bytes; skipped", e.name);
-                continue;
-            };
+            let name = component_to_name(&e.name);
             out.push(DirItem {
                 ino: e.id,
                 offset: e.cookie + FIRST_ENTRY_OFFSET,

@@ -68,7 +68,8 @@ pub fn name_for(key: &Key, encode: bool) -> Result<Cow<'_, str>> {
             ErrorKind::InvalidKey,
             format!(
                 "flatfs: key {key:?} not supported: flatfs keys are one component of \
-                 0-9 A-Z + - _ = (open with key encoding to store other keys)"
+                 0-9 A-Z + - _ = (open it as flatfs:DIR?encode=true to store any key under a \
+                 reversible encoded name)"
             ),
         ));
     }

@@ -1,0 +1,239 @@
+//! What a new user meets first: spec mistakes, mount points, names the filesystem cannot
+//! show as themselves, key listings, and a quiet log.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{Mount, dsfs, is_mounted};
+
+fn put(spec: &str, key: &str, value: &[u8]) {
+    let mut child = dsfs()
+        .args(["--store", spec, "put", key])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(value).unwrap();
+    assert!(child.wait().unwrap().success(), "put {key}");
+}
+
+#[test]
+fn a_store_type_without_its_colon_is_questioned_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    for word in ["flatfs", "myrepo"] {
+        let out = dsfs()
+            .current_dir(dir.path())
+            .args(["--store", word, "ls"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("did you mean flatfs:"), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(!dir.path().join(word).exists(), "{word} was created");
+    }
+    // A path creates the repository, as documented.
+    let out = dsfs()
+        .current_dir(dir.path())
+        .args(["--store", "./myrepo", "ls"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("myrepo/dsfs.json").exists());
+}
+
+#[test]
+fn mounting_over_a_non_empty_directory_needs_nonempty() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    fs::write(mnt.join("precious.txt"), b"mine").unwrap();
+    let out = dsfs().arg("mount").arg(&repo).arg(&mnt).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not empty") && err.contains("-o nonempty"),
+        "{err}"
+    );
+    assert!(!is_mounted(&fs::canonicalize(&mnt).unwrap()));
+
+    let m = Mount::with_spec(dir, repo.to_string_lossy().into_owned(), &["nonempty"]);
+    assert!(is_mounted(&m.mnt));
+    assert!(
+        !m.path("precious.txt").exists(),
+        "the mount hides the directory"
+    );
+}
+
+#[test]
+fn isatty_and_clean_unmounts_leave_the_log_quiet() {
+    let mut m = Mount::repo();
+    fs::write(m.path("f"), b"data").unwrap();
+    // `[ -t 0 ]` is isatty(0): an ioctl on a file in the mount.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("i=0; while [ $i -lt 50 ]; do [ -t 0 ] && exit 1; i=$((i+1)); done; exit 0")
+        .stdin(fs::File::open(m.path("f")).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a file in the mount claimed to be a terminal"
+    );
+    m.umount();
+    let log = fs::read_to_string(m.log()).unwrap_or_default();
+    assert!(!log.contains("Not Implemented"), "{log}");
+    assert!(!log.contains("umount"), "{log}");
+    assert!(
+        log.trim().is_empty(),
+        "the default log level should print nothing: {log}"
+    );
+}
+
+#[test]
+fn keys_with_over_long_components_are_reachable_through_the_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").to_string_lossy().into_owned();
+    let long = "k".repeat(300);
+    put(&repo, &format!("/docs/{long}"), b"long value");
+    put(&repo, "/docs/short", b"short value");
+    let m = Mount::with_spec(dir, repo.clone(), &[]);
+    let names: Vec<String> = fs::read_dir(m.path("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let shown = names
+        .iter()
+        .find(|n| n.starts_with(".dsfs.long."))
+        .expect("the long key is listed");
+    assert!(shown.len() <= 255);
+    let path = m.path("docs").join(shown);
+    assert_eq!(fs::read(&path).unwrap(), b"long value");
+    fs::write(&path, b"rewritten").unwrap();
+    fs::rename(&path, m.path("docs/renamed")).unwrap();
+    assert_eq!(fs::read(m.path("docs/renamed")).unwrap(), b"rewritten");
+    // A long-looking name that matches nothing is not found, and cannot be created.
+    let fake = m.path(&format!("docs/.dsfs.long.{}.x", "0".repeat(32)));
+    assert!(!fake.exists());
+    assert!(fs::write(&fake, b"x").is_err());
+}
+
+#[test]
+fn ls_escapes_control_characters_and_null_prints_raw_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").to_string_lossy().into_owned();
+    put(&repo, "/a\nb", b"1");
+    put(&repo, "/plain", b"2");
+    let out = dsfs().args(["--store", &repo, "ls"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "/a\\nb\n/plain\n");
+    let out = dsfs()
+        .args(["--store", &repo, "ls", "--null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"/a\nb\0/plain\0");
+}
+
+#[test]
+fn a_plain_flatfs_mount_says_why_a_name_is_refused_and_encode_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    let spec = format!("flatfs:{}", blocks.display());
+    let m = Mount::with_spec(dir, spec, &[]);
+    let err = fs::write(m.path("notes.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    let log = fs::read_to_string(m.log()).unwrap_or_default();
+    assert!(log.contains("encode=true"), "the log should say how: {log}");
+    drop(m);
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("flatfs:{}?encode=true", dir.path().join("blocks").display());
+    let m = Mount::with_spec(dir, spec, &[]);
+    fs::write(m.path("notes.txt"), b"hello").unwrap();
+    assert_eq!(fs::read(m.path("notes.txt")).unwrap(), b"hello");
+    assert!(!Path::new(&m.path("notes.txt")).is_dir());
+}
+
+#[test]
+fn the_command_line_works_on_a_mounted_store_through_its_daemon() {
+    let m = Mount::repo();
+    let spec = m.spec.clone();
+    // Put through the command line (standard input and a relative file), read in the mount.
+    put(&spec, "/notes/a", b"from the cli");
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("b.txt"), b"from a file").unwrap();
+    let out = dsfs()
+        .current_dir(work.path())
+        .args(["--store", &spec, "put", "/notes/b", "b.txt"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(m.path("notes/a")).unwrap(), b"from the cli");
+    assert_eq!(fs::read(m.path("notes/b")).unwrap(), b"from a file");
+
+    // Write in the mount, read through the command line.
+    fs::write(m.path("notes/c"), b"from the mount").unwrap();
+    let cli = |args: &[&str]| {
+        let out = dsfs()
+            .arg("--store")
+            .arg(&spec)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(cli(&["get", "/notes/c"]), "from the mount");
+    assert_eq!(cli(&["ls", "/notes"]), "/notes/a\n/notes/b\n/notes/c\n");
+    assert!(cli(&["stat", "/notes/c"]).contains("size:   14"));
+    cli(&["rm", "/notes/a"]);
+    let gone = std::time::Instant::now();
+    while m.path("notes/a").exists() {
+        assert!(
+            gone.elapsed().as_secs() < 10,
+            "removed key still in the mount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(cli(&["fsck"]).contains("consistent"));
+
+    // What cannot run beside a mount says where the store is mounted and by whom.
+    let out = dsfs().args(["--store", &spec, "reindex"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("mounted at {}", m.mnt.display())) && err.contains("pid"),
+        "{err}"
+    );
+    let other = tempfile::tempdir().unwrap();
+    let out = dsfs()
+        .arg("mount")
+        .arg(&spec)
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("mounted at {}", m.mnt.display())),
+        "{err}"
+    );
+}
