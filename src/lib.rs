@@ -15,5 +15,6 @@ pub mod group_commit;
 pub mod index;
 pub mod spec;
 pub mod sys;
+pub mod unixfs;
 
 pub use datastore::{Datastore, Error, ErrorKind, Key, Query, Result};

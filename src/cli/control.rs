@@ -341,6 +341,7 @@ fn reads_stdin(command: &Command) -> bool {
         | Command::Stat { .. }
         | Command::Cid { .. }
         | Command::Import { .. }
+        | Command::Add { .. }
         | Command::Fsck { .. }
         | Command::Reindex
         | Command::Mount { .. }

@@ -137,10 +137,46 @@ enum Command {
         /// The key.
         key: String,
     },
-    /// Print the CIDv1 (raw, sha2-256) of a value.
+    /// Print the CID `ipfs add` gives a value (or a local file): the same as the
+    /// user.ipfs.cid attribute of the file in a mount. --raw: the CIDv1 of the whole value
+    /// as one raw block.
     Cid {
-        /// The key.
+        /// The key, or a local file's path when no such key exists.
         key: String,
+        /// The CIDv1 (raw, sha2-256) of the whole value, as one block.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Add a file (or a tree with -r) as `ipfs add` does: a UnixFS DAG whose blocks go under
+    /// /blocks in Kubo's layout; prints each CID, which equals the one Kubo prints for the
+    /// same bytes and options.
+    Add {
+        /// The file or directory.
+        path: PathBuf,
+        /// Add a directory and everything in it.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Include files whose names start with '.' (left out by default, as by Kubo).
+        #[arg(short = 'H', long)]
+        hidden: bool,
+        /// CID version: 0 (Kubo's default) or 1.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+        cid_version: u8,
+        /// Leaves as raw blocks (default: true with --cid-version 1, as in Kubo).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        raw_leaves: Option<bool>,
+        /// Chunker: size-N, fixed chunks of N bytes.
+        #[arg(long, default_value = "size-262144")]
+        chunker: String,
+        /// Compute the CIDs only; store nothing.
+        #[arg(short = 'n', long)]
+        only_hash: bool,
+        /// Print only the CIDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print only the last (root) CID.
+        #[arg(short = 'Q', long)]
+        quieter: bool,
     },
     /// Copy a directory tree into the store: each file becomes a key under PREFIX.
     Import {
@@ -506,9 +542,111 @@ fn execute(
                     .map_err(out_err)?;
             }
         }
-        Command::Cid { key } => {
-            let value = store.get(&Key::new(key))?;
-            writeln!(out, "{}", crate::cid::raw_cid(&value)).map_err(out_err)?;
+        Command::Add {
+            path,
+            recursive,
+            hidden,
+            cid_version,
+            raw_leaves,
+            chunker,
+            only_hash,
+            quiet,
+            quieter,
+        } => {
+            let options = crate::unixfs::ImportOptions {
+                cid_version: *cid_version,
+                raw_leaves: raw_leaves.unwrap_or(*cid_version == 1),
+                chunk_size: parse_chunker(chunker)?,
+            };
+            let path = path_of(path);
+            let bar = spinner_bytes("adding");
+            let mut progress = |n: u64| bar.set_position(n);
+            let added = if *only_hash {
+                crate::unixfs::import_path(
+                    &path,
+                    *recursive,
+                    *hidden,
+                    options,
+                    &mut crate::unixfs::Discard,
+                    &mut progress,
+                )?
+            } else {
+                let mut sink = BlockBatch::new(store.as_ref())?;
+                let added = crate::unixfs::import_path(
+                    &path,
+                    *recursive,
+                    *hidden,
+                    options,
+                    &mut sink,
+                    &mut progress,
+                )?;
+                sink.commit()?;
+                added
+            };
+            bar.finish_and_clear();
+            let base = path.parent().unwrap_or(Path::new(""));
+            let last = added.len().saturating_sub(1);
+            for (i, (p, link)) in added.iter().enumerate() {
+                if *quieter && i != last {
+                    continue;
+                }
+                if *quiet || *quieter {
+                    writeln!(out, "{}", link.cid).map_err(out_err)?;
+                } else {
+                    let name = p.strip_prefix(base).unwrap_or(p);
+                    writeln!(out, "added {} {}", link.cid, name.display()).map_err(out_err)?;
+                }
+            }
+        }
+        Command::Cid { key, raw } => {
+            let options = crate::unixfs::ImportOptions::default();
+            let k = Key::new(key);
+            let size = match store.get_size(&k) {
+                Ok(size) => Some(size),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e),
+            };
+            let local = path_of(Path::new(key));
+            let cid = match (size, raw) {
+                (Some(_), true) => crate::cid::raw_cid(&store.get(&k)?),
+                (Some(size), false) => {
+                    crate::unixfs::import_value(
+                        store.as_ref(),
+                        &k,
+                        size,
+                        options,
+                        &mut crate::unixfs::Discard,
+                    )?
+                    .cid
+                }
+                (None, _) if local.is_file() => {
+                    if *raw {
+                        let bytes = std::fs::read(&local)
+                            .map_err(|e| Error::io(format!("reading {}", local.display()), e))?;
+                        crate::cid::raw_cid(&bytes)
+                    } else {
+                        let added = crate::unixfs::import_path(
+                            &local,
+                            false,
+                            false,
+                            options,
+                            &mut crate::unixfs::Discard,
+                            &mut |_| {},
+                        )?;
+                        added
+                            .last()
+                            .map(|(_, link)| link.cid)
+                            .ok_or_else(|| Error::new(ErrorKind::Io, "nothing imported"))?
+                    }
+                }
+                (None, _) => {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("{key}: no such key (nor a local file)"),
+                    ));
+                }
+            };
+            writeln!(out, "{cid}").map_err(out_err)?;
         }
         Command::Import {
             source,
@@ -588,6 +726,70 @@ fn escape_key(key: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// `size-N` (Kubo's fixed-size chunker).
+fn parse_chunker(text: &str) -> Result<usize, Error> {
+    text.strip_prefix("size-")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| (1..=(1 << 20)).contains(n))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "--chunker {text:?}: dsfs knows size-N, N from 1 to 1048576 (Kubo's default is size-262144)"
+                ),
+            )
+        })
+}
+
+/// Blocks of an `add`, written in batches.
+struct BlockBatch<'a> {
+    store: &'a dyn Datastore,
+    batch: Box<dyn crate::datastore::Batch + 'a>,
+    pending: usize,
+}
+
+impl<'a> BlockBatch<'a> {
+    /// Blocks per batch commit.
+    const SIZE: usize = 256;
+
+    fn new(store: &'a dyn Datastore) -> Result<BlockBatch<'a>, Error> {
+        Ok(BlockBatch {
+            store,
+            batch: store.batch()?,
+            pending: 0,
+        })
+    }
+
+    fn commit(self) -> Result<(), Error> {
+        self.batch.commit()
+    }
+}
+
+impl crate::unixfs::BlockSink for BlockBatch<'_> {
+    fn put_block(&mut self, cid: &cid::Cid, bytes: &[u8]) -> Result<(), Error> {
+        self.batch
+            .put(crate::cid::block_key(cid.hash()), bytes.to_vec())?;
+        self.pending += 1;
+        if self.pending >= Self::SIZE {
+            let full = std::mem::replace(&mut self.batch, self.store.batch()?);
+            full.commit()?;
+            self.pending = 0;
+        }
+        Ok(())
+    }
+}
+
+fn spinner_bytes(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}: {bytes} ({bytes_per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
 }
 
 fn spinner(what: &str) -> ProgressBar {

@@ -257,6 +257,8 @@ pub struct DsFs {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     shut: Mutex<bool>,
+    /// The IPFS CIDs of files, each with the (mtime, size) it was computed for.
+    cids: Mutex<HashMap<u64, (Timestamp, u64, String)>>,
 }
 
 fn ts(t: Timestamp) -> SystemTime {
@@ -294,6 +296,7 @@ impl DsFs {
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             shut: Mutex::new(false),
+            cids: Mutex::new(HashMap::new()),
         }
     }
 
@@ -1541,6 +1544,7 @@ impl DsFs {
     /// Sets an extended attribute (`XATTR_CREATE`/`XATTR_REPLACE` honoured).
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         self.check_writable()?;
+        refuse_computed_xattr(name)?;
         let name = xattr_name(name)?;
         if value.len() > XATTR_MAX {
             return Err(FsError::TooBig);
@@ -1568,6 +1572,9 @@ impl DsFs {
 
     /// An extended attribute's value.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if name == CID_XATTR.as_bytes() {
+            return self.ipfs_cid(ino).map(String::into_bytes);
+        }
         let name = xattr_name(name)?;
         self.node(ino & !VALUE_INO)?;
         self.index
@@ -1589,6 +1596,7 @@ impl DsFs {
     /// Removes an extended attribute.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         self.check_writable()?;
+        refuse_computed_xattr(name)?;
         let name = xattr_name(name)?;
         let id = ino & !VALUE_INO;
         let removed = self.index.write(|tx| {
@@ -1739,6 +1747,54 @@ impl DsFs {
 /// The recorded modification time of `ino` (for a commit with no newer write).
 fn recorded_mtime(index: &Index, ino: u64) -> FsResult<Timestamp> {
     Ok(index.node(ino & !VALUE_INO)?.mtime)
+}
+
+/// The extended attribute that holds a file's IPFS CID (read-only, not listed).
+pub const CID_XATTR: &str = "user.ipfs.cid";
+
+impl DsFs {
+    /// The CID `ipfs add` (default settings) gives the committed content of file `ino`:
+    /// computed by one streaming read on first ask, then kept while the file's mtime and size
+    /// stay the same (every commit of a write changes the mtime).
+    fn ipfs_cid(&self, ino: u64) -> FsResult<String> {
+        let n = self.node(ino & !VALUE_INO)?;
+        let is_value = ino & VALUE_INO != 0;
+        if !(n.kind == NodeKind::File || is_value && n.kind == NodeKind::Dir) {
+            return Err(FsError::NoData);
+        }
+        let Some(size) = n.value else {
+            return Err(FsError::NoData);
+        };
+        if let Some((mtime, csize, cid)) = self.cids.lock().get(&ino)
+            && *mtime == n.mtime
+            && *csize == size
+        {
+            return Ok(cid.clone());
+        }
+        let key = self.key_of(ino)?;
+        let cid = crate::unixfs::import_value(
+            self.backend.as_ref(),
+            &key,
+            size,
+            crate::unixfs::ImportOptions::default(),
+            &mut crate::unixfs::Discard,
+        )
+        .map_err(FsError::store)?
+        .cid
+        .to_string();
+        self.cids.lock().insert(ino, (n.mtime, size, cid.clone()));
+        Ok(cid)
+    }
+}
+
+/// [`CID_XATTR`] follows the content and cannot be set or removed.
+fn refuse_computed_xattr(name: &[u8]) -> FsResult<()> {
+    if name == CID_XATTR.as_bytes() {
+        return Err(FsError::NotPermitted(format!(
+            "{CID_XATTR} is computed from the file's content"
+        )));
+    }
+    Ok(())
 }
 
 fn xattr_name(name: &[u8]) -> FsResult<String> {

@@ -1,0 +1,694 @@
+//! UnixFS import: files and directories as the DAG `ipfs add` builds, so that a file gets the
+//! CID Kubo would give it.
+//!
+//! The format (the UnixFS and dag-pb specifications):
+//! * A file's bytes are cut by a fixed-size chunker (262,144 bytes by default). Each chunk is
+//!   a leaf: a dag-pb node whose UnixFS `Data` is `{Type: File, Data: chunk, filesize}`, or,
+//!   with raw leaves, the chunk itself as a `raw` block (always CIDv1).
+//! * Leaves are gathered by the balanced layout: parents of at most 174 children, level by
+//!   level, every leaf at the same depth, filled from the left. A parent's `Data` is
+//!   `{Type: File, filesize, blocksizes}` (the file bytes under each child); its links have an
+//!   empty name and `Tsize`, the bytes of the whole sub-DAG under the link.
+//! * A file of one chunk is that chunk's leaf; an empty file is one leaf with no data.
+//! * A directory is a dag-pb node with `Data {Type: Directory}` and one named link per entry,
+//!   sorted by name bytes. Kubo switches a directory to a HAMT shard once its links would take
+//!   more than 256 KiB; dsfs does not build shards and refuses such a directory.
+//!
+//! dag-pb is written canonically: links (field 2) before data (field 1), fields in number
+//! order inside each message, which is what go-merkledag and the JS importer write.
+
+use cid::Cid;
+use multihash::Multihash;
+
+use crate::cid::{DAG_PB, RAW, sha256_multihash};
+
+/// Kubo's default chunk size.
+pub const DEFAULT_CHUNK_SIZE: usize = 262_144;
+/// The balanced layout's children per node (Kubo's default).
+pub const MAX_LINKS: usize = 174;
+/// The link bytes above which Kubo shards a directory (name + CID bytes of every link).
+pub const SHARD_THRESHOLD: usize = 262_144;
+
+/// How to import, matching `ipfs add`'s options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// `--cid-version`: 0 (dag-pb nodes as CIDv0, Kubo's default) or 1.
+    pub cid_version: u8,
+    /// `--raw-leaves`: chunks as raw blocks instead of dag-pb leaves.
+    pub raw_leaves: bool,
+    /// `--chunker size-N`.
+    pub chunk_size: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> ImportOptions {
+        ImportOptions {
+            cid_version: 0,
+            raw_leaves: false,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// A link to an imported node: what its parent records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// The node's CID.
+    pub cid: Cid,
+    /// The bytes of the node's block and of every block below it (dag-pb `Tsize`).
+    pub tsize: u64,
+    /// The file bytes under the node (UnixFS `blocksizes` entry); 0 for directories.
+    pub filesize: u64,
+}
+
+/// Where imported blocks go: a blockstore, or nowhere (`--only-hash`).
+pub trait BlockSink {
+    /// Stores one block under its multihash. The error is the caller's own.
+    fn put_block(&mut self, cid: &Cid, bytes: &[u8]) -> crate::datastore::Result<()>;
+}
+
+/// A sink that keeps nothing (for computing CIDs only).
+pub struct Discard;
+
+impl BlockSink for Discard {
+    fn put_block(&mut self, _cid: &Cid, _bytes: &[u8]) -> crate::datastore::Result<()> {
+        Ok(())
+    }
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited protobuf field.
+fn bytes_field(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    varint(out, field << 3 | 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A varint protobuf field.
+fn varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
+    varint(out, field << 3);
+    varint(out, v);
+}
+
+const TYPE_DIRECTORY: u64 = 1;
+const TYPE_FILE: u64 = 2;
+const TYPE_SYMLINK: u64 = 4;
+
+/// UnixFS `Data` of a file node: Type, Data (leaves only), filesize, blocksizes.
+fn file_data(chunk: Option<&[u8]>, filesize: u64, blocksizes: &[u64]) -> Vec<u8> {
+    let mut d = Vec::with_capacity(chunk.map_or(0, <[u8]>::len) + 16 + blocksizes.len() * 4);
+    varint_field(&mut d, 1, TYPE_FILE);
+    if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
+        bytes_field(&mut d, 2, chunk);
+    }
+    varint_field(&mut d, 3, filesize);
+    for &b in blocksizes {
+        varint_field(&mut d, 4, b);
+    }
+    d
+}
+
+/// A dag-pb node: links (each Hash, Name, Tsize), then Data.
+fn pb_node(links: &[(&[u8], &str, u64)], data: &[u8]) -> Vec<u8> {
+    let mut node = Vec::with_capacity(data.len() + links.len() * 48 + 8);
+    let mut link = Vec::with_capacity(64);
+    for (hash, name, tsize) in links {
+        link.clear();
+        bytes_field(&mut link, 1, hash);
+        bytes_field(&mut link, 2, name.as_bytes());
+        varint_field(&mut link, 3, *tsize);
+        bytes_field(&mut node, 2, &link);
+    }
+    bytes_field(&mut node, 1, data);
+    node
+}
+
+fn dag_pb_cid(version: u8, hash: Multihash<64>) -> Cid {
+    if version == 0 {
+        // A sha2-256 multihash is always a valid CIDv0.
+        Cid::new_v0(hash).unwrap_or_else(|_| Cid::new_v1(DAG_PB, hash))
+    } else {
+        Cid::new_v1(DAG_PB, hash)
+    }
+}
+
+/// Builds one file's DAG as its chunks arrive.
+pub struct FileImporter<'a, S: BlockSink + ?Sized> {
+    options: ImportOptions,
+    sink: &'a mut S,
+    /// `levels[0]` holds leaves not yet under a parent, `levels[1]` their parents, and so on.
+    levels: Vec<Vec<Link>>,
+    chunks: u64,
+}
+
+impl<'a, S: BlockSink + ?Sized> FileImporter<'a, S> {
+    /// Starts a file.
+    pub fn new(options: ImportOptions, sink: &'a mut S) -> Self {
+        FileImporter {
+            options,
+            sink,
+            levels: vec![Vec::new()],
+            chunks: 0,
+        }
+    }
+
+    /// Adds the next chunk (exactly `chunk_size` bytes, except the last one).
+    pub fn push_chunk(&mut self, chunk: &[u8]) -> crate::datastore::Result<()> {
+        let link = if self.options.raw_leaves {
+            let cid = Cid::new_v1(RAW, sha256_multihash(chunk));
+            self.sink.put_block(&cid, chunk)?;
+            Link {
+                cid,
+                tsize: chunk.len() as u64,
+                filesize: chunk.len() as u64,
+            }
+        } else {
+            let block = pb_node(&[], &file_data(Some(chunk), chunk.len() as u64, &[]));
+            let cid = dag_pb_cid(self.options.cid_version, sha256_multihash(&block));
+            self.sink.put_block(&cid, &block)?;
+            Link {
+                cid,
+                tsize: block.len() as u64,
+                filesize: chunk.len() as u64,
+            }
+        };
+        self.chunks += 1;
+        self.push(0, link)
+    }
+
+    fn push(&mut self, level: usize, link: Link) -> crate::datastore::Result<()> {
+        if self.levels.len() <= level {
+            self.levels.push(Vec::new());
+        }
+        self.levels[level].push(link);
+        if self.levels[level].len() == MAX_LINKS {
+            let children = std::mem::take(&mut self.levels[level]);
+            let parent = self.parent(&children)?;
+            self.push(level + 1, parent)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the parent of `children`.
+    fn parent(&mut self, children: &[Link]) -> crate::datastore::Result<Link> {
+        let blocksizes: Vec<u64> = children.iter().map(|c| c.filesize).collect();
+        let filesize = blocksizes.iter().sum();
+        let hashes: Vec<Vec<u8>> = children.iter().map(|c| c.cid.to_bytes()).collect();
+        let links: Vec<(&[u8], &str, u64)> = hashes
+            .iter()
+            .zip(children)
+            .map(|(h, c)| (h.as_slice(), "", c.tsize))
+            .collect();
+        let block = pb_node(&links, &file_data(None, filesize, &blocksizes));
+        let cid = dag_pb_cid(self.options.cid_version, sha256_multihash(&block));
+        self.sink.put_block(&cid, &block)?;
+        Ok(Link {
+            cid,
+            tsize: block.len() as u64 + children.iter().map(|c| c.tsize).sum::<u64>(),
+            filesize,
+        })
+    }
+
+    /// Ends the file and returns its root.
+    pub fn finish(mut self) -> crate::datastore::Result<Link> {
+        if self.chunks == 0 {
+            // An empty file is one empty leaf.
+            self.push_chunk(&[])?;
+        }
+        if self.chunks == 1
+            && let Some(leaf) = self.levels[0].pop()
+        {
+            // One chunk: the leaf is the file (no parent of one child).
+            return Ok(leaf);
+        }
+        // Close the partial nodes bottom up; the root is the one node left on the top level.
+        let mut level = 0;
+        loop {
+            let top = self.levels.len() - 1;
+            let lower_empty = self.levels[..level].iter().all(Vec::is_empty);
+            if level == top && lower_empty && self.levels[level].len() == 1 {
+                return self.levels[level].pop().ok_or_else(|| {
+                    crate::datastore::Error::new(crate::datastore::ErrorKind::Io, "empty DAG")
+                });
+            }
+            if !self.levels[level].is_empty() {
+                let children = std::mem::take(&mut self.levels[level]);
+                let parent = self.parent(&children)?;
+                if self.levels.len() <= level + 1 {
+                    self.levels.push(Vec::new());
+                }
+                self.levels[level + 1].push(parent);
+            }
+            level += 1;
+        }
+    }
+}
+
+/// Imports `data` as one file.
+pub fn import_bytes<S: BlockSink + ?Sized>(
+    data: &[u8],
+    options: ImportOptions,
+    sink: &mut S,
+) -> crate::datastore::Result<Link> {
+    let mut file = FileImporter::new(options, sink);
+    for chunk in data.chunks(options.chunk_size.max(1)) {
+        file.push_chunk(chunk)?;
+    }
+    file.finish()
+}
+
+/// Imports the value of `key` (of `size` bytes) from a store, reading it once in chunks.
+/// This is the CID the value would get from `ipfs add` of a file with the same bytes.
+pub fn import_value<S: BlockSink + ?Sized>(
+    store: &dyn crate::datastore::Datastore,
+    key: &crate::datastore::Key,
+    size: u64,
+    options: ImportOptions,
+    sink: &mut S,
+) -> crate::datastore::Result<Link> {
+    let chunk = options.chunk_size.max(1);
+    let mut buf = vec![0u8; chunk];
+    let mut file = FileImporter::new(options, sink);
+    let mut offset = 0u64;
+    while offset < size {
+        let want = chunk.min((size - offset) as usize);
+        let mut n = 0;
+        while n < want {
+            let k = store.read_at(key, offset + n as u64, &mut buf[n..want])?;
+            if k == 0 {
+                return Err(crate::datastore::Error::new(
+                    crate::datastore::ErrorKind::Corrupt,
+                    format!(
+                        "{key}: the value ended at {} of {size} bytes",
+                        offset + n as u64
+                    ),
+                ));
+            }
+            n += k;
+        }
+        file.push_chunk(&buf[..n])?;
+        offset += n as u64;
+    }
+    file.finish()
+}
+
+/// Builds a directory node from its entries (any order; sorted here by name bytes).
+pub fn directory<S: BlockSink + ?Sized>(
+    entries: &mut [(String, Link)],
+    options: ImportOptions,
+    sink: &mut S,
+) -> crate::datastore::Result<Link> {
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let hashes: Vec<Vec<u8>> = entries.iter().map(|(_, l)| l.cid.to_bytes()).collect();
+    let link_bytes: usize = entries
+        .iter()
+        .zip(&hashes)
+        .map(|((n, _), h)| n.len() + h.len())
+        .sum();
+    if link_bytes > SHARD_THRESHOLD {
+        return Err(crate::datastore::Error::new(
+            crate::datastore::ErrorKind::Unsupported,
+            format!(
+                "a directory of {} entries needs a HAMT shard in Kubo's layout (its links take {link_bytes} bytes, over {SHARD_THRESHOLD}); dsfs does not build shards yet",
+                entries.len()
+            ),
+        ));
+    }
+    let links: Vec<(&[u8], &str, u64)> = entries
+        .iter()
+        .zip(&hashes)
+        .map(|((n, l), h)| (h.as_slice(), n.as_str(), l.tsize))
+        .collect();
+    let mut data = Vec::new();
+    varint_field(&mut data, 1, TYPE_DIRECTORY);
+    let block = pb_node(&links, &data);
+    let cid = dag_pb_cid(options.cid_version, sha256_multihash(&block));
+    sink.put_block(&cid, &block)?;
+    Ok(Link {
+        cid,
+        tsize: block.len() as u64 + entries.iter().map(|(_, l)| l.tsize).sum::<u64>(),
+        filesize: 0,
+    })
+}
+
+/// What [`import_path`] found at each path it imported, in the order `ipfs add` prints.
+pub type Added = Vec<(std::path::PathBuf, Link)>;
+
+/// Imports a file, or a directory tree when `recursive`, from the local filesystem, streaming
+/// each file in chunks. As `ipfs add -r`, names starting with `.` are left out unless `hidden`,
+/// and symlinks become UnixFS symlink nodes (never followed). `progress` is told the file
+/// bytes read so far.
+pub fn import_path<S: BlockSink + ?Sized>(
+    path: &std::path::Path,
+    recursive: bool,
+    hidden: bool,
+    options: ImportOptions,
+    sink: &mut S,
+    progress: &mut dyn FnMut(u64),
+) -> crate::datastore::Result<Added> {
+    let mut added = Vec::new();
+    let mut read = 0u64;
+    let mut walk = Walk {
+        recursive,
+        hidden,
+        options,
+        sink,
+        progress,
+        read: &mut read,
+        added: &mut added,
+    };
+    walk.node(path)?;
+    Ok(added)
+}
+
+struct Walk<'a, S: BlockSink + ?Sized> {
+    recursive: bool,
+    hidden: bool,
+    options: ImportOptions,
+    sink: &'a mut S,
+    progress: &'a mut dyn FnMut(u64),
+    read: &'a mut u64,
+    added: &'a mut Added,
+}
+
+impl<S: BlockSink + ?Sized> Walk<'_, S> {
+    fn node(&mut self, path: &std::path::Path) -> crate::datastore::Result<Link> {
+        use crate::datastore::{Error, ErrorKind};
+        let io = |e| Error::io(format!("reading {}", path.display()), e);
+        let meta = std::fs::symlink_metadata(path).map_err(io)?;
+        let link = if meta.is_file() {
+            self.file(path)?
+        } else if meta.is_dir() {
+            if !self.recursive {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("{} is a directory; add it with -r", path.display()),
+                ));
+            }
+            let mut entries = Vec::new();
+            for entry in std::fs::read_dir(path).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                let name = entry.file_name().into_string().map_err(|n| {
+                    Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!("{n:?} in {}: names must be UTF-8", path.display()),
+                    )
+                })?;
+                if !self.hidden && name.starts_with('.') {
+                    continue;
+                }
+                entries.push(name);
+            }
+            // Children in name order, as `ipfs add` lists them.
+            entries.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            let mut links = Vec::with_capacity(entries.len());
+            for name in entries {
+                let child = self.node(&path.join(&name))?;
+                links.push((name, child));
+            }
+            directory(&mut links, self.options, self.sink)?
+        } else if meta.file_type().is_symlink() {
+            use std::os::unix::ffi::OsStrExt;
+            let target = std::fs::read_link(path).map_err(io)?;
+            let mut data = Vec::new();
+            varint_field(&mut data, 1, TYPE_SYMLINK);
+            bytes_field(&mut data, 2, target.as_os_str().as_bytes());
+            let block = pb_node(&[], &data);
+            let cid = dag_pb_cid(self.options.cid_version, sha256_multihash(&block));
+            self.sink.put_block(&cid, &block)?;
+            Link {
+                cid,
+                tsize: block.len() as u64,
+                filesize: 0,
+            }
+        } else {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{}: not a regular file, directory or symlink",
+                    path.display()
+                ),
+            ));
+        };
+        self.added.push((path.to_path_buf(), link.clone()));
+        Ok(link)
+    }
+
+    fn file(&mut self, path: &std::path::Path) -> crate::datastore::Result<Link> {
+        use std::io::Read;
+        let io = |e| crate::datastore::Error::io(format!("reading {}", path.display()), e);
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let size = self.options.chunk_size.max(1);
+        let mut buf = vec![0u8; size];
+        let mut importer = FileImporter::new(self.options, &mut *self.sink);
+        loop {
+            // Fill a whole chunk: only the last one may be short.
+            let mut n = 0;
+            while n < size {
+                match f.read(&mut buf[n..]).map_err(io)? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            importer.push_chunk(&buf[..n])?;
+            *self.read += n as u64;
+            (self.progress)(*self.read);
+            if n < size {
+                break;
+            }
+        }
+        importer.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes that the JS reference importer can make too: `(i * 31 + i / 7) % 251`.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 31 + i / 7) % 251) as u8).collect()
+    }
+
+    fn cid_of(len: usize, options: ImportOptions) -> String {
+        import_bytes(&pattern(len), options, &mut Discard)
+            .unwrap()
+            .cid
+            .to_string()
+    }
+
+    #[test]
+    fn well_known_kubo_cids_come_out() {
+        let d = ImportOptions::default();
+        assert_eq!(
+            import_bytes(b"", d, &mut Discard).unwrap().cid.to_string(),
+            "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
+        );
+        assert_eq!(
+            import_bytes(b"hello\n", d, &mut Discard)
+                .unwrap()
+                .cid
+                .to_string(),
+            "QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN"
+        );
+    }
+
+    /// CIDs printed by the reference importer (ipfs-unixfs-importer 17.1.1, profile
+    /// unixfs-v0-2015, which is `ipfs add`'s default) for `pattern(len)`.
+    #[test]
+    fn file_cids_match_the_reference_importer() {
+        let d = ImportOptions::default();
+        for (len, options, want) in REFERENCE.iter().map(|(len, cv, raw, chunk, want)| {
+            (
+                *len,
+                ImportOptions {
+                    cid_version: *cv,
+                    raw_leaves: *raw,
+                    chunk_size: chunk.unwrap_or(d.chunk_size),
+                },
+                *want,
+            )
+        }) {
+            assert_eq!(cid_of(len, options), want, "{len} bytes, {options:?}");
+        }
+    }
+
+    #[test]
+    fn directory_cids_match_the_reference_importer() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        for (name, len) in [
+            ("b.txt", 10),
+            ("a.bin", 300_000),
+            ("sub/c", 0),
+            ("sub/d", 1),
+            ("Z", 5),
+        ] {
+            std::fs::write(tree.join(name), pattern(len)).unwrap();
+        }
+        // Hidden files are left out, as `ipfs add -r` does without --hidden.
+        std::fs::write(tree.join(".hidden"), b"x").unwrap();
+        let cases = [
+            (
+                ImportOptions::default(),
+                "QmeeGNVuY35wR9vTMcCrz6kk9sytT1vb6QDTZ39EF7d34N",
+                "QmP3wS34gr1pvp2jQ2Dp7HcTXnGzXuxt423qpAWdNguCP7",
+            ),
+            (
+                ImportOptions {
+                    cid_version: 1,
+                    raw_leaves: true,
+                    ..ImportOptions::default()
+                },
+                "bafybeiglzk3ioykjlutinihfpcbjs4m2jzpatvcuuimbb4gnxyfmg3xat4",
+                "bafybeib6kh7r4vzpi7hkmmb7k3px2oehs24tioqi2jczroojb4pwbk6n5e",
+            ),
+        ];
+        for (options, root, sub) in cases {
+            let added =
+                import_path(&tree, true, false, options, &mut Discard, &mut |_| {}).unwrap();
+            let (last, link) = added.last().unwrap();
+            assert_eq!(last, &tree);
+            assert_eq!(link.cid.to_string(), root, "{options:?}");
+            let sub_link = &added.iter().find(|(p, _)| p.ends_with("sub")).unwrap().1;
+            assert_eq!(sub_link.cid.to_string(), sub, "{options:?}");
+            assert_eq!(added.len(), 7, "5 files, 2 directories, no hidden file");
+        }
+        let err = import_path(
+            &tree,
+            false,
+            false,
+            ImportOptions::default(),
+            &mut Discard,
+            &mut |_| {},
+        );
+        assert!(err.unwrap_err().to_string().contains("-r"));
+    }
+
+    /// (length, cid version, raw leaves, chunk size, CID)
+    const REFERENCE: &[(usize, u8, bool, Option<usize>, &str)] = &[
+        (
+            0,
+            0,
+            false,
+            None,
+            "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH",
+        ),
+        (
+            1,
+            0,
+            false,
+            None,
+            "QmS9JArPwa55ePgDnyg6TzX24mYTS1b1vLqWNebyVotKxQ",
+        ),
+        (
+            262144,
+            0,
+            false,
+            None,
+            "QmQoTNZs3CXDNPuRj9FLseQSAB5G2MKusPjgXLHRqeFTUn",
+        ),
+        (
+            262145,
+            0,
+            false,
+            None,
+            "Qmb8bAgrFbL4bjpWHtTrHG2uXSnCm9qKaEEwJyzRuBmc1k",
+        ),
+        (
+            1000000,
+            0,
+            false,
+            None,
+            "QmbQTEgt96cLBiBFLEZc8wQiidvckAZpoYTPs8XSjY5vDk",
+        ),
+        (
+            1,
+            1,
+            false,
+            None,
+            "bafybeibyqyrkx66boqbutl5oktknecxgnl43cipcls3knonfmi727rdtnu",
+        ),
+        (
+            262145,
+            1,
+            false,
+            None,
+            "bafybeidej5qhwd7qmsn442l57guit3kzk5uc2b6gh6szoenz74tdwcxgse",
+        ),
+        (
+            1,
+            0,
+            true,
+            None,
+            "bafkreidogqfzz75tpkmjzjke425xqcrmpcib2p5tg44hnbirumdbpl5adu",
+        ),
+        (
+            262145,
+            0,
+            true,
+            None,
+            "QmVjRbDesvALDAeEb4depibUJxgSwsKBvjZjZfxaBLSxbs",
+        ),
+        (
+            262145,
+            1,
+            true,
+            None,
+            "bafybeidn25kwxb3gpgk4pzssema7rdojcgpkfuodw77eprnrzcomjgywxi",
+        ),
+        (
+            0,
+            1,
+            true,
+            None,
+            "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
+        ),
+        (
+            2784,
+            0,
+            false,
+            Some(16),
+            "QmVKmgzKmgTGWDGKgACG2JuMFZ5DkkArGdZSiUeGwJztB2",
+        ),
+        (
+            2785,
+            0,
+            false,
+            Some(16),
+            "Qmev6qzyHyHhhKu936sCSqx4W2ZwqbpxicQYAJJhwu6eib",
+        ),
+        (
+            484416,
+            0,
+            false,
+            Some(16),
+            "QmWgge2JR7JPn2aen8mM3NE5DcwKTfJpMK7SSNcnbgoc2d",
+        ),
+        (
+            484417,
+            0,
+            false,
+            Some(16),
+            "QmTaLdxxnppha12w3rS4RQXrzsYLEVQbNtVAbwtbAqY1SW",
+        ),
+        (
+            484417,
+            1,
+            true,
+            Some(16),
+            "bafybeicg2griln5mhlj5j7xexxsz7pdw6r5gmvbtrxmmprpeuqjeurdw64",
+        ),
+    ];
+}
