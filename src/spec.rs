@@ -12,6 +12,7 @@
 //! | `json:FILE` | the Kubo-style JSON datastore tree in `FILE` (paths relative to it); the index in `FILE.index.redb` |
 //! | `mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/i.redb` | a mount of `mem:`, `redb:` and `flatfs:` children (each with its own `?options`) |
 //! | `dir:PATH` or a bare `PATH` | a dsfs repository: the embedded default (see below) |
+//! | `rados:POOL?conf=PATH&id=NAME&prefix=NS&timeout=SECS` | a Ceph RADOS pool (cargo feature `rados`); the index in memory unless `index=PATH`, re-read from the cluster at every open |
 //!
 //! Options: `index=PATH` puts the index elsewhere; `durable=true` makes redb fsync every write;
 //! for flatfs, `shard=/repo/flatfs/shard/v1/next-to-last/2` (or just `next-to-last/2`) picks
@@ -82,7 +83,98 @@ pub enum SpecKind {
     Mount(Vec<(Key, StoreSpec)>),
     /// A repository directory.
     Repo(PathBuf),
+    /// `rados:POOL?conf=PATH&id=NAME&prefix=NAMESPACE&timeout=SECS`.
+    Rados(RadosSpec),
 }
+
+/// Where a `rados:` spec's store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RadosSpec {
+    /// The pool.
+    pub pool: String,
+    /// The `ceph.conf` (monitors and the keyring's location).
+    pub conf: PathBuf,
+    /// The cephx client name, as in `client.NAME`.
+    pub id: String,
+    /// The RADOS namespace that holds this store's objects, so several stores share a pool.
+    pub prefix: String,
+    /// The bound, in seconds, on connecting and on every cluster operation.
+    pub timeout_secs: u64,
+}
+
+/// One store scheme: its name, its usage, and how its argument becomes a [`SpecKind`]. Adding
+/// a scheme is one row here plus its [`SpecKind`] variant and the arm of [`open`] that opens
+/// it; the unknown-scheme message and the option check come from this table.
+struct Scheme {
+    name: &'static str,
+    usage: &'static str,
+    parse: fn(&str) -> Result<SpecKind>,
+    /// Options beyond the common `index` and `durable`.
+    options: &'static [&'static str],
+}
+
+/// Every scheme `TYPE:ARGUMENT` that [`StoreSpec::parse`] knows (`mount:` has its own syntax).
+const SCHEMES: &[Scheme] = &[
+    Scheme {
+        name: "mem",
+        usage: "mem:",
+        parse: |arg| {
+            if arg.is_empty() {
+                Ok(SpecKind::Mem)
+            } else {
+                Err(invalid("mem: takes no argument"))
+            }
+        },
+        options: &[],
+    },
+    Scheme {
+        name: "redb",
+        usage: "redb:PATH",
+        parse: |arg| Ok(SpecKind::Redb(non_empty_path("redb", arg)?)),
+        options: &[],
+    },
+    Scheme {
+        name: "flatfs",
+        usage: "flatfs:PATH",
+        parse: |arg| Ok(SpecKind::Flatfs(non_empty_path("flatfs", arg)?)),
+        options: &["shard", "sync", "encode"],
+    },
+    Scheme {
+        name: "kubo",
+        usage: "kubo:IPFS_PATH",
+        parse: |arg| Ok(SpecKind::Kubo(non_empty_path("kubo", arg)?)),
+        options: &[],
+    },
+    Scheme {
+        name: "json",
+        usage: "json:FILE",
+        parse: |arg| Ok(SpecKind::Json(non_empty_path("json", arg)?)),
+        options: &[],
+    },
+    Scheme {
+        name: "dir",
+        usage: "dir:PATH",
+        parse: |arg| Ok(SpecKind::Repo(non_empty_path("dir", arg)?)),
+        options: &[],
+    },
+    Scheme {
+        name: "rados",
+        usage: "rados:POOL?conf=PATH&id=NAME&prefix=NS",
+        parse: |arg| {
+            if arg.is_empty() || arg.contains('/') {
+                return Err(invalid("rados: needs a pool name (rados:POOL?conf=...)"));
+            }
+            Ok(SpecKind::Rados(RadosSpec {
+                pool: arg.to_owned(),
+                conf: PathBuf::from("/etc/ceph/ceph.conf"),
+                id: "admin".to_owned(),
+                prefix: "dsfs".to_owned(),
+                timeout_secs: 30,
+            }))
+        },
+        options: &["conf", "id", "prefix", "timeout"],
+    },
+];
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidArgument, msg)
@@ -101,30 +193,24 @@ impl StoreSpec {
             Some((b, o)) if has_scheme(b) => (b, Some(o)),
             _ => (text, None),
         };
-        let kind = match body.split_once(':') {
-            Some((scheme, arg)) if has_scheme(body) => match scheme {
-                "mem" => {
-                    if !arg.is_empty() {
-                        return Err(invalid("mem: takes no argument"));
+        let (kind, scheme_options): (SpecKind, &[&str]) = match body.split_once(':') {
+            Some((scheme, arg)) if has_scheme(body) => {
+                match SCHEMES.iter().find(|s| s.name == scheme) {
+                    Some(s) => ((s.parse)(arg)?, s.options),
+                    None => {
+                        let known: Vec<&str> = SCHEMES.iter().map(|s| s.usage).collect();
+                        return Err(invalid(format!(
+                            "unknown store type {scheme:?} in {text:?} (known: {}, mount:... or a directory path)",
+                            known.join(", ")
+                        )));
                     }
-                    SpecKind::Mem
                 }
-                "redb" => SpecKind::Redb(non_empty_path(scheme, arg)?),
-                "flatfs" => SpecKind::Flatfs(non_empty_path(scheme, arg)?),
-                "kubo" => SpecKind::Kubo(non_empty_path(scheme, arg)?),
-                "json" => SpecKind::Json(non_empty_path(scheme, arg)?),
-                "dir" => SpecKind::Repo(non_empty_path(scheme, arg)?),
-                other => {
-                    return Err(invalid(format!(
-                        "unknown store type {other:?} in {text:?} (known: mem:, redb:PATH, flatfs:PATH, kubo:IPFS_PATH, json:FILE, mount:..., dir:PATH or a directory path)"
-                    )));
-                }
-            },
+            }
             _ => {
                 if is_bare_word(body) && !Path::new(body).exists() {
                     return Err(bare_word_error(body));
                 }
-                SpecKind::Repo(PathBuf::from(body))
+                (SpecKind::Repo(PathBuf::from(body)), &[])
             }
         };
         let mut spec = StoreSpec {
@@ -141,19 +227,38 @@ impl StoreSpec {
                 continue;
             }
             let (name, value) = opt.split_once('=').unwrap_or((opt, "true"));
-            match name {
-                "index" => spec.index = Some(non_empty_path("index", value)?),
-                "durable" => spec.durable = parse_bool(name, value)?,
-                "sync" => spec.sync = parse_bool(name, value)?,
-                "encode" => spec.encode = parse_bool(name, value)?,
-                "shard" => {
+            if !matches!(name, "index" | "durable") && !scheme_options.contains(&name) {
+                let mut known = vec!["index", "durable"];
+                known.extend_from_slice(scheme_options);
+                return Err(invalid(format!(
+                    "unknown store option {name:?} for this store (known: {})",
+                    known.join(", ")
+                )));
+            }
+            match (name, &mut spec.kind) {
+                ("index", _) => spec.index = Some(non_empty_path("index", value)?),
+                ("durable", _) => spec.durable = parse_bool(name, value)?,
+                ("sync", _) => spec.sync = parse_bool(name, value)?,
+                ("encode", _) => spec.encode = parse_bool(name, value)?,
+                ("shard", _) => {
                     parse_shard(value)?;
                     spec.shard = Some(value.to_owned());
                 }
-                other => {
-                    return Err(invalid(format!(
-                        "unknown store option {other:?} (known: index, durable, shard, sync, encode)"
-                    )));
+                ("conf", SpecKind::Rados(r)) => r.conf = non_empty_path("conf", value)?,
+                ("id", SpecKind::Rados(r)) if !value.is_empty() => r.id = value.to_owned(),
+                ("prefix", SpecKind::Rados(r)) if !value.is_empty() => r.prefix = value.to_owned(),
+                ("timeout", SpecKind::Rados(r)) => {
+                    r.timeout_secs =
+                        value
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|&s| s > 0)
+                            .ok_or_else(|| {
+                                invalid(format!("timeout takes whole seconds, not {value:?}"))
+                            })?
+                }
+                (other, _) => {
+                    return Err(invalid(format!("option {other} needs a value")));
                 }
             }
         }
@@ -240,7 +345,8 @@ impl StoreSpec {
     pub fn home(&self) -> Option<PathBuf> {
         let path = match &self.kind {
             SpecKind::Mem => return None,
-            SpecKind::Mount(_) => self.index.clone()?,
+            // A shared cluster store is this host's through its local index, if it has one.
+            SpecKind::Mount(_) | SpecKind::Rados(_) => self.index.clone()?,
             SpecKind::Redb(p)
             | SpecKind::Flatfs(p)
             | SpecKind::Kubo(p)
@@ -259,9 +365,6 @@ fn has_scheme(s: &str) -> bool {
     }
 }
 
-/// The store types a spec can name, for messages.
-const SCHEMES: [&str; 7] = ["mem", "redb", "flatfs", "kubo", "json", "mount", "dir"];
-
 /// Whether a spec is a single path component (`flatfs`, `myrepo`): such a word names a
 /// repository only if it exists, so that a forgotten colon (`--store flatfs`) never creates a
 /// repository called `./flatfs`.
@@ -271,7 +374,7 @@ fn is_bare_word(spec: &str) -> bool {
 
 fn bare_word_error(word: &str) -> Error {
     let scheme = word.split(['?', ':']).next().unwrap_or(word);
-    if SCHEMES.contains(&scheme) {
+    if scheme == "mount" || SCHEMES.iter().any(|s| s.name == scheme) {
         return invalid(format!(
             "{word:?} names no directory here; did you mean {scheme}:PATH (e.g. {scheme}:./{scheme})? \
              A store type is followed by a colon"
@@ -473,7 +576,25 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             let backend = repo.open_datastore(spec)?;
             (backend, index, format!("repository {}", dir.display()))
         }
+        SpecKind::Rados(r) => {
+            let backend = open_rados(r)?;
+            let (index, where_) = match &spec.index {
+                Some(p) => (open_index(p, index_options)?, p.display().to_string()),
+                None => (Index::in_memory(index_options)?, "in memory".to_owned()),
+            };
+            (
+                backend,
+                index,
+                format!(
+                    "rados pool {} namespace {}, index {where_}",
+                    r.pool, r.prefix
+                ),
+            )
+        }
     };
+    // A shared store (other hosts write to it) changes while this index is closed: the index
+    // follows the store at every open, not only after an unclean stop.
+    let shared = matches!(spec.kind, SpecKind::Rados(_));
     let index = Arc::new(index);
     let rebuilt = match &aside {
         Some(a) => Some(rebuild(&index, backend.as_ref(), a)?.1),
@@ -493,6 +614,7 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         let mut bar = BuildProgress::new(mode.progress);
         let (store, prepared) = open_following(backend, index, &mut |n| bar.update(n))?;
         bar.finish();
+        let followed_whole = matches!(prepared, Prepared::Reconciled(_) | Prepared::Built { .. });
         let report = match prepared {
             Prepared::Reconciled(report) if unclean => Some(report),
             Prepared::Unchanged
@@ -500,6 +622,16 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             | Prepared::Reconciled(_)
             | Prepared::Followed(_) => None,
         };
+        // Routine for a shared store (other hosts write it), so not reported as a repair.
+        if shared && !followed_whole {
+            let r = crate::index::reconcile::check(
+                store.index(),
+                store.backend().as_ref(),
+                true,
+                &mut |_| {},
+            )?;
+            log::info!("the index follows the shared store: {}", r.summary());
+        }
         (store, report)
     };
     Ok(Opened {
@@ -552,6 +684,27 @@ impl BuildProgress {
             bar.finish_and_clear();
         }
     }
+}
+
+#[cfg(feature = "rados")]
+fn open_rados(r: &RadosSpec) -> Result<Arc<dyn Datastore>> {
+    use crate::backend::rados::{RadosOptions, RadosStore};
+    let options = RadosOptions {
+        conf: r.conf.clone(),
+        id: r.id.clone(),
+        namespace: r.prefix.clone(),
+        timeout: std::time::Duration::from_secs(r.timeout_secs),
+        ..RadosOptions::new(r.pool.clone())
+    };
+    Ok(Arc::new(RadosStore::open(options)?))
+}
+
+#[cfg(not(feature = "rados"))]
+fn open_rados(_: &RadosSpec) -> Result<Arc<dyn Datastore>> {
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        "this dsfs was built without RADOS support (build with: cargo build --features rados)",
+    ))
 }
 
 fn redb_options(durable: bool, check_integrity: bool) -> RedbOptions {
@@ -933,6 +1086,50 @@ mod tests {
             let err = StoreSpec::parse(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");
         }
+    }
+
+    #[test]
+    fn rados_specs_parse_with_their_own_options_only() {
+        let s = StoreSpec::parse(
+            "rados:pool1?conf=/c/ceph.conf&id=dsfs&prefix=team&timeout=5&index=/i.redb",
+        )
+        .unwrap();
+        assert_eq!(
+            s.kind,
+            SpecKind::Rados(RadosSpec {
+                pool: "pool1".into(),
+                conf: "/c/ceph.conf".into(),
+                id: "dsfs".into(),
+                prefix: "team".into(),
+                timeout_secs: 5,
+            })
+        );
+        assert_eq!(s.index, Some("/i.redb".into()));
+        let d = StoreSpec::parse("rados:p").unwrap();
+        assert!(matches!(d.kind, SpecKind::Rados(RadosSpec { ref id, .. }) if id == "admin"));
+        for bad in [
+            "rados:",
+            "rados:a/b",
+            "rados:p?timeout=0",
+            "rados:p?timeout=soon",
+            "rados:p?shard=next-to-last/2",
+            "redb:/x?conf=/c",
+            "flatfs:/x?prefix=a",
+        ] {
+            let err = StoreSpec::parse(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");
+        }
+        let err = StoreSpec::parse("nope:x").unwrap_err();
+        assert!(err.to_string().contains("rados:POOL"), "{err}");
+    }
+
+    #[cfg(not(feature = "rados"))]
+    #[test]
+    fn a_rados_spec_without_the_feature_says_how_to_build_it() {
+        let spec = StoreSpec::parse("rados:p").unwrap();
+        let err = open(&spec, OpenMode::default()).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("--features rados"), "{err}");
     }
 
     #[test]

@@ -483,6 +483,8 @@ fn ranged_reads_and_capabilities() {
             persistent: true,
             general_keys: false,
             file_backed: true,
+            atomic_rename: true,
+            cheap_rename: true,
             max_value_size: None,
             max_key_len: Some(250),
         }

@@ -20,6 +20,10 @@ Targets (--targets, comma-separated; default: native,flatfs,default,bindfs):
             [0-9A-Z+-_=], so every file the jobs create has such a name)
   default   dsfs mounted over a repository directory (the embedded default layout: values
             >= 64 KiB are plain files the kernel can read directly, smaller ones inline in redb)
+  rados     dsfs mounted over rados:POOL (a Ceph RADOS pool; needs a dsfs built with
+            --features rados, which this script builds, and a cluster named by
+            DSFS_TEST_CEPH_CONF, DSFS_TEST_CEPH_POOL and DSFS_TEST_CEPH_ID, as
+            tests/ceph/cluster.sh start prints them). Not in the default list.
   bindfs    bindfs of a plain directory, default options (libfuse 3, single-threaded; note
             that bindfs clears O_DIRECT before opening the backing file). Installed with
             apt-get if missing.
@@ -158,7 +162,7 @@ mapfile -t MODE_LIST < <(split "$MODES")
 for t in "${TARGET_LIST[@]}"; do
     case "${t%%@*}" in
         native|bindfs) [ "$t" = "${t%%@*}" ] || die "only dsfs targets take @options: $t" ;;
-        flatfs|default) ;;
+        flatfs|default|rados) ;;
         *) die "unknown target '$t' (see --help)" ;;
     esac
     [[ "$t" =~ ^[A-Za-z0-9_@:=.-]+$ ]] || die "bad target name '$t'"
@@ -183,11 +187,18 @@ if has_target bindfs && ! command -v bindfs >/dev/null; then
         || die "could not install bindfs; leave it out with --targets native,flatfs,default"
     command -v bindfs >/dev/null || die "bindfs still missing after apt-get"
 fi
-if has_target flatfs || has_target default; then
+if has_target rados; then
+    [ -n "${DSFS_TEST_CEPH_CONF:-}" ] \
+        || die "the rados target needs DSFS_TEST_CEPH_CONF (start a cluster: tests/ceph/cluster.sh start)"
+fi
+if has_target flatfs || has_target default || has_target rados; then
     if [ -z "$DSFS" ]; then
         command -v cargo >/dev/null || die "cargo not found (or give --dsfs PATH)"
-        echo "== cargo build --release --bin dsfs" >&2
-        (cd "$REPO" && cargo build --release --bin dsfs --quiet) || die "cargo build failed"
+        features=""
+        has_target rados && features="--features rados"
+        echo "== cargo build --release --bin dsfs $features" >&2
+        # shellcheck disable=SC2086
+        (cd "$REPO" && cargo build --release --bin dsfs $features --quiet) || die "cargo build failed"
         DSFS="$REPO/target/release/dsfs"
     fi
     [ -x "$DSFS" ] || die "no dsfs binary at $DSFS"
@@ -398,10 +409,14 @@ setup_target() {
     case "$base" in
         native)
             mp="$SCRATCH/native"; mkdir -p "$mp"; KIND[$mp]=native ;;
-        flatfs|default)
+        flatfs|default|rados)
             mp="$SCRATCH/mnt-$safe"; mkdir -p "$mp"
             local spec
-            if [ "$base" = flatfs ]; then spec="flatfs:$SCRATCH/store-$safe"; else spec="$SCRATCH/store-$safe"; fi
+            case "$base" in
+                flatfs) spec="flatfs:$SCRATCH/store-$safe" ;;
+                default) spec="$SCRATCH/store-$safe" ;;
+                rados) spec="rados:${DSFS_TEST_CEPH_POOL:-dsfs}?conf=$DSFS_TEST_CEPH_CONF&id=${DSFS_TEST_CEPH_ID:-admin}&prefix=bench-$safe-$$&index=$SCRATCH/index-$safe.redb" ;;
+            esac
             KIND[$mp]=dsfs
             MOUNTED+=("$mp")
             echo "== mounting dsfs $spec at $mp${opts:+ (-o $opts)}" >&2

@@ -4,11 +4,15 @@
 pub mod flatfs;
 pub mod mem;
 pub mod mount;
+#[cfg(feature = "rados")]
+pub mod rados;
 pub mod redb;
 pub mod tiered;
 
 pub use self::flatfs::FlatFsStore;
 pub use self::mem::MemStore;
 pub use self::mount::MountStore;
+#[cfg(feature = "rados")]
+pub use self::rados::RadosStore;
 pub use self::redb::RedbStore;
 pub use self::tiered::TieredStore;

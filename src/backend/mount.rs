@@ -438,6 +438,8 @@ impl Datastore for MountStore {
             persistent: true,
             general_keys: false,
             file_backed: false,
+            atomic_rename: true,
+            cheap_rename: true,
             max_value_size: None,
             max_key_len: None,
         };
@@ -448,6 +450,8 @@ impl Datastore for MountStore {
             c.atomic_put &= k.atomic_put;
             c.atomic_batch &= k.atomic_batch;
             c.durable_put &= k.durable_put;
+            c.atomic_rename &= k.atomic_rename;
+            c.cheap_rename &= k.cheap_rename;
             c.persistent &= k.persistent;
             c.file_backed |= k.file_backed;
             c.max_value_size = match (c.max_value_size, k.max_value_size) {
@@ -458,6 +462,11 @@ impl Datastore for MountStore {
                 c.general_keys = k.general_keys;
                 c.max_key_len = k.max_key_len;
             }
+        }
+        if self.mounts.len() > 1 {
+            // A rename across children copies the value and then deletes it.
+            c.atomic_rename = false;
+            c.cheap_rename = false;
         }
         c
     }
@@ -579,6 +588,14 @@ impl Datastore for MountStore {
             }
         }
         Ok(all)
+    }
+
+    /// The space of the child mounted at `/`, where keys outside every other mount go.
+    fn space(&self) -> Result<Option<crate::datastore::Space>> {
+        match self.mounts.iter().find(|m| m.prefix.is_root()) {
+            Some(m) => m.store.space(),
+            None => Ok(None),
+        }
     }
 
     fn staging_dir(&self) -> PathBuf {

@@ -333,6 +333,8 @@ impl Datastore for RedbStore {
             persistent: true,
             general_keys: true,
             file_backed: false,
+            atomic_rename: true,
+            cheap_rename: true,
             max_value_size: Some(u32::MAX as u64),
             max_key_len: None,
         }

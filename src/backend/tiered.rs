@@ -561,6 +561,8 @@ impl Datastore for Inner {
             persistent: true,
             general_keys: true,
             file_backed: true,
+            atomic_rename: true,
+            cheap_rename: true,
             max_value_size: None,
             max_key_len: None,
         }

@@ -32,6 +32,7 @@ STORE SPECS (--store, or the DSFS_STORE environment variable):
   flatfs:PATH       a go-ds-flatfs directory (a Kubo repo's blocks/)
   kubo:IPFS_PATH    the layout of a Kubo repo's datastore_spec
   json:FILE         a Kubo-style JSON datastore tree (paths relative to FILE)
+  rados:POOL        a Ceph RADOS pool (dsfs built with --features rados)
   mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/index.redb
                     mem:, redb: and flatfs: stores mounted by key prefix
 
@@ -42,7 +43,10 @@ STORE SPECS (--store, or the DSFS_STORE environment variable):
     sync=true       fsync every put               (flatfs:)
     encode=true     store keys outside flatfs's alphabet (A-Z 0-9 + - _ =) under
                     reversible encoded names      (flatfs:)
+    conf=PATH id=NAME prefix=NS timeout=SECS   ceph.conf, cephx user,
+                    RADOS namespace, bound on every operation   (rados:)
   e.g. flatfs:/srv/blocks?shard=next-to-last/2&encode=true
+       rados:dsfs?conf=/etc/ceph/ceph.conf&id=dsfs&index=/var/lib/dsfs/index.redb
 
   Without --store, the repository in $XDG_DATA_HOME/dsfs (~/.local/share/dsfs)
   is used.

@@ -32,6 +32,12 @@ pub enum ErrorKind {
     Locked,
     /// On-disk data is not what the format says it must be.
     Corrupt,
+    /// A remote store did not answer within its configured timeout. The operation may or may
+    /// not have taken effect.
+    TimedOut,
+    /// A remote store cannot be reached or refuses this client (no monitor, bad credentials,
+    /// a missing pool). Nothing was done.
+    Unavailable,
     /// A lower layer's I/O failed.
     Io,
 }
@@ -51,6 +57,8 @@ impl ErrorKind {
             ErrorKind::AlreadyExists => "already exists",
             ErrorKind::Locked => "locked by another process",
             ErrorKind::Corrupt => "corrupt data",
+            ErrorKind::TimedOut => "timed out",
+            ErrorKind::Unavailable => "store unavailable",
             ErrorKind::Io => "I/O error",
         }
     }

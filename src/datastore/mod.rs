@@ -49,6 +49,12 @@ pub struct Capabilities {
     /// [`Datastore::backing_file`] names the file (which keys depends on the store: all of
     /// flatfs's, the large values of a tiered store, one child's in a mount).
     pub file_backed: bool,
+    /// [`Datastore::rename`] of a value is atomic: after a crash the value is under the old key
+    /// or the new one, never under both. Without it a crash can leave it under both (never
+    /// under neither).
+    pub atomic_rename: bool,
+    /// [`Datastore::rename`] costs the same for any value size (no value bytes are copied).
+    pub cheap_rename: bool,
     /// The largest value the store accepts, if it has a limit.
     pub max_value_size: Option<u64>,
     /// The longest key (in bytes) the store accepts, if it has a limit; longer keys are
@@ -68,10 +74,25 @@ impl Capabilities {
             persistent: false,
             general_keys: true,
             file_backed: false,
+            atomic_rename: true,
+            cheap_rename: true,
             max_value_size: None,
             max_key_len: None,
         }
     }
+}
+
+/// The space a store has, in bytes, as `statfs` reports it and as the store enforces it (a
+/// write beyond `available` fails with [`ErrorKind::NoSpace`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    /// The store's whole capacity.
+    pub total: u64,
+    /// Bytes not in use.
+    pub free: u64,
+    /// Bytes this store's writes may still use (at most `free`: replication, quotas and
+    /// reserves take their share).
+    pub available: u64,
 }
 
 /// A group of writes applied together by [`Batch::commit`]. A batch is not a transaction unless
@@ -232,6 +253,13 @@ pub trait Datastore: Send + Sync {
 
     /// Space used on disk, if the store can tell (go-datastore's `PersistentDatastore`).
     fn disk_usage(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// The space the store has, for `statfs`. `Ok(None)` (the default) means the store keeps
+    /// its values in local files, and the filesystem that holds [`Datastore::staging_dir`]
+    /// tells.
+    fn space(&self) -> Result<Option<Space>> {
         Ok(None)
     }
 
@@ -418,6 +446,9 @@ impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
     }
     fn disk_usage(&self) -> Result<Option<u64>> {
         (**self).disk_usage()
+    }
+    fn space(&self) -> Result<Option<Space>> {
+        (**self).space()
     }
     fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
         (**self).stage(key, init)

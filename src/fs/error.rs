@@ -47,7 +47,10 @@ pub enum FsError {
     FileTooBig,
     /// ENXIO: `SEEK_DATA`/`SEEK_HOLE` at or past the end of the file.
     NoSuchOffset,
-    /// EIO: the store or the index failed; the message says how.
+    /// ETIMEDOUT: a remote store did not answer within its timeout.
+    TimedOut(String),
+    /// EIO: the store or the index failed, or a remote store is unavailable; the message says
+    /// how.
     Io(String),
 }
 
@@ -77,6 +80,7 @@ impl FsError {
             FsError::TooBig => libc::E2BIG,
             FsError::FileTooBig => libc::EFBIG,
             FsError::NoSuchOffset => libc::ENXIO,
+            FsError::TimedOut(_) => libc::ETIMEDOUT,
             FsError::Io(_) => libc::EIO,
         }
     }
@@ -84,16 +88,26 @@ impl FsError {
     /// Converts a datastore failure on a value the index says exists. A "not found" from the
     /// store there is an inconsistency (EIO), not a missing file.
     pub fn store(e: datastore::Error) -> FsError {
-        match e.kind() {
+        FsError::store_kind(e.kind(), e.to_string())
+    }
+
+    /// The one mapping of a datastore error kind (with its message) to a filesystem error.
+    fn store_kind(kind: ErrorKind, e: String) -> FsError {
+        match kind {
             ErrorKind::NoSpace => FsError::NoSpace,
             ErrorKind::ReadOnly => FsError::ReadOnly,
             ErrorKind::InvalidKey => {
                 // The application sees only EINVAL; the log says which key and what to do.
                 log::warn!("refused: {e}");
-                FsError::Invalid(e.to_string())
+                FsError::Invalid(e)
             }
-            ErrorKind::Unsupported => FsError::NotSupported(e.to_string()),
+            ErrorKind::Unsupported => FsError::NotSupported(e),
+            ErrorKind::TimedOut => {
+                log::error!("store timeout: {e}");
+                FsError::TimedOut(e)
+            }
             ErrorKind::NotFound
+            | ErrorKind::Unavailable
             | ErrorKind::InvalidArgument
             | ErrorKind::Closed
             | ErrorKind::NoMount
@@ -102,7 +116,7 @@ impl FsError {
             | ErrorKind::Corrupt
             | ErrorKind::Io => {
                 log::error!("store failure: {e}");
-                FsError::Io(e.to_string())
+                FsError::Io(e)
             }
         }
     }
@@ -120,11 +134,19 @@ impl From<IndexError> for FsError {
             IndexErrorKind::NoSpace => FsError::NoSpace,
             IndexErrorKind::ReadOnly => FsError::ReadOnly,
             IndexErrorKind::Unsupported => FsError::NotSupported(e.to_string()),
+            // A store failure seen through the index keeps the store's meaning (a timeout
+            // is ETIMEDOUT whichever layer met it).
+            IndexErrorKind::Store => match e.store_error() {
+                Some(store) => FsError::store_kind(store.kind(), e.to_string()),
+                None => {
+                    log::error!("index failure: {e}");
+                    FsError::Io(e.to_string())
+                }
+            },
             IndexErrorKind::Corrupt
             | IndexErrorKind::NoMount
             | IndexErrorKind::Closed
             | IndexErrorKind::Locked
-            | IndexErrorKind::Store
             | IndexErrorKind::Io => {
                 log::error!("index failure: {e}");
                 FsError::Io(e.to_string())
@@ -145,6 +167,7 @@ impl fmt::Display for FsError {
             FsError::Invalid(m)
             | FsError::NotPermitted(m)
             | FsError::NotSupported(m)
+            | FsError::TimedOut(m)
             | FsError::Io(m) => write!(f, "{m}"),
             other => write!(f, "{}", std::io::Error::from_raw_os_error(other.errno())),
         }

@@ -1730,10 +1730,27 @@ impl DsFs {
         Ok(out)
     }
 
-    /// Filesystem statistics: the space of the filesystem holding the store's files.
+    /// Filesystem statistics: the space the store reports, or else the space of the filesystem
+    /// holding the store's files.
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let dir = self.backend.staging_dir();
         let files = self.index.key_count()?;
+        if let Some(space) = self.backend.space()? {
+            const BLOCK: u64 = 4096;
+            // A store without local files has no inode limit; report plenty, as network
+            // filesystems do.
+            let ffree = u64::from(u32::MAX);
+            return Ok(StatFs {
+                blocks: space.total / BLOCK,
+                bfree: space.free / BLOCK,
+                bavail: space.available / BLOCK,
+                files: files + ffree,
+                ffree,
+                bsize: BLOCK as u32,
+                namelen: names::NAME_MAX as u32,
+                frsize: BLOCK as u32,
+            });
+        }
+        let dir = self.backend.staging_dir();
         let Ok(vfs) = crate::sys::statvfs(&dir) else {
             return Ok(StatFs {
                 files,

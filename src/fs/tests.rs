@@ -305,3 +305,105 @@ fn setattr_racing_commits_does_not_deadlock() {
     writer.join().unwrap();
     toucher.join().unwrap();
 }
+
+/// A store that is not local files: it reports its own space, and can be made to fail reads
+/// with a given kind (a remote cluster timing out or going away).
+struct RemoteLike {
+    inner: MemStore,
+    fail_reads: parking_lot::Mutex<Option<crate::datastore::ErrorKind>>,
+}
+
+impl RemoteLike {
+    fn check(&self) -> crate::Result<()> {
+        match *self.fail_reads.lock() {
+            Some(kind) => Err(crate::Error::new(kind, "injected")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Datastore for RemoteLike {
+    fn get(&self, key: &Key) -> crate::Result<Vec<u8>> {
+        self.check()?;
+        self.inner.get(key)
+    }
+    fn has(&self, key: &Key) -> crate::Result<bool> {
+        self.inner.has(key)
+    }
+    fn get_size(&self, key: &Key) -> crate::Result<u64> {
+        self.inner.get_size(key)
+    }
+    fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> crate::Result<usize> {
+        self.check()?;
+        self.inner.read_at(key, offset, buf)
+    }
+    fn put(&self, key: &Key, value: &[u8]) -> crate::Result<()> {
+        self.inner.put(key, value)
+    }
+    fn delete(&self, key: &Key) -> crate::Result<()> {
+        self.inner.delete(key)
+    }
+    fn query(&self, q: crate::Query) -> crate::Result<crate::datastore::Results> {
+        self.inner.query(q)
+    }
+    fn sync(&self, prefix: &Key) -> crate::Result<()> {
+        self.inner.sync(prefix)
+    }
+    fn close(&self) -> crate::Result<()> {
+        self.inner.close()
+    }
+    fn capabilities(&self) -> crate::datastore::Capabilities {
+        self.inner.capabilities()
+    }
+    fn space(&self) -> crate::Result<Option<crate::datastore::Space>> {
+        Ok(Some(crate::datastore::Space {
+            total: 1 << 40,
+            free: 1 << 39,
+            available: 1 << 38,
+        }))
+    }
+}
+
+fn remote_like_fs() -> (DsFs, Arc<RemoteLike>) {
+    let backend = Arc::new(RemoteLike {
+        inner: MemStore::new(),
+        fail_reads: parking_lot::Mutex::new(None),
+    });
+    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
+    let store = Arc::new(IndexedStore::new(backend.clone(), index));
+    (DsFs::new(store, FsOptions::default()), backend)
+}
+
+#[test]
+fn statfs_reports_the_space_of_a_store_that_is_not_local_files() {
+    let (fs, _) = remote_like_fs();
+    let s = fs.statfs().unwrap();
+    assert_eq!(u64::from(s.bsize), 4096);
+    assert_eq!(s.blocks * 4096, 1 << 40);
+    assert_eq!(s.bfree * 4096, 1 << 39);
+    assert_eq!(s.bavail * 4096, 1 << 38);
+}
+
+#[test]
+fn a_store_timeout_is_etimedout_and_an_unavailable_store_is_eio() {
+    let (fs, backend) = remote_like_fs();
+    let f = write_file(&fs, ROOT, "f", b"data");
+    let o = fs.open(f, libc::O_RDONLY).unwrap();
+    *backend.fail_reads.lock() = Some(crate::datastore::ErrorKind::TimedOut);
+    assert_eq!(fs.read(o.fh, 0, 4).unwrap_err().errno(), libc::ETIMEDOUT);
+    *backend.fail_reads.lock() = Some(crate::datastore::ErrorKind::Unavailable);
+    assert_eq!(fs.read(o.fh, 0, 4).unwrap_err().errno(), libc::EIO);
+    *backend.fail_reads.lock() = None;
+    assert_eq!(fs.read(o.fh, 0, 4).unwrap(), b"data");
+    fs.release(o.fh).unwrap();
+}
+
+#[test]
+fn a_store_timeout_met_inside_the_index_is_still_etimedout() {
+    let store = crate::Error::new(crate::datastore::ErrorKind::TimedOut, "injected");
+    let through_index = crate::index::IndexError::from(store);
+    assert_eq!(FsError::from(through_index).errno(), libc::ETIMEDOUT);
+    let store = crate::Error::new(crate::datastore::ErrorKind::TimedOut, "injected");
+    let back = crate::Error::from(crate::index::IndexError::from(store));
+    assert_eq!(back.kind(), crate::datastore::ErrorKind::TimedOut);
+}

@@ -74,6 +74,13 @@ impl IndexError {
         self.kind
     }
 
+    /// The datastore error behind a [`IndexErrorKind::Store`] failure.
+    pub fn store_error(&self) -> Option<&datastore::Error> {
+        self.source
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<datastore::Error>())
+    }
+
     /// Converts a redb failure, keeping full-disk, read-only and lock conditions as kinds.
     pub fn redb(context: &str, err: impl Into<redb::Error>) -> IndexError {
         let err: redb::Error = err.into();
@@ -110,7 +117,9 @@ impl From<datastore::Error> for IndexError {
             ErrorKind::InvalidKey | ErrorKind::InvalidArgument => IndexErrorKind::InvalidArgument,
             ErrorKind::Unsupported => IndexErrorKind::Unsupported,
             ErrorKind::NoMount => IndexErrorKind::NoMount,
-            ErrorKind::Io => IndexErrorKind::Store,
+            // Store failures keep their kind inside (a timeout stays a timeout at the FUSE
+            // boundary).
+            ErrorKind::TimedOut | ErrorKind::Unavailable | ErrorKind::Io => IndexErrorKind::Store,
         };
         IndexError {
             kind,
@@ -136,7 +145,8 @@ impl From<IndexError> for datastore::Error {
             IndexErrorKind::Closed => ErrorKind::Closed,
             IndexErrorKind::Unsupported => ErrorKind::Unsupported,
             IndexErrorKind::NoMount => ErrorKind::NoMount,
-            IndexErrorKind::Store | IndexErrorKind::Io => ErrorKind::Io,
+            IndexErrorKind::Store => e.store_error().map_or(ErrorKind::Io, |s| s.kind()),
+            IndexErrorKind::Io => ErrorKind::Io,
         };
         datastore::Error::with_source(kind, "index", e)
     }

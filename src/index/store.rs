@@ -269,6 +269,10 @@ impl Datastore for IndexedStore {
         Ok(())
     }
 
+    fn space(&self) -> Result<Option<crate::datastore::Space>> {
+        self.backend.space()
+    }
+
     fn staging_dir(&self) -> std::path::PathBuf {
         self.backend.staging_dir()
     }
@@ -300,6 +304,8 @@ fn absent(e: &Error) -> bool {
         | crate::datastore::ErrorKind::AlreadyExists
         | crate::datastore::ErrorKind::Locked
         | crate::datastore::ErrorKind::Corrupt
+        | crate::datastore::ErrorKind::TimedOut
+        | crate::datastore::ErrorKind::Unavailable
         | crate::datastore::ErrorKind::Io => false,
     }
 }

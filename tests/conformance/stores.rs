@@ -56,7 +56,8 @@ impl StoreFactory {
 
 /// Every store the suite runs against, in the order their trials are listed.
 pub fn all() -> Vec<StoreFactory> {
-    vec![
+    #[allow(unused_mut)]
+    let mut stores = vec![
         StoreFactory::new("mem", |_dir| Ok(Arc::new(MemStore::new()))),
         StoreFactory::new("redb", |dir| {
             Ok(Arc::new(RedbStore::open(
@@ -115,5 +116,46 @@ pub fn all() -> Vec<StoreFactory> {
             let opened = spec::open(&spec, OpenMode::default())?;
             Ok(opened.store as Arc<dyn Datastore>)
         }),
-    ]
+    ];
+    #[cfg(feature = "rados")]
+    stores.extend(rados());
+    stores
+}
+
+/// The RADOS store on the cluster that `DSFS_TEST_CEPH_CONF` names (`tests/ceph/cluster.sh`),
+/// each trial in a RADOS namespace of its own (named after its directory, so a reopen finds
+/// it). Without a cluster: none, with a message (and a failure when `CI` is set).
+#[cfg(feature = "rados")]
+fn rados() -> Option<StoreFactory> {
+    use dsfs::backend::rados::{RadosOptions, RadosStore};
+    let Some(conf) = std::env::var_os("DSFS_TEST_CEPH_CONF") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but DSFS_TEST_CEPH_CONF is not: the Ceph cluster did not start"
+        );
+        eprintln!("no Ceph cluster (DSFS_TEST_CEPH_CONF unset): the rados store is skipped");
+        return None;
+    };
+    let pool = std::env::var("DSFS_TEST_CEPH_POOL").unwrap_or_else(|_| "dsfs".into());
+    let id = std::env::var("DSFS_TEST_CEPH_ID").unwrap_or_else(|_| "dsfs".into());
+    let run = std::process::id();
+    Some(StoreFactory::new("rados", move |dir| {
+        let trial = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let options = RadosOptions {
+            conf: conf.clone().into(),
+            id: id.clone(),
+            namespace: format!("conformance-{run}-{trial}"),
+            // Small values inline and large ones in 64 KiB chunks, so the suite's values
+            // exercise both kinds of record and multi-chunk values.
+            inline_max: 100,
+            chunk_size: 64 << 10,
+            // Few shards: every query reads every shard, and the suite runs many queries.
+            shards: 3,
+            ..RadosOptions::new(pool.clone())
+        };
+        Ok(Arc::new(RadosStore::open(options)?) as Arc<dyn Datastore>)
+    }))
 }

@@ -912,6 +912,8 @@ impl Datastore for FlatFsStore {
             persistent: true,
             general_keys: self.options.encode_keys,
             file_backed: true,
+            atomic_rename: true,
+            cheap_rename: true,
             max_value_size: None,
             // A name plus `.data` must fit in 255 bytes; encoded keys grow by 8/5.
             max_key_len: Some(if self.options.encode_keys {
