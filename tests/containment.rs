@@ -86,6 +86,9 @@ fn a_symlinked_flatfs_shard_directory_is_not_followed() {
     assert!(store.open_backing(&key).is_err());
     let problems = store.scrub(false).unwrap();
     assert!(problems.iter().any(|p| p.contains("ZZ")), "{problems:?}");
+    // Nor is anything written through it.
+    assert!(store.put(&Key::new("/OTHERZZY"), b"x").is_err());
+    assert!(!outside.join("OTHERZZY.data").exists());
 }
 
 /// The large-value files of the default repository (`data/files/`).

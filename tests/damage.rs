@@ -472,7 +472,13 @@ fn kill_9_loop_during_a_mixed_workload_loses_nothing_fsynced_and_leaves_no_debri
         let mut fio_job = fio.then(|| {
             Command::new("fio")
                 // One process (jobs as threads), so that killing it leaves no job behind.
-                .args(["--name=k", "--thread", "--rw=randwrite", "--bs=16k", "--size=2M"])
+                .args([
+                    "--name=k",
+                    "--thread",
+                    "--rw=randwrite",
+                    "--bs=16k",
+                    "--size=2M",
+                ])
                 .args(["--verify=crc32c", "--verify_state_save=0", "--fsync=8"])
                 .arg(format!("--directory={}", m.path(&dir).display()))
                 .stdout(std::process::Stdio::null())

@@ -325,6 +325,13 @@ pub fn follow_segments(
                     report.removed += 1;
                     fixes.push((ke.key, None));
                 }
+                // A symlink or another foreign file where the value was: never followed, so
+                // the key holds nothing readable (scrub and fsck name the file).
+                Err(e) if e.kind() == crate::datastore::ErrorKind::Corrupt => {
+                    log::warn!("{}: {e}; it leaves the index", ke.key);
+                    report.removed += 1;
+                    fixes.push((ke.key, None));
+                }
                 Err(e) => return Err(e.into()),
             },
             Some(size) if size != ke.size => {

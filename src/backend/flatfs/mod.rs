@@ -575,7 +575,16 @@ impl FlatFsStore {
                     self.dirty.root();
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Values are never written through a symlink to somewhere else.
+                match std::fs::symlink_metadata(&dir) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Err(foreign(&dir, e)),
+                    Err(e) => {
+                        return Err(Error::io(format!("flatfs: stat {}", dir.display()), e));
+                    }
+                }
+            }
             Err(e) => {
                 return Err(Error::io(
                     format!("flatfs: creating shard directory {}", dir.display()),
