@@ -813,7 +813,7 @@ impl Datastore for FlatFsStore {
     }
 
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let path = self.data_path(key)?;
+        // A key flatfs cannot name holds nothing: `open_data` says NotFound for it.
         let file = self.open_data(key)?;
         let mut done = 0;
         while done < buf.len() {
@@ -829,7 +829,7 @@ impl Datastore for FlatFsStore {
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    return Err(Error::io(format!("flatfs: reading {}", path.display()), e));
+                    return Err(Error::io(format!("flatfs: reading the value of {key}"), e));
                 }
             }
         }
