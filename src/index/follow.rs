@@ -321,6 +321,9 @@ pub fn follow_segments(
                     report.resized += 1;
                     fixes.push((ke.key, Some(size)));
                 }
+                // An empty file just created through the mount is in the index before its
+                // (empty) value reaches the store: keep it (losing it failed creates).
+                Err(e) if e.is_not_found() && ke.size == 0 => {}
                 Err(e) if e.is_not_found() => {
                     report.removed += 1;
                     fixes.push((ke.key, None));
