@@ -615,13 +615,7 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         let (store, prepared) = open_following(backend, index, &mut |n| bar.update(n))?;
         bar.finish();
         let followed_whole = matches!(prepared, Prepared::Reconciled(_) | Prepared::Built { .. });
-        let report = match prepared {
-            Prepared::Reconciled(report) if unclean => Some(report),
-            Prepared::Unchanged
-            | Prepared::Built { .. }
-            | Prepared::Reconciled(_)
-            | Prepared::Followed(_) => None,
-        };
+        let report = prepared.unclean_repair(unclean);
         // Routine for a shared store (other hosts write it), so not reported as a repair.
         if shared && !followed_whole {
             let r = crate::index::reconcile::check(

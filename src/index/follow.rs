@@ -154,6 +154,19 @@ pub enum Prepared {
     Followed(FollowReport),
 }
 
+impl Prepared {
+    /// The repair made after an unclean stop (`unclean`), if preparing was that repair.
+    pub fn unclean_repair(self, unclean: bool) -> Option<Report> {
+        match self {
+            Prepared::Reconciled(report) if unclean => Some(report),
+            Prepared::Unchanged
+            | Prepared::Built { .. }
+            | Prepared::Reconciled(_)
+            | Prepared::Followed(_) => None,
+        }
+    }
+}
+
 /// What a segment check found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FollowReport {

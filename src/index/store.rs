@@ -348,12 +348,5 @@ pub fn open_reconciled(
 ) -> IndexResult<(IndexedStore, Option<super::reconcile::Report>)> {
     let unclean = index.was_unclean();
     let (store, prepared) = open_following(backend, index, &mut |_| {})?;
-    let report = match prepared {
-        Prepared::Reconciled(report) if unclean => Some(report),
-        Prepared::Unchanged
-        | Prepared::Built { .. }
-        | Prepared::Reconciled(_)
-        | Prepared::Followed(_) => None,
-    };
-    Ok((store, report))
+    Ok((store, prepared.unclean_repair(unclean)))
 }
