@@ -12,7 +12,7 @@
 //! | `json:FILE` | the Kubo-style JSON datastore tree in `FILE` (paths relative to it); the index in `FILE.index.redb` |
 //! | `mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/i.redb` | a mount of `mem:`, `redb:` and `flatfs:` children (each with its own `?options`) |
 //! | `dir:PATH` or a bare `PATH` | a dsfs repository: the embedded default (see below) |
-//! | `rados:POOL?conf=PATH&id=NAME&prefix=NS&timeout=SECS` | a Ceph RADOS pool (cargo feature `rados`); the index in memory unless `index=PATH`, re-read from the cluster at every open |
+//! | `rados:POOL?conf=PATH&id=NAME&prefix=NS&timeout=SECS` | a Ceph RADOS pool (cargo feature `rados`); the index in memory unless `index=PATH`, following the cluster (changed index shards re-read) at open and while mounted |
 //!
 //! Options: `index=PATH` puts the index elsewhere; `durable=true` makes redb fsync every write;
 //! for flatfs, `shard=/repo/flatfs/shard/v1/next-to-last/2` (or just `next-to-last/2`) picks
