@@ -22,6 +22,12 @@
 //!   with values. The keys are single-component (flatfs accepts nothing else), so the prefix is
 //!   `/`; each store is filled once per size, outside the timed loop.
 //! * `key_new` (cleaning messy inputs) and `key_accessors`.
+//! * `rados` (with `--features rados`, when `DSFS_TEST_CEPH_CONF` names a cluster, as the tests
+//!   read it: start one with `tests/ceph/cluster.sh start` and export what it prints; skipped
+//!   with a message otherwise): `put`, `get` and `read_at` (4 KiB from the middle) of 4 KiB and
+//!   1 MiB values, and a query of a namespace of 1,000 keys of 1 KiB, keys only and with
+//!   values, each next to `redb` in the same run as the local baseline. Ids are
+//!   `rados/OP/STORE/PARAMETER`.
 //!
 //! Stores: `mem` ([`MemStore`]), `redb` ([`RedbStore`]), `indexed-redb` ([`IndexedStore`] over a
 //! `RedbStore`, index on disk). `std-fs` is the floor, not a store: `put` writes a temporary
@@ -573,9 +579,115 @@ fn keys(c: &mut Criterion) {
     g.finish();
 }
 
+/// The RADOS store against a live cluster, next to redb (see the module documentation).
+#[cfg(feature = "rados")]
+fn rados(c: &mut Criterion) {
+    use dsfs::backend::rados::{RadosOptions, RadosStore};
+    let Some(conf) = std::env::var_os("DSFS_TEST_CEPH_CONF") else {
+        eprintln!(
+            "rados benchmarks skipped: no cluster (DSFS_TEST_CEPH_CONF unset; start one with \
+             tests/ceph/cluster.sh start and export what it prints)"
+        );
+        return;
+    };
+    let pool = std::env::var("DSFS_TEST_CEPH_POOL").unwrap_or_else(|_| "dsfs".into());
+    let id = std::env::var("DSFS_TEST_CEPH_ID").unwrap_or_else(|_| "dsfs".into());
+    // A namespace per run and per store, so that runs do not see each other's keys.
+    let run = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        mix(std::process::id().into())
+    );
+    let open_rados = |what: &str| -> Arc<dyn Datastore> {
+        let options = RadosOptions {
+            conf: PathBuf::from(&conf),
+            id: id.clone(),
+            namespace: format!("{run}-{what}"),
+            ..RadosOptions::new(pool.clone())
+        };
+        Arc::new(RadosStore::open(options).expect("opening the rados store"))
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let open_redb = |what: &str| -> Arc<dyn Datastore> {
+        let path = dir.path().join(format!("{what}.redb"));
+        Arc::new(RedbStore::open(path, RedbOptions::default()).expect("opening redb"))
+    };
+    let sizes = [4 << 10, 1 << 20];
+    let stores = [("rados", open_rados("ops")), ("redb", open_redb("ops"))];
+    let keys: Vec<Key> = (0..16).map(|i| key("RPUT", i)).collect();
+
+    let mut g = group(c, "rados", Budget::MEDIUM);
+    for &size in &sizes {
+        let val = value(size, size as u64);
+        let label = size_label(size);
+        let read_key = key("RGET", size as u64);
+        for (_, store) in &stores {
+            store.put(&read_key, &val).expect("put");
+        }
+        g.throughput(Throughput::Bytes(size as u64));
+        for (name, store) in &stores {
+            g.bench_function(BenchmarkId::new(format!("put/{name}"), &label), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % keys.len();
+                    store.put(&keys[i], &val).expect("put");
+                });
+            });
+            g.bench_function(BenchmarkId::new(format!("get/{name}"), &label), |b| {
+                b.iter(|| black_box(store.get(&read_key).expect("get")));
+            });
+        }
+        g.throughput(Throughput::Bytes(READ_LEN as u64));
+        let offset = ((size - READ_LEN) / 2) as u64;
+        for (name, store) in &stores {
+            g.bench_function(BenchmarkId::new(format!("read_at/{name}"), &label), |b| {
+                let mut buf = vec![0u8; READ_LEN];
+                b.iter(|| {
+                    assert_eq!(
+                        store.read_at(&read_key, offset, &mut buf).expect("read_at"),
+                        READ_LEN
+                    )
+                });
+            });
+        }
+    }
+    g.finish();
+
+    let n = 1_000;
+    let val = value(QUERY_VALUE, 11);
+    let mut g = group(c, "rados", Budget::SLOW);
+    g.throughput(Throughput::Elements(n as u64));
+    for (name, store) in [("rados", open_rados("query")), ("redb", open_redb("query"))] {
+        fill(store.as_ref(), (0..n as u64).map(|i| key("Q", i)), &val);
+        for (mode, keys_only) in [("keys-only", true), ("values", false)] {
+            let id = BenchmarkId::new(format!("query/{name}/{mode}"), count_label(n));
+            g.bench_function(id, |b| {
+                b.iter(|| {
+                    let q = Query {
+                        prefix: "/".to_owned(),
+                        keys_only,
+                        ..Query::default()
+                    };
+                    let mut count = 0;
+                    for entry in store.query(q).expect("query") {
+                        black_box(entry.expect("query entry"));
+                        count += 1;
+                    }
+                    assert_eq!(count, n);
+                });
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Without the `rados` feature there is nothing to measure.
+#[cfg(not(feature = "rados"))]
+fn rados(_: &mut Criterion) {}
+
 criterion_group! {
     name = benches;
     config = common::criterion();
-    targets = put, reads, batch_put, query, keys
+    targets = put, reads, batch_put, query, keys, rados
 }
 criterion_main!(benches);

@@ -12,7 +12,7 @@
 //! | `json:FILE` | the Kubo-style JSON datastore tree in `FILE` (paths relative to it); the index in `FILE.index.redb` |
 //! | `mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/i.redb` | a mount of `mem:`, `redb:` and `flatfs:` children (each with its own `?options`) |
 //! | `dir:PATH` or a bare `PATH` | a dsfs repository: the embedded default (see below) |
-//! | `rados:POOL?conf=PATH&id=NAME&prefix=NS&timeout=SECS` | a Ceph RADOS pool (cargo feature `rados`); the index in memory unless `index=PATH`, re-read from the cluster at every open |
+//! | `rados:POOL?conf=PATH&id=NAME&prefix=NS&timeout=SECS` | a Ceph RADOS pool (cargo feature `rados`); the index in memory unless `index=PATH`, following the cluster (changed index shards re-read) at open and while mounted |
 //!
 //! Options: `index=PATH` puts the index elsewhere; `durable=true` makes redb fsync every write;
 //! for flatfs, `shard=/repo/flatfs/shard/v1/next-to-last/2` (or just `next-to-last/2`) picks
@@ -35,7 +35,6 @@ use crate::backend::redb::RedbOptions;
 use crate::backend::tiered::TieredOptions;
 use crate::backend::{FlatFsStore, MemStore, MountStore, RedbStore, TieredStore};
 use crate::datastore::{Datastore, Error, ErrorKind, Key, Result};
-use crate::index::follow::Prepared;
 use crate::index::reconcile::Report;
 use crate::index::salvage::{Salvaged, SetAside, open_or_set_aside, rebuild};
 use crate::index::store::open_following;
@@ -592,9 +591,6 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             )
         }
     };
-    // A shared store (other hosts write to it) changes while this index is closed: the index
-    // follows the store at every open, not only after an unclean stop.
-    let shared = matches!(spec.kind, SpecKind::Rados(_));
     let index = Arc::new(index);
     let rebuilt = match &aside {
         Some(a) => Some(rebuild(&index, backend.as_ref(), a)?.1),
@@ -614,19 +610,9 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         let mut bar = BuildProgress::new(mode.progress);
         let (store, prepared) = open_following(backend, index, &mut |n| bar.update(n))?;
         bar.finish();
-        let followed_whole = matches!(prepared, Prepared::Reconciled(_) | Prepared::Built { .. });
-        let report = prepared.unclean_repair(unclean);
-        // Routine for a shared store (other hosts write it), so not reported as a repair.
-        if shared && !followed_whole {
-            let r = crate::index::reconcile::check(
-                store.index(),
-                store.backend().as_ref(),
-                true,
-                &mut |_| {},
-            )?;
-            log::info!("the index follows the shared store: {}", r.summary());
-        }
-        (store, report)
+        // A shared store (RADOS: other hosts write it) is followed like a flatfs directory:
+        // `open_following` re-read the shards whose stamps changed while this index was closed.
+        (store, prepared.unclean_repair(unclean))
     };
     Ok(Opened {
         store: Arc::new(store),

@@ -404,6 +404,25 @@ fn fio_with_verify_on_a_rados_mount() {
     }
 }
 
+/// Polls `f` until it returns true; fails after a generous deadline (the promise is the
+/// revalidation interval plus the kernel's one-second attribute cache).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn names(m: &Mount) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn two_hosts_on_one_pool_see_each_others_closed_files() {
     let Some(c) = ceph() else { return };
@@ -412,34 +431,147 @@ fn two_hosts_on_one_pool_see_each_others_closed_files() {
     let b_dir = tempfile::tempdir().unwrap();
     let a_spec = c.spec(&ns, &a_dir.path().join("index-a.redb"));
     let b_spec = c.spec(&ns, &b_dir.path().join("index-b.redb"));
-    let a = Mount::with_spec(a_dir, a_spec, &[]);
-    let mut b = Mount::with_spec(b_dir, b_spec, &[]);
+    let a = Mount::with_spec(a_dir, a_spec, &["revalidate=1"]);
+    let b = Mount::with_spec(b_dir, b_spec, &["revalidate=1"]);
+    // Created on A, while B is mounted: B lists and reads it within the interval.
     std::fs::write(a.path("hello"), b"from a").unwrap();
     std::fs::write(a.path("big"), bytes(7, 5 << 20)).unwrap();
-    // B's index learns of A's writes when it re-reads the store: at mount.
-    b.remount();
-    let names = |m: &Mount| {
-        let mut v: Vec<String> = std::fs::read_dir(&m.mnt)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(names(&b), ["big", "hello"]);
+    eventually("B lists A's new files", || names(&b) == ["big", "hello"]);
     assert_eq!(std::fs::read(b.path("hello")).unwrap(), b"from a");
     assert_eq!(std::fs::read(b.path("big")).unwrap(), bytes(7, 5 << 20));
+    // Changed on A (another size): B reads the new value.
+    std::fs::write(a.path("hello"), b"from a, changed").unwrap();
+    eventually("B reads A's change", || {
+        std::fs::read(b.path("hello")).ok().as_deref() == Some(b"from a, changed".as_slice())
+    });
+    // Deleted on A: gone from B.
+    std::fs::remove_file(a.path("big")).unwrap();
+    eventually("A's delete reaches B", || names(&b) == ["hello"]);
+    // The kernel may keep the name for its one-second entry cache.
+    eventually("B's name for the deleted file expires", || {
+        std::fs::metadata(b.path("big")).is_err()
+    });
     // Last close wins: A and B both write one file; B closes last, and that is what both
     // hosts read afterwards.
-    let mut a = a;
     std::fs::write(a.path("hello"), b"from a, again").unwrap();
     std::fs::write(b.path("hello"), b"from b, last").unwrap();
-    // Deletes and renames on B reach A likewise.
-    std::fs::remove_file(b.path("big")).unwrap();
+    // Renames on B reach A likewise.
     std::fs::rename(b.path("hello"), b.path("renamed")).unwrap();
-    a.remount();
-    assert_eq!(names(&a), ["renamed"]);
+    eventually("B's rename reaches A", || names(&a) == ["renamed"]);
     assert_eq!(std::fs::read(a.path("renamed")).unwrap(), b"from b, last");
+    // And a host that was not mounted catches up at its next mount.
+    let mut b = b;
+    b.umount();
+    std::fs::write(a.path("while b was away"), b"hi").unwrap();
+    b.mount();
+    assert_eq!(names(&b), ["renamed", "while b was away"]);
+}
+
+#[test]
+fn index_shard_stamps_change_exactly_when_records_change() {
+    let Some(c) = ceph() else { return };
+    let ns = namespace("stamps");
+    let a = c.store(&ns);
+    let b = c.store(&ns);
+    let before = b.segments().unwrap().unwrap();
+    assert_eq!(before.len(), 16);
+    assert_eq!(b.segments().unwrap().unwrap(), before, "nothing changed");
+    a.put(&k("/one"), b"1").unwrap();
+    let shard = b.segment_of(&k("/one")).unwrap();
+    let after = b.segments().unwrap().unwrap();
+    let changed: Vec<&str> = after
+        .iter()
+        .zip(&before)
+        .filter(|(x, y)| x.stamp != y.stamp)
+        .map(|(x, _)| x.name.as_str())
+        .collect();
+    assert_eq!(changed, [shard.as_str()]);
+    assert_eq!(b.segment_keys(&shard).unwrap(), [(k("/one"), 1)]);
+    // Reads change nothing.
+    a.get(&k("/one")).unwrap();
+    assert_eq!(b.segments().unwrap().unwrap(), after);
+    a.put(&k("/one"), b"22").unwrap();
+    assert_ne!(b.segments().unwrap().unwrap(), after);
+    assert_eq!(b.segment_keys(&shard).unwrap(), [(k("/one"), 2)]);
+    // The identity is the namespace's: the same for both clients, another for another one.
+    assert_eq!(a.identity().unwrap(), b.identity().unwrap());
+    assert_ne!(
+        a.identity().unwrap(),
+        c.store(&namespace("stamps-other")).identity().unwrap()
+    );
+}
+
+#[test]
+fn replacing_and_deleting_values_of_either_kind_leaves_no_data_objects() {
+    let Some(c) = ceph() else { return };
+    let ns = namespace("kinds");
+    let store = c.store(&ns);
+    let data = |c: &Ceph| {
+        c.rados(&ns, &["ls"])
+            .lines()
+            .filter(|l| l.starts_with("data."))
+            .count()
+    };
+    store.put(&k("/v"), b"small").unwrap();
+    store.put(&k("/v"), &bytes(1, 5 << 20)).unwrap();
+    assert_eq!(data(&c), 2);
+    store.put(&k("/v"), b"small again").unwrap();
+    assert_eq!(data(&c), 0);
+    assert_eq!(store.get(&k("/v")).unwrap(), b"small again");
+    store.put(&k("/v"), &bytes(2, 5 << 20)).unwrap();
+    store.delete(&k("/v")).unwrap();
+    assert_eq!(data(&c), 0);
+    assert!(!store.has(&k("/v")).unwrap());
+    store.delete(&k("/v")).unwrap();
+}
+
+#[test]
+fn concurrent_writers_of_one_key_leave_only_the_winners_data_objects() {
+    let Some(c) = ceph() else { return };
+    let ns = namespace("race");
+    let options = RadosOptions {
+        chunk_size: 64 << 10,
+        inline_max: 1024,
+        ..c.options(&ns)
+    };
+    let store = Arc::new(RadosStore::open(options).unwrap());
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..15u64 {
+                    store
+                        .put(&k("/contended"), &bytes(t * 100 + i, 100_000))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    // 100,000 bytes in 64 KiB chunks: the last value's two, nothing of the 59 replaced.
+    let objects = c.rados(&ns, &["ls"]);
+    let data = objects.lines().filter(|l| l.starts_with("data.")).count();
+    assert_eq!(data, 2, "{objects}");
+    assert_eq!(store.get_size(&k("/contended")).unwrap(), 100_000);
+}
+
+#[test]
+fn space_is_known_without_a_manager_daemon() {
+    let Some(c) = ceph() else { return };
+    // Asking the OSDs takes a client allowed to send them commands: the cluster's admin.
+    let options = RadosOptions {
+        id: "admin".into(),
+        ..c.options(&namespace("space"))
+    };
+    let store = RadosStore::open(options).unwrap();
+    let space = store.space().unwrap().expect("the pool's space");
+    assert!(space.total > 0, "{space:?}");
+    assert!(
+        space.available <= space.free && space.free <= space.total,
+        "{space:?}"
+    );
 }
 
 #[test]

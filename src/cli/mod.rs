@@ -250,7 +250,8 @@ MOUNT OPTIONS (-o a,b,c):
   threads=N             FUSE worker threads (default: cores, 2 to 8)
   passthrough=on|off    let the kernel read file-backed values directly (default on)
   writeback_cache=on|off  kernel write caching, when passthrough is off (default off)
-  revalidate=SECONDS    how soon changes other programs make to a flatfs store show
+  revalidate=SECONDS    how soon changes other programs (or hosts) make to a flatfs or
+                        rados store show
                         (default 2; 0 never looks; stores only dsfs writes never need it)
   nonempty              mount over a directory that has entries (they are hidden
                         while mounted; without it such a mount point is refused)

@@ -50,7 +50,7 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Kernel writeback cache (ignored when passthrough is in use).
     pub writeback_cache: bool,
-    /// How often parts of the store that other programs may write (flatfs) are revalidated;
+    /// How often parts of the store that other programs may write (flatfs, rados) are revalidated;
     /// `None` keeps the default ([`crate::index::follow::DEFAULT_REVALIDATE`]), zero never.
     pub revalidate: Option<Duration>,
     /// Mount over a directory that has entries (hiding them while mounted).

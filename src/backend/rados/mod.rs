@@ -30,6 +30,8 @@
 //! **Durability**: every operation returns when the cluster has acknowledged it (committed on
 //! the pool's acting set), so `put` is durable and `sync` has nothing to wait for.
 
+mod follow;
+mod space;
 mod sys;
 
 use std::cmp::Reverse;
@@ -44,7 +46,7 @@ use crate::datastore::{
     Capabilities, Datastore, Entry, Error, ErrorKind, Key, Query, Result, Results, Space, Staged,
 };
 
-use sys::{Cluster, Errno, Pool};
+use sys::{Cluster, Errno, OmapGuard, Pool};
 
 /// The layout version written to `meta`.
 const LAYOUT_VERSION: u32 = 1;
@@ -115,6 +117,8 @@ struct Inner {
     pool: Pool,
     cluster: Arc<Cluster>,
     shards: u32,
+    /// What [`Datastore::identity`] answers: the cluster, pool, namespace and layout id.
+    identity: String,
     options: RadosOptions,
     closed: AtomicBool,
 }
@@ -342,12 +346,22 @@ impl RadosStore {
                 rados_error(format!("rados: opening pool {:?}", options.pool), e)
             }
         })?;
-        let shards = open_layout(&pool, &options)?;
+        let layout = open_layout(&pool, &options)?;
+        let fsid = cluster
+            .fsid()
+            .map_err(|e| rados_error("rados: reading the cluster fsid", e))?;
+        let identity = format!(
+            "rados fsid={fsid} pool={} namespace={:?} layout={}",
+            pool.id(),
+            options.namespace,
+            layout.id.as_deref().unwrap_or("-")
+        );
         Ok(RadosStore {
             inner: Arc::new(Inner {
                 pool,
                 cluster,
-                shards,
+                shards: layout.shards,
+                identity,
                 options,
                 closed: AtomicBool::new(false),
             }),
@@ -355,26 +369,36 @@ impl RadosStore {
     }
 }
 
+/// What `meta` says.
+struct Layout {
+    shards: u32,
+    /// A random id written when the namespace was created (absent in namespaces made before
+    /// dsfs wrote one).
+    id: Option<String>,
+}
+
 /// Reads `meta`, or writes it (exclusively, so two first openers agree). Shard objects come
 /// into being with their first record; a missing one reads as empty.
-fn open_layout(pool: &Pool, options: &RadosOptions) -> Result<u32> {
+fn open_layout(pool: &Pool, options: &RadosOptions) -> Result<Layout> {
     let what = format!("rados: pool {:?}", options.pool);
     for _ in 0..3 {
         let mut buf = [0u8; 256];
         match pool.read("meta", 0, &mut buf) {
             Ok(n) => {
                 let text = String::from_utf8_lossy(&buf[..n]);
-                let shards = parse_meta(&text).ok_or_else(|| {
+                return parse_meta(&text).ok_or_else(|| {
                     corrupt(format!(
                         "{what}: namespace {:?} has an unknown layout ({text:?})",
                         options.namespace
                     ))
-                })?;
-                return Ok(shards);
+                });
             }
             Err(Errno(libc::ENOENT)) => {
                 let shards = options.shards.max(1);
-                let meta = format!("dsfs-rados {LAYOUT_VERSION} shards={shards}\n");
+                let meta = format!(
+                    "dsfs-rados {LAYOUT_VERSION} shards={shards} id={:032x}\n",
+                    random_id()
+                );
                 match pool.create("meta", true, Some(meta.as_bytes())) {
                     Ok(()) | Err(Errno(libc::EEXIST)) => continue,
                     Err(e) => return Err(rados_error(format!("{what}: writing meta"), e)),
@@ -386,13 +410,19 @@ fn open_layout(pool: &Pool, options: &RadosOptions) -> Result<u32> {
     Err(corrupt(format!("{what}: meta keeps disappearing")))
 }
 
-fn parse_meta(text: &str) -> Option<u32> {
+/// `dsfs-rados VERSION shards=N [id=HEX]`; words after these are ignored (older readers
+/// ignore the id the same way).
+fn parse_meta(text: &str) -> Option<Layout> {
     let mut words = text.split_whitespace();
     if words.next()? != "dsfs-rados" || words.next()?.parse::<u32>().ok()? != LAYOUT_VERSION {
         return None;
     }
     let shards = words.next()?.strip_prefix("shards=")?.parse::<u32>().ok()?;
-    (shards > 0).then_some(shards)
+    let id = words
+        .next()
+        .and_then(|w| w.strip_prefix("id="))
+        .map(str::to_owned);
+    (shards > 0).then_some(Layout { shards, id })
 }
 
 fn shard_object(n: u32) -> String {
@@ -419,6 +449,14 @@ impl Inner {
     }
 
     fn record(&self, key: &Key) -> Result<Option<Record>> {
+        match self.record_raw(key)? {
+            Some(v) => Ok(Some(Record::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `key`'s record as stored (not decoded).
+    fn record_raw(&self, key: &Key) -> Result<Option<Vec<u8>>> {
         let ek = escape(key.as_bytes());
         let found = match self.pool.omap_get(&self.shard_of(key), &[&ek]) {
             Ok(found) => found,
@@ -426,10 +464,63 @@ impl Inner {
             Err(Errno(libc::ENOENT)) => Vec::new(),
             Err(e) => return Err(rados_error(format!("rados: looking up {key}"), e)),
         };
-        match found.into_iter().find(|(k, _)| *k == ek) {
-            Some((_, v)) => Ok(Some(Record::decode(&v)?)),
-            None => Ok(None),
+        Ok(found.into_iter().find(|(k, _)| *k == ek).map(|(_, v)| v))
+    }
+
+    /// Sets (`Some`) or removes (`None`) `key`'s record, and returns the record it replaced
+    /// if that one pointed at data objects (the caller removes them).
+    ///
+    /// One round trip when the old record is absent or inline: the update is guarded by "the
+    /// stored record sorts before a chunked one" (inline records start with byte 0, chunked
+    /// ones with 1, a missing one is empty), which nothing needs to read first. When the guard
+    /// fails, the old record is read and the update is guarded by "still exactly that record",
+    /// so that two writers of one key never both take the same old value as theirs to clean
+    /// up (the loser re-reads and removes the winner's chunks instead of leaking them).
+    fn swap_record(&self, key: &Key, new: Option<&[u8]>) -> Result<Option<Record>> {
+        let ek = escape(key.as_bytes());
+        let shard = self.shard_of(key);
+        let what = || format!("rados: recording {key}");
+        let set: Vec<(&[u8], &[u8])> = new.iter().map(|v| (ek.as_slice(), *v)).collect();
+        let remove: Vec<&[u8]> = if new.is_none() { vec![&ek] } else { Vec::new() };
+        let chunked_tag = [1u8];
+        match self
+            .pool
+            .omap_update_if(&shard, OmapGuard::Below(&ek, &chunked_tag), &set, &remove)
+        {
+            Ok(()) => return Ok(None),
+            Err(Errno(libc::ECANCELED)) => {}
+            Err(e) => return Err(rados_error(what(), e)),
         }
+        // Concurrent writers of this key make the guard fail again; each failure means another
+        // writer's update landed, so this loop ends unless the key is rewritten without pause.
+        for _ in 0..20 {
+            let Some(old) = self.record_raw(key)? else {
+                match self.pool.omap_update_if(
+                    &shard,
+                    OmapGuard::Below(&ek, &chunked_tag),
+                    &set,
+                    &remove,
+                ) {
+                    Ok(()) => return Ok(None),
+                    Err(Errno(libc::ECANCELED)) => continue,
+                    Err(e) => return Err(rados_error(what(), e)),
+                }
+            };
+            match self
+                .pool
+                .omap_update_if(&shard, OmapGuard::Equal(&ek, &old), &set, &remove)
+            {
+                // An undecodable old record points at nothing this store can name; scrub
+                // reports what it left.
+                Ok(()) => return Ok(Record::decode(&old).ok()),
+                Err(Errno(libc::ECANCELED)) => continue,
+                Err(e) => return Err(rados_error(what(), e)),
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Io,
+            format!("rados: {key} kept changing under 20 attempts to record it"),
+        ))
     }
 
     /// Reads `buf.len()` bytes of a chunked value from `offset` (already clipped to its size).
@@ -560,12 +651,9 @@ impl Inner {
 
     /// Sets `key`'s record (the commit point) and then removes the replaced value's chunks.
     fn commit_record(&self, key: &Key, rec: Record) -> Result<()> {
-        let old = self.record(key)?;
-        let ek = escape(key.as_bytes());
-        let value = rec.encode();
-        self.pool
-            .omap_update(&self.shard_of(key), &[(&ek, &value)], &[])
-            .map_err(|e| rados_error(format!("rados: recording {key}"), e))?;
+        // On failure the new chunks stay: a timed-out update may still have landed, so only
+        // scrub (which reads the records) may call them orphans.
+        let old = self.swap_record(key, Some(&rec.encode()))?;
         if let Some(old) = old
             && old != rec
         {
@@ -600,14 +688,9 @@ impl Inner {
 
     fn delete(&self, key: &Key) -> Result<()> {
         self.check_open()?;
-        let Some(old) = self.record(key)? else {
-            return Ok(());
-        };
-        let ek = escape(key.as_bytes());
-        self.pool
-            .omap_update(&self.shard_of(key), &[], &[&ek])
-            .map_err(|e| rados_error(format!("rados: deleting {key}"), e))?;
-        self.remove_objects(&old.objects());
+        if let Some(old) = self.swap_record(key, None)? {
+            self.remove_objects(&old.objects());
+        }
         Ok(())
     }
 
@@ -887,22 +970,34 @@ impl Datastore for RadosStore {
         self.inner.scrub(repair)
     }
 
-    /// The cluster's raw capacity. A cluster without a manager daemon reports no usage (all
-    /// zeros); then there is nothing to tell.
+    fn identity(&self) -> Result<Option<String>> {
+        Ok(Some(self.inner.identity.clone()))
+    }
+
+    /// Other hosts may write any key of the namespace.
+    fn shared(&self, _key: &Key) -> bool {
+        true
+    }
+
+    /// The omap index shards, stamped with their object versions (see `follow.rs`).
+    fn segments(&self) -> Result<Option<Vec<crate::datastore::Segment>>> {
+        self.inner.check_open()?;
+        self.inner.segments().map(Some)
+    }
+
+    fn segment_of(&self, key: &Key) -> Option<String> {
+        Some(self.inner.shard_of(key))
+    }
+
+    fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
+        self.inner.check_open()?;
+        self.inner.segment_keys(segment)
+    }
+
+    /// What the pool can hold: see `space.rs` (also without a manager daemon).
     fn space(&self) -> Result<Option<Space>> {
-        let (total, _used, avail) = self
-            .inner
-            .cluster
-            .stat()
-            .map_err(|e| rados_error("rados: cluster usage", e))?;
-        if total == 0 {
-            return Ok(None);
-        }
-        Ok(Some(Space {
-            total,
-            free: avail,
-            available: avail,
-        }))
+        self.inner.check_open()?;
+        self.inner.space()
     }
 
     fn commit_staged(&self, key: &Key, staged: Staged, _durable: bool) -> Result<()> {

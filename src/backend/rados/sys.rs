@@ -18,6 +18,8 @@ type rados_write_op_t = *mut c_void;
 type rados_read_op_t = *mut c_void;
 type rados_omap_iter_t = *mut c_void;
 type rados_list_ctx_t = *mut c_void;
+type rados_completion_t = *mut c_void;
+type rados_callback_t = Option<unsafe extern "C" fn(rados_completion_t, *mut c_void)>;
 
 #[repr(C)]
 #[derive(Default)]
@@ -31,6 +33,10 @@ struct rados_cluster_stat_t {
 const LIBRADOS_CREATE_IDEMPOTENT: c_int = 0;
 const LIBRADOS_CREATE_EXCLUSIVE: c_int = 1;
 const LIBRADOS_OPERATION_NOFLAG: c_int = 0;
+/// `LIBRADOS_CMPXATTR_OP_LT`: the stored value sorts before the given one.
+const LIBRADOS_CMPXATTR_OP_LT: u8 = 5;
+/// `LIBRADOS_CMPXATTR_OP_EQ`.
+const LIBRADOS_CMPXATTR_OP_EQ: u8 = 1;
 
 #[link(name = "rados")]
 unsafe extern "C" {
@@ -45,6 +51,48 @@ unsafe extern "C" {
     fn rados_connect(cluster: rados_t) -> c_int;
     fn rados_shutdown(cluster: rados_t);
     fn rados_cluster_stat(cluster: rados_t, result: *mut rados_cluster_stat_t) -> c_int;
+    fn rados_cluster_fsid(cluster: rados_t, buf: *mut c_char, len: usize) -> c_int;
+    fn rados_mon_command(
+        cluster: rados_t,
+        cmd: *const *const c_char,
+        cmdlen: usize,
+        inbuf: *const c_char,
+        inbuflen: usize,
+        outbuf: *mut *mut c_char,
+        outbuflen: *mut usize,
+        outs: *mut *mut c_char,
+        outslen: *mut usize,
+    ) -> c_int;
+    fn rados_osd_command(
+        cluster: rados_t,
+        osdid: c_int,
+        cmd: *const *const c_char,
+        cmdlen: usize,
+        inbuf: *const c_char,
+        inbuflen: usize,
+        outbuf: *mut *mut c_char,
+        outbuflen: *mut usize,
+        outs: *mut *mut c_char,
+        outslen: *mut usize,
+    ) -> c_int;
+    fn rados_buffer_free(buf: *mut c_char);
+    fn rados_ioctx_get_id(io: rados_ioctx_t) -> i64;
+    fn rados_aio_create_completion2(
+        cb_arg: *mut c_void,
+        cb_complete: rados_callback_t,
+        pc: *mut rados_completion_t,
+    ) -> c_int;
+    fn rados_aio_wait_for_complete(c: rados_completion_t) -> c_int;
+    fn rados_aio_get_return_value(c: rados_completion_t) -> c_int;
+    fn rados_aio_get_version(c: rados_completion_t) -> u64;
+    fn rados_aio_release(c: rados_completion_t);
+    fn rados_aio_stat(
+        io: rados_ioctx_t,
+        oid: *const c_char,
+        completion: rados_completion_t,
+        psize: *mut u64,
+        pmtime: *mut i64,
+    ) -> c_int;
     fn rados_ioctx_create(cluster: rados_t, pool: *const c_char, io: *mut rados_ioctx_t) -> c_int;
     fn rados_ioctx_destroy(io: rados_ioctx_t);
     fn rados_ioctx_set_namespace(io: rados_ioctx_t, nspace: *const c_char);
@@ -80,6 +128,15 @@ unsafe extern "C" {
         key_lens: *const usize,
         val_lens: *const usize,
         num: usize,
+    );
+    fn rados_write_op_omap_cmp2(
+        op: rados_write_op_t,
+        key: *const c_char,
+        comparison_operator: u8,
+        val: *const c_char,
+        key_len: usize,
+        val_len: usize,
+        prval: *mut c_int,
     );
     fn rados_write_op_omap_rm_keys2(
         op: rados_write_op_t,
@@ -200,6 +257,80 @@ impl Cluster {
         check(unsafe { rados_cluster_stat(self.handle, &mut st) })?;
         Ok((st.kb * 1024, st.kb_used * 1024, st.kb_avail * 1024))
     }
+
+    /// The cluster's fsid.
+    pub fn fsid(&self) -> Result<String, Errno> {
+        let mut buf = [0 as c_char; 64];
+        // SAFETY: `buf` is valid for its length; librados writes a NUL-terminated string
+        // (or fails with ERANGE when it does not fit).
+        check(unsafe { rados_cluster_fsid(self.handle, buf.as_mut_ptr(), buf.len()) })?;
+        // SAFETY: the call succeeded, so `buf` holds a NUL-terminated string.
+        let fsid = unsafe { CStr::from_ptr(buf.as_ptr()) };
+        Ok(fsid.to_string_lossy().into_owned())
+    }
+
+    /// Runs a monitor command (`cmd` in the JSON form the `ceph` tool sends) and returns its
+    /// output.
+    pub fn mon_command(&self, cmd: &str) -> Result<Vec<u8>, Errno> {
+        self.command(None, cmd)
+    }
+
+    /// Runs a command on OSD `osd` (`ceph tell osd.N ...`) and returns its output.
+    pub fn osd_command(&self, osd: i32, cmd: &str) -> Result<Vec<u8>, Errno> {
+        self.command(Some(osd), cmd)
+    }
+
+    fn command(&self, osd: Option<i32>, cmd: &str) -> Result<Vec<u8>, Errno> {
+        let cmd = cstring(cmd)?;
+        let cmds = [cmd.as_ptr()];
+        let mut out: *mut c_char = ptr::null_mut();
+        let mut out_len = 0usize;
+        let mut status: *mut c_char = ptr::null_mut();
+        let mut status_len = 0usize;
+        // SAFETY: one valid command string; no input buffer; valid out-pointers. librados
+        // allocates the output buffers (released below with `rados_buffer_free`).
+        let ret = unsafe {
+            match osd {
+                None => rados_mon_command(
+                    self.handle,
+                    cmds.as_ptr(),
+                    1,
+                    ptr::null(),
+                    0,
+                    &mut out,
+                    &mut out_len,
+                    &mut status,
+                    &mut status_len,
+                ),
+                Some(id) => rados_osd_command(
+                    self.handle,
+                    id,
+                    cmds.as_ptr(),
+                    1,
+                    ptr::null(),
+                    0,
+                    &mut out,
+                    &mut out_len,
+                    &mut status,
+                    &mut status_len,
+                ),
+            }
+        };
+        let data = if out.is_null() || out_len == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: librados returned a buffer of `out_len` bytes; it is copied at once.
+            unsafe { std::slice::from_raw_parts(out.cast::<u8>(), out_len) }.to_vec()
+        };
+        for buf in [out, status] {
+            if !buf.is_null() {
+                // SAFETY: allocated by librados for this call and released once.
+                unsafe { rados_buffer_free(buf) };
+            }
+        }
+        check(ret)?;
+        Ok(data)
+    }
 }
 
 impl Drop for Cluster {
@@ -236,6 +367,89 @@ impl Pool {
             io,
             _cluster: cluster.clone(),
         })
+    }
+
+    /// The pool's id (a pool deleted and created again under the same name has a new one).
+    pub fn id(&self) -> i64 {
+        // SAFETY: a valid context.
+        unsafe { rados_ioctx_get_id(self.io) }
+    }
+
+    /// The version and modification time (seconds) of each of `oids`, `None` for one that does
+    /// not exist, asked all at once (one round trip's wait, not one per object). An object's
+    /// version changes with every write to it, its omap included.
+    pub fn versions(&self, oids: &[String]) -> Result<Vec<Option<(u64, i64)>>, Errno> {
+        struct Pending {
+            completion: rados_completion_t,
+            size: u64,
+            mtime: i64,
+        }
+        impl Drop for Pending {
+            fn drop(&mut self) {
+                if !self.completion.is_null() {
+                    // SAFETY: waited for before it is released (below), so librados no
+                    // longer writes to `size` or `mtime`; released once.
+                    unsafe {
+                        rados_aio_wait_for_complete(self.completion);
+                        rados_aio_release(self.completion);
+                    }
+                }
+            }
+        }
+        let names: Vec<CString> = oids.iter().map(|o| cstring(o)).collect::<Result<_, _>>()?;
+        // Boxed so that the addresses handed to librados stay put while the vector grows.
+        let mut pending: Vec<Box<Pending>> = Vec::with_capacity(names.len());
+        for name in &names {
+            let mut p = Box::new(Pending {
+                completion: ptr::null_mut(),
+                size: 0,
+                mtime: 0,
+            });
+            // SAFETY: no callback and no argument; `completion` is a valid out-pointer.
+            check(unsafe {
+                rados_aio_create_completion2(ptr::null_mut(), None, &mut p.completion)
+            })?;
+            let started = {
+                let p = &mut *p;
+                // SAFETY: the name and the out-pointers (inside the box) stay valid until the
+                // completion has been waited for, which `Pending`'s drop guarantees.
+                check(unsafe {
+                    rados_aio_stat(
+                        self.io,
+                        name.as_ptr(),
+                        p.completion,
+                        &mut p.size,
+                        &mut p.mtime,
+                    )
+                })
+            };
+            if let Err(e) = started {
+                // Never started: nothing to wait for.
+                // SAFETY: created above, released once.
+                unsafe { rados_aio_release(p.completion) };
+                p.completion = ptr::null_mut();
+                return Err(e);
+            }
+            pending.push(p);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for p in &pending {
+            // SAFETY: a started operation's completion.
+            let ret = unsafe {
+                rados_aio_wait_for_complete(p.completion);
+                rados_aio_get_return_value(p.completion)
+            };
+            match check(ret) {
+                // SAFETY: the operation completed.
+                Ok(_) => out.push(Some((
+                    unsafe { rados_aio_get_version(p.completion) },
+                    p.mtime,
+                ))),
+                Err(Errno(libc::ENOENT)) => out.push(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Replaces the whole object `oid` with `data` (creating it).
@@ -295,6 +509,9 @@ impl Pool {
     /// optionally writing `content` in the same atomic operation.
     pub fn create(&self, oid: &str, exclusive: bool, content: Option<&[u8]>) -> Result<(), Errno> {
         let op = WriteOp::new();
+        if op.0.is_null() {
+            return Err(Errno(libc::ENOMEM));
+        }
         let flag = if exclusive {
             LIBRADOS_CREATE_EXCLUSIVE
         } else {
@@ -318,32 +535,44 @@ impl Pool {
         remove: &[&[u8]],
     ) -> Result<(), Errno> {
         let op = WriteOp::new();
-        if !set.is_empty() {
-            let keys: Vec<*const c_char> = set.iter().map(|(k, _)| k.as_ptr().cast()).collect();
-            let vals: Vec<*const c_char> = set.iter().map(|(_, v)| v.as_ptr().cast()).collect();
-            let key_lens: Vec<usize> = set.iter().map(|(k, _)| k.len()).collect();
-            let val_lens: Vec<usize> = set.iter().map(|(_, v)| v.len()).collect();
-            // SAFETY: four arrays of `set.len()` elements, each pointer valid for its length;
-            // librados copies the keys and values into the op.
-            unsafe {
-                rados_write_op_omap_set2(
-                    op.0,
-                    keys.as_ptr(),
-                    vals.as_ptr(),
-                    key_lens.as_ptr(),
-                    val_lens.as_ptr(),
-                    set.len(),
-                )
-            };
+        op.add_omap_update(set, remove);
+        op.operate(self, oid)
+    }
+
+    /// Like [`Pool::omap_update`], but only if `guard` holds for `oid`'s omap when the
+    /// operation runs (atomically with the update); `ECANCELED` when it does not. The object
+    /// is created if missing, so a guard on a missing object sees an empty omap.
+    pub fn omap_update_if(
+        &self,
+        oid: &str,
+        guard: OmapGuard<'_>,
+        set: &[(&[u8], &[u8])],
+        remove: &[&[u8]],
+    ) -> Result<(), Errno> {
+        let op = WriteOp::new();
+        if op.0.is_null() {
+            return Err(Errno(libc::ENOMEM));
         }
-        if !remove.is_empty() {
-            let keys: Vec<*const c_char> = remove.iter().map(|k| k.as_ptr().cast()).collect();
-            let key_lens: Vec<usize> = remove.iter().map(|k| k.len()).collect();
-            // SAFETY: two arrays of `remove.len()` elements; librados copies the keys.
-            unsafe {
-                rados_write_op_omap_rm_keys2(op.0, keys.as_ptr(), key_lens.as_ptr(), remove.len())
-            };
+        let (key, cmp, value) = match guard {
+            OmapGuard::Below(k, v) => (k, LIBRADOS_CMPXATTR_OP_LT, v),
+            OmapGuard::Equal(k, v) => (k, LIBRADOS_CMPXATTR_OP_EQ, v),
+        };
+        let mut rval: c_int = 0;
+        // SAFETY: `op` is live; a null category is allowed. The key and value are copied into
+        // the op; `rval` lives until the op has run (in this function).
+        unsafe {
+            rados_write_op_create(op.0, LIBRADOS_CREATE_IDEMPOTENT, ptr::null());
+            rados_write_op_omap_cmp2(
+                op.0,
+                key.as_ptr().cast(),
+                cmp,
+                value.as_ptr().cast(),
+                key.len(),
+                value.len(),
+                &mut rval,
+            );
         }
+        op.add_omap_update(set, remove);
         op.operate(self, oid)
     }
 
@@ -446,6 +675,15 @@ impl Drop for Pool {
     }
 }
 
+/// A condition on one omap entry that a guarded update checks atomically.
+#[derive(Clone, Copy, Debug)]
+pub enum OmapGuard<'a> {
+    /// The value of `.0` sorts before `.1` (bytewise); a missing entry is the empty value.
+    Below(&'a [u8], &'a [u8]),
+    /// The value of `.0` is exactly `.1`.
+    Equal(&'a [u8], &'a [u8]),
+}
+
 /// A compound write operation, released when dropped.
 struct WriteOp(rados_write_op_t);
 
@@ -453,6 +691,39 @@ impl WriteOp {
     fn new() -> WriteOp {
         // SAFETY: no arguments; the op is released in `Drop`.
         WriteOp(unsafe { rados_create_write_op() })
+    }
+
+    /// Adds setting the omap entries `set` and removing the omap keys `remove`.
+    fn add_omap_update(&self, set: &[(&[u8], &[u8])], remove: &[&[u8]]) {
+        if self.0.is_null() {
+            return;
+        }
+        if !set.is_empty() {
+            let keys: Vec<*const c_char> = set.iter().map(|(k, _)| k.as_ptr().cast()).collect();
+            let vals: Vec<*const c_char> = set.iter().map(|(_, v)| v.as_ptr().cast()).collect();
+            let key_lens: Vec<usize> = set.iter().map(|(k, _)| k.len()).collect();
+            let val_lens: Vec<usize> = set.iter().map(|(_, v)| v.len()).collect();
+            // SAFETY: four arrays of `set.len()` elements, each pointer valid for its length;
+            // librados copies the keys and values into the op.
+            unsafe {
+                rados_write_op_omap_set2(
+                    self.0,
+                    keys.as_ptr(),
+                    vals.as_ptr(),
+                    key_lens.as_ptr(),
+                    val_lens.as_ptr(),
+                    set.len(),
+                )
+            };
+        }
+        if !remove.is_empty() {
+            let keys: Vec<*const c_char> = remove.iter().map(|k| k.as_ptr().cast()).collect();
+            let key_lens: Vec<usize> = remove.iter().map(|k| k.len()).collect();
+            // SAFETY: two arrays of `remove.len()` elements; librados copies the keys.
+            unsafe {
+                rados_write_op_omap_rm_keys2(self.0, keys.as_ptr(), key_lens.as_ptr(), remove.len())
+            };
+        }
     }
 
     fn operate(self, pool: &Pool, oid: &str) -> Result<(), Errno> {
