@@ -126,28 +126,6 @@ fn is_zombie(pid: i32) -> bool {
         == Some("Z")
 }
 
-#[cfg(test)]
-mod process_tests {
-    use super::process_alive;
-
-    #[test]
-    fn an_exited_unreaped_child_is_not_alive() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id() as i32;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        // Not reaped yet: it stays in the process table as a zombie.
-        while process_alive(pid) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the exited child {pid} still counts as alive"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        child.wait().unwrap();
-        assert!(process_alive(std::process::id() as i32));
-    }
-}
-
 /// Detaches this process from its controlling terminal's session (for the mount daemon).
 pub fn new_session() {
     // SAFETY: setsid has no memory-safety preconditions; failure (already a session leader)
@@ -257,5 +235,27 @@ pub fn peer_credentials(socket: &impl AsRawFd) -> io::Result<(i32, u32)> {
         Ok((cred.pid, cred.uid))
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::process_alive;
+
+    #[test]
+    fn an_exited_unreaped_child_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Not reaped yet: it stays in the process table as a zombie.
+        while process_alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the exited child {pid} still counts as alive"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert!(process_alive(std::process::id() as i32));
     }
 }
