@@ -152,7 +152,7 @@ impl DsFs {
                 Ok(())
             })?)
         })?;
-        self.rekey_open()?;
+        self.rekey_open(&[&old_key])?;
         Ok(())
     }
 
@@ -337,6 +337,6 @@ impl DsFs {
             }
         }
         drop(guards);
-        self.rekey_open()
+        self.rekey_open(&[&a, &b])
     }
 }
