@@ -17,6 +17,8 @@
 //! dag-pb is written canonically: links (field 2) before data (field 1), fields in number
 //! order inside each message, which is what go-merkledag and the JS importer write.
 
+use std::collections::HashMap;
+
 use cid::Cid;
 use multihash::Multihash;
 
@@ -643,6 +645,128 @@ pub fn cat(
     Ok(written)
 }
 
+/// How deep a file's DAG may go before it is taken for corrupt (Kubo's balanced layout of a
+/// 1 TiB file is 3 levels deep).
+const MAX_DEPTH: usize = 32;
+
+/// Decoded nodes kept by a reader of a UnixFS file, so that consecutive reads of one file do not
+/// fetch and hash its root and inner blocks again. Bounded by the bytes it holds.
+#[derive(Default)]
+pub struct NodeCache {
+    nodes: HashMap<Cid, std::sync::Arc<Node>>,
+    bytes: usize,
+}
+
+impl NodeCache {
+    /// What the cache may hold before it starts again.
+    const LIMIT: usize = 8 << 20;
+
+    /// The decoded node of `cid`, from the cache or loaded (and hash-checked) from `store`.
+    pub fn node(
+        &mut self,
+        store: &dyn crate::datastore::Datastore,
+        cid: &Cid,
+    ) -> crate::datastore::Result<std::sync::Arc<Node>> {
+        if let Some(n) = self.nodes.get(cid) {
+            return Ok(n.clone());
+        }
+        let node = std::sync::Arc::new(decode(cid, &load_block(store, cid)?)?);
+        let cost = node.data.len() + node.links.len() * 64 + 64;
+        if self.bytes + cost > Self::LIMIT {
+            self.nodes.clear();
+            self.bytes = 0;
+        }
+        self.bytes += cost;
+        self.nodes.insert(*cid, node.clone());
+        Ok(node)
+    }
+}
+
+/// The number of file bytes under a decoded file node: its own data and its children's.
+pub fn file_size(cid: &Cid, node: &Node) -> crate::datastore::Result<u64> {
+    if node.blocksizes.len() != node.links.len() {
+        return Err(corrupt(cid, "the block sizes do not match the links"));
+    }
+    let mut size = node.data.len() as u64;
+    for b in &node.blocksizes {
+        size = size
+            .checked_add(*b)
+            .ok_or_else(|| corrupt(cid, "the block sizes overflow"))?;
+    }
+    Ok(size)
+}
+
+/// Reads the bytes of UnixFS file `cid` from `offset` into `buf`, fetching only the blocks that
+/// hold them; returns how many bytes were read (fewer than `buf.len()` only at the end of the
+/// file). Every block is checked against its hash.
+pub fn read_at(
+    store: &dyn crate::datastore::Datastore,
+    cache: &mut NodeCache,
+    cid: &Cid,
+    offset: u64,
+    buf: &mut [u8],
+) -> crate::datastore::Result<usize> {
+    read_subtree(store, cache, cid, offset, buf, 0)
+}
+
+fn read_subtree(
+    store: &dyn crate::datastore::Datastore,
+    cache: &mut NodeCache,
+    cid: &Cid,
+    offset: u64,
+    buf: &mut [u8],
+    depth: usize,
+) -> crate::datastore::Result<usize> {
+    if depth > MAX_DEPTH {
+        return Err(corrupt(
+            cid,
+            "the file's DAG is deeper than any importer makes",
+        ));
+    }
+    let node = cache.node(store, cid)?;
+    if !matches!(node.kind, 0 | TYPE_FILE) {
+        return Err(corrupt(cid, "a file links to a node that is not file data"));
+    }
+    file_size(cid, &node)?;
+    let mut done = 0usize;
+    let own = node.data.len() as u64;
+    if offset < own {
+        let start = offset as usize;
+        let n = (node.data.len() - start).min(buf.len());
+        buf[..n].copy_from_slice(&node.data[start..start + n]);
+        done = n;
+    }
+    let mut pos = own;
+    for ((child, _), size) in node.links.iter().zip(&node.blocksizes) {
+        if done == buf.len() {
+            break;
+        }
+        let at = offset + done as u64;
+        let end = pos + size;
+        if at < end {
+            let inner = at - pos;
+            let want = ((end - at) as usize).min(buf.len() - done);
+            let got = read_subtree(
+                store,
+                cache,
+                child,
+                inner,
+                &mut buf[done..done + want],
+                depth + 1,
+            )?;
+            if got != want {
+                return Err(corrupt(
+                    cid,
+                    "a child holds fewer bytes than its block size says",
+                ));
+            }
+            done += got;
+        }
+        pos = end;
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,6 +870,105 @@ mod tests {
             &mut |_| {},
         );
         assert!(err.unwrap_err().to_string().contains("-r"));
+    }
+
+    /// A store that counts the blocks read from it.
+    struct Counting {
+        inner: crate::backend::MemStore,
+        gets: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::datastore::Datastore for Counting {
+        fn get(&self, key: &crate::datastore::Key) -> crate::datastore::Result<Vec<u8>> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.get(key)
+        }
+        fn has(&self, key: &crate::datastore::Key) -> crate::datastore::Result<bool> {
+            self.inner.has(key)
+        }
+        fn get_size(&self, key: &crate::datastore::Key) -> crate::datastore::Result<u64> {
+            self.inner.get_size(key)
+        }
+        fn put(&self, key: &crate::datastore::Key, value: &[u8]) -> crate::datastore::Result<()> {
+            self.inner.put(key, value)
+        }
+        fn delete(&self, key: &crate::datastore::Key) -> crate::datastore::Result<()> {
+            self.inner.delete(key)
+        }
+        fn query(
+            &self,
+            query: crate::datastore::Query,
+        ) -> crate::datastore::Result<crate::datastore::Results> {
+            self.inner.query(query)
+        }
+        fn sync(&self, prefix: &crate::datastore::Key) -> crate::datastore::Result<()> {
+            self.inner.sync(prefix)
+        }
+        fn close(&self) -> crate::datastore::Result<()> {
+            self.inner.close()
+        }
+        fn capabilities(&self) -> crate::datastore::Capabilities {
+            self.inner.capabilities()
+        }
+    }
+
+    impl BlockSink for &Counting {
+        fn put_block(&mut self, cid: &Cid, bytes: &[u8]) -> crate::datastore::Result<()> {
+            use crate::datastore::Datastore;
+            self.inner.put(&crate::cid::block_key(cid.hash()), bytes)
+        }
+    }
+
+    #[test]
+    fn ranged_reads_fetch_only_the_blocks_they_need() {
+        use std::sync::atomic::Ordering;
+        let store = Counting {
+            inner: crate::backend::MemStore::new(),
+            gets: Default::default(),
+        };
+        // Three levels: 174 * 174 + 1 leaves of 16 bytes.
+        let len = 174 * 174 * 16 + 1;
+        let data = pattern(len);
+        let options = ImportOptions {
+            chunk_size: 16,
+            ..ImportOptions::default()
+        };
+        let root = import_bytes(&data, options, &mut &store).unwrap();
+        for (offset, n) in [
+            (0usize, 1usize),
+            (0, 100),
+            (15, 2),
+            (16 * 174 - 3, 10),
+            (len / 2, 4096),
+            (len - 5, 100),
+            (len - 1, 1),
+            (len, 10),
+            (len + 7, 10),
+        ] {
+            let mut cache = NodeCache::default();
+            let mut buf = vec![0u8; n];
+            store.gets.store(0, Ordering::Relaxed);
+            let got = read_at(&store, &mut cache, &root.cid, offset as u64, &mut buf).unwrap();
+            let want = &data[offset.min(len)..(offset + n).min(len)];
+            assert_eq!(got, want.len(), "read at {offset} of {n}");
+            assert!(&buf[..got] == want, "read at {offset} of {n}: other bytes");
+            // At most the path of four blocks (root, two inner levels, leaf) to each leaf
+            // holding the range, out of the 30,000 blocks of the file.
+            let leaves = want.len().div_ceil(16) + 1;
+            let gets = store.gets.load(Ordering::Relaxed);
+            assert!(
+                gets <= 4 * leaves,
+                "read at {offset} of {n} fetched {gets} blocks"
+            );
+        }
+        // A second read through the same cache fetches only the leaf it needs.
+        let mut cache = NodeCache::default();
+        let mut buf = [0u8; 16];
+        read_at(&store, &mut cache, &root.cid, 16 * 1000, &mut buf).unwrap();
+        store.gets.store(0, Ordering::Relaxed);
+        read_at(&store, &mut cache, &root.cid, 16 * 1001, &mut buf).unwrap();
+        assert!(buf[..] == data[16 * 1001..16 * 1002]);
+        assert_eq!(store.gets.load(Ordering::Relaxed), 1, "only the new leaf");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Attributes: getattr, setattr, access.
 
+use super::ipfs;
 use super::types::{Attr, BLKSIZE, Ctx, FileKind, Ino, SetAttr};
 use super::{DsFs, FsError, FsResult, now_ts, time_of, ts};
 use crate::index::node::Timestamp;
@@ -68,6 +69,9 @@ impl DsFs {
 
     /// Attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if ipfs::is_virtual(ino) {
+            return self.virtual_getattr(ino);
+        }
         let n = match self.node(Ino(ino).node()) {
             Ok(n) => n,
             Err(FsError::NotFound) => {
@@ -123,6 +127,7 @@ impl DsFs {
 
     /// Changes attributes; `fh` is the handle when the request came through one.
     pub fn setattr(&self, ctx: Ctx, ino: u64, set: &SetAttr) -> FsResult<Attr> {
+        self.refuse_virtual(ino)?;
         let _ = ctx;
         self.check_writable()?;
         let id = Ino(ino).node();
@@ -185,6 +190,14 @@ impl DsFs {
 
     /// Checks `mask` (R_OK/W_OK/X_OK bits, or F_OK) for the caller.
     pub fn access(&self, ctx: Ctx, ino: u64, mask: i32) -> FsResult<()> {
+        if ipfs::is_virtual(ino) {
+            self.virtual_getattr(ino)?;
+            return if mask & libc::W_OK != 0 {
+                Err(FsError::ReadOnly)
+            } else {
+                Ok(())
+            };
+        }
         let attr = self.getattr(ino)?;
         if mask == libc::F_OK {
             return Ok(());

@@ -1,5 +1,6 @@
 //! Reads, writes and the commit of staged writes.
 
+use super::ipfs;
 use super::open::{InodeState, OpenInode};
 use super::types::{FileKind, Ino, Opened};
 use super::{DsFs, FsError, FsResult, now_ts};
@@ -10,6 +11,9 @@ use crate::index::{Index, IndexErrorKind};
 impl DsFs {
     /// Opens inode `ino` with open(2) `flags`.
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        if ipfs::is_virtual(ino) {
+            return self.virtual_open(ino, flags);
+        }
         let attr = self.getattr(ino)?;
         match attr.kind {
             FileKind::Dir => return Err(FsError::IsDir),
@@ -59,6 +63,9 @@ impl DsFs {
 
     /// Reads up to `size` bytes at `offset` through handle `fh`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        if ipfs::is_virtual(fh) {
+            return self.virtual_read(fh, offset, size);
+        }
         let h = self.handle(fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut tries = 0;
@@ -137,6 +144,7 @@ impl DsFs {
 
     /// Writes `data` at `offset` (at the end for `O_APPEND` handles); returns the count.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.refuse_virtual(fh)?;
         let h = self.handle(fh)?;
         if !h.writable {
             return Err(FsError::BadHandle);
@@ -219,18 +227,27 @@ impl DsFs {
 
     /// `close` of one descriptor: commits pending writes.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
+        if ipfs::is_virtual(fh) {
+            return Ok(());
+        }
         let h = self.handle(fh)?;
         self.commit(h.ino, &h.inode, false)
     }
 
     /// `fsync`: commits pending writes durably.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        if ipfs::is_virtual(fh) {
+            return Ok(());
+        }
         let h = self.handle(fh)?;
         self.commit(h.ino, &h.inode, true)
     }
 
     /// The last reference to a handle is gone: commits if it was the inode's last handle.
     pub fn release(&self, fh: u64) -> FsResult<()> {
+        if ipfs::is_virtual(fh) {
+            return self.virtual_release(fh);
+        }
         let Some(h) = self.handles.write().remove(&fh) else {
             return Err(FsError::BadHandle);
         };
@@ -287,6 +304,7 @@ impl DsFs {
     /// `fallocate`: mode 0 reserves (and extends to) `offset + len`; other modes are
     /// EOPNOTSUPP.
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        self.refuse_virtual(fh)?;
         self.check_writable()?;
         if mode != 0 && mode != libc::FALLOC_FL_KEEP_SIZE {
             return Err(FsError::NotSupported(
@@ -314,6 +332,9 @@ impl DsFs {
     /// `lseek` with `SEEK_DATA`/`SEEK_HOLE`: holes are reported for staged (sparse) files;
     /// committed values are all data.
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        if ipfs::is_virtual(fh) {
+            return self.virtual_lseek(fh, offset, whence);
+        }
         let h = self.handle(fh)?;
         let st = h.inode.state.lock();
         let size = match &st.staged {

@@ -27,6 +27,7 @@ mod attr;
 pub mod error;
 pub mod fuse;
 mod io;
+pub mod ipfs;
 pub mod names;
 mod namespace;
 mod open;
@@ -67,6 +68,8 @@ pub struct DsFs {
     shut: Mutex<bool>,
     /// The IPFS CIDs of files, each with the (mtime, size) it was computed for.
     cids: Mutex<HashMap<u64, (Timestamp, u64, String)>>,
+    /// The inodes and handles under `/.ipfs`.
+    virt: Mutex<ipfs::Virtual>,
 }
 
 fn ts(t: Timestamp) -> SystemTime {
@@ -105,6 +108,7 @@ impl DsFs {
             next_fh: AtomicU64::new(1),
             shut: Mutex::new(false),
             cids: Mutex::new(HashMap::new()),
+            virt: Mutex::new(ipfs::Virtual::default()),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Names: lookup, creation, removal, links and directory listings.
 
+use super::ipfs;
 use super::names::{NameRef, VALUE_NAME, component_to_name, long_name_matches, name_to_component};
 use super::rename::ValueMove;
 use super::types::{Attr, Ctx, DirItem, FIRST_ENTRY_OFFSET, Ino, Opened};
@@ -8,8 +9,18 @@ use crate::datastore::{Key, StageInit};
 use crate::index::{IndexError, IndexErrorKind, Node, NodeId, NodeKind, ROOT, Tx};
 
 impl DsFs {
-    /// The entry `name` in directory `parent`.
+    /// The entry `name` in directory `parent` (`/.ipfs` when the root has no real `.ipfs`).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        if ipfs::is_virtual(parent) {
+            return self.virtual_lookup(parent, name);
+        }
+        match self.lookup_entry(parent, name) {
+            Err(FsError::NotFound) if Self::names_ipfs_dir(parent, name) => self.ipfs_dir_attr(),
+            r => r,
+        }
+    }
+
+    fn lookup_entry(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         let dir = self.dir_node(parent)?;
         match self.resolve_name(parent, name)? {
             NameRef::DirValue => {
@@ -71,6 +82,9 @@ impl DsFs {
 
     /// The target of symlink `ino`.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if ipfs::is_virtual(ino) {
+            return self.virtual_readlink(ino);
+        }
         let n = self.node(ino)?;
         if n.kind != NodeKind::Symlink {
             return Err(FsError::Invalid("not a symlink".into()));
@@ -117,6 +131,7 @@ impl DsFs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Attr> {
+        self.refuse_virtual(parent)?;
         self.create_index_node(ctx, parent, name, NodeKind::Dir, mode, umask, |n| {
             n.explicit = true;
         })
@@ -146,6 +161,7 @@ impl DsFs {
 
     /// Makes a symbolic link.
     pub fn symlink(&self, ctx: Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Attr> {
+        self.refuse_virtual(parent)?;
         self.create_index_node(ctx, parent, name, NodeKind::Symlink, 0o777, 0, |n| {
             n.target = target.to_vec();
         })
@@ -162,6 +178,7 @@ impl DsFs {
         umask: u32,
         rdev: u32,
     ) -> FsResult<Attr> {
+        self.refuse_virtual(parent)?;
         self.check_writable()?;
         self.check_room()?;
         let special = match mode & libc::S_IFMT {
@@ -217,6 +234,7 @@ impl DsFs {
         umask: u32,
         flags: i32,
     ) -> FsResult<(Attr, Opened)> {
+        self.refuse_virtual(parent)?;
         self.check_writable()?;
         let comp = Self::component(name)?;
         let pnode = self.dir_node(parent)?;
@@ -252,6 +270,7 @@ impl DsFs {
 
     /// Removes a file or symlink (or, for `.dsfs.value`, a directory's value).
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.refuse_virtual(parent)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let comp = match self.resolve_name(parent, name)? {
@@ -392,6 +411,7 @@ impl DsFs {
 
     /// Removes an empty directory.
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.refuse_virtual(parent)?;
         self.check_writable()?;
         self.dir_node(parent)?;
         let comp = Self::component(name)?;
@@ -416,6 +436,8 @@ impl DsFs {
     /// A hard link: another name for a file (or special file). The value stays under the key
     /// of the node's first name; the others are names in the index (see `docs/SEMANTICS.md`).
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        self.refuse_virtual(ino)?;
+        self.refuse_virtual(newparent)?;
         self.check_writable()?;
         if Ino(ino).is_dir_value() {
             return Err(FsError::NotPermitted(format!(
@@ -445,6 +467,9 @@ impl DsFs {
 
     /// Up to `limit` entries of directory `ino` after `offset` (0 starts at the beginning).
     pub fn readdir(&self, ino: u64, offset: u64, limit: usize) -> FsResult<Vec<DirItem>> {
+        if ipfs::is_virtual(ino) {
+            return self.virtual_readdir(ino, offset, limit);
+        }
         if offset == 0
             && self.store.follows()
             && let Err(e) = self.store.revalidate()

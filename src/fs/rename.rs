@@ -27,6 +27,8 @@ impl DsFs {
         newname: &[u8],
         flags: RenameFlags,
     ) -> FsResult<()> {
+        self.refuse_virtual(parent)?;
+        self.refuse_virtual(newparent)?;
         self.check_writable()?;
         self.dir_node(parent)?;
         self.dir_node(newparent)?;

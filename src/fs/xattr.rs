@@ -1,5 +1,6 @@
 //! Extended attributes.
 
+use super::ipfs;
 use super::types::{Ino, XATTR_MAX};
 use super::{DsFs, FsError, FsResult, idx_err, now_ts};
 use crate::index::{IndexErrorKind, NodeKind};
@@ -7,6 +8,7 @@ use crate::index::{IndexErrorKind, NodeKind};
 impl DsFs {
     /// Sets an extended attribute (`XATTR_CREATE`/`XATTR_REPLACE` honoured).
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        self.refuse_virtual(ino)?;
         self.check_writable()?;
         refuse_computed_xattr(name)?;
         self.check_room()?;
@@ -37,6 +39,9 @@ impl DsFs {
 
     /// An extended attribute's value.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if ipfs::is_virtual(ino) {
+            return self.virtual_getxattr(ino, name);
+        }
         if name == CID_XATTR.as_bytes() {
             return self.ipfs_cid(ino).map(String::into_bytes);
         }
@@ -49,6 +54,9 @@ impl DsFs {
 
     /// The NUL-separated list of extended attribute names.
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if ipfs::is_virtual(ino) {
+            return self.virtual_listxattr(ino);
+        }
         self.node(Ino(ino).node())?;
         let mut out = Vec::new();
         for n in self.index.xattr_names(Ino(ino).node())? {
@@ -60,6 +68,7 @@ impl DsFs {
 
     /// Removes an extended attribute.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.refuse_virtual(ino)?;
         self.check_writable()?;
         refuse_computed_xattr(name)?;
         let name = xattr_name(name)?;
