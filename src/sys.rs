@@ -138,11 +138,26 @@ impl SignalSet {
 // SAFETY: a sigset_t is plain data; waiting on it from another thread is what sigwait is for.
 unsafe impl Send for SignalSet {}
 
-/// Whether process `pid` still exists (signal 0 probes without sending anything).
+/// Whether process `pid` still runs (signal 0 probes without sending anything). A process
+/// that has exited but is not yet reaped by its parent (a zombie, such as a foreground mount
+/// daemon whose parent waits for `dsfs umount` before reaping it) does not run.
 pub fn process_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 performs only the existence and permission check.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && !is_zombie(pid)
+}
+
+/// Whether `/proc` shows process `pid` as exited and unreaped (state `Z`).
+fn is_zombie(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state ...`: the command may hold spaces and parentheses, the state follows
+    // the last `)`.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        == Some("Z")
 }
 
 /// Detaches this process from its controlling terminal's session (for the mount daemon).
@@ -254,5 +269,27 @@ pub fn peer_credentials(socket: &impl AsRawFd) -> io::Result<(i32, u32)> {
         Ok((cred.pid, cred.uid))
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::process_alive;
+
+    #[test]
+    fn an_exited_unreaped_child_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Not reaped yet: it stays in the process table as a zombie.
+        while process_alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the exited child {pid} still counts as alive"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert!(process_alive(std::process::id() as i32));
     }
 }

@@ -55,6 +55,9 @@ pub struct MountOptions {
     pub revalidate: Option<Duration>,
     /// Mount over a directory that has entries (hiding them while mounted).
     pub nonempty: bool,
+    /// Serve extended attributes (`noxattr` turns them off, so that `ls -l` costs no request
+    /// per file; see [`KernelOptions::xattr`]).
+    pub xattr: bool,
     /// Options handed to the kernel unchanged (nosuid, nodev, noexec, noatime, ...).
     pub kernel: Vec<String>,
 }
@@ -77,6 +80,7 @@ impl Default for MountOptions {
             writeback_cache: false,
             revalidate: None,
             nonempty: false,
+            xattr: true,
             kernel: Vec::new(),
         }
     }
@@ -140,6 +144,8 @@ impl MountOptions {
                     "writeback_cache" => o.writeback_cache = on_off(name, value)?,
                     "revalidate" => o.revalidate = Some(seconds(name, value)?),
                     "nonempty" => o.nonempty = on_off(name, value)?,
+                    "xattr" => o.xattr = on_off(name, value)?,
+                    "noxattr" => o.xattr = false,
                     "nosuid" | "nodev" | "noexec" | "noatime" | "suid" | "dev" | "exec"
                     | "atime" | "sync" | "async" | "dirsync" => o.kernel.push(name.to_owned()),
                     "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner"
@@ -464,6 +470,7 @@ fn serve(
             KernelOptions {
                 passthrough: options.passthrough,
                 writeback_cache: options.writeback_cache,
+                xattr: options.xattr,
                 ..KernelOptions::default()
             },
         );

@@ -52,6 +52,10 @@ pub struct KernelOptions {
     pub writeback_cache: bool,
     /// How long the kernel may cache attributes and names.
     pub ttl: Duration,
+    /// Serve extended attributes. Off, the first xattr request of each kind is answered
+    /// `ENOSYS`, after which the kernel answers every later one itself (`EOPNOTSUPP`, and "no
+    /// ACL"): `ls -l` then costs no request per file, and `user.*` xattrs are unavailable.
+    pub xattr: bool,
 }
 
 impl Default for KernelOptions {
@@ -60,6 +64,7 @@ impl Default for KernelOptions {
             passthrough: true,
             writeback_cache: false,
             ttl: Duration::from_secs(1),
+            xattr: true,
         }
     }
 }
@@ -625,6 +630,9 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.options.xattr {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         empty(
             reply,
             self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
@@ -632,6 +640,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.options.xattr {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         match self.fs.getxattr(ino.0, name.as_bytes()) {
             Ok(v) => xattr_reply(reply, size, &v),
             Err(e) => reply.error(errno(e)),
@@ -639,6 +650,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.options.xattr {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         match self.fs.listxattr(ino.0) {
             Ok(v) => xattr_reply(reply, size, &v),
             Err(e) => reply.error(errno(e)),
@@ -646,6 +660,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.options.xattr {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         empty(reply, self.fs.removexattr(ino.0, name.as_bytes()))
     }
 

@@ -395,7 +395,7 @@ impl DsFs {
                 Ok(())
             })?)
         })?;
-        self.rekey_open()
+        self.rekey_open(&[&old])
     }
 
     /// Marks a directory the user has seen as explicit, so that removing its last entry

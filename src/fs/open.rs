@@ -177,8 +177,9 @@ impl DsFs {
         Ok(())
     }
 
-    /// After a rename, open inodes learn their new keys.
-    pub(super) fn rekey_open(&self) -> FsResult<()> {
+    /// After a rename, the open inodes whose keys were at or under one of `moved` (the keys
+    /// that went away) learn their new keys from the index; no other inode is looked up.
+    pub(super) fn rekey_open(&self, moved: &[&Key]) -> FsResult<()> {
         let open: Vec<(u64, Arc<OpenInode>)> = self
             .open
             .read()
@@ -187,7 +188,11 @@ impl DsFs {
             .collect();
         for (ino, inode) in open {
             let mut st = inode.state.lock();
-            if st.unlinked {
+            if st.unlinked
+                || !moved
+                    .iter()
+                    .any(|m| st.key == **m || st.key.is_descendant_of(m))
+            {
                 continue;
             }
             match self.index.key_of(Ino(ino).node()) {

@@ -154,7 +154,7 @@ impl DsFs {
                 Ok(())
             })?)
         })?;
-        self.rekey_open()?;
+        self.rekey_open(&[&old_key])?;
         Ok(())
     }
 
@@ -339,6 +339,6 @@ impl DsFs {
             }
         }
         drop(guards);
-        self.rekey_open()
+        self.rekey_open(&[&a, &b])
     }
 }
