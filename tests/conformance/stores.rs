@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dsfs::backend::flatfs::{FlatFsOptions, ShardFn};
+use dsfs::backend::spdk::spec::SpdkSpec;
 use dsfs::backend::tiered::TieredOptions;
 use dsfs::backend::{FlatFsStore, MemStore, MountStore, RedbStore, TieredStore};
 use dsfs::index::{Index, IndexOptions, IndexedStore};
@@ -110,6 +111,15 @@ pub fn all() -> Vec<StoreFactory> {
         StoreFactory::new("mount-redb-flatfs", |dir| {
             let root = RedbStore::open(dir.join("values.redb"), Default::default())?;
             with_flatfs_at_capital(Arc::new(root), dir)
+        }),
+        // The SPDK store on the in-process blobstore: 16 KiB clusters and 512-byte io units, so
+        // the suite's values span several clusters and end inside io units.
+        StoreFactory::new("spdk-fake", |dir| {
+            let mut spec = SpdkSpec::parse(&format!("fake={}", dir.join("bs.img").display()))?;
+            spec.set("cluster", "16384")?;
+            spec.set("io_unit", "512")?;
+            spec.set("size", "268435456")?;
+            Ok(Arc::new(spec.open()?.0) as Arc<dyn Datastore>)
         }),
         StoreFactory::new("default-repo", |dir| {
             let spec = StoreSpec::parse(&dir.join("repo").to_string_lossy())?;
