@@ -409,6 +409,12 @@ impl Inner {
             Ok(())
         })();
         if let Err(e) = written {
+            // Closing a blob syncs its metadata: put the temporary name back first, so that
+            // if the delete fails too, the next open finds a temporary, not a new value that
+            // this call reported as failed.
+            if let Err(e) = self.retry(|| self.bs.set_xattr(blob, "name", &temp)) {
+                log::warn!("spdk: blob {blob:#x}: {e}");
+            }
             self.discard(blob);
             return Err(e);
         }
@@ -430,6 +436,23 @@ impl Inner {
         Ok(())
     }
 
+    /// Names blob `blob` `key` with sequence number `seq` (it was named `was`) and syncs its
+    /// metadata.
+    fn label(&self, blob: BlobId, key: &Key, was: &Key, seq: u64) -> Result<()> {
+        let (name, pieces) = names::name_of(key);
+        let name = names::name_xattr(&name);
+        for n in pieces.len()..names::name_of(was).1.len() {
+            self.retry(|| self.bs.remove_xattr(blob, &names::key_piece_xattr(n)))?;
+        }
+        for (n, piece) in pieces.iter().enumerate() {
+            self.retry(|| self.bs.set_xattr(blob, &names::key_piece_xattr(n), piece))?;
+        }
+        let seq_bytes = seq.to_ne_bytes();
+        self.retry(|| self.bs.set_xattr(blob, SEQ_XATTR, &seq_bytes))?;
+        self.retry(|| self.bs.set_xattr(blob, "name", &name))?;
+        self.retry(|| self.bs.sync_md(blob))
+    }
+
     fn delete(&self, key: &Key) -> Result<()> {
         self.check_open()?;
         let old = self.map.write().remove(key.as_str());
@@ -449,22 +472,13 @@ impl Inner {
             return Ok(());
         }
         let seq = self.seq.fetch_add(1, Ordering::AcqRel);
-        let (name, pieces) = names::name_of(to);
-        let name = names::name_xattr(&name);
-        let old_pieces = names::name_of(from).1.len();
-        for n in pieces.len()..old_pieces {
-            self.retry(|| self.bs.remove_xattr(slot.blob, &names::key_piece_xattr(n)))?;
+        if let Err(e) = self.label(slot.blob, to, from, seq) {
+            // The blob's metadata is synced again when it is closed: give it back its name.
+            if let Err(e2) = self.label(slot.blob, from, to, slot.seq) {
+                log::warn!("spdk: blob {:#x}: restoring its name: {e2}", slot.blob);
+            }
+            return Err(e);
         }
-        for (n, piece) in pieces.iter().enumerate() {
-            self.retry(|| {
-                self.bs
-                    .set_xattr(slot.blob, &names::key_piece_xattr(n), piece)
-            })?;
-        }
-        let seq_bytes = seq.to_ne_bytes();
-        self.retry(|| self.bs.set_xattr(slot.blob, SEQ_XATTR, &seq_bytes))?;
-        self.retry(|| self.bs.set_xattr(slot.blob, "name", &name))?;
-        self.retry(|| self.bs.sync_md(slot.blob))?;
         let replaced = {
             let mut map = self.map.write();
             if map.get(from.as_str()) == Some(&slot) {
@@ -622,3 +636,6 @@ impl Drop for SpdkStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
