@@ -129,7 +129,27 @@ pub fn all() -> Vec<StoreFactory> {
     ];
     #[cfg(feature = "rados")]
     stores.extend(rados());
+    #[cfg(feature = "spdk")]
+    stores.extend(spdk_aio());
     stores
+}
+
+/// The SPDK store on a real SPDK (an AIO bdev over a 64 MiB image in each trial's directory),
+/// when `DSFS_TEST_SPDK` is set and dsfs was built against an installed SPDK.
+#[cfg(feature = "spdk")]
+fn spdk_aio() -> Option<StoreFactory> {
+    std::env::var_os("DSFS_TEST_SPDK")?;
+    Some(StoreFactory::new("spdk-aio", |dir| {
+        let image = dir.join("bs.img");
+        if !image.exists() {
+            let f = std::fs::File::create(&image).map_err(|e| dsfs::Error::io("image", e))?;
+            f.set_len(64 << 20)
+                .map_err(|e| dsfs::Error::io("image", e))?;
+        }
+        let mut spec = SpdkSpec::parse(&format!("aio={}", image.display()))?;
+        spec.set("cluster", "16384")?;
+        Ok(Arc::new(spec.open()?.0) as Arc<dyn Datastore>)
+    }))
 }
 
 /// The RADOS store on the cluster that `DSFS_TEST_CEPH_CONF` names (`tests/ceph/cluster.sh`),

@@ -274,7 +274,9 @@ fn poll_forever(
     unsafe { sys::spdk_set_thread(thread) };
     let thread = Ptr(thread);
     // Subsystems: an empty configuration at the startup state, then init.
-    let empty = br#"{"subsystems":[]}"#.to_vec();
+    // SPDK's default pools (65535 bdev_io, 8192 + 1024 iobuf buffers) want more memory than a
+    // small no-hugepage heap has: sized down at the startup state, where only they can be set.
+    let empty = startup_config(mem_mib);
     let rc = wait_here(thread, |done| {
         let mut json = empty.clone();
         let arg = rc_arg(done);
@@ -306,9 +308,13 @@ fn poll_forever(
     }
     // SAFETY: the subsystems are up; from here on RPCs of the runtime state are allowed.
     unsafe { sys::spdk_rpc_set_state(sys::SPDK_RPC_RUNTIME) };
+    // SAFETY: at_exit is a plain function that never unwinds.
+    if unsafe { libc::atexit(at_exit) } != 0 {
+        log::warn!("spdk: could not register the exit handler; SPDK is not shut down at exit");
+    }
     let _ = ready.send(Ok(thread));
     let mut idle = Duration::from_micros(10);
-    loop {
+    while !STOP.0.load(Ordering::Acquire) {
         // SAFETY: thread is this OS thread's SPDK thread.
         let worked = unsafe { sys::spdk_thread_poll(thread.0, 0, 0) };
         if worked > 0 {
@@ -318,6 +324,98 @@ fn poll_forever(
             idle = (idle * 2).min(Duration::from_millis(1));
         }
     }
+    shut_down(thread);
+    if let Ok(mut done) = STOP.1.lock() {
+        *done = true;
+        STOP.2.notify_all();
+    }
+}
+
+/// Asks the poller to shut SPDK down, and whether it is done.
+static STOP: (AtomicBool, Mutex<bool>, std::sync::Condvar) = (
+    AtomicBool::new(false),
+    Mutex::new(false),
+    std::sync::Condvar::new(),
+);
+
+/// At process exit (after `main`): the poller shuts SPDK down in order before the C
+/// libraries' destructors run under it. Blobstores still loaded (a store never closed) are
+/// left as a crash would leave them; their metadata syncs are what counts.
+extern "C" fn at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        STOP.0.store(true, Ordering::Release);
+        let Ok(mut done) = STOP.1.lock() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !*done {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match STOP.2.wait_timeout(done, left) {
+                Ok((d, _)) => done = d,
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+unsafe extern "C" fn done_subsystem_fini(arg: *mut c_void) {
+    // SAFETY: arg is the `Box<RcDone>` leaked for the fini completion.
+    unsafe { done_rc(arg, 0) }
+}
+
+/// On the poller thread: the subsystems down, the SPDK thread exited and destroyed, the
+/// thread library and the environment released, and DPDK's runtime directory removed.
+fn shut_down(thread: Ptr<sys::spdk_thread>) {
+    wait_here(thread, |done| {
+        // SAFETY: arg is a leaked RcDone taken back by done_subsystem_fini.
+        unsafe { sys::spdk_subsystem_fini(done_subsystem_fini, rc_arg(done)) }
+    });
+    // SAFETY: thread is this OS thread's SPDK thread; after it has exited it is destroyed
+    // and never used again; then the thread library and the environment are released, once.
+    unsafe {
+        sys::spdk_thread_exit(thread.0);
+        while !sys::spdk_thread_is_exited(thread.0) {
+            sys::spdk_thread_poll(thread.0, 0, 0);
+        }
+        sys::spdk_thread_destroy(thread.0);
+        sys::spdk_thread_lib_fini();
+        sys::spdk_env_fini();
+    }
+    let run = std::path::Path::new("/var/run/dpdk").join(format!("spdk_pid{}", std::process::id()));
+    if let Err(e) = std::fs::remove_dir_all(&run)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        log::debug!("spdk: removing {}: {e}", run.display());
+    }
+}
+
+/// The startup-state configuration: pools sized to the memory given (`mem_mib`).
+fn startup_config(mem_mib: u32) -> Vec<u8> {
+    // About a quarter of the heap for large (132 KiB) buffers, small (8 KiB) ones beside them.
+    let large = (u64::from(mem_mib) / 4 * 1024 / 132).clamp(64, 1024);
+    serde_json::json!({
+        "subsystems": [
+            {
+                "subsystem": "iobuf",
+                "config": [{
+                    "method": "iobuf_set_options",
+                    "params": { "small_pool_count": large * 8, "large_pool_count": large }
+                }]
+            },
+            {
+                "subsystem": "bdev",
+                "config": [{
+                    "method": "bdev_set_options",
+                    "params": { "bdev_io_pool_size": 4095, "bdev_io_cache_size": 64 }
+                }]
+            }
+        ]
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// On the poller thread, before its loop: starts an operation and polls until it completes.

@@ -107,6 +107,8 @@ pub type spdk_bs_op_with_handle_complete =
 pub type spdk_msg_fn = unsafe extern "C" fn(ctx: *mut c_void);
 /// `spdk_subsystem_init_fn`.
 pub type spdk_subsystem_init_fn = unsafe extern "C" fn(rc: c_int, ctx: *mut c_void);
+/// `spdk_subsystem_fini_fn`.
+pub type spdk_subsystem_fini_fn = unsafe extern "C" fn(ctx: *mut c_void);
 /// `spdk_bdev_event_cb_t` (the event type is an enum: a C `int`).
 pub type spdk_bdev_event_cb_t =
     unsafe extern "C" fn(event_type: c_int, bdev: *mut spdk_bdev, event_ctx: *mut c_void);
@@ -176,8 +178,13 @@ unsafe extern "C" {
     pub fn spdk_env_init(opts: *const spdk_env_opts) -> c_int;
     pub fn spdk_dma_zmalloc(size: usize, align: usize, unused: *mut u64) -> *mut c_void;
     pub fn spdk_dma_free(buf: *mut c_void);
+    pub fn spdk_env_fini();
 
     // thread.h
+    pub fn spdk_thread_lib_fini();
+    pub fn spdk_thread_exit(thread: *mut spdk_thread) -> c_int;
+    pub fn spdk_thread_is_exited(thread: *mut spdk_thread) -> bool;
+    pub fn spdk_thread_destroy(thread: *mut spdk_thread);
     pub fn spdk_thread_lib_init(new_thread_fn: Option<spdk_new_thread_fn>, ctx_sz: usize) -> c_int;
     pub fn spdk_thread_create(name: *const c_char, cpumask: *const spdk_cpuset)
     -> *mut spdk_thread;
@@ -198,6 +205,7 @@ unsafe extern "C" {
         cb_arg: *mut c_void,
         stop_on_error: bool,
     );
+    pub fn spdk_subsystem_fini(cb_fn: spdk_subsystem_fini_fn, cb_arg: *mut c_void);
     pub fn spdk_rpc_set_state(state_mask: u32);
 
     // blob_bdev.h
