@@ -13,6 +13,7 @@
 //! | `mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/i.redb` | a mount of `mem:`, `redb:` and `flatfs:` children (each with its own `?options`) |
 //! | `dir:PATH` or a bare `PATH` | a dsfs repository: the embedded default (see below) |
 //! | `rados:POOL?conf=PATH&id=NAME&prefix=NS&timeout=SECS` | a Ceph RADOS pool (cargo feature `rados`); the index in memory unless `index=PATH`, following the cluster (changed index shards re-read) at open and while mounted |
+//! | `spdk:aio=IMAGE?io_unit=4096&cluster=65536&mem=256` | an SPDK blobstore in BlobFS's layout on an AIO bdev (cargo feature `spdk`); `spdk:fake=IMAGE` is the in-process blobstore; the index in `IMAGE.index.redb` |
 //!
 //! Options: `index=PATH` puts the index elsewhere; `durable=true` makes redb fsync every write;
 //! for flatfs, `shard=/repo/flatfs/shard/v1/next-to-last/2` (or just `next-to-last/2`) picks
@@ -84,6 +85,8 @@ pub enum SpecKind {
     Repo(PathBuf),
     /// `rados:POOL?conf=PATH&id=NAME&prefix=NAMESPACE&timeout=SECS`.
     Rados(RadosSpec),
+    /// `spdk:aio=IMAGE?...` or `spdk:fake=IMAGE?...`.
+    Spdk(crate::backend::spdk::spec::SpdkSpec),
 }
 
 /// Where a `rados:` spec's store lives.
@@ -173,6 +176,16 @@ const SCHEMES: &[Scheme] = &[
         },
         options: &["conf", "id", "prefix", "timeout"],
     },
+    Scheme {
+        name: "spdk",
+        usage: "spdk:aio=IMAGE?io_unit=4096&cluster=65536&mem=256",
+        parse: |arg| {
+            Ok(SpecKind::Spdk(crate::backend::spdk::spec::SpdkSpec::parse(
+                arg,
+            )?))
+        },
+        options: crate::backend::spdk::spec::OPTIONS,
+    },
 ];
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -255,6 +268,11 @@ impl StoreSpec {
                             .ok_or_else(|| {
                                 invalid(format!("timeout takes whole seconds, not {value:?}"))
                             })?
+                }
+                (name, SpecKind::Spdk(s)) => {
+                    if !s.set(name, value)? {
+                        return Err(invalid(format!("option {name} is not an spdk: option")));
+                    }
                 }
                 (other, _) => {
                     return Err(invalid(format!("option {other} needs a value")));
@@ -351,6 +369,7 @@ impl StoreSpec {
             | SpecKind::Kubo(p)
             | SpecKind::Json(p)
             | SpecKind::Repo(p) => p.clone(),
+            SpecKind::Spdk(s) => s.image.clone(),
         };
         Some(std::fs::canonicalize(&path).unwrap_or(path))
     }
@@ -587,6 +606,20 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
                 format!(
                     "rados pool {} namespace {}, index {where_}",
                     r.pool, r.prefix
+                ),
+            )
+        }
+        SpecKind::Spdk(s) => {
+            let (store, recovery) = s.open()?;
+            let index_path = spec.index.clone().unwrap_or_else(|| s.default_index());
+            let index = open_index(&index_path, index_options)?;
+            (
+                Arc::new(store) as Arc<dyn Datastore>,
+                index,
+                format!(
+                    "spdk blobstore {} ({recovery:?}), index {}",
+                    s.image.display(),
+                    index_path.display()
                 ),
             )
         }

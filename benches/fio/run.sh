@@ -24,6 +24,9 @@ Targets (--targets, comma-separated; default: native,flatfs,default,bindfs):
             --features rados, which this script builds, and a cluster named by
             DSFS_TEST_CEPH_CONF, DSFS_TEST_CEPH_POOL and DSFS_TEST_CEPH_ID, as
             tests/ceph/cluster.sh start prints them). Not in the default list.
+  spdk      dsfs mounted over spdk:aio=IMAGE (SPDK's blobstore on an AIO bdev over a 4 GiB
+            sparse image in the scratch directory, 64 KiB clusters; needs a dsfs built with
+            --features spdk against an installed SPDK, see the README). Not in the default list.
   bindfs    bindfs of a plain directory, default options (libfuse 3, single-threaded; note
             that bindfs clears O_DIRECT before opening the backing file). Installed with
             apt-get if missing.
@@ -162,7 +165,7 @@ mapfile -t MODE_LIST < <(split "$MODES")
 for t in "${TARGET_LIST[@]}"; do
     case "${t%%@*}" in
         native|bindfs) [ "$t" = "${t%%@*}" ] || die "only dsfs targets take @options: $t" ;;
-        flatfs|default|rados) ;;
+        flatfs|default|rados|spdk) ;;
         *) die "unknown target '$t' (see --help)" ;;
     esac
     [[ "$t" =~ ^[A-Za-z0-9_@:=.-]+$ ]] || die "bad target name '$t'"
@@ -191,11 +194,13 @@ if has_target rados; then
     [ -n "${DSFS_TEST_CEPH_CONF:-}" ] \
         || die "the rados target needs DSFS_TEST_CEPH_CONF (start a cluster: tests/ceph/cluster.sh start)"
 fi
-if has_target flatfs || has_target default || has_target rados; then
+if has_target flatfs || has_target default || has_target rados || has_target spdk; then
     if [ -z "$DSFS" ]; then
         command -v cargo >/dev/null || die "cargo not found (or give --dsfs PATH)"
         features=""
-        has_target rados && features="--features rados"
+        has_target rados && features="rados"
+        has_target spdk && features="${features:+$features,}spdk"
+        features="${features:+--features $features}"
         echo "== cargo build --release --bin dsfs $features" >&2
         # shellcheck disable=SC2086
         (cd "$REPO" && cargo build --release --bin dsfs $features --quiet) || die "cargo build failed"
@@ -409,13 +414,15 @@ setup_target() {
     case "$base" in
         native)
             mp="$SCRATCH/native"; mkdir -p "$mp"; KIND[$mp]=native ;;
-        flatfs|default|rados)
+        flatfs|default|rados|spdk)
             mp="$SCRATCH/mnt-$safe"; mkdir -p "$mp"
             local spec
             case "$base" in
                 flatfs) spec="flatfs:$SCRATCH/store-$safe" ;;
                 default) spec="$SCRATCH/store-$safe" ;;
                 rados) spec="rados:${DSFS_TEST_CEPH_POOL:-dsfs}?conf=$DSFS_TEST_CEPH_CONF&id=${DSFS_TEST_CEPH_ID:-admin}&prefix=bench-$safe-$$&index=$SCRATCH/index-$safe.redb" ;;
+                spdk) truncate -s 4G "$SCRATCH/spdk-$safe.img"
+                      spec="spdk:aio=$SCRATCH/spdk-$safe.img?cluster=65536&index=$SCRATCH/index-$safe.redb" ;;
             esac
             KIND[$mp]=dsfs
             MOUNTED+=("$mp")

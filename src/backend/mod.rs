@@ -7,6 +7,7 @@ pub mod mount;
 #[cfg(feature = "rados")]
 pub mod rados;
 pub mod redb;
+pub mod spdk;
 pub mod tiered;
 
 pub use self::flatfs::FlatFsStore;
@@ -15,4 +16,5 @@ pub use self::mount::MountStore;
 #[cfg(feature = "rados")]
 pub use self::rados::RadosStore;
 pub use self::redb::RedbStore;
+pub use self::spdk::SpdkStore;
 pub use self::tiered::TieredStore;

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dsfs::backend::flatfs::{FlatFsOptions, ShardFn};
+use dsfs::backend::spdk::spec::SpdkSpec;
 use dsfs::backend::tiered::TieredOptions;
 use dsfs::backend::{FlatFsStore, MemStore, MountStore, RedbStore, TieredStore};
 use dsfs::index::{Index, IndexOptions, IndexedStore};
@@ -111,6 +112,15 @@ pub fn all() -> Vec<StoreFactory> {
             let root = RedbStore::open(dir.join("values.redb"), Default::default())?;
             with_flatfs_at_capital(Arc::new(root), dir)
         }),
+        // The SPDK store on the in-process blobstore: 16 KiB clusters and 512-byte io units, so
+        // the suite's values span several clusters and end inside io units.
+        StoreFactory::new("spdk-fake", |dir| {
+            let mut spec = SpdkSpec::parse(&format!("fake={}", dir.join("bs.img").display()))?;
+            spec.set("cluster", "16384")?;
+            spec.set("io_unit", "512")?;
+            spec.set("size", "268435456")?;
+            Ok(Arc::new(spec.open()?.0) as Arc<dyn Datastore>)
+        }),
         StoreFactory::new("default-repo", |dir| {
             let spec = StoreSpec::parse(&dir.join("repo").to_string_lossy())?;
             let opened = spec::open(&spec, OpenMode::default())?;
@@ -119,7 +129,27 @@ pub fn all() -> Vec<StoreFactory> {
     ];
     #[cfg(feature = "rados")]
     stores.extend(rados());
+    #[cfg(feature = "spdk")]
+    stores.extend(spdk_aio());
     stores
+}
+
+/// The SPDK store on a real SPDK (an AIO bdev over a 64 MiB image in each trial's directory),
+/// when `DSFS_TEST_SPDK` is set and dsfs was built against an installed SPDK.
+#[cfg(feature = "spdk")]
+fn spdk_aio() -> Option<StoreFactory> {
+    std::env::var_os("DSFS_TEST_SPDK")?;
+    Some(StoreFactory::new("spdk-aio", |dir| {
+        let image = dir.join("bs.img");
+        if !image.exists() {
+            let f = std::fs::File::create(&image).map_err(|e| dsfs::Error::io("image", e))?;
+            f.set_len(64 << 20)
+                .map_err(|e| dsfs::Error::io("image", e))?;
+        }
+        let mut spec = SpdkSpec::parse(&format!("aio={}", image.display()))?;
+        spec.set("cluster", "16384")?;
+        Ok(Arc::new(spec.open()?.0) as Arc<dyn Datastore>)
+    }))
 }
 
 /// The RADOS store on the cluster that `DSFS_TEST_CEPH_CONF` names (`tests/ceph/cluster.sh`),
