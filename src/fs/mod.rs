@@ -4,10 +4,11 @@
 //! ids (stable across mounts). A file's bytes live in the datastore under the key its path
 //! spells; directories, symlinks, modes, owners, times and xattrs live in the index.
 //!
-//! Writes are staged per inode: every handle of a file shares one [`Staged`] value, written at
-//! any offset and read back by every handle before it is committed, and committed to the store
-//! (for file-backed stores, by one rename) on `flush`/`close`, `fsync`, and unmount. See
-//! `docs/SEMANTICS.md` for what each operation promises.
+//! Writes are staged per inode: every handle of a file shares one
+//! [`Staged`](crate::datastore::Staged) value, written at any offset and read back by every
+//! handle before it is committed, and committed to the store (for file-backed stores, by one
+//! rename) on `flush`/`close`, `fsync`, and unmount. See `docs/SEMANTICS.md` for what each
+//! operation promises.
 //!
 //! The code is split along its seams, one `impl DsFs` block per file:
 //!
