@@ -6,7 +6,7 @@
 //! nothing (like a `.snapshot` directory): names are reached by asking for them. A real entry
 //! named `.ipfs` in the root wins over the virtual one.
 //!
-//! Virtual inodes carry [`VIRTUAL`] and index a table that lives as long as the mount (one small
+//! Virtual inodes carry `VIRTUAL` and index a table that lives as long as the mount (one small
 //! entry per CID looked up). Reads walk the DAG to the leaves that hold the asked range only; a
 //! block whose bytes do not match its CID is EIO (with a log line), never returned. Everything
 //! under `/.ipfs` refuses changes with EROFS.
