@@ -85,6 +85,9 @@ pub enum SpecKind {
     Repo(PathBuf),
     /// `rados:POOL?conf=PATH&id=NAME&prefix=NAMESPACE&timeout=SECS`.
     Rados(RadosSpec),
+    /// `motr:INDEX_FID?ha=EP&local=EP&profile=FID&process=FID[&compat=go-ds-motr]` (or
+    /// `?fake=PATH` for the in-process Motr).
+    Motr(crate::backend::motr::config::MotrSpec),
 }
 
 /// Where a `rados:` spec's store lives.
@@ -174,6 +177,16 @@ const SCHEMES: &[Scheme] = &[
         },
         options: &["conf", "id", "prefix", "timeout"],
     },
+    Scheme {
+        name: "motr",
+        usage: "motr:INDEX_FID?ha=EP&local=EP&profile=FID&process=FID",
+        parse: |arg| {
+            Ok(SpecKind::Motr(
+                crate::backend::motr::config::MotrSpec::parse_arg(arg)?,
+            ))
+        },
+        options: crate::backend::motr::config::OPTIONS,
+    },
 ];
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -257,6 +270,7 @@ impl StoreSpec {
                                 invalid(format!("timeout takes whole seconds, not {value:?}"))
                             })?
                 }
+                (name, SpecKind::Motr(m)) => m.set(name, value)?,
                 (other, _) => {
                     return Err(invalid(format!("option {other} needs a value")));
                 }
@@ -346,7 +360,7 @@ impl StoreSpec {
         let path = match &self.kind {
             SpecKind::Mem => return None,
             // A shared cluster store is this host's through its local index, if it has one.
-            SpecKind::Mount(_) | SpecKind::Rados(_) => self.index.clone()?,
+            SpecKind::Mount(_) | SpecKind::Rados(_) | SpecKind::Motr(_) => self.index.clone()?,
             SpecKind::Redb(p)
             | SpecKind::Flatfs(p)
             | SpecKind::Kubo(p)
@@ -576,6 +590,14 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             let backend = repo.open_datastore(spec)?;
             (backend, index, format!("repository {}", dir.display()))
         }
+        SpecKind::Motr(m) => {
+            let backend = m.open(spec.durable)?;
+            let (index, where_) = match &spec.index {
+                Some(p) => (open_index(p, index_options)?, p.display().to_string()),
+                None => (Index::in_memory(index_options)?, "in memory".to_owned()),
+            };
+            (backend, index, format!("{}, index {where_}", m.describe()))
+        }
         SpecKind::Rados(r) => {
             let backend = open_rados(r)?;
             let (index, where_) = match &spec.index {
@@ -594,7 +616,7 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
     };
     // A shared store (other hosts write to it) changes while this index is closed: the index
     // follows the store at every open, not only after an unclean stop.
-    let shared = matches!(spec.kind, SpecKind::Rados(_));
+    let shared = matches!(spec.kind, SpecKind::Rados(_) | SpecKind::Motr(_));
     let index = Arc::new(index);
     let rebuilt = match &aside {
         Some(a) => Some(rebuild(&index, backend.as_ref(), a)?.1),
