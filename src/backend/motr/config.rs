@@ -161,3 +161,85 @@ impl MotrSpec {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{SpecKind, StoreSpec};
+
+    #[test]
+    fn a_motr_spec_names_the_index_the_endpoints_and_the_layout() {
+        let s = StoreSpec::parse(
+            "motr:<0x7800000000000001:0x2>?ha=127.0.0.1@tcp:12345:34:1\
+             &local=127.0.0.1@tcp:12345:34:101&profile=<0x7000000000000001:0>\
+             &process=<0x7200000000000001:64>&compat=go-ds-motr&inline=512&timeout=5",
+        )
+        .unwrap();
+        let SpecKind::Motr(m) = s.kind else {
+            panic!("not a motr spec: {:?}", s.kind)
+        };
+        assert_eq!(
+            m.index,
+            Id128 {
+                hi: 0x7800_0000_0000_0001,
+                lo: 2
+            }
+        );
+        assert_eq!(m.ha.as_deref(), Some("127.0.0.1@tcp:12345:34:1"));
+        assert_eq!(m.local.as_deref(), Some("127.0.0.1@tcp:12345:34:101"));
+        assert_eq!(m.profile.as_deref(), Some("<0x7000000000000001:0>"));
+        assert_eq!(m.process.as_deref(), Some("<0x7200000000000001:64>"));
+        assert_eq!(m.layout, Layout::GoDsMotr);
+        assert_eq!((m.inline_max, m.timeout_secs), (512, 5));
+    }
+
+    #[test]
+    fn bad_motr_specs_are_refused_with_the_reason() {
+        for (text, why) in [
+            ("motr:", "index fid"),
+            ("motr:0x7000000000000001:1", "0x78"),
+            ("motr:0x7800000000000001:1?compat=leveldb", "go-ds-motr"),
+            ("motr:0x7800000000000001:1?bogus=1", "unknown store option"),
+            ("motr:0x7800000000000001:1?timeout=0", "whole seconds"),
+        ] {
+            let e = StoreSpec::parse(text).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{text}");
+            assert!(e.to_string().contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_in_process_motr_opens_through_a_spec_and_keeps_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "motr:0x7800000000000001:1?fake={}&index={}",
+            dir.path().join("m.fake").display(),
+            dir.path().join("index.redb").display()
+        );
+        let key = crate::datastore::Key::new("/a/b");
+        {
+            let opened = crate::spec::open(
+                &StoreSpec::parse(&text).unwrap(),
+                crate::spec::OpenMode::default(),
+            )
+            .unwrap();
+            opened.store.put(&key, &[9u8; 20_000]).unwrap();
+            opened.store.close().unwrap();
+        }
+        let opened = crate::spec::open(
+            &StoreSpec::parse(&text).unwrap(),
+            crate::spec::OpenMode::default(),
+        )
+        .unwrap();
+        assert_eq!(opened.store.get(&key).unwrap(), vec![9u8; 20_000]);
+    }
+
+    #[cfg(not(feature = "motr"))]
+    #[test]
+    fn without_the_feature_a_cluster_spec_says_how_to_build() {
+        let s = MotrSpec::parse_arg("0x7800000000000001:1").unwrap();
+        let e = s.open(false).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.to_string().contains("--features motr"), "{e}");
+    }
+}
