@@ -593,22 +593,6 @@ impl Inner {
         Ok(())
     }
 
-    /// Native layout: moves the record (never the object); see `Datastore::rename`.
-    fn rename(&self, from: &Key, to: &Key) -> Result<()> {
-        self.check_open()?;
-        let raw = self.raw(from)?.ok_or_else(Error::not_found)?;
-        if from == to {
-            return Ok(());
-        }
-        let old_to = self.record(to)?;
-        self.set_record(to, &raw)?;
-        self.del_record(from)?;
-        if let Some(Rec::Object { id, .. }) = old_to {
-            self.remove_object(id);
-        }
-        Ok(())
-    }
-
     fn sync(&self) -> Result<()> {
         self.check_open()?;
         let rcs = self
@@ -704,28 +688,30 @@ impl Datastore for MotrStore {
             general_keys: true,
             file_backed: false,
             atomic_rename: false,
-            cheap_rename: native,
+            cheap_rename: false,
             max_value_size: None,
             max_key_len: None,
         }
     }
 
+    /// A copy, then a delete (the trait's default, through a staged copy): an object is
+    /// only ever named by its own key's record. Moving the record instead would let a later
+    /// write of `from` reuse the object id `to` still points at, since Motr does not promise
+    /// `-EEXIST` for object creation in the oostore mode dsfs uses.
     fn rename(&self, from: &Key, to: &Key) -> Result<()> {
-        match self.inner.options.layout {
-            Layout::Native => self.inner.rename(from, to),
-            Layout::GoDsMotr => {
-                if from == to {
-                    return if self.has(from)? {
-                        Ok(())
-                    } else {
-                        Err(Error::not_found())
-                    };
-                }
-                let v = self.get(from)?;
-                self.put(to, &v)?;
-                self.delete(from)
-            }
+        if from == to {
+            return if self.has(from)? {
+                Ok(())
+            } else {
+                Err(Error::not_found())
+            };
         }
+        if !self.has(from)? {
+            return Err(Error::not_found());
+        }
+        let staged = self.stage(from, crate::datastore::StageInit::CopyCurrent)?;
+        self.commit_staged(to, staged, false)?;
+        self.delete(from)
     }
 
     fn commit_staged(&self, key: &Key, staged: Staged, durable: bool) -> Result<()> {

@@ -182,7 +182,7 @@ fn a_left_over_object_generation_is_skipped_not_reused() {
 }
 
 #[test]
-fn rename_moves_the_record_and_a_later_put_of_the_old_key_keeps_it() {
+fn rename_copies_and_a_later_put_of_the_old_key_leaves_the_new_one_alone() {
     let (fake, s) = store(Layout::Native);
     let (a, b) = (Key::new("/a"), Key::new("/b"));
     s.put(&a, &[1u8; 9000]).unwrap();
