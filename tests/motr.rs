@@ -182,3 +182,49 @@ fn a_go_ds_motr_index_mounts_in_compat_mode_both_ways() {
     );
     assert_eq!(fake.object_count(), 0);
 }
+
+/// Put/get latency and throughput of 1 KiB and 256 KiB values on the real cluster
+/// `DSFS_TEST_MOTR` names (run by hand: `--ignored --nocapture`); every value read back is
+/// checked.
+#[test]
+#[ignore = "measures a real Motr cluster; run by hand with DSFS_TEST_MOTR set"]
+fn put_get_figures_on_a_real_motr() {
+    use dsfs::backend::motr::config::MotrSpec;
+    use dsfs::{Datastore, Key};
+    use std::time::Instant;
+    let Ok(options) = std::env::var("DSFS_TEST_MOTR") else {
+        return;
+    };
+    let fid = index_fid(9);
+    let mut spec = MotrSpec::parse_arg(&format!("{:#x}:{:#x}", fid.hi, fid.lo)).unwrap();
+    for opt in options.split('&') {
+        let (k, v) = opt.split_once('=').unwrap();
+        spec.set(k, v).unwrap();
+    }
+    let store = spec.open(false).unwrap();
+    for (size, count) in [(1024usize, 200usize), (256 << 10, 40)] {
+        let values: Vec<Vec<u8>> = (0..count).map(|i| bytes(i as u64, size)).collect();
+        let t = Instant::now();
+        for (i, v) in values.iter().enumerate() {
+            store
+                .put(&Key::new(format!("/bench/{size}/{i}")), v)
+                .unwrap();
+        }
+        let put = t.elapsed();
+        let t = Instant::now();
+        for (i, v) in values.iter().enumerate() {
+            let got = store.get(&Key::new(format!("/bench/{size}/{i}"))).unwrap();
+            assert!(got == *v, "value {i} of {size} bytes differs");
+        }
+        let get = t.elapsed();
+        let mib = (size * count) as f64 / (1 << 20) as f64;
+        println!(
+            "motr {size} B x {count}: put {:.2} ms/op {:.2} MiB/s, get {:.2} ms/op {:.2} MiB/s",
+            put.as_secs_f64() * 1e3 / count as f64,
+            mib / put.as_secs_f64(),
+            get.as_secs_f64() * 1e3 / count as f64,
+            mib / get.as_secs_f64()
+        );
+    }
+    store.close().unwrap();
+}
