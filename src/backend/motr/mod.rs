@@ -503,18 +503,25 @@ impl Inner {
         })
     }
 
-    /// Runs `read` on `key`'s record, again on a fresh record when the object it named was
-    /// removed meanwhile (a concurrent replace or delete), so readers see whole values.
+    /// Runs `read` on `key`'s record, again on a fresh record when the read failed and the
+    /// record changed meanwhile (a concurrent replace or delete removed the object it named:
+    /// the in-process Motr says `-ENOENT`, a real one may say `-EIO`, as every device of the
+    /// object fails), so readers see whole values.
     fn retrying<T>(&self, key: &Key, mut read: impl FnMut(&Rec) -> Result<T>) -> Result<T> {
-        let mut last = None;
-        for _ in 0..5 {
-            let rec = self.record(key)?.ok_or_else(Error::not_found)?;
-            match read(&rec) {
-                Err(e) if e.kind() == ErrorKind::Corrupt => last = Some(e),
-                other => return other,
+        let mut rec = self.record(key)?.ok_or_else(Error::not_found)?;
+        let mut tries = 0;
+        loop {
+            let e = match read(&rec) {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            tries += 1;
+            let now = self.record(key)?.ok_or_else(Error::not_found)?;
+            if now == rec || tries >= 5 {
+                return Err(e);
             }
+            rec = now;
         }
-        Err(last.unwrap_or_else(|| corrupt(format!("motr: the object of {key} is missing"))))
     }
 
     fn value_of(&self, rec: Rec) -> Result<Vec<u8>> {
@@ -804,17 +811,14 @@ impl Scan {
         match self.inner.value_of(rec) {
             Ok(value) => Ok(Some(Entry::with_value(key, value))),
             // Replaced or deleted since the page was read: read the key's current value.
-            Err(e) if e.kind() == ErrorKind::Corrupt => {
-                match self
-                    .inner
-                    .retrying(&key, |rec| self.inner.value_of(rec.clone()))
-                {
-                    Ok(value) => Ok(Some(Entry::with_value(key, value))),
-                    Err(e) if e.is_not_found() => Ok(None),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
+            Err(_) => match self
+                .inner
+                .retrying(&key, |rec| self.inner.value_of(rec.clone()))
+            {
+                Ok(value) => Ok(Some(Entry::with_value(key, value))),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            },
         }
     }
 }
