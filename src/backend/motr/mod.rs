@@ -279,7 +279,24 @@ struct Inner {
 impl MotrStore {
     /// Opens the store in `options.index`, creating the index if it does not exist.
     pub fn open(motr: Arc<dyn MotrOps>, options: MotrOptions) -> Result<MotrStore> {
-        match motr.idx_create(options.index) {
+        // A look first: creating an index that exists fails (`-EEXIST`) and makes a real
+        // Motr log an error on the console.
+        let exists = match motr.idx_next(options.index, b"/", 1, 0) {
+            Ok(_) => true,
+            Err(Rc::NOT_FOUND) => false,
+            Err(rc) => {
+                return Err(motr_error(
+                    format!("motr: opening index {}", options.index),
+                    rc,
+                ));
+            }
+        };
+        let created = if exists {
+            Ok(())
+        } else {
+            motr.idx_create(options.index)
+        };
+        match created {
             Ok(()) | Err(Rc::EXISTS) => {}
             Err(rc) => {
                 return Err(motr_error(

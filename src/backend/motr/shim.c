@@ -26,7 +26,11 @@ struct dsfs_m0 {
 	char                    *strings[4];
 };
 
-/* A thread that did not initialise the client is adopted before its first call. */
+/*
+ * A thread that did not initialise the client is adopted before its first call, without a
+ * per-thread addb2 machine (m0_thread_adopt would register one, and m0_client_fini panics
+ * while any adopted thread's machine is still registered; threads are never shunned here).
+ */
 static __thread struct m0_thread dsfs_thread;
 static __thread int              dsfs_adopted;
 
@@ -34,7 +38,7 @@ static void adopt(struct dsfs_m0 *m)
 {
 	if (!dsfs_adopted) {
 		memset(&dsfs_thread, 0, sizeof dsfs_thread);
-		(void)m0_thread_adopt(&dsfs_thread, m->client->m0c_motr);
+		(void)m0_thread_arch_adopt(&dsfs_thread, m->client->m0c_motr, false);
 		dsfs_adopted = 1;
 	}
 }

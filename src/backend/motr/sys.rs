@@ -103,6 +103,7 @@ pub struct ClientConf {
 }
 
 /// A client handle that can be sent to the thread that finalises it.
+#[derive(Clone, Copy)]
 struct Handle(NonNull<DsfsM0>);
 
 // SAFETY: the Motr client is used from many threads by design (the shim adopts each one);
@@ -117,6 +118,10 @@ pub struct RealMotr {
     /// `None` after shutdown. Operations hold the read lock so that `shutdown` (the write
     /// lock) never finalises the client under an operation in flight.
     handle: RwLock<Option<Handle>>,
+    /// The thread that initialised the client; it finalises it too (Motr's per-thread state
+    /// of the initialising thread must still be there at `m0_client_fini`), when told to by
+    /// the sender (or when the sender is dropped).
+    owner: parking_lot::Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     block: usize,
 }
 
@@ -141,8 +146,9 @@ impl RealMotr {
             cstring("process", &conf.process)?,
         ];
         let (tx, rx) = mpsc::channel::<std::result::Result<Handle, i32>>();
-        std::thread::Builder::new()
-            .name("motr-connect".into())
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let owner = std::thread::Builder::new()
+            .name("motr-client".into())
             .spawn(move || {
                 let mut out: *mut DsfsM0 = std::ptr::null_mut();
                 // SAFETY: four valid NUL-terminated strings that outlive the call (the shim
@@ -156,20 +162,27 @@ impl RealMotr {
                         &mut out,
                     )
                 };
-                let result = match NonNull::new(out) {
-                    Some(p) if rc == 0 => Ok(Handle(p)),
-                    _ => Err(if rc == 0 { -libc::EIO } else { rc }),
+                let handle = match NonNull::new(out) {
+                    Some(p) if rc == 0 => Handle(p),
+                    _ => {
+                        let _ = tx.send(Err(if rc == 0 { -libc::EIO } else { rc }));
+                        return;
+                    }
                 };
-                if let Err(mpsc::SendError(Ok(late))) = tx.send(result) {
-                    // SAFETY: the caller gave up waiting; nobody else has this handle.
-                    unsafe { dsfs_m0_fini(late.0.as_ptr()) };
+                if tx.send(Ok(handle)).is_ok() {
+                    // Until shutdown (a message, or the sender dropped).
+                    let _ = done_rx.recv();
                 }
+                // SAFETY: shutdown took the handle out of `RealMotr` under its write lock
+                // (no operation in flight, none later), or the caller never got it.
+                unsafe { dsfs_m0_fini(handle.0.as_ptr()) };
             })
-            .map_err(|e| Error::io("motr: starting the connecting thread", e))?;
+            .map_err(|e| Error::io("motr: starting the client thread", e))?;
         let what = format!("motr: connecting to HA {} as {}", conf.ha, conf.local);
         match rx.recv_timeout(conf.timeout) {
             Ok(Ok(handle)) => Ok(Arc::new(RealMotr {
                 handle: RwLock::new(Some(handle)),
+                owner: parking_lot::Mutex::new(Some((done_tx, owner))),
                 // SAFETY: a constant query without arguments.
                 block: unsafe { dsfs_m0_block_size() } as usize,
             })),
@@ -417,10 +430,13 @@ impl MotrOps for RealMotr {
     }
 
     fn shutdown(&self) {
-        if let Some(h) = self.handle.write().take() {
-            // SAFETY: no operation is in flight (we hold the write lock) and the handle was
-            // taken out, so it is finalised once.
-            unsafe { dsfs_m0_fini(h.0.as_ptr()) };
+        // No operation is in flight once the write lock is held, and none starts after.
+        let _ = self.handle.write().take();
+        if let Some((done, owner)) = self.owner.lock().take() {
+            let _ = done.send(());
+            if owner.join().is_err() {
+                log::warn!("motr: the client thread panicked while finalising");
+            }
         }
     }
 }
