@@ -36,6 +36,7 @@ use crate::backend::redb::RedbOptions;
 use crate::backend::tiered::TieredOptions;
 use crate::backend::{FlatFsStore, MemStore, MountStore, RedbStore, TieredStore};
 use crate::datastore::{Datastore, Error, ErrorKind, Key, Result};
+use crate::index::follow::Prepared;
 use crate::index::reconcile::Report;
 use crate::index::salvage::{Salvaged, SetAside, open_or_set_aside, rebuild};
 use crate::index::store::open_following;
@@ -87,6 +88,9 @@ pub enum SpecKind {
     Rados(RadosSpec),
     /// `spdk:aio=IMAGE?...` or `spdk:fake=IMAGE?...`.
     Spdk(crate::backend::spdk::spec::SpdkSpec),
+    /// `motr:INDEX_FID?ha=EP&local=EP&profile=FID&process=FID[&compat=go-ds-motr]` (or
+    /// `?fake=PATH` for the in-process Motr).
+    Motr(crate::backend::motr::config::MotrSpec),
 }
 
 /// Where a `rados:` spec's store lives.
@@ -185,6 +189,14 @@ const SCHEMES: &[Scheme] = &[
             )?))
         },
         options: crate::backend::spdk::spec::OPTIONS,
+        name: "motr",
+        usage: "motr:INDEX_FID?ha=EP&local=EP&profile=FID&process=FID",
+        parse: |arg| {
+            Ok(SpecKind::Motr(
+                crate::backend::motr::config::MotrSpec::parse_arg(arg)?,
+            ))
+        },
+        options: crate::backend::motr::config::OPTIONS,
     },
 ];
 
@@ -274,6 +286,7 @@ impl StoreSpec {
                         return Err(invalid(format!("option {name} is not an spdk: option")));
                     }
                 }
+                (name, SpecKind::Motr(m)) => m.set(name, value)?,
                 (other, _) => {
                     return Err(invalid(format!("option {other} needs a value")));
                 }
@@ -363,7 +376,7 @@ impl StoreSpec {
         let path = match &self.kind {
             SpecKind::Mem => return None,
             // A shared cluster store is this host's through its local index, if it has one.
-            SpecKind::Mount(_) | SpecKind::Rados(_) => self.index.clone()?,
+            SpecKind::Mount(_) | SpecKind::Rados(_) | SpecKind::Motr(_) => self.index.clone()?,
             SpecKind::Redb(p)
             | SpecKind::Flatfs(p)
             | SpecKind::Kubo(p)
@@ -594,6 +607,14 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             let backend = repo.open_datastore(spec)?;
             (backend, index, format!("repository {}", dir.display()))
         }
+        SpecKind::Motr(m) => {
+            let backend = m.open(spec.durable)?;
+            let (index, where_) = match &spec.index {
+                Some(p) => (open_index(p, index_options)?, p.display().to_string()),
+                None => (Index::in_memory(index_options)?, "in memory".to_owned()),
+            };
+            (backend, index, format!("{}, index {where_}", m.describe()))
+        }
         SpecKind::Rados(r) => {
             let backend = open_rados(r)?;
             let (index, where_) = match &spec.index {
@@ -624,6 +645,10 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             )
         }
     };
+    // Motr is shared (other hosts write the index) but has no segment stamps to follow cheaply:
+    // its index is reconciled with the whole store at every open, not only after an unclean
+    // stop. (RADOS is followed through its shard stamps by `open_following`.)
+    let reconcile_at_open = matches!(spec.kind, SpecKind::Motr(_));
     let index = Arc::new(index);
     let rebuilt = match &aside {
         Some(a) => Some(rebuild(&index, backend.as_ref(), a)?.1),
@@ -645,7 +670,19 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         bar.finish();
         // A shared store (RADOS: other hosts write it) is followed like a flatfs directory:
         // `open_following` re-read the shards whose stamps changed while this index was closed.
-        (store, prepared.unclean_repair(unclean))
+        let followed_whole = matches!(prepared, Prepared::Reconciled(_) | Prepared::Built { .. });
+        let report = prepared.unclean_repair(unclean);
+        // Routine for a shared store, so not reported as a repair.
+        if reconcile_at_open && !followed_whole {
+            let r = crate::index::reconcile::check(
+                store.index(),
+                store.backend().as_ref(),
+                true,
+                &mut |_| {},
+            )?;
+            log::info!("the index follows the shared store: {}", r.summary());
+        }
+        (store, report)
     };
     Ok(Opened {
         store: Arc::new(store),

@@ -3,6 +3,7 @@
 
 pub mod flatfs;
 pub mod mem;
+pub mod motr;
 pub mod mount;
 #[cfg(feature = "rados")]
 pub mod rados;
@@ -12,6 +13,7 @@ pub mod tiered;
 
 pub use self::flatfs::FlatFsStore;
 pub use self::mem::MemStore;
+pub use self::motr::MotrStore;
 pub use self::mount::MountStore;
 #[cfg(feature = "rados")]
 pub use self::rados::RadosStore;

@@ -127,6 +127,7 @@ pub fn all() -> Vec<StoreFactory> {
             Ok(opened.store as Arc<dyn Datastore>)
         }),
     ];
+    stores.extend(motr());
     #[cfg(feature = "rados")]
     stores.extend(rados());
     #[cfg(feature = "spdk")]
@@ -150,6 +151,40 @@ fn spdk_aio() -> Option<StoreFactory> {
         spec.set("cluster", "16384")?;
         Ok(Arc::new(spec.open()?.0) as Arc<dyn Datastore>)
     }))
+}
+
+/// The Motr store over the in-process Motr (persisted in the trial's directory), in the
+/// native layout (small values inline, larger ones in objects) and in go-ds-motr's. With
+/// `DSFS_TEST_MOTR` set to a spec's options (`ha=...&local=...&profile=...&process=...`) and
+/// the `motr` feature, also over that real cluster (`motr-real`), one index per trial.
+fn motr() -> Vec<StoreFactory> {
+    use dsfs::backend::motr::fake::FakeMotr;
+    use dsfs::backend::motr::{Id128, Layout, MotrOptions, MotrStore};
+    let open = |dir: &Path, layout: Layout| -> dsfs::Result<Arc<dyn Datastore>> {
+        let fake = FakeMotr::open(&dir.join("motr.fake"))
+            .map_err(|e| dsfs::Error::io("opening the in-process Motr", e))?;
+        let options = MotrOptions {
+            layout,
+            inline_max: 100,
+            ..MotrOptions::new(Id128 {
+                hi: 0x7800_0000_0000_0001,
+                lo: 1,
+            })
+        };
+        Ok(Arc::new(MotrStore::open(Arc::new(fake), options)?))
+    };
+    #[allow(unused_mut)]
+    let mut stores = vec![
+        StoreFactory::new("motr-fake", move |dir| open(dir, Layout::Native)),
+        StoreFactory::new("motr-fake-go-ds-motr", move |dir| {
+            open(dir, Layout::GoDsMotr)
+        }),
+    ];
+    #[cfg(feature = "motr")]
+    if let Ok(options) = std::env::var("DSFS_TEST_MOTR") {
+        stores.push(real_motr(options));
+    }
+    stores
 }
 
 /// The RADOS store on the cluster that `DSFS_TEST_CEPH_CONF` names (`tests/ceph/cluster.sh`),
@@ -188,4 +223,97 @@ fn rados() -> Option<StoreFactory> {
         };
         Ok(Arc::new(RadosStore::open(options)?) as Arc<dyn Datastore>)
     }))
+}
+
+/// The Motr store on the cluster `DSFS_TEST_MOTR` describes: one client for the whole run (Motr
+/// allows one per process), one fresh index per trial directory.
+#[cfg(feature = "motr")]
+fn real_motr(options: String) -> StoreFactory {
+    use dsfs::backend::motr::config::MotrSpec;
+    use dsfs::backend::motr::ops::{OpResult, Record};
+    use dsfs::backend::motr::sys::{ClientConf, RealMotr};
+    use dsfs::backend::motr::{Id128, MotrOps, MotrOptions, MotrStore};
+    use std::sync::{Mutex, OnceLock};
+
+    /// The shared client, without `shutdown`: closing one trial's store keeps it.
+    struct Shared(Arc<RealMotr>);
+    impl MotrOps for Shared {
+        fn idx_create(&self, idx: Id128) -> OpResult<()> {
+            self.0.idx_create(idx)
+        }
+        fn idx_put(&self, idx: Id128, r: &[(&[u8], &[u8])], f: u32) -> OpResult<Vec<i32>> {
+            self.0.idx_put(idx, r, f)
+        }
+        fn idx_get(&self, idx: Id128, k: &[&[u8]]) -> OpResult<Vec<Result<Vec<u8>, i32>>> {
+            self.0.idx_get(idx, k)
+        }
+        fn idx_del(&self, idx: Id128, k: &[&[u8]], f: u32) -> OpResult<Vec<i32>> {
+            self.0.idx_del(idx, k, f)
+        }
+        fn idx_next(&self, idx: Id128, s: &[u8], n: usize, f: u32) -> OpResult<Vec<Record>> {
+            self.0.idx_next(idx, s, n, f)
+        }
+        fn obj_create(&self, id: Id128) -> OpResult<()> {
+            self.0.obj_create(id)
+        }
+        fn obj_delete(&self, id: Id128) -> OpResult<()> {
+            self.0.obj_delete(id)
+        }
+        fn obj_write(&self, id: Id128, off: u64, d: &[u8]) -> OpResult<()> {
+            self.0.obj_write(id, off, d)
+        }
+        fn obj_read(&self, id: Id128, off: u64, b: &mut [u8]) -> OpResult<()> {
+            self.0.obj_read(id, off, b)
+        }
+        fn block_size(&self) -> usize {
+            self.0.block_size()
+        }
+    }
+
+    static CLIENT: OnceLock<Arc<RealMotr>> = OnceLock::new();
+    let trials: Arc<Mutex<Vec<std::path::PathBuf>>> = Arc::default();
+    let run = u64::from(std::process::id());
+    StoreFactory::new("motr-real", move |dir| {
+        let spec = MotrSpec::parse_arg("0x7800000000000001:1").and_then(|mut m| {
+            for opt in options.split('&').filter(|o| !o.is_empty()) {
+                let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
+                m.set(k, v)?;
+            }
+            Ok(m)
+        })?;
+        let client = match CLIENT.get() {
+            Some(c) => c.clone(),
+            None => {
+                let need = |v: &Option<String>| v.clone().unwrap_or_default();
+                let c = RealMotr::connect(ClientConf {
+                    ha: need(&spec.ha),
+                    local: need(&spec.local),
+                    profile: need(&spec.profile),
+                    process: need(&spec.process),
+                    timeout: std::time::Duration::from_secs(spec.timeout_secs),
+                })?;
+                CLIENT.get_or_init(|| c).clone()
+            }
+        };
+        // One index per trial directory: a reopen finds the same one.
+        let n = {
+            let mut t = trials.lock().unwrap_or_else(|e| e.into_inner());
+            match t.iter().position(|d| d == dir) {
+                Some(i) => i,
+                None => {
+                    t.push(dir.to_owned());
+                    t.len() - 1
+                }
+            }
+        };
+        let options = MotrOptions {
+            inline_max: 100,
+            layout: spec.layout,
+            ..MotrOptions::new(Id128 {
+                hi: 0x7800_0000_0000_0000 | (run & 0x00ff_ffff_ffff_ffff).max(1),
+                lo: n as u64 + 1,
+            })
+        };
+        Ok(Arc::new(MotrStore::open(Arc::new(Shared(client)), options)?) as Arc<dyn Datastore>)
+    })
 }

@@ -1,0 +1,248 @@
+use super::fake::{FakeMotr, OpKind};
+use super::*;
+
+const IDX: Id128 = Id128 {
+    hi: 0x7800_0000_0000_0001,
+    lo: 0x10,
+};
+
+fn store(layout: Layout) -> (Arc<FakeMotr>, MotrStore) {
+    let fake = Arc::new(FakeMotr::in_memory());
+    let options = MotrOptions {
+        layout,
+        inline_max: 100,
+        ..MotrOptions::new(IDX)
+    };
+    let s = MotrStore::open(fake.clone(), options).unwrap();
+    (fake, s)
+}
+
+fn hex(v: u128) -> String {
+    format!("{v:032x}")
+}
+
+#[test]
+fn fnv1_128_vectors() {
+    assert_eq!(hex(fnv1_128(b"")), "6c62272e07bb014262b821756295c58d");
+    assert_eq!(hex(fnv1_128(b"foo")), "a68bb298318b5822836dbc78c6a7b1cb");
+    assert_eq!(
+        hex(fnv1_128(
+            b"/blocks/CIQA4XCGRCRTCCHV7XSGAZPZJOAOHLPOI6IQR3H6YQ"
+        )),
+        "97fe08266e67dce8b11af6d6c46b80de"
+    );
+    // FNV-1, not FNV-1a (whose "foo" differs).
+    assert_eq!(hex(fnv1_128(b"a")), "d228cb69101a8caf78912b704e4a141e");
+}
+
+#[test]
+fn object_ids_are_the_key_hash_then_per_generation() {
+    let key = b"/blocks/CIQA4XCGRCRTCCHV7XSGAZPZJOAOHLPOI6IQR3H6YQ";
+    assert_eq!(
+        object_id(key, 0),
+        Id128::from_u128(0x97fe08266e67dce8b11af6d6c46b80de)
+    );
+    assert_ne!(object_id(key, 1), object_id(key, 0));
+    assert_ne!(object_id(key, 1), object_id(key, 2));
+}
+
+#[test]
+fn index_fids_are_parsed_and_checked() {
+    let want = Id128 {
+        hi: 0x7800_0000_0000_0001,
+        lo: 1,
+    };
+    assert_eq!(parse_index_fid("<0x7800000000000001:0x1>").unwrap(), want);
+    assert_eq!(parse_index_fid("0x7800000000000001:1").unwrap(), want);
+    assert_eq!(parse_index_fid("7800000000000001:1").unwrap(), want);
+    for bad in [
+        "0x7000000000000001:0",
+        "0x7800000000000000:5",
+        "x:1",
+        "0x7800000000000001",
+        "",
+    ] {
+        let e = parse_index_fid(bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
+    }
+}
+
+#[test]
+fn go_ds_motr_records_are_key_plus_empty_digest_and_the_whole_value() {
+    let (fake, s) = store(Layout::GoDsMotr);
+    let key = Key::new("/blocks/CIQA4XCGRCRTCCHV7XSGAZPZJOAOHLPOI6IQR3H6YQ");
+    let value = vec![7u8; 300_000];
+    s.put(&key, &value).unwrap();
+    let mut want_key = key.as_bytes().to_vec();
+    want_key.extend_from_slice(&[
+        0x6c, 0x62, 0x27, 0x2e, 0x07, 0xbb, 0x01, 0x42, 0x62, 0xb8, 0x21, 0x75, 0x62, 0x95, 0xc5,
+        0x8d,
+    ]);
+    assert_eq!(fake.records(IDX), vec![(want_key.clone(), value.clone())]);
+    assert_eq!(fake.object_count(), 0, "compat values never go to objects");
+
+    // A record written the way go-ds-motr writes it reads back through the store.
+    let mut other = b"/blocks/OTHER".to_vec();
+    other.extend_from_slice(&GO_DS_MOTR_SUFFIX);
+    fake.idx_put(IDX, &[(&other, b"from go")], ops::OVERWRITE)
+        .unwrap();
+    assert_eq!(s.get(&Key::new("/blocks/OTHER")).unwrap(), b"from go");
+    assert_eq!(s.get_size(&Key::new("/blocks/OTHER")).unwrap(), 7);
+    let keys: Vec<String> = s
+        .query(Query::prefix("/blocks"))
+        .unwrap()
+        .rest()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key.into_string())
+        .collect();
+    assert_eq!(
+        keys,
+        vec![key.as_str().to_owned(), "/blocks/OTHER".to_owned()]
+    );
+    s.delete(&key).unwrap();
+    assert_eq!(fake.records(IDX).len(), 1);
+}
+
+#[test]
+fn native_records_hold_small_values_inline_and_large_ones_in_objects() {
+    let (fake, s) = store(Layout::Native);
+    s.put(&Key::new("/small"), b"abc").unwrap();
+    assert_eq!(
+        fake.records(IDX),
+        vec![(b"/small".to_vec(), b"\0abc".to_vec())]
+    );
+    let big: Vec<u8> = (0..(3 * ops::MAX_IO + 123))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    s.put(&Key::new("/big"), &big).unwrap();
+    assert_eq!(fake.object_count(), 1);
+    let rec = fake.records(IDX)[0].1.clone();
+    assert_eq!(
+        Rec::decode(&rec).unwrap(),
+        Rec::Object {
+            size: big.len() as u64,
+            generation: 0,
+            id: object_id(b"/big", 0)
+        }
+    );
+    assert_eq!(s.get(&Key::new("/big")).unwrap(), big);
+    let mut buf = vec![0u8; 10_000];
+    let n = s.read_at(&Key::new("/big"), 4000, &mut buf).unwrap();
+    assert_eq!(n, buf.len());
+    assert_eq!(&buf[..], &big[4000..14_000]);
+    let n = s
+        .read_at(&Key::new("/big"), big.len() as u64 - 5, &mut buf)
+        .unwrap();
+    assert_eq!(&buf[..n], &big[big.len() - 5..]);
+    // Replacing writes the next generation and removes the old object.
+    s.put(&Key::new("/big"), &big[..5000]).unwrap();
+    assert_eq!(fake.object_count(), 1);
+    let rec = Rec::decode(&fake.records(IDX)[0].1).unwrap();
+    assert!(matches!(
+        rec,
+        Rec::Object {
+            generation: 1,
+            size: 5000,
+            ..
+        }
+    ));
+    assert_eq!(s.get(&Key::new("/big")).unwrap(), &big[..5000]);
+    s.delete(&Key::new("/big")).unwrap();
+    assert_eq!(fake.object_count(), 0);
+    s.delete(&Key::new("/big")).unwrap();
+}
+
+#[test]
+fn a_failed_object_write_leaves_the_old_value_and_no_object() {
+    let (fake, s) = store(Layout::Native);
+    let key = Key::new("/v");
+    s.put(&key, &[1u8; 10_000]).unwrap();
+    fake.inject(OpKind::Write, -libc::ETIMEDOUT, 1);
+    let e = s.put(&key, &[2u8; 20_000]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+    assert_eq!(s.get(&key).unwrap(), vec![1u8; 10_000]);
+    assert_eq!(fake.object_count(), 1);
+    fake.inject(OpKind::Put, -libc::ECONNREFUSED, 1);
+    let e = s.put(&key, &[3u8; 20_000]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable);
+    assert_eq!(s.get(&key).unwrap(), vec![1u8; 10_000]);
+    assert_eq!(fake.object_count(), 1);
+}
+
+#[test]
+fn a_left_over_object_generation_is_skipped_not_reused() {
+    let (fake, s) = store(Layout::Native);
+    let key = Key::new("/v");
+    // An object of generation 0 left by a crashed write (no record points at it).
+    fake.obj_create(object_id(key.as_bytes(), 0)).unwrap();
+    s.put(&key, &[5u8; 9000]).unwrap();
+    assert_eq!(s.get(&key).unwrap(), vec![5u8; 9000]);
+    assert_eq!(fake.object_count(), 2);
+}
+
+#[test]
+fn rename_copies_and_a_later_put_of_the_old_key_leaves_the_new_one_alone() {
+    let (fake, s) = store(Layout::Native);
+    let (a, b) = (Key::new("/a"), Key::new("/b"));
+    s.put(&a, &[1u8; 9000]).unwrap();
+    s.rename(&a, &b).unwrap();
+    assert!(!s.has(&a).unwrap());
+    // The new value of /a must not take the object /b now uses.
+    s.put(&a, &[2u8; 9000]).unwrap();
+    assert_eq!(s.get(&b).unwrap(), vec![1u8; 9000]);
+    assert_eq!(s.get(&a).unwrap(), vec![2u8; 9000]);
+    assert_eq!(fake.object_count(), 2);
+}
+
+#[test]
+fn queries_page_through_next_and_stay_inside_the_prefix() {
+    let (_fake, s) = store(Layout::Native);
+    for i in 0..(2 * PAGE + 7) {
+        s.put(&Key::new(format!("/d/{i:05}")), b"x").unwrap();
+    }
+    s.put(&Key::new("/d0"), b"outside").unwrap();
+    s.put(&Key::new("/c"), b"outside").unwrap();
+    let got = s.query(Query::prefix("/d")).unwrap().rest().unwrap();
+    assert_eq!(got.len(), 2 * PAGE + 7);
+    assert!(got.windows(2).all(|w| w[0].key < w[1].key));
+    assert_eq!(
+        s.query(Query::default()).unwrap().rest().unwrap().len(),
+        2 * PAGE + 9
+    );
+}
+
+#[test]
+fn sync_persists_earlier_writes_through_sync_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("motr.fake");
+    let open = || {
+        let fake = Arc::new(FakeMotr::open(&path).unwrap());
+        MotrStore::open(fake, MotrOptions::new(IDX)).unwrap()
+    };
+    let s = open();
+    s.put(&Key::new("/kept"), b"1").unwrap();
+    s.sync(&Key::root()).unwrap();
+    s.put(&Key::new("/lost"), b"2").unwrap();
+    drop(s); // a crash: no close
+    let s = open();
+    assert!(s.has(&Key::new("/kept")).unwrap());
+    assert!(!s.has(&Key::new("/lost")).unwrap());
+    // The sync marker is no datastore key.
+    assert_eq!(s.query(Query::default()).unwrap().rest().unwrap().len(), 1);
+}
+
+#[test]
+fn an_unreachable_service_is_an_error_kind_not_a_hang() {
+    let (fake, s) = store(Layout::Native);
+    fake.inject(OpKind::Get, -libc::ETIMEDOUT, 1);
+    assert_eq!(
+        s.get(&Key::new("/x")).unwrap_err().kind(),
+        ErrorKind::TimedOut
+    );
+    fake.inject(OpKind::Next, -libc::ENOTCONN, 1);
+    assert_eq!(
+        s.query(Query::default()).err().map(|e| e.kind()),
+        Some(ErrorKind::Unavailable)
+    );
+}
