@@ -189,6 +189,8 @@ const SCHEMES: &[Scheme] = &[
             )?))
         },
         options: crate::backend::spdk::spec::OPTIONS,
+    },
+    Scheme {
         name: "motr",
         usage: "motr:INDEX_FID?ha=EP&local=EP&profile=FID&process=FID",
         parse: |arg| {

@@ -33,7 +33,7 @@
 //! flushes the bdev, which makes the data and metadata written before it durable.
 //!
 //! The blobstore is reached through [`ops::BlobOps`]: the real SPDK (feature `spdk`,
-//! [`runtime`]) or the in-process [`fake::FakeBlobstore`], which CI tests against.
+//! `runtime`) or the in-process [`fake::FakeBlobstore`], which CI tests against.
 
 pub mod fake;
 pub mod names;

@@ -1,6 +1,6 @@
 //! The narrow set of blobstore operations [`super::SpdkStore`] needs, as a synchronous Rust
 //! trait. Two implementations: the real SPDK blobstore driven by a poller thread (feature
-//! `spdk`, [`super::runtime`]) and the in-process [`super::fake::FakeBlobstore`] that keeps
+//! `spdk`, `runtime.rs`) and the in-process [`super::fake::FakeBlobstore`] that keeps
 //! the blobstore's documented semantics in a file image, so that every line of the store's own
 //! logic runs in CI without SPDK.
 //!

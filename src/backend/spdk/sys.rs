@@ -1,4 +1,4 @@
-//! Hand-written declarations of the SPDK C API that [`super::runtime`] uses (SPDK v25.05:
+//! Hand-written declarations of the SPDK C API that `runtime` uses (SPDK v25.05:
 //! `include/spdk/{env,thread,init,rpc,bdev,blob_bdev,blob}.h`). Nothing else in dsfs declares
 //! SPDK functions. The `#[repr(C)]` structs carry compile-time size and offset assertions
 //! matching SPDK's own `SPDK_STATIC_ASSERT`s (checked against the headers by a C program that
