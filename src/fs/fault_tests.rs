@@ -8,7 +8,8 @@ use super::*;
 use crate::backend::MemStore;
 use crate::datastore::ErrorKind;
 use crate::datastore::faulty::{FaultOp, FaultyStore};
-use crate::index::IndexOptions;
+use crate::index::{IndexOptions, ROOT};
+use std::sync::atomic::Ordering;
 
 const CTX: Ctx = Ctx {
     uid: 1000,

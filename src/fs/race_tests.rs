@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::backend::MemStore;
 use crate::datastore::{Batch, BatchOps, Capabilities, Query, Result as DsResult, Results};
-use crate::index::IndexOptions;
+use crate::index::{IndexOptions, ROOT};
 
 const CTX: Ctx = Ctx {
     uid: 1000,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::backend::MemStore;
-use crate::index::IndexOptions;
+use crate::index::{IndexOptions, ROOT};
 
 fn fs() -> DsFs {
     let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());

@@ -1,0 +1,216 @@
+//! Attributes: getattr, setattr, access.
+
+use super::types::{Attr, BLKSIZE, Ctx, FileKind, Ino, SetAttr};
+use super::{DsFs, FsError, FsResult, now_ts, time_of, ts};
+use crate::index::node::Timestamp;
+use crate::index::{Node, NodeKind};
+
+impl DsFs {
+    pub(super) fn attr_of(&self, ino: u64, n: &Node) -> Attr {
+        let (kind, mut size, perm) = if Ino(ino).is_dir_value() {
+            (
+                FileKind::File,
+                n.value.unwrap_or(0),
+                (n.mode & 0o7666) as u16,
+            )
+        } else {
+            let k = match n.kind {
+                NodeKind::Dir => FileKind::Dir,
+                NodeKind::File => FileKind::File,
+                NodeKind::Symlink => FileKind::Symlink,
+                NodeKind::Fifo => FileKind::NamedPipe,
+                NodeKind::CharDevice => FileKind::CharDevice,
+                NodeKind::BlockDevice => FileKind::BlockDevice,
+                NodeKind::Socket => FileKind::Socket,
+            };
+            (k, n.size(), n.mode as u16)
+        };
+        let mut mtime = n.mtime;
+        let mut ctime = n.ctime;
+        if kind == FileKind::File
+            && let Some(inode) = self.open_inode_of(ino)
+        {
+            let st = inode.state.lock();
+            if let Some(staged) = &st.staged
+                && let Ok(len) = staged.len()
+            {
+                size = len;
+            }
+            if let Some(m) = st.mtime {
+                mtime = m.max(mtime);
+                ctime = m.max(ctime);
+            }
+        }
+        let mut perm = perm;
+        if let Some(mask) = self.options.umask {
+            perm &= !(mask as u16 & 0o7777);
+        }
+        Attr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: ts(n.atime),
+            mtime: ts(mtime),
+            ctime: ts(ctime),
+            kind,
+            perm,
+            nlink: if Ino(ino).is_dir_value() {
+                1
+            } else {
+                n.nlink()
+            },
+            uid: self.options.uid.unwrap_or(n.uid),
+            gid: self.options.gid.unwrap_or(n.gid),
+            blksize: BLKSIZE,
+            rdev: n.rdev,
+        }
+    }
+
+    /// Attributes of inode `ino`.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let n = match self.node(Ino(ino).node()) {
+            Ok(n) => n,
+            Err(FsError::NotFound) => {
+                // An open file whose last name is gone still answers fstat (with nlink 0).
+                let inode = self.open.read().get(&ino).cloned();
+                let snapshot = inode.and_then(|i| i.state.lock().orphan.clone());
+                let Some(n) = snapshot else {
+                    return Err(FsError::NotFound);
+                };
+                let mut attr = self.attr_of(ino, &n);
+                attr.nlink = 0;
+                return Ok(attr);
+            }
+            Err(e) => return Err(e),
+        };
+        if Ino(ino).is_dir_value() && (n.kind != NodeKind::Dir || n.value.is_none()) {
+            return Err(FsError::NotFound);
+        }
+        let n = self.revalidated(ino, n)?;
+        Ok(self.attr_of(ino, &n))
+    }
+
+    /// For a store others may write: checks the store's segments once per interval, and asks
+    /// the store for the value of node `ino` once per interval. A value deleted underneath is
+    /// `NotFound`; one rewritten underneath has its new size. Files open here are left alone
+    /// (their value is this filesystem's to commit).
+    pub(super) fn revalidated(&self, ino: u64, n: Node) -> FsResult<Node> {
+        if !self.store.follows() {
+            return Ok(n);
+        }
+        if let Err(e) = self.store.revalidate() {
+            log::warn!("revalidating the index against the store failed: {e}");
+        }
+        let id = Ino(ino).node();
+        let Some(size) = n.value else {
+            return Ok(n);
+        };
+        if self.open.read().contains_key(&ino) {
+            return Ok(n);
+        }
+        let key = self.index.key_of(id)?;
+        match self.store.revalidate_key(&key, size)? {
+            Some(s) if s == size => Ok(n),
+            Some(_) => Ok(self.node(id)?),
+            None => match self.index.node(id) {
+                // A directory that lost its value, or a node that went with it.
+                Ok(fresh) if !Ino(ino).is_dir_value() => Ok(fresh),
+                Ok(_) => Err(FsError::NotFound),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Changes attributes; `fh` is the handle when the request came through one.
+    pub fn setattr(&self, ctx: Ctx, ino: u64, set: &SetAttr) -> FsResult<Attr> {
+        let _ = ctx;
+        self.check_writable()?;
+        let id = Ino(ino).node();
+        if let Some(size) = set.size {
+            self.truncate(ino, size)?;
+        }
+        let has_meta = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+            || set.ctime.is_some()
+            || set.size.is_some();
+        if has_meta {
+            // An explicit mtime replaces the one pending from writes. The file's state lock is
+            // taken and released before the index transaction: everywhere else (commit) takes
+            // the state lock first and the index second, so taking it inside the transaction
+            // could deadlock.
+            if set.mtime.is_some()
+                && let Some(inode) = self.open_inode_of(ino)
+            {
+                inode.state.lock().mtime = None;
+            }
+            self.index.write(|tx| {
+                let mut n = tx.node_required(id)?;
+                let now = now_ts();
+                if let Some(mode) = set.mode {
+                    n.mode = mode & 0o7777;
+                }
+                let chown =
+                    set.uid.is_some_and(|u| u != n.uid) || set.gid.is_some_and(|g| g != n.gid);
+                if let Some(uid) = set.uid {
+                    n.uid = uid;
+                }
+                if let Some(gid) = set.gid {
+                    n.gid = gid;
+                }
+                if chown && n.kind != NodeKind::Dir && set.mode.is_none() {
+                    // As on Linux: a change of owner drops setuid, and setgid when the group
+                    // can execute.
+                    n.mode &= !libc::S_ISUID;
+                    if n.mode & 0o010 != 0 {
+                        n.mode &= !libc::S_ISGID;
+                    }
+                }
+                if let Some(t) = set.atime {
+                    n.atime = time_of(t);
+                }
+                if let Some(t) = set.mtime {
+                    n.mtime = time_of(t);
+                } else if set.size.is_some() {
+                    n.mtime = now;
+                }
+                n.ctime = set.ctime.map(Timestamp::from).unwrap_or(now);
+                tx.put_node(id, &n)
+            })?;
+        }
+        self.getattr(ino)
+    }
+
+    /// Checks `mask` (R_OK/W_OK/X_OK bits, or F_OK) for the caller.
+    pub fn access(&self, ctx: Ctx, ino: u64, mask: i32) -> FsResult<()> {
+        let attr = self.getattr(ino)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        if mask & libc::W_OK != 0 && self.options.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if ctx.uid == 0 {
+            // root may do anything but execute a file nobody may execute
+            if mask & libc::X_OK != 0 && attr.kind == FileKind::File && attr.perm & 0o111 == 0 {
+                return Err(FsError::Access);
+            }
+            return Ok(());
+        }
+        let perm = attr.perm as i32;
+        let bits = if ctx.uid == attr.uid {
+            (perm >> 6) & 7
+        } else if ctx.gid == attr.gid {
+            (perm >> 3) & 7
+        } else {
+            perm & 7
+        };
+        if mask & bits == mask & 7 {
+            Ok(())
+        } else {
+            Err(FsError::Access)
+        }
+    }
+}

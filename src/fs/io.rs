@@ -1,0 +1,352 @@
+//! Reads, writes and the commit of staged writes.
+
+use super::open::{InodeState, OpenInode};
+use super::types::{FileKind, Ino, Opened};
+use super::{DsFs, FsError, FsResult, now_ts};
+use crate::datastore::{Key, StageInit, Staged};
+use crate::index::node::Timestamp;
+use crate::index::{Index, IndexErrorKind};
+
+impl DsFs {
+    /// Opens inode `ino` with open(2) `flags`.
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        let attr = self.getattr(ino)?;
+        match attr.kind {
+            FileKind::Dir => return Err(FsError::IsDir),
+            FileKind::Symlink
+            | FileKind::NamedPipe
+            | FileKind::CharDevice
+            | FileKind::BlockDevice
+            | FileKind::Socket => {
+                // The kernel opens these itself; FUSE never asks.
+                return Err(FsError::Invalid("open of a non-regular file".into()));
+            }
+            FileKind::File => {}
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let writing = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if (writing || flags & libc::O_TRUNC != 0) && self.options.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let key = self.key_of(ino)?;
+        let inode = self.open_inode(ino, key.clone())?;
+        let mut backing = None;
+        {
+            let mut st = inode.state.lock();
+            if flags & libc::O_TRUNC != 0 && writing {
+                match &st.staged {
+                    Some(s) => s.set_len(0)?,
+                    None => st.staged = Some(self.backend.stage(&key, StageInit::Empty)?),
+                }
+                st.dirty = true;
+                st.mtime = Some(now_ts());
+            } else if !writing
+                && self.options.passthrough
+                && self.file_backed
+                && st.staged.is_none()
+                && !Ino(ino).is_dir_value()
+            {
+                // Nobody is writing: the kernel may read the committed file directly.
+                match self.backend.open_backing(&st.key) {
+                    Ok(f) => backing = f,
+                    Err(e) => log::debug!("no passthrough for {}: {e}", st.key),
+                }
+            }
+        }
+        let fh = self.add_handle(ino, inode, flags);
+        Ok(Opened { fh, backing })
+    }
+
+    /// Reads up to `size` bytes at `offset` through handle `fh`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut tries = 0;
+        let n = loop {
+            let key = {
+                let st = h.inode.state.lock();
+                match &st.staged {
+                    Some(staged) => break staged.read_at(offset, &mut buf)?,
+                    None => st.key.clone(),
+                }
+            };
+            // The store is read without the inode's lock, so that a slow read does not stall
+            // the file's other users.
+            match self.backend.read_at(&key, offset, &mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.is_not_found() => {
+                    // A rename moves the value with the inode locked and re-keys the inode
+                    // before unlocking: once the lock is ours again, a changed key means the
+                    // value moved under us, so read it again at its new key.
+                    tries += 1;
+                    if tries < 64 && self.key_moved(h.ino, &h.inode, &key)? {
+                        continue;
+                    }
+                    // An empty file created but not yet committed elsewhere.
+                    if self.index.value_size(&key)? == Some(0) {
+                        break 0;
+                    }
+                    // Deleted underneath by another program: the file is gone.
+                    if self.store.follows() {
+                        let listed = self.index.value_size(&key)?.unwrap_or(0);
+                        if self.store.recheck_key(&key, listed)?.is_none() {
+                            return Err(FsError::NotFound);
+                        }
+                    }
+                    return Err(FsError::store(e));
+                }
+                Err(e) => return Err(FsError::store(e)),
+            }
+        };
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Whether a read of an open inode that found no value at `key` should be tried again:
+    /// the value moved since (a rename, or staged writes now hold it), or it moved away and
+    /// back (two renames) so the index names a value there again. Brings the inode's key up
+    /// to date from the index.
+    pub(super) fn key_moved(&self, ino: u64, inode: &OpenInode, key: &Key) -> FsResult<bool> {
+        let mut st = inode.state.lock();
+        if st.staged.is_some() || st.key != *key {
+            return Ok(true);
+        }
+        if st.unlinked {
+            return Ok(false);
+        }
+        match self.index.key_of(Ino(ino).node()) {
+            Ok(current) if current != *key => {
+                st.key = current;
+                Ok(true)
+            }
+            Ok(_) => Ok(self.index.value_size(key)?.is_some_and(|size| size > 0)),
+            Err(e) if e.kind() == IndexErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Ensures the inode has a staging area seeded with its current value.
+    pub(super) fn ensure_staged<'a>(&self, st: &'a mut InodeState) -> FsResult<&'a Staged> {
+        if st.staged.is_none() {
+            st.staged = Some(self.backend.stage(&st.key, StageInit::CopyCurrent)?);
+        }
+        st.staged
+            .as_ref()
+            .ok_or_else(|| FsError::Io("staging vanished".into()))
+    }
+
+    /// Writes `data` at `offset` (at the end for `O_APPEND` handles); returns the count.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(FsError::BadHandle);
+        }
+        self.check_room()?;
+        let mut st = h.inode.state.lock();
+        let append = h.append;
+        let staged = self.ensure_staged(&mut st)?;
+        let at = if append { staged.len()? } else { offset };
+        staged.write_all_at(at, data)?;
+        st.dirty = true;
+        st.mtime = Some(now_ts());
+        Ok(data.len() as u32)
+    }
+
+    /// Commits the inode's staged bytes, if any changed, to the store and the index. A failed
+    /// commit keeps the staged bytes and leaves the file dirty, so the next flush, fsync or close
+    /// tries again and reports the failure until a commit succeeds.
+    pub(super) fn commit(&self, ino: u64, inode: &OpenInode, durable: bool) -> FsResult<()> {
+        let mut st = inode.state.lock();
+        if st.unlinked {
+            return Ok(());
+        }
+        if !st.dirty {
+            if durable {
+                self.backend.sync(&st.key)?;
+                self.index.sync()?;
+            }
+            return Ok(());
+        }
+        let Some(staged) = st.staged.take() else {
+            st.dirty = false;
+            return Ok(());
+        };
+        // The store consumes the staged value (a file-backed store renames its file); this
+        // second handle on the same bytes stays with the inode if the commit fails.
+        let keep = match staged.try_clone_detached() {
+            Ok(k) => k,
+            Err(e) => {
+                st.staged = Some(staged);
+                return Err(e.into());
+            }
+        };
+        let key = st.key.clone();
+        let pending_mtime = st.mtime;
+        let result = (|| -> FsResult<()> {
+            let size = staged.len()?;
+            // The times of the last change, not of this commit: a commit on the kernel's
+            // asynchronous RELEASE must not move a file's times after close() returned.
+            let mtime = match pending_mtime {
+                Some(t) => t,
+                None => recorded_mtime(&self.index, ino)?,
+            };
+            self.backend.commit_staged(&key, staged, durable)?;
+            self.index.write(|tx| {
+                let id = Ino(ino).node();
+                let mut n = tx.node_required(id)?;
+                n.value = Some(size);
+                n.mtime = mtime;
+                n.ctime = mtime;
+                tx.put_node(id, &n)?;
+                tx.set_key(&key, id, size)
+            })?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            log::warn!("commit of inode {ino} failed, its writes stay staged: {e}");
+            st.staged = Some(keep);
+            return Err(e);
+        }
+        st.dirty = false;
+        st.mtime = None;
+        drop(keep);
+        drop(st);
+        if durable {
+            self.index.sync()?;
+        }
+        Ok(())
+    }
+
+    /// `close` of one descriptor: commits pending writes.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        self.commit(h.ino, &h.inode, false)
+    }
+
+    /// `fsync`: commits pending writes durably.
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        self.commit(h.ino, &h.inode, true)
+    }
+
+    /// The last reference to a handle is gone: commits if it was the inode's last handle.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(h) = self.handles.write().remove(&fh) else {
+            return Err(FsError::BadHandle);
+        };
+        let result = self.commit(h.ino, &h.inode, false);
+        self.forget_open(h.ino, &h.inode);
+        result
+    }
+
+    pub(super) fn truncate(&self, ino: u64, size: u64) -> FsResult<()> {
+        let attr = self.getattr(ino)?;
+        if attr.kind == FileKind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if attr.kind != FileKind::File {
+            return Err(FsError::Invalid("truncate of a non-file".into()));
+        }
+        if let Some(max) = self.backend.capabilities().max_value_size
+            && size > max
+        {
+            return Err(FsError::FileTooBig);
+        }
+        let key = self.key_of(ino)?;
+        let inode = self.open_inode(ino, key)?;
+        let result = (|| {
+            {
+                let mut st = inode.state.lock();
+                if size == 0 && st.staged.is_none() {
+                    st.staged = Some(self.backend.stage(&st.key, StageInit::Empty)?);
+                } else {
+                    self.ensure_staged(&mut st)?;
+                }
+                if let Some(s) = &st.staged {
+                    s.set_len(size)?;
+                }
+                st.dirty = true;
+                st.mtime = Some(now_ts());
+            }
+            // A truncate is visible to every later reader, so commit it unless a handle is
+            // still writing (its close commits).
+            let writers = self
+                .handles
+                .read()
+                .values()
+                .any(|h| h.ino == ino && h.writable);
+            if !writers {
+                self.commit(ino, &inode, false)?;
+            }
+            Ok(())
+        })();
+        self.drop_open_ref(ino, &inode);
+        result
+    }
+
+    /// `fallocate`: mode 0 reserves (and extends to) `offset + len`; other modes are
+    /// EOPNOTSUPP.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        self.check_writable()?;
+        if mode != 0 && mode != libc::FALLOC_FL_KEEP_SIZE {
+            return Err(FsError::NotSupported(
+                "only plain fallocate is supported".into(),
+            ));
+        }
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(FsError::BadHandle);
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| FsError::Invalid("offset + length overflows".into()))?;
+        self.check_room()?;
+        let mut st = h.inode.state.lock();
+        let staged = self.ensure_staged(&mut st)?;
+        if mode == 0 && staged.len()? < end {
+            staged.set_len(end)?;
+            st.dirty = true;
+            st.mtime = Some(now_ts());
+        }
+        Ok(())
+    }
+
+    /// `lseek` with `SEEK_DATA`/`SEEK_HOLE`: holes are reported for staged (sparse) files;
+    /// committed values are all data.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let h = self.handle(fh)?;
+        let st = h.inode.state.lock();
+        let size = match &st.staged {
+            Some(s) => s.len()?,
+            None => self.index.value_size(&st.key)?.unwrap_or(0),
+        } as i64;
+        if offset < 0 {
+            return Err(FsError::Invalid("negative offset".into()));
+        }
+        match whence {
+            libc::SEEK_DATA | libc::SEEK_HOLE => {
+                if offset >= size {
+                    return Err(FsError::NoSuchOffset);
+                }
+                if let Some(s) = &st.staged {
+                    return s
+                        .seek_data_hole(offset, whence)
+                        .map_err(|_| FsError::NoSuchOffset);
+                }
+                Ok(if whence == libc::SEEK_DATA {
+                    offset
+                } else {
+                    size
+                })
+            }
+            libc::SEEK_SET => Ok(offset),
+            libc::SEEK_END => Ok(size + offset),
+            _ => Err(FsError::Invalid(format!("unsupported whence {whence}"))),
+        }
+    }
+}
+
+/// The recorded modification time of `ino` (for a commit with no newer write).
+fn recorded_mtime(index: &Index, ino: u64) -> FsResult<Timestamp> {
+    Ok(index.node(Ino(ino).node())?.mtime)
+}

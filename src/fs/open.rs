@@ -1,0 +1,194 @@
+//! The open-file and handle tables.
+//!
+//! # Locks
+//!
+//! The lock order of the filesystem, and the one place it is written down:
+//!
+//! 1. `DsFs::handles` and `DsFs::open` (the handle table and the open-file table) are held
+//!    only to look up, insert or remove an entry and to count an inode's opens: never across
+//!    store or index I/O and never while waiting for another lock. Callers clone the `Arc` out
+//!    and drop the guard before locking the inode (`DsFs::open_inode_of`).
+//! 2. An open inode's `InodeState` mutex may be held across store I/O and index transactions
+//!    for that file (staging, commit, the move of its value in a rename), so that every read,
+//!    write and commit sees the key and the value in step. Holding one blocks only that file.
+//!    When several are held at once (a rename of a directory with open files in it), they are
+//!    taken in ascending inode order.
+//! 3. The index's write transaction and the stores' own locks are innermost: no inode state
+//!    lock is ever taken inside an index transaction or a store call.
+//!
+//! `DsFs::shut` is taken by `shutdown` alone, before any of these.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use parking_lot::Mutex;
+
+use super::types::Ino;
+use super::{DsFs, FsError, FsResult};
+use crate::datastore::{Key, Staged};
+use crate::index::node::Timestamp;
+use crate::index::{IndexErrorKind, Node, NodeId};
+
+/// The write state of one open inode, shared by all its handles.
+pub(super) struct InodeState {
+    /// The key the value lives under (updated by renames).
+    pub(super) key: Key,
+    /// Pending bytes, if the file has been written (or truncated) since the last commit.
+    pub(super) staged: Option<Staged>,
+    /// The staged bytes differ from the committed value.
+    pub(super) dirty: bool,
+    /// The name was removed while open: reads still work, nothing is committed.
+    pub(super) unlinked: bool,
+    /// Modification time of uncommitted writes.
+    pub(super) mtime: Option<Timestamp>,
+    /// The attributes the inode had when its last name was removed (for `fstat` of an open,
+    /// unlinked file).
+    pub(super) orphan: Option<Node>,
+}
+
+pub(super) struct OpenInode {
+    pub(super) state: Mutex<InodeState>,
+    /// Open handles and other users (a truncate in progress). Changed only under the write
+    /// lock of the open-file table, so that the last one out removes the entry.
+    pub(super) opens: AtomicU32,
+}
+
+pub(super) struct Handle {
+    pub(super) ino: u64,
+    pub(super) inode: Arc<OpenInode>,
+    pub(super) writable: bool,
+    pub(super) append: bool,
+}
+
+impl DsFs {
+    pub(super) fn open_inode(&self, ino: u64, key: Key) -> FsResult<Arc<OpenInode>> {
+        let mut open = self.open.write();
+        let inode = open
+            .entry(ino)
+            .or_insert_with(|| {
+                Arc::new(OpenInode {
+                    state: Mutex::new(InodeState {
+                        key,
+                        staged: None,
+                        dirty: false,
+                        unlinked: false,
+                        mtime: None,
+                        orphan: None,
+                    }),
+                    opens: AtomicU32::new(0),
+                })
+            })
+            .clone();
+        inode.opens.fetch_add(1, Ordering::Relaxed);
+        Ok(inode)
+    }
+
+    /// The open inode `ino`, if it is open. The table's lock is released on return, so the
+    /// caller may lock the inode (see the lock order in the module documentation).
+    pub(super) fn open_inode_of(&self, ino: u64) -> Option<Arc<OpenInode>> {
+        self.open.read().get(&ino).cloned()
+    }
+
+    /// Drops one reference to an open inode; the last one removes it from the table.
+    pub(super) fn forget_open(&self, ino: u64, inode: &Arc<OpenInode>) {
+        let mut open = self.open.write();
+        let before = inode.opens.fetch_sub(1, Ordering::Relaxed);
+        if before <= 1 {
+            inode.opens.store(0, Ordering::Relaxed);
+            if open.get(&ino).is_some_and(|i| Arc::ptr_eq(i, inode)) {
+                open.remove(&ino);
+            }
+        }
+    }
+
+    pub(super) fn add_handle(&self, ino: u64, inode: Arc<OpenInode>, flags: i32) -> u64 {
+        let acc = flags & libc::O_ACCMODE;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().insert(
+            fh,
+            Arc::new(Handle {
+                ino,
+                inode,
+                writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+                append: flags & libc::O_APPEND != 0,
+            }),
+        );
+        fh
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles
+            .read()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// Drops the reference `truncate` took; the last user commits (outside the table lock).
+    pub(super) fn drop_open_ref(&self, ino: u64, inode: &Arc<OpenInode>) {
+        if inode.opens.load(Ordering::Relaxed) <= 1
+            && let Err(e) = self.commit(ino, inode, false)
+        {
+            log::error!("commit of inode {ino} failed: {e}");
+        }
+        self.forget_open(ino, inode);
+    }
+
+    /// Detaches an open inode from its key before the key goes away: its handles keep reading
+    /// a private copy, and nothing of it is committed.
+    pub(super) fn orphan_open(&self, ino: u64) -> FsResult<()> {
+        if let Some(inode) = self.open_inode_of(ino) {
+            let snapshot = self.index.node(Ino(ino).node()).ok();
+            let mut st = inode.state.lock();
+            self.ensure_staged(&mut st)?;
+            st.unlinked = true;
+            st.dirty = false;
+            st.orphan = snapshot;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`DsFs::orphan_open`] after the removal failed: the name is still there, so its
+    /// open handles write to it again (their bytes, copied when orphaned, stay staged).
+    pub(super) fn unorphan(&self, ino: u64) {
+        if let Some(inode) = self.open.read().get(&ino).cloned() {
+            let mut st = inode.state.lock();
+            if st.unlinked {
+                st.unlinked = false;
+                st.orphan = None;
+                // Orphaning dropped the dirty mark; committing the same bytes again is harmless,
+                // losing a handle's pending writes is not.
+                st.dirty = st.staged.is_some();
+            }
+        }
+    }
+
+    pub(super) fn commit_if_open(&self, id: NodeId) -> FsResult<()> {
+        if let Some(inode) = self.open_inode_of(id) {
+            self.commit(id, &inode, false)?;
+        }
+        Ok(())
+    }
+
+    /// After a rename, open inodes learn their new keys.
+    pub(super) fn rekey_open(&self) -> FsResult<()> {
+        let open: Vec<(u64, Arc<OpenInode>)> = self
+            .open
+            .read()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (ino, inode) in open {
+            let mut st = inode.state.lock();
+            if st.unlinked {
+                continue;
+            }
+            match self.index.key_of(Ino(ino).node()) {
+                Ok(key) => st.key = key,
+                Err(e) if e.kind() == IndexErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}

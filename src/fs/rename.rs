@@ -1,0 +1,342 @@
+//! Rename and exchange, and the moves of values in the store they make.
+
+use std::sync::Arc;
+
+use super::names::{NameRef, VALUE_NAME};
+use super::open::OpenInode;
+use super::types::{Ino, RenameFlags};
+use super::{DsFs, FsError, FsResult, now_ts};
+use crate::datastore::Key;
+use crate::index::{IndexError, Node, NodeId, NodeKind, ROOT, Tx};
+
+/// One value that a rename moves from one key to another.
+pub(super) struct ValueMove {
+    pub(super) from: Key,
+    pub(super) to: Key,
+    pub(super) id: NodeId,
+    pub(super) size: u64,
+}
+
+impl DsFs {
+    /// Renames `parent/name` to `newparent/newname`.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        self.dir_node(parent)?;
+        self.dir_node(newparent)?;
+        let (NameRef::Component(from), NameRef::Component(to)) = (
+            self.resolve_name(parent, name)?,
+            self.resolve_name(newparent, newname)?,
+        ) else {
+            return Err(FsError::Invalid(format!(
+                "{VALUE_NAME} cannot be renamed; copy it instead"
+            )));
+        };
+        let Some((src, snode)) = self.index.lookup(parent, &from)? else {
+            return Err(FsError::NotFound);
+        };
+        let dst = self.index.lookup(newparent, &to)?;
+        if parent == newparent && from == to {
+            return Ok(());
+        }
+        if flags.noreplace && dst.is_some() {
+            return Err(FsError::Exists);
+        }
+        if let Some((dst_id, _)) = &dst
+            && *dst_id == src
+        {
+            // Two names of one file: POSIX says rename does nothing.
+            return Ok(());
+        }
+        if snode.kind == NodeKind::Dir {
+            // A directory cannot move below itself.
+            let mut cur = newparent;
+            loop {
+                if cur == src {
+                    return Err(FsError::Invalid(
+                        "cannot move a directory into itself".into(),
+                    ));
+                }
+                if cur == ROOT {
+                    break;
+                }
+                cur = self.node(cur)?.parent;
+            }
+        }
+        let old_key = self.key_of(parent)?.join_component(&from)?;
+        let new_key = self.key_of(newparent)?.join_component(&to)?;
+        if flags.exchange {
+            let Some((dst_id, dnode)) = dst else {
+                return Err(FsError::NotFound);
+            };
+            return self.exchange(parent, &from, src, &snode, newparent, &to, dst_id, &dnode);
+        }
+        let mut dst = dst;
+        if let Some((dst_id, dnode)) = &dst
+            && dnode.kind != NodeKind::Dir
+            && snode.kind != NodeKind::Dir
+            && dnode.links > 1
+        {
+            // Replacing one name of a multiply-linked file removes just that name.
+            self.unlink_name(newparent, &to, *dst_id, dnode)?;
+            dst = None;
+        }
+        let src_is_alias = snode.links > 1 && !(snode.parent == parent && snode.name == from);
+        if let Some((dst_id, dnode)) = &dst {
+            match (snode.kind == NodeKind::Dir, dnode.kind == NodeKind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) => {
+                    if dnode.value.is_some() || self.index.entry_count(*dst_id)? > 0 {
+                        return Err(FsError::NotEmpty);
+                    }
+                }
+                (false, false) => {}
+            }
+            self.orphan_open(*dst_id)?;
+        }
+        if src_is_alias {
+            // An extra name moves in the index only; the value stays under the first name.
+            if let Some((_, dnode)) = &dst
+                && dnode.kind == NodeKind::File
+            {
+                self.backend.delete(&new_key)?;
+            }
+            self.index.write(|tx| {
+                Self::keep_dir(tx, parent)?;
+                Self::drop_replaced(tx, newparent, &to, &dst, &new_key)?;
+                tx.unlink(parent, &from)?;
+                tx.link(newparent, &to, src, false)?;
+                tx.remove_alias(src, parent, &from)?;
+                tx.add_alias(src, newparent, &to)?;
+                let mut n = tx.node_required(src)?;
+                n.ctime = now_ts();
+                tx.put_node(src, &n)
+            })?;
+            return Ok(());
+        }
+        // Move the values first (the store is the truth), then the namespace in one index
+        // transaction. A crash between leaves values under their new keys with the index still
+        // showing the old names; fsck --repair re-lists them.
+        let moves = self.value_moves(src, &snode, &old_key, &new_key)?;
+        if let Some((_, dnode)) = &dst
+            && dnode.kind == NodeKind::File
+            && snode.kind != NodeKind::File
+        {
+            // A symlink replacing a file: the file's value goes.
+            self.backend.delete(&new_key)?;
+        }
+        self.move_values(&moves, || {
+            Ok(self.index.write(|tx| {
+                Self::keep_dir(tx, parent)?;
+                Self::drop_replaced(tx, newparent, &to, &dst, &new_key)?;
+                tx.unlink(parent, &from)?;
+                let mut n = tx.node_required(src)?;
+                n.parent = newparent;
+                n.name = to.clone();
+                n.ctime = now_ts();
+                tx.put_node(src, &n)?;
+                tx.link(newparent, &to, src, n.kind == NodeKind::Dir)?;
+                for m in &moves {
+                    tx.remove_key(&m.from)?;
+                }
+                for m in &moves {
+                    tx.set_key(&m.to, m.id, m.size)?;
+                }
+                Ok(())
+            })?)
+        })?;
+        self.rekey_open()?;
+        Ok(())
+    }
+
+    /// Moves values in the store, then runs `record` (the index transaction that names them),
+    /// with every open inode whose value moves locked throughout and re-keyed before it is
+    /// unlocked: a read, write or commit through an open handle never uses a key whose value
+    /// is gone. Inodes opened meanwhile learn their keys from [`DsFs::rekey_open`].
+    pub(super) fn move_values(
+        &self,
+        moves: &[ValueMove],
+        record: impl FnOnce() -> FsResult<()>,
+    ) -> FsResult<()> {
+        let mut held: Vec<(u64, Arc<OpenInode>, &Key)> = Vec::new();
+        for m in moves {
+            for ino in [m.id, Ino::dir_value(m.id).0] {
+                if let Some(inode) = self.open_inode_of(ino) {
+                    held.push((ino, inode, &m.to));
+                }
+            }
+        }
+        held.sort_by_key(|h| h.0);
+        held.dedup_by_key(|h| h.0);
+        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.lock()).collect();
+        for m in moves {
+            self.backend.rename(&m.from, &m.to)?;
+        }
+        record()?;
+        for (st, h) in guards.iter_mut().zip(&held) {
+            if !st.unlinked {
+                st.key = h.2.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the entry a rename replaces (its node, and its key if it was a file).
+    pub(super) fn drop_replaced(
+        tx: &mut Tx<'_>,
+        dir: NodeId,
+        name: &str,
+        replaced: &Option<(NodeId, Node)>,
+        key: &Key,
+    ) -> Result<(), IndexError> {
+        if let Some((id, node)) = replaced {
+            tx.unlink(dir, name)?;
+            tx.remove_node(*id)?;
+            if node.kind == NodeKind::File {
+                tx.remove_key(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The values that move when `src` (whose key is `old`) becomes `new`: the file itself, or
+    /// every value in the directory's subtree. Each item is (old key, new key, (node, size)).
+    pub(super) fn value_moves(
+        &self,
+        src: NodeId,
+        snode: &Node,
+        old: &Key,
+        new: &Key,
+    ) -> FsResult<Vec<ValueMove>> {
+        let mut moves = Vec::new();
+        match snode.kind {
+            NodeKind::Symlink
+            | NodeKind::Fifo
+            | NodeKind::CharDevice
+            | NodeKind::BlockDevice
+            | NodeKind::Socket => {}
+            NodeKind::File => {
+                self.commit_if_open(src)?;
+                let size = self.index.value_size(old)?.unwrap_or(0);
+                moves.push(ValueMove {
+                    from: old.clone(),
+                    to: new.clone(),
+                    id: src,
+                    size,
+                });
+            }
+            NodeKind::Dir => {
+                if let Some(size) = snode.value {
+                    moves.push(ValueMove {
+                        from: old.clone(),
+                        to: new.clone(),
+                        id: src,
+                        size,
+                    });
+                }
+                for ke in self.index.keys(Some(old))? {
+                    let ke = ke?;
+                    self.commit_if_open(ke.id)?;
+                    let rest = ke
+                        .key
+                        .strip_prefix(old)
+                        .ok_or_else(|| FsError::Io(format!("{} listed under {old}", ke.key)))?;
+                    moves.push(ValueMove {
+                        to: new.child(&rest),
+                        from: ke.key,
+                        id: ke.id,
+                        size: ke.size,
+                    });
+                }
+            }
+        }
+        Ok(moves)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn exchange(
+        &self,
+        parent: u64,
+        from: &str,
+        src: NodeId,
+        snode: &Node,
+        newparent: u64,
+        to: &str,
+        dst: NodeId,
+        dnode: &Node,
+    ) -> FsResult<()> {
+        if snode.kind == NodeKind::Dir || dnode.kind == NodeKind::Dir {
+            return Err(FsError::NotSupported(
+                "RENAME_EXCHANGE of directories is not supported".into(),
+            ));
+        }
+        let a = self.key_of(parent)?.join_component(from)?;
+        let b = self.key_of(newparent)?.join_component(to)?;
+        self.commit_if_open(src)?;
+        self.commit_if_open(dst)?;
+        let a_size = self.index.value_size(&a)?;
+        let b_size = self.index.value_size(&b)?;
+        // One store operation swaps or moves the values (never a copy), then one index
+        // transaction swaps the names, with both files' open inodes locked throughout. A crash
+        // between the two leaves the values swapped and the index behind, which the repair
+        // after an unclean stop brings in line; never one value under both names.
+        let mut held: Vec<(u64, Arc<OpenInode>, &Key)> = [(src, &b), (dst, &a)]
+            .into_iter()
+            .filter_map(|(id, key)| self.open_inode_of(id).map(|i| (id, i, key)))
+            .collect();
+        held.sort_by_key(|h| h.0);
+        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.lock()).collect();
+        match (a_size, b_size) {
+            (Some(_), Some(_)) => self.backend.exchange(&a, &b).map_err(|e| {
+                if e.kind() == crate::datastore::ErrorKind::Unsupported {
+                    FsError::NotSupported(format!("RENAME_EXCHANGE: {e}"))
+                } else {
+                    FsError::store(e)
+                }
+            })?,
+            (Some(_), None) => self.backend.rename(&a, &b)?,
+            (None, Some(_)) => self.backend.rename(&b, &a)?,
+            (None, None) => {}
+        }
+        self.index.write(|tx| {
+            tx.unlink(parent, from)?;
+            tx.unlink(newparent, to)?;
+            let now = now_ts();
+            let mut s = tx.node_required(src)?;
+            s.parent = newparent;
+            s.name = to.to_owned();
+            s.ctime = now;
+            tx.put_node(src, &s)?;
+            let mut d = tx.node_required(dst)?;
+            d.parent = parent;
+            d.name = from.to_owned();
+            d.ctime = now;
+            tx.put_node(dst, &d)?;
+            tx.link(newparent, to, src, false)?;
+            tx.link(parent, from, dst, false)?;
+            tx.remove_key(&a)?;
+            tx.remove_key(&b)?;
+            if let Some(size) = a_size {
+                tx.set_key(&b, src, size)?;
+            }
+            if let Some(size) = b_size {
+                tx.set_key(&a, dst, size)?;
+            }
+            Ok(())
+        })?;
+        for (st, h) in guards.iter_mut().zip(&held) {
+            if !st.unlinked {
+                st.key = h.2.clone();
+            }
+        }
+        drop(guards);
+        self.rekey_open()
+    }
+}

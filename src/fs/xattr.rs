@@ -1,0 +1,137 @@
+//! Extended attributes.
+
+use super::types::{Ino, XATTR_MAX};
+use super::{DsFs, FsError, FsResult, idx_err, now_ts};
+use crate::index::{IndexErrorKind, NodeKind};
+
+impl DsFs {
+    /// Sets an extended attribute (`XATTR_CREATE`/`XATTR_REPLACE` honoured).
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        self.check_writable()?;
+        refuse_computed_xattr(name)?;
+        self.check_room()?;
+        let name = xattr_name(name)?;
+        if value.len() > XATTR_MAX {
+            return Err(FsError::TooBig);
+        }
+        let id = Ino(ino).node();
+        self.index
+            .write(|tx| {
+                let exists = tx.xattr(id, &name)?.is_some();
+                if flags & libc::XATTR_CREATE != 0 && exists {
+                    return Err(idx_err(IndexErrorKind::AlreadyExists, "attribute exists"));
+                }
+                if flags & libc::XATTR_REPLACE != 0 && !exists {
+                    return Err(idx_err(IndexErrorKind::NotFound, "no such attribute"));
+                }
+                tx.set_xattr(id, &name, Some(value))?;
+                let mut n = tx.node_required(id)?;
+                n.ctime = now_ts();
+                tx.put_node(id, &n)
+            })
+            .map_err(|e| match e.kind() {
+                IndexErrorKind::NotFound => FsError::NoData,
+                _ => e.into(),
+            })
+    }
+
+    /// An extended attribute's value.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if name == CID_XATTR.as_bytes() {
+            return self.ipfs_cid(ino).map(String::into_bytes);
+        }
+        let name = xattr_name(name)?;
+        self.node(Ino(ino).node())?;
+        self.index
+            .xattr(Ino(ino).node(), &name)?
+            .ok_or(FsError::NoData)
+    }
+
+    /// The NUL-separated list of extended attribute names.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        self.node(Ino(ino).node())?;
+        let mut out = Vec::new();
+        for n in self.index.xattr_names(Ino(ino).node())? {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Removes an extended attribute.
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.check_writable()?;
+        refuse_computed_xattr(name)?;
+        let name = xattr_name(name)?;
+        let id = Ino(ino).node();
+        let removed = self.index.write(|tx| {
+            let removed = tx.set_xattr(id, &name, None)?;
+            if removed {
+                let mut n = tx.node_required(id)?;
+                n.ctime = now_ts();
+                tx.put_node(id, &n)?;
+            }
+            Ok(removed)
+        })?;
+        if removed {
+            Ok(())
+        } else {
+            Err(FsError::NoData)
+        }
+    }
+}
+
+/// The extended attribute that holds a file's IPFS CID (read-only, not listed).
+pub const CID_XATTR: &str = "user.ipfs.cid";
+
+impl DsFs {
+    /// The CID `ipfs add` (default settings) gives the committed content of file `ino`:
+    /// computed by one streaming read on first ask, then kept while the file's mtime and size
+    /// stay the same (every commit of a write changes the mtime).
+    fn ipfs_cid(&self, ino: u64) -> FsResult<String> {
+        let n = self.node(Ino(ino).node())?;
+        let is_value = Ino(ino).is_dir_value();
+        if !(n.kind == NodeKind::File || is_value && n.kind == NodeKind::Dir) {
+            return Err(FsError::NoData);
+        }
+        let Some(size) = n.value else {
+            return Err(FsError::NoData);
+        };
+        if let Some((mtime, csize, cid)) = self.cids.lock().get(&ino)
+            && *mtime == n.mtime
+            && *csize == size
+        {
+            return Ok(cid.clone());
+        }
+        let key = self.key_of(ino)?;
+        let cid = crate::unixfs::import_value(
+            self.backend.as_ref(),
+            &key,
+            size,
+            crate::unixfs::ImportOptions::default(),
+            &mut crate::unixfs::Discard,
+        )
+        .map_err(FsError::store)?
+        .cid
+        .to_string();
+        self.cids.lock().insert(ino, (n.mtime, size, cid.clone()));
+        Ok(cid)
+    }
+}
+
+/// [`CID_XATTR`] follows the content and cannot be set or removed.
+fn refuse_computed_xattr(name: &[u8]) -> FsResult<()> {
+    if name == CID_XATTR.as_bytes() {
+        return Err(FsError::NotPermitted(format!(
+            "{CID_XATTR} is computed from the file's content"
+        )));
+    }
+    Ok(())
+}
+
+fn xattr_name(name: &[u8]) -> FsResult<String> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(FsError::Range);
+    }
+    String::from_utf8(name.to_vec()).map_err(|_| FsError::BadName)
+}
