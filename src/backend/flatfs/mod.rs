@@ -954,6 +954,8 @@ impl Datastore for FlatFsStore {
     /// and a commit that leaves most of the value as it was writes only the changed ranges
     /// (see [`journal`]).
     fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
+        // A key flatfs cannot name cannot be committed either: refuse it now.
+        self.name(key)?;
         let _open = self.write_guard()?;
         let (file, path) = self.temp_file("stage")?;
         if init == StageInit::CopyCurrent {
