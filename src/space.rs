@@ -222,30 +222,59 @@ pub fn open_redb(
         .create(true)
         .truncate(false)
         .open(path)?;
-    let backend = ReserveBackend::new(file)?;
+    let backend = ReserveBackend::new(file, path)?;
     builder.create_with_backend(backend)
 }
 
-/// redb's file backend, except that a write, resize or sync that fails for lack of space
-/// releases the filesystem's [`Reserve`] and is retried once.
+/// redb's file backend, except that the file's blocks are allocated when redb grows it, and a
+/// write, resize or sync that fails for lack of space releases the filesystem's [`Reserve`] and
+/// is retried.
+///
+/// redb grows its file with `ftruncate`, which on ext4 and most filesystems makes a hole: the
+/// blocks are only allocated when pages are written there. Pages of non-durable commits wait in
+/// redb's write buffer (up to half its cache) and are written at the next durable commit, so
+/// that commit could need megabytes of blocks the filesystem no longer has, after the
+/// filesystem layer had accepted the data, and redb fails every later call after one failed
+/// write. Here growth allocates the blocks at once (`fallocate`), while the transaction that
+/// needs them runs, and a little beyond the file's end ([`HEADROOM_MAX`]) while there is
+/// room, so that later growth on a full disk does not need new blocks either. Writes then only
+/// fill blocks that exist. (Copy-on-write filesystems such as btrfs may still need new blocks
+/// for overwrites; there the reserve is the only protection.)
 #[derive(Debug)]
 pub struct ReserveBackend {
     inner: FileBackend,
-    /// The same file, for `syncfs` while freed space settles.
+    /// The same file, for `fallocate` and for `syncfs` while freed space settles.
     file: File,
+    path: PathBuf,
     dev: u64,
+    /// Serializes growth (redb serializes it too; this keeps the length check and the
+    /// allocation together regardless).
+    grow: Mutex<()>,
 }
 
+/// The most space allocated beyond the end of a redb file for its next growth.
+pub const HEADROOM_MAX: u64 = 4 << 20;
+
 impl ReserveBackend {
-    /// Wraps `file`.
-    pub fn new(file: File) -> std::result::Result<ReserveBackend, DatabaseError> {
-        let dev = file.metadata()?.dev();
+    /// Wraps `file`, the redb database at `path` (named in logs); allocates blocks for any
+    /// holes the file has (best effort).
+    pub fn new(file: File, path: &Path) -> std::result::Result<ReserveBackend, DatabaseError> {
+        let meta = file.metadata()?;
         let dup = file.try_clone()?;
-        Ok(ReserveBackend {
+        let backend = ReserveBackend {
             inner: FileBackend::new(file)?,
             file: dup,
-            dev,
-        })
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            grow: Mutex::new(()),
+        };
+        if meta.len() > 0
+            && meta.blocks() * 512 < meta.len()
+            && let Err(e) = crate::sys::fallocate(&backend.file, 0, meta.len(), true)
+        {
+            log::debug!("allocating the holes of {}: {e}", path.display());
+        }
+        Ok(backend)
     }
 
     /// Runs `op`; if it runs out of space and the filesystem has a reserve, releases it and
@@ -268,6 +297,43 @@ impl ReserveBackend {
         }
         result
     }
+
+    /// Logs an error about to reach redb, which will refuse every later call until the
+    /// database is reopened.
+    fn report<T>(&self, what: std::fmt::Arguments<'_>, result: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &result {
+            log::error!("redb file {}: {what} failed: {e}", self.path.display());
+        }
+        result
+    }
+
+    /// Grows the file to `len` with its blocks allocated, then allocates headroom beyond it.
+    fn grow_to(&self, len: u64) -> io::Result<()> {
+        let _g = self.grow.lock();
+        let old = self.inner.len()?;
+        if len <= old {
+            return self.inner.set_len(len);
+        }
+        match self.spend(|| crate::sys::fallocate(&self.file, old, len - old, false)) {
+            Ok(()) => {}
+            Err(e) if is_no_space(&e) => {
+                // Still sparse growth rather than a failed transaction: space may be freed
+                // before the pages are written.
+                log::warn!(
+                    "redb file {}: no space to allocate {} KiB of growth; growing it sparse",
+                    self.path.display(),
+                    (len - old) >> 10
+                );
+            }
+            Err(e) => log::debug!("fallocate on {}: {e}", self.path.display()),
+        }
+        self.inner.set_len(len)?;
+        let headroom = (len / 4).clamp(64 << 10, HEADROOM_MAX);
+        if let Err(e) = crate::sys::fallocate(&self.file, len, headroom, true) {
+            log::debug!("headroom for {}: {e}", self.path.display());
+        }
+        Ok(())
+    }
 }
 
 impl StorageBackend for ReserveBackend {
@@ -278,13 +344,16 @@ impl StorageBackend for ReserveBackend {
         self.inner.read(offset, out)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.spend(|| self.inner.set_len(len))
+        self.report(format_args!("resizing to {len}"), self.grow_to(len))
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.spend(|| self.inner.sync_data())
+        self.report(format_args!("sync"), self.spend(|| self.inner.sync_data()))
     }
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.spend(|| self.inner.write(offset, data))
+        self.report(
+            format_args!("writing {} bytes at {offset}", data.len()),
+            self.spend(|| self.inner.write(offset, data)),
+        )
     }
     fn close(&self) -> io::Result<()> {
         self.inner.close()
@@ -350,5 +419,51 @@ mod tests {
         // A temporary directory has far more than twice the reserve free.
         assert!(r.room_for_new_data());
         assert!(r.is_held() && r.path().exists());
+    }
+
+    /// Blocks allocated to `path` and its length.
+    fn allocation(path: &Path) -> (u64, u64) {
+        let meta = std::fs::metadata(path).unwrap();
+        (meta.blocks() * 512, meta.len())
+    }
+
+    #[test]
+    fn a_redb_file_grows_with_its_blocks_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = File::create(dir.path().join("probe")).unwrap();
+        if let Err(e) = crate::sys::fallocate(&probe, 0, 4096, false) {
+            eprintln!("skipping: the temporary directory's filesystem has no fallocate ({e})");
+            return;
+        }
+        let path = dir.path().join("db.redb");
+        let db = open_redb(&Database::builder(), &path).unwrap();
+        const T: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
+        let value = vec![7u8; 3000];
+        let mut grown = 0;
+        let mut last_len = allocation(&path).1;
+        for round in 0..40u64 {
+            // Non-durable commits: their pages wait in redb's write buffer, in memory.
+            let mut txn = db.begin_write().unwrap();
+            txn.set_durability(redb::Durability::None).unwrap();
+            {
+                let mut t = txn.open_table(T).unwrap();
+                for i in 0..50 {
+                    t.insert(round * 50 + i, value.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            let (blocks, len) = allocation(&path);
+            if len > last_len {
+                grown += 1;
+                last_len = len;
+            }
+            // Every page redb may still write lies in blocks the file already has: writing
+            // them out can not run out of space.
+            assert!(
+                blocks >= len,
+                "round {round}: {blocks} bytes allocated of {len}"
+            );
+        }
+        assert!(grown > 0, "the database never grew");
     }
 }

@@ -40,6 +40,40 @@ pub fn lseek(file: &impl AsRawFd, offset: i64, whence: i32) -> io::Result<i64> {
     }
 }
 
+/// `fallocate(2)`: allocates blocks for `len` bytes at `offset` of `file` (only where there
+/// are none yet), extending the file unless `keep_size`. Filesystems without it answer
+/// `EOPNOTSUPP`; off Linux it is always unsupported.
+pub fn fallocate(file: &impl AsRawFd, offset: u64, len: u64, keep_size: bool) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        };
+        let mode = if keep_size {
+            libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            0
+        };
+        loop {
+            // SAFETY: the descriptor is open for the lifetime of the borrow; fallocate touches
+            // no memory of ours.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset, len, keep_size);
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+}
+
 /// `syncfs(2)`: flushes the whole filesystem that holds `file` (`sync(2)` off Linux).
 pub fn syncfs(file: &impl AsRawFd) -> io::Result<()> {
     #[cfg(target_os = "linux")]

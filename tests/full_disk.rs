@@ -95,13 +95,10 @@ fn expect_enospc(what: &str, e: &std::io::Error) {
     );
 }
 
-// Known failing: on an idle machine the redb values database still hits ENOSPC after the
-// reserve is released ("Previous I/O error"), so a small create gets EIO instead of ENOSPC
-// (3 of 3 runs at 10:25 UTC on 2026-11-29; it passed 5 of 5 on a loaded machine). The reserve
-// alone does not keep ENOSPC from redb: issue 8 stays open for a reopen-and-retry of redb.
-// Run it by hand with `cargo test --test full_disk -- --ignored`.
+// This failed (EIO for a small create, acknowledged files lost) when redb grew its files
+// sparse: the pages of non-durable commits, held in redb's memory, then needed new blocks at the
+// durable commit after the disk was full. Growth now allocates its blocks (src/space.rs).
 #[test]
-#[ignore = "known failing: redb still sees ENOSPC after the reserve is released (issue 8)"]
 fn a_full_disk_keeps_every_acknowledged_file_and_the_mount_usable() {
     let disk = match LoopFs::new() {
         Ok(d) => d,

@@ -1,7 +1,11 @@
 //! A model-based test of `DsFs`: random sequences of create/write, truncate, rename, exchange,
-//! link, unlink, mkdir, rmdir, fsync and close-and-reopen, applied both to the filesystem and
-//! to a reference tree (names to inode numbers to bytes), on several stores; after every
-//! sequence, and after every reopen, the filesystem must hold exactly the reference tree.
+//! link, unlink, mkdir, rmdir, fsync, close-and-reopen and crash-and-reopen, applied both to the
+//! filesystem and to a reference tree (names to inode numbers to bytes), on several stores;
+//! after every sequence, and after every reopen, the filesystem must hold exactly the reference
+//! tree. A crash runs the operations before it in a child process (this test binary again),
+//! which dies with `_exit` without closing anything, as a killed daemon would; the reopened
+//! filesystem must then hold every file whose name and bytes were fsynced and not changed
+//! since, and it becomes the reference for the operations after the crash.
 //! `PROPTEST_CASES` sets the cases per store (default 128: 512 in all).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +32,7 @@ enum Op {
     Rmdir(String),
     Fsync(String),
     Reopen,
+    Crash,
 }
 
 fn path() -> impl Strategy<Value = String> {
@@ -49,6 +54,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize).prop_map(|d| Op::Rmdir(DIRS[d].into())),
         1 => path().prop_map(Op::Fsync),
         1 => Just(Op::Reopen),
+        1 => Just(Op::Crash),
     ]
 }
 
@@ -59,6 +65,9 @@ struct Model {
     files: BTreeMap<u32, Vec<u8>>,
     dirs: BTreeSet<String>,
     next: u32,
+    /// Names whose file and bytes an fsync made durable and that have not changed since:
+    /// what a crash must keep.
+    synced: BTreeMap<String, (u32, Vec<u8>)>,
 }
 
 impl Model {
@@ -71,6 +80,13 @@ impl Model {
     fn gc(&mut self) {
         let live: BTreeSet<u32> = self.names.values().copied().collect();
         self.files.retain(|k, _| live.contains(k));
+    }
+    /// Forgets the fsynced state of every name whose file or bytes changed (after each
+    /// operation, so a change that is later undone still counts).
+    fn settle(&mut self) {
+        let (names, files) = (&self.names, &self.files);
+        self.synced
+            .retain(|p, (id, data)| names.get(p) == Some(id) && files.get(id) == Some(data));
     }
 }
 
@@ -277,9 +293,13 @@ fn apply(fs: &DsFs, m: &mut Model, op: &Op, exchange_ok: bool) -> Result<(), Tes
             let o = fs.open(ino, libc::O_WRONLY).unwrap();
             fs.fsync(o.fh).unwrap();
             fs.release(o.fh).unwrap();
+            let id = m.names[p];
+            let data = m.files[&id].clone();
+            m.synced.insert(p.clone(), (id, data));
         }
-        Op::Reopen => {}
+        Op::Reopen | Op::Crash => {}
     }
+    m.settle();
     Ok(())
 }
 
@@ -320,10 +340,18 @@ fn check(fs: &DsFs, m: &Model) -> Result<(), TestCaseError> {
 fn run(factory: &Factory, ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let spec = (factory.spec)(dir.path());
-    let mut fs = Arc::new(mount(&spec));
-    let mut m = Model::default();
-    for op in ops {
-        if let Op::Reopen = op {
+    let crash = ops.iter().position(|o| matches!(o, Op::Crash));
+    let (mut fs, mut m, rest) = match crash {
+        Some(at) if factory.persistent => {
+            let synced = crash_in_child(&spec, factory, &ops[..at])?;
+            let fs = mount(&spec);
+            let m = after_crash(&fs, &synced)?;
+            (Arc::new(fs), m, &ops[at + 1..])
+        }
+        _ => (Arc::new(mount(&spec)), Model::default(), ops),
+    };
+    for op in rest {
+        if let Op::Reopen | Op::Crash = op {
             if factory.persistent {
                 fs.shutdown().unwrap();
                 drop(fs);
@@ -337,6 +365,185 @@ fn run(factory: &Factory, ops: &[Op]) -> Result<(), TestCaseError> {
     check(&fs, &m)?;
     fs.shutdown().unwrap();
     Ok(())
+}
+
+/// The environment variable that makes `crash_child` run: the file with its work.
+const CRASH_ENV: &str = "DSFS_MODEL_CRASH";
+
+/// Runs `ops` on `spec` in a child process that then dies without closing anything; returns
+/// what the child's model says the crash must keep (name, bytes).
+fn crash_in_child(
+    spec: &str,
+    factory: &Factory,
+    ops: &[Op],
+) -> Result<Vec<(String, Vec<u8>)>, TestCaseError> {
+    let work = tempfile::NamedTempFile::new().unwrap();
+    let mut text = format!("{spec}\n{}\n", factory.atomic_exchange);
+    for op in ops {
+        text.push_str(&encode_op(op));
+        text.push('\n');
+    }
+    std::fs::write(work.path(), text).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(CRASH_ENV, work.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let errs = String::from_utf8_lossy(&out.stderr);
+    prop_assert!(out.status.success(), "the child failed: {}\n{}", said, errs);
+    let result = std::fs::read_to_string(work.path()).unwrap();
+    let mut synced = Vec::new();
+    let mut lines = result.lines();
+    prop_assert_eq!(
+        lines.next(),
+        Some("synced"),
+        "the child did not finish: {}",
+        errs
+    );
+    for line in lines {
+        let (p, hex) = line.split_once(' ').unwrap();
+        synced.push((p.to_owned(), unhex(hex)));
+    }
+    Ok(synced)
+}
+
+/// The reopened filesystem after a crash: every fsynced name holds its bytes; whatever else
+/// survived becomes the model for the operations that follow.
+fn after_crash(fs: &DsFs, synced: &[(String, Vec<u8>)]) -> Result<Model, TestCaseError> {
+    for (p, want) in synced {
+        let Some(ino) = lookup(fs, p) else {
+            return Err(TestCaseError::fail(format!(
+                "{p} was fsynced and is gone after the crash"
+            )));
+        };
+        prop_assert_eq!(&read_all(fs, ino), want, "{} after the crash", p);
+    }
+    let mut m = Model::default();
+    let mut ids: BTreeMap<u64, u32> = BTreeMap::new();
+    for (name, ino, kind) in listing(fs, ROOT) {
+        if kind == FileKind::Dir {
+            m.dirs.insert(name.clone());
+            for (child, cino, ckind) in listing(fs, ino) {
+                prop_assert_eq!(ckind, FileKind::File, "{}/{}", name, child);
+                model_file(fs, &mut m, &mut ids, format!("{name}/{child}"), cino);
+            }
+        } else {
+            prop_assert_eq!(kind, FileKind::File, "{}", name);
+            model_file(fs, &mut m, &mut ids, name, ino);
+        }
+    }
+    Ok(m)
+}
+
+fn model_file(fs: &DsFs, m: &mut Model, ids: &mut BTreeMap<u64, u32>, path: String, ino: u64) {
+    let id = *ids.entry(ino).or_insert_with(|| {
+        m.next += 1;
+        m.next
+    });
+    m.files.entry(id).or_insert_with(|| read_all(fs, ino));
+    m.names.insert(path, id);
+}
+
+fn listing(fs: &DsFs, ino: u64) -> Vec<(String, u64, FileKind)> {
+    fs.readdir(ino, 0, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.name != "." && i.name != "..")
+        .map(|i| (i.name, i.ino, i.attr.kind))
+        .collect()
+}
+
+fn hex(data: &[u8]) -> String {
+    let mut s: String = data.iter().map(|b| format!("{b:02x}")).collect();
+    if s.is_empty() {
+        s.push('-');
+    }
+    s
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    if s == "-" {
+        return Vec::new();
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+fn encode_op(op: &Op) -> String {
+    match op {
+        Op::Write(p, d) => format!("W {p} {}", hex(d)),
+        Op::Truncate(p, n) => format!("T {p} {n}"),
+        Op::Rename(a, b) => format!("R {a} {b}"),
+        Op::Exchange(a, b) => format!("X {a} {b}"),
+        Op::Link(a, b) => format!("L {a} {b}"),
+        Op::Unlink(p) => format!("U {p}"),
+        Op::Mkdir(d) => format!("M {d}"),
+        Op::Rmdir(d) => format!("D {d}"),
+        Op::Fsync(p) => format!("F {p}"),
+        Op::Reopen => "O".into(),
+        Op::Crash => "C".into(),
+    }
+}
+
+fn decode_op(line: &str) -> Op {
+    let w: Vec<&str> = line.split(' ').collect();
+    let s = |i: usize| w[i].to_owned();
+    match w[0] {
+        "W" => Op::Write(s(1), unhex(w[2])),
+        "T" => Op::Truncate(s(1), w[2].parse().unwrap()),
+        "R" => Op::Rename(s(1), s(2)),
+        "X" => Op::Exchange(s(1), s(2)),
+        "L" => Op::Link(s(1), s(2)),
+        "U" => Op::Unlink(s(1)),
+        "M" => Op::Mkdir(s(1)),
+        "D" => Op::Rmdir(s(1)),
+        "F" => Op::Fsync(s(1)),
+        "O" => Op::Reopen,
+        other => panic!("unknown operation {other}"),
+    }
+}
+
+/// The child side of a crash (run by `crash_in_child` only): applies the operations in the file
+/// named by `DSFS_MODEL_CRASH`, writes what the model says must survive into the same file, and
+/// dies at once: no shutdown, no destructors, no final commit.
+#[test]
+#[ignore = "run by the model tests as the process that crashes"]
+fn crash_child() {
+    let Ok(work) = std::env::var(CRASH_ENV) else {
+        return;
+    };
+    let text = std::fs::read_to_string(&work).unwrap();
+    let mut lines = text.lines();
+    let spec = lines.next().unwrap().to_owned();
+    let exchange_ok: bool = lines.next().unwrap().parse().unwrap();
+    let mut fs = mount(&spec);
+    let mut m = Model::default();
+    for line in lines {
+        let op = decode_op(line);
+        if let Op::Reopen = op {
+            fs.shutdown().unwrap();
+            drop(fs);
+            fs = mount(&spec);
+            if let Err(e) = check(&fs, &m) {
+                panic!("after a reopen in the child: {e}");
+            }
+            continue;
+        }
+        if let Err(e) = apply(&fs, &mut m, &op, exchange_ok) {
+            panic!("{line}: {e}");
+        }
+    }
+    let mut out = String::from("synced\n");
+    for (p, (_, data)) in &m.synced {
+        out.push_str(&format!("{p} {}\n", hex(data)));
+    }
+    std::fs::write(&work, out).unwrap();
+    // SAFETY: _exit ends the process at once; nothing of ours runs after it, which is the
+    // point: the filesystem and its stores are never closed.
+    unsafe { libc::_exit(0) }
 }
 
 fn config() -> ProptestConfig {

@@ -322,3 +322,34 @@ fn store_errors_passed_through_the_index_keep_their_errno() {
     assert_eq!(through_index(ErrorKind::NoMount), libc::EIO);
     assert_eq!(through_index(ErrorKind::Io), libc::EIO);
 }
+
+#[test]
+fn a_failed_commit_at_the_last_close_keeps_the_bytes_for_the_next_close() {
+    let r = rig();
+    let ino = r.write_file("f", b"old");
+    let o = r.fs.open(ino, libc::O_WRONLY).unwrap();
+    r.fs.write(o.fh, 0, b"new").unwrap();
+    r.faults
+        .fail_next(FaultOp::CommitStaged, ErrorKind::NoSpace, 2);
+    assert_eq!(errno(r.fs.flush(o.fh)), libc::ENOSPC);
+    assert_eq!(errno(r.fs.release(o.fh)), libc::ENOSPC);
+    assert_eq!(r.stored("f").unwrap(), b"old");
+    assert_eq!(r.fs.getattr(ino).unwrap().size, 3);
+    // Still staged: a reader sees them, and its close commits them.
+    assert_eq!(r.content("f").unwrap(), b"new");
+    assert_eq!(r.stored("f").unwrap(), b"new");
+}
+
+#[test]
+fn a_failed_commit_at_the_last_close_is_retried_at_unmount() {
+    let r = rig();
+    let ino = r.write_file("f", b"old");
+    let o = r.fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    r.fs.write(o.fh, 0, b"longer new content").unwrap();
+    r.faults.fail_next(FaultOp::CommitStaged, ErrorKind::Io, 2);
+    assert_eq!(errno(r.fs.flush(o.fh)), libc::EIO);
+    assert_eq!(errno(r.fs.release(o.fh)), libc::EIO);
+    assert_eq!(r.stored("f").unwrap(), b"old");
+    r.fs.shutdown().unwrap();
+    assert_eq!(r.stored("f").unwrap(), b"longer new content");
+}

@@ -235,7 +235,7 @@ impl DsFs {
             return Err(FsError::BadHandle);
         };
         let result = self.commit(h.ino, &h.inode, false);
-        self.forget_open(h.ino, &h.inode);
+        self.forget_open_keeping(h.ino, &h.inode, result.is_err());
         result
     }
 

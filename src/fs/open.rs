@@ -91,11 +91,18 @@ impl DsFs {
 
     /// Drops one reference to an open inode; the last one removes it from the table.
     pub(super) fn forget_open(&self, ino: u64, inode: &Arc<OpenInode>) {
+        self.forget_open_keeping(ino, inode, false);
+    }
+
+    /// Like `forget_open`; with `keep` (its last commit failed) the inode stays in the table
+    /// with no opens, so that its staged bytes are still read, and committed by the next close
+    /// of the file or at unmount, instead of being dropped.
+    pub(super) fn forget_open_keeping(&self, ino: u64, inode: &Arc<OpenInode>, keep: bool) {
         let mut open = self.open.write();
         let before = inode.opens.fetch_sub(1, Ordering::Relaxed);
         if before <= 1 {
             inode.opens.store(0, Ordering::Relaxed);
-            if open.get(&ino).is_some_and(|i| Arc::ptr_eq(i, inode)) {
+            if !keep && open.get(&ino).is_some_and(|i| Arc::ptr_eq(i, inode)) {
                 open.remove(&ino);
             }
         }

@@ -572,6 +572,48 @@ mod tests {
     }
 
     #[test]
+    fn a_just_created_empty_file_missing_from_its_changed_shard_stays_in_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blocks");
+        let store = store(&root);
+        for i in 0..50u32 {
+            store.put(&Key::new(format!("/K{i:04}X")), b"v").unwrap();
+        }
+        settle(&root);
+        let index = Index::in_memory(IndexOptions::default()).unwrap();
+        prepare(&index, store.as_ref(), &mut |_| {}).unwrap();
+        // A create through the mount: the name and its empty value are in the index, the
+        // (empty) value is not in the store yet.
+        let key = Key::new("/EMPTY07X");
+        index
+            .write(|tx| {
+                let node = crate::index::Node::new(
+                    crate::index::NodeKind::File,
+                    ROOT,
+                    "EMPTY07X",
+                    0o644,
+                    0,
+                    0,
+                );
+                let id = tx.create(ROOT, "EMPTY07X", node)?;
+                tx.set_key(&key, id, 0)
+            })
+            .unwrap();
+        // Meanwhile its shard changed (another create landed there), so revalidation reads it.
+        let shard = store.segment_of(&key).unwrap();
+        assert_eq!(store.segment_of(&Key::new("/NEW07X")).unwrap(), shard);
+        std::fs::create_dir_all(root.join(&shard)).unwrap();
+        std::fs::write(root.join(&shard).join("NEW07X.data"), b"x").unwrap();
+        let found = prepare(&index, store.as_ref(), &mut |_| {}).unwrap();
+        let Prepared::Followed(report) = found else {
+            panic!("expected a segment check, got {found:?}");
+        };
+        assert_eq!((report.added, report.removed), (1, 0), "{report:?}");
+        assert_eq!(index.value_size(&key).unwrap(), Some(0));
+        assert!(index.lookup(ROOT, "EMPTY07X").unwrap().is_some());
+    }
+
+    #[test]
     fn an_index_holding_only_directories_is_not_rebuilt_on_open() {
         let backend = crate::backend::MemStore::new();
         let index = Index::in_memory(IndexOptions::default()).unwrap();
