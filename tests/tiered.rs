@@ -261,3 +261,45 @@ fn exchange_swaps_records_without_copying_files() {
     assert_eq!(s.get(&k("/small")).unwrap(), big_b);
     assert_eq!(s.get(&k("/b")).unwrap(), big_a);
 }
+
+/// A random write into a large file-tier value is committed into the same file (no new file,
+/// no copy), and the record keeps matching the file: the size after a growth, and no stale
+/// hash (the value was first written in order, so its record had one), checked by `scrub`
+/// and after reopening.
+#[test]
+fn a_random_write_into_a_large_value_is_committed_into_the_same_file() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let key = k("/big");
+    let mut model: Vec<u8> = (0..20u32 << 20).map(|i| (i % 253) as u8).collect();
+    store.put(&key, &model).unwrap();
+    let path = store.backing_file(&key).unwrap().unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+
+    let staged = store.stage(&key, StageInit::CopyCurrent).unwrap();
+    staged.write_all_at(12345, b"changed").unwrap();
+    model[12345..12352].copy_from_slice(b"changed");
+    s_commit(&store, &key, staged);
+    assert_eq!(store.backing_file(&key).unwrap().unwrap(), path);
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+    assert!(store.get(&key).unwrap() == model);
+
+    let staged = store.stage(&key, StageInit::CopyCurrent).unwrap();
+    staged.write_all_at(model.len() as u64, b"grown").unwrap();
+    model.extend_from_slice(b"grown");
+    s_commit(&store, &key, staged);
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+    assert_eq!(store.get_size(&key).unwrap(), model.len() as u64);
+    assert!(store.get(&key).unwrap() == model);
+    assert_eq!(files(dir.path()), 1);
+    assert_eq!(store.scrub(false).unwrap(), Vec::<String>::new());
+    drop(store);
+    let store = open(dir.path());
+    assert!(store.get(&key).unwrap() == model);
+    assert_eq!(store.scrub(false).unwrap(), Vec::<String>::new());
+}
+
+fn s_commit(store: &TieredStore, key: &Key, staged: dsfs::datastore::Staged) {
+    store.commit_staged(key, staged, false).unwrap();
+}

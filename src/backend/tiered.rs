@@ -139,6 +139,14 @@ fn file_record(id: &Key, size: u64, hash: Option<[u8; 32]>) -> Vec<u8> {
     r
 }
 
+/// A record naming a file without its size or hash (the form old records have).
+fn file_record_unsized(id: &Key) -> Vec<u8> {
+    let mut r = Vec::with_capacity(id.as_str().len() + 1);
+    r.push(FILE);
+    r.extend_from_slice(id.as_bytes());
+    r
+}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(bytes);
     let mut out = [0u8; 32];
@@ -356,6 +364,46 @@ impl Inner {
                 log::error!("tiered: checkpoint failed: {e}");
             }
         }
+    }
+
+    /// Whether `staged` is an overlay over the file `id` (staged from it, and not replaced
+    /// since), which the file tier can commit in place.
+    fn overlays(&self, staged: &Staged, id: &Key) -> Result<bool> {
+        let Some(plan) = staged.overlay_plan()? else {
+            return Ok(false);
+        };
+        match self.files.open_backing(id)? {
+            Some(file) => Ok(crate::datastore::stage::file_id(&file)? == plan.base_id),
+            None => Ok(false),
+        }
+    }
+
+    /// Commits an overlay of `key`'s file `f` back into the same file (flatfs writes just the
+    /// dirty ranges, in place, behind its journal), keeping the record. A size or hash in the
+    /// record that the new bytes would contradict is first replaced, durably, by a record
+    /// without them, so a crash at any point leaves a record that matches the file.
+    fn commit_over(
+        &self,
+        key: &Key,
+        f: &FileRef,
+        staged: Staged,
+        size: u64,
+        durable: bool,
+    ) -> Result<()> {
+        let stale = f.size.is_some_and(|s| s != size) || f.hash.is_some();
+        if stale {
+            self.records.put(key, &file_record_unsized(&f.id))?;
+            self.records.sync(key)?;
+        }
+        self.files.commit_staged(&f.id, staged, durable)?;
+        if stale {
+            self.records.put(key, &file_record(&f.id, size, None))?;
+        }
+        self.mark_dirty();
+        if durable {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     /// A staging file in the file tier seeded with `bytes`.
@@ -657,6 +705,12 @@ impl Datastore for Inner {
         let size = staged.len()?;
         let _g = self.lock(key);
         let old = self.loc(key)?;
+        if size >= self.threshold
+            && let Some(Loc::File(f)) = &old
+            && self.overlays(&staged, &f.id)?
+        {
+            return self.commit_over(key, f, staged, size, durable);
+        }
         if size >= self.threshold {
             let id = new_file_id();
             let hash = staged.content_hash(size);

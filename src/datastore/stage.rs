@@ -6,9 +6,18 @@
 //! (flatfs) stages in a named file next to its data and commits with one `rename`; other stores
 //! stage in an unlinked temporary file and copy it in on commit. Dropping an uncommitted staged
 //! value discards it and removes its file.
+//!
+//! A staged value can also be an *overlay* ([`Staged::overlay`]) over an open file holding the
+//! value's current bytes: writes go to the (sparse) staging file and are recorded as dirty
+//! ranges, reads take dirty ranges from the staging file and everything else from the base.
+//! Staging a random write into a large committed file then costs nothing up front, and a store
+//! can commit just the dirty ranges (flatfs does, in place behind a journal) or fill in the
+//! clean ranges first ([`Staged::materialize`]) and commit the whole file.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::{Error, Result};
@@ -32,6 +41,119 @@ pub struct Staged {
     /// 0 (a copy, a stream, `cp`): a store records it with the value at no extra read. Any
     /// other write pattern drops it.
     hash: parking_lot::Mutex<Option<Prefix>>,
+    /// For an overlay: the base and the dirty ranges (see the module documentation).
+    overlay: Option<parking_lot::Mutex<Overlay>>,
+}
+
+/// The state of an overlay staged value.
+#[derive(Debug)]
+struct Overlay {
+    /// The value's bytes as they were when staging began.
+    base: File,
+    /// Bytes of `base` below this offset show through where nothing was written; above it
+    /// (after a truncation) the value reads as zeros.
+    base_len: u64,
+    /// The staged value's length.
+    len: u64,
+    /// Dirty ranges, `start -> end`, disjoint and not touching; their bytes are in the staging
+    /// file at the same offsets.
+    dirty: BTreeMap<u64, u64>,
+}
+
+impl Overlay {
+    /// Records `[start, end)` as dirty, merging it with the ranges it overlaps or touches.
+    fn mark(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        let touching: Vec<(u64, u64)> = self
+            .dirty
+            .range(..=end)
+            .rev()
+            .take_while(|&(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.dirty.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.dirty.insert(start, end);
+    }
+
+    /// Forgets everything at or above `len`.
+    fn cut(&mut self, len: u64) {
+        let above: Vec<u64> = self.dirty.range(len..).map(|(&s, _)| s).collect();
+        for s in above {
+            self.dirty.remove(&s);
+        }
+        if let Some((&s, e)) = self.dirty.range_mut(..len).next_back()
+            && *e > len
+        {
+            *e = len;
+            debug_assert!(s < len);
+        }
+    }
+
+    /// The ranges of `[0, min(base_len, len))` that nothing was written over: the bytes an
+    /// overlay still takes from its base.
+    fn clean(&self) -> Vec<(u64, u64)> {
+        let top = self.base_len.min(self.len);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for (&s, &e) in self.dirty.range(..top) {
+            if s > at {
+                out.push((at, s));
+            }
+            at = at.max(e);
+        }
+        if at < top {
+            out.push((at, top));
+        }
+        out
+    }
+}
+
+/// What a store needs to commit an overlay's dirty ranges in place: the base file's identity,
+/// the truncation and the dirty ranges (their bytes are in the staging file at the same
+/// offsets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverlayPlan {
+    /// `(st_dev, st_ino)` of the base file.
+    pub base_id: (u64, u64),
+    /// The base's bytes from here on are gone: truncate to this length first.
+    pub keep: u64,
+    /// Then set the length to this.
+    pub len: u64,
+    /// Then copy these ranges (`start`, `end`) from the staging file.
+    pub dirty: Vec<(u64, u64)>,
+    /// How many bytes of the base show through (the bytes a whole-file commit would copy).
+    pub clean_bytes: u64,
+}
+
+/// `(st_dev, st_ino)` of an open file.
+pub fn file_id(file: &File) -> Result<(u64, u64)> {
+    let m = file
+        .metadata()
+        .map_err(|e| Error::io("reading a file's identity", e))?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Copies `len` bytes at `offset` from `src` to the same offset in `dst` inside the kernel
+/// (`copy_file_range` where the kernel has it). Moves both files' cursors.
+pub fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let mut src = src;
+    let mut dst = dst;
+    src.seek(SeekFrom::Start(offset))?;
+    dst.seek(SeekFrom::Start(offset))?;
+    let copied = std::io::copy(&mut src.take(len), &mut dst)?;
+    if copied < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("short copy: {copied} of {len} bytes at offset {offset}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The hash of the first `len` bytes of a staged value.
@@ -86,6 +208,7 @@ impl Staged {
             file,
             path: None,
             hash: parking_lot::Mutex::new(Some(Prefix::new())),
+            overlay: None,
         })
     }
 
@@ -96,7 +219,112 @@ impl Staged {
             file,
             path: Some(TempPath(Some(path))),
             hash: parking_lot::Mutex::new(Some(Prefix::new())),
+            overlay: None,
         }
+    }
+
+    /// An overlay over `base` (the value's current bytes) in a named staging file, which a
+    /// store commits by rename (after [`Staged::materialize`]) or whose dirty ranges it applies
+    /// in place ([`Staged::overlay_plan`]). Nothing of the base is read until then.
+    pub fn overlay(file: File, path: PathBuf, base: File) -> Result<Staged> {
+        let staged = Staged::named(file, path);
+        let len = base
+            .metadata()
+            .map_err(|e| Error::io("reading the length of a staged value's base", e))?
+            .len();
+        staged.set_file_len(len)?;
+        *staged.hash.lock() = None;
+        Ok(Staged {
+            overlay: Some(parking_lot::Mutex::new(Overlay {
+                base,
+                base_len: len,
+                len,
+                dirty: BTreeMap::new(),
+            })),
+            ..staged
+        })
+    }
+
+    fn set_file_len(&self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .map_err(|e| Error::io("resizing staging file", e))
+    }
+
+    /// Whether this is an overlay whose clean ranges still live in its base.
+    pub fn is_overlay(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// For an overlay: what committing its dirty ranges in place takes. `None` otherwise.
+    pub fn overlay_plan(&self) -> Result<Option<OverlayPlan>> {
+        let Some(ov) = &self.overlay else {
+            return Ok(None);
+        };
+        let ov = ov.lock();
+        let clean = ov.clean();
+        Ok(Some(OverlayPlan {
+            base_id: file_id(&ov.base)?,
+            keep: ov.base_len.min(ov.len),
+            len: ov.len,
+            dirty: ov.dirty.iter().map(|(&s, &e)| (s, e)).collect(),
+            clean_bytes: clean.iter().map(|(s, e)| e - s).sum(),
+        }))
+    }
+
+    /// Turns an overlay into a plain staged value: copies the clean ranges from the base into
+    /// the staging file (in the kernel), so the file holds the whole value. A no-op otherwise.
+    pub fn materialize(&mut self) -> Result<()> {
+        let Some(ov) = self.overlay.take() else {
+            return Ok(());
+        };
+        let ov = ov.into_inner();
+        let filled = (|| {
+            for (s, e) in ov.clean() {
+                copy_range(&ov.base, &self.file, s, e - s)?;
+            }
+            Ok::<(), std::io::Error>(())
+        })();
+        match filled {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.overlay = Some(parking_lot::Mutex::new(ov));
+                Err(Error::io("filling a staged value from its base", e))
+            }
+        }
+    }
+
+    /// Writes the whole staged value to `out` from its start (the position of neither file is
+    /// assumed).
+    pub fn write_to(&self, out: &mut dyn Write) -> Result<u64> {
+        let len = self.len()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < len {
+            let want = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = self.read_at(at, &mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::io("copying a staged value", e))?;
+            at += n as u64;
+        }
+        Ok(at)
+    }
+
+    /// `SEEK_DATA`/`SEEK_HOLE` from `offset` (below the length): the staging file's holes for
+    /// a plain staged value; an overlay is all data.
+    pub fn seek_data_hole(&self, offset: i64, whence: i32) -> std::io::Result<i64> {
+        if self.overlay.is_some() {
+            let len = i64::try_from(self.len().map_err(std::io::Error::other)?).unwrap_or(i64::MAX);
+            return Ok(if whence == libc::SEEK_DATA {
+                offset
+            } else {
+                len
+            });
+        }
+        crate::sys::lseek(&self.file, offset, whence)
     }
 
     /// A second handle on the same bytes that outlives this one's commit: it shares the open
@@ -108,15 +336,32 @@ impl Staged {
             .file
             .try_clone()
             .map_err(|e| Error::io("duplicating a staging file handle", e))?;
+        let overlay = match &self.overlay {
+            None => None,
+            Some(ov) => {
+                let ov = ov.lock();
+                Some(parking_lot::Mutex::new(Overlay {
+                    base: ov
+                        .base
+                        .try_clone()
+                        .map_err(|e| Error::io("duplicating a staged value's base handle", e))?,
+                    base_len: ov.base_len,
+                    len: ov.len,
+                    dirty: ov.dirty.clone(),
+                }))
+            }
+        };
         Ok(Staged {
             file,
             path: None,
             hash: parking_lot::Mutex::new(None),
+            overlay,
         })
     }
 
     /// The staging file. Writing through it bypasses the running hash, so taking it gives
-    /// up [`Staged::content_hash`].
+    /// up [`Staged::content_hash`]. For an overlay the file holds only the dirty ranges:
+    /// [`Staged::materialize`] first, or use [`Staged::write_to`].
     pub fn file(&self) -> &File {
         *self.hash.lock() = None;
         &self.file
@@ -146,6 +391,9 @@ impl Staged {
 
     /// The current length in bytes.
     pub fn len(&self) -> Result<u64> {
+        if let Some(ov) = &self.overlay {
+            return Ok(ov.lock().len);
+        }
         self.file
             .metadata()
             .map(|m| m.len())
@@ -164,6 +412,12 @@ impl Staged {
             .file
             .write_all_at(data, offset)
             .map_err(|e| Error::io("writing staging file", e));
+        if let (Some(ov), Ok(())) = (&self.overlay, &written) {
+            let mut ov = ov.lock();
+            let end = offset.saturating_add(data.len() as u64);
+            ov.mark(offset, end);
+            ov.len = ov.len.max(end);
+        }
         match hash.as_mut() {
             Some(p) if written.is_ok() && offset == p.len => {
                 sha2::Digest::update(&mut p.hasher, data);
@@ -178,28 +432,77 @@ impl Staged {
 
     /// Reads into `buf` from `offset`; returns the count, short only at the end.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("reading staging file", e)),
-            }
+        if let Some(ov) = &self.overlay {
+            return self.read_overlay(&ov.lock(), offset, buf);
         }
-        Ok(done)
+        read_full(&self.file, offset, buf).map_err(|e| Error::io("reading staging file", e))
+    }
+
+    /// `read_at` of an overlay: dirty ranges from the staging file, clean ones from the base,
+    /// zeros above the base's surviving length.
+    fn read_overlay(&self, ov: &Overlay, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if offset >= ov.len {
+            return Ok(0);
+        }
+        let n = usize::try_from((ov.len - offset).min(buf.len() as u64)).unwrap_or(buf.len());
+        let buf = &mut buf[..n];
+        let end = offset + n as u64;
+        let mut at = offset;
+        // The dirty range that starts at or before `offset` may cover it.
+        let first = ov.dirty.range(..=offset).next_back().map(|(&s, &e)| (s, e));
+        let ranges = first
+            .into_iter()
+            .chain(ov.dirty.range(offset + 1..end).map(|(&s, &e)| (s, e)));
+        let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
+        for (s, e) in ranges {
+            let (s, e) = (s.max(offset), e.min(end));
+            if s >= e {
+                continue;
+            }
+            if s > at {
+                pieces.push((at, s, false));
+            }
+            pieces.push((s, e, true));
+            at = e;
+        }
+        if at < end {
+            pieces.push((at, end, false));
+        }
+        for (s, e, dirty) in pieces {
+            let slice = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            if dirty {
+                let got = read_full(&self.file, s, slice)
+                    .map_err(|e| Error::io("reading staging file", e))?;
+                slice[got..].fill(0);
+                continue;
+            }
+            let from_base = usize::try_from(ov.base_len.saturating_sub(s))
+                .unwrap_or(usize::MAX)
+                .min(slice.len());
+            let got = read_full(&ov.base, s, &mut slice[..from_base])
+                .map_err(|e| Error::io("reading a staged value's base", e))?;
+            slice[got..].fill(0);
+        }
+        Ok(n)
     }
 
     /// Truncates or extends (with a hole) to `len` bytes.
     pub fn set_len(&self, len: u64) -> Result<()> {
         let mut hash = self.hash.lock();
-        let resized = self
-            .file
-            .set_len(len)
-            .map_err(|e| Error::io("resizing staging file", e));
+        let resized = self.set_file_len(len);
+        if let (Some(ov), Ok(())) = (&self.overlay, &resized) {
+            let mut ov = ov.lock();
+            if len < ov.len {
+                ov.base_len = ov.base_len.min(len);
+                ov.cut(len);
+            }
+            ov.len = len;
+        }
         match hash.as_ref() {
             // Emptied (an O_TRUNC open): the hash starts again.
-            _ if len == 0 && resized.is_ok() => *hash = Some(Prefix::new()),
+            _ if len == 0 && resized.is_ok() && self.overlay.is_none() => {
+                *hash = Some(Prefix::new())
+            }
             Some(p) if resized.is_ok() && p.len == len => {}
             Some(_) => *hash = None,
             None => {}
@@ -227,6 +530,20 @@ impl Staged {
             .sync_data()
             .map_err(|e| Error::io("syncing staging file", e))
     }
+}
+
+/// Reads into `buf` from `offset` until it is full or the file ends; returns the count.
+pub fn read_full(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Creates a new file `dir/<prefix>-<random>` with mode 0600 and `O_EXCL`, retrying on a name
@@ -275,6 +592,54 @@ mod tests {
         assert_eq!(&all[10..], b"abc");
         s.set_len(11).unwrap();
         assert_eq!(s.read_all().unwrap().len(), 11);
+    }
+
+    /// An overlay behaves as a plain copy of its base would, under random writes, truncations
+    /// and extensions, before and after it is materialized.
+    #[test]
+    fn an_overlay_reads_like_a_copy_of_its_base() {
+        use rand::{Rng, RngCore, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for round in 0..20 {
+            let mut model = vec![0u8; rng.random_range(0..100_000)];
+            rng.fill_bytes(&mut model);
+            let base_path = dir.path().join(format!("base{round}"));
+            std::fs::write(&base_path, &model).unwrap();
+            let (f, p) = create_unique(dir.path(), "stage").unwrap();
+            let mut s = Staged::overlay(f, p, File::open(&base_path).unwrap()).unwrap();
+            for _ in 0..50 {
+                match rng.random_range(0..10) {
+                    0 => {
+                        let len = rng.random_range(0..120_000);
+                        s.set_len(len as u64).unwrap();
+                        model.resize(len, 0);
+                    }
+                    _ => {
+                        let at = rng.random_range(0..110_000);
+                        let mut data = vec![0u8; rng.random_range(1..5000)];
+                        rng.fill_bytes(&mut data);
+                        s.write_all_at(at as u64, &data).unwrap();
+                        if model.len() < at + data.len() {
+                            model.resize(at + data.len(), 0);
+                        }
+                        model[at..at + data.len()].copy_from_slice(&data);
+                    }
+                }
+                assert_eq!(s.len().unwrap(), model.len() as u64);
+                let at = rng.random_range(0..model.len() + 10);
+                let mut buf = vec![0u8; rng.random_range(0..20_000)];
+                let n = s.read_at(at as u64, &mut buf).unwrap();
+                let want = &model[at.min(model.len())..(at + buf.len()).min(model.len())];
+                assert_eq!(&buf[..n], want, "round {round}, read at {at}");
+            }
+            assert_eq!(s.read_all().unwrap(), model);
+            let clone = s.try_clone_detached().unwrap();
+            s.materialize().unwrap();
+            assert!(!s.is_overlay());
+            assert_eq!(s.read_all().unwrap(), model);
+            assert_eq!(clone.read_all().unwrap(), model);
+        }
     }
 
     #[test]

@@ -350,7 +350,8 @@ impl DsFs {
                     return Err(FsError::NoSuchOffset);
                 }
                 if let Some(s) = &st.staged {
-                    return crate::sys::lseek(s.file(), offset, whence)
+                    return s
+                        .seek_data_hole(offset, whence)
                         .map_err(|_| FsError::NoSuchOffset);
                 }
                 Ok(if whence == libc::SEEK_DATA {

@@ -18,6 +18,7 @@ mod disk_usage;
 mod durability;
 mod encode;
 mod follow;
+mod journal;
 mod ops;
 mod shard;
 mod walk;
@@ -25,7 +26,7 @@ mod walk;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -365,6 +366,8 @@ impl FlatFsStore {
         let lock = acquire_lock(&root)?;
 
         let temp = root.join(TEMP_DIR);
+        // Interrupted in-place commits are finished before `.temp` goes.
+        journal::replay(&root, &temp)?;
         match std::fs::remove_dir_all(&temp) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -754,15 +757,7 @@ impl FlatFsStore {
         }
         let (mut copy, tmp) = self.temp_file("stage")?;
         let cleanup = RemoveOnDrop(Some(tmp.clone()));
-        let mut src: &File = staged.file();
-        src.seek(SeekFrom::Start(0))
-            .and_then(|_| io::copy(&mut src, &mut copy))
-            .map_err(|e| {
-                Error::io(
-                    format!("flatfs: copying a staged value to {}", tmp.display()),
-                    e,
-                )
-            })?;
+        staged.write_to(&mut copy)?;
         Ok((copy, cleanup))
     }
 }
@@ -954,28 +949,26 @@ impl Datastore for FlatFsStore {
         Ok(Some(u64::try_from(self.usage.get()).unwrap_or(0)))
     }
 
-    /// Stages in a named file in `.temp` (mode 0600), seeded for `CopyCurrent` by copying the
-    /// current data file in the kernel (`copy_file_range` where available).
+    /// Stages in a named file in `.temp` (mode 0600). For `CopyCurrent` of an existing value
+    /// the staged value is an overlay over the data file: nothing is copied until the commit,
+    /// and a commit that leaves most of the value as it was writes only the changed ranges
+    /// (see [`journal`]).
     fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
-        let name = self.name(key)?;
-        let shard = self.shard.dir_for(&name);
+        // A key flatfs cannot name cannot be committed either: refuse it now.
+        self.name(key)?;
         let _open = self.write_guard()?;
         let (file, path) = self.temp_file("stage")?;
-        let staged = Staged::named(file, path);
         if init == StageInit::CopyCurrent {
-            let current = self.file_path(&shard, &name);
             match self.open_data(key) {
-                Ok(mut src) => {
-                    let mut dst: &File = staged.file();
-                    io::copy(&mut src, &mut dst).map_err(|e| {
-                        Error::io(format!("flatfs: copying {} to stage", current.display()), e)
-                    })?;
-                }
+                Ok(base) => return Staged::overlay(file, path, base),
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    drop(Staged::named(file, path));
+                    return Err(e);
+                }
             }
         }
-        Ok(staged)
+        Ok(Staged::named(file, path))
     }
 
     /// Renames the staged file into place (no copy through memory), with disk-usage accounting.
@@ -983,11 +976,34 @@ impl Datastore for FlatFsStore {
     /// for it and then runs, because the staged bytes exist nowhere else. With `durable` (or the
     /// `sync` option) the file, its shard directory and a newly created shard directory's entry
     /// in the root are fsynced before this returns.
-    fn commit_staged(&self, key: &Key, staged: Staged, durable: bool) -> Result<()> {
+    fn commit_staged(&self, key: &Key, mut staged: Staged, durable: bool) -> Result<()> {
         let name = self.name(key)?;
         let shard = self.shard.dir_for(&name);
         let _open = self.write_guard()?;
         let durable = durable || self.options.sync;
+        if let Some(plan) = staged.overlay_plan()? {
+            let ours = staged
+                .path()
+                .is_some_and(|p| p.parent() == Some(self.temp.as_path()));
+            if ours && plan.clean_bytes >= journal::IN_PLACE_MIN {
+                let rel = format!("{shard}/{name}{EXTENSION}");
+                let op = self.ops.acquire(&name);
+                match self.in_place_target(&rel, plan.base_id) {
+                    Ok(Some(target)) => {
+                        let result = self.commit_in_place(staged, plan, &target, &rel);
+                        op.finish(result.is_ok());
+                        return result;
+                    }
+                    // Replaced since it was staged: commit the whole value instead.
+                    Ok(None) => op.finish(false),
+                    Err(e) => {
+                        op.finish(false);
+                        return Err(e);
+                    }
+                }
+            }
+            staged.materialize()?;
+        }
         let (file, src) = self.adopt_staged(staged)?;
         let Some(src_path) = src.0.clone() else {
             return Err(Error::new(
