@@ -308,8 +308,8 @@ impl DsFs {
         Ok(Opened { fh, backing: None })
     }
 
-    /// `read` through a virtual file handle.
-    pub(super) fn virtual_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    /// The handle `fh`, its file and the file's length.
+    fn open_file(&self, fh: u64) -> FsResult<(Arc<VHandle>, VNode, u64)> {
         let handle = self
             .virt
             .lock()
@@ -318,9 +318,15 @@ impl DsFs {
             .cloned()
             .ok_or(FsError::BadHandle)?;
         let vn = self.vnode(handle.ino)?;
-        let Shape::File(len) = vn.shape else {
-            return Err(FsError::BadHandle);
-        };
+        match vn.shape {
+            Shape::File(len) => Ok((handle, vn, len)),
+            Shape::Dir(_) | Shape::Symlink(_) => Err(FsError::BadHandle),
+        }
+    }
+
+    /// `read` through a virtual file handle.
+    pub(super) fn virtual_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (handle, vn, len) = self.open_file(fh)?;
         if offset >= len {
             return Ok(Vec::new());
         }
@@ -334,16 +340,7 @@ impl DsFs {
 
     /// `lseek` through a virtual file handle: a UnixFS file has no holes.
     pub(super) fn virtual_lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
-        let handle = self
-            .virt
-            .lock()
-            .handles
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)?;
-        let Shape::File(len) = self.vnode(handle.ino)?.shape else {
-            return Err(FsError::BadHandle);
-        };
+        let (_, _, len) = self.open_file(fh)?;
         let size = i64::try_from(len).map_err(|_| FsError::FileTooBig)?;
         if offset < 0 {
             return Err(FsError::Invalid("negative offset".into()));

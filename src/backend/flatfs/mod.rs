@@ -952,7 +952,7 @@ impl Datastore for FlatFsStore {
     /// Stages in a named file in `.temp` (mode 0600). For `CopyCurrent` of an existing value
     /// the staged value is an overlay over the data file: nothing is copied until the commit,
     /// and a commit that leaves most of the value as it was writes only the changed ranges
-    /// (see [`journal`]).
+    /// (see `journal.rs`).
     fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
         // A key flatfs cannot name cannot be committed either: refuse it now.
         self.name(key)?;
