@@ -353,3 +353,30 @@ fn a_failed_commit_at_the_last_close_is_retried_at_unmount() {
     r.fs.shutdown().unwrap();
     assert_eq!(r.stored("f").unwrap(), b"longer new content");
 }
+
+/// The CID of a file is kept in the index: a new filesystem over the same index (a remount)
+/// answers `user.ipfs.cid` without reading the file, even when every read fails; a write makes
+/// it compute the new CID.
+#[test]
+fn a_files_cid_is_kept_in_the_index_across_a_remount() {
+    let r = rig();
+    let ino = r.write_file("hello", b"hello\n");
+    let cid = r.fs.getxattr(ino, CID_XATTR.as_bytes()).unwrap();
+    assert_eq!(cid, b"QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN");
+    let listed = r.fs.listxattr(ino).unwrap();
+    assert!(listed.is_empty(), "{:?}", String::from_utf8_lossy(&listed));
+
+    let again = DsFs::new(r.fs.store().clone(), FsOptions::default());
+    r.faults.fail_next(FaultOp::Read, ErrorKind::Io, 1000);
+    assert_eq!(again.getxattr(ino, CID_XATTR.as_bytes()).unwrap(), cid);
+    r.faults.heal();
+
+    let o = again.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    again.write(o.fh, 0, b"").unwrap();
+    again.release(o.fh).unwrap();
+    assert_eq!(
+        again.getxattr(ino, CID_XATTR.as_bytes()).unwrap(),
+        b"QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH",
+        "the empty file's CID after the truncation"
+    );
+}

@@ -60,6 +60,9 @@ impl DsFs {
         self.node(Ino(ino).node())?;
         let mut out = Vec::new();
         for n in self.index.xattr_names(Ino(ino).node())? {
+            if n == CID_CACHE {
+                continue;
+            }
             out.extend_from_slice(n.as_bytes());
             out.push(0);
         }
@@ -112,6 +115,16 @@ impl DsFs {
         {
             return Ok(cid.clone());
         }
+        let id = Ino(ino).node();
+        let stamp = format!("{} {} {size} ", n.mtime.secs, n.mtime.nanos);
+        if let Some(cached) = self.index.xattr(id, CID_CACHE)?
+            && let Some(cid) = String::from_utf8(cached)
+                .ok()
+                .and_then(|c| c.strip_prefix(&stamp).map(str::to_string))
+        {
+            self.cids.lock().insert(ino, (n.mtime, size, cid.clone()));
+            return Ok(cid);
+        }
         let key = self.key_of(ino)?;
         let cid = crate::unixfs::import_value(
             self.backend.as_ref(),
@@ -124,9 +137,26 @@ impl DsFs {
         .cid
         .to_string();
         self.cids.lock().insert(ino, (n.mtime, size, cid.clone()));
+        // Kept in the index with the (mtime, size) it was computed for, so that a remount does
+        // not read the file again. Losing it costs only a recomputation.
+        if !self.options.read_only {
+            let record = format!("{stamp}{cid}").into_bytes();
+            if let Err(e) = self.index.write(|tx| {
+                tx.set_xattr(id, CID_CACHE, Some(&record))?;
+                Ok(())
+            }) {
+                log::debug!("keeping the CID of {key} in the index failed: {e}");
+            }
+        }
         Ok(cid)
     }
 }
+
+/// The index's record of a file's CID (`"<mtime secs> <mtime nanos> <size> <CID>"`), kept among
+/// its xattrs under a name without a namespace prefix: the kernel passes only `user.`,
+/// `trusted.`, `security.` and `system.` names to a filesystem, so no program can set or read it,
+/// and `listxattr` leaves it out.
+const CID_CACHE: &str = "dsfs.cid";
 
 /// [`CID_XATTR`] follows the content and cannot be set or removed.
 fn refuse_computed_xattr(name: &[u8]) -> FsResult<()> {
