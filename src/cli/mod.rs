@@ -33,6 +33,11 @@ STORE SPECS (--store, or the DSFS_STORE environment variable):
   kubo:IPFS_PATH    the layout of a Kubo repo's datastore_spec
   json:FILE         a Kubo-style JSON datastore tree (paths relative to FILE)
   rados:POOL        a Ceph RADOS pool (dsfs built with --features rados)
+  spdk:aio=IMAGE    an SPDK blobstore in BlobFS's layout on an image file
+                    (--features spdk and an installed SPDK); spdk:fake=IMAGE is
+                    dsfs's in-process blobstore (no SPDK needed)
+  motr:INDEX_FID    a CORTX Motr index (--features motr and a built Motr);
+                    motr:INDEX_FID?fake=PATH is dsfs's in-process Motr
   mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/index.redb
                     mem:, redb: and flatfs: stores mounted by key prefix
 
@@ -45,6 +50,10 @@ STORE SPECS (--store, or the DSFS_STORE environment variable):
                     reversible encoded names      (flatfs:)
     conf=PATH id=NAME prefix=NS timeout=SECS   ceph.conf, cephx user,
                     RADOS namespace, bound on every operation   (rados:)
+    cluster=BYTES io_unit=BYTES size=BYTES mem=MIB   blobstore cluster and
+                    io unit size, image size, SPDK memory   (spdk:)
+    ha=EP local=EP profile=FID process=FID compat=go-ds-motr inline=BYTES
+    timeout=SECS    Motr endpoints and fids, go-ds-motr records   (motr:)
   e.g. flatfs:/srv/blocks?shard=next-to-last/2&encode=true
        rados:dsfs?conf=/etc/ceph/ceph.conf&id=dsfs&index=/var/lib/dsfs/index.redb
 
