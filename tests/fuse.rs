@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{Mount, sh};
+use common::{Mount, bytes, sh};
 use dsfs::Datastore;
 use dsfs::spec::{self, OpenMode, StoreSpec};
 
@@ -19,19 +19,6 @@ fn errno_of(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
     r.expect_err("expected an error")
         .raw_os_error()
         .unwrap_or(0)
-}
-
-/// Deterministic bytes that differ per seed.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

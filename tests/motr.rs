@@ -7,21 +7,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Mount, sh};
+use common::{Mount, bytes, sh};
 use dsfs::backend::motr::fake::FakeMotr;
 use dsfs::backend::motr::{GO_DS_MOTR_SUFFIX, Id128, MotrOps, ops};
-
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A fresh index fid per test and process, so reruns against a real cluster start empty.
 fn index_fid(test: u64) -> Id128 {

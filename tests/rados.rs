@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Mount, sh};
+use common::{Mount, bytes, sh};
 use dsfs::backend::rados::{RadosOptions, RadosStore};
 use dsfs::{Datastore, ErrorKind, Key};
 
@@ -103,18 +103,6 @@ impl Ceph {
 
 fn k(s: &str) -> Key {
     Key::new(s)
-}
-
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]
