@@ -351,6 +351,21 @@ fn reads(c: &mut Criterion) {
 }
 
 /// Writes `keys`, each with `val`, in batches of 1,000, then syncs.
+/// Runs a query of every key (with or without values) to the end; the number of entries.
+fn query_all(store: &dyn Datastore, keys_only: bool) -> usize {
+    let q = Query {
+        prefix: "/".to_owned(),
+        keys_only,
+        ..Query::default()
+    };
+    let mut count = 0;
+    for entry in store.query(q).expect("query") {
+        black_box(entry.expect("query entry"));
+        count += 1;
+    }
+    count
+}
+
 fn fill(store: &dyn Datastore, keys: impl IntoIterator<Item = Key>, val: &[u8]) {
     let keys: Vec<Key> = keys.into_iter().collect();
     for chunk in keys.chunks(1_000) {
@@ -471,19 +486,7 @@ fn query(c: &mut Criterion) {
                 let id = BenchmarkId::new(format!("{}/{mode}", kind.name), &label);
                 g.bench_function(id, |b| {
                     let store = &fixture().store;
-                    b.iter(|| {
-                        let q = Query {
-                            prefix: "/".to_owned(),
-                            keys_only,
-                            ..Query::default()
-                        };
-                        let mut count = 0;
-                        for entry in store.query(q).expect("query") {
-                            black_box(entry.expect("query entry"));
-                            count += 1;
-                        }
-                        assert_eq!(count, n);
-                    });
+                    b.iter(|| assert_eq!(query_all(store.as_ref(), keys_only), n));
                 });
             }
         }
@@ -662,19 +665,7 @@ fn rados(c: &mut Criterion) {
         for (mode, keys_only) in [("keys-only", true), ("values", false)] {
             let id = BenchmarkId::new(format!("query/{name}/{mode}"), count_label(n));
             g.bench_function(id, |b| {
-                b.iter(|| {
-                    let q = Query {
-                        prefix: "/".to_owned(),
-                        keys_only,
-                        ..Query::default()
-                    };
-                    let mut count = 0;
-                    for entry in store.query(q).expect("query") {
-                        black_box(entry.expect("query entry"));
-                        count += 1;
-                    }
-                    assert_eq!(count, n);
-                });
+                b.iter(|| assert_eq!(query_all(store.as_ref(), keys_only), n));
             });
         }
     }
