@@ -58,13 +58,16 @@ use parking_lot::RwLock;
 
 use crate::datastore::query::{self, EntryIter};
 use crate::datastore::{
-    Capabilities, Datastore, Entry, Error, ErrorKind, Key, Query, Result, Results, Space,
+    Capabilities, Datastore, Entry, Error, ErrorKind, Key, Query, Result, Results, Segment, Space,
     StageInit, Staged,
 };
+use sha2::Digest;
 
 use self::names::Named;
 use self::ops::{BSTYPE_BLOBFS, BlobId, BlobOps, BsError, BsErrorKind};
 
+/// The store's one segment (see [`SpdkStore::segments`]).
+const SEGMENT: &str = "blobstore";
 /// The xattr that orders two blobs of one name.
 const SEQ_XATTR: &str = "dsfs_seq";
 /// BlobFS's xattr of a file deleted while open (removed at its next load).
@@ -742,6 +745,38 @@ impl Datastore for SpdkStore {
 
     fn staging_dir(&self) -> PathBuf {
         self.inner.staging_dir.clone()
+    }
+    /// One segment, the whole blobstore, whose stamp digests every value's key, length and
+    /// `dsfs_seq` (the map read at open): files BlobFS (or another program) created, changed
+    /// or deleted while dsfs was away change it, so the index finds them at the next open.
+    fn segments(&self) -> Result<Option<Vec<Segment>>> {
+        let mut hash = sha2::Sha256::new();
+        for (k, s) in self.inner.map.read().iter() {
+            hash.update((k.len() as u64).to_le_bytes());
+            hash.update(k.as_bytes());
+            hash.update(s.len.to_le_bytes());
+            hash.update(s.seq.to_le_bytes());
+        }
+        let stamp: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Some(vec![Segment {
+            name: SEGMENT.to_owned(),
+            stamp,
+            settled: true,
+        }]))
+    }
+
+    fn segment_of(&self, _key: &Key) -> Option<String> {
+        Some(SEGMENT.to_owned())
+    }
+
+    fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
+        if segment != SEGMENT {
+            return Ok(Vec::new());
+        }
+        let map = self.inner.map.read();
+        map.iter()
+            .map(|(k, s)| Ok((Key::from_raw(k.clone())?, s.len)))
+            .collect()
     }
 }
 
