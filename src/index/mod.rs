@@ -26,6 +26,7 @@ pub mod build;
 pub mod error;
 pub mod follow;
 pub mod node;
+pub mod ops;
 pub mod reconcile;
 pub mod salvage;
 pub mod store;
