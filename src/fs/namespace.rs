@@ -287,6 +287,7 @@ impl DsFs {
             st.dirty = true;
             // Committing the new file later must not move its times.
             st.mtime = Some(created);
+            st.indexed = Some((0, created));
         }
         let fh = self.add_handle(id, inode, flags);
         Ok((self.attr_of(id, &n), Opened { fh, backing: None }))

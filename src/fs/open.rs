@@ -43,6 +43,10 @@ pub(super) struct InodeState {
     pub(super) unlinked: bool,
     /// Modification time of uncommitted writes.
     pub(super) mtime: Option<Timestamp>,
+    /// The value size and mtime the index already records for this inode's value, when the
+    /// inode knows it (a file created by this open and not committed since): a commit of
+    /// exactly that (an empty new file closed unwritten) writes the store and skips the index.
+    pub(super) indexed: Option<(u64, Timestamp)>,
     /// The attributes the inode had when its last name was removed (for `fstat` of an open,
     /// unlinked file).
     pub(super) orphan: Option<Node>,
@@ -123,6 +127,7 @@ impl DsFs {
                         dirty: false,
                         unlinked: false,
                         mtime: None,
+                        indexed: None,
                         orphan: None,
                     }),
                     opens: AtomicU32::new(0),

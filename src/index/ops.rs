@@ -134,3 +134,73 @@ impl Index {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{IndexOptions, NodeKind, ROOT};
+    use super::*;
+
+    fn file() -> Node {
+        Node::new(NodeKind::File, 0, "", 0o644, 1, 2)
+    }
+
+    #[test]
+    fn dir_lookup_reads_the_directory_the_entry_and_the_key_together() {
+        let ix = Index::in_memory(IndexOptions::default()).unwrap();
+        ix.record_put(&Key::new("/a/b/c"), 7).unwrap();
+        let (a, _) = ix.resolve(&Key::new("/a")).unwrap().unwrap();
+        let (b, _) = ix.resolve(&Key::new("/a/b")).unwrap().unwrap();
+        let got = ix.dir_lookup(b, Some("c"), true).unwrap();
+        assert_eq!(got.dir.kind, NodeKind::Dir);
+        assert_eq!(got.dir.parent, a);
+        assert_eq!(got.dir_key, Some(Key::new("/a/b")));
+        let (c, cn) = got.entry.unwrap();
+        assert_eq!(ix.key_of(c).unwrap(), Key::new("/a/b/c"));
+        assert_eq!(cn.size(), 7);
+        let none = ix.dir_lookup(b, Some("d"), false).unwrap();
+        assert!(none.entry.is_none());
+        assert!(none.dir_key.is_none());
+        let err = ix.dir_lookup(9_999, Some("c"), true).unwrap_err();
+        assert_eq!(err.kind(), IndexErrorKind::NotFound);
+    }
+
+    #[test]
+    fn create_file_records_node_entry_and_key_and_refuses_a_taken_name() {
+        let ix = Index::in_memory(IndexOptions::default()).unwrap();
+        let key = Key::new("/f");
+        let (id, n) = ix.create_file(ROOT, "f", file(), &key, 0).unwrap();
+        assert_eq!((n.parent, n.name.as_str(), n.value), (ROOT, "f", Some(0)));
+        assert_eq!(ix.node(id).unwrap().encode(), n.encode());
+        assert_eq!(ix.value_size(&key).unwrap(), Some(0));
+        assert_eq!(ix.lookup(ROOT, "f").unwrap().unwrap().0, id);
+        let err = ix.create_file(ROOT, "f", file(), &key, 3).unwrap_err();
+        assert_eq!(err.kind(), IndexErrorKind::AlreadyExists);
+        assert_eq!(ix.value_size(&key).unwrap(), Some(0));
+    }
+
+    #[test]
+    fn remove_entry_returns_the_old_node_and_refuses_an_entry_that_changed() {
+        let ix = Index::in_memory(IndexOptions::default()).unwrap();
+        let (f, _) = ix
+            .create_file(ROOT, "f", file(), &Key::new("/f"), 0)
+            .unwrap();
+        let (g, _) = ix
+            .create_file(ROOT, "g", file(), &Key::new("/g"), 0)
+            .unwrap();
+        // "f" does not name g: nothing is removed.
+        let err = ix
+            .remove_entry(ROOT, "f", g, Some(&Key::new("/f")), true)
+            .unwrap_err();
+        assert_eq!(err.kind(), IndexErrorKind::NotFound);
+        assert!(ix.lookup(ROOT, "f").unwrap().is_some());
+        assert_eq!(ix.value_size(&Key::new("/f")).unwrap(), Some(0));
+        let old = ix
+            .remove_entry(ROOT, "f", f, Some(&Key::new("/f")), true)
+            .unwrap();
+        assert_eq!(old.name, "f");
+        assert!(ix.lookup(ROOT, "f").unwrap().is_none());
+        assert_eq!(ix.node(f).unwrap_err().kind(), IndexErrorKind::NotFound);
+        assert_eq!(ix.value_size(&Key::new("/f")).unwrap(), None);
+        assert!(ix.node(ROOT).unwrap().explicit);
+    }
+}
