@@ -133,6 +133,8 @@ pub struct Index {
     reconciled: std::sync::atomic::AtomicBool,
     closed: std::sync::atomic::AtomicBool,
     reserve: Option<Arc<crate::space::Reserve>>,
+    /// Write transactions committed since open (see [`Index::write_count`]).
+    writes: std::sync::atomic::AtomicU64,
 }
 
 impl Index {
@@ -267,6 +269,7 @@ impl Index {
             reconciled: std::sync::atomic::AtomicBool::new(!was_unclean),
             closed: std::sync::atomic::AtomicBool::new(false),
             reserve: None,
+            writes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -359,8 +362,16 @@ impl Index {
             txn.commit()
                 .map_err(|e| IndexError::redb("committing an index write", e))?;
             self.commits.mark_dirty();
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(result)
         })
+    }
+
+    /// How many write transactions [`Index::write`] has committed since the index was opened:
+    /// what one filesystem operation costs the index, for tests and profiling.
+    pub fn write_count(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The node `id`, or `NotFound`.
