@@ -6,7 +6,7 @@ use redb::ReadableDatabase;
 
 use super::{
     DIRENTS, Index, IndexError, IndexErrorKind, IndexResult, NODES, Node, NodeId, get_node, guard,
-    key_of, open_read,
+    open_read,
 };
 use crate::datastore::Key;
 
@@ -31,6 +31,7 @@ impl Index {
         want_key: bool,
     ) -> IndexResult<DirLookup> {
         guard("dir_lookup", || {
+            let generation = self.dir_keys.generation();
             let txn = self
                 .db
                 .begin_read()
@@ -60,7 +61,7 @@ impl Index {
                 None => None,
             };
             let dir_key = if want_key {
-                Some(key_of(&nodes, parent)?)
+                Some(self.dir_keys.key_of(generation, &nodes, parent)?)
             } else {
                 None
             };
