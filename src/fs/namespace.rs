@@ -8,6 +8,9 @@ use super::{DsFs, FsError, FsResult, idx_err, now_ts};
 use crate::datastore::{Key, StageInit};
 use crate::index::{IndexError, IndexErrorKind, Node, NodeId, NodeKind, ROOT, Tx};
 
+/// A directory's node, its entry of one name (if any) and the key that name has.
+type EntryKey = (Node, Option<(NodeId, Node)>, Key);
+
 impl DsFs {
     /// The entry `name` in directory `parent` (`/.ipfs` when the root has no real `.ipfs`).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
@@ -225,11 +228,7 @@ impl DsFs {
 
     /// Directory `parent` (`NotDir` if it is not one), its entry `comp` and the key that entry
     /// has, from one index read.
-    fn dir_entry_key(
-        &self,
-        parent: u64,
-        comp: &str,
-    ) -> FsResult<(Node, Option<(NodeId, Node)>, Key)> {
+    fn dir_entry_key(&self, parent: u64, comp: &str) -> FsResult<EntryKey> {
         if Ino(parent).is_dir_value() {
             return Err(FsError::NotDir);
         }

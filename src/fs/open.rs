@@ -63,8 +63,11 @@ pub(super) struct OpenInode {
 /// `readdir`) asks whether a file is open, and that must not serialise on one lock with every
 /// open, close and create of the filesystem.
 pub(super) struct OpenTable {
-    shards: Box<[RwLock<HashMap<u64, Arc<OpenInode>>>]>,
+    shards: Box<[RwLock<Shard>]>,
 }
+
+/// One shard of the [`OpenTable`].
+type Shard = HashMap<u64, Arc<OpenInode>>;
 
 impl OpenTable {
     const SHARDS: usize = 64;
@@ -77,7 +80,7 @@ impl OpenTable {
         }
     }
 
-    fn shard(&self, ino: u64) -> &RwLock<HashMap<u64, Arc<OpenInode>>> {
+    fn shard(&self, ino: u64) -> &RwLock<Shard> {
         // Inode numbers are sequential, so the low bits spread them.
         &self.shards[(ino % Self::SHARDS as u64) as usize]
     }
@@ -93,7 +96,7 @@ impl OpenTable {
     }
 
     /// The shard holding `ino`, write-locked (to insert or remove it).
-    fn lock_for(&self, ino: u64) -> RwLockWriteGuard<'_, HashMap<u64, Arc<OpenInode>>> {
+    fn lock_for(&self, ino: u64) -> RwLockWriteGuard<'_, Shard> {
         self.shard(ino).write()
     }
 
