@@ -735,7 +735,7 @@ mod tests {
         for _ in 0..200 {
             let base = tempfile::tempfile().unwrap();
             let mut ov = Overlay {
-                base,
+                base: Base::File(base),
                 base_len: 0,
                 len: 0,
                 dirty: BTreeMap::new(),
