@@ -62,18 +62,19 @@ struct Overlay {
 
 impl Overlay {
     /// Records `[start, end)` as dirty, merging it with the ranges it overlaps or touches.
+    /// Runs on every write: no allocation, and nothing changes when a range already covers it.
     fn mark(&mut self, mut start: u64, mut end: u64) {
         if start >= end {
             return;
         }
-        let touching: Vec<(u64, u64)> = self
-            .dirty
-            .range(..=end)
-            .rev()
-            .take_while(|&(_, &e)| e >= start)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in touching {
+        // Merge the last range starting at or before `end` while it reaches `start`.
+        while let Some((&s, &e)) = self.dirty.range(..=end).next_back() {
+            if e < start {
+                break;
+            }
+            if s <= start && e >= end {
+                return;
+            }
             self.dirty.remove(&s);
             start = start.min(s);
             end = end.max(e);
@@ -723,6 +724,43 @@ mod tests {
             assert!(!s.is_overlay());
             assert_eq!(s.read_all().unwrap(), model);
             assert_eq!(clone.read_all().unwrap(), model);
+        }
+    }
+
+    /// The dirty ranges are exactly the maximal runs of written bytes (disjoint, not touching).
+    #[test]
+    fn dirty_ranges_are_the_runs_of_written_bytes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let base = tempfile::tempfile().unwrap();
+            let mut ov = Overlay {
+                base: Base::File(base),
+                base_len: 0,
+                len: 0,
+                dirty: BTreeMap::new(),
+            };
+            let mut model = [false; 300];
+            for _ in 0..rng.random_range(1..30) {
+                let s = rng.random_range(0..300);
+                let e = rng.random_range(s..=300);
+                ov.mark(s as u64, e as u64);
+                model[s..e].iter_mut().for_each(|b| *b = true);
+            }
+            let mut want = Vec::new();
+            let mut i = 0;
+            while i < model.len() {
+                if model[i] {
+                    let s = i;
+                    while i < model.len() && model[i] {
+                        i += 1;
+                    }
+                    want.push((s as u64, i as u64));
+                }
+                i += 1;
+            }
+            let got: Vec<(u64, u64)> = ov.dirty.iter().map(|(&s, &e)| (s, e)).collect();
+            assert_eq!(got, want);
         }
     }
 

@@ -124,6 +124,8 @@ pub struct FlatFsStore {
     known_dirs: RwLock<HashSet<String>>,
     mkdir_lock: Mutex<()>,
     dirty: DirtySet,
+    /// In-place commits whose data files are not synced yet (see `journal.rs`).
+    unsettled: journal::UnsettledSet,
     lock: Mutex<Option<File>>,
 }
 
@@ -442,6 +444,7 @@ impl FlatFsStore {
             known_dirs: RwLock::new(HashSet::new()),
             mkdir_lock: Mutex::new(()),
             dirty: DirtySet::default(),
+            unsettled: journal::UnsettledSet::default(),
             lock: Mutex::new(Some(lock)),
         })
     }
@@ -610,6 +613,8 @@ impl FlatFsStore {
         new_size: u64,
         sync_root: bool,
     ) -> Result<()> {
+        self.settle_path(src)?;
+        self.settle_path(dest)?;
         let old = match std::fs::metadata(dest) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
@@ -665,6 +670,7 @@ impl FlatFsStore {
     /// directory.
     fn do_delete(&self, name: &str, shard: &str) -> Result<()> {
         let path = self.file_path(shard, name);
+        self.settle_path(&path)?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         match std::fs::remove_file(&path) {
             Ok(()) => {
@@ -894,7 +900,9 @@ impl Datastore for FlatFsStore {
         {
             log::error!("flatfs: the disk-usage checkpoint thread panicked");
         }
-        let synced = self.dirty.flush(&self.root);
+        let synced = self
+            .settle_all()
+            .and_then(|()| self.dirty.flush(&self.root));
         let cached = self.usage.write_cache(self.usage.get(), true);
         if let Err(e) = &cached {
             log::error!(
