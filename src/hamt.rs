@@ -446,4 +446,99 @@ mod tests {
             assert_eq!(dir_of(names, v1).cid.to_string(), want1, "{what}, CIDv1");
         }
     }
+
+    /// A lookup fetches only the shard nodes on its name's hash path (and the listing finds
+    /// every entry once); a missing name is `None`; `resolve` goes through shards too.
+    #[test]
+    fn lookups_walk_only_their_buckets_and_listing_finds_every_entry() {
+        use crate::unixfs::tests::Counting;
+        use std::sync::atomic::Ordering;
+        let store = Counting {
+            inner: crate::backend::MemStore::new(),
+            gets: Default::default(),
+        };
+        let options = ImportOptions::default();
+        let mut entries: Vec<(String, Link)> = (0..10_000)
+            .map(|i| {
+                let name = format!("f{i}");
+                let link =
+                    crate::unixfs::import_bytes(name.as_bytes(), options, &mut &store).unwrap();
+                (name, link)
+            })
+            .collect();
+        let root = crate::unixfs::directory(&mut entries, options, &mut &store)
+            .unwrap()
+            .cid;
+        for (name, link) in entries.iter().step_by(997) {
+            store.gets.store(0, Ordering::Relaxed);
+            let mut cache = NodeCache::default();
+            let found = find(&store, &mut cache, &root, name).unwrap();
+            assert_eq!(found, Some(link.cid), "{name}");
+            // 10,000 names in 256 slots: the root, a child shard, rarely a grandchild.
+            let gets = store.gets.load(Ordering::Relaxed);
+            assert!((2..=4).contains(&gets), "{name}: {gets} blocks fetched");
+            let via = crate::unixfs::resolve(&store, &root, &format!("/{name}")).unwrap();
+            assert_eq!(via, link.cid);
+        }
+        for missing in ["f10000", "", "F1", "f1/"] {
+            let mut cache = NodeCache::default();
+            assert_eq!(find(&store, &mut cache, &root, missing).unwrap(), None);
+        }
+        let mut listed = list(&store, &root).unwrap();
+        assert_eq!(listed.len(), entries.len());
+        listed.sort();
+        let mut want: Vec<(String, Cid)> =
+            entries.iter().map(|(n, l)| (n.clone(), l.cid)).collect();
+        want.sort();
+        assert!(listed == want, "the listing differs from the entries");
+    }
+
+    #[test]
+    fn a_damaged_shard_is_an_error_not_a_panic() {
+        let store = crate::backend::MemStore::new();
+        struct Into<'a>(&'a crate::backend::MemStore);
+        impl BlockSink for Into<'_> {
+            fn put_block(&mut self, cid: &Cid, bytes: &[u8]) -> Result<()> {
+                self.0.put(&crate::cid::block_key(cid.hash()), bytes)
+            }
+        }
+        let options = ImportOptions::default();
+        let leaf = crate::unixfs::import_bytes(b"x", options, &mut Into(&store)).unwrap();
+        // A node claiming to be a shard but with a link name that is not a slot prefix.
+        let hash = leaf.cid.to_bytes();
+        let mut data = Vec::new();
+        crate::unixfs::varint_field(&mut data, 1, TYPE_HAMT_SHARD);
+        crate::unixfs::bytes_field(&mut data, 2, &[1]);
+        crate::unixfs::varint_field(&mut data, 5, HASH_MURMUR3);
+        crate::unixfs::varint_field(&mut data, 6, FANOUT);
+        for name in ["Zzname", "0"] {
+            let block = crate::unixfs::pb_node(&[(&hash, name, 1)], &data);
+            let cid = crate::unixfs::dag_pb_cid(0, crate::cid::sha256_multihash(&block));
+            Into(&store).put_block(&cid, &block).unwrap();
+            assert_eq!(list(&store, &cid).unwrap_err().kind(), ErrorKind::Corrupt);
+        }
+        // A fanout that is not a power of two, and another hash function.
+        for (field, value, kind) in [
+            (6, 100, ErrorKind::Corrupt),
+            (5, 0x12, ErrorKind::Unsupported),
+        ] {
+            let mut data = Vec::new();
+            crate::unixfs::varint_field(&mut data, 1, TYPE_HAMT_SHARD);
+            crate::unixfs::bytes_field(&mut data, 2, &[1]);
+            crate::unixfs::varint_field(
+                &mut data,
+                5,
+                if field == 5 { value } else { HASH_MURMUR3 },
+            );
+            crate::unixfs::varint_field(&mut data, 6, if field == 6 { value } else { FANOUT });
+            let block = crate::unixfs::pb_node(&[(&hash, "00x", 1)], &data);
+            let cid = crate::unixfs::dag_pb_cid(0, crate::cid::sha256_multihash(&block));
+            Into(&store).put_block(&cid, &block).unwrap();
+            let mut cache = NodeCache::default();
+            assert_eq!(
+                find(&store, &mut cache, &cid, "x").unwrap_err().kind(),
+                kind
+            );
+        }
+    }
 }

@@ -651,6 +651,37 @@ pub fn cat(
     Ok(written)
 }
 
+/// The CID that `path` (names separated by `/`) leads to from the UnixFS directory `root`,
+/// through plain and HAMT-sharded directories; an empty path is `root` itself.
+pub fn resolve(
+    store: &dyn crate::datastore::Datastore,
+    root: &Cid,
+    path: &str,
+) -> crate::datastore::Result<Cid> {
+    let mut cid = *root;
+    let mut cache = NodeCache::default();
+    for name in path.split('/').filter(|n| !n.is_empty()) {
+        let node = cache.node(store, &cid)?;
+        let next = match node.kind {
+            TYPE_DIRECTORY => node.links.iter().find(|(_, n)| n == name).map(|(c, _)| *c),
+            crate::hamt::TYPE_HAMT_SHARD => crate::hamt::find(store, &mut cache, &cid, name)?,
+            _ => {
+                return Err(crate::datastore::Error::new(
+                    crate::datastore::ErrorKind::InvalidArgument,
+                    format!("{cid} is not a directory, so it has no {name:?}"),
+                ));
+            }
+        };
+        cid = next.ok_or_else(|| {
+            crate::datastore::Error::new(
+                crate::datastore::ErrorKind::NotFound,
+                format!("directory {cid} has no entry {name:?}"),
+            )
+        })?;
+    }
+    Ok(cid)
+}
+
 /// How deep a file's DAG may go before it is taken for corrupt (Kubo's balanced layout of a
 /// 1 TiB file is 3 levels deep).
 const MAX_DEPTH: usize = 32;
@@ -774,7 +805,7 @@ fn read_subtree(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Bytes that the JS reference importer can make too: `(i * 31 + i / 7) % 251`.
@@ -879,9 +910,9 @@ mod tests {
     }
 
     /// A store that counts the blocks read from it.
-    struct Counting {
-        inner: crate::backend::MemStore,
-        gets: std::sync::atomic::AtomicUsize,
+    pub(crate) struct Counting {
+        pub(crate) inner: crate::backend::MemStore,
+        pub(crate) gets: std::sync::atomic::AtomicUsize,
     }
 
     impl crate::datastore::Datastore for Counting {
