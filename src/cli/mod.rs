@@ -643,7 +643,7 @@ fn execute(
             }
         }
         Command::Cat { cid } => {
-            let cid = cid.strip_prefix("/ipfs/").unwrap_or(&cid);
+            let cid = cid.strip_prefix("/ipfs/").unwrap_or(cid);
             let (root, path) = cid.split_once('/').unwrap_or((cid, ""));
             let parsed = cid::Cid::try_from(root).map_err(|e| {
                 Error::new(
