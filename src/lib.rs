@@ -12,6 +12,7 @@ pub mod cli;
 pub mod datastore;
 pub mod fs;
 pub mod group_commit;
+pub mod hamt;
 pub mod index;
 pub mod redb_guard;
 pub mod space;

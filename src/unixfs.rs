@@ -11,8 +11,8 @@
 //!   empty name and `Tsize`, the bytes of the whole sub-DAG under the link.
 //! * A file of one chunk is that chunk's leaf; an empty file is one leaf with no data.
 //! * A directory is a dag-pb node with `Data {Type: Directory}` and one named link per entry,
-//!   sorted by name bytes. Kubo switches a directory to a HAMT shard once its links would take
-//!   more than 256 KiB; dsfs does not build shards and refuses such a directory.
+//!   sorted by name bytes. Like Kubo, a directory whose links would take more than 256 KiB
+//!   becomes a HAMT shard instead (`crate::hamt`).
 //!
 //! dag-pb is written canonically: links (field 2) before data (field 1), fields in number
 //! order inside each message, which is what go-merkledag and the JS importer write.
@@ -87,14 +87,14 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// A length-delimited protobuf field.
-fn bytes_field(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+pub(crate) fn bytes_field(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
     varint(out, field << 3 | 2);
     varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
 /// A varint protobuf field.
-fn varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
+pub(crate) fn varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
     varint(out, field << 3);
     varint(out, v);
 }
@@ -118,7 +118,7 @@ fn file_data(chunk: Option<&[u8]>, filesize: u64, blocksizes: &[u64]) -> Vec<u8>
 }
 
 /// A dag-pb node: links (each Hash, Name, Tsize), then Data.
-fn pb_node(links: &[(&[u8], &str, u64)], data: &[u8]) -> Vec<u8> {
+pub(crate) fn pb_node(links: &[(&[u8], &str, u64)], data: &[u8]) -> Vec<u8> {
     let mut node = Vec::with_capacity(data.len() + links.len() * 48 + 8);
     let mut link = Vec::with_capacity(64);
     for (hash, name, tsize) in links {
@@ -132,7 +132,8 @@ fn pb_node(links: &[(&[u8], &str, u64)], data: &[u8]) -> Vec<u8> {
     node
 }
 
-fn dag_pb_cid(version: u8, hash: Multihash<64>) -> Cid {
+/// The CID of a dag-pb block in CID `version`.
+pub(crate) fn dag_pb_cid(version: u8, hash: Multihash<64>) -> Cid {
     if version == 0 {
         // A sha2-256 multihash is always a valid CIDv0.
         Cid::new_v0(hash).unwrap_or_else(|_| Cid::new_v1(DAG_PB, hash))
@@ -315,13 +316,8 @@ pub fn directory<S: BlockSink + ?Sized>(
         .map(|((n, _), h)| n.len() + h.len())
         .sum();
     if link_bytes > SHARD_THRESHOLD {
-        return Err(crate::datastore::Error::new(
-            crate::datastore::ErrorKind::Unsupported,
-            format!(
-                "a directory of {} entries needs a HAMT shard in Kubo's layout (its links take {link_bytes} bytes, over {SHARD_THRESHOLD}); dsfs does not build shards yet",
-                entries.len()
-            ),
-        ));
+        // Kubo (boxo) and the JS importer shard above the threshold, not at it.
+        return crate::hamt::build(entries, options, sink);
     }
     let links: Vec<(&[u8], &str, u64)> = entries
         .iter()
@@ -484,6 +480,10 @@ pub struct Node {
     pub links: Vec<(Cid, String)>,
     /// The file bytes under each child.
     pub blocksizes: Vec<u64>,
+    /// A HAMT shard's hash function (UnixFS `hashType`).
+    pub hash_type: Option<u64>,
+    /// A HAMT shard's width (UnixFS `fanout`).
+    pub fanout: Option<u64>,
 }
 
 /// Reads a protobuf varint at `*pos`.
@@ -541,6 +541,8 @@ pub fn decode(cid: &Cid, block: &[u8]) -> crate::datastore::Result<Node> {
             data: block.to_vec(),
             links: Vec::new(),
             blocksizes: Vec::new(),
+            hash_type: None,
+            fanout: None,
         });
     }
     if cid.codec() != DAG_PB {
@@ -572,12 +574,16 @@ pub fn decode(cid: &Cid, block: &[u8]) -> crate::datastore::Result<Node> {
         data: Vec::new(),
         links,
         blocksizes: Vec::new(),
+        hash_type: None,
+        fanout: None,
     };
     for (field, value) in fields(unixfs).ok_or_else(bad)? {
         match (field, value) {
             (1, Field::Varint(kind)) => node.kind = kind,
             (2, Field::Bytes(data)) => node.data = data.to_vec(),
             (4, Field::Varint(size)) => node.blocksizes.push(size),
+            (5, Field::Varint(h)) => node.hash_type = Some(h),
+            (6, Field::Varint(f)) => node.fanout = Some(f),
             (4, Field::Bytes(packed)) => {
                 let mut pos = 0;
                 while pos < packed.len() {
@@ -643,6 +649,37 @@ pub fn cat(
         written += cat(store, child, out)?;
     }
     Ok(written)
+}
+
+/// The CID that `path` (names separated by `/`) leads to from the UnixFS directory `root`,
+/// through plain and HAMT-sharded directories; an empty path is `root` itself.
+pub fn resolve(
+    store: &dyn crate::datastore::Datastore,
+    root: &Cid,
+    path: &str,
+) -> crate::datastore::Result<Cid> {
+    let mut cid = *root;
+    let mut cache = NodeCache::default();
+    for name in path.split('/').filter(|n| !n.is_empty()) {
+        let node = cache.node(store, &cid)?;
+        let next = match node.kind {
+            TYPE_DIRECTORY => node.links.iter().find(|(_, n)| n == name).map(|(c, _)| *c),
+            crate::hamt::TYPE_HAMT_SHARD => crate::hamt::find(store, &mut cache, &cid, name)?,
+            _ => {
+                return Err(crate::datastore::Error::new(
+                    crate::datastore::ErrorKind::InvalidArgument,
+                    format!("{cid} is not a directory, so it has no {name:?}"),
+                ));
+            }
+        };
+        cid = next.ok_or_else(|| {
+            crate::datastore::Error::new(
+                crate::datastore::ErrorKind::NotFound,
+                format!("directory {cid} has no entry {name:?}"),
+            )
+        })?;
+    }
+    Ok(cid)
 }
 
 /// How deep a file's DAG may go before it is taken for corrupt (Kubo's balanced layout of a
@@ -768,7 +805,7 @@ fn read_subtree(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Bytes that the JS reference importer can make too: `(i * 31 + i / 7) % 251`.
@@ -873,9 +910,9 @@ mod tests {
     }
 
     /// A store that counts the blocks read from it.
-    struct Counting {
-        inner: crate::backend::MemStore,
-        gets: std::sync::atomic::AtomicUsize,
+    pub(crate) struct Counting {
+        pub(crate) inner: crate::backend::MemStore,
+        pub(crate) gets: std::sync::atomic::AtomicUsize,
     }
 
     impl crate::datastore::Datastore for Counting {

@@ -187,3 +187,68 @@ fn files_in_a_mount_carry_their_cid_and_it_follows_writes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `-o ipfs_blocks=on`: a file copied into the mount gets its blocks under `/blocks`, so its
+/// `user.ipfs.cid` reads back through `/.ipfs/<CID>` and, after unmounting, from a copy of
+/// the repository's `blocks/` alone (as a Kubo repository with nothing else).
+#[test]
+fn ipfs_blocks_makes_every_committed_file_readable_by_its_cid() {
+    let mut m = common::Mount::repo_unmounted();
+    m.options.push("ipfs_blocks=on".into());
+    m.mount();
+    let data = pattern(2 * 262_144 + 99);
+    std::fs::write(m.path("f"), &data).unwrap();
+    std::fs::write(m.path("small"), b"hello\n").unwrap();
+    let cid = xattr_cid(&m.path("f")).unwrap();
+    assert_eq!(
+        xattr_cid(&m.path("small")).unwrap(),
+        "QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN"
+    );
+    let back = std::fs::read(m.path(&format!(".ipfs/{cid}"))).unwrap();
+    assert!(back == data, "/.ipfs/{cid} gave other bytes");
+    // A file never asked for its CID gets its blocks too (by the background writer).
+    std::fs::write(m.path("later"), pattern(1000)).unwrap();
+    m.umount();
+
+    let repo = Path::new(&m.spec);
+    let kubo = m.dir.path().join("kubo");
+    std::fs::create_dir_all(&kubo).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(repo.join("blocks"))
+        .arg(&kubo)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::write(
+        kubo.join("datastore_spec"),
+        r#"{"mounts":[{"mountpoint":"/blocks","path":"blocks","shardFunc":"/repo/flatfs/shard/v1/next-to-last/2","type":"flatfs"}],"type":"mount"}"#,
+    )
+    .unwrap();
+    let store = format!("kubo:{}", kubo.display());
+    let later = m.dir.path().join("later");
+    std::fs::write(&later, pattern(1000)).unwrap();
+    let later_cid = run(
+        Path::new(&store),
+        &["add", "-Q", "--only-hash", later.to_str().unwrap()],
+    );
+    for (cid, want) in [
+        (cid.as_str(), data.clone()),
+        (
+            "QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN",
+            b"hello\n".to_vec(),
+        ),
+        (later_cid.trim(), pattern(1000)),
+    ] {
+        let out = dsfs()
+            .args(["--store", &store, "cat", cid])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == want, "{cid}: other bytes from blocks/ alone");
+    }
+}

@@ -181,3 +181,55 @@ fn a_block_that_does_not_match_its_cid_is_eio() {
     let log = std::fs::read_to_string(m.log()).unwrap();
     assert!(log.contains("does not match"), "{log}");
 }
+
+/// A directory of 4,097 files with names of 30 bytes (links of 262,208 bytes) is a HAMT shard in Kubo's layout: `dsfs add -r` gives the root
+/// CID the reference importer gives, and `/.ipfs/<CID>` lists and opens its entries, as
+/// `dsfs cat CID/name` does.
+#[test]
+fn a_sharded_directory_reads_back_by_cid() {
+    let m = Mount::repo_unmounted();
+    let src = m.dir.path().join("d");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..4097 {
+        let name = format!("{i:030}");
+        std::fs::write(src.join(&name), name.as_bytes()).unwrap();
+    }
+    let root = add(&m.spec, &["-r", src.to_str().unwrap()]);
+    // ipfs-unixfs-importer 17.1.1 (profile unixfs-v0-2015) for the same names and bytes.
+    assert_eq!(root, "QmNcAeqeiYoYHfGWnAvHtG12PgqCz8WRrJT4vJ8sCMbgPC");
+    let cat = dsfs()
+        .arg("--store")
+        .arg(&m.spec)
+        .args(["cat", &format!("{root}/{:030}", 4021)])
+        .output()
+        .unwrap();
+    assert!(
+        cat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    assert_eq!(cat.stdout, format!("{:030}", 4021).as_bytes());
+    m.mount();
+
+    let dir = m.path(&format!(".ipfs/{root}"));
+    assert!(dir.is_dir());
+    for name in [0, 4096, 2000].map(|i| format!("{i:030}")) {
+        assert_eq!(std::fs::read(dir.join(&name)).unwrap(), name.as_bytes());
+    }
+    assert_eq!(
+        errno_of(std::fs::metadata(dir.join(format!("{:030}", 4097)))),
+        Some(libc::ENOENT)
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (0..4097).map(|i| format!("{i:030}")).collect();
+    want.sort();
+    assert!(names == want, "{} names listed", names.len());
+    assert_eq!(
+        errno_of(std::fs::write(dir.join("new"), b"x")),
+        Some(libc::EROFS)
+    );
+}

@@ -191,7 +191,8 @@ enum Command {
     /// Write the UnixFS file CID names (as 'ipfs cat' would) from the blocks in /blocks,
     /// checking every block against its hash.
     Cat {
-        /// The file's CID (v0 or v1, any multibase).
+        /// The file's CID (v0 or v1, any multibase), or CID/path/in/it for a file inside a
+        /// directory's DAG.
         cid: String,
     },
     /// Copy a directory tree into the store: each file becomes a key under PREFIX.
@@ -258,6 +259,7 @@ MOUNT OPTIONS (-o a,b,c):
   umask=OOO             clear these bits from every reported mode
   threads=N             FUSE worker threads (default: cores, 2 to 8)
   passthrough=on|off    let the kernel read file-backed values directly (default on)
+  ipfs_blocks=on|off    also write each committed file's UnixFS blocks under /blocks (default off)
   writeback_cache=on|off  kernel write caching, when passthrough is off (default off)
   revalidate=SECONDS    how soon changes other programs (or hosts) make to a flatfs or
                         rados store show
@@ -641,22 +643,26 @@ fn execute(
             }
         }
         Command::Cat { cid } => {
-            let parsed = cid::Cid::try_from(cid.as_str()).map_err(|e| {
+            let cid = cid.strip_prefix("/ipfs/").unwrap_or(cid);
+            let (root, path) = cid.split_once('/').unwrap_or((cid, ""));
+            let parsed = cid::Cid::try_from(root).map_err(|e| {
                 Error::new(
                     ErrorKind::InvalidArgument,
                     format!("{cid:?} is not a CID: {e}"),
                 )
             })?;
-            crate::unixfs::cat(store.as_ref(), &parsed, &mut out).map_err(|e| {
-                if e.is_not_found() {
-                    Error::new(
-                        ErrorKind::NotFound,
-                        format!("{cid}: a block of it is not in this store"),
-                    )
-                } else {
-                    e
-                }
-            })?;
+            crate::unixfs::resolve(store.as_ref(), &parsed, path)
+                .and_then(|file| crate::unixfs::cat(store.as_ref(), &file, &mut out))
+                .map_err(|e| {
+                    if e.is_not_found() {
+                        Error::new(
+                            ErrorKind::NotFound,
+                            format!("{cid}: not in this store ({e})"),
+                        )
+                    } else {
+                        e
+                    }
+                })?;
         }
         Command::Cid { key, raw } => {
             let options = crate::unixfs::ImportOptions::default();

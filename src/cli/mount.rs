@@ -48,6 +48,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// Kernel passthrough for file-backed values.
     pub passthrough: bool,
+    /// Write the UnixFS blocks of every committed file under `/blocks`, so that Kubo serves
+    /// each file by its CID.
+    pub ipfs_blocks: bool,
     /// Kernel writeback cache (ignored when passthrough is in use).
     pub writeback_cache: bool,
     /// How often parts of the store that other programs may write (flatfs, rados) are revalidated;
@@ -77,6 +80,7 @@ impl Default for MountOptions {
                 .unwrap_or(2)
                 .clamp(2, 8),
             passthrough: true,
+            ipfs_blocks: false,
             writeback_cache: false,
             revalidate: None,
             nonempty: false,
@@ -141,6 +145,7 @@ impl MountOptions {
                         o.threads = n;
                     }
                     "passthrough" => o.passthrough = on_off(name, value)?,
+                    "ipfs_blocks" => o.ipfs_blocks = on_off(name, value)?,
                     "writeback_cache" => o.writeback_cache = on_off(name, value)?,
                     "revalidate" => o.revalidate = Some(seconds(name, value)?),
                     "nonempty" => o.nonempty = on_off(name, value)?,
@@ -463,6 +468,7 @@ fn serve(
                 gid: options.gid,
                 umask: options.umask,
                 passthrough: options.passthrough,
+                ipfs_blocks: options.ipfs_blocks,
             },
         ));
         let adapter = FuseAdapter::new(

@@ -226,6 +226,12 @@ impl DsFs {
         st.indexed = None;
         drop(keep);
         drop(st);
+        if let Some(blocks) = &self.blocks
+            && let Ok(n) = self.index.node(Ino(ino).node())
+            && let Some(size) = n.value
+        {
+            blocks.queue(Ino(ino).node(), &key, size, n.mtime);
+        }
         if durable {
             self.index.sync()?;
         }

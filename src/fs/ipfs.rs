@@ -21,6 +21,7 @@ use super::names::component_to_name;
 use super::types::{Attr, DirItem, FileKind, Opened};
 use super::{DsFs, FsError, FsResult};
 use crate::datastore::{Error, ErrorKind};
+use crate::hamt;
 use crate::index::ROOT;
 use crate::unixfs::{self, NodeCache};
 
@@ -48,9 +49,15 @@ enum Shape {
     File(u64),
     /// A directory: its entries' names and CIDs, in link order.
     Dir(Arc<Vec<(String, Cid)>>),
+    /// A HAMT-sharded directory: looked up by walking the buckets of one name; its full
+    /// listing (shard order) is kept once a `readdir` has needed it.
+    Shard(ShardList),
     /// A symbolic link to this target.
     Symlink(Vec<u8>),
 }
+
+/// The entries of a sharded directory, once listed.
+type ShardList = Arc<Mutex<Option<Arc<Vec<(String, Cid)>>>>>;
 
 #[derive(Clone, Debug)]
 struct VNode {
@@ -111,6 +118,10 @@ impl DsFs {
         let (kind, size, perm, nlink) = match shape {
             Shape::File(size) => (FileKind::File, *size, 0o444, 1),
             Shape::Dir(entries) => (FileKind::Dir, entries.len() as u64, 0o555, 2),
+            Shape::Shard(list) => {
+                let n = list.lock().as_ref().map_or(0, |l| l.len() as u64);
+                (FileKind::Dir, n, 0o555, 2)
+            }
             Shape::Symlink(target) => (FileKind::Symlink, target.len() as u64, 0o777, 1),
         };
         Ok(Attr {
@@ -163,11 +174,7 @@ impl DsFs {
                 Shape::Dir(Arc::new(entries))
             }
             SYMLINK => Shape::Symlink(node.data.clone()),
-            HAMT_SHARD => {
-                return Err(FsError::NotSupported(format!(
-                    "{cid} is a HAMT-sharded directory, which dsfs does not read yet"
-                )));
-            }
+            HAMT_SHARD => Shape::Shard(Arc::default()),
             METADATA => {
                 return Err(FsError::NotSupported(format!(
                     "{cid} is a UnixFS metadata node"
@@ -194,6 +201,27 @@ impl DsFs {
         Ok((ino, vn))
     }
 
+    /// The entries of the sharded directory `ino`, listed (every shard node fetched) the first
+    /// time they are needed. The list's lock is not held while the shard is read.
+    fn shard_entries(&self, ino: u64, list: &ShardList) -> FsResult<Arc<Vec<(String, Cid)>>> {
+        if let Some(done) = list.lock().clone() {
+            return Ok(done);
+        }
+        let cid = self.vnode(ino)?.cid;
+        let entries = hamt::list(self.backend.as_ref(), &cid).map_err(store_err)?;
+        for (name, _) in &entries {
+            if name.contains('/') || name == "." || name == ".." {
+                return Err(store_err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("directory {cid} has an entry named {name:?}"),
+                )));
+            }
+        }
+        let entries = Arc::new(entries);
+        *list.lock() = Some(entries.clone());
+        Ok(entries)
+    }
+
     /// `lookup` in a virtual directory.
     pub(super) fn virtual_lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
@@ -205,6 +233,16 @@ impl DsFs {
                     Some((_, cid)) => *cid,
                     None => return Err(FsError::NotFound),
                 },
+                Shape::Shard(_) => {
+                    let vn = self.vnode(parent)?;
+                    let mut cache = NodeCache::default();
+                    match hamt::find(self.backend.as_ref(), &mut cache, &vn.cid, name)
+                        .map_err(store_err)?
+                    {
+                        Some(cid) => cid,
+                        None => return Err(FsError::NotFound),
+                    }
+                }
                 Shape::File(_) | Shape::Symlink(_) => return Err(FsError::NotDir),
             }
         };
@@ -225,7 +263,9 @@ impl DsFs {
     pub(super) fn virtual_readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         match self.vnode(ino)?.shape {
             Shape::Symlink(target) => Ok(target),
-            Shape::File(_) | Shape::Dir(_) => Err(FsError::Invalid("not a symlink".into())),
+            Shape::File(_) | Shape::Dir(_) | Shape::Shard(_) => {
+                Err(FsError::Invalid("not a symlink".into()))
+            }
         }
     }
 
@@ -241,6 +281,7 @@ impl DsFs {
         } else {
             match self.vnode(ino)?.shape {
                 Shape::Dir(entries) => entries,
+                Shape::Shard(list) => self.shard_entries(ino, &list)?,
                 Shape::File(_) | Shape::Symlink(_) => return Err(FsError::NotDir),
             }
         };
@@ -292,7 +333,7 @@ impl DsFs {
         }
         match self.vnode(ino)?.shape {
             Shape::File(_) => {}
-            Shape::Dir(_) => return Err(FsError::IsDir),
+            Shape::Dir(_) | Shape::Shard(_) => return Err(FsError::IsDir),
             Shape::Symlink(_) => return Err(FsError::Invalid("open of a symlink".into())),
         }
         let mut virt = self.virt.lock();
@@ -320,7 +361,7 @@ impl DsFs {
         let vn = self.vnode(handle.ino)?;
         match vn.shape {
             Shape::File(len) => Ok((handle, vn, len)),
-            Shape::Dir(_) | Shape::Symlink(_) => Err(FsError::BadHandle),
+            Shape::Dir(_) | Shape::Shard(_) | Shape::Symlink(_) => Err(FsError::BadHandle),
         }
     }
 

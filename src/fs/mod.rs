@@ -25,6 +25,7 @@
 //! The lock order is written once, in `open.rs`.
 
 mod attr;
+mod blocks;
 pub mod error;
 pub mod fuse;
 mod io;
@@ -71,6 +72,8 @@ pub struct DsFs {
     cids: Mutex<HashMap<u64, (Timestamp, u64, String)>>,
     /// The inodes and handles under `/.ipfs`.
     virt: Mutex<ipfs::Virtual>,
+    /// With `ipfs_blocks`: the writer of committed files' UnixFS blocks.
+    blocks: Option<blocks::BlockWriter>,
 }
 
 fn ts(t: Timestamp) -> SystemTime {
@@ -98,6 +101,17 @@ impl DsFs {
         let backend = store.backend().clone();
         let index = store.index().clone();
         let file_backed = backend.capabilities().file_backed;
+        let blocks = if options.ipfs_blocks && !options.read_only {
+            match blocks::BlockWriter::start(store.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    log::error!("ipfs_blocks: cannot start the block writer: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         DsFs {
             store,
             backend,
@@ -110,6 +124,7 @@ impl DsFs {
             shut: Mutex::new(false),
             cids: Mutex::new(HashMap::new()),
             virt: Mutex::new(ipfs::Virtual::default()),
+            blocks,
         }
     }
 
@@ -207,6 +222,9 @@ impl DsFs {
                 log::error!("committing {key} (inode {ino}) at unmount failed: {e}");
                 failures.push(format!("the writes to {key} ({e})"));
             }
+        }
+        if let Some(blocks) = &self.blocks {
+            blocks.stop();
         }
         if let Err(e) = self.store.sync(&Key::root()) {
             log::error!("the final sync failed: {e}");

@@ -190,6 +190,8 @@ pub struct FsOptions {
     pub umask: Option<u32>,
     /// Offer kernel passthrough for file-backed values.
     pub passthrough: bool,
+    /// Write the UnixFS blocks of every committed file under `/blocks` (`-o ipfs_blocks`).
+    pub ipfs_blocks: bool,
 }
 
 impl Default for FsOptions {
@@ -200,6 +202,7 @@ impl Default for FsOptions {
             gid: None,
             umask: None,
             passthrough: true,
+            ipfs_blocks: false,
         }
     }
 }

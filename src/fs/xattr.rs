@@ -3,6 +3,7 @@
 use super::ipfs;
 use super::types::{Ino, XATTR_MAX};
 use super::{DsFs, FsError, FsResult, idx_err, now_ts};
+use crate::index::node::Timestamp;
 use crate::index::{IndexErrorKind, NodeKind};
 
 impl DsFs {
@@ -126,29 +127,52 @@ impl DsFs {
             return Ok(cid);
         }
         let key = self.key_of(ino)?;
-        let cid = crate::unixfs::import_value(
-            self.backend.as_ref(),
-            &key,
-            size,
-            crate::unixfs::ImportOptions::default(),
-            &mut crate::unixfs::Discard,
-        )
-        .map_err(FsError::store)?
-        .cid
-        .to_string();
+        let cid = if self.options.ipfs_blocks && !self.options.read_only {
+            // Asked before the block writer got to the file: write the blocks now, so that
+            // the CID just read is readable under `/.ipfs` at once.
+            super::blocks::import_with_blocks(
+                self.store.as_ref(),
+                self.backend.as_ref(),
+                &key,
+                size,
+            )
+            .map_err(FsError::store)?
+        } else {
+            crate::unixfs::import_value(
+                self.backend.as_ref(),
+                &key,
+                size,
+                crate::unixfs::ImportOptions::default(),
+                &mut crate::unixfs::Discard,
+            )
+            .map_err(FsError::store)?
+            .cid
+            .to_string()
+        };
         self.cids.lock().insert(ino, (n.mtime, size, cid.clone()));
-        // Kept in the index with the (mtime, size) it was computed for, so that a remount does
-        // not read the file again. Losing it costs only a recomputation.
         if !self.options.read_only {
-            let record = format!("{stamp}{cid}").into_bytes();
-            if let Err(e) = self.index.write(|tx| {
-                tx.set_xattr(id, CID_CACHE, Some(&record))?;
-                Ok(())
-            }) {
-                log::debug!("keeping the CID of {key} in the index failed: {e}");
-            }
+            record_cid(&self.index, id, n.mtime, size, &cid);
         }
         Ok(cid)
+    }
+}
+
+/// Keeps `cid` in the index as the CID of node `id` with this (mtime, size), so that a remount
+/// does not read the file again. Losing it costs only a recomputation, so a failure is a log
+/// line.
+pub(super) fn record_cid(
+    index: &crate::index::Index,
+    id: crate::index::NodeId,
+    mtime: Timestamp,
+    size: u64,
+    cid: &str,
+) {
+    let record = format!("{} {} {size} {cid}", mtime.secs, mtime.nanos).into_bytes();
+    if let Err(e) = index.write(|tx| {
+        tx.set_xattr(id, CID_CACHE, Some(&record))?;
+        Ok(())
+    }) {
+        log::debug!("keeping the CID of node {id:?} in the index failed: {e}");
     }
 }
 
