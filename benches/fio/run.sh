@@ -122,6 +122,12 @@ removed unless --keep. No thresholds: this measures, it never judges speed.
 Run as root for FUSE passthrough (it needs CAP_SYS_ADMIN). The script never drops caches; it
 runs sync(1) before every measured job so that one job's writeback does not land in the next.
 On a shared or virtual machine, repeat (--repeat 3) before trusting any single ratio.
+
+Duration and disk (estimates, not a measured full run): the default run with --repeat 3 on
+the five default targets should take 25-40 minutes on an idle 2-core VM (the four targets
+without JuiceFS took 803 s on 2026-11-21; JuiceFS adds its slower jobs and a compaction
+after every write job), and its scratch directory peaks near 10 GiB (one SIZE file per
+target, a SIZE file being written, JuiceFS's cache of at most --juicefs-cache-size).
 EOF
 }
 
