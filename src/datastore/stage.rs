@@ -49,7 +49,7 @@ pub struct Staged {
 #[derive(Debug)]
 struct Overlay {
     /// The value's bytes as they were when staging began.
-    base: File,
+    base: Base,
     /// Bytes of `base` below this offset show through where nothing was written; above it
     /// (after a truncation) the value reads as zeros.
     base_len: u64,
@@ -114,12 +114,78 @@ impl Overlay {
     }
 }
 
+/// The bytes of a value that a store keeps outside local files (a blob), read in place as an
+/// overlay's base ([`Staged::overlay_on`]).
+pub trait OverlaySource: Send + Sync + std::fmt::Debug {
+    /// Reads into `buf` from `offset` of the value as it was when staging began; returns the
+    /// count, short only at its end.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// What identifies these bytes to their store (reported as [`OverlayPlan::base_id`]).
+    fn id(&self) -> (u64, u64);
+}
+
+/// An overlay's base: a local file, or bytes a store reads for it.
+#[derive(Debug)]
+enum Base {
+    File(File),
+    Source(std::sync::Arc<dyn OverlaySource>),
+}
+
+impl Base {
+    fn read_full(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        match self {
+            Base::File(f) => {
+                read_full(f, offset, buf).map_err(|e| Error::io("reading a staged value's base", e))
+            }
+            Base::Source(s) => s.read_at(offset, buf),
+        }
+    }
+
+    fn id(&self) -> Result<(u64, u64)> {
+        match self {
+            Base::File(f) => file_id(f),
+            Base::Source(s) => Ok(s.id()),
+        }
+    }
+
+    fn try_clone(&self) -> Result<Base> {
+        match self {
+            Base::File(f) => f
+                .try_clone()
+                .map(Base::File)
+                .map_err(|e| Error::io("duplicating a staged value's base handle", e)),
+            Base::Source(s) => Ok(Base::Source(s.clone())),
+        }
+    }
+
+    /// Copies `[s, e)` of the base to the same offsets of `dst`.
+    fn copy_to(&self, dst: &File, s: u64, e: u64) -> Result<()> {
+        match self {
+            Base::File(f) => copy_range(f, dst, s, e - s)
+                .map_err(|err| Error::io("filling a staged value from its base", err)),
+            Base::Source(src) => {
+                let mut buf = vec![0u8; (e - s).min(1 << 20) as usize];
+                let mut at = s;
+                while at < e {
+                    let n = (e - at).min(buf.len() as u64) as usize;
+                    let got = src.read_at(at, &mut buf[..n])?;
+                    buf[got..n].fill(0);
+                    dst.write_all_at(&buf[..n], at)
+                        .map_err(|err| Error::io("filling a staged value from its base", err))?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// What a store needs to commit an overlay's dirty ranges in place: the base file's identity,
 /// the truncation and the dirty ranges (their bytes are in the staging file at the same
 /// offsets).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverlayPlan {
-    /// `(st_dev, st_ino)` of the base file.
+    /// `(st_dev, st_ino)` of the base file, or [`OverlaySource::id`].
     pub base_id: (u64, u64),
     /// The base's bytes from here on are gone: truncate to this length first.
     pub keep: u64,
@@ -236,7 +302,29 @@ impl Staged {
         *staged.hash.lock() = None;
         Ok(Staged {
             overlay: Some(parking_lot::Mutex::new(Overlay {
-                base,
+                base: Base::File(base),
+                base_len: len,
+                len,
+                dirty: BTreeMap::new(),
+            })),
+            ..staged
+        })
+    }
+
+    /// An overlay over `len` bytes that `base` reads (a store's value that is no local file),
+    /// in an unlinked staging file in `dir`. Nothing of the base is read until a read of a
+    /// clean range or [`Staged::materialize`].
+    pub fn overlay_on(
+        dir: &Path,
+        base: std::sync::Arc<dyn OverlaySource>,
+        len: u64,
+    ) -> Result<Staged> {
+        let staged = Staged::anonymous(dir)?;
+        staged.set_file_len(len)?;
+        *staged.hash.lock() = None;
+        Ok(Staged {
+            overlay: Some(parking_lot::Mutex::new(Overlay {
+                base: Base::Source(base),
                 base_len: len,
                 len,
                 dirty: BTreeMap::new(),
@@ -264,7 +352,7 @@ impl Staged {
         let ov = ov.lock();
         let clean = ov.clean();
         Ok(Some(OverlayPlan {
-            base_id: file_id(&ov.base)?,
+            base_id: ov.base.id()?,
             keep: ov.base_len.min(ov.len),
             len: ov.len,
             dirty: ov.dirty.iter().map(|(&s, &e)| (s, e)).collect(),
@@ -281,15 +369,15 @@ impl Staged {
         let ov = ov.into_inner();
         let filled = (|| {
             for (s, e) in ov.clean() {
-                copy_range(&ov.base, &self.file, s, e - s)?;
+                ov.base.copy_to(&self.file, s, e)?;
             }
-            Ok::<(), std::io::Error>(())
+            Ok::<(), Error>(())
         })();
         match filled {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.overlay = Some(parking_lot::Mutex::new(ov));
-                Err(Error::io("filling a staged value from its base", e))
+                Err(e)
             }
         }
     }
@@ -341,10 +429,7 @@ impl Staged {
             Some(ov) => {
                 let ov = ov.lock();
                 Some(parking_lot::Mutex::new(Overlay {
-                    base: ov
-                        .base
-                        .try_clone()
-                        .map_err(|e| Error::io("duplicating a staged value's base handle", e))?,
+                    base: ov.base.try_clone()?,
                     base_len: ov.base_len,
                     len: ov.len,
                     dirty: ov.dirty.clone(),
@@ -479,8 +564,7 @@ impl Staged {
             let from_base = usize::try_from(ov.base_len.saturating_sub(s))
                 .unwrap_or(usize::MAX)
                 .min(slice.len());
-            let got = read_full(&ov.base, s, &mut slice[..from_base])
-                .map_err(|e| Error::io("reading a staged value's base", e))?;
+            let got = ov.base.read_full(s, &mut slice[..from_base])?;
             slice[got..].fill(0);
         }
         Ok(n)
