@@ -13,10 +13,6 @@
 //! its open forgets the record. A change made underneath (the command line through the
 //! control socket, another writer of a followed store) changes the version, so the next open
 //! drops the pages. The kernel evicting an inode (FORGET) drops the record.
-//!
-//! What this saves is the second read of an unchanged file. A file written and read back is
-//! read again all the same: the kernel refreshes the attributes a write made stale, sees a new
-//! modification time and drops the pages itself (`FUSE_AUTO_INVAL_DATA`).
 
 use std::collections::HashMap;
 use std::time::SystemTime;
