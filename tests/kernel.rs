@@ -163,10 +163,7 @@ fn reading_an_unchanged_file_again_is_served_from_the_page_cache() {
 #[test]
 fn a_change_made_underneath_is_read_at_the_next_open() {
     let m = traced(&[]);
-    sh(
-        &m.mnt,
-        "printf hello > f; cat f > /dev/null; cat f > /dev/null",
-    );
+    sh(&m.mnt, "printf hello > f; cat f > /dev/null; cat f > /dev/null");
     // The same size, so only the content tells: a kept page cache would still say "hello".
     let src = m.dir.path().join("src");
     std::fs::write(&src, "world").unwrap();
