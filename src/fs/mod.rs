@@ -30,7 +30,6 @@ pub mod error;
 pub mod fuse;
 mod io;
 pub mod ipfs;
-mod keep_cache;
 mod killpriv;
 pub mod names;
 mod namespace;
