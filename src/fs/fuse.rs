@@ -28,16 +28,16 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -76,6 +76,8 @@ pub struct FuseAdapter {
     passthrough: AtomicBool,
     /// The I/O modes of the open handles of each inode, and the handles' own modes.
     io: Mutex<IoTable>,
+    /// Tells the kernel about changes it did not make itself; set once the session exists.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 /// How the kernel serves one open handle.
@@ -161,7 +163,27 @@ impl FuseAdapter {
             fs,
             options,
             io: Mutex::new(IoTable::default()),
+            notifier: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Where the mount puts the session's notifier (`Session::notifier`) once the session
+    /// exists; until then the kernel learns of changes only when its timeouts expire.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Drops the privileges of `ino` (see `killpriv`) and, when that changed its mode, tells
+    /// the kernel to forget its cached attributes (only those: no page-cache work, so this is
+    /// safe while the kernel holds the inode for the request being served).
+    fn drop_privileges(&self, ino: u64) -> Result<(), FsError> {
+        if self.fs.drop_privileges(ino)?
+            && let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_inode(INodeNo(ino), -1, 0)
+        {
+            log::debug!("inode {ino}: invalidating cached attributes failed: {e}");
+        }
+        Ok(())
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
@@ -276,6 +298,14 @@ impl Filesystem for FuseAdapter {
             | InitFlags::FUSE_CACHE_SYMLINKS;
         if let Err(missing) = config.add_capabilities(wanted) {
             log::info!("kernel lacks {missing:?}");
+        }
+        // The daemon drops setuid/setgid on write, truncate and chown (see `killpriv`), so the
+        // kernel need not ask for `security.capability` before every WRITE.
+        if config
+            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            .is_err()
+        {
+            log::info!("kernel lacks FUSE_HANDLE_KILLPRIV_V2");
         }
         if self.options.passthrough {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -452,11 +482,25 @@ impl Filesystem for FuseAdapter {
         self.entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let opened = match self.fs.open(ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(errno(e)),
         };
+        // Under FUSE_HANDLE_KILLPRIV_V2 an O_TRUNC open by a caller without CAP_FSETID must
+        // drop privileges; fuser does not pass the kernel's flag for it, so a caller other
+        // than root stands for such a caller.
+        let acc = flags.0 & libc::O_ACCMODE;
+        if flags.0 & libc::O_TRUNC != 0
+            && (acc == libc::O_WRONLY || acc == libc::O_RDWR)
+            && req.uid() != 0
+            && let Err(e) = self.drop_privileges(ino.0)
+        {
+            if let Err(e) = self.fs.release(opened.fh) {
+                log::warn!("releasing handle {} after a failed open: {e}", opened.fh);
+            }
+            return reply.error(errno(e));
+        }
         let (mode, id) = self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), |f| {
             reply.open_backing(f)
         });
@@ -486,15 +530,20 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self.drop_privileges(ino.0)
+        {
+            return reply.error(errno(e));
+        }
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),

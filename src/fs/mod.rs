@@ -20,7 +20,8 @@
 //! - `namespace`: lookup, create, mknod, mkdir, symlink, unlink, rmdir, link, readdir;
 //! - `rename`: rename and exchange, and the moves of values they make;
 //! - `attr`: getattr, setattr, access;
-//! - `xattr`: extended attributes, including the computed IPFS CID.
+//! - `xattr`: extended attributes, including the computed IPFS CID;
+//! - `killpriv`: dropping setuid, setgid and file capabilities when a file changes.
 //!
 //! The lock order is written once, in `open.rs`.
 
@@ -30,6 +31,7 @@ pub mod error;
 pub mod fuse;
 mod io;
 pub mod ipfs;
+mod killpriv;
 pub mod names;
 mod namespace;
 mod open;

@@ -1,0 +1,148 @@
+//! The kernel side of the FUSE protocol on a real mount: which requests the kernel still sends
+//! (counted from the daemon's request log) and that what it leaves to the daemon is done, for
+//! now the dropping of setuid/setgid that `FUSE_HANDLE_KILLPRIV_V2` hands over.
+//!
+//! Every test mounts in its own temporary directory and unmounts when it ends, also when it
+//! fails (see `common::Mount`).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Mount, dsfs, sh, wait_mounted};
+
+/// A fresh default repository mounted in the foreground with `-o options`, logging every FUSE
+/// request. Its temporary directory is opened to other users (for tests that switch users).
+fn traced(options: &[&str]) -> Mount {
+    let mut m = Mount::repo_unmounted();
+    std::fs::set_permissions(m.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = std::fs::File::create(m.log()).unwrap();
+    let mut cmd = dsfs();
+    cmd.arg("mount")
+        .arg(&m.spec)
+        .arg(&m.mnt)
+        .arg("-f")
+        .env("RUST_LOG", "fuser=debug")
+        .stdout(Stdio::null())
+        .stderr(log);
+    for o in options {
+        cmd.arg("-o").arg(o);
+    }
+    m.options = options.iter().map(|s| s.to_string()).collect();
+    m.child = Some(cmd.spawn().unwrap());
+    wait_mounted(&m.mnt, true, Duration::from_secs(30));
+    m
+}
+
+/// The opcodes of the requests logged so far, with their arguments (fuser writes one line per
+/// request, ending in `thread=NAME`).
+fn requests(m: &Mount) -> Vec<String> {
+    let log = std::fs::read_to_string(m.log()).unwrap();
+    log.lines()
+        .filter(|l| l.contains(" thread="))
+        .filter_map(|l| {
+            let after = l.split(") ino 0x").nth(1)?;
+            let mut words = after.split_whitespace().skip(1);
+            Some(words.next()?.to_owned() + " " + &words.collect::<Vec<_>>().join(" "))
+        })
+        .collect()
+}
+
+fn count(reqs: &[String], op: &str) -> usize {
+    reqs.iter()
+        .filter(|r| r.split(' ').next() == Some(op))
+        .count()
+}
+
+fn mode_of(m: &Mount, name: &str) -> String {
+    sh(&m.mnt, &format!("stat -c %a {name}")).trim().to_owned()
+}
+
+/// Runs `script` in the mount as root without CAP_FSETID (the capability that keeps setuid
+/// across writes).
+fn sh_without_fsetid(m: &Mount, script: &str) {
+    sh(
+        &m.mnt,
+        &format!("setpriv --inh-caps=-fsetid --bounding-set=-fsetid sh -c '{script}'"),
+    );
+}
+
+/// Runs `script` in the mount as user and group 65534.
+fn sh_as_nobody(m: &Mount, script: &str) {
+    sh(
+        &m.mnt,
+        &format!("setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{script}'"),
+    );
+}
+
+#[test]
+fn writes_send_no_getxattr_per_write() {
+    let m = traced(&[]);
+    sh(&m.mnt, ": > f");
+    let before = requests(&m).len();
+    sh(
+        &m.mnt,
+        "dd if=/dev/zero of=f bs=4k count=200 conv=notrunc status=none",
+    );
+    let after = requests(&m);
+    let dd = &after[before..];
+    assert!(count(dd, "WRITE") >= 200, "{dd:?}");
+    // Without FUSE_HANDLE_KILLPRIV_V2 the kernel asks for security.capability before every
+    // write; with it, at most once per inode and attribute refresh.
+    assert!(
+        count(dd, "GETXATTR") <= 3,
+        "{} GETXATTR requests for 200 writes",
+        count(dd, "GETXATTR")
+    );
+}
+
+#[test]
+fn write_without_cap_fsetid_drops_setuid_and_setgid_with_group_execute() {
+    let m = traced(&[]);
+    sh(
+        &m.mnt,
+        "for f in u g nx root; do : > $f; done; chmod 4755 u; chmod 2755 g; chmod 2745 nx; chmod 6755 root",
+    );
+    sh_without_fsetid(&m, "echo x >> u; echo x >> g; echo x >> nx");
+    sh(&m.mnt, "echo x >> root");
+    assert_eq!(mode_of(&m, "u"), "755");
+    assert_eq!(mode_of(&m, "g"), "755");
+    // setgid without group execute is mandatory locking, not a privilege: Linux keeps it.
+    assert_eq!(mode_of(&m, "nx"), "2745");
+    // root keeps them (CAP_FSETID).
+    assert_eq!(mode_of(&m, "root"), "6755");
+    // The daemon's view, after the kernel's attribute cache expired.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(mode_of(&m, "u"), "755");
+}
+
+#[test]
+fn chown_drops_setuid_also_to_the_same_owner() {
+    let m = traced(&[]);
+    sh(
+        &m.mnt,
+        ": > f; chmod 6755 f; chown 0:0 f; mkdir d; chmod 2755 d; chown 0:0 d",
+    );
+    assert_eq!(mode_of(&m, "f"), "755");
+    // Directories keep setgid (it decides the group of new entries).
+    assert_eq!(mode_of(&m, "d"), "2755");
+}
+
+#[test]
+fn truncate_and_o_trunc_by_another_user_drop_setuid() {
+    let m = traced(&["allow_other"]);
+    sh(
+        &m.mnt,
+        "echo data > t; echo data > o; echo data > keep; chmod 4777 t o keep",
+    );
+    sh_as_nobody(&m, "truncate -s 1 t; : > o; echo more >> keep");
+    assert_eq!(mode_of(&m, "t"), "777");
+    assert_eq!(mode_of(&m, "o"), "777");
+    assert_eq!(mode_of(&m, "keep"), "777");
+    assert_eq!(sh(&m.mnt, "stat -c %s t o").trim(), "1\n0");
+    // root truncating keeps setuid, as on Linux.
+    sh(&m.mnt, "chmod 4777 t; truncate -s 0 t");
+    assert_eq!(mode_of(&m, "t"), "4777");
+}
