@@ -12,13 +12,16 @@
 //! ranges, reads take dirty ranges from the staging file and everything else from the base.
 //! Staging a random write into a large committed file then costs nothing up front, and a store
 //! can commit just the dirty ranges (flatfs does, in place behind a journal) or fill in the
-//! clean ranges first ([`Staged::materialize`]) and commit the whole file.
+//! clean ranges first ([`Staged::materialize`]) and commit the whole file. The base can also be
+//! a value in a store that is not a local file ([`Staged::remote_overlay`], a [`RemoteBase`]
+//! read on demand: a Motr object), which that store commits in place its own way.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::{Error, Result};
 
@@ -49,7 +52,7 @@ pub struct Staged {
 #[derive(Debug)]
 struct Overlay {
     /// The value's bytes as they were when staging began.
-    base: File,
+    base: Base,
     /// Bytes of `base` below this offset show through where nothing was written; above it
     /// (after a truncation) the value reads as zeros.
     base_len: u64,
@@ -114,12 +117,90 @@ impl Overlay {
     }
 }
 
+/// The bytes of a value an overlay is staged over when they are not in a local file (an object
+/// of a remote store), read on demand.
+pub trait RemoteBase: Send + Sync + std::fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `offset`: fewer only at the end of the value.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+
+    /// The base's identity, reported as [`OverlayPlan::base_id`].
+    fn id(&self) -> (u64, u64);
+
+    /// For the store that made it: the concrete type.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Where an overlay's clean bytes come from.
+#[derive(Debug)]
+enum Base {
+    File(File),
+    Remote(Arc<dyn RemoteBase>),
+}
+
+impl Base {
+    fn try_clone(&self) -> Result<Base> {
+        match self {
+            Base::File(f) => f
+                .try_clone()
+                .map(Base::File)
+                .map_err(|e| Error::io("duplicating a staged value's base handle", e)),
+            Base::Remote(r) => Ok(Base::Remote(r.clone())),
+        }
+    }
+
+    fn id(&self) -> Result<(u64, u64)> {
+        match self {
+            Base::File(f) => file_id(f),
+            Base::Remote(r) => Ok(r.id()),
+        }
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        match self {
+            Base::File(f) => {
+                read_full(f, offset, buf).map_err(|e| Error::io("reading a staged value's base", e))
+            }
+            Base::Remote(r) => {
+                let mut done = 0;
+                while done < buf.len() {
+                    match r.read_at(offset + done as u64, &mut buf[done..])? {
+                        0 => break,
+                        n => done += n,
+                    }
+                }
+                Ok(done)
+            }
+        }
+    }
+
+    /// Copies `[offset, offset + len)` into the same range of `dst`.
+    fn copy_to(&self, dst: &File, offset: u64, len: u64) -> Result<()> {
+        match self {
+            Base::File(f) => copy_range(f, dst, offset, len)
+                .map_err(|e| Error::io("filling a staged value from its base", e)),
+            Base::Remote(_) => {
+                let mut buf = vec![0u8; len.min(1 << 20) as usize];
+                let mut at = offset;
+                while at < offset + len {
+                    let n = ((offset + len - at) as usize).min(buf.len());
+                    let got = self.read_at(at, &mut buf[..n])?;
+                    buf[got..n].fill(0);
+                    dst.write_all_at(&buf[..n], at)
+                        .map_err(|e| Error::io("filling a staged value from its base", e))?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// What a store needs to commit an overlay's dirty ranges in place: the base file's identity,
 /// the truncation and the dirty ranges (their bytes are in the staging file at the same
 /// offsets).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverlayPlan {
-    /// `(st_dev, st_ino)` of the base file.
+    /// `(st_dev, st_ino)` of the base file ([`RemoteBase::id`] for a remote base).
     pub base_id: (u64, u64),
     /// The base's bytes from here on are gone: truncate to this length first.
     pub keep: u64,
@@ -236,13 +317,39 @@ impl Staged {
         *staged.hash.lock() = None;
         Ok(Staged {
             overlay: Some(parking_lot::Mutex::new(Overlay {
-                base,
+                base: Base::File(base),
                 base_len: len,
                 len,
                 dirty: BTreeMap::new(),
             })),
             ..staged
         })
+    }
+
+    /// An overlay over `base`, a value of `len` bytes that is not a local file, in an unlinked
+    /// staging file in `dir`. Nothing of the base is read until a read of a clean range or the
+    /// commit.
+    pub fn remote_overlay(dir: &Path, base: Arc<dyn RemoteBase>, len: u64) -> Result<Staged> {
+        let staged = Staged::anonymous(dir)?;
+        staged.set_file_len(len)?;
+        *staged.hash.lock() = None;
+        Ok(Staged {
+            overlay: Some(parking_lot::Mutex::new(Overlay {
+                base: Base::Remote(base),
+                base_len: len,
+                len,
+                dirty: BTreeMap::new(),
+            })),
+            ..staged
+        })
+    }
+
+    /// The remote base of an overlay made by [`Staged::remote_overlay`].
+    pub fn remote_base(&self) -> Option<Arc<dyn RemoteBase>> {
+        match &self.overlay.as_ref()?.lock().base {
+            Base::Remote(r) => Some(r.clone()),
+            Base::File(_) => None,
+        }
     }
 
     fn set_file_len(&self, len: u64) -> Result<()> {
@@ -264,7 +371,7 @@ impl Staged {
         let ov = ov.lock();
         let clean = ov.clean();
         Ok(Some(OverlayPlan {
-            base_id: file_id(&ov.base)?,
+            base_id: ov.base.id()?,
             keep: ov.base_len.min(ov.len),
             len: ov.len,
             dirty: ov.dirty.iter().map(|(&s, &e)| (s, e)).collect(),
@@ -281,15 +388,15 @@ impl Staged {
         let ov = ov.into_inner();
         let filled = (|| {
             for (s, e) in ov.clean() {
-                copy_range(&ov.base, &self.file, s, e - s)?;
+                ov.base.copy_to(&self.file, s, e - s)?;
             }
-            Ok::<(), std::io::Error>(())
+            Ok::<(), Error>(())
         })();
         match filled {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.overlay = Some(parking_lot::Mutex::new(ov));
-                Err(Error::io("filling a staged value from its base", e))
+                Err(e)
             }
         }
     }
@@ -341,10 +448,7 @@ impl Staged {
             Some(ov) => {
                 let ov = ov.lock();
                 Some(parking_lot::Mutex::new(Overlay {
-                    base: ov
-                        .base
-                        .try_clone()
-                        .map_err(|e| Error::io("duplicating a staged value's base handle", e))?,
+                    base: ov.base.try_clone()?,
                     base_len: ov.base_len,
                     len: ov.len,
                     dirty: ov.dirty.clone(),
@@ -479,8 +583,7 @@ impl Staged {
             let from_base = usize::try_from(ov.base_len.saturating_sub(s))
                 .unwrap_or(usize::MAX)
                 .min(slice.len());
-            let got = read_full(&ov.base, s, &mut slice[..from_base])
-                .map_err(|e| Error::io("reading a staged value's base", e))?;
+            let got = ov.base.read_at(s, &mut slice[..from_base])?;
             slice[got..].fill(0);
         }
         Ok(n)

@@ -36,6 +36,7 @@
 
 pub mod config;
 pub mod fake;
+mod inplace;
 pub mod ops;
 #[cfg(feature = "motr")]
 pub mod sys;
@@ -167,6 +168,8 @@ enum Rec {
         size: u64,
         generation: u64,
         id: Id128,
+        /// Bumped by every commit in place ([`inplace`]); 0 in records written before.
+        seq: u64,
     },
 }
 
@@ -183,10 +186,11 @@ impl Rec {
                 size,
                 generation,
                 id,
+                seq,
             } => {
-                let mut out = Vec::with_capacity(33);
+                let mut out = Vec::with_capacity(41);
                 out.push(1);
-                for n in [*size, *generation, id.hi, id.lo] {
+                for n in [*size, *generation, id.hi, id.lo, *seq] {
                     out.extend_from_slice(&n.to_le_bytes());
                 }
                 out
@@ -197,7 +201,7 @@ impl Rec {
     fn decode(bytes: &[u8]) -> Result<Rec> {
         match bytes.split_first() {
             Some((0, v)) => Ok(Rec::Inline(v.to_vec())),
-            Some((1, rest)) if rest.len() == 32 => {
+            Some((1, rest)) if rest.len() == 32 || rest.len() == 40 => {
                 let n = |i: usize| {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&rest[i * 8..i * 8 + 8]);
@@ -207,6 +211,7 @@ impl Rec {
                     size: n(0),
                     generation: n(1),
                     id: Id128 { hi: n(2), lo: n(3) },
+                    seq: if rest.len() == 40 { n(4) } else { 0 },
                 })
             }
             _ => Err(corrupt("motr: an index record of unknown format")),
@@ -281,9 +286,10 @@ impl MotrStore {
     pub fn open(motr: Arc<dyn MotrOps>, options: MotrOptions) -> Result<MotrStore> {
         // A look first: creating an index that exists fails (`-EEXIST`) and makes a real
         // Motr log an error on the console.
-        let exists = match motr.idx_next(options.index, b"/", 1, 0) {
-            Ok(_) => true,
-            Err(Rc::NOT_FOUND) => false,
+        // The same look finds the redo records of interrupted commits (see `inplace`).
+        let (exists, redo) = match motr.idx_next(options.index, inplace::REDO_PREFIX, PAGE, 0) {
+            Ok(page) => (true, page),
+            Err(Rc::NOT_FOUND) => (false, Vec::new()),
             Err(rc) => {
                 return Err(motr_error(
                     format!("motr: opening index {}", options.index),
@@ -305,14 +311,14 @@ impl MotrStore {
                 ));
             }
         }
-        Ok(MotrStore {
-            inner: Arc::new(Inner {
-                motr,
-                options,
-                stripes: (0..STRIPES).map(|_| parking_lot::Mutex::new(())).collect(),
-                closed: AtomicBool::new(false),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            motr,
+            options,
+            stripes: (0..STRIPES).map(|_| parking_lot::Mutex::new(())).collect(),
+            closed: AtomicBool::new(false),
+        });
+        inner.replay(redo)?;
+        Ok(MotrStore { inner })
     }
 
     /// The record layout in use.
@@ -590,6 +596,7 @@ impl Inner {
                 size,
                 generation,
                 id,
+                seq: 0,
             }
         };
         if let Err(e) = self.set_record(key, &new.encode()) {
@@ -738,13 +745,36 @@ impl Datastore for MotrStore {
         self.delete(from)
     }
 
+    /// A large value stages as an overlay over its object, committed in place when little
+    /// changed (see `inplace.rs`).
+    fn stage(&self, key: &Key, init: crate::datastore::StageInit) -> Result<Staged> {
+        self.inner.check_open()?;
+        if init == crate::datastore::StageInit::CopyCurrent
+            && let Some(staged) = self.inner.stage_overlay(key)?
+        {
+            return Ok(staged);
+        }
+        let staged = Staged::anonymous(&self.inner.options.staging_dir)?;
+        if init == crate::datastore::StageInit::CopyCurrent {
+            match self.get(key) {
+                Ok(value) => staged.write_all_at(0, &value)?,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(staged)
+    }
+
     fn commit_staged(&self, key: &Key, staged: Staged, durable: bool) -> Result<()> {
-        let size = staged.len()?;
-        self.inner.store(key, size, &|off, buf| {
-            let n = staged.read_at(off, buf)?;
-            buf[n..].fill(0);
-            Ok(())
-        })?;
+        self.inner.check_open()?;
+        if !self.inner.commit_in_place(key, &staged)? {
+            let size = staged.len()?;
+            self.inner.store(key, size, &|off, buf| {
+                let n = staged.read_at(off, buf)?;
+                buf[n..].fill(0);
+                Ok(())
+            })?;
+        }
         if durable && !self.inner.options.durable {
             self.inner.sync()?;
         }

@@ -123,7 +123,8 @@ fn native_records_hold_small_values_inline_and_large_ones_in_objects() {
         Rec::Object {
             size: big.len() as u64,
             generation: 0,
-            id: object_id(b"/big", 0)
+            id: object_id(b"/big", 0),
+            seq: 0,
         }
     );
     assert_eq!(s.get(&Key::new("/big")).unwrap(), big);
