@@ -36,6 +36,7 @@
 
 pub mod config;
 pub mod fake;
+mod follow;
 mod inplace;
 pub mod ops;
 #[cfg(feature = "motr")]
@@ -318,6 +319,7 @@ impl MotrStore {
             closed: AtomicBool::new(false),
         });
         inner.replay(redo)?;
+        inner.add_members_if_missing()?;
         Ok(MotrStore { inner })
     }
 
@@ -401,6 +403,17 @@ impl Inner {
 
     fn set_record(&self, key: &Key, value: &[u8]) -> Result<()> {
         let rk = self.record_key(key);
+        if self.stamped() {
+            // The value, its segment member and a new segment stamp in one operation.
+            let member = follow::member_key(&rk);
+            let (sk, stamp) = follow::new_stamp(&rk);
+            return self
+                .put_all(
+                    &[(&rk, value), (&member, b""), (&sk, &stamp)],
+                    self.write_flags(),
+                )
+                .map_err(|e| e.context(format!("motr: recording {key}")));
+        }
         let rcs = self
             .motr
             .idx_put(
@@ -418,16 +431,28 @@ impl Inner {
 
     fn del_record(&self, key: &Key) -> Result<()> {
         let rk = self.record_key(key);
+        let member = follow::member_key(&rk);
+        let keys: &[&[u8]] = if self.stamped() {
+            &[&rk, &member]
+        } else {
+            &[&rk]
+        };
         let rcs = self
             .motr
-            .idx_del(self.idx(), &[&rk], self.write_flags())
+            .idx_del(self.idx(), keys, self.write_flags())
             .map_err(|rc| motr_error(format!("motr: deleting {key}"), rc))?;
-        match rcs.first() {
-            Some(0) => Ok(()),
-            Some(&rc) if rc == Rc::NOT_FOUND.0 => Ok(()),
-            Some(&rc) => Err(motr_error(format!("motr: deleting {key}"), Rc(rc))),
-            None => Err(corrupt("motr: DEL returned no record code")),
+        if rcs.len() != keys.len() {
+            return Err(corrupt("motr: DEL returned the wrong number of codes"));
         }
+        if let Some(&rc) = rcs.iter().find(|&&rc| rc != 0 && rc != Rc::NOT_FOUND.0) {
+            return Err(motr_error(format!("motr: deleting {key}"), Rc(rc)));
+        }
+        if self.stamped() {
+            // After the delete, so a follower that sees the stamp sees the delete.
+            let (sk, stamp) = follow::new_stamp(&rk);
+            self.put_all(&[(&sk, &stamp)], self.write_flags())?;
+        }
+        Ok(())
     }
 
     /// Best effort: a left-over object is unreferenced and harmless.
@@ -796,6 +821,26 @@ impl Datastore for MotrStore {
     /// Other hosts (and go-ds-motr) may write the same index.
     fn shared(&self, _key: &Key) -> bool {
         true
+    }
+
+    /// Hash segments with stamps in reserved records (native layout; see `follow.rs`).
+    fn segments(&self) -> Result<Option<Vec<crate::datastore::Segment>>> {
+        if !self.inner.stamped() {
+            return Ok(None);
+        }
+        self.inner.check_open()?;
+        self.inner.segments().map(Some)
+    }
+
+    fn segment_of(&self, key: &Key) -> Option<String> {
+        self.inner
+            .stamped()
+            .then(|| follow::segment_of(key.as_bytes()))
+    }
+
+    fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
+        self.inner.check_open()?;
+        self.inner.segment_keys(segment)
     }
 }
 
