@@ -572,8 +572,29 @@ impl Staged {
         if at < end {
             pieces.push((at, end, false));
         }
+        // A remote base is read once for the whole span (one object read, not one per clean
+        // piece between dirty ranges).
+        let top = ov.base_len.min(end);
+        let span = match &ov.base {
+            Base::Remote(_) if top > offset && pieces.iter().filter(|p| !p.2).count() > 1 => {
+                let mut span = vec![0u8; (top - offset) as usize];
+                let got = ov.base.read_at(offset, &mut span)?;
+                span[got..].fill(0);
+                Some(span)
+            }
+            Base::Remote(_) | Base::File(_) => None,
+        };
         for (s, e, dirty) in pieces {
             let slice = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            if let (Some(span), false) = (&span, dirty) {
+                let n = (e.min(top).saturating_sub(s)) as usize;
+                if n > 0 {
+                    let from = (s - offset) as usize;
+                    slice[..n].copy_from_slice(&span[from..from + n]);
+                }
+                slice[n..].fill(0);
+                continue;
+            }
             if dirty {
                 let got = read_full(&self.file, s, slice)
                     .map_err(|e| Error::io("reading staging file", e))?;
