@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 pub use error::{Error, ErrorKind, Result};
 pub use key::Key;
 pub use query::{Entry, Filter, Op, Order, Query, Results};
-pub use stage::{StageInit, Staged};
+pub use stage::{OverlaySource, StageInit, Staged};
 
 /// What a store guarantees and how it behaves, as data. The conformance suite checks every
 /// guarantee that a store claims here, and skips (reporting them as ignored) the cases a store

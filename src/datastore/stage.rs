@@ -12,16 +12,13 @@
 //! ranges, reads take dirty ranges from the staging file and everything else from the base.
 //! Staging a random write into a large committed file then costs nothing up front, and a store
 //! can commit just the dirty ranges (flatfs does, in place behind a journal) or fill in the
-//! clean ranges first ([`Staged::materialize`]) and commit the whole file. The base can also be
-//! a value in a store that is not a local file ([`Staged::remote_overlay`], a [`RemoteBase`]
-//! read on demand: a Motr object), which that store commits in place its own way.
+//! clean ranges first ([`Staged::materialize`]) and commit the whole file.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::error::{Error, Result};
 
@@ -117,76 +114,68 @@ impl Overlay {
     }
 }
 
-/// The bytes of a value an overlay is staged over when they are not in a local file (an object
-/// of a remote store), read on demand.
-pub trait RemoteBase: Send + Sync + std::fmt::Debug {
-    /// Reads up to `buf.len()` bytes at `offset`: fewer only at the end of the value.
+/// The bytes of a value that a store keeps outside local files (a blob), read in place as an
+/// overlay's base ([`Staged::overlay_on`]).
+pub trait OverlaySource: Send + Sync + std::fmt::Debug {
+    /// Reads into `buf` from `offset` of the value as it was when staging began; returns the
+    /// count, short only at its end.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
-
-    /// The base's identity, reported as [`OverlayPlan::base_id`].
+    /// What identifies these bytes to their store (reported as [`OverlayPlan::base_id`]).
     fn id(&self) -> (u64, u64);
-
-    /// For the store that made it: the concrete type.
-    fn as_any(&self) -> &dyn std::any::Any;
+    /// The concrete type, for the store that made it ([`Staged::overlay_source`]).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
-/// Where an overlay's clean bytes come from.
+/// An overlay's base: a local file, or bytes a store reads for it.
 #[derive(Debug)]
 enum Base {
     File(File),
-    Remote(Arc<dyn RemoteBase>),
+    Source(std::sync::Arc<dyn OverlaySource>),
 }
 
 impl Base {
-    fn try_clone(&self) -> Result<Base> {
+    fn read_full(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         match self {
-            Base::File(f) => f
-                .try_clone()
-                .map(Base::File)
-                .map_err(|e| Error::io("duplicating a staged value's base handle", e)),
-            Base::Remote(r) => Ok(Base::Remote(r.clone())),
+            Base::File(f) => {
+                read_full(f, offset, buf).map_err(|e| Error::io("reading a staged value's base", e))
+            }
+            Base::Source(s) => s.read_at(offset, buf),
         }
     }
 
     fn id(&self) -> Result<(u64, u64)> {
         match self {
             Base::File(f) => file_id(f),
-            Base::Remote(r) => Ok(r.id()),
+            Base::Source(s) => Ok(s.id()),
         }
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    fn try_clone(&self) -> Result<Base> {
         match self {
-            Base::File(f) => {
-                read_full(f, offset, buf).map_err(|e| Error::io("reading a staged value's base", e))
-            }
-            Base::Remote(r) => {
-                let mut done = 0;
-                while done < buf.len() {
-                    match r.read_at(offset + done as u64, &mut buf[done..])? {
-                        0 => break,
-                        n => done += n,
-                    }
-                }
-                Ok(done)
-            }
+            Base::File(f) => f
+                .try_clone()
+                .map(Base::File)
+                .map_err(|e| Error::io("duplicating a staged value's base handle", e)),
+            Base::Source(s) => Ok(Base::Source(s.clone())),
         }
     }
 
-    /// Copies `[offset, offset + len)` into the same range of `dst`.
-    fn copy_to(&self, dst: &File, offset: u64, len: u64) -> Result<()> {
+    /// Copies `[s, e)` of the base to the same offsets of `dst`.
+    fn copy_to(&self, dst: &File, s: u64, e: u64) -> Result<()> {
         match self {
-            Base::File(f) => copy_range(f, dst, offset, len)
-                .map_err(|e| Error::io("filling a staged value from its base", e)),
-            Base::Remote(_) => {
-                let mut buf = vec![0u8; len.min(1 << 20) as usize];
-                let mut at = offset;
-                while at < offset + len {
-                    let n = ((offset + len - at) as usize).min(buf.len());
-                    let got = self.read_at(at, &mut buf[..n])?;
+            Base::File(f) => copy_range(f, dst, s, e - s)
+                .map_err(|err| Error::io("filling a staged value from its base", err)),
+            Base::Source(src) => {
+                let mut buf = vec![0u8; (e - s).min(1 << 20) as usize];
+                let mut at = s;
+                while at < e {
+                    let n = (e - at).min(buf.len() as u64) as usize;
+                    let got = src.read_at(at, &mut buf[..n])?;
                     buf[got..n].fill(0);
                     dst.write_all_at(&buf[..n], at)
-                        .map_err(|e| Error::io("filling a staged value from its base", e))?;
+                        .map_err(|err| Error::io("filling a staged value from its base", err))?;
                     at += n as u64;
                 }
                 Ok(())
@@ -200,7 +189,7 @@ impl Base {
 /// offsets).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverlayPlan {
-    /// `(st_dev, st_ino)` of the base file ([`RemoteBase::id`] for a remote base).
+    /// `(st_dev, st_ino)` of the base file, or [`OverlaySource::id`].
     pub base_id: (u64, u64),
     /// The base's bytes from here on are gone: truncate to this length first.
     pub keep: u64,
@@ -326,16 +315,20 @@ impl Staged {
         })
     }
 
-    /// An overlay over `base`, a value of `len` bytes that is not a local file, in an unlinked
-    /// staging file in `dir`. Nothing of the base is read until a read of a clean range or the
-    /// commit.
-    pub fn remote_overlay(dir: &Path, base: Arc<dyn RemoteBase>, len: u64) -> Result<Staged> {
+    /// An overlay over `len` bytes that `base` reads (a store's value that is no local file),
+    /// in an unlinked staging file in `dir`. Nothing of the base is read until a read of a
+    /// clean range or [`Staged::materialize`].
+    pub fn overlay_on(
+        dir: &Path,
+        base: std::sync::Arc<dyn OverlaySource>,
+        len: u64,
+    ) -> Result<Staged> {
         let staged = Staged::anonymous(dir)?;
         staged.set_file_len(len)?;
         *staged.hash.lock() = None;
         Ok(Staged {
             overlay: Some(parking_lot::Mutex::new(Overlay {
-                base: Base::Remote(base),
+                base: Base::Source(base),
                 base_len: len,
                 len,
                 dirty: BTreeMap::new(),
@@ -344,10 +337,10 @@ impl Staged {
         })
     }
 
-    /// The remote base of an overlay made by [`Staged::remote_overlay`].
-    pub fn remote_base(&self) -> Option<Arc<dyn RemoteBase>> {
+    /// The source of an overlay made by [`Staged::overlay_on`].
+    pub fn overlay_source(&self) -> Option<std::sync::Arc<dyn OverlaySource>> {
         match &self.overlay.as_ref()?.lock().base {
-            Base::Remote(r) => Some(r.clone()),
+            Base::Source(s) => Some(s.clone()),
             Base::File(_) => None,
         }
     }
@@ -388,7 +381,7 @@ impl Staged {
         let ov = ov.into_inner();
         let filled = (|| {
             for (s, e) in ov.clean() {
-                ov.base.copy_to(&self.file, s, e - s)?;
+                ov.base.copy_to(&self.file, s, e)?;
             }
             Ok::<(), Error>(())
         })();
@@ -572,17 +565,17 @@ impl Staged {
         if at < end {
             pieces.push((at, end, false));
         }
-        // A remote base is read once for the whole span (one object read, not one per clean
-        // piece between dirty ranges).
+        // A store's source is read once for the whole span (one remote read, not one per
+        // clean piece between dirty ranges).
         let top = ov.base_len.min(end);
         let span = match &ov.base {
-            Base::Remote(_) if top > offset && pieces.iter().filter(|p| !p.2).count() > 1 => {
+            Base::Source(_) if top > offset && pieces.iter().filter(|p| !p.2).count() > 1 => {
                 let mut span = vec![0u8; (top - offset) as usize];
-                let got = ov.base.read_at(offset, &mut span)?;
+                let got = ov.base.read_full(offset, &mut span)?;
                 span[got..].fill(0);
                 Some(span)
             }
-            Base::Remote(_) | Base::File(_) => None,
+            Base::Source(_) | Base::File(_) => None,
         };
         for (s, e, dirty) in pieces {
             let slice = &mut buf[(s - offset) as usize..(e - offset) as usize];
@@ -604,7 +597,7 @@ impl Staged {
             let from_base = usize::try_from(ov.base_len.saturating_sub(s))
                 .unwrap_or(usize::MAX)
                 .min(slice.len());
-            let got = ov.base.read_at(s, &mut slice[..from_base])?;
+            let got = ov.base.read_full(s, &mut slice[..from_base])?;
             slice[got..].fill(0);
         }
         Ok(n)

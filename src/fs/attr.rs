@@ -76,7 +76,7 @@ impl DsFs {
             Ok(n) => n,
             Err(FsError::NotFound) => {
                 // An open file whose last name is gone still answers fstat (with nlink 0).
-                let inode = self.open.read().get(&ino).cloned();
+                let inode = self.open.get(ino);
                 let snapshot = inode.and_then(|i| i.state.lock().orphan.clone());
                 let Some(n) = snapshot else {
                     return Err(FsError::NotFound);
@@ -109,7 +109,7 @@ impl DsFs {
         let Some(size) = n.value else {
             return Ok(n);
         };
-        if self.open.read().contains_key(&ino) {
+        if self.open.contains(ino) {
             return Ok(n);
         }
         let key = self.index.key_of(id)?;

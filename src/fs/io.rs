@@ -190,6 +190,7 @@ impl DsFs {
         };
         let key = st.key.clone();
         let pending_mtime = st.mtime;
+        let indexed = st.indexed;
         let result = (|| -> FsResult<()> {
             let size = staged.len()?;
             // The times of the last change, not of this commit: a commit on the kernel's
@@ -199,6 +200,11 @@ impl DsFs {
                 None => recorded_mtime(&self.index, ino)?,
             };
             self.backend.commit_staged(&key, staged, durable)?;
+            if pending_mtime.is_some() && indexed == Some((size, mtime)) {
+                // The index has recorded exactly this since the create: one index write per
+                // empty new file, not two.
+                return Ok(());
+            }
             self.index.write(|tx| {
                 let id = Ino(ino).node();
                 let mut n = tx.node_required(id)?;
@@ -217,6 +223,7 @@ impl DsFs {
         }
         st.dirty = false;
         st.mtime = None;
+        st.indexed = None;
         drop(keep);
         drop(st);
         if durable {

@@ -49,7 +49,7 @@ pub use types::{
 };
 pub use xattr::CID_XATTR;
 
-use open::{Handle, OpenInode};
+use open::{Handle, OpenTable};
 
 use crate::datastore::{Datastore, Key};
 use crate::index::node::Timestamp;
@@ -63,7 +63,7 @@ pub struct DsFs {
     index: Arc<Index>,
     options: FsOptions,
     file_backed: bool,
-    open: RwLock<HashMap<u64, Arc<OpenInode>>>,
+    open: OpenTable,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     shut: Mutex<bool>,
@@ -104,7 +104,7 @@ impl DsFs {
             index,
             options,
             file_backed,
-            open: RwLock::new(HashMap::new()),
+            open: OpenTable::new(),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             shut: Mutex::new(false),
@@ -198,12 +198,7 @@ impl DsFs {
         if *shut {
             return Ok(());
         }
-        let open: Vec<(u64, Arc<OpenInode>)> = self
-            .open
-            .read()
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
+        let open = self.open.snapshot();
         // What failed, named so that the unmount can say what is at risk.
         let mut failures = Vec::new();
         for (ino, inode) in open {

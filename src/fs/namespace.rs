@@ -8,6 +8,9 @@ use super::{DsFs, FsError, FsResult, idx_err, now_ts};
 use crate::datastore::{Key, StageInit};
 use crate::index::{IndexError, IndexErrorKind, Node, NodeId, NodeKind, ROOT, Tx};
 
+/// A directory's node, its entry of one name (if any) and the key that name has.
+type EntryKey = (Node, Option<(NodeId, Node)>, Key);
+
 impl DsFs {
     /// The entry `name` in directory `parent` (`/.ipfs` when the root has no real `.ipfs`).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
@@ -21,8 +24,24 @@ impl DsFs {
     }
 
     fn lookup_entry(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
-        let dir = self.dir_node(parent)?;
-        match self.resolve_name(parent, name)? {
+        if Ino(parent).is_dir_value() {
+            return Err(FsError::NotDir);
+        }
+        let name = self.resolve_name(parent, name)?;
+        // The directory and the entry in one read transaction.
+        let found = self.index.dir_lookup(
+            parent,
+            match &name {
+                NameRef::Component(c) => Some(c.as_str()),
+                NameRef::DirValue | NameRef::Long(_) => None,
+            },
+            false,
+        )?;
+        let dir = found.dir;
+        if dir.kind != NodeKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        match name {
             NameRef::DirValue => {
                 if dir.value.is_some() {
                     Ok(self.attr_of(Ino::dir_value(parent).0, &dir))
@@ -30,7 +49,7 @@ impl DsFs {
                     Err(FsError::NotFound)
                 }
             }
-            NameRef::Component(c) => match self.index.lookup(parent, &c)? {
+            NameRef::Component(c) => match found.entry {
                 Some((id, n)) => {
                     let n = self.revalidated(id, n)?;
                     Ok(self.attr_of(id, &n))
@@ -197,30 +216,30 @@ impl DsFs {
             });
         }
         let comp = Self::component(name)?;
-        let pnode = self.dir_node(parent)?;
-        let key = self.key_of(parent)?.join_component(&comp)?;
-        if self.index.lookup(parent, &comp)?.is_some() {
+        let (pnode, existing, key) = self.dir_entry_key(parent, &comp)?;
+        if existing.is_some() {
             return Err(FsError::Exists);
         }
         self.backend.put(&key, b"")?;
         let n = self.new_node(ctx, &pnode, NodeKind::File, mode, umask);
-        let id = self.create_file_node(parent, &comp, &key, n)?;
-        self.getattr(id)
+        let (id, n) = self.index.create_file(parent, &comp, n, &key, 0)?;
+        Ok(self.attr_of(id, &n))
     }
 
-    pub(super) fn create_file_node(
-        &self,
-        parent: u64,
-        comp: &str,
-        key: &Key,
-        mut n: Node,
-    ) -> FsResult<NodeId> {
-        n.value = Some(0);
-        Ok(self.index.write(|tx| {
-            let id = tx.create(parent, comp, n.clone())?;
-            tx.set_key(key, id, 0)?;
-            Ok(id)
-        })?)
+    /// Directory `parent` (`NotDir` if it is not one), its entry `comp` and the key that entry
+    /// has, from one index read.
+    fn dir_entry_key(&self, parent: u64, comp: &str) -> FsResult<EntryKey> {
+        if Ino(parent).is_dir_value() {
+            return Err(FsError::NotDir);
+        }
+        let found = self.index.dir_lookup(parent, Some(comp), true)?;
+        if found.dir.kind != NodeKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let Some(dir_key) = found.dir_key else {
+            return Err(FsError::Io(format!("no key read for directory {parent}")));
+        };
+        Ok((found.dir, found.entry, dir_key.join_component(comp)?))
     }
 
     /// Creates and opens a regular file. With `exclusive`, an existing file is EEXIST;
@@ -237,25 +256,29 @@ impl DsFs {
         self.refuse_virtual(parent)?;
         self.check_writable()?;
         let comp = Self::component(name)?;
-        let pnode = self.dir_node(parent)?;
-        if let Some((id, existing)) = self.index.lookup(parent, &comp)? {
-            if flags & libc::O_EXCL != 0 {
-                return Err(FsError::Exists);
-            }
-            if existing.kind == NodeKind::Dir {
-                return Err(FsError::IsDir);
-            }
-            let opened = self.open(id, flags)?;
-            return Ok((self.getattr(id)?, opened));
+        let (pnode, existing, key) = self.dir_entry_key(parent, &comp)?;
+        if let Some((id, existing)) = existing {
+            return self.create_existing(id, &existing, flags);
         }
         self.check_room()?;
-        let key = self.key_of(parent)?.join_component(&comp)?;
         let n = self.new_node(ctx, &pnode, NodeKind::File, mode, umask);
         let created = n.mtime;
         // The value is created empty in staging and reaches the store when the file is first
-        // committed (close, flush or fsync): one store write per small file, not two.
+        // committed (close, flush or fsync): one store write per small file, not two. Staging
+        // is also what refuses a name the store cannot hold, before the index records it.
         let staged = self.backend.stage(&key, StageInit::Empty)?;
-        let id = self.create_file_node(parent, &comp, &key, n)?;
+        let (id, n) = match self.index.create_file(parent, &comp, n, &key, 0) {
+            Ok(created) => created,
+            Err(e) if e.kind() == IndexErrorKind::AlreadyExists => {
+                // Created by someone else since the read above.
+                drop(staged);
+                return match self.index.lookup(parent, &comp)? {
+                    Some((id, existing)) => self.create_existing(id, &existing, flags),
+                    None => Err(FsError::Exists),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
         let inode = self.open_inode(id, key)?;
         {
             let mut st = inode.state.lock();
@@ -263,17 +286,34 @@ impl DsFs {
             st.dirty = true;
             // Committing the new file later must not move its times.
             st.mtime = Some(created);
+            st.indexed = Some((0, created));
         }
         let fh = self.add_handle(id, inode, flags);
-        Ok((self.getattr(id)?, Opened { fh, backing: None }))
+        Ok((self.attr_of(id, &n), Opened { fh, backing: None }))
+    }
+
+    /// `create` of a name that exists: EEXIST with `O_EXCL`, else an open of it.
+    fn create_existing(&self, id: NodeId, existing: &Node, flags: i32) -> FsResult<(Attr, Opened)> {
+        if flags & libc::O_EXCL != 0 {
+            return Err(FsError::Exists);
+        }
+        if existing.kind == NodeKind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let opened = self.open(id, flags)?;
+        Ok((self.getattr(id)?, opened))
     }
 
     /// Removes a file or symlink (or, for `.dsfs.value`, a directory's value).
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.refuse_virtual(parent)?;
         self.check_writable()?;
+        let name = self.resolve_name(parent, name)?;
+        if let NameRef::Component(c) = &name {
+            return self.unlink_component(parent, c);
+        }
         let dir = self.dir_node(parent)?;
-        let comp = match self.resolve_name(parent, name)? {
+        let comp = match name {
             NameRef::DirValue => {
                 if dir.value.is_none() {
                     return Err(FsError::NotFound);
@@ -299,16 +339,22 @@ impl DsFs {
             NameRef::Component(c) => c,
             NameRef::Long(_) => return Err(FsError::NotFound),
         };
-        let Some((id, n)) = self.index.lookup(parent, &comp)? else {
+        self.unlink_component(parent, &comp)
+    }
+
+    /// Removes the file or symlink `comp` of `parent`: one index read (directory, entry and
+    /// key), the value, then one index write.
+    fn unlink_component(&self, parent: u64, comp: &str) -> FsResult<()> {
+        let (_, entry, key) = self.dir_entry_key(parent, comp)?;
+        let Some((id, n)) = entry else {
             return Err(FsError::NotFound);
         };
         if n.kind == NodeKind::Dir {
             return Err(FsError::IsDir);
         }
         if n.links > 1 {
-            return self.unlink_name(parent, &comp, id, &n);
+            return self.unlink_name(parent, comp, id, &n);
         }
-        let key = self.key_of(parent)?.join_component(&comp)?;
         self.orphan_open(id)?;
         // The value goes before the name: a failed delete leaves both, and a failed index
         // write after it leaves a name without a value that a retried unlink (or the reconcile
@@ -319,15 +365,13 @@ impl DsFs {
             self.unorphan(id);
             return Err(e.into());
         }
-        self.index.write(|tx| {
-            Self::keep_dir(tx, parent)?;
-            tx.unlink(parent, &comp)?;
-            tx.remove_node(id)?;
-            if n.kind == NodeKind::File {
-                tx.remove_key(&key)?;
-            }
-            Ok(())
-        })?;
+        self.index.remove_entry(
+            parent,
+            comp,
+            id,
+            (n.kind == NodeKind::File).then_some(&key),
+            true,
+        )?;
         Ok(())
     }
 

@@ -4,10 +4,11 @@
 //!
 //! The lock order of the filesystem, and the one place it is written down:
 //!
-//! 1. `DsFs::handles` and `DsFs::open` (the handle table and the open-file table) are held
-//!    only to look up, insert or remove an entry and to count an inode's opens: never across
-//!    store or index I/O and never while waiting for another lock. Callers clone the `Arc` out
-//!    and drop the guard before locking the inode (`DsFs::open_inode_of`).
+//! 1. `DsFs::handles` and the shards of `DsFs::open` (the handle table and the open-file
+//!    table, [`OpenTable`]) are held only to look up, insert or remove an entry and to count an
+//!    inode's opens: never across store or index I/O and never while waiting for another lock,
+//!    and never two shards at once. Callers clone the `Arc` out and drop the guard before
+//!    locking the inode (`DsFs::open_inode_of`).
 //! 2. An open inode's `InodeState` mutex may be held across store I/O and index transactions
 //!    for that file (staging, commit, the move of its value in a rename), so that every read,
 //!    write and commit sees the key and the value in step. Holding one blocks only that file.
@@ -18,10 +19,11 @@
 //!
 //! `DsFs::shut` is taken by `shutdown` alone, before any of these.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use super::types::Ino;
 use super::{DsFs, FsError, FsResult};
@@ -41,6 +43,10 @@ pub(super) struct InodeState {
     pub(super) unlinked: bool,
     /// Modification time of uncommitted writes.
     pub(super) mtime: Option<Timestamp>,
+    /// The value size and mtime the index already records for this inode's value, when the
+    /// inode knows it (a file created by this open and not committed since): a commit of
+    /// exactly that (an empty new file closed unwritten) writes the store and skips the index.
+    pub(super) indexed: Option<(u64, Timestamp)>,
     /// The attributes the inode had when its last name was removed (for `fstat` of an open,
     /// unlinked file).
     pub(super) orphan: Option<Node>,
@@ -53,6 +59,57 @@ pub(super) struct OpenInode {
     pub(super) opens: AtomicU32,
 }
 
+/// The open inodes, sharded by inode number: the attribute path (`getattr`, every entry of a
+/// `readdir`) asks whether a file is open, and that must not serialise on one lock with every
+/// open, close and create of the filesystem.
+pub(super) struct OpenTable {
+    shards: Box<[RwLock<Shard>]>,
+}
+
+/// One shard of the [`OpenTable`].
+type Shard = HashMap<u64, Arc<OpenInode>>;
+
+impl OpenTable {
+    const SHARDS: usize = 64;
+
+    pub(super) fn new() -> OpenTable {
+        OpenTable {
+            shards: (0..Self::SHARDS)
+                .map(|_| RwLock::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, ino: u64) -> &RwLock<Shard> {
+        // Inode numbers are sequential, so the low bits spread them.
+        &self.shards[(ino % Self::SHARDS as u64) as usize]
+    }
+
+    /// The open inode `ino`, if any.
+    pub(super) fn get(&self, ino: u64) -> Option<Arc<OpenInode>> {
+        self.shard(ino).read().get(&ino).cloned()
+    }
+
+    /// Whether inode `ino` is open.
+    pub(super) fn contains(&self, ino: u64) -> bool {
+        self.shard(ino).read().contains_key(&ino)
+    }
+
+    /// The shard holding `ino`, write-locked (to insert or remove it).
+    fn lock_for(&self, ino: u64) -> RwLockWriteGuard<'_, Shard> {
+        self.shard(ino).write()
+    }
+
+    /// Every open inode, at one moment per shard.
+    pub(super) fn snapshot(&self) -> Vec<(u64, Arc<OpenInode>)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.read().iter().map(|(k, v)| (*k, v.clone())));
+        }
+        out
+    }
+}
+
 pub(super) struct Handle {
     pub(super) ino: u64,
     pub(super) inode: Arc<OpenInode>,
@@ -62,7 +119,7 @@ pub(super) struct Handle {
 
 impl DsFs {
     pub(super) fn open_inode(&self, ino: u64, key: Key) -> FsResult<Arc<OpenInode>> {
-        let mut open = self.open.write();
+        let mut open = self.open.lock_for(ino);
         let inode = open
             .entry(ino)
             .or_insert_with(|| {
@@ -73,6 +130,7 @@ impl DsFs {
                         dirty: false,
                         unlinked: false,
                         mtime: None,
+                        indexed: None,
                         orphan: None,
                     }),
                     opens: AtomicU32::new(0),
@@ -86,7 +144,7 @@ impl DsFs {
     /// The open inode `ino`, if it is open. The table's lock is released on return, so the
     /// caller may lock the inode (see the lock order in the module documentation).
     pub(super) fn open_inode_of(&self, ino: u64) -> Option<Arc<OpenInode>> {
-        self.open.read().get(&ino).cloned()
+        self.open.get(ino)
     }
 
     /// Drops one reference to an open inode; the last one removes it from the table.
@@ -98,7 +156,7 @@ impl DsFs {
     /// with no opens, so that its staged bytes are still read, and committed by the next close
     /// of the file or at unmount, instead of being dropped.
     pub(super) fn forget_open_keeping(&self, ino: u64, inode: &Arc<OpenInode>, keep: bool) {
-        let mut open = self.open.write();
+        let mut open = self.open.lock_for(ino);
         let before = inode.opens.fetch_sub(1, Ordering::Relaxed);
         if before <= 1 {
             inode.opens.store(0, Ordering::Relaxed);
@@ -158,7 +216,7 @@ impl DsFs {
     /// Undoes [`DsFs::orphan_open`] after the removal failed: the name is still there, so its
     /// open handles write to it again (their bytes, copied when orphaned, stay staged).
     pub(super) fn unorphan(&self, ino: u64) {
-        if let Some(inode) = self.open.read().get(&ino).cloned() {
+        if let Some(inode) = self.open.get(ino) {
             let mut st = inode.state.lock();
             if st.unlinked {
                 st.unlinked = false;
@@ -180,13 +238,7 @@ impl DsFs {
     /// After a rename, the open inodes whose keys were at or under one of `moved` (the keys
     /// that went away) learn their new keys from the index; no other inode is looked up.
     pub(super) fn rekey_open(&self, moved: &[&Key]) -> FsResult<()> {
-        let open: Vec<(u64, Arc<OpenInode>)> = self
-            .open
-            .read()
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        for (ino, inode) in open {
+        for (ino, inode) in self.open.snapshot() {
             let mut st = inode.state.lock();
             if st.unlinked
                 || !moved

@@ -407,3 +407,29 @@ fn a_store_timeout_met_inside_the_index_is_still_etimedout() {
     let back = crate::Error::from(crate::index::IndexError::from(store));
     assert_eq!(back.kind(), crate::datastore::ErrorKind::TimedOut);
 }
+
+#[test]
+fn create_and_close_commit_the_index_once_for_an_empty_file_and_twice_for_a_written_one() {
+    let fs = fs();
+    let writes = || fs.index.write_count();
+    let before = writes();
+    let (attr, opened) = fs
+        .create(CTX, ROOT, b"empty", 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    fs.flush(opened.fh).unwrap();
+    fs.release(opened.fh).unwrap();
+    assert_eq!(writes() - before, 1);
+    assert_eq!(fs.store().get(&Key::new("/empty")).unwrap(), b"");
+    let after = fs.getattr(attr.ino).unwrap();
+    assert_eq!((after.size, after.mtime), (0, attr.mtime));
+
+    let before = writes();
+    write_file(&fs, ROOT, "small", b"four");
+    assert_eq!(writes() - before, 2);
+    assert_eq!(fs.store().get(&Key::new("/small")).unwrap(), b"four");
+
+    let before = writes();
+    fs.unlink(ROOT, b"empty").unwrap();
+    assert_eq!(writes() - before, 1);
+    assert!(matches!(fs.lookup(ROOT, b"empty"), Err(FsError::NotFound)));
+}

@@ -25,7 +25,9 @@
 pub mod build;
 pub mod error;
 pub mod follow;
+mod keycache;
 pub mod node;
+pub mod ops;
 pub mod reconcile;
 pub mod salvage;
 pub mod store;
@@ -132,6 +134,10 @@ pub struct Index {
     reconciled: std::sync::atomic::AtomicBool,
     closed: std::sync::atomic::AtomicBool,
     reserve: Option<Arc<crate::space::Reserve>>,
+    /// Write transactions committed since open (see [`Index::write_count`]).
+    writes: std::sync::atomic::AtomicU64,
+    /// Directory keys by node id.
+    dir_keys: keycache::DirKeys,
 }
 
 impl Index {
@@ -266,6 +272,8 @@ impl Index {
             reconciled: std::sync::atomic::AtomicBool::new(!was_unclean),
             closed: std::sync::atomic::AtomicBool::new(false),
             reserve: None,
+            writes: std::sync::atomic::AtomicU64::new(0),
+            dir_keys: keycache::DirKeys::default(),
         })
     }
 
@@ -351,15 +359,27 @@ impl Index {
                 .map_err(|e| IndexError::redb("starting an index write", e))?;
             txn.set_durability(Durability::None)
                 .map_err(|e| IndexError::redb("starting an index write", e))?;
-            let result = {
+            let (result, dirs_moved) = {
                 let mut tx = Tx::open(&txn, &self.options)?;
-                f(&mut tx)?
+                let result = f(&mut tx)?;
+                (result, tx.dirs_moved)
             };
             txn.commit()
                 .map_err(|e| IndexError::redb("committing an index write", e))?;
+            if dirs_moved {
+                self.dir_keys.invalidate();
+            }
             self.commits.mark_dirty();
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(result)
         })
+    }
+
+    /// How many write transactions [`Index::write`] has committed since the index was opened:
+    /// what one filesystem operation costs the index, for tests and profiling.
+    pub fn write_count(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The node `id`, or `NotFound`.
@@ -414,12 +434,14 @@ impl Index {
         })
     }
 
-    /// The datastore key of node `id`, built from its ancestors' names.
+    /// The datastore key of node `id`, built from its ancestors' names (the nearest
+    /// directory's key comes from a cache, see `keycache`).
     pub fn key_of(&self, id: NodeId) -> IndexResult<Key> {
         guard("key_of", || {
+            let generation = self.dir_keys.generation();
             let txn = self.read_txn()?;
             let nodes = open_read(&txn, NODES)?;
-            key_of(&nodes, id)
+            self.dir_keys.key_of(generation, &nodes, id)
         })
     }
 
@@ -678,6 +700,8 @@ pub struct Tx<'t> {
     aliases: Table<'t, (u64, u64, &'static str), ()>,
     uid: u32,
     gid: u32,
+    /// A directory got a new parent or name: cached directory keys are stale after commit.
+    dirs_moved: bool,
 }
 
 fn w<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> IndexError {
@@ -696,6 +720,7 @@ impl<'t> Tx<'t> {
             aliases: txn.open_table(ALIASES).map_err(w("opening aliases"))?,
             uid: options.uid,
             gid: options.gid,
+            dirs_moved: false,
         })
     }
 
@@ -723,6 +748,19 @@ impl<'t> Tx<'t> {
 
     /// Writes node `id`.
     pub fn put_node(&mut self, id: NodeId, node: &Node) -> IndexResult<()> {
+        if !self.dirs_moved
+            && node.is_dir()
+            && self
+                .node(id)?
+                .is_some_and(|old| old.parent != node.parent || old.name != node.name)
+        {
+            self.dirs_moved = true;
+        }
+        self.write_node(id, node)
+    }
+
+    /// Writes node `id`, whose parent and name are unchanged.
+    fn write_node(&mut self, id: NodeId, node: &Node) -> IndexResult<()> {
         self.nodes
             .insert(id, node.encode().as_slice())
             .map_err(w("writing a node"))?;
@@ -810,7 +848,7 @@ impl<'t> Tx<'t> {
         node.mtime = now;
         node.ctime = now;
         node.subdirs = node.subdirs.saturating_add_signed(subdir_delta);
-        self.put_node(dir, &node)
+        self.write_node(dir, &node)
     }
 
     /// Deletes node `id`, its xattrs and its alias records (its entries must already be

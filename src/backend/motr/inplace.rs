@@ -2,7 +2,7 @@
 //! record.
 //!
 //! A write into an existing large value stages as an overlay over its object
-//! ([`Staged::remote_overlay`]): nothing is read up front, and the commit knows the dirty
+//! ([`Staged::overlay_on`]): nothing is read up front, and the commit knows the dirty
 //! ranges. When the blocks to write (the dirty ranges and everything from the old length on,
 //! widened to whole blocks) are at most half of the value, the commit writes just those blocks
 //! into the same object:
@@ -35,7 +35,7 @@
 use std::sync::Arc;
 
 use super::{Id128, Inner, Rec, corrupt, fnv1_128, fnv1_128_from, motr_error, ops};
-use crate::datastore::stage::RemoteBase;
+use crate::datastore::stage::OverlaySource;
 use crate::datastore::{Key, Result, Staged};
 
 /// Index keys of redo records start with this (it sorts before `/`).
@@ -66,7 +66,7 @@ pub(super) struct ObjectBase {
     rec: Rec,
 }
 
-impl RemoteBase for ObjectBase {
+impl OverlaySource for ObjectBase {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let Rec::Object { size, id, .. } = &self.rec else {
             return Err(corrupt("motr: an object base without an object"));
@@ -86,8 +86,8 @@ impl RemoteBase for ObjectBase {
         }
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 
@@ -215,16 +215,16 @@ impl Inner {
             key: key.clone(),
             rec,
         };
-        Staged::remote_overlay(&self.options.staging_dir, Arc::new(base), size).map(Some)
+        Staged::overlay_on(&self.options.staging_dir, Arc::new(base), size).map(Some)
     }
 
     /// Commits `staged` into `key`'s object in place when it is an overlay over that object as
     /// it still is and the change is small enough. `Ok(false)`: not done, commit it whole.
     pub(super) fn commit_in_place(&self, key: &Key, staged: &Staged) -> Result<bool> {
-        let (Some(base), Some(plan)) = (staged.remote_base(), staged.overlay_plan()?) else {
+        let (Some(base), Some(plan)) = (staged.overlay_source(), staged.overlay_plan()?) else {
             return Ok(false);
         };
-        let Some(base) = base.as_any().downcast_ref::<ObjectBase>() else {
+        let Some(base) = base.as_any().and_then(|a| a.downcast_ref::<ObjectBase>()) else {
             return Ok(false);
         };
         if base.key != *key

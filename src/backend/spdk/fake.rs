@@ -89,7 +89,8 @@ struct State {
     log: File,
     data: File,
     unloaded: bool,
-    faults: HashMap<&'static str, (BsErrorKind, u32)>,
+    /// Op -> (errno kind, calls to fail, successful calls to let through first).
+    faults: HashMap<&'static str, (BsErrorKind, u32, u32)>,
 }
 
 /// The in-process blobstore. See the module documentation.
@@ -299,7 +300,12 @@ impl FakeBlobstore {
     /// `"spdk_blob_resize"`, `"spdk_blob_io_write"`, `"spdk_bs_create_blob"`,
     /// `"spdk_blob_sync_md"`) fail with `kind`.
     pub fn inject(&self, op: &'static str, kind: BsErrorKind, times: u32) {
-        self.state.lock().faults.insert(op, (kind, times));
+        self.inject_after(op, 0, kind, times);
+    }
+
+    /// Like [`FakeBlobstore::inject`], after `skip` calls of `op` that succeed.
+    pub fn inject_after(&self, op: &'static str, skip: u32, kind: BsErrorKind, times: u32) {
+        self.state.lock().faults.insert(op, (kind, times, skip));
     }
 
     /// Whether blob `id` is open (for tests).
@@ -313,7 +319,11 @@ impl State {
         if self.unloaded {
             return Err(BsError::new(op, BsErrorKind::Other(libc::ENODEV)));
         }
-        if let Some((kind, times)) = self.faults.get_mut(op) {
+        if let Some((kind, times, skip)) = self.faults.get_mut(op) {
+            if *skip > 0 {
+                *skip -= 1;
+                return Ok(());
+            }
             let kind = *kind;
             *times -= 1;
             if *times == 0 {

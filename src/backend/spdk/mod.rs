@@ -25,9 +25,12 @@
 //!
 //! **Writes.** Values are written in io units; the tail of the last io unit is zero-filled.
 //! Clusters are allocated by `spdk_blob_resize` (thick), so `space()` is exact: free clusters
-//! times the cluster size. A staged value (the filesystem's random writes) is streamed from
-//! its staging file into a new blob in 1 MiB pieces at commit: the commit costs a copy of the
-//! value, as a put does, never a copy in memory.
+//! times the cluster size. A staged value (the filesystem's writes) over an existing value is
+//! an overlay that reads the value's blob in place; a commit that changes a small part of a
+//! big value writes only the changed io units, in place, behind a redo record kept in the
+//! blobstore (`redo.rs`, which also says why not snapshots and clones). Any other staged
+//! value is streamed into a new blob in 1 MiB pieces at commit (a copy, as a put does, never
+//! a copy in memory).
 //!
 //! **Durability.** Every commit syncs the blob's metadata; `sync` (and a durable commit)
 //! flushes the bdev, which makes the data and metadata written before it durable.
@@ -38,6 +41,7 @@
 pub mod fake;
 pub mod names;
 pub mod ops;
+mod redo;
 #[cfg(feature = "spdk")]
 pub mod runtime;
 pub mod spec;
@@ -54,12 +58,16 @@ use parking_lot::RwLock;
 
 use crate::datastore::query::{self, EntryIter};
 use crate::datastore::{
-    Capabilities, Datastore, Entry, Error, ErrorKind, Key, Query, Result, Results, Space, Staged,
+    Capabilities, Datastore, Entry, Error, ErrorKind, Key, Query, Result, Results, Segment, Space,
+    StageInit, Staged,
 };
+use sha2::Digest;
 
 use self::names::Named;
 use self::ops::{BSTYPE_BLOBFS, BlobId, BlobOps, BsError, BsErrorKind};
 
+/// The store's one segment (see [`SpdkStore::segments`]).
+const SEGMENT: &str = "blobstore";
 /// The xattr that orders two blobs of one name.
 const SEQ_XATTR: &str = "dsfs_seq";
 /// BlobFS's xattr of a file deleted while open (removed at its next load).
@@ -75,6 +83,8 @@ struct Slot {
     blob: BlobId,
     len: u64,
     seq: u64,
+    /// Odd while an in-place commit writes the blob (see `redo.rs`).
+    ver: u64,
 }
 
 struct Inner {
@@ -85,6 +95,7 @@ struct Inner {
     staging_dir: PathBuf,
     io_unit: u64,
     cluster: u64,
+    pins: redo::Pins,
 }
 
 /// The SPDK blobstore store. See the module documentation.
@@ -101,8 +112,11 @@ pub struct Recovery {
     pub superseded: usize,
     /// Files BlobFS marked deleted (removed, as BlobFS does).
     pub deleted: usize,
-    /// Blobs without a name or length, or whose name no key maps to (left alone).
+    /// Blobs without a name or length, or whose name no key maps to (left alone), and redo
+    /// records that fail their checks (left alone).
     pub foreign: usize,
+    /// Committed in-place writes applied again (their redo records, then removed).
+    pub replayed: usize,
 }
 
 pub(crate) fn bs_error(e: BsError) -> Error {
@@ -155,6 +169,7 @@ impl SpdkStore {
             staging_dir,
             io_unit,
             cluster,
+            pins: redo::Pins::default(),
         };
         let recovery = inner.load()?;
         Ok((
@@ -203,6 +218,7 @@ impl Inner {
         let mut found: BTreeMap<String, Slot> = BTreeMap::new();
         let mut doomed: Vec<BlobId> = Vec::new();
         let mut max_seq = 0u64;
+        let mut records: Vec<(BlobId, u64)> = Vec::new();
         for id in ids {
             self.retry(|| self.bs.open_blob(id))?;
             let xattr = |name: &str| self.retry(|| self.bs.get_xattr(id, name));
@@ -226,6 +242,16 @@ impl Inner {
                 Named::Temp => {
                     rec.temporaries += 1;
                     doomed.push(id);
+                    continue;
+                }
+                Named::Redo => {
+                    match u64_xattr(xattr(redo::REDO_XATTR)?) {
+                        Some(head) => records.push((id, head)),
+                        None => {
+                            rec.temporaries += 1;
+                            doomed.push(id);
+                        }
+                    }
                     continue;
                 }
                 Named::Hashed(n) => {
@@ -259,7 +285,12 @@ impl Inner {
                     "spdk: blob {id:#x} ({key}) says {len} bytes but has {clusters} clusters"
                 )));
             }
-            let slot = Slot { blob: id, len, seq };
+            let slot = Slot {
+                blob: id,
+                len,
+                seq,
+                ver: 0,
+            };
             match found.get(key.as_str()) {
                 Some(old) if old.seq >= seq => {
                     rec.superseded += 1;
@@ -273,6 +304,21 @@ impl Inner {
                 None => {
                     found.insert(key.into_string(), slot);
                 }
+            }
+        }
+        for (id, head) in records {
+            match self.replay(id, head, &mut found) {
+                Ok(replayed) => {
+                    rec.replayed += usize::from(replayed);
+                    rec.temporaries += usize::from(!replayed);
+                    doomed.push(id);
+                }
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    log::error!("{e}; the record is left alone");
+                    rec.foreign += 1;
+                    self.retry(|| self.bs.close_blob(id))?;
+                }
+                Err(e) => return Err(e),
             }
         }
         for id in doomed {
@@ -313,8 +359,15 @@ impl Inner {
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
         // The blob may be replaced (and its id reused) under the read: read, then check the
         // key still names the same blob, else read again.
-        for _ in 0..16 {
+        let mut changes = 0;
+        while changes < 16 {
             let slot = self.slot(key).ok_or_else(Error::not_found)?;
+            if slot.ver % 2 == 1 {
+                // An in-place commit is writing the blob: wait for it.
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                continue;
+            }
+            changes += 1;
             if offset >= slot.len {
                 return Ok(0);
             }
@@ -349,8 +402,26 @@ impl Inner {
     }
 
     /// Deletes a blob this store no longer refers to. A failure leaves a superseded or
-    /// temporary blob, which the next open removes.
+    /// temporary blob, which the next open removes. A blob an overlay still reads is renamed
+    /// temporary instead (so the next open removes it after a crash) and deleted with its
+    /// last reader.
     fn discard(&self, blob: BlobId) {
+        if self.pins.orphan_if_pinned(blob) {
+            let seq = self.seq.fetch_add(1, Ordering::AcqRel);
+            let temp = names::name_xattr(&format!("{}{seq}", names::TEMP));
+            let r = self
+                .retry(|| self.bs.set_xattr(blob, "name", &temp))
+                .and_then(|()| self.retry(|| self.bs.sync_md(blob)));
+            if let Err(e) = r {
+                log::warn!("spdk: could not rename blob {blob:#x} temporary ({e})");
+            }
+            return;
+        }
+        self.delete_blob_now(blob);
+    }
+
+    /// Closes and deletes a blob (see [`Inner::discard`]).
+    fn delete_blob_now(&self, blob: BlobId) {
         let r = self
             .retry(|| self.bs.close_blob(blob))
             .and_then(|()| self.retry(|| self.bs.delete_blob(blob)));
@@ -418,7 +489,12 @@ impl Inner {
             self.discard(blob);
             return Err(e);
         }
-        let new = Slot { blob, len, seq };
+        let new = Slot {
+            blob,
+            len,
+            seq,
+            ver: 0,
+        };
         let old = {
             let mut map = self.map.write();
             match map.get(key.as_str()).copied() {
@@ -455,21 +531,44 @@ impl Inner {
 
     fn delete(&self, key: &Key) -> Result<()> {
         self.check_open()?;
-        let old = self.map.write().remove(key.as_str());
-        if let Some(old) = old {
-            self.retry(|| self.bs.close_blob(old.blob))?;
-            self.retry(|| self.bs.delete_blob(old.blob))?;
+        loop {
+            let Some(slot) = self.slot(key) else {
+                return Ok(());
+            };
+            // Not while an in-place commit or a rename works on the blob.
+            let _busy = self.pins.busy(slot.blob);
+            let old = {
+                let mut map = self.map.write();
+                match map.get(key.as_str()) {
+                    Some(s) if s.blob == slot.blob => map.remove(key.as_str()),
+                    _ => continue,
+                }
+            };
+            if let Some(old) = old {
+                if self.pins.orphan_if_pinned(old.blob) {
+                    self.discard(old.blob);
+                } else {
+                    self.retry(|| self.bs.close_blob(old.blob))?;
+                    self.retry(|| self.bs.delete_blob(old.blob))?;
+                }
+            }
+            return Ok(());
         }
-        Ok(())
     }
 
     /// Renames the blob: a new name (and sequence number, so it wins over the blob it
     /// replaces) in one metadata sync, then the replaced blob is deleted. No value bytes move.
     fn rename(&self, from: &Key, to: &Key) -> Result<()> {
         self.check_open()?;
-        let slot = self.slot(from).ok_or_else(Error::not_found)?;
+        let mut slot = self.slot(from).ok_or_else(Error::not_found)?;
         if from == to {
             return Ok(());
+        }
+        // Not while an in-place commit works on the blob (it keeps the key's slot).
+        let _busy = self.pins.busy(slot.blob);
+        match self.slot(from) {
+            Some(now) if now.blob == slot.blob => slot = now,
+            _ => return Err(Error::not_found()),
         }
         let seq = self.seq.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = self.label(slot.blob, to, from, seq) {
@@ -611,7 +710,29 @@ impl Datastore for SpdkStore {
         }))
     }
 
+    /// For `CopyCurrent` of an existing value: an overlay over its blob, read in place (see
+    /// `redo.rs`); otherwise an unlinked staging file.
+    fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
+        self.inner.check_open()?;
+        if init == StageInit::CopyCurrent
+            && let Some(staged) = self.inner.stage_overlay(key)?
+        {
+            return Ok(staged);
+        }
+        Staged::anonymous(&self.inner.staging_dir)
+    }
+
+    /// An overlay over this store's blob that changed a small part of a big value is
+    /// committed in place behind a redo record (see `redo.rs`); anything else is written
+    /// whole into a new blob.
     fn commit_staged(&self, key: &Key, staged: Staged, durable: bool) -> Result<()> {
+        self.inner.check_open()?;
+        if let Some(plan) = staged.overlay_plan()?
+            && staged.path().is_none()
+            && self.inner.commit_in_place(key, &staged, &plan, durable)?
+        {
+            return Ok(());
+        }
         let len = staged.len()?;
         self.inner.write_value(key, len, durable, &|at, buf| {
             let n = staged.read_at(at, buf)?;
@@ -624,6 +745,38 @@ impl Datastore for SpdkStore {
 
     fn staging_dir(&self) -> PathBuf {
         self.inner.staging_dir.clone()
+    }
+    /// One segment, the whole blobstore, whose stamp digests every value's key, length and
+    /// `dsfs_seq` (the map read at open): files BlobFS (or another program) created, changed
+    /// or deleted while dsfs was away change it, so the index finds them at the next open.
+    fn segments(&self) -> Result<Option<Vec<Segment>>> {
+        let mut hash = sha2::Sha256::new();
+        for (k, s) in self.inner.map.read().iter() {
+            hash.update((k.len() as u64).to_le_bytes());
+            hash.update(k.as_bytes());
+            hash.update(s.len.to_le_bytes());
+            hash.update(s.seq.to_le_bytes());
+        }
+        let stamp: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Some(vec![Segment {
+            name: SEGMENT.to_owned(),
+            stamp,
+            settled: true,
+        }]))
+    }
+
+    fn segment_of(&self, _key: &Key) -> Option<String> {
+        Some(SEGMENT.to_owned())
+    }
+
+    fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
+        if segment != SEGMENT {
+            return Ok(Vec::new());
+        }
+        let map = self.inner.map.read();
+        map.iter()
+            .map(|(k, s)| Ok((Key::from_raw(k.clone())?, s.len)))
+            .collect()
     }
 }
 

@@ -8,7 +8,9 @@
 //! * any other key is named `/.dsfs-h/<sha2-256 of the key, hex>` and the key itself is kept in
 //!   the blob's xattrs `dsfs_key.0`, `dsfs_key.1`, ... (pieces of at most [`KEY_PIECE`] bytes,
 //!   each fitting one metadata page);
-//! * `/.dsfs-tmp/<n>` names a value being written (a leftover after a crash, removed at open).
+//! * `/.dsfs-tmp/<n>` names a value being written (a leftover after a crash, removed at open);
+//! * `/.dsfs-redo/<n>` names the redo record of an in-place commit (replayed or removed at
+//!   open).
 //!
 //! So every key has exactly one name, and a name with its blob's xattrs gives the key back.
 
@@ -24,6 +26,8 @@ pub const RESERVED: &str = "/.dsfs-";
 pub const HASHED: &str = "/.dsfs-h/";
 /// The prefix of values being written.
 pub const TEMP: &str = "/.dsfs-tmp/";
+/// The prefix of redo records of in-place commits (see `redo.rs`).
+pub const REDO: &str = "/.dsfs-redo/";
 /// The xattr prefix of a hashed name's key pieces.
 pub const KEY_XATTR: &str = "dsfs_key.";
 /// The size of one key piece.
@@ -60,6 +64,8 @@ pub enum Named {
     Hashed(String),
     /// A value being written when dsfs stopped.
     Temp,
+    /// A redo record of an in-place commit.
+    Redo,
     /// A name that no key maps to (BlobFS allows names that are not clean keys, such as
     /// `a//b` or names without a leading `/`).
     Foreign,
@@ -73,6 +79,9 @@ pub fn parse_name(raw: &[u8]) -> Named {
     };
     if name.starts_with(TEMP) {
         return Named::Temp;
+    }
+    if name.starts_with(REDO) {
+        return Named::Redo;
     }
     if name.starts_with(HASHED) {
         return Named::Hashed(name.to_owned());
@@ -142,6 +151,7 @@ mod tests {
         assert_eq!(parse_name(b"/a//b\0"), Named::Foreign);
         assert_eq!(parse_name(b"/.dsfs-other\0"), Named::Foreign);
         assert_eq!(parse_name(b"/.dsfs-tmp/9\0"), Named::Temp);
+        assert_eq!(parse_name(b"/.dsfs-redo/9\0"), Named::Redo);
         assert_eq!(parse_name(&[b'/', 0xff, 0]), Named::Foreign);
     }
 }

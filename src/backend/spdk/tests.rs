@@ -344,3 +344,215 @@ fn a_failed_rename_leaves_the_value_under_its_old_key_across_a_crash() {
     assert_eq!(store.get(&k("/from")).unwrap(), b"value");
     assert!(!store.has(&k("/to")).unwrap());
 }
+
+/// A 2 MiB value with a pattern.
+fn big(seed: u32) -> Vec<u8> {
+    (0..2u32 << 20)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
+        .collect()
+}
+
+/// Stages `writes` over `key`'s current value; returns the staged value and the model.
+fn stage_writes(store: &SpdkStore, key: &Key, writes: &[(u64, &[u8])]) -> (Staged, Vec<u8>) {
+    let mut model = store.get(key).unwrap();
+    let staged = store.stage(key, StageInit::CopyCurrent).unwrap();
+    for (at, data) in writes {
+        staged.write_all_at(*at, data).unwrap();
+        let end = *at as usize + data.len();
+        if model.len() < end {
+            model.resize(end, 0);
+        }
+        model[*at as usize..end].copy_from_slice(data);
+    }
+    (staged, model)
+}
+
+fn blob_of(store: &SpdkStore, key: &Key) -> BlobId {
+    store.inner.slot(key).unwrap().blob
+}
+
+#[test]
+fn random_writes_into_a_big_value_are_committed_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bs, _) = open(dir.path());
+    let key = k("/big");
+    store.put(&key, &big(1)).unwrap();
+    let blob = blob_of(&store, &key);
+    let (staged, model) = stage_writes(
+        &store,
+        &key,
+        &[
+            (4096, &[7u8; 4096]),
+            (1_000_001, b"abc"),
+            (2_097_000, &[9u8; 100]),
+        ],
+    );
+    // The overlay reads the blob in place: the clean bytes are those of the value.
+    let mut buf = vec![0u8; 10];
+    staged.read_at(100_000, &mut buf).unwrap();
+    assert_eq!(buf, model[100_000..100_010]);
+    store.commit_staged(&key, staged, true).unwrap();
+    // The same blob, changed in place; no record left; the value is the model's.
+    assert_eq!(blob_of(&store, &key), blob);
+    assert_eq!(bs.blob_ids().unwrap(), vec![blob]);
+    assert_eq!(store.get(&key).unwrap(), model);
+    assert_eq!(store.get_size(&key).unwrap(), model.len() as u64);
+    store.close().unwrap();
+    drop(store);
+    drop(bs);
+    let (store, _bs, rec) = open(dir.path());
+    assert_eq!(rec, Recovery::default());
+    assert_eq!(store.get(&key).unwrap(), model);
+}
+
+#[test]
+fn overlays_commit_like_copies_under_random_writes_truncations_and_growth() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _bs, _) = open(dir.path());
+    let key = k("/model");
+    let mut model = big(2);
+    store.put(&key, &model).unwrap();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for round in 0..30 {
+        let staged = store.stage(&key, StageInit::CopyCurrent).unwrap();
+        for _ in 0..1 + next(6) {
+            match next(10) {
+                0 => {
+                    let len = model.len() as u64 - next(model.len() as u64 / 8 + 1);
+                    staged.set_len(len).unwrap();
+                    model.resize(len as usize, 0);
+                }
+                1 => {
+                    let len = model.len() as u64 + next(70_000);
+                    staged.set_len(len).unwrap();
+                    model.resize(len as usize, 0);
+                }
+                _ => {
+                    let at = next(model.len() as u64 + 5000) as usize;
+                    let data: Vec<u8> = (0..1 + next(9000)).map(|i| (i + round) as u8).collect();
+                    staged.write_all_at(at as u64, &data).unwrap();
+                    if model.len() < at + data.len() {
+                        model.resize(at + data.len(), 0);
+                    }
+                    model[at..at + data.len()].copy_from_slice(&data);
+                }
+            }
+        }
+        store.commit_staged(&key, staged, false).unwrap();
+        assert_eq!(store.get(&key).unwrap(), model, "round {round}");
+    }
+    store.close().unwrap();
+    drop(store);
+    let (store, _bs, _) = open(dir.path());
+    assert_eq!(store.get(&key).unwrap(), model);
+}
+
+#[test]
+fn a_crash_after_the_redo_commit_point_is_replayed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bs, _) = open(dir.path());
+    let key = k("/big");
+    let old = big(3);
+    store.put(&key, &old).unwrap();
+    let (staged, model) = stage_writes(&store, &key, &[(0, &[1u8; 512]), (600_000, &[2u8; 3000])]);
+    // The record takes three writes (two ranges and its header); the first write into the
+    // value fails: committed, not applied.
+    bs.inject_after("spdk_blob_io_write", 3, BsErrorKind::Other(libc::EIO), 10);
+    assert!(store.commit_staged(&key, staged, false).is_err());
+    crash(store, bs);
+    let (store, bs, rec) = open(dir.path());
+    assert_eq!(rec.replayed, 1, "{rec:?}");
+    assert_eq!(store.get(&key).unwrap(), model);
+    assert_eq!(bs.blob_ids().unwrap().len(), 1);
+    // Half applied (one range written) is replayed the same way.
+    let (staged, model) = stage_writes(
+        &store,
+        &key,
+        &[(512, &[3u8; 512]), (1_500_000, &[4u8; 700])],
+    );
+    bs.inject_after("spdk_blob_io_write", 4, BsErrorKind::Other(libc::EIO), 10);
+    assert!(store.commit_staged(&key, staged, false).is_err());
+    crash(store, bs);
+    let (store, _bs, rec) = open(dir.path());
+    assert_eq!(rec.replayed, 1, "{rec:?}");
+    assert_eq!(store.get(&key).unwrap(), model);
+}
+
+#[test]
+fn a_failure_before_the_redo_commit_point_keeps_the_old_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bs, _) = open(dir.path());
+    let key = k("/big");
+    let old = big(4);
+    store.put(&key, &old).unwrap();
+    let (staged, _) = stage_writes(&store, &key, &[(8192, &[5u8; 4096])]);
+    // The flush before the record's mark fails, and so does the record's delete.
+    bs.inject("spdk_bdev_flush", BsErrorKind::Other(libc::EIO), 1);
+    bs.inject("spdk_bs_delete_blob", BsErrorKind::Other(libc::EIO), 1);
+    assert!(store.commit_staged(&key, staged, false).is_err());
+    assert_eq!(store.get(&key).unwrap(), old);
+    crash(store, bs);
+    let (store, bs, rec) = open(dir.path());
+    assert_eq!(rec.replayed, 0, "{rec:?}");
+    assert_eq!(rec.temporaries, 1, "{rec:?}");
+    assert_eq!(store.get(&key).unwrap(), old);
+    assert_eq!(bs.blob_ids().unwrap().len(), 1);
+}
+
+#[test]
+fn a_record_whose_value_was_replaced_is_dropped_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bs, _) = open(dir.path());
+    let key = k("/big");
+    store.put(&key, &big(5)).unwrap();
+    let (staged, _) = stage_writes(&store, &key, &[(0, &[1u8; 512])]);
+    bs.inject_after("spdk_blob_io_write", 2, BsErrorKind::Other(libc::EIO), 10);
+    assert!(store.commit_staged(&key, staged, false).is_err());
+    // A put replaces the value (its writes fail until the injection runs out).
+    let newer = big(6);
+    while store.put(&key, &newer).is_err() {}
+    crash(store, bs);
+    let (store, _bs, rec) = open(dir.path());
+    assert_eq!(rec.replayed, 0, "{rec:?}");
+    assert_eq!(store.get(&key).unwrap(), newer);
+}
+
+#[test]
+fn a_value_deleted_while_staged_stays_readable_through_the_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bs, _) = open(dir.path());
+    let key = k("/big");
+    let old = big(7);
+    store.put(&key, &old).unwrap();
+    let staged = store.stage(&key, StageInit::CopyCurrent).unwrap();
+    store.delete(&key).unwrap();
+    assert!(!store.has(&key).unwrap());
+    let mut buf = vec![0u8; 5000];
+    staged.read_at(70_000, &mut buf).unwrap();
+    assert_eq!(buf, old[70_000..75_000]);
+    // A crash now: the pinned blob was renamed temporary, so the key stays deleted.
+    let image = dir.path().join("bs.img");
+    let copy = dir.path().join("copy.img");
+    std::fs::copy(&image, &copy).unwrap();
+    std::fs::copy(dir.path().join("bs.img.md"), dir.path().join("copy.img.md")).unwrap();
+    {
+        let bs2 = Arc::new(FakeBlobstore::load(&copy).unwrap());
+        let (s2, rec) = SpdkStore::open(bs2, dir.path().to_owned()).unwrap();
+        assert!(!s2.has(&key).unwrap());
+        assert_eq!(rec.temporaries, 1, "{rec:?}");
+    }
+    // Committing the overlay writes the value whole (its base is no longer the key's).
+    staged.write_all_at(0, b"new").unwrap();
+    store.commit_staged(&key, staged, false).unwrap();
+    let mut want = old.clone();
+    want[..3].copy_from_slice(b"new");
+    assert_eq!(store.get(&key).unwrap(), want);
+    // The old blob went with its last reader.
+    assert_eq!(bs.blob_ids().unwrap().len(), 1);
+}
