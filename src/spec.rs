@@ -647,10 +647,13 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             )
         }
     };
-    // Motr is shared (other hosts write the index) but has no segment stamps to follow cheaply:
-    // its index is reconciled with the whole store at every open, not only after an unclean
-    // stop. (RADOS is followed through its shard stamps by `open_following`.)
-    let reconcile_at_open = matches!(spec.kind, SpecKind::Motr(_));
+    // A go-ds-motr index is shared (go-ds-motr, other hosts) but has no segment stamps to follow
+    // cheaply: it is reconciled with the whole store at every open, not only after an unclean
+    // stop. (RADOS and native Motr are followed through their stamps by `open_following`.)
+    let reconcile_at_open = matches!(
+        &spec.kind,
+        SpecKind::Motr(m) if m.layout == crate::backend::motr::Layout::GoDsMotr
+    );
     let index = Arc::new(index);
     let rebuilt = match &aside {
         Some(a) => Some(rebuild(&index, backend.as_ref(), a)?.1),

@@ -216,3 +216,136 @@ fn put_get_figures_on_a_real_motr() {
     }
     store.close().unwrap();
 }
+
+/// The in-process Motr, counting index operations.
+struct Counting {
+    motr: std::sync::Arc<FakeMotr>,
+    ops: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    fn tick(&self) {
+        self.ops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn count(&self) -> usize {
+        self.ops.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl MotrOps for Counting {
+    fn idx_create(&self, idx: Id128) -> ops::OpResult<()> {
+        self.tick();
+        self.motr.idx_create(idx)
+    }
+    fn idx_put(&self, idx: Id128, r: &[(&[u8], &[u8])], f: u32) -> ops::OpResult<Vec<i32>> {
+        self.tick();
+        self.motr.idx_put(idx, r, f)
+    }
+    fn idx_get(&self, idx: Id128, k: &[&[u8]]) -> ops::OpResult<Vec<Result<Vec<u8>, i32>>> {
+        self.tick();
+        self.motr.idx_get(idx, k)
+    }
+    fn idx_del(&self, idx: Id128, k: &[&[u8]], f: u32) -> ops::OpResult<Vec<i32>> {
+        self.tick();
+        self.motr.idx_del(idx, k, f)
+    }
+    fn idx_next(&self, idx: Id128, s: &[u8], n: usize, f: u32) -> ops::OpResult<Vec<ops::Record>> {
+        self.tick();
+        self.motr.idx_next(idx, s, n, f)
+    }
+    fn obj_create(&self, id: Id128) -> ops::OpResult<()> {
+        self.motr.obj_create(id)
+    }
+    fn obj_delete(&self, id: Id128) -> ops::OpResult<()> {
+        self.motr.obj_delete(id)
+    }
+    fn obj_write(&self, id: Id128, off: u64, data: &[u8]) -> ops::OpResult<()> {
+        self.motr.obj_write(id, off, data)
+    }
+    fn obj_read(&self, id: Id128, off: u64, buf: &mut [u8]) -> ops::OpResult<()> {
+        self.motr.obj_read(id, off, buf)
+    }
+    fn block_size(&self) -> usize {
+        self.motr.block_size()
+    }
+}
+
+/// Two hosts on one Motr index, each with its own redb index: a put, a change of size and a
+/// delete by one reach the other's index at its next revalidation, which costs one `NEXT`
+/// when nothing changed; a host that was away catches up at its next open by re-reading only
+/// the changed segments.
+#[test]
+fn two_stores_on_one_index_follow_each_other_through_segment_stamps() {
+    use dsfs::backend::motr::{MotrOptions, MotrStore};
+    use dsfs::datastore::{Datastore, Key};
+    use dsfs::index::store::open_following;
+    use dsfs::index::{Index, IndexedStore};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let fake = Arc::new(FakeMotr::in_memory());
+    let fid = index_fid(20);
+    let host = |ops: Arc<Counting>| -> IndexedStore {
+        let store = MotrStore::open(ops, MotrOptions::new(fid)).unwrap();
+        let index = Arc::new(Index::in_memory(Default::default()).unwrap());
+        let (s, _) = open_following(Arc::new(store), index, &mut |_| {}).unwrap();
+        s.set_revalidate(Duration::from_millis(1));
+        s
+    };
+    let counting = || {
+        Arc::new(Counting {
+            motr: fake.clone(),
+            ops: Default::default(),
+        })
+    };
+    let (a_ops, b_ops) = (counting(), counting());
+    let a = host(a_ops.clone());
+    let b = host(b_ops.clone());
+    let k = |s: &str| Key::new(s);
+    for i in 0..300 {
+        a.put(&k(&format!("/d/f{i:03}")), b"x").unwrap();
+    }
+    a.put(&k("/big"), &bytes(3, 100_000)).unwrap();
+    let revalidate = |s: &IndexedStore| {
+        std::thread::sleep(Duration::from_millis(5));
+        s.revalidate().unwrap();
+    };
+    revalidate(&b);
+    assert_eq!(b.index().value_size(&k("/d/f123")).unwrap(), Some(1));
+    assert_eq!(b.index().value_size(&k("/big")).unwrap(), Some(100_000));
+
+    // Nothing changed: one NEXT.
+    let before = b_ops.count();
+    revalidate(&b);
+    assert_eq!(b_ops.count() - before, 1, "an unchanged revalidation");
+
+    a.put(&k("/big"), b"small now").unwrap();
+    a.delete(&k("/d/f007")).unwrap();
+    let before = b_ops.count();
+    revalidate(&b);
+    assert_eq!(b.index().value_size(&k("/big")).unwrap(), Some(9));
+    assert_eq!(b.index().value_size(&k("/d/f007")).unwrap(), None);
+    assert_eq!(b.index().value_size(&k("/d/f008")).unwrap(), Some(1));
+    // The stamps, then a few operations per changed segment (two changed), not per key.
+    assert!(
+        b_ops.count() - before <= 7,
+        "{} operations",
+        b_ops.count() - before
+    );
+
+    // B away, A writes, B opens again with the index it kept.
+    let b_index = b.index().clone();
+    drop(b);
+    a.put(&k("/while-away"), b"hi").unwrap();
+    let ops = counting();
+    let store = MotrStore::open(ops.clone(), MotrOptions::new(fid)).unwrap();
+    let opened = ops.count();
+    let (b, _) = open_following(Arc::new(store), b_index, &mut |_| {}).unwrap();
+    assert_eq!(b.index().value_size(&k("/while-away")).unwrap(), Some(2));
+    assert!(
+        ops.count() - opened <= 3,
+        "{} operations to follow one change at open",
+        ops.count() - opened
+    );
+}

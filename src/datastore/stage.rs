@@ -123,6 +123,10 @@ pub trait OverlaySource: Send + Sync + std::fmt::Debug {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
     /// What identifies these bytes to their store (reported as [`OverlayPlan::base_id`]).
     fn id(&self) -> (u64, u64);
+    /// The concrete type, for the store that made it ([`Staged::overlay_source`]).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// An overlay's base: a local file, or bytes a store reads for it.
@@ -332,6 +336,14 @@ impl Staged {
             })),
             ..staged
         })
+    }
+
+    /// The source of an overlay made by [`Staged::overlay_on`].
+    pub fn overlay_source(&self) -> Option<std::sync::Arc<dyn OverlaySource>> {
+        match &self.overlay.as_ref()?.lock().base {
+            Base::Source(s) => Some(s.clone()),
+            Base::File(_) => None,
+        }
     }
 
     fn set_file_len(&self, len: u64) -> Result<()> {
@@ -554,8 +566,29 @@ impl Staged {
         if at < end {
             pieces.push((at, end, false));
         }
+        // A store's source is read once for the whole span (one remote read, not one per
+        // clean piece between dirty ranges).
+        let top = ov.base_len.min(end);
+        let span = match &ov.base {
+            Base::Source(_) if top > offset && pieces.iter().filter(|p| !p.2).count() > 1 => {
+                let mut span = vec![0u8; (top - offset) as usize];
+                let got = ov.base.read_full(offset, &mut span)?;
+                span[got..].fill(0);
+                Some(span)
+            }
+            Base::Source(_) | Base::File(_) => None,
+        };
         for (s, e, dirty) in pieces {
             let slice = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            if let (Some(span), false) = (&span, dirty) {
+                let n = (e.min(top).saturating_sub(s)) as usize;
+                if n > 0 {
+                    let from = (s - offset) as usize;
+                    slice[..n].copy_from_slice(&span[from..from + n]);
+                }
+                slice[n..].fill(0);
+                continue;
+            }
             if dirty {
                 let got = read_full(&self.file, s, slice)
                     .map_err(|e| Error::io("reading staging file", e))?;

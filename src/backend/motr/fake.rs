@@ -59,6 +59,11 @@ struct Inner {
     state: State,
     /// Failures to inject: kind -> (return code, how many more times).
     faults: HashMap<OpKind, (i32, u32)>,
+    /// A crash to come: after this many more operations, and whether everything done until
+    /// then is persistent at that moment (see [`FakeMotr::crash_after`]).
+    crash: Option<(u32, bool)>,
+    /// Bytes written into objects so far.
+    written: u64,
     shut: bool,
 }
 
@@ -75,6 +80,8 @@ impl FakeMotr {
             inner: Mutex::new(Inner {
                 state: State::default(),
                 faults: HashMap::new(),
+                crash: None,
+                written: 0,
                 shut: false,
             }),
             path: None,
@@ -97,6 +104,8 @@ impl FakeMotr {
             inner: Mutex::new(Inner {
                 state,
                 faults: HashMap::new(),
+                crash: None,
+                written: 0,
                 shut: false,
             }),
             path: Some(path.to_owned()),
@@ -106,6 +115,25 @@ impl FakeMotr {
     /// Makes the next `times` operations of `kind` fail as a whole with `rc` (negative errno).
     pub fn inject(&self, kind: OpKind, rc: i32, times: u32) {
         self.inner.lock().faults.insert(kind, (rc, times));
+    }
+
+    /// Crashes the service once `ops` more operations have run: every later operation fails
+    /// with `-ESHUTDOWN` and nothing more persists. With `all_persistent`, everything those
+    /// operations did is persistent at the crash (the worst case for writes in place: each one
+    /// completed reached the disk), otherwise only what a `SYNC_WAIT` made persistent.
+    pub fn crash_after(&self, ops: u32, all_persistent: bool) {
+        self.inner.lock().crash = Some((ops, all_persistent));
+    }
+
+    /// Whether a crash set by [`FakeMotr::crash_after`] happened.
+    pub fn crashed(&self) -> bool {
+        let g = self.inner.lock();
+        g.shut && g.crash.is_some()
+    }
+
+    /// How many bytes were written into objects so far (by this handle).
+    pub fn bytes_written(&self) -> u64 {
+        self.inner.lock().written
     }
 
     /// How many objects exist (for tests that check objects are removed).
@@ -128,6 +156,19 @@ impl FakeMotr {
         let mut g = self.inner.lock();
         if g.shut {
             return Err(Rc(-libc::ESHUTDOWN));
+        }
+        if let Some((left, all)) = g.crash.as_mut() {
+            if *left == 0 {
+                let persist_now = *all;
+                g.shut = true;
+                if persist_now {
+                    let state = g.state.clone();
+                    drop(g);
+                    self.persist(&state)?;
+                }
+                return Err(Rc(-libc::ESHUTDOWN));
+            }
+            *left -= 1;
         }
         if let Some((rc, times)) = g.faults.get_mut(&kind)
             && *times > 0
@@ -284,6 +325,7 @@ impl MotrOps for FakeMotr {
         for (i, block) in data.chunks(BLOCK).enumerate() {
             obj.insert(first + i as u64, block.to_vec());
         }
+        g.written += data.len() as u64;
         Ok(())
     }
 

@@ -36,6 +36,8 @@
 
 pub mod config;
 pub mod fake;
+mod follow;
+mod inplace;
 pub mod ops;
 #[cfg(feature = "motr")]
 pub mod sys;
@@ -167,6 +169,8 @@ enum Rec {
         size: u64,
         generation: u64,
         id: Id128,
+        /// Bumped by every commit in place ([`inplace`]); 0 in records written before.
+        seq: u64,
     },
 }
 
@@ -183,10 +187,11 @@ impl Rec {
                 size,
                 generation,
                 id,
+                seq,
             } => {
-                let mut out = Vec::with_capacity(33);
+                let mut out = Vec::with_capacity(41);
                 out.push(1);
-                for n in [*size, *generation, id.hi, id.lo] {
+                for n in [*size, *generation, id.hi, id.lo, *seq] {
                     out.extend_from_slice(&n.to_le_bytes());
                 }
                 out
@@ -197,7 +202,7 @@ impl Rec {
     fn decode(bytes: &[u8]) -> Result<Rec> {
         match bytes.split_first() {
             Some((0, v)) => Ok(Rec::Inline(v.to_vec())),
-            Some((1, rest)) if rest.len() == 32 => {
+            Some((1, rest)) if rest.len() == 32 || rest.len() == 40 => {
                 let n = |i: usize| {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&rest[i * 8..i * 8 + 8]);
@@ -207,6 +212,7 @@ impl Rec {
                     size: n(0),
                     generation: n(1),
                     id: Id128 { hi: n(2), lo: n(3) },
+                    seq: if rest.len() == 40 { n(4) } else { 0 },
                 })
             }
             _ => Err(corrupt("motr: an index record of unknown format")),
@@ -281,9 +287,10 @@ impl MotrStore {
     pub fn open(motr: Arc<dyn MotrOps>, options: MotrOptions) -> Result<MotrStore> {
         // A look first: creating an index that exists fails (`-EEXIST`) and makes a real
         // Motr log an error on the console.
-        let exists = match motr.idx_next(options.index, b"/", 1, 0) {
-            Ok(_) => true,
-            Err(Rc::NOT_FOUND) => false,
+        // The same look finds the redo records of interrupted commits (see `inplace`).
+        let (exists, redo) = match motr.idx_next(options.index, inplace::REDO_PREFIX, PAGE, 0) {
+            Ok(page) => (true, page),
+            Err(Rc::NOT_FOUND) => (false, Vec::new()),
             Err(rc) => {
                 return Err(motr_error(
                     format!("motr: opening index {}", options.index),
@@ -305,14 +312,15 @@ impl MotrStore {
                 ));
             }
         }
-        Ok(MotrStore {
-            inner: Arc::new(Inner {
-                motr,
-                options,
-                stripes: (0..STRIPES).map(|_| parking_lot::Mutex::new(())).collect(),
-                closed: AtomicBool::new(false),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            motr,
+            options,
+            stripes: (0..STRIPES).map(|_| parking_lot::Mutex::new(())).collect(),
+            closed: AtomicBool::new(false),
+        });
+        inner.replay(redo)?;
+        inner.add_members_if_missing()?;
+        Ok(MotrStore { inner })
     }
 
     /// The record layout in use.
@@ -395,6 +403,17 @@ impl Inner {
 
     fn set_record(&self, key: &Key, value: &[u8]) -> Result<()> {
         let rk = self.record_key(key);
+        if self.stamped() {
+            // The value, its segment member and a new segment stamp in one operation.
+            let member = follow::member_key(&rk);
+            let (sk, stamp) = follow::new_stamp(&rk);
+            return self
+                .put_all(
+                    &[(&rk, value), (&member, b""), (&sk, &stamp)],
+                    self.write_flags(),
+                )
+                .map_err(|e| e.context(format!("motr: recording {key}")));
+        }
         let rcs = self
             .motr
             .idx_put(
@@ -412,16 +431,28 @@ impl Inner {
 
     fn del_record(&self, key: &Key) -> Result<()> {
         let rk = self.record_key(key);
+        let member = follow::member_key(&rk);
+        let keys: &[&[u8]] = if self.stamped() {
+            &[&rk, &member]
+        } else {
+            &[&rk]
+        };
         let rcs = self
             .motr
-            .idx_del(self.idx(), &[&rk], self.write_flags())
+            .idx_del(self.idx(), keys, self.write_flags())
             .map_err(|rc| motr_error(format!("motr: deleting {key}"), rc))?;
-        match rcs.first() {
-            Some(0) => Ok(()),
-            Some(&rc) if rc == Rc::NOT_FOUND.0 => Ok(()),
-            Some(&rc) => Err(motr_error(format!("motr: deleting {key}"), Rc(rc))),
-            None => Err(corrupt("motr: DEL returned no record code")),
+        if rcs.len() != keys.len() {
+            return Err(corrupt("motr: DEL returned the wrong number of codes"));
         }
+        if let Some(&rc) = rcs.iter().find(|&&rc| rc != 0 && rc != Rc::NOT_FOUND.0) {
+            return Err(motr_error(format!("motr: deleting {key}"), Rc(rc)));
+        }
+        if self.stamped() {
+            // After the delete, so a follower that sees the stamp sees the delete.
+            let (sk, stamp) = follow::new_stamp(&rk);
+            self.put_all(&[(&sk, &stamp)], self.write_flags())?;
+        }
+        Ok(())
     }
 
     /// Best effort: a left-over object is unreferenced and harmless.
@@ -590,6 +621,7 @@ impl Inner {
                 size,
                 generation,
                 id,
+                seq: 0,
             }
         };
         if let Err(e) = self.set_record(key, &new.encode()) {
@@ -738,13 +770,36 @@ impl Datastore for MotrStore {
         self.delete(from)
     }
 
+    /// A large value stages as an overlay over its object, committed in place when little
+    /// changed (see `inplace.rs`).
+    fn stage(&self, key: &Key, init: crate::datastore::StageInit) -> Result<Staged> {
+        self.inner.check_open()?;
+        if init == crate::datastore::StageInit::CopyCurrent
+            && let Some(staged) = self.inner.stage_overlay(key)?
+        {
+            return Ok(staged);
+        }
+        let staged = Staged::anonymous(&self.inner.options.staging_dir)?;
+        if init == crate::datastore::StageInit::CopyCurrent {
+            match self.get(key) {
+                Ok(value) => staged.write_all_at(0, &value)?,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(staged)
+    }
+
     fn commit_staged(&self, key: &Key, staged: Staged, durable: bool) -> Result<()> {
-        let size = staged.len()?;
-        self.inner.store(key, size, &|off, buf| {
-            let n = staged.read_at(off, buf)?;
-            buf[n..].fill(0);
-            Ok(())
-        })?;
+        self.inner.check_open()?;
+        if !self.inner.commit_in_place(key, &staged)? {
+            let size = staged.len()?;
+            self.inner.store(key, size, &|off, buf| {
+                let n = staged.read_at(off, buf)?;
+                buf[n..].fill(0);
+                Ok(())
+            })?;
+        }
         if durable && !self.inner.options.durable {
             self.inner.sync()?;
         }
@@ -766,6 +821,26 @@ impl Datastore for MotrStore {
     /// Other hosts (and go-ds-motr) may write the same index.
     fn shared(&self, _key: &Key) -> bool {
         true
+    }
+
+    /// Hash segments with stamps in reserved records (native layout; see `follow.rs`).
+    fn segments(&self) -> Result<Option<Vec<crate::datastore::Segment>>> {
+        if !self.inner.stamped() {
+            return Ok(None);
+        }
+        self.inner.check_open()?;
+        self.inner.segments().map(Some)
+    }
+
+    fn segment_of(&self, key: &Key) -> Option<String> {
+        self.inner
+            .stamped()
+            .then(|| follow::segment_of(key.as_bytes()))
+    }
+
+    fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
+        self.inner.check_open()?;
+        self.inner.segment_keys(segment)
     }
 }
 
