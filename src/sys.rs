@@ -148,16 +148,32 @@ pub fn process_alive(pid: i32) -> bool {
     exists && !is_zombie(pid)
 }
 
-/// Whether `/proc` shows process `pid` as exited and unreaped (state `Z`).
+/// Whether `/proc` shows process `pid` as exited and unreaped: every thread it still lists is
+/// in state `Z`. The main thread alone is not enough: it shows `Z` as soon as it has exited,
+/// while other threads may still run (or still be finishing I/O on the way out) and hold the
+/// process's files, such as a mount daemon's index lock.
 fn is_zombie(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
+    let state = |path: std::path::PathBuf| {
+        let stat = std::fs::read_to_string(path).ok()?;
+        // `pid (comm) state ...`: the command may hold spaces and parentheses, the state
+        // follows the last `)`.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(str::to_owned)
     };
-    // `pid (comm) state ...`: the command may hold spaces and parentheses, the state follows
-    // the last `)`.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        == Some("Z")
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => {
+            let mut any = false;
+            for task in tasks.flatten() {
+                any = true;
+                if state(task.path().join("stat")).as_deref() != Some("Z") {
+                    return false;
+                }
+            }
+            any
+        }
+        Err(_) => state(format!("/proc/{pid}/stat").into()).as_deref() == Some("Z"),
+    }
 }
 
 /// Detaches this process from its controlling terminal's session (for the mount daemon).
@@ -291,5 +307,45 @@ mod process_tests {
         }
         child.wait().unwrap();
         assert!(process_alive(std::process::id() as i32));
+    }
+
+    /// A process whose main thread has exited while another thread still runs is alive (its
+    /// files, such as a daemon's index lock, are still held). The old check read the main
+    /// thread's state alone and called it dead.
+    #[test]
+    fn a_process_whose_main_thread_exited_is_alive_while_another_thread_runs() {
+        let script = "import threading, time, ctypes\n\
+                      threading.Thread(target=time.sleep, args=(2,)).start()\n\
+                      ctypes.CDLL(None).pthread_exit(None)";
+        let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+        else {
+            assert!(std::env::var_os("CI").is_none(), "python3 is missing in CI");
+            return;
+        };
+        let pid = child.id() as i32;
+        // Wait until the main thread has exited (it shows `Z` while the sleeper runs).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            if stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+                == Some(true)
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "main thread never exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            process_alive(pid),
+            "a process with a running thread counts as dead"
+        );
+        child.wait().unwrap();
     }
 }
