@@ -270,11 +270,38 @@ impl Drop for TempPath {
 }
 
 impl Staged {
-    /// A staging file in `dir` that is unlinked at once, so nothing is left behind by a crash.
+    /// A staging file in `dir` without a name (`O_TMPFILE`), so nothing is left behind by a
+    /// crash. Where the file system cannot do that, a named file unlinked at once.
     pub fn anonymous(dir: &Path) -> Result<Staged> {
-        let (file, path) = create_unique(dir, "stage")?;
-        std::fs::remove_file(&path)
-            .map_err(|e| Error::io(format!("unlinking staging file {}", path.display()), e))?;
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+        {
+            Ok(file) => file,
+            // EOPNOTSUPP: the file system has no O_TMPFILE; EISDIR or EINVAL: the kernel has
+            // none (it took the flag for O_DIRECTORY).
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) =>
+            {
+                let (file, path) = create_unique(dir, "stage")?;
+                std::fs::remove_file(&path).map_err(|e| {
+                    Error::io(format!("unlinking staging file {}", path.display()), e)
+                })?;
+                file
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("creating a staging file in {}", dir.display()),
+                    e,
+                ));
+            }
+        };
         Ok(Staged {
             file,
             path: None,
@@ -698,6 +725,33 @@ pub fn create_unique(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A crash (kill -9 of a mount over `spdk:aio=`) between creating a named staging file and
+    /// unlinking it left an empty `stage-<n>` file beside the image that nothing removed: an
+    /// anonymous staging file must never have a name in its directory.
+    #[test]
+    fn an_anonymous_staging_file_never_appears_in_its_directory() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(false);
+        let seen = std::thread::scope(|scope| {
+            let lister = scope.spawn(|| {
+                let mut seen = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    seen += std::fs::read_dir(dir.path()).unwrap().count();
+                }
+                seen
+            });
+            for _ in 0..5000 {
+                let s = Staged::anonymous(dir.path()).unwrap();
+                s.write_all_at(0, b"x").unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+            lister.join().unwrap()
+        });
+        assert_eq!(seen, 0, "directory entries seen while staging");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn random_writes_read_back_with_holes_as_zeros() {
