@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{Mount, bytes, sh};
+use common::{Mount, bytes, fio_verify, have_fio, sh};
 use dsfs::Datastore;
 use dsfs::spec::{self, OpenMode, StoreSpec};
 
@@ -455,51 +455,6 @@ fn kill_9_of_the_daemon_loses_nothing_that_was_fsynced() {
     );
 }
 
-fn have_fio() -> bool {
-    let ok = std::process::Command::new("fio")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "fio is missing in CI");
-        eprintln!("fio not installed: skipping the fio smoke run");
-    }
-    ok
-}
-
-/// Runs one fio job on the mount; fails on any error, verify failure or EIO.
-fn fio(m: &Mount, name: &str, args: &[&str]) {
-    let out = std::process::Command::new("fio")
-        .arg(format!("--name={name}"))
-        .arg(format!("--directory={}", m.mnt.display()))
-        .args([
-            "--ioengine=psync",
-            "--size=16M",
-            "--verify=crc32c",
-            // fio would leave a verify-state file in the working directory after each job.
-            "--verify_state_save=0",
-            "--group_reporting",
-            "--output-format=terse",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "fio {name} {args:?} failed: {text}");
-    assert!(
-        !text.contains("verify:"),
-        "fio {name} {args:?}: verify error: {text}"
-    );
-    assert!(
-        !text.contains("Input/output error"),
-        "fio {name} {args:?}: EIO: {text}"
-    );
-}
-
 /// The smoke jobs: each pattern is written with verify headers (and read back), then read
 /// again by a read job of the same name, which checks every block's header and checksum.
 fn fio_smoke(m: &Mount, file_args: &[&str]) {
@@ -513,10 +468,10 @@ fn fio_smoke(m: &Mount, file_args: &[&str]) {
         let bs = format!("--bs={bs}");
         let mut w = vec!["--rw", write, bs.as_str(), "--do_verify=1"];
         w.extend_from_slice(file_args);
-        fio(m, name, &w);
+        fio_verify(m, name, &w);
         let mut r = vec!["--rw", read, bs.as_str()];
         r.extend_from_slice(file_args);
-        fio(m, name, &r);
+        fio_verify(m, name, &r);
     }
 }
 

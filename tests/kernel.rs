@@ -7,54 +7,9 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Mount, dsfs, sh, wait_mounted};
-
-/// A fresh default repository mounted in the foreground with `-o options`, logging every FUSE
-/// request. Its temporary directory is opened to other users (for tests that switch users).
-fn traced(options: &[&str]) -> Mount {
-    let mut m = Mount::repo_unmounted();
-    std::fs::set_permissions(m.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let log = std::fs::File::create(m.log()).unwrap();
-    let mut cmd = dsfs();
-    cmd.arg("mount")
-        .arg(&m.spec)
-        .arg(&m.mnt)
-        .arg("-f")
-        .env("RUST_LOG", "fuser=debug")
-        .stdout(Stdio::null())
-        .stderr(log);
-    for o in options {
-        cmd.arg("-o").arg(o);
-    }
-    m.options = options.iter().map(|s| s.to_string()).collect();
-    m.child = Some(cmd.spawn().unwrap());
-    wait_mounted(&m.mnt, true, Duration::from_secs(30));
-    m
-}
-
-/// The opcodes of the requests logged so far, with their arguments (fuser writes one line per
-/// request, ending in `thread=NAME`).
-fn requests(m: &Mount) -> Vec<String> {
-    let log = std::fs::read_to_string(m.log()).unwrap();
-    log.lines()
-        .filter(|l| l.contains(" thread="))
-        .filter_map(|l| {
-            let after = l.split(") ino 0x").nth(1)?;
-            let mut words = after.split_whitespace().skip(1);
-            Some(words.next()?.to_owned() + " " + &words.collect::<Vec<_>>().join(" "))
-        })
-        .collect()
-}
-
-fn count(reqs: &[String], op: &str) -> usize {
-    reqs.iter()
-        .filter(|r| r.split(' ').next() == Some(op))
-        .count()
-}
+use common::{Mount, count_requests, requests, sh, traced};
 
 fn mode_of(m: &Mount, name: &str) -> String {
     sh(&m.mnt, &format!("stat -c %a {name}")).trim().to_owned()
@@ -88,13 +43,13 @@ fn writes_send_no_getxattr_per_write() {
     );
     let after = requests(&m);
     let dd = &after[before..];
-    assert!(count(dd, "WRITE") >= 200, "{dd:?}");
+    assert!(count_requests(dd, "WRITE") >= 200, "{dd:?}");
     // Without FUSE_HANDLE_KILLPRIV_V2 the kernel asks for security.capability before every
     // write; with it, at most once per inode and attribute refresh.
     assert!(
-        count(dd, "GETXATTR") <= 3,
+        count_requests(dd, "GETXATTR") <= 3,
         "{} GETXATTR requests for 200 writes",
-        count(dd, "GETXATTR")
+        count_requests(dd, "GETXATTR")
     );
 }
 

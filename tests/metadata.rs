@@ -8,58 +8,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
-use common::{Mount, dsfs, sh, wait_mounted};
-
-/// A fresh default repository mounted in the foreground with `-o options`, logging every FUSE
-/// request to the mount's log.
-fn traced(options: &[&str]) -> Mount {
-    let mut m = Mount::repo_unmounted();
-    let mut cmd = dsfs();
-    // In the foreground the daemon logs to stderr.
-    let log = std::fs::File::create(m.log()).unwrap();
-    cmd.arg("mount")
-        .arg(&m.spec)
-        .arg(&m.mnt)
-        .arg("-f")
-        .env("RUST_LOG", "fuser=debug")
-        .stdout(Stdio::null())
-        .stderr(log);
-    for o in options {
-        cmd.arg("-o").arg(o);
-    }
-    m.options = options.iter().map(|s| s.to_string()).collect();
-    m.child = Some(cmd.spawn().unwrap());
-    wait_mounted(&m.mnt, true, Duration::from_secs(30));
-    m
-}
-
-/// The opcodes of the requests logged so far (fuser writes one line per request, ending in
-/// `thread=NAME`).
-fn requests(m: &Mount) -> Vec<String> {
-    let log = std::fs::read_to_string(m.log()).unwrap();
-    let reqs: Vec<String> = log
-        .lines()
-        .filter(|l| l.contains(" thread="))
-        .filter_map(|l| {
-            let after = l.split(") ino 0x").nth(1)?;
-            Some(after.split_whitespace().nth(1)?.to_owned())
-        })
-        .collect();
-    assert!(
-        !reqs.is_empty(),
-        "no requests logged in {}",
-        m.log().display()
-    );
-    reqs
-}
-
-/// How many of `reqs` are `op`.
-fn count(reqs: &[String], op: &str) -> usize {
-    reqs.iter().filter(|r| *r == op).count()
-}
+use common::{count_requests, requests, sh, traced};
 
 /// The errno of a Python xattr call on `path` (0 when it succeeds).
 fn py_xattr(path: &Path, call: &str) -> i32 {
@@ -89,9 +39,9 @@ fn ls_l_with_noxattr_sends_no_request_per_file() {
     // The first xattr request of a kind is answered ENOSYS and the kernel answers every later
     // one itself.
     assert!(
-        count(ls, "GETXATTR") <= 1,
+        count_requests(ls, "GETXATTR") <= 1,
         "{} GETXATTR requests for ls -l of 200 files",
-        count(ls, "GETXATTR")
+        count_requests(ls, "GETXATTR")
     );
     assert!(ls.len() < 50, "{} requests for ls -l: {ls:?}", ls.len());
     // user.* attributes are off too, and say so.

@@ -5,9 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{Mount, bytes, sh};
+use common::{Mount, bytes, fio_verify, have_fio, sh};
 use dsfs::backend::motr::fake::FakeMotr;
 use dsfs::backend::motr::{GO_DS_MOTR_SUFFIX, Id128, MotrOps, ops};
 
@@ -88,9 +87,7 @@ fn cp_r_onto_a_motr_mount_round_trips_also_after_remount() {
 
 #[test]
 fn fio_with_verify_on_a_motr_mount() {
-    if Command::new("fio").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "fio is missing in CI");
-        eprintln!("fio not installed: skipping");
+    if !have_fio() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -101,29 +98,12 @@ fn fio_with_verify_on_a_motr_mount() {
         ("rand", "randwrite", "randread", "4k"),
     ] {
         for rw in [write, read] {
-            let out = Command::new("fio")
-                .arg(format!("--name={name}"))
-                .arg(format!("--directory={}", m.mnt.display()))
-                .args([
-                    "--ioengine=psync",
-                    "--size=4M",
-                    "--verify=crc32c",
-                    "--verify_state_save=0",
-                    "--do_verify=1",
-                    "--output-format=terse",
-                    "--numjobs=2",
-                ])
-                .arg(format!("--rw={rw}"))
-                .arg(format!("--bs={bs}"))
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+            let (rw, bs) = (format!("--rw={rw}"), format!("--bs={bs}"));
+            fio_verify(
+                &m,
+                name,
+                &["--size=4M", "--numjobs=2", "--do_verify=1", &rw, &bs],
             );
-            assert!(out.status.success(), "fio {name} {rw}: {text}");
-            assert!(!text.contains("verify:"), "fio {name} {rw}: {text}");
         }
     }
 }

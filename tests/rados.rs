@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Mount, bytes, sh};
+use common::{Mount, bytes, fio_verify, have_fio, sh};
 use dsfs::backend::rados::{RadosOptions, RadosStore};
 use dsfs::{Datastore, ErrorKind, Key};
 
@@ -354,9 +354,7 @@ fn cp_r_onto_a_rados_mount_round_trips_also_after_remount() {
 #[test]
 fn fio_with_verify_on_a_rados_mount() {
     let Some(c) = ceph() else { return };
-    if Command::new("fio").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "fio is missing in CI");
-        eprintln!("fio not installed: skipping");
+    if !have_fio() {
         return;
     }
     let m = mount(&c, "fio");
@@ -364,30 +362,13 @@ fn fio_with_verify_on_a_rados_mount() {
         ("seq", "write", "read", "1M"),
         ("rand", "randwrite", "randread", "4k"),
     ] {
-        for (rw, extra) in [(write, "--do_verify=1"), (read, "--do_verify=1")] {
-            let out = Command::new("fio")
-                .arg(format!("--name={name}"))
-                .arg(format!("--directory={}", m.mnt.display()))
-                .args([
-                    "--ioengine=psync",
-                    "--size=8M",
-                    "--verify=crc32c",
-                    "--verify_state_save=0",
-                    "--output-format=terse",
-                    "--numjobs=2",
-                ])
-                .arg(format!("--rw={rw}"))
-                .arg(format!("--bs={bs}"))
-                .arg(extra)
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+        for rw in [write, read] {
+            let (rw, bs) = (format!("--rw={rw}"), format!("--bs={bs}"));
+            fio_verify(
+                &m,
+                name,
+                &["--size=8M", "--numjobs=2", "--do_verify=1", &rw, &bs],
             );
-            assert!(out.status.success(), "fio {name} {rw}: {text}");
-            assert!(!text.contains("verify:"), "fio {name} {rw}: {text}");
         }
     }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 
-use common::{Mount, sh};
+use common::{Mount, fio_verify, have_fio, sh};
 
 /// A mount of a fresh blobstore: the fake one, or a real one when `DSFS_TEST_SPDK_AIO` names
 /// an image (zeroed here, so it is formatted at the mount).
@@ -126,41 +126,6 @@ fn statfs_reports_the_blobstore_and_a_full_blobstore_is_enospc() {
     assert_eq!(fs::read(m.path("ten")).unwrap(), vec![7u8; 10 << 20]);
 }
 
-/// Runs one fio job in the mount with crc32c verify headers; fails on any error.
-fn fio(m: &Mount, name: &str, args: &[&str]) -> bool {
-    if std::process::Command::new("fio")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(std::env::var_os("CI").is_none(), "fio is missing in CI");
-        eprintln!("fio not installed: skipping");
-        return false;
-    }
-    let out = std::process::Command::new("fio")
-        .arg(format!("--name={name}"))
-        .arg(format!("--directory={}", m.mnt.display()))
-        .args([
-            "--ioengine=psync",
-            "--size=16M",
-            "--verify=crc32c",
-            "--verify_state_save=0",
-            "--output-format=terse",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "fio {name} {args:?} failed: {text}");
-    assert!(!text.contains("verify:"), "fio {name} {args:?}: {text}");
-    assert!(!text.contains("Input/output error"), "fio {name}: {text}");
-    true
-}
-
 /// fio writes a file sequentially, then rewrites it at random 4 KiB offsets (staged over
 /// the committed value and committed in place), verifying both; after a remount, read jobs
 /// verify the rewritten blocks and every block of the file (each 4 KiB block carries its
@@ -168,10 +133,11 @@ fn fio(m: &Mount, name: &str, args: &[&str]) -> bool {
 #[test]
 fn fio_random_rewrites_verify_across_a_remount() {
     let mut m = spdk_mount();
-    if !fio(&m, "f", &["--rw=write", "--bs=4k", "--do_verify=1"]) {
+    if !have_fio() {
         return;
     }
-    fio(
+    fio_verify(&m, "f", &["--rw=write", "--bs=4k", "--do_verify=1"]);
+    fio_verify(
         &m,
         "f",
         &[
@@ -183,8 +149,8 @@ fn fio_random_rewrites_verify_across_a_remount() {
         ],
     );
     m.remount();
-    fio(&m, "f", &["--rw=randread", "--bs=4k", "--number_ios=300"]);
-    fio(&m, "f", &["--rw=read", "--bs=4k"]);
+    fio_verify(&m, "f", &["--rw=randread", "--bs=4k", "--number_ios=300"]);
+    fio_verify(&m, "f", &["--rw=read", "--bs=4k"]);
 }
 
 /// A file another program (BlobFS) wrote into the blobstore while dsfs was away shows up at

@@ -252,3 +252,102 @@ impl Drop for Mount {
         }
     }
 }
+
+/// A fresh default repository mounted in the foreground with `-o options`, logging every FUSE
+/// request to the mount's log (fuser's debug log), for tests that count what the kernel sends.
+/// Its temporary directory is opened to other users (for tests that switch users).
+pub fn traced(options: &[&str]) -> Mount {
+    use std::os::unix::fs::PermissionsExt;
+    let mut m = Mount::repo_unmounted();
+    std::fs::set_permissions(m.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // In the foreground the daemon logs to stderr.
+    let log = std::fs::File::create(m.log()).unwrap();
+    let mut cmd = dsfs();
+    cmd.arg("mount")
+        .arg(&m.spec)
+        .arg(&m.mnt)
+        .arg("-f")
+        .env("RUST_LOG", "fuser=debug")
+        .stdout(Stdio::null())
+        .stderr(log);
+    for o in options {
+        cmd.arg("-o").arg(o);
+    }
+    m.options = options.iter().map(|s| s.to_string()).collect();
+    m.child = Some(cmd.spawn().unwrap());
+    wait_mounted(&m.mnt, true, Duration::from_secs(30));
+    m
+}
+
+/// The requests a [`traced`] mount logged so far, each as its opcode followed by its arguments
+/// (fuser writes one line per request, ending in `thread=NAME`).
+pub fn requests(m: &Mount) -> Vec<String> {
+    let log = std::fs::read_to_string(m.log()).unwrap();
+    let reqs: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains(" thread="))
+        .filter_map(|l| {
+            let after = l.split(") ino 0x").nth(1)?;
+            let mut words = after.split_whitespace().skip(1);
+            Some(words.next()?.to_owned() + " " + &words.collect::<Vec<_>>().join(" "))
+        })
+        .collect();
+    assert!(
+        !reqs.is_empty(),
+        "no requests logged in {}",
+        m.log().display()
+    );
+    reqs
+}
+
+/// How many of `reqs` (from [`requests`]) have the opcode `op`.
+pub fn count_requests(reqs: &[String], op: &str) -> usize {
+    reqs.iter()
+        .filter(|r| r.split(' ').next() == Some(op))
+        .count()
+}
+
+/// Whether fio is installed; in CI its absence is a failure, elsewhere the caller skips.
+pub fn have_fio() -> bool {
+    let ok = Command::new("fio").arg("--version").output().is_ok();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "fio is missing in CI");
+        eprintln!("fio not installed: skipping the fio run");
+    }
+    ok
+}
+
+/// Runs one fio job named `name` in the mount with crc32c verify headers (psync, 16 MiB unless
+/// `args` give another `--size`: fio takes the last value of an option); fails on any error,
+/// verify failure or EIO.
+pub fn fio_verify(m: &Mount, name: &str, args: &[&str]) {
+    let out = Command::new("fio")
+        .arg(format!("--name={name}"))
+        .arg(format!("--directory={}", m.mnt.display()))
+        .args([
+            "--ioengine=psync",
+            "--size=16M",
+            "--verify=crc32c",
+            // fio would leave a verify-state file in the working directory after each job.
+            "--verify_state_save=0",
+            "--group_reporting",
+            "--output-format=terse",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "fio {name} {args:?} failed: {text}");
+    assert!(
+        !text.contains("verify:"),
+        "fio {name} {args:?}: verify error: {text}"
+    );
+    assert!(
+        !text.contains("Input/output error"),
+        "fio {name} {args:?}: EIO: {text}"
+    );
+}

@@ -29,9 +29,12 @@
 //!
 //! A crash before 2 leaves a record without `dsfs_redo`: removed at open, the old value
 //! stands. A crash after 2 leaves a committed record: [`SpdkStore::open`] replays it (step 3
-//! is idempotent) if its target still exists with the same `dsfs_seq`, and deletes it. A
-//! reader never sees a half-applied commit: the key's slot carries a version that is odd while
-//! step 3 runs, and reads wait for it and check it did not change under them.
+//! is idempotent) if its target still exists with the same `dsfs_seq`, and deletes it. While
+//! step 3 runs the key's slot carries a version that is odd, and reads wait for it and check
+//! it did not change under them, so a reader never sees a commit half-applied, with one
+//! exception: if step 3 itself fails (an I/O error after the commit point), the commit
+//! reports the error and reads of that value in this session may see part of the new bytes
+//! until the next open replays the record.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
