@@ -118,7 +118,7 @@ fn a_go_ds_motr_index_mounts_in_compat_mode_both_ways() {
     }
     let dir = tempfile::tempdir().unwrap();
     let fid = index_fid(3);
-    let block = bytes(42, 70_000);
+    let block = bytes(42, 12_000);
     let go_key = |k: &str| {
         let mut v = k.as_bytes().to_vec();
         v.extend_from_slice(&GO_DS_MOTR_SUFFIX);

@@ -12,7 +12,7 @@ use dsfs::{Datastore, ErrorKind, Key, Query};
 use rand::Rng;
 
 use crate::harness::{
-    Case, Ctx, OrFail, Req, TResult, check_bytes, expect_kind, expect_not_found, fail, key,
+    Case, Ctx, OrFail, Req, TResult, check_bytes, expect_kind, expect_not_found, fail, fit, key,
     keys_of, random_bytes, run_query, within,
 };
 
@@ -39,13 +39,15 @@ pub fn cases() -> Vec<Case> {
             .requires(Req::OrderedScan),
         Case::new("capability::file_backed", |ctx| file_backed(ctx.ds())),
         Case::new("capability::atomic_put_visibility", atomic_put_visibility)
-            .requires(Req::AtomicPut),
+            .requires(Req::AtomicPut)
+            .requires(Req::ValueSize(256 * 1024)),
         Case::new(
             "capability::atomic_batch_visibility",
             atomic_batch_visibility,
         )
         .requires(Req::AtomicBatch),
-        Case::new("capability::disk_usage", |ctx| disk_usage(ctx.ds())),
+        Case::new("capability::disk_usage", |ctx| disk_usage(ctx.ds()))
+            .requires(Req::ValueSize(100_000)),
         Case::new("delete_missing_ok", |ctx| delete_missing(ctx.ds())),
         Case::new("overwrite_replaces", |ctx| overwrite_replaces(ctx.ds())),
         Case::new("keys_only_sizes", |ctx| keys_only_sizes(ctx.ds())),
@@ -807,6 +809,7 @@ fn delete_missing(ds: &dyn Datastore) -> TResult {
 fn overwrite_replaces(ds: &dyn Datastore) -> TResult {
     let k = key("/over");
     for len in [100usize, 10, 1000, 0, 1, 70_000, 3] {
+        let len = fit(ds, len);
         let v = random_bytes(len);
         ds.put(&k, &v).or_fail(format!("put {len} bytes"))?;
         check_value(ds, &k, &v)?;
@@ -829,6 +832,7 @@ fn overwrite_replaces(ds: &dyn Datastore) -> TResult {
 fn keys_only_sizes(ds: &dyn Datastore) -> TResult {
     let mut expected = BTreeMap::new();
     for (i, len) in [1usize, 0, 64, 4096, 100_000].into_iter().enumerate() {
+        let len = fit(ds, len);
         let k = key(&format!("/sizes/{i}"));
         let v = random_bytes(len);
         ds.put(&k, &v).or_fail("put")?;

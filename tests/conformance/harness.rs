@@ -119,6 +119,13 @@ pub fn check_bytes(actual: &[u8], expected: &[u8], what: impl Display) -> TResul
 }
 
 /// `n` random bytes.
+/// `len`, or the store's largest value size when that is smaller.
+pub fn fit(ds: &dyn Datastore, len: usize) -> usize {
+    ds.capabilities().max_value_size.map_or(len, |max| {
+        len.min(usize::try_from(max).unwrap_or(usize::MAX))
+    })
+}
+
 pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     rand::rng().fill_bytes(&mut v);

@@ -8,7 +8,7 @@ use dsfs::datastore::query::{Entry, Filter, Op, Order, naive_apply};
 use dsfs::{Datastore, Key, Query};
 
 use crate::harness::{
-    Case, OrFail, TResult, check_bytes, describe, expect_not_found, fail, key, keys_of,
+    Case, OrFail, TResult, check_bytes, describe, expect_not_found, fail, fit, key, keys_of,
     random_bytes, run_query,
 };
 
@@ -665,7 +665,7 @@ fn batch(ds: &dyn Datastore) -> TResult {
     let mut blocks = Vec::new();
     let mut keys = Vec::new();
     for _ in 0..20 {
-        let value = random_bytes(256 * 1024);
+        let value = random_bytes(fit(ds, 256 * 1024));
         let k = batch_key(&value);
         b.put(k.clone(), value.clone())
             .or_fail(format!("batch put {k}"))?;

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
-use super::ops::{EXCLUDE_START_KEY, Id128, MotrOps, OVERWRITE, OpResult, Rc, Record, SYNC_WAIT};
+use super::ops::{
+    EXCLUDE_START_KEY, Id128, MAX_RECORD_VALUE, MotrOps, OVERWRITE, OpResult, Rc, Record, SYNC_WAIT,
+};
 
 /// The block size of the in-process objects.
 pub const BLOCK: usize = 4096;
@@ -227,6 +229,9 @@ impl MotrOps for FakeMotr {
     fn idx_put(&self, idx: Id128, records: &[(&[u8], &[u8])], flags: u32) -> OpResult<Vec<i32>> {
         let mut g = self.begin(OpKind::Put)?;
         let index = g.state.indices.get_mut(&idx).ok_or(Rc::NOT_FOUND)?;
+        if records.iter().any(|(_, v)| v.len() > MAX_RECORD_VALUE) {
+            return Err(Rc(-libc::E2BIG));
+        }
         let rcs = records
             .iter()
             .map(|(k, v)| {

@@ -285,6 +285,16 @@ struct Inner {
 impl MotrStore {
     /// Opens the store in `options.index`, creating the index if it does not exist.
     pub fn open(motr: Arc<dyn MotrOps>, options: MotrOptions) -> Result<MotrStore> {
+        if options.inline_max > ops::MAX_RECORD_VALUE {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "motr: inline={} is larger than the largest record value ({} bytes)",
+                    options.inline_max,
+                    ops::MAX_RECORD_VALUE
+                ),
+            ));
+        }
         // A look first: creating an index that exists fails (`-EEXIST`) and makes a real
         // Motr log an error on the console.
         // The same look finds the redo records of interrupted commits (see `inplace`).
@@ -594,6 +604,16 @@ impl Inner {
         fill: &dyn Fn(u64, &mut [u8]) -> Result<()>,
     ) -> Result<()> {
         self.check_open()?;
+        if self.options.layout == Layout::GoDsMotr && size > ops::MAX_RECORD_VALUE as u64 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "motr: {key}: a {size}-byte value does not fit the go-ds-motr layout, which \
+                     keeps each value in one index record (at most {} bytes)",
+                    ops::MAX_RECORD_VALUE
+                ),
+            ));
+        }
         let inline =
             self.options.layout == Layout::GoDsMotr || size <= self.options.inline_max as u64;
         let _w = self.stripe(key);
@@ -745,7 +765,8 @@ impl Datastore for MotrStore {
             file_backed: false,
             atomic_rename: false,
             cheap_rename: false,
-            max_value_size: None,
+            // go-ds-motr's layout keeps every value in its record.
+            max_value_size: (!native).then_some(ops::MAX_RECORD_VALUE as u64),
             max_key_len: None,
         }
     }

@@ -17,7 +17,9 @@
 //!   multiples of the block size (`-EINVAL` otherwise); never-written blocks read as zeros;
 //!   an object must be created before it is written (`-ENOENT`), and creating one that exists
 //!   is `-EEXIST`; one IO larger than [`MAX_IO`] is refused by the real service (`-E2BIG`,
-//!   seen on a single node), so callers split IO.
+//!   seen on a single node), so callers split IO;
+//! * a record value larger than [`MAX_RECORD_VALUE`] is never put: the real service may abort
+//!   on it (see there); the in-process Motr fails such a `PUT` as a whole with `-E2BIG`.
 
 /// A Motr 128-bit identifier: an index fid (`container` = hi, `key` = lo) or an object id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,6 +70,13 @@ pub const SYNC_WAIT: u32 = 1 << 2;
 /// The largest single object IO the store issues (bytes). The single-node setup refused an
 /// 8 MiB write with `-E2BIG`; 1 MiB writes work.
 pub const MAX_IO: usize = 1 << 20;
+
+/// The largest value the store puts into one index record (bytes). Motr 2.0's CAS keeps
+/// records in B-tree nodes of 64 KiB and asserts (the IO service aborts in
+/// `btree_put_split_and_find`) when a split leaves a node without a record, which a record of
+/// more than a third of a node can cause; a single node's service died that way on a 64 KiB
+/// value, refused 256 KiB and 1 MiB values with `-EFAULT`, and took 16 KiB values.
+pub const MAX_RECORD_VALUE: usize = 16 << 10;
 
 /// A negative errno from Motr (an operation's or a record's return code).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

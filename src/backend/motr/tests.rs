@@ -74,11 +74,59 @@ fn index_fids_are_parsed_and_checked() {
     }
 }
 
+/// A record value above what Motr's CAS holds is never sent: on a real node a 64 KiB value
+/// aborted the IO service. go-ds-motr's layout refuses such values with a typed error and
+/// says so in its capabilities; the native layout keeps them in objects.
+#[test]
+fn values_too_large_for_a_record_are_refused_in_go_ds_motr_layout_and_never_sent() {
+    let (fake, s) = store(Layout::GoDsMotr);
+    assert_eq!(
+        s.capabilities().max_value_size,
+        Some(ops::MAX_RECORD_VALUE as u64)
+    );
+    let key = Key::new("/blocks/BIG");
+    // The next PUT sent fails with -EIO: the refused put must not be it.
+    fake.inject(OpKind::Put, -libc::EIO, 1);
+    let e = s
+        .put(&key, &vec![1u8; ops::MAX_RECORD_VALUE + 1])
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(values(&fake).is_empty());
+    let e = s.put(&key, b"small").unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::Io,
+        "the injected failure was still pending: {e}"
+    );
+    s.put(&key, &vec![2u8; ops::MAX_RECORD_VALUE]).unwrap();
+    assert_eq!(s.get_size(&key).unwrap(), ops::MAX_RECORD_VALUE as u64);
+
+    let (fake, s) = store(Layout::Native);
+    assert_eq!(s.capabilities().max_value_size, None);
+    s.put(&key, &vec![3u8; 4 * ops::MAX_RECORD_VALUE]).unwrap();
+    assert_eq!(fake.object_count(), 1);
+    assert!(
+        values(&fake)
+            .iter()
+            .all(|(_, v)| v.len() <= ops::MAX_RECORD_VALUE)
+    );
+
+    // An inline limit above a record's is a configuration error.
+    let options = MotrOptions {
+        inline_max: ops::MAX_RECORD_VALUE + 1,
+        ..MotrOptions::new(IDX)
+    };
+    match MotrStore::open(Arc::new(FakeMotr::in_memory()), options) {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}"),
+        Ok(_) => panic!("inline={} was accepted", ops::MAX_RECORD_VALUE + 1),
+    }
+}
+
 #[test]
 fn go_ds_motr_records_are_key_plus_empty_digest_and_the_whole_value() {
     let (fake, s) = store(Layout::GoDsMotr);
     let key = Key::new("/blocks/CIQA4XCGRCRTCCHV7XSGAZPZJOAOHLPOI6IQR3H6YQ");
-    let value = vec![7u8; 300_000];
+    let value = vec![7u8; ops::MAX_RECORD_VALUE];
     s.put(&key, &value).unwrap();
     let mut want_key = key.as_bytes().to_vec();
     want_key.extend_from_slice(&[
