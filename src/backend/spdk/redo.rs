@@ -373,21 +373,14 @@ impl Inner {
             // The data first (hashing it), then the header with the digest.
             let mut hash = sha2::Sha256::new();
             hash.update(&head);
-            let mut at = head_bytes as u64;
             let mut buf = Vec::new();
-            for &(s, l) in &header.ranges {
-                let mut done = 0u64;
-                while done < l {
-                    let n = (l - done).min(super::IO_PIECE as u64) as usize;
-                    buf.clear();
-                    buf.resize(n, 0);
-                    let got = staged.read_at(s + done, &mut buf)?;
-                    buf[got..].fill(0);
-                    hash.update(&buf);
-                    self.retry(|| self.bs.write(rec, at / unit as u64, &buf))?;
-                    at += n as u64;
-                    done += n as u64;
-                }
+            for (to, at, n) in pieces(&header.ranges, head_bytes as u64) {
+                buf.clear();
+                buf.resize(n, 0);
+                let got = staged.read_at(to, &mut buf)?;
+                buf[got..].fill(0);
+                hash.update(&buf);
+                self.retry(|| self.bs.write(rec, at / unit as u64, &buf))?;
             }
             head.extend_from_slice(&hash.finalize());
             head.resize(head_bytes, 0);
@@ -416,19 +409,12 @@ impl Inner {
         if need > self.retry(|| self.bs.num_clusters(h.target))? {
             self.retry(|| self.bs.resize(h.target, need))?;
         }
-        let mut at = head_bytes;
         let mut buf = Vec::new();
-        for &(s, l) in &h.ranges {
-            let mut done = 0u64;
-            while done < l {
-                let n = (l - done).min(super::IO_PIECE as u64) as usize;
-                buf.clear();
-                buf.resize(n, 0);
-                self.retry(|| self.bs.read(rec, at / unit, &mut buf))?;
-                self.retry(|| self.bs.write(h.target, (s + done) / unit, &buf))?;
-                at += n as u64;
-                done += n as u64;
-            }
+        for (to, at, n) in pieces(&h.ranges, head_bytes) {
+            buf.clear();
+            buf.resize(n, 0);
+            self.retry(|| self.bs.read(rec, at / unit, &mut buf))?;
+            self.retry(|| self.bs.write(h.target, to / unit, &buf))?;
         }
         let len_bytes = h.len.to_ne_bytes();
         self.retry(|| self.bs.set_xattr(h.target, "length", &len_bytes))?;
@@ -468,19 +454,12 @@ impl Inner {
         let body = Header::size(h.ranges.len()) - DIGEST;
         let mut hash = sha2::Sha256::new();
         hash.update(&head[..body]);
-        let mut at = head_bytes;
         let mut buf = Vec::new();
-        for &(_, l) in &h.ranges {
-            let mut done = 0u64;
-            while done < l {
-                let n = (l - done).min(super::IO_PIECE as u64) as usize;
-                buf.clear();
-                buf.resize(n, 0);
-                self.retry(|| self.bs.read(rec, at / unit, &mut buf))?;
-                hash.update(&buf);
-                at += n as u64;
-                done += n as u64;
-            }
+        for (_, at, n) in pieces(&h.ranges, head_bytes) {
+            buf.clear();
+            buf.resize(n, 0);
+            self.retry(|| self.bs.read(rec, at / unit, &mut buf))?;
+            hash.update(&buf);
         }
         if hash.finalize().as_slice() != &head[body..body + DIGEST] {
             return Err(corrupt(format!(
@@ -501,6 +480,22 @@ impl Inner {
         slot.len = h.len;
         Ok(true)
     }
+}
+
+/// The I/O pieces of a record's ranges, in record order: `(offset in the value, offset in the
+/// record, length)`, at most [`super::IO_PIECE`] bytes each, the record's data starting at
+/// `head_bytes`.
+fn pieces(ranges: &[(u64, u64)], head_bytes: u64) -> impl Iterator<Item = (u64, u64, usize)> + '_ {
+    let piece = super::IO_PIECE as u64;
+    let mut at = head_bytes;
+    ranges.iter().flat_map(move |&(s, l)| {
+        let start = at;
+        at += l;
+        (0..l.div_ceil(piece)).map(move |i| {
+            let done = i * piece;
+            (s + done, start + done, (l - done).min(piece) as usize)
+        })
+    })
 }
 
 #[cfg(test)]
