@@ -101,6 +101,9 @@ struct Inner {
 /// The SPDK blobstore store. See the module documentation.
 pub struct SpdkStore {
     inner: Arc<Inner>,
+    /// The blobstore's segment stamp, computed once from the map read at open (see
+    /// [`Datastore::segments`]).
+    stamp: String,
 }
 
 /// What [`SpdkStore::open`] found and put right.
@@ -172,9 +175,11 @@ impl SpdkStore {
             pins: redo::Pins::default(),
         };
         let recovery = inner.load()?;
+        let stamp = inner.stamp();
         Ok((
             SpdkStore {
                 inner: Arc::new(inner),
+                stamp,
             },
             recovery,
         ))
@@ -187,6 +192,18 @@ impl SpdkStore {
 }
 
 impl Inner {
+    /// The digest of every value's key, length and `dsfs_seq` (see [`Datastore::segments`]).
+    fn stamp(&self) -> String {
+        let mut hash = sha2::Sha256::new();
+        for (k, s) in self.map.read().iter() {
+            hash.update((k.len() as u64).to_le_bytes());
+            hash.update(k.as_bytes());
+            hash.update(s.len.to_le_bytes());
+            hash.update(s.seq.to_le_bytes());
+        }
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Retries `f` while it fails with `-ENOMEM` (SPDK's "no request object now"), with a
     /// growing pause, then gives up with the error.
     fn retry<T>(&self, mut f: impl FnMut() -> std::result::Result<T, BsError>) -> Result<T> {
@@ -747,20 +764,15 @@ impl Datastore for SpdkStore {
         self.inner.staging_dir.clone()
     }
     /// One segment, the whole blobstore, whose stamp digests every value's key, length and
-    /// `dsfs_seq` (the map read at open): files BlobFS (or another program) created, changed
-    /// or deleted while dsfs was away change it, so the index finds them at the next open.
+    /// `dsfs_seq` as read at open: files BlobFS (or another program) created, changed or
+    /// deleted while dsfs was away change it, so the index finds them at the next open. Nothing
+    /// else can change the blobstore while this process has it loaded, so the stamp is
+    /// computed once at open, and a revalidation while mounted costs one comparison instead of
+    /// a digest of every value and a reconcile after each of dsfs's own writes.
     fn segments(&self) -> Result<Option<Vec<Segment>>> {
-        let mut hash = sha2::Sha256::new();
-        for (k, s) in self.inner.map.read().iter() {
-            hash.update((k.len() as u64).to_le_bytes());
-            hash.update(k.as_bytes());
-            hash.update(s.len.to_le_bytes());
-            hash.update(s.seq.to_le_bytes());
-        }
-        let stamp: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(Some(vec![Segment {
             name: SEGMENT.to_owned(),
-            stamp,
+            stamp: self.stamp.clone(),
             settled: true,
         }]))
     }
