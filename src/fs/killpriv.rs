@@ -32,8 +32,8 @@ pub(super) fn without_setid(mode: u32) -> u32 {
 
 impl DsFs {
     /// Drops the privileges of regular file `ino` (setuid, setgid with group execute, file
-    /// capabilities), as a write by an unprivileged caller must. Costs one index read when
-    /// there is nothing to drop, which is the common case. Returns whether anything was dropped
+    /// capabilities), as a write by an unprivileged caller must. Costs two index reads (the node
+    /// and the capability xattr) when there is nothing to drop, which is the common case. Returns whether anything was dropped
     /// (the kernel's cached attributes are then stale).
     pub fn drop_privileges(&self, ino: u64) -> FsResult<bool> {
         self.refuse_virtual(ino)?;
