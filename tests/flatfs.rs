@@ -12,7 +12,7 @@ use dsfs::backend::flatfs::{
     self, DISK_USAGE_FILE, FlatFsOptions, FlatFsStore, LOCK_FILE, README_FILE, SHARDING_FILE,
     ShardFn, TEMP_DIR, accuracy,
 };
-use dsfs::datastore::{Capabilities, Datastore, StageInit};
+use dsfs::datastore::{Capabilities, Datastore, MEMORY_LIMIT, StageInit};
 use dsfs::{ErrorKind, Key, Query};
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -1185,8 +1185,15 @@ fn staged_writes_commit_by_rename() {
     store.commit_staged(&k("/FRESH"), staged, true).unwrap();
     assert_eq!(store.get(&k("/FRESH")).unwrap(), b"\0\0\0x");
 
+    // A new value starts in memory: no file until it spills; a dropped spilled stage removes
+    // its file.
     let staged = store.stage(&key, StageInit::Empty).unwrap();
+    assert!(staged.is_in_memory() && staged.path().is_none());
+    staged
+        .write_all_at(0, &vec![7u8; MEMORY_LIMIT as usize + 1])
+        .unwrap();
     let path = staged.path().unwrap().to_path_buf();
+    assert_eq!(path.parent().unwrap(), dir.path().join(TEMP_DIR));
     drop(staged);
     assert!(!path.exists(), "a dropped stage removes its file");
 
@@ -1587,5 +1594,53 @@ fn rename_moves_the_data_file_and_keeps_usage_exact() {
             .rename(&k("/lower"), &k("/X"))
             .unwrap_err()
             .is_not_found()
+    );
+}
+
+/// A new small value is staged in memory: nothing reaches `.temp` until the commit, which
+/// writes it like any value (temporary file, rename, fsynced when durable), so a reopened store
+/// reads it and `.temp` is empty. One that outgrows memory spills to `.temp` and the commit
+/// renames that very file into place.
+#[test]
+fn new_values_stage_in_memory_and_spill_to_temp_when_they_grow() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let temp_count = || {
+        std::fs::read_dir(dir.path().join(TEMP_DIR))
+            .unwrap()
+            .count()
+    };
+    {
+        let store = open_new(dir.path(), ShardFn::IPFS_DEFAULT);
+        let small = store.stage(&k("/SMALL"), StageInit::Empty).unwrap();
+        small.write_all_at(0, b"small value").unwrap();
+        assert!(small.is_in_memory());
+        assert_eq!(temp_count(), 0);
+        store.commit_staged(&k("/SMALL"), small, true).unwrap();
+        assert_eq!(temp_count(), 0);
+
+        let big = store.stage(&k("/BIG"), StageInit::Empty).unwrap();
+        let data: Vec<u8> = (0..MEMORY_LIMIT as usize * 2).map(|i| i as u8).collect();
+        big.write_all_at(0, &data[..1000]).unwrap();
+        assert!(big.is_in_memory());
+        big.write_all_at(1000, &data[1000..]).unwrap();
+        assert!(!big.is_in_memory());
+        let spilled = std::fs::metadata(big.path().unwrap()).unwrap().ino();
+        store.commit_staged(&k("/BIG"), big, true).unwrap();
+        let path = store.data_path(&k("/BIG")).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            spilled,
+            "renamed, not copied"
+        );
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(store.get(&k("/BIG")).unwrap(), data);
+        assert_eq!(temp_count(), 0);
+    }
+    let store = reopen(dir.path());
+    assert_eq!(store.get(&k("/SMALL")).unwrap(), b"small value");
+    assert_eq!(
+        store.get(&k("/BIG")).unwrap().len(),
+        MEMORY_LIMIT as usize * 2
     );
 }

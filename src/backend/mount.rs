@@ -550,7 +550,7 @@ impl Datastore for MountStore {
         }
         let from_stage = src.1.store.stage(&src.2, StageInit::CopyCurrent)?;
         let to_stage = dst.1.store.stage(&dst.2, StageInit::Empty)?;
-        from_stage.write_to(&mut to_stage.file())?;
+        from_stage.write_to(&mut to_stage.file()?)?;
         dst.1.store.commit_staged(&dst.2, to_stage, false)?;
         src.1.store.delete(&src.2)
     }

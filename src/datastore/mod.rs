@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 pub use error::{Error, ErrorKind, Result};
 pub use key::Key;
 pub use query::{Entry, Filter, Op, Order, Query, Results};
-pub use stage::{OverlaySource, StageInit, Staged};
+pub use stage::{MEMORY_LIMIT, OverlaySource, SpillTo, StageInit, Staged};
 
 /// What a store guarantees and how it behaves, as data. The conformance suite checks every
 /// guarantee that a store claims here, and skips (reporting them as ignored) the cases a store
@@ -265,10 +265,11 @@ pub trait Datastore: Send + Sync {
 
     /// Opens a staging area for a new value of `key`, seeded as `init` says. The filesystem
     /// writes into it at random offsets and commits it with [`Datastore::commit_staged`], so a
-    /// large value is never rewritten per write. The default stages in an unlinked temporary
-    /// file in [`Datastore::staging_dir`].
+    /// large value is never rewritten per write. The default stages in memory up to
+    /// [`MEMORY_LIMIT`] bytes and beyond that in an unlinked temporary file in
+    /// [`Datastore::staging_dir`].
     fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
-        let staged = Staged::anonymous(&self.staging_dir())?;
+        let staged = Staged::memory(MEMORY_LIMIT, SpillTo::Anonymous(self.staging_dir()));
         if init == StageInit::CopyCurrent {
             match self.get(key) {
                 Ok(value) => staged.write_all_at(0, &value)?,

@@ -13,12 +13,21 @@
 //! Staging a random write into a large committed file then costs nothing up front, and a store
 //! can commit just the dirty ranges (flatfs does, in place behind a journal) or fill in the
 //! clean ranges first ([`Staged::materialize`]) and commit the whole file.
+//!
+//! A new value can start *in memory* ([`Staged::memory`]): its bytes live in a `Vec` until it
+//! grows past a bound ([`MEMORY_LIMIT`]) or a store asks for its file ([`Staged::file`],
+//! [`Staged::into_parts`]); then it spills, once, to the staging file it would otherwise have
+//! had from the start ([`SpillTo`]), and behaves as a file-staged value from then on. A small
+//! file written and closed then costs no staging file at all: the stores read it through
+//! [`Staged::read_at`]/[`Staged::read_all`]/[`Staged::write_to`] as they read any staged value,
+//! and a store that renames files into place writes a temporary file for it at commit.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::error::{Error, Result};
 
@@ -31,12 +40,42 @@ pub enum StageInit {
     CopyCurrent,
 }
 
+/// The largest value [`Staged::memory`] keeps in memory: 64 KiB, the default repository's
+/// inline threshold. Below it the default repository stores a value inline in its record
+/// database, so a staging file would only ever be read back into memory; at or above it the
+/// value becomes a file of the file tier anyway, and a staging file in that tier's directory
+/// commits by rename without a copy. It also bounds the memory held by many small open files.
+pub const MEMORY_LIMIT: u64 = 64 << 10;
+
+/// Where an in-memory staged value spills when it outgrows memory or a store needs its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpillTo {
+    /// An unlinked temporary file in this directory (as [`Staged::anonymous`]).
+    Anonymous(PathBuf),
+    /// A named file in this directory (as [`Staged::named`]), which a store renames into place.
+    Named(PathBuf),
+}
+
+/// The in-memory state of a [`Staged::memory`] value.
+#[derive(Debug)]
+struct Mem {
+    /// The bytes; `None` once they spilled to the staging file.
+    bytes: Option<Vec<u8>>,
+    /// The largest length kept in memory.
+    limit: u64,
+    spill: SpillTo,
+}
+
 /// A value being written. See the module documentation.
 #[derive(Debug)]
 pub struct Staged {
-    file: File,
-    /// The staging file's name while it still exists on disk; `None` for unlinked files.
-    path: Option<TempPath>,
+    /// The staging file; unset while an in-memory value has not spilled.
+    file: OnceLock<File>,
+    /// The staging file's name while it still exists on disk; unset (or `TempPath(None)`) for
+    /// unlinked files.
+    path: OnceLock<TempPath>,
+    /// For an in-memory value: its bytes until they spill.
+    mem: Option<parking_lot::Mutex<Mem>>,
     /// The sha2-256 of the bytes written so far, while they were written in order from offset
     /// 0 (a copy, a stream, `cp`): a store records it with the value at no extra read. Any
     /// other write pattern drops it.
@@ -273,52 +312,131 @@ impl Staged {
     /// A staging file in `dir` without a name (`O_TMPFILE`), so nothing is left behind by a
     /// crash. Where the file system cannot do that, a named file unlinked at once.
     pub fn anonymous(dir: &Path) -> Result<Staged> {
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_TMPFILE)
-            .open(dir)
-        {
-            Ok(file) => file,
-            // EOPNOTSUPP: the file system has no O_TMPFILE; EISDIR or EINVAL: the kernel has
-            // none (it took the flag for O_DIRECTORY).
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
-                ) =>
-            {
-                let (file, path) = create_unique(dir, "stage")?;
-                std::fs::remove_file(&path).map_err(|e| {
-                    Error::io(format!("unlinking staging file {}", path.display()), e)
-                })?;
-                file
-            }
-            Err(e) => {
-                return Err(Error::io(
-                    format!("creating a staging file in {}", dir.display()),
-                    e,
-                ));
-            }
-        };
-        Ok(Staged {
-            file,
-            path: None,
-            hash: parking_lot::Mutex::new(Some(Prefix::new())),
-            overlay: None,
-        })
+        Ok(Staged::from_file(anonymous_file(dir)?, None))
     }
 
-    /// Wraps a named staging file that a file-backed store will rename into place. The file is
-    /// removed if the staged value is dropped without being committed.
-    pub fn named(file: File, path: PathBuf) -> Staged {
+    /// A staged value in `file` (named `path`, removed if dropped uncommitted).
+    fn from_file(file: File, path: Option<PathBuf>) -> Staged {
         Staged {
-            file,
-            path: Some(TempPath(Some(path))),
+            file: OnceLock::from(file),
+            path: OnceLock::from(TempPath(path)),
+            mem: None,
             hash: parking_lot::Mutex::new(Some(Prefix::new())),
             overlay: None,
         }
+    }
+
+    /// An empty value staged in memory while it stays at most `limit` bytes long; past that,
+    /// or when a store asks for its file, it moves to a staging file made as `spill` says.
+    pub fn memory(limit: u64, spill: SpillTo) -> Staged {
+        Staged {
+            file: OnceLock::new(),
+            path: OnceLock::new(),
+            mem: Some(parking_lot::Mutex::new(Mem {
+                bytes: Some(Vec::new()),
+                limit,
+                spill,
+            })),
+            hash: parking_lot::Mutex::new(Some(Prefix::new())),
+            overlay: None,
+        }
+    }
+
+    /// Whether the bytes are still in memory (not spilled to a staging file).
+    pub fn is_in_memory(&self) -> bool {
+        self.file.get().is_none()
+    }
+
+    /// The staging file, spilling an in-memory value to it first.
+    fn disk(&self) -> Result<&File> {
+        if let Some(f) = self.file.get() {
+            return Ok(f);
+        }
+        if let Some(mem) = &self.mem {
+            self.spill(&mut mem.lock())?;
+        }
+        self.file
+            .get()
+            .ok_or_else(|| Error::new(super::ErrorKind::Io, "staged value has no file"))
+    }
+
+    /// Moves the in-memory bytes to a new staging file (with `mem` locked). A no-op once done.
+    fn spill(&self, mem: &mut Mem) -> Result<()> {
+        if self.file.get().is_some() {
+            return Ok(());
+        }
+        let (file, path) = match &mem.spill {
+            SpillTo::Anonymous(dir) => (anonymous_file(dir)?, None),
+            SpillTo::Named(dir) => {
+                let (file, path) = create_unique(dir, "stage")?;
+                (file, Some(path))
+            }
+        };
+        // Removes a named file again if the copy below fails.
+        let path = TempPath(path);
+        let bytes = mem.bytes.as_deref().unwrap_or(&[]);
+        file.write_all_at(bytes, 0)
+            .map_err(|e| Error::io("spilling a staged value to its file", e))?;
+        log::trace!("staged value spilled to a file at {} bytes", bytes.len());
+        // Only this function sets them, with `mem` locked.
+        let _ = self.path.set(path);
+        let _ = self.file.set(file);
+        mem.bytes = None;
+        Ok(())
+    }
+
+    /// Runs `f` on the in-memory bytes and their bound, if they are still in memory.
+    fn in_memory<R>(&self, f: impl FnOnce(&mut Mem) -> R) -> Option<R> {
+        let mem = self.mem.as_ref()?;
+        let mut m = mem.lock();
+        m.bytes.as_ref()?;
+        Some(f(&mut m))
+    }
+}
+
+/// The length of an in-memory value (0 once spilled).
+fn bytes_len(mem: &Mem) -> usize {
+    mem.bytes.as_ref().map_or(0, Vec::len)
+}
+
+/// An unlinked staging file in `dir` (see [`Staged::anonymous`]).
+fn anonymous_file(dir: &Path) -> Result<File> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(file) => file,
+        // EOPNOTSUPP: the file system has no O_TMPFILE; EISDIR or EINVAL: the kernel has
+        // none (it took the flag for O_DIRECTORY).
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            let (file, path) = create_unique(dir, "stage")?;
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::io(format!("unlinking staging file {}", path.display()), e))?;
+            file
+        }
+        Err(e) => {
+            return Err(Error::io(
+                format!("creating a staging file in {}", dir.display()),
+                e,
+            ));
+        }
+    };
+    Ok(file)
+}
+
+impl Staged {
+    /// Wraps a named staging file that a file-backed store will rename into place. The file is
+    /// removed if the staged value is dropped without being committed.
+    pub fn named(file: File, path: PathBuf) -> Staged {
+        Staged::from_file(file, Some(path))
     }
 
     /// An overlay over `base` (the value's current bytes) in a named staging file, which a
@@ -374,7 +492,21 @@ impl Staged {
     }
 
     fn set_file_len(&self, len: u64) -> Result<()> {
-        self.file
+        let resized = self.in_memory(|m| {
+            if len <= m.limit {
+                if let Some(b) = m.bytes.as_mut() {
+                    b.resize(len as usize, 0);
+                }
+                return Ok(true);
+            }
+            self.spill(m).map(|()| false)
+        });
+        if let Some(done) = resized
+            && done?
+        {
+            return Ok(());
+        }
+        self.disk()?
             .set_len(len)
             .map_err(|e| Error::io("resizing staging file", e))
     }
@@ -409,7 +541,7 @@ impl Staged {
         let ov = ov.into_inner();
         let filled = (|| {
             for (s, e) in ov.clean() {
-                ov.base.copy_to(&self.file, s, e)?;
+                ov.base.copy_to(self.disk()?, s, e)?;
             }
             Ok::<(), Error>(())
         })();
@@ -426,7 +558,7 @@ impl Staged {
     /// assumed).
     pub fn write_to(&self, out: &mut dyn Write) -> Result<u64> {
         let len = self.len()?;
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; usize::try_from(len.min(1 << 20)).unwrap_or(1 << 20)];
         let mut at = 0u64;
         while at < len {
             let want = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
@@ -452,7 +584,15 @@ impl Staged {
                 len
             });
         }
-        crate::sys::lseek(&self.file, offset, whence)
+        if let Some(len) = self.in_memory(|m| bytes_len(m) as i64) {
+            // Memory has no holes: all data up to the end.
+            return Ok(if whence == libc::SEEK_DATA {
+                offset
+            } else {
+                len
+            });
+        }
+        crate::sys::lseek(self.disk().map_err(std::io::Error::other)?, offset, whence)
     }
 
     /// A second handle on the same bytes that outlives this one's commit: it shares the open
@@ -460,8 +600,21 @@ impl Staged {
     /// it after a failure), the bytes stay readable through the copy until it is dropped. The
     /// filesystem keeps one across each commit, so a failed commit loses nothing.
     pub fn try_clone_detached(&self) -> Result<Staged> {
+        if let Some(copy) = self.in_memory(|m| Staged {
+            file: OnceLock::new(),
+            path: OnceLock::new(),
+            mem: Some(parking_lot::Mutex::new(Mem {
+                bytes: m.bytes.clone(),
+                limit: m.limit,
+                spill: m.spill.clone(),
+            })),
+            hash: parking_lot::Mutex::new(None),
+            overlay: None,
+        }) {
+            return Ok(copy);
+        }
         let file = self
-            .file
+            .disk()?
             .try_clone()
             .map_err(|e| Error::io("duplicating a staging file handle", e))?;
         let overlay = match &self.overlay {
@@ -477,8 +630,9 @@ impl Staged {
             }
         };
         Ok(Staged {
-            file,
-            path: None,
+            file: OnceLock::from(file),
+            path: OnceLock::new(),
+            mem: None,
             hash: parking_lot::Mutex::new(None),
             overlay,
         })
@@ -486,10 +640,11 @@ impl Staged {
 
     /// The staging file. Writing through it bypasses the running hash, so taking it gives
     /// up [`Staged::content_hash`]. For an overlay the file holds only the dirty ranges:
-    /// [`Staged::materialize`] first, or use [`Staged::write_to`].
-    pub fn file(&self) -> &File {
+    /// [`Staged::materialize`] first, or use [`Staged::write_to`]. An in-memory value
+    /// spills to its file first.
+    pub fn file(&self) -> Result<&File> {
         *self.hash.lock() = None;
-        &self.file
+        self.disk()
     }
 
     /// The sha2-256 of the staged value if it is `len` bytes long and every byte was written
@@ -504,14 +659,21 @@ impl Staged {
     }
 
     /// The staging file's path, for stores that commit by rename.
+    /// An in-memory value has none until it spills.
     pub fn path(&self) -> Option<&Path> {
-        self.path.as_ref().and_then(|p| p.0.as_deref())
+        self.path.get().and_then(|p| p.0.as_deref())
     }
 
     /// Hands the file and its path to the store committing it; the staged value no longer
-    /// removes the file when dropped.
-    pub fn into_parts(self) -> (File, Option<PathBuf>) {
-        (self.file, self.path.map(TempPath::keep))
+    /// removes the file when dropped. An in-memory value spills to its file first.
+    pub fn into_parts(self) -> Result<(File, Option<PathBuf>)> {
+        self.disk()?;
+        let path = self.path.into_inner().map(TempPath::keep);
+        let file = self
+            .file
+            .into_inner()
+            .ok_or_else(|| Error::new(super::ErrorKind::Io, "staged value has no file"))?;
+        Ok((file, path.filter(|p| !p.as_os_str().is_empty())))
     }
 
     /// The current length in bytes.
@@ -519,7 +681,10 @@ impl Staged {
         if let Some(ov) = &self.overlay {
             return Ok(ov.lock().len);
         }
-        self.file
+        if let Some(len) = self.in_memory(|m| bytes_len(m) as u64) {
+            return Ok(len);
+        }
+        self.disk()?
             .metadata()
             .map(|m| m.len())
             .map_err(|e| Error::io("reading staging file length", e))
@@ -533,10 +698,28 @@ impl Staged {
     /// Writes all of `data` at `offset`, extending the file (with a hole) if needed.
     pub fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         let mut hash = self.hash.lock();
-        let written = self
-            .file
-            .write_all_at(data, offset)
-            .map_err(|e| Error::io("writing staging file", e));
+        let end = offset.saturating_add(data.len() as u64);
+        let in_memory = self.in_memory(|m| {
+            if end > m.limit {
+                return self.spill(m).map(|()| false);
+            }
+            if let Some(b) = m.bytes.as_mut() {
+                let (at, end) = (offset as usize, end as usize);
+                if b.len() < end {
+                    b.resize(end, 0);
+                }
+                b[at..end].copy_from_slice(data);
+            }
+            Ok(true)
+        });
+        let written = match in_memory {
+            Some(Ok(true)) => Ok(()),
+            Some(Err(e)) => Err(e),
+            Some(Ok(false)) | None => self.disk().and_then(|f| {
+                f.write_all_at(data, offset)
+                    .map_err(|e| Error::io("writing staging file", e))
+            }),
+        };
         if let (Some(ov), Ok(())) = (&self.overlay, &written) {
             let mut ov = ov.lock();
             let end = offset.saturating_add(data.len() as u64);
@@ -560,7 +743,16 @@ impl Staged {
         if let Some(ov) = &self.overlay {
             return self.read_overlay(&ov.lock(), offset, buf);
         }
-        read_full(&self.file, offset, buf).map_err(|e| Error::io("reading staging file", e))
+        if let Some(n) = self.in_memory(|m| {
+            let b = m.bytes.as_deref().unwrap_or(&[]);
+            let from = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+            let n = (b.len() - from).min(buf.len());
+            buf[..n].copy_from_slice(&b[from..from + n]);
+            n
+        }) {
+            return Ok(n);
+        }
+        read_full(self.disk()?, offset, buf).map_err(|e| Error::io("reading staging file", e))
     }
 
     /// `read_at` of an overlay: dirty ranges from the staging file, clean ones from the base,
@@ -617,7 +809,7 @@ impl Staged {
                 continue;
             }
             if dirty {
-                let got = read_full(&self.file, s, slice)
+                let got = read_full(self.disk()?, s, slice)
                     .map_err(|e| Error::io("reading staging file", e))?;
                 slice[got..].fill(0);
                 continue;
@@ -669,9 +861,13 @@ impl Staged {
         Ok(buf)
     }
 
-    /// Flushes the staging file's data to stable storage.
+    /// Flushes the staging file's data to stable storage. An in-memory value has no file to
+    /// flush: a store that needs its bytes on disk takes its file ([`Staged::into_parts`]).
     pub fn sync_data(&self) -> Result<()> {
-        self.file
+        if self.in_memory(|_| ()).is_some() {
+            return Ok(());
+        }
+        self.disk()?
             .sync_data()
             .map_err(|e| Error::io("syncing staging file", e))
     }
@@ -750,6 +946,104 @@ mod tests {
             lister.join().unwrap()
         });
         assert_eq!(seen, 0, "directory entries seen while staging");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// An in-memory staged value against a `Vec` model: random writes, truncations and
+    /// extensions across the memory bound read back the same before and after it spills, and
+    /// it spills exactly when its length would pass the bound.
+    #[test]
+    fn an_in_memory_value_reads_like_its_model_across_the_spill() {
+        use rand::{Rng, RngCore, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 4096u64;
+        for seed in 0..40u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let named = seed % 2 == 0;
+            let spill = if named {
+                SpillTo::Named(dir.path().to_owned())
+            } else {
+                SpillTo::Anonymous(dir.path().to_owned())
+            };
+            let s = Staged::memory(limit, spill);
+            let mut model: Vec<u8> = Vec::new();
+            let mut peak = 0u64;
+            for _ in 0..30 {
+                match rng.random_range(0..10) {
+                    0..=5 => {
+                        let at = rng.random_range(0..limit + 512);
+                        let mut data = vec![0u8; rng.random_range(1..700)];
+                        rng.fill_bytes(&mut data);
+                        s.write_all_at(at, &data).unwrap();
+                        let end = at as usize + data.len();
+                        if model.len() < end {
+                            model.resize(end, 0);
+                        }
+                        model[at as usize..end].copy_from_slice(&data);
+                    }
+                    6 | 7 => {
+                        let len = rng.random_range(0..limit + 256);
+                        s.set_len(len).unwrap();
+                        model.resize(len as usize, 0);
+                    }
+                    _ => {
+                        let at = rng.random_range(0..limit + 600);
+                        let mut buf = vec![0xAAu8; rng.random_range(1..900)];
+                        let n = s.read_at(at, &mut buf).unwrap();
+                        let from = (at as usize).min(model.len());
+                        let want = &model[from..(from + buf.len()).min(model.len())];
+                        assert_eq!(&buf[..n], want, "seed {seed}: read at {at}");
+                    }
+                }
+                peak = peak.max(model.len() as u64);
+                assert_eq!(s.len().unwrap(), model.len() as u64, "seed {seed}");
+                assert_eq!(
+                    s.is_in_memory(),
+                    peak <= limit,
+                    "seed {seed}: spilled at {peak}"
+                );
+                assert_eq!(s.path().is_some(), named && peak > limit, "seed {seed}");
+            }
+            assert_eq!(s.read_all().unwrap(), model, "seed {seed}");
+            let mut out = Vec::new();
+            assert_eq!(s.write_to(&mut out).unwrap(), model.len() as u64);
+            assert_eq!(out, model, "seed {seed}");
+            // The copy a commit keeps has the same bytes, and outlives the value.
+            let keep = s.try_clone_detached().unwrap();
+            drop(s);
+            assert_eq!(keep.read_all().unwrap(), model, "seed {seed}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A store that needs the file of an in-memory value gets one with the bytes (a named one
+    /// where the value spills to named files), and the hash of in-order writes survives.
+    #[test]
+    fn taking_the_file_of_an_in_memory_value_spills_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Staged::memory(MEMORY_LIMIT, SpillTo::Named(dir.path().to_owned()));
+        s.write_all_at(0, b"hello ").unwrap();
+        s.write_all_at(6, b"world").unwrap();
+        assert!(s.is_in_memory() && s.path().is_none());
+        let want: [u8; 32] = sha2::Digest::finalize(
+            <sha2::Sha256 as sha2::Digest>::new_with_prefix(b"hello world"),
+        )
+        .into();
+        assert_eq!(s.content_hash(11), Some(want));
+        let keep = s.try_clone_detached().unwrap();
+        let (file, path) = s.into_parts().unwrap();
+        let path = path.expect("a named spill file");
+        assert_eq!(path.parent(), Some(dir.path()));
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        assert_eq!(file.metadata().unwrap().len(), 11);
+        assert!(keep.is_in_memory());
+        assert_eq!(keep.read_all().unwrap(), b"hello world");
+        std::fs::remove_file(path).unwrap();
+        // An anonymous spill leaves nothing in its directory.
+        let s = Staged::memory(8, SpillTo::Anonymous(dir.path().to_owned()));
+        s.write_all_at(0, b"0123456789").unwrap();
+        assert!(!s.is_in_memory() && s.path().is_none());
+        assert_eq!(s.read_all().unwrap(), b"0123456789");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
@@ -866,7 +1160,7 @@ mod tests {
         let dir = std::env::temp_dir();
         let (f, p) = create_unique(&dir, "dsfs-test").unwrap();
         let s = Staged::named(f, p.clone());
-        let (_f, path) = s.into_parts();
+        let (_f, path) = s.into_parts().unwrap();
         assert_eq!(path.as_deref(), Some(p.as_path()));
         assert!(p.exists());
         std::fs::remove_file(p).unwrap();

@@ -380,3 +380,37 @@ fn a_files_cid_is_kept_in_the_index_across_a_remount() {
         "the empty file's CID after the truncation"
     );
 }
+
+/// A new small file's bytes are staged in memory (no staging file): a commit that fails with
+/// ENOSPC keeps them, readable through the mount and committed by the next fsync; what that
+/// fsync acknowledged is in the store. The store staged it in memory, so nothing spilled.
+#[test]
+fn a_new_small_file_staged_in_memory_survives_a_failed_commit() {
+    let r = rig();
+    let staged = r
+        .faults
+        .stage(&Key::new("/probe"), crate::datastore::StageInit::Empty)
+        .unwrap();
+    assert!(
+        staged.is_in_memory(),
+        "the store stages new values in memory"
+    );
+    drop(staged);
+    let (_, o) =
+        r.fs.create(CTX, ROOT, b"f", 0o644, 0o022, libc::O_WRONLY)
+            .unwrap();
+    r.fs.write(o.fh, 0, b"small and new").unwrap();
+    r.faults
+        .fail_next(FaultOp::CommitStaged, ErrorKind::NoSpace, 2);
+    assert_eq!(errno(r.fs.flush(o.fh)), libc::ENOSPC);
+    assert_eq!(errno(r.fs.fsync(o.fh)), libc::ENOSPC);
+    assert_eq!(r.stored("f"), None);
+    // Readable through the mount (the reader's close commits it, as any close does).
+    assert_eq!(r.content("f").unwrap(), b"small and new");
+    assert_eq!(r.stored("f").unwrap(), b"small and new");
+    r.fs.write(o.fh, 13, b", grown").unwrap();
+    r.fs.fsync(o.fh).unwrap();
+    assert_eq!(r.stored("f").unwrap(), b"small and new, grown");
+    r.fs.release(o.fh).unwrap();
+    assert_eq!(r.content("f").unwrap(), b"small and new, grown");
+}

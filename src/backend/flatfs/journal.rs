@@ -333,7 +333,8 @@ impl FlatFsStore {
         // From here on the staging file stays, with the record, until the commit is settled
         // (or, after a failure, until the next open finishes it).
         journal.disarm();
-        let (stage_file, stage_path) = staged.into_parts();
+        // An overlay always has its file: taking it cannot spill, so cannot fail here.
+        let (stage_file, stage_path) = staged.into_parts()?;
         let written = write_changes(target, &stage_file, &record.plan);
         drop(stage_file);
         let delta = i128::from(record.plan.len) - i128::from(old);
@@ -522,7 +523,7 @@ mod tests {
             })
             .unwrap();
         // The crash: the staging file stays, the data file was never touched.
-        let _ = staged.into_parts();
+        let _ = staged.into_parts().unwrap();
         drop(store);
         (old, new)
     }

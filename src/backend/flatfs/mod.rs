@@ -38,8 +38,8 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use crate::datastore::query::{self, EntryIter};
 use crate::datastore::stage::create_unique;
 use crate::datastore::{
-    Batch, BatchOps, Capabilities, Datastore, Error, ErrorKind, Key, Query, Result, Results,
-    StageInit, Staged,
+    Batch, BatchOps, Capabilities, Datastore, Error, ErrorKind, Key, MEMORY_LIMIT, Query, Result,
+    Results, SpillTo, StageInit, Staged,
 };
 
 pub use self::batch::FlatFsBatch;
@@ -752,7 +752,7 @@ impl FlatFsStore {
             .path()
             .is_some_and(|p| p.parent() == Some(self.temp.as_path()));
         if ours {
-            let (file, path) = staged.into_parts();
+            let (file, path) = staged.into_parts()?;
             if let Some(path) = path {
                 return Ok((file, RemoveOnDrop(Some(path))));
             }
@@ -957,7 +957,7 @@ impl Datastore for FlatFsStore {
         Ok(Some(u64::try_from(self.usage.get()).unwrap_or(0)))
     }
 
-    /// Stages in a named file in `.temp` (mode 0600). For `CopyCurrent` of an existing value
+    /// Stages in memory, spilling to a named file in `.temp` (mode 0600). For `CopyCurrent` of an existing value
     /// the staged value is an overlay over the data file: nothing is copied until the commit,
     /// and a commit that leaves most of the value as it was writes only the changed ranges
     /// (see `journal.rs`).
@@ -965,18 +965,22 @@ impl Datastore for FlatFsStore {
         // A key flatfs cannot name cannot be committed either: refuse it now.
         self.name(key)?;
         let _open = self.write_guard()?;
-        let (file, path) = self.temp_file("stage")?;
         if init == StageInit::CopyCurrent {
             match self.open_data(key) {
-                Ok(base) => return Staged::overlay(file, path, base),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    drop(Staged::named(file, path));
-                    return Err(e);
+                Ok(base) => {
+                    let (file, path) = self.temp_file("stage")?;
+                    return Staged::overlay(file, path, base);
                 }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
             }
         }
-        Ok(Staged::named(file, path))
+        // A new value starts in memory and spills to a named file in `.temp` if it grows (so
+        // a big one still commits by rename); a small one gets its file only at commit.
+        Ok(Staged::memory(
+            MEMORY_LIMIT,
+            SpillTo::Named(self.temp.clone()),
+        ))
     }
 
     /// Renames the staged file into place (no copy through memory), with disk-usage accounting.
