@@ -265,4 +265,6 @@ mod fault_tests;
 mod tests;
 
 #[cfg(test)]
+mod commit_tests;
+#[cfg(test)]
 mod race_tests;
