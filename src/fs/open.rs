@@ -295,13 +295,20 @@ impl DsFs {
     /// After a rename, the open inodes whose keys were at or under one of `moved` (the keys
     /// that went away) learn their new keys from the index; no other inode is looked up.
     pub(super) fn rekey_open(&self, moved: &[&Key]) -> FsResult<()> {
-        for (ino, inode) in self.open.snapshot() {
-            let mut st = inode.state.write();
-            if st.unlinked
-                || !moved
+        let under = |st: &InodeState| {
+            !st.unlinked
+                && moved
                     .iter()
                     .any(|m| st.key == **m || st.key.is_descendant_of(m))
-            {
+        };
+        for (ino, inode) in self.open.snapshot() {
+            // Checked shared first, so that the files not moved (most) do not wait for their
+            // writers.
+            if !under(&inode.state.read()) {
+                continue;
+            }
+            let mut st = inode.state.write();
+            if !under(&st) {
                 continue;
             }
             match self.index.key_of(Ino(ino).node()) {
