@@ -902,6 +902,50 @@ mod tests {
     }
 
     /// The dirty ranges are exactly the maximal runs of written bytes (disjoint, not touching).
+    /// An overlay layered over a staged value being committed reads as that value with its
+    /// own writes on top, is not taken for an overlay over the stored file, and once the value
+    /// below is in the file, rebases onto it: same bytes, and the file's identity in its plan.
+    #[test]
+    fn a_layered_overlay_reads_through_the_value_below_and_rebases_onto_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_path = dir.path().join("base");
+        let mut model: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&base_path, &model).unwrap();
+        let (f, p) = create_unique(dir.path(), "stage").unwrap();
+        let below = Staged::overlay(f, p, File::open(&base_path).unwrap()).unwrap();
+        below.write_all_at(1000, b"below").unwrap();
+        model[1000..1005].copy_from_slice(b"below");
+        let below = std::sync::Arc::new(below.try_clone_detached().unwrap());
+        let (f, p) = create_unique(dir.path(), "stage").unwrap();
+        let top = Staged::named(f, p).layered_over(below.clone()).unwrap();
+        assert!(top.is_layered());
+        assert_eq!(top.read_all().unwrap(), model);
+        top.write_all_at(1003, b"top").unwrap();
+        top.write_all_at(50_000, b"grown").unwrap();
+        model[1003..1006].copy_from_slice(b"top");
+        model.extend_from_slice(b"grown");
+        assert_eq!(top.read_all().unwrap(), model);
+        let file_id_of_base = file_id(&File::open(&base_path).unwrap()).unwrap();
+        assert_ne!(
+            top.overlay_plan().unwrap().unwrap().base_id,
+            file_id_of_base
+        );
+        // The value below reaches the file in place (what a commit does), and the store stages
+        // a fresh overlay over it.
+        let target = OpenOptions::new().write(true).open(&base_path).unwrap();
+        target.write_all_at(b"below", 1000).unwrap();
+        let (f, p) = create_unique(dir.path(), "stage").unwrap();
+        let fresh = Staged::overlay(f, p, File::open(&base_path).unwrap()).unwrap();
+        assert!(top.rebase(&fresh).unwrap());
+        drop(fresh);
+        drop(below);
+        assert!(!top.is_layered());
+        let plan = top.overlay_plan().unwrap().unwrap();
+        assert_eq!(plan.base_id, file_id_of_base);
+        assert_eq!(plan.dirty, vec![(1003, 1006), (50_000, 50_005)]);
+        assert_eq!(top.read_all().unwrap(), model);
+    }
+
     #[test]
     fn dirty_ranges_are_the_runs_of_written_bytes() {
         use rand::{Rng, SeedableRng};
