@@ -101,3 +101,32 @@ fn truncate_and_o_trunc_by_another_user_drop_setuid() {
     sh(&m.mnt, "chmod 4777 t; truncate -s 0 t");
     assert_eq!(mode_of(&m, "t"), "4777");
 }
+
+#[test]
+fn reading_an_unchanged_file_again_is_served_from_the_page_cache() {
+    let m = traced(&[]);
+    // Small values live inline in the index: no backing file, so opens are page-cached.
+    sh(&m.mnt, "printf hello > f; cat f > /dev/null");
+    let before = requests(&m).len();
+    assert_eq!(sh(&m.mnt, "cat f"), "hello");
+    let after = requests(&m);
+    let again = &after[before..];
+    assert_eq!(count(again, "OPEN"), 1, "{again:?}");
+    assert_eq!(count(again, "READ"), 0, "{again:?}");
+}
+
+#[test]
+fn a_change_made_underneath_is_read_at_the_next_open() {
+    let m = traced(&[]);
+    sh(&m.mnt, "printf hello > f; cat f > /dev/null; cat f > /dev/null");
+    // The same size, so only the content tells: a kept page cache would still say "hello".
+    let src = m.dir.path().join("src");
+    std::fs::write(&src, "world").unwrap();
+    let out = dsfs()
+        .args(["--store", &m.spec, "put", "/f"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sh(&m.mnt, "cat f"), "world");
+}

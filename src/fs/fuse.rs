@@ -41,6 +41,7 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
+use super::keep_cache::CacheVersions;
 use super::{Attr, Ctx, DsFs, FileKind, FsError, SetAttr, TimeSet};
 
 /// How the adapter asks the kernel to behave.
@@ -78,6 +79,8 @@ pub struct FuseAdapter {
     io: Mutex<IoTable>,
     /// Tells the kernel about changes it did not make itself; set once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
+    /// Which content the kernel's page cache of each inode holds (`FOPEN_KEEP_CACHE`).
+    cache: CacheVersions,
 }
 
 /// How the kernel serves one open handle.
@@ -164,6 +167,28 @@ impl FuseAdapter {
             options,
             io: Mutex::new(IoTable::default()),
             notifier: Arc::new(OnceLock::new()),
+            cache: CacheVersions::default(),
+        }
+    }
+
+    /// The open flags for a new handle of `ino` in `mode`, keeping the kernel's page cache
+    /// when it holds the file's current content (see `keep_cache`).
+    fn open_flags(&self, ino: u64, mode: IoMode) -> FopenFlags {
+        match mode {
+            IoMode::Cached => match self.fs.getattr(ino) {
+                Ok(a) if self.cache.open(ino, (a.mtime, a.size)) => FopenFlags::FOPEN_KEEP_CACHE,
+                Ok(_) => FopenFlags::empty(),
+                Err(e) => {
+                    log::debug!("inode {ino}: no attributes at open ({e}); page cache dropped");
+                    self.cache.forget(ino);
+                    FopenFlags::empty()
+                }
+            },
+            IoMode::Direct => {
+                self.cache.forget(ino);
+                FopenFlags::FOPEN_DIRECT_IO
+            }
+            IoMode::Passthrough => FopenFlags::empty(),
         }
     }
 
@@ -257,15 +282,13 @@ impl FuseAdapter {
         (mode, chosen)
     }
 
-    /// Forgets a released handle's mode.
-    fn forget_mode(&self, fh: u64) {
+    /// Forgets a released handle's mode. Returns the inode when the handle was page-cached
+    /// and no direct-I/O or passthrough handle of it remains open (the kernel's pages then
+    /// hold what was written through them).
+    fn forget_mode(&self, fh: u64) -> Option<u64> {
         let mut io = self.io.lock();
-        let Some((ino, mode)) = io.handles.remove(&fh) else {
-            return;
-        };
-        let Some(state) = io.inodes.get_mut(&ino) else {
-            return;
-        };
+        let (ino, mode) = io.handles.remove(&fh)?;
+        let state = io.inodes.get_mut(&ino)?;
         match mode {
             IoMode::Passthrough | IoMode::Direct => {
                 state.passthrough = state.passthrough.saturating_sub(1);
@@ -275,16 +298,11 @@ impl FuseAdapter {
             }
             IoMode::Cached => state.cached = state.cached.saturating_sub(1),
         }
+        let coherent = mode == IoMode::Cached && state.passthrough == 0;
         if state.passthrough == 0 && state.cached == 0 {
             io.inodes.remove(&ino);
         }
-    }
-}
-
-fn fopen_flags(mode: IoMode) -> FopenFlags {
-    match mode {
-        IoMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
-        IoMode::Passthrough | IoMode::Cached => FopenFlags::empty(),
+        coherent.then_some(ino)
     }
 }
 
@@ -337,6 +355,12 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
+    }
+
+    /// The kernel evicted the inode, and its pages with it (fuser's `batch_forget` calls this
+    /// for each inode).
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.cache.forget(ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -504,9 +528,10 @@ impl Filesystem for FuseAdapter {
         let (mode, id) = self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), |f| {
             reply.open_backing(f)
         });
+        let flags = self.open_flags(ino.0, mode);
         match id {
-            Some(id) => reply.opened_passthrough(FileHandle(opened.fh), fopen_flags(mode), &id),
-            None => reply.opened(FileHandle(opened.fh), fopen_flags(mode)),
+            Some(id) => reply.opened_passthrough(FileHandle(opened.fh), flags, &id),
+            None => reply.opened(FileHandle(opened.fh), flags),
         }
     }
 
@@ -572,7 +597,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let result = self.fs.release(fh.0);
-        self.forget_mode(fh.0);
+        if let Some(ino) = self.forget_mode(fh.0) {
+            match self.fs.getattr(ino) {
+                Ok(a) => self.cache.matches(ino, (a.mtime, a.size)),
+                Err(_) => self.cache.forget(ino),
+            }
+        }
         empty(reply, result)
     }
 
@@ -737,17 +767,13 @@ impl Filesystem for FuseAdapter {
                 let (mode, id) = self.choose_mode(opened.fh, attr.ino, None, |_| {
                     Err(std::io::Error::from_raw_os_error(libc::EINVAL))
                 });
+                let flags = self.open_flags(attr.ino, mode);
                 let (ttl, attr, fh) = (&self.options.ttl, file_attr(&attr), FileHandle(opened.fh));
                 match id {
-                    Some(id) => reply.created_passthrough(
-                        ttl,
-                        &attr,
-                        Generation(0),
-                        fh,
-                        fopen_flags(mode),
-                        &id,
-                    ),
-                    None => reply.created(ttl, &attr, Generation(0), fh, fopen_flags(mode)),
+                    Some(id) => {
+                        reply.created_passthrough(ttl, &attr, Generation(0), fh, flags, &id)
+                    }
+                    None => reply.created(ttl, &attr, Generation(0), fh, flags),
                 }
             }
             Err(e) => reply.error(errno(e)),

@@ -31,6 +31,7 @@ pub mod error;
 pub mod fuse;
 mod io;
 pub mod ipfs;
+mod keep_cache;
 mod killpriv;
 pub mod names;
 mod namespace;
