@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Mount, count_requests, requests, sh, traced};
+use common::{Mount, count_requests, dsfs, requests, sh, traced};
 
 fn mode_of(m: &Mount, name: &str) -> String {
     sh(&m.mnt, &format!("stat -c %a {name}")).trim().to_owned()
@@ -111,14 +111,17 @@ fn reading_an_unchanged_file_again_is_served_from_the_page_cache() {
     assert_eq!(sh(&m.mnt, "cat f"), "hello");
     let after = requests(&m);
     let again = &after[before..];
-    assert_eq!(count(again, "OPEN"), 1, "{again:?}");
-    assert_eq!(count(again, "READ"), 0, "{again:?}");
+    assert_eq!(count_requests(again, "OPEN"), 1, "{again:?}");
+    assert_eq!(count_requests(again, "READ"), 0, "{again:?}");
 }
 
 #[test]
 fn a_change_made_underneath_is_read_at_the_next_open() {
     let m = traced(&[]);
-    sh(&m.mnt, "printf hello > f; cat f > /dev/null; cat f > /dev/null");
+    sh(
+        &m.mnt,
+        "printf hello > f; cat f > /dev/null; cat f > /dev/null",
+    );
     // The same size, so only the content tells: a kept page cache would still say "hello".
     let src = m.dir.path().join("src");
     std::fs::write(&src, "world").unwrap();
@@ -129,4 +132,48 @@ fn a_change_made_underneath_is_read_at_the_next_open() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(sh(&m.mnt, "cat f"), "world");
+}
+
+/// Opens `path` read-only with `O_TRUNC`, as pjdfstest's `open::etxtbsy` does.
+fn open_rdonly_trunc(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(path)
+}
+
+#[test]
+fn a_refused_truncating_open_leaves_a_running_program_alone() {
+    let m = traced(&[]);
+    let prog = m.mnt.join("prog");
+    std::fs::copy("/usr/bin/yes", &prog).unwrap();
+    sh(&m.mnt, "chmod 755 prog");
+    let mut child = std::process::Command::new(&prog)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it run: its code pages are mapped from the file.
+    std::thread::sleep(Duration::from_millis(300));
+    let err = open_rdonly_trunc(&prog).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY));
+    std::thread::sleep(Duration::from_millis(300));
+    // `yes` never exits by itself: it must still be running, not killed by SIGBUS.
+    let status = child.try_wait().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, None, "the running program died");
+    let len = std::fs::metadata("/usr/bin/yes").unwrap().len();
+    assert_eq!(std::fs::metadata(&prog).unwrap().len(), len);
+}
+
+#[test]
+fn a_read_only_open_with_o_trunc_truncates_as_on_linux() {
+    let m = traced(&[]);
+    sh(&m.mnt, "printf hello > f");
+    drop(open_rdonly_trunc(&m.mnt.join("f")).unwrap());
+    assert_eq!(sh(&m.mnt, "stat -c %s f").trim(), "0");
+    // Not only in the kernel's cached attributes: in the store too, after they expire.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sh(&m.mnt, "stat -c %s f; cat f").trim(), "0");
 }

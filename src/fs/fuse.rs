@@ -307,11 +307,16 @@ impl FuseAdapter {
 }
 
 impl Filesystem for FuseAdapter {
+    /// No `FUSE_ATOMIC_O_TRUNC`: with it the kernel truncates an `O_TRUNC` open's page cache
+    /// and size as soon as the OPEN succeeds, before it checks whether the file may be
+    /// written, so `open(O_RDONLY | O_TRUNC)` of a running program failed with ETXTBSY
+    /// after zeroing the program's pages (it died of SIGBUS; a program still starting died
+    /// while loading, which is what made pjdfstest's `open::etxtbsy` flaky with
+    /// `FOPEN_KEEP_CACHE`). Without it the kernel truncates by a SETATTR after that check.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_CACHE_SYMLINKS;
         if let Err(missing) = config.add_capabilities(wanted) {
@@ -506,25 +511,13 @@ impl Filesystem for FuseAdapter {
         self.entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let opened = match self.fs.open(ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(errno(e)),
         };
-        // Under FUSE_HANDLE_KILLPRIV_V2 an O_TRUNC open by a caller without CAP_FSETID must
-        // drop privileges; fuser does not pass the kernel's flag for it, so a caller other
-        // than root stands for such a caller.
-        let acc = flags.0 & libc::O_ACCMODE;
-        if flags.0 & libc::O_TRUNC != 0
-            && (acc == libc::O_WRONLY || acc == libc::O_RDWR)
-            && req.uid() != 0
-            && let Err(e) = self.drop_privileges(ino.0)
-        {
-            if let Err(e) = self.fs.release(opened.fh) {
-                log::warn!("releasing handle {} after a failed open: {e}", opened.fh);
-            }
-            return reply.error(errno(e));
-        }
+        // No O_TRUNC arrives here (no FUSE_ATOMIC_O_TRUNC, see `init`): the kernel truncates
+        // by a SETATTR, which drops privileges for callers other than root (`setattr`).
         let (mode, id) = self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), |f| {
             reply.open_backing(f)
         });
