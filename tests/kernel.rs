@@ -177,3 +177,51 @@ fn a_read_only_open_with_o_trunc_truncates_as_on_linux() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(sh(&m.mnt, "stat -c %s f; cat f").trim(), "0");
 }
+
+/// Runs `dsfs --store SPEC args...` against the mounted store (through its control socket).
+fn dsfs_beside(m: &Mount, args: &[&str]) {
+    let out = dsfs()
+        .arg("--store")
+        .arg(&m.spec)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn names_and_attributes_only_dsfs_changes_stay_cached_past_a_second() {
+    let m = traced(&[]);
+    sh(&m.mnt, "printf hello > f; stat f > /dev/null");
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = requests(&m).len();
+    assert_eq!(sh(&m.mnt, "stat -c %s f").trim(), "5");
+    let after = requests(&m);
+    let again = &after[before..];
+    assert_eq!(count_requests(again, "LOOKUP"), 0, "{again:?}");
+    assert_eq!(count_requests(again, "GETATTR"), 0, "{again:?}");
+}
+
+#[test]
+fn a_change_by_the_command_line_is_seen_in_the_mount_when_it_returns() {
+    let m = traced(&[]);
+    sh(
+        &m.mnt,
+        "printf hello > f; printf old > g; mkdir d; cat f g > /dev/null; ls -l . d > /dev/null",
+    );
+    let src = m.dir.path().join("src");
+    std::fs::write(&src, "hello, world").unwrap();
+    let src = src.to_str().unwrap();
+    dsfs_beside(&m, &["put", "/f", src]);
+    dsfs_beside(&m, &["put", "/d/new", src]);
+    dsfs_beside(&m, &["rm", "/g"]);
+    // A longer value: stale cached attributes would cut it at 5 bytes.
+    assert_eq!(sh(&m.mnt, "cat f"), "hello, world");
+    assert_eq!(sh(&m.mnt, "stat -c %s f").trim(), "12");
+    assert_eq!(sh(&m.mnt, "cat d/new"), "hello, world");
+    assert_eq!(sh(&m.mnt, "ls"), "d\nf\n");
+    assert_eq!(
+        sh(&m.mnt, "test -e g && echo there || echo gone").trim(),
+        "gone"
+    );
+}

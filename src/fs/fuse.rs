@@ -51,8 +51,12 @@ pub struct KernelOptions {
     pub passthrough: bool,
     /// Let the kernel cache writes and send them in large pieces (not with passthrough).
     pub writeback_cache: bool,
-    /// How long the kernel may cache attributes and names.
+    /// How long the kernel may cache the attributes and names of files that other programs
+    /// may change underneath (keys in shared parts of a revalidated store).
     pub ttl: Duration,
+    /// How long it may cache those of everything else: only this daemon changes them, and it
+    /// tells the kernel when the command line does (see `inval`).
+    pub private_ttl: Duration,
     /// Serve extended attributes. Off, the first xattr request of each kind is answered
     /// `ENOSYS`, after which the kernel answers every later one itself (`EOPNOTSUPP`, and "no
     /// ACL"): `ls -l` then costs no request per file, and `user.*` xattrs are unavailable.
@@ -65,10 +69,14 @@ impl Default for KernelOptions {
             passthrough: true,
             writeback_cache: false,
             ttl: Duration::from_secs(1),
+            private_ttl: PRIVATE_TTL,
             xattr: true,
         }
     }
 }
+
+/// The default [`KernelOptions::private_ttl`].
+pub const PRIVATE_TTL: Duration = Duration::from_secs(30);
 
 /// A [`DsFs`] as a fuser filesystem.
 pub struct FuseAdapter {
@@ -161,13 +169,24 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 impl FuseAdapter {
     /// Wraps `fs`.
     pub fn new(fs: Arc<DsFs>, options: KernelOptions) -> FuseAdapter {
+        let notifier = Arc::new(OnceLock::new());
+        start_invalidator(&fs, &notifier);
         FuseAdapter {
             passthrough: AtomicBool::new(options.passthrough),
             fs,
             options,
             io: Mutex::new(IoTable::default()),
-            notifier: Arc::new(OnceLock::new()),
+            notifier,
             cache: CacheVersions::default(),
+        }
+    }
+
+    /// How long the kernel may cache inode `ino`'s name and attributes.
+    fn ttl(&self, ino: u64) -> &Duration {
+        if self.fs.only_writer(ino) {
+            &self.options.private_ttl
+        } else {
+            &self.options.ttl
         }
     }
 
@@ -213,7 +232,7 @@ impl FuseAdapter {
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
         match r {
-            Ok(a) => reply.entry(&self.options.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(self.ttl(a.ino), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -370,7 +389,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.options.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(self.ttl(a.ino), &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -403,7 +422,7 @@ impl Filesystem for FuseAdapter {
             ctime,
         };
         match self.fs.setattr(ctx(req), ino.0, &set) {
-            Ok(a) => reply.attr(&self.options.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(self.ttl(a.ino), &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -521,10 +540,15 @@ impl Filesystem for FuseAdapter {
         let (mode, id) = self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), |f| {
             reply.open_backing(f)
         });
-        let flags = self.open_flags(ino.0, mode);
+        let mut fopen = self.open_flags(ino.0, mode);
+        if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+            // A reader's close has nothing to commit: no FLUSH round trip (writers' closes
+            // and the last release still commit).
+            fopen |= FopenFlags::FOPEN_NOFLUSH;
+        }
         match id {
-            Some(id) => reply.opened_passthrough(FileHandle(opened.fh), flags, &id),
-            None => reply.opened(FileHandle(opened.fh), flags),
+            Some(id) => reply.opened_passthrough(FileHandle(opened.fh), fopen, &id),
+            None => reply.opened(FileHandle(opened.fh), fopen),
         }
     }
 
@@ -650,13 +674,21 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.fs.readdir(ino.0, offset, 256) {
             Ok(items) => {
-                for item in items {
+                let private = self
+                    .fs
+                    .only_writer_of_children(ino.0, items.iter().map(|i| (i.ino, i.name.as_str())));
+                for (item, private) in items.into_iter().zip(private) {
                     let attr = file_attr(&item.attr);
+                    let ttl = if private {
+                        &self.options.private_ttl
+                    } else {
+                        &self.options.ttl
+                    };
                     if reply.add(
                         INodeNo(item.ino),
                         item.offset,
                         &item.name,
-                        &self.options.ttl,
+                        ttl,
                         &attr,
                         Generation(0),
                     ) {
@@ -761,7 +793,8 @@ impl Filesystem for FuseAdapter {
                     Err(std::io::Error::from_raw_os_error(libc::EINVAL))
                 });
                 let flags = self.open_flags(attr.ino, mode);
-                let (ttl, attr, fh) = (&self.options.ttl, file_attr(&attr), FileHandle(opened.fh));
+                let ttl = self.ttl(attr.ino);
+                let (attr, fh) = (file_attr(&attr), FileHandle(opened.fh));
                 match id {
                     Some(id) => {
                         reply.created_passthrough(ttl, &attr, Generation(0), fh, flags, &id)
@@ -816,6 +849,60 @@ impl Filesystem for FuseAdapter {
         reply: ReplyIoctl,
     ) {
         reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+}
+
+/// Registers with `fs`'s index a listener for keys changed outside the filesystem (the
+/// command line through the control socket, revalidation of a shared store) and starts the
+/// thread that tells the kernel to forget their names, attributes and pages (see `inval`).
+/// Notifications are sent from that thread, never inside a request: `inval_entry` waits for
+/// the directory's lock, which a request in progress may hold. The thread ends when the index
+/// (and with it the listener) is dropped.
+fn start_invalidator(fs: &Arc<DsFs>, notifier: &Arc<OnceLock<Notifier>>) {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<crate::datastore::Key>)>();
+    let tx = parking_lot::Mutex::new(tx);
+    let listening = fs
+        .store()
+        .index()
+        .listen_for_changes(Box::new(move |seq, keys| {
+            // The receiver is gone only when the thread ended: nothing left to tell.
+            let _ = tx.lock().send((seq, keys.to_vec()));
+        }));
+    if !listening {
+        return;
+    }
+    let weak = Arc::downgrade(fs);
+    let notifier = notifier.clone();
+    let spawned = std::thread::Builder::new()
+        .name("dsfs-inval".into())
+        .spawn(move || {
+            while let Ok((seq, keys)) = rx.recv() {
+                let Some(fs) = weak.upgrade() else { return };
+                let Some(n) = notifier.get() else {
+                    fs.store().index().changes_handled(seq);
+                    continue;
+                };
+                for key in keys {
+                    let stale = fs.stale_of(&key);
+                    log::debug!("{key} changed outside the filesystem: invalidating {stale:?}");
+                    if let Some((dir, name)) = &stale.entry
+                        && let Err(e) = n.inval_entry(INodeNo(*dir), OsStr::from_bytes(name))
+                    {
+                        log::debug!("invalidating the entry of {key}: {e}");
+                    }
+                    for ino in stale.inodes {
+                        if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                            log::debug!("invalidating inode {ino} of {key}: {e}");
+                        }
+                    }
+                }
+                fs.store().index().changes_handled(seq);
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!(
+            "no invalidation thread ({e}): changes made beside the mount show after the timeouts"
+        );
     }
 }
 

@@ -29,6 +29,7 @@ mod attr;
 mod blocks;
 pub mod error;
 pub mod fuse;
+mod inval;
 mod io;
 pub mod ipfs;
 mod keep_cache;
