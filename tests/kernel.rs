@@ -225,3 +225,44 @@ fn a_change_by_the_command_line_is_seen_in_the_mount_when_it_returns() {
         "gone"
     );
 }
+
+#[test]
+fn a_file_written_and_read_back_is_read_from_the_page_cache() {
+    let m = traced(&[]);
+    sh(&m.mnt, "head -c 4096 /dev/urandom > f");
+    let before = requests(&m).len();
+    sh(&m.mnt, "cat f > /dev/null");
+    let after = requests(&m);
+    let again = &after[before..];
+    // The write changed the file's modification time; with FUSE_AUTO_INVAL_DATA the kernel
+    // dropped the pages it had just written when it saw the new time, and read them again.
+    assert_eq!(count_requests(again, "READ"), 0, "{again:?}");
+}
+
+#[test]
+fn a_reader_holding_the_file_open_sees_a_change_made_beside_the_mount() {
+    let m = traced(&[]);
+    sh(&m.mnt, "printf hello > f");
+    let src = m.dir.path().join("src");
+    std::fs::write(&src, "world").unwrap();
+    // Same size: only the pages tell. The reader keeps its descriptor across the put.
+    let script = format!(
+        "import os, subprocess\n\
+         fd = os.open('f', os.O_RDONLY)\n\
+         assert os.pread(fd, 5, 0) == b'hello'\n\
+         subprocess.run([{bin:?}, '--store', {spec:?}, 'put', '/f', {src:?}], check=True)\n\
+         print(os.pread(fd, 5, 0).decode(), end='')\n",
+        bin = env!("CARGO_BIN_EXE_dsfs"),
+        spec = m.spec,
+        src = src.to_str().unwrap(),
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&m.mnt)
+        .env_remove("DSFS_STORE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "world");
+}

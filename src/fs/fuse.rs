@@ -332,11 +332,17 @@ impl Filesystem for FuseAdapter {
     /// after zeroing the program's pages (it died of SIGBUS; a program still starting died
     /// while loading, which is what made pjdfstest's `open::etxtbsy` flaky with
     /// `FOPEN_KEEP_CACHE`). Without it the kernel truncates by a SETATTR after that check.
+    ///
+    /// `FUSE_EXPLICIT_INVAL_DATA`, not `FUSE_AUTO_INVAL_DATA`: the automatic variant drops an
+    /// inode's pages whenever a refreshed modification time differs from the cached one, which
+    /// after every write of the file's own (the kernel does not update the time itself) threw
+    /// away the pages it had just written. Content changed beside the mount is dropped by
+    /// `start_invalidator`'s notifications instead, and at the next open by `keep_cache`.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_EXPLICIT_INVAL_DATA
             | InitFlags::FUSE_CACHE_SYMLINKS;
         if let Err(missing) = config.add_capabilities(wanted) {
             log::info!("kernel lacks {missing:?}");
