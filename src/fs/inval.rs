@@ -1,9 +1,10 @@
 //! What the kernel must forget when a key changes outside the filesystem: the command line
 //! writing a mounted store through the daemon's control socket, or revalidation learning that
 //! another program changed a shared store (see `index::changes`). The kernel caches names and
-//! attributes for the entry timeout ([`DsFs::attr_ttl_long`]) and pages across opens
-//! (`FOPEN_KEEP_CACHE`); the FUSE adapter turns these into `inval_entry`/`inval_inode`
-//! notifications, from a thread of its own (never inside a request).
+//! attributes for the entry and attribute timeouts (30 s where [`DsFs::only_writer`] holds,
+//! 1 s elsewhere) and pages across opens (`FOPEN_KEEP_CACHE`); the FUSE adapter turns these
+//! into `inval_entry`/`inval_inode` notifications, from a thread of its own (never inside a
+//! request).
 
 use super::names::{NameRef, component_to_name, name_to_component};
 use super::types::Ino;
