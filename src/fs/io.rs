@@ -144,6 +144,12 @@ impl DsFs {
 
     /// Writes `data` at `offset` (at the end for `O_APPEND` handles); returns the count.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.write_as(fh, offset, data, false)
+    }
+
+    /// [`DsFs::write`]; `direct`: the client wrote with `O_DIRECT`, so aligned ranges bypass
+    /// the staging file's page cache too.
+    pub fn write_as(&self, fh: u64, offset: u64, data: &[u8], direct: bool) -> FsResult<u32> {
         self.refuse_virtual(fh)?;
         let h = self.handle(fh)?;
         if !h.writable {
@@ -154,7 +160,11 @@ impl DsFs {
         let append = h.append;
         let staged = self.ensure_staged(&mut st)?;
         let at = if append { staged.len()? } else { offset };
-        staged.write_all_at(at, data)?;
+        if direct {
+            staged.write_all_at_direct(at, data)?;
+        } else {
+            staged.write_all_at(at, data)?;
+        }
         st.dirty = true;
         st.mtime = Some(now_ts());
         Ok(data.len() as u32)
