@@ -560,8 +560,15 @@ impl Staged {
 
     fn write_at_with(&self, offset: u64, data: &[u8], direct: bool) -> Result<()> {
         let mut hash = self.hash.lock();
+        // A direct write hashes the bytes itself (while the device writes them).
+        let mut hashed = false;
         let written = if direct {
-            super::direct::write_all_at(&self.file, data, offset)
+            let hasher = hash
+                .as_mut()
+                .filter(|p| p.len == offset)
+                .map(|p| &mut p.hasher);
+            hashed = hasher.is_some();
+            super::direct::write_all_at(&self.file, data, offset, hasher)
         } else {
             self.file.write_all_at(data, offset)
         }
@@ -574,7 +581,9 @@ impl Staged {
         }
         match hash.as_mut() {
             Some(p) if written.is_ok() && offset == p.len => {
-                sha2::Digest::update(&mut p.hasher, data);
+                if !hashed {
+                    sha2::Digest::update(&mut p.hasher, data);
+                }
                 p.len += data.len() as u64;
             }
             // Out of order, or a failed write: the running hash no longer describes the file.
