@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -67,6 +68,8 @@ struct Plan {
     delay: Option<Duration>,
     /// How many faults were injected so far.
     injected: u64,
+    /// Per operation: hold the next call (report on the sender, wait for the receiver).
+    hold: HashMap<FaultOp, (mpsc::Sender<()>, mpsc::Receiver<()>)>,
 }
 
 /// A [`Datastore`] that forwards to `D` and fails where told to. See the module documentation.
@@ -105,6 +108,16 @@ impl<D: Datastore> FaultyStore<D> {
         self.plan.lock().delay = Some(delay);
     }
 
+    /// Holds the next call of `op` before it runs (and before any fault armed for it): the
+    /// call reports on the first channel returned and waits until the second is sent to or
+    /// dropped. A store call that hangs, at a moment the test chooses.
+    pub fn hold_next(&self, op: FaultOp) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        self.plan.lock().hold.insert(op, (entered_tx, release_rx));
+        (entered_rx, release_tx)
+    }
+
     /// Disarms every fault and delay.
     pub fn heal(&self) {
         let mut plan = self.plan.lock();
@@ -120,6 +133,12 @@ impl<D: Datastore> FaultyStore<D> {
 
     /// Runs the plan for one call of `op`: stalls if told to, then fails or lets it through.
     fn check(&self, op: FaultOp) -> Result<()> {
+        let held = self.plan.lock().hold.remove(&op);
+        if let Some((entered, release)) = held {
+            // The test may have gone (a failed assertion): then nobody waits on either end.
+            let _ = entered.send(());
+            let _ = release.recv();
+        }
         let (delay, fault) = {
             let mut plan = self.plan.lock();
             let mut fault = None;

@@ -132,6 +132,27 @@ pub trait OverlaySource: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The bytes of another staged value (one a commit is writing to its store), read as the base
+/// of the overlay that takes the writes made meanwhile ([`Staged::layered_over`]).
+#[derive(Debug)]
+struct Layer(std::sync::Arc<Staged>);
+
+impl OverlaySource for Layer {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.0.read_at(offset, buf)
+    }
+
+    /// No file has this identity (device `u64::MAX`), so no store takes a layered overlay for
+    /// an overlay over its own value: it commits the whole value until [`Staged::rebase`].
+    fn id(&self) -> (u64, u64) {
+        (u64::MAX, std::sync::Arc::as_ptr(&self.0) as usize as u64)
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
 /// An overlay's base: a local file, or bytes a store reads for it.
 #[derive(Debug)]
 enum Base {
@@ -381,6 +402,49 @@ impl Staged {
         })
     }
 
+    /// Turns this empty staged value into an overlay over `below` (a staged value being
+    /// committed): it reads as `below` until written, and takes the writes made while the
+    /// commit runs. Nothing of `below` is copied.
+    pub fn layered_over(self, below: std::sync::Arc<Staged>) -> Result<Staged> {
+        let len = below.len()?;
+        self.set_file_len(len)?;
+        *self.hash.lock() = None;
+        Ok(Staged {
+            overlay: Some(parking_lot::Mutex::new(Overlay {
+                base: Base::Source(std::sync::Arc::new(Layer(below))),
+                base_len: len,
+                len,
+                dirty: BTreeMap::new(),
+            })),
+            ..self
+        })
+    }
+
+    /// Whether this is an overlay over another staged value ([`Staged::layered_over`]).
+    pub fn is_layered(&self) -> bool {
+        self.overlay.as_ref().is_some_and(|ov| {
+            matches!(&ov.lock().base, Base::Source(s) if s.as_any().is_some_and(|a| a.is::<Layer>()))
+        })
+    }
+
+    /// After the value below a layered overlay was committed: takes the base of `fresh` (an
+    /// overlay the store just staged over the value as committed, which holds the same bytes)
+    /// in place of the staged value below, so that reads no longer go through it and the store
+    /// can commit this overlay's dirty ranges in place. `false` (nothing changed) when `fresh`
+    /// is no overlay or is shorter than this overlay's base.
+    pub fn rebase(&self, fresh: &Staged) -> Result<bool> {
+        let (Some(ov), Some(fo)) = (&self.overlay, &fresh.overlay) else {
+            return Ok(false);
+        };
+        let fo = fo.lock();
+        let mut ov = ov.lock();
+        if fo.base_len.min(fo.len) < ov.base_len {
+            return Ok(false);
+        }
+        ov.base = fo.base.try_clone()?;
+        Ok(true)
+    }
+
     /// The source of an overlay made by [`Staged::overlay_on`].
     pub fn overlay_source(&self) -> Option<std::sync::Arc<dyn OverlaySource>> {
         match &self.overlay.as_ref()?.lock().base {
@@ -548,6 +612,9 @@ impl Staged {
     }
 
     /// Writes all of `data` at `offset`, extending the file (with a hole) if needed.
+    ///
+    /// Writers of an overlay, or of a value already written out of order, do not wait for each
+    /// other: only the dirty map is locked, after the bytes are written.
     pub fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.write_at_with(offset, data, false)
     }
@@ -560,6 +627,31 @@ impl Staged {
 
     fn write_at_with(&self, offset: u64, data: &[u8], direct: bool) -> Result<()> {
         let mut hash = self.hash.lock();
+        let plain = |data: &[u8]| {
+            if direct {
+                super::direct::write_all_at(&self.file, data, offset, None)
+            } else {
+                self.file.write_all_at(data, offset)
+            }
+            .map_err(|e| Error::io("writing staging file", e))
+        };
+        if hash.is_none() {
+            drop(hash);
+            let written = plain(data);
+            match (&self.overlay, &written) {
+                (Some(ov), Ok(())) => {
+                    let mut ov = ov.lock();
+                    let end = offset.saturating_add(data.len() as u64);
+                    ov.mark(offset, end);
+                    ov.len = ov.len.max(end);
+                }
+                // A truncation to zero may have restarted the hash meanwhile (`set_len`):
+                // this write is not in it.
+                (None, _) => *self.hash.lock() = None,
+                (Some(_), Err(_)) => {}
+            }
+            return written;
+        }
         // A direct write hashes the bytes itself (while the device writes them).
         let mut hashed = false;
         let written = if direct {
@@ -569,10 +661,10 @@ impl Staged {
                 .map(|p| &mut p.hasher);
             hashed = hasher.is_some();
             super::direct::write_all_at(&self.file, data, offset, hasher)
+                .map_err(|e| Error::io("writing staging file", e))
         } else {
-            self.file.write_all_at(data, offset)
-        }
-        .map_err(|e| Error::io("writing staging file", e));
+            plain(data)
+        };
         if let (Some(ov), Ok(())) = (&self.overlay, &written) {
             let mut ov = ov.lock();
             let end = offset.saturating_add(data.len() as u64);
@@ -853,6 +945,50 @@ mod tests {
     }
 
     /// The dirty ranges are exactly the maximal runs of written bytes (disjoint, not touching).
+    /// An overlay layered over a staged value being committed reads as that value with its
+    /// own writes on top, is not taken for an overlay over the stored file, and once the value
+    /// below is in the file, rebases onto it: same bytes, and the file's identity in its plan.
+    #[test]
+    fn a_layered_overlay_reads_through_the_value_below_and_rebases_onto_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_path = dir.path().join("base");
+        let mut model: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&base_path, &model).unwrap();
+        let (f, p) = create_unique(dir.path(), "stage").unwrap();
+        let below = Staged::overlay(f, p, File::open(&base_path).unwrap()).unwrap();
+        below.write_all_at(1000, b"below").unwrap();
+        model[1000..1005].copy_from_slice(b"below");
+        let below = std::sync::Arc::new(below.try_clone_detached().unwrap());
+        let (f, p) = create_unique(dir.path(), "stage").unwrap();
+        let top = Staged::named(f, p).layered_over(below.clone()).unwrap();
+        assert!(top.is_layered());
+        assert_eq!(top.read_all().unwrap(), model);
+        top.write_all_at(1003, b"top").unwrap();
+        top.write_all_at(50_000, b"grown").unwrap();
+        model[1003..1006].copy_from_slice(b"top");
+        model.extend_from_slice(b"grown");
+        assert_eq!(top.read_all().unwrap(), model);
+        let file_id_of_base = file_id(&File::open(&base_path).unwrap()).unwrap();
+        assert_ne!(
+            top.overlay_plan().unwrap().unwrap().base_id,
+            file_id_of_base
+        );
+        // The value below reaches the file in place (what a commit does), and the store stages
+        // a fresh overlay over it.
+        let target = OpenOptions::new().write(true).open(&base_path).unwrap();
+        target.write_all_at(b"below", 1000).unwrap();
+        let (f, p) = create_unique(dir.path(), "stage").unwrap();
+        let fresh = Staged::overlay(f, p, File::open(&base_path).unwrap()).unwrap();
+        assert!(top.rebase(&fresh).unwrap());
+        drop(fresh);
+        drop(below);
+        assert!(!top.is_layered());
+        let plan = top.overlay_plan().unwrap().unwrap();
+        assert_eq!(plan.base_id, file_id_of_base);
+        assert_eq!(plan.dirty, vec![(1003, 1006), (50_000, 50_005)]);
+        assert_eq!(top.read_all().unwrap(), model);
+    }
+
     #[test]
     fn dirty_ranges_are_the_runs_of_written_bytes() {
         use rand::{Rng, SeedableRng};

@@ -32,13 +32,13 @@ impl DsFs {
         if kind == FileKind::File
             && let Some(inode) = self.open_inode_of(ino)
         {
-            let st = inode.state.lock();
-            if let Some(staged) = &st.staged
+            let st = inode.state.read();
+            if let Some(staged) = st.bytes()
                 && let Ok(len) = staged.len()
             {
                 size = len;
             }
-            if let Some(m) = st.mtime {
+            if let Some(m) = st.pending().mtime {
                 mtime = m.max(mtime);
                 ctime = m.max(ctime);
             }
@@ -78,7 +78,7 @@ impl DsFs {
             Err(FsError::NotFound) => {
                 // An open file whose last name is gone still answers fstat (with nlink 0).
                 let inode = self.open.get(ino);
-                let snapshot = inode.and_then(|i| i.state.lock().orphan.clone());
+                let snapshot = inode.and_then(|i| i.state.read().orphan.clone());
                 let Some(n) = snapshot else {
                     return Err(FsError::NotFound);
                 };
@@ -149,7 +149,7 @@ impl DsFs {
             if set.mtime.is_some()
                 && let Some(inode) = self.open_inode_of(ino)
             {
-                inode.state.lock().mtime = None;
+                inode.state.write().set_mtime(None);
             }
             self.index.write(|tx| {
                 let mut n = tx.node_required(id)?;

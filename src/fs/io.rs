@@ -1,9 +1,11 @@
 //! Reads, writes and the commit of staged writes.
 
+use std::sync::Arc;
+
 use super::ipfs;
 use super::open::{InodeState, OpenInode};
 use super::types::{FileKind, Ino, Opened};
-use super::{DsFs, FsError, FsResult, now_ts};
+use super::{DsFs, FsError, FsResult};
 use crate::datastore::{Key, StageInit, Staged};
 use crate::index::node::Timestamp;
 use crate::index::{Index, IndexErrorKind};
@@ -36,18 +38,17 @@ impl DsFs {
         let inode = self.open_inode(ino, key.clone())?;
         let mut backing = None;
         {
-            let mut st = inode.state.lock();
+            let mut st = inode.state.write();
             if flags & libc::O_TRUNC != 0 && writing {
                 match &st.staged {
                     Some(s) => s.set_len(0)?,
                     None => st.staged = Some(self.backend.stage(&key, StageInit::Empty)?),
                 }
-                st.dirty = true;
-                st.mtime = Some(now_ts());
+                st.touch();
             } else if !writing
                 && self.options.passthrough
                 && self.file_backed
-                && st.staged.is_none()
+                && st.bytes().is_none()
                 && !Ino(ino).is_dir_value()
             {
                 // Nobody is writing: the kernel may read the committed file directly.
@@ -71,8 +72,8 @@ impl DsFs {
         let mut tries = 0;
         let n = loop {
             let key = {
-                let st = h.inode.state.lock();
-                match &st.staged {
+                let st = h.inode.state.read();
+                match st.bytes() {
                     Some(staged) => break staged.read_at(offset, &mut buf)?,
                     None => st.key.clone(),
                 }
@@ -114,8 +115,8 @@ impl DsFs {
     /// back (two renames) so the index names a value there again. Brings the inode's key up
     /// to date from the index.
     pub(super) fn key_moved(&self, ino: u64, inode: &OpenInode, key: &Key) -> FsResult<bool> {
-        let mut st = inode.state.lock();
-        if st.staged.is_some() || st.key != *key {
+        let mut st = inode.state.write();
+        if st.bytes().is_some() || st.key != *key {
             return Ok(true);
         }
         if st.unlinked {
@@ -132,10 +133,17 @@ impl DsFs {
         }
     }
 
-    /// Ensures the inode has a staging area seeded with its current value.
+    /// Ensures the inode has a staging area seeded with its current value: the store's, or
+    /// (while a commit is writing it) the committing bytes, as an overlay over them.
     pub(super) fn ensure_staged<'a>(&self, st: &'a mut InodeState) -> FsResult<&'a Staged> {
         if st.staged.is_none() {
-            st.staged = Some(self.backend.stage(&st.key, StageInit::CopyCurrent)?);
+            st.staged = Some(match &st.committing {
+                Some(below) => self
+                    .backend
+                    .stage(&st.key, StageInit::Empty)?
+                    .layered_over(below.clone())?,
+                None => self.backend.stage(&st.key, StageInit::CopyCurrent)?,
+            });
         }
         st.staged
             .as_ref()
@@ -156,86 +164,103 @@ impl DsFs {
             return Err(FsError::BadHandle);
         }
         self.check_room()?;
-        let mut st = h.inode.state.lock();
-        let append = h.append;
-        let staged = self.ensure_staged(&mut st)?;
-        let at = if append { staged.len()? } else { offset };
-        if direct {
-            staged.write_all_at_direct(at, data)?;
-        } else {
-            staged.write_all_at(at, data)?;
+        let put = |staged: &Staged, at: u64| {
+            if direct {
+                staged.write_all_at_direct(at, data)
+            } else {
+                staged.write_all_at(at, data)
+            }
+        };
+        if !h.append {
+            // The common case: the file is staged already, and its writers share the lock (the
+            // staged value orders them), so they neither wait for each other nor for a commit.
+            let st = h.inode.state.read();
+            if let Some(staged) = &st.staged {
+                put(staged, offset)?;
+                st.touch();
+                return Ok(data.len() as u32);
+            }
         }
-        st.dirty = true;
-        st.mtime = Some(now_ts());
+        let mut st = h.inode.state.write();
+        let staged = self.ensure_staged(&mut st)?;
+        let at = if h.append { staged.len()? } else { offset };
+        put(staged, at)?;
+        st.touch();
         Ok(data.len() as u32)
     }
 
     /// Commits the inode's staged bytes, if any changed, to the store and the index. A failed
     /// commit keeps the staged bytes and leaves the file dirty, so the next flush, fsync or close
     /// tries again and reports the failure until a commit succeeds.
+    ///
+    /// The state lock is not held while the store and the index are written: the staged value
+    /// is taken out (readers see it as `committing`), writes made meanwhile go to an overlay
+    /// over it, and a failure leaves them layered over it, so the next commit retries both.
+    /// Commits of one file take turns (`OpenInode::commit`), so they reach the store in order.
     pub(super) fn commit(&self, ino: u64, inode: &OpenInode, durable: bool) -> FsResult<()> {
-        let mut st = inode.state.lock();
+        let _turn = inode.commit.lock();
+        let mut st = inode.state.write();
         if st.unlinked {
             return Ok(());
         }
-        if !st.dirty {
+        let pending = st.pending();
+        if !pending.dirty {
             if durable {
-                self.backend.sync(&st.key)?;
+                let key = st.key.clone();
+                drop(st);
+                self.backend.sync(&key)?;
                 self.index.sync()?;
             }
             return Ok(());
         }
         let Some(staged) = st.staged.take() else {
-            st.dirty = false;
+            st.set_dirty(false);
             return Ok(());
         };
         // The store consumes the staged value (a file-backed store renames its file); this
-        // second handle on the same bytes stays with the inode if the commit fails.
+        // second handle on the same bytes is what the file reads as until the commit is done,
+        // and stays with the inode if the commit fails.
         let keep = match staged.try_clone_detached() {
-            Ok(k) => k,
+            Ok(k) => Arc::new(k),
             Err(e) => {
                 st.staged = Some(staged);
                 return Err(e.into());
             }
         };
         let key = st.key.clone();
-        let pending_mtime = st.mtime;
-        let indexed = st.indexed;
-        let result = (|| -> FsResult<()> {
-            let size = staged.len()?;
-            // The times of the last change, not of this commit: a commit on the kernel's
-            // asynchronous RELEASE must not move a file's times after close() returned.
-            let mtime = match pending_mtime {
-                Some(t) => t,
-                None => recorded_mtime(&self.index, ino)?,
-            };
-            self.backend.commit_staged(&key, staged, durable)?;
-            if pending_mtime.is_some() && indexed == Some((size, mtime)) {
-                // The index has recorded exactly this since the create: one index write per
-                // empty new file, not two.
-                return Ok(());
-            }
-            self.index.write(|tx| {
-                let id = Ino(ino).node();
-                let mut n = tx.node_required(id)?;
-                n.value = Some(size);
-                n.mtime = mtime;
-                n.ctime = mtime;
-                tx.put_node(id, &n)?;
-                tx.set_key(&key, id, size)
-            })?;
-            Ok(())
-        })();
+        let indexed = st.indexed.take();
+        st.set_dirty(false);
+        st.committing = Some(keep.clone());
+        drop(st);
+        let result = self.commit_staged(ino, &key, staged, pending.mtime, indexed, durable);
+        let mut st = inode.state.write();
+        st.committing = None;
         if let Err(e) = result {
             log::warn!("commit of inode {ino} failed, its writes stay staged: {e}");
-            st.staged = Some(keep);
+            // Writes made meanwhile are layered over `keep`, so the staged value holds them
+            // all; otherwise `keep` is staged again.
+            if st.staged.is_none() {
+                st.staged = Some(match Arc::try_unwrap(keep) {
+                    Ok(k) => k,
+                    Err(k) => k.try_clone_detached()?,
+                });
+                st.indexed = indexed;
+            }
+            st.set_dirty(true);
+            if st.pending().mtime.is_none() {
+                st.set_mtime(pending.mtime);
+            }
             return Err(e);
         }
-        st.dirty = false;
-        st.mtime = None;
-        st.indexed = None;
-        drop(keep);
+        if !st.pending().dirty {
+            st.set_mtime(None);
+        } else if let Err(e) = self.rebase_staged(&mut st) {
+            // The commit is done; the writes made meanwhile still read (and commit) through
+            // the bytes below them, only not in place.
+            log::warn!("inode {ino}: writes made during its commit stay layered: {e}");
+        }
         drop(st);
+        drop(keep);
         if let Some(blocks) = &self.blocks
             && let Ok(n) = self.index.node(Ino(ino).node())
             && let Some(size) = n.value
@@ -244,6 +269,60 @@ impl DsFs {
         }
         if durable {
             self.index.sync()?;
+        }
+        Ok(())
+    }
+
+    /// The store and index half of [`DsFs::commit`], run without the inode's state lock.
+    fn commit_staged(
+        &self,
+        ino: u64,
+        key: &Key,
+        staged: Staged,
+        pending_mtime: Option<Timestamp>,
+        indexed: Option<(u64, Timestamp)>,
+        durable: bool,
+    ) -> FsResult<()> {
+        let size = staged.len()?;
+        // The times of the last change, not of this commit: a commit on the kernel's
+        // asynchronous RELEASE must not move a file's times after close() returned.
+        let mtime = match pending_mtime {
+            Some(t) => t,
+            None => recorded_mtime(&self.index, ino)?,
+        };
+        self.backend.commit_staged(key, staged, durable)?;
+        if pending_mtime.is_some() && indexed == Some((size, mtime)) {
+            // The index has recorded exactly this since the create: one index write per
+            // empty new file, not two.
+            return Ok(());
+        }
+        self.index.write(|tx| {
+            let id = Ino(ino).node();
+            let mut n = tx.node_required(id)?;
+            n.value = Some(size);
+            n.mtime = mtime;
+            n.ctime = mtime;
+            tx.put_node(id, &n)?;
+            tx.set_key(key, id, size)
+        })?;
+        Ok(())
+    }
+
+    /// After a commit that writes raced: the writes made meanwhile are an overlay over the
+    /// bytes just committed, read through the staged value the commit consumed. Puts them over
+    /// the store's value instead (the same bytes now), so that reads stop going through the
+    /// old staged value and the next commit can write just the dirty ranges in place; where
+    /// the store stages no overlay, copies the committed bytes in under them.
+    fn rebase_staged(&self, st: &mut InodeState) -> FsResult<()> {
+        let Some(next) = st.staged.as_mut() else {
+            return Ok(());
+        };
+        if !next.is_layered() {
+            return Ok(());
+        }
+        let fresh = self.backend.stage(&st.key, StageInit::CopyCurrent)?;
+        if !fresh.is_overlay() || !next.rebase(&fresh)? {
+            next.materialize()?;
         }
         Ok(())
     }
@@ -296,7 +375,7 @@ impl DsFs {
         let inode = self.open_inode(ino, key)?;
         let result = (|| {
             {
-                let mut st = inode.state.lock();
+                let mut st = inode.state.write();
                 if size == 0 && st.staged.is_none() {
                     st.staged = Some(self.backend.stage(&st.key, StageInit::Empty)?);
                 } else {
@@ -305,8 +384,7 @@ impl DsFs {
                 if let Some(s) = &st.staged {
                     s.set_len(size)?;
                 }
-                st.dirty = true;
-                st.mtime = Some(now_ts());
+                st.touch();
             }
             // A truncate is visible to every later reader, so commit it unless a handle is
             // still writing (its close commits).
@@ -342,12 +420,11 @@ impl DsFs {
             .checked_add(len)
             .ok_or_else(|| FsError::Invalid("offset + length overflows".into()))?;
         self.check_room()?;
-        let mut st = h.inode.state.lock();
+        let mut st = h.inode.state.write();
         let staged = self.ensure_staged(&mut st)?;
         if mode == 0 && staged.len()? < end {
             staged.set_len(end)?;
-            st.dirty = true;
-            st.mtime = Some(now_ts());
+            st.touch();
         }
         Ok(())
     }
@@ -359,8 +436,8 @@ impl DsFs {
             return self.virtual_lseek(fh, offset, whence);
         }
         let h = self.handle(fh)?;
-        let st = h.inode.state.lock();
-        let size = match &st.staged {
+        let st = h.inode.state.read();
+        let size = match st.bytes() {
             Some(s) => s.len()?,
             None => self.index.value_size(&st.key)?.unwrap_or(0),
         } as i64;
@@ -372,7 +449,7 @@ impl DsFs {
                 if offset >= size {
                     return Err(FsError::NoSuchOffset);
                 }
-                if let Some(s) = &st.staged {
+                if let Some(s) = st.bytes() {
                     return s
                         .seek_data_hole(offset, whence)
                         .map_err(|_| FsError::NoSuchOffset);

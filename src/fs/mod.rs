@@ -220,7 +220,7 @@ impl DsFs {
         let mut failures = Vec::new();
         for (ino, inode) in open {
             if let Err(e) = self.commit(ino, &inode, false) {
-                let key = inode.state.lock().key.clone();
+                let key = inode.state.read().key.clone();
                 log::error!("committing {key} (inode {ino}) at unmount failed: {e}");
                 failures.push(format!("the writes to {key} ({e})"));
             }
@@ -264,5 +264,7 @@ mod fault_tests;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod commit_tests;
 #[cfg(test)]
 mod race_tests;

@@ -281,11 +281,11 @@ impl DsFs {
         };
         let inode = self.open_inode(id, key)?;
         {
-            let mut st = inode.state.lock();
+            let mut st = inode.state.write();
             st.staged = Some(staged);
-            st.dirty = true;
+            st.set_dirty(true);
             // Committing the new file later must not move its times.
-            st.mtime = Some(created);
+            st.set_mtime(Some(created));
             st.indexed = Some((0, created));
         }
         let fh = self.add_handle(id, inode, flags);

@@ -9,13 +9,22 @@
 //!    inode's opens: never across store or index I/O and never while waiting for another lock,
 //!    and never two shards at once. Callers clone the `Arc` out and drop the guard before
 //!    locking the inode (`DsFs::open_inode_of`).
-//! 2. An open inode's `InodeState` mutex may be held across store I/O and index transactions
-//!    for that file (staging, commit, the move of its value in a rename), so that every read,
-//!    write and commit sees the key and the value in step. Holding one blocks only that file.
-//!    When several are held at once (a rename of a directory with open files in it), they are
-//!    taken in ascending inode order.
-//! 3. The index's write transaction and the stores' own locks are innermost: no inode state
-//!    lock is ever taken inside an index transaction or a store call.
+//! 2. An open inode's commit turn (`OpenInode::commit`) is held by a commit for its whole
+//!    length (store I/O, index transaction, sync) and by whatever moves or detaches the file's
+//!    value (a rename, an unlink), so that commits of one file run one at a time, in order, and
+//!    never against a key that is going away. Nothing else waits for it: reads and writes do
+//!    not take it. When several are held at once (a rename of a directory with open files in
+//!    it), they are taken in ascending inode order, all before any state lock.
+//! 3. An open inode's `InodeState` lock (a read-write lock) comes after its commit turn. Reads
+//!    and writes into an existing staged value take it shared (the staged value orders its own
+//!    writers), so writers of one file do not wait for each other; staging, truncation,
+//!    appends and the start and end of a commit take it exclusively, and may do store I/O for
+//!    that file under it (staging a value, the move of its value in a rename). A commit does
+//!    not hold it while it writes the store: it takes the staged value out (readers see it as
+//!    `InodeState::committing`), new writes go to an overlay over it, and the commit re-takes
+//!    the lock to finish. When several are held at once, ascending inode order.
+//! 4. The index's write transaction and the stores' own locks are innermost: no inode lock is
+//!    ever taken inside an index transaction or a store call.
 //!
 //! `DsFs::shut` is taken by `shutdown` alone, before any of these.
 
@@ -26,7 +35,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use super::types::Ino;
-use super::{DsFs, FsError, FsResult};
+use super::{DsFs, FsError, FsResult, now_ts};
 use crate::datastore::{Key, Staged};
 use crate::index::node::Timestamp;
 use crate::index::{IndexErrorKind, Node, NodeId};
@@ -37,12 +46,15 @@ pub(super) struct InodeState {
     pub(super) key: Key,
     /// Pending bytes, if the file has been written (or truncated) since the last commit.
     pub(super) staged: Option<Staged>,
-    /// The staged bytes differ from the committed value.
-    pub(super) dirty: bool,
+    /// The bytes a commit in progress is writing to the store (it took them out of `staged`):
+    /// what the file reads as where `staged` is `None`, and what a write made meanwhile is
+    /// layered over ([`Staged::layered_over`]).
+    pub(super) committing: Option<Arc<Staged>>,
+    /// Whether the staged bytes differ from the committed value, and the modification time of
+    /// uncommitted writes: set by writers holding the state lock shared.
+    pending: Mutex<Pending>,
     /// The name was removed while open: reads still work, nothing is committed.
     pub(super) unlinked: bool,
-    /// Modification time of uncommitted writes.
-    pub(super) mtime: Option<Timestamp>,
     /// The value size and mtime the index already records for this inode's value, when the
     /// inode knows it (a file created by this open and not committed since): a commit of
     /// exactly that (an empty new file closed unwritten) writes the store and skips the index.
@@ -52,8 +64,57 @@ pub(super) struct InodeState {
     pub(super) orphan: Option<Node>,
 }
 
+/// See [`InodeState::pending`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Pending {
+    pub(super) dirty: bool,
+    pub(super) mtime: Option<Timestamp>,
+}
+
+impl InodeState {
+    pub(super) fn new(key: Key) -> InodeState {
+        InodeState {
+            key,
+            staged: None,
+            committing: None,
+            pending: Mutex::new(Pending::default()),
+            unlinked: false,
+            indexed: None,
+            orphan: None,
+        }
+    }
+
+    /// Whether the file has uncommitted changes, and their modification time.
+    pub(super) fn pending(&self) -> Pending {
+        *self.pending.lock()
+    }
+
+    /// Records a write (made with the state lock held shared or exclusively).
+    pub(super) fn touch(&self) {
+        let mut p = self.pending.lock();
+        p.dirty = true;
+        p.mtime = Some(now_ts());
+    }
+
+    pub(super) fn set_dirty(&mut self, dirty: bool) {
+        self.pending.get_mut().dirty = dirty;
+    }
+
+    pub(super) fn set_mtime(&mut self, mtime: Option<Timestamp>) {
+        self.pending.get_mut().mtime = mtime;
+    }
+
+    /// What the file reads as while it has uncommitted bytes: the staged value, or the one a
+    /// commit is writing; `None` when the store's value is current.
+    pub(super) fn bytes(&self) -> Option<&Staged> {
+        self.staged.as_ref().or(self.committing.as_deref())
+    }
+}
+
 pub(super) struct OpenInode {
-    pub(super) state: Mutex<InodeState>,
+    /// The commit turn (see the lock order above).
+    pub(super) commit: Mutex<()>,
+    pub(super) state: RwLock<InodeState>,
     /// Open handles and other users (a truncate in progress). Changed only under the write
     /// lock of the open-file table, so that the last one out removes the entry.
     pub(super) opens: AtomicU32,
@@ -124,15 +185,8 @@ impl DsFs {
             .entry(ino)
             .or_insert_with(|| {
                 Arc::new(OpenInode {
-                    state: Mutex::new(InodeState {
-                        key,
-                        staged: None,
-                        dirty: false,
-                        unlinked: false,
-                        mtime: None,
-                        indexed: None,
-                        orphan: None,
-                    }),
+                    commit: Mutex::new(()),
+                    state: RwLock::new(InodeState::new(key)),
                     opens: AtomicU32::new(0),
                 })
             })
@@ -204,10 +258,12 @@ impl DsFs {
     pub(super) fn orphan_open(&self, ino: u64) -> FsResult<()> {
         if let Some(inode) = self.open_inode_of(ino) {
             let snapshot = self.index.node(Ino(ino).node()).ok();
-            let mut st = inode.state.lock();
+            // No commit may write the value after the name is gone.
+            let _turn = inode.commit.lock();
+            let mut st = inode.state.write();
             self.ensure_staged(&mut st)?;
             st.unlinked = true;
-            st.dirty = false;
+            st.set_dirty(false);
             st.orphan = snapshot;
         }
         Ok(())
@@ -217,13 +273,14 @@ impl DsFs {
     /// open handles write to it again (their bytes, copied when orphaned, stay staged).
     pub(super) fn unorphan(&self, ino: u64) {
         if let Some(inode) = self.open.get(ino) {
-            let mut st = inode.state.lock();
+            let mut st = inode.state.write();
             if st.unlinked {
                 st.unlinked = false;
                 st.orphan = None;
                 // Orphaning dropped the dirty mark; committing the same bytes again is harmless,
                 // losing a handle's pending writes is not.
-                st.dirty = st.staged.is_some();
+                let dirty = st.staged.is_some();
+                st.set_dirty(dirty);
             }
         }
     }
@@ -238,13 +295,20 @@ impl DsFs {
     /// After a rename, the open inodes whose keys were at or under one of `moved` (the keys
     /// that went away) learn their new keys from the index; no other inode is looked up.
     pub(super) fn rekey_open(&self, moved: &[&Key]) -> FsResult<()> {
-        for (ino, inode) in self.open.snapshot() {
-            let mut st = inode.state.lock();
-            if st.unlinked
-                || !moved
+        let under = |st: &InodeState| {
+            !st.unlinked
+                && moved
                     .iter()
                     .any(|m| st.key == **m || st.key.is_descendant_of(m))
-            {
+        };
+        for (ino, inode) in self.open.snapshot() {
+            // Checked shared first, so that the files not moved (most) do not wait for their
+            // writers.
+            if !under(&inode.state.read()) {
+                continue;
+            }
+            let mut st = inode.state.write();
+            if !under(&st) {
                 continue;
             }
             match self.index.key_of(Ino(ino).node()) {

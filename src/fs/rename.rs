@@ -177,7 +177,10 @@ impl DsFs {
         }
         held.sort_by_key(|h| h.0);
         held.dedup_by_key(|h| h.0);
-        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.lock()).collect();
+        // Commits in progress finish first (their keys are about to move), then no commit
+        // starts until the inodes are re-keyed.
+        let _turns: Vec<_> = held.iter().map(|h| h.1.commit.lock()).collect();
+        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.write()).collect();
         for m in moves {
             self.backend.rename(&m.from, &m.to)?;
         }
@@ -294,7 +297,10 @@ impl DsFs {
             .filter_map(|(id, key)| self.open_inode_of(id).map(|i| (id, i, key)))
             .collect();
         held.sort_by_key(|h| h.0);
-        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.lock()).collect();
+        // Commits in progress finish first (their keys are about to move), then no commit
+        // starts until the inodes are re-keyed.
+        let _turns: Vec<_> = held.iter().map(|h| h.1.commit.lock()).collect();
+        let mut guards: Vec<_> = held.iter().map(|h| h.1.state.write()).collect();
         match (a_size, b_size) {
             (Some(_), Some(_)) => self.backend.exchange(&a, &b).map_err(|e| {
                 if e.kind() == crate::datastore::ErrorKind::Unsupported {
