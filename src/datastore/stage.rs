@@ -41,6 +41,9 @@ pub struct Staged {
     /// 0 (a copy, a stream, `cp`): a store records it with the value at no extra read. Any
     /// other write pattern drops it.
     hash: parking_lot::Mutex<Option<Prefix>>,
+    /// Whether the running hash is kept at all (see [`Staged::hashing`]): hashing costs the
+    /// write path a sha2-256 pass over every byte, so only a store that records the hash asks.
+    hashed: bool,
     /// For an overlay: the base and the dirty ranges (see the module documentation).
     overlay: Option<parking_lot::Mutex<Overlay>>,
 }
@@ -327,19 +330,32 @@ impl Staged {
             file,
             path: None,
             hash: parking_lot::Mutex::new(Some(Prefix::new())),
+            hashed: true,
             overlay: None,
         })
     }
 
     /// Wraps a named staging file that a file-backed store will rename into place. The file is
-    /// removed if the staged value is dropped without being committed.
+    /// removed if the staged value is dropped without being committed. It keeps no running
+    /// hash unless [`Staged::hashing`] asks for one.
     pub fn named(file: File, path: PathBuf) -> Staged {
         Staged {
             file,
             path: Some(TempPath(Some(path))),
-            hash: parking_lot::Mutex::new(Some(Prefix::new())),
+            hash: parking_lot::Mutex::new(None),
+            hashed: false,
             overlay: None,
         }
+    }
+
+    /// Keeps the running hash of in-order writes ([`Staged::content_hash`]) from here on; for
+    /// a staged value that is empty and no overlay (else there is nothing to start from).
+    pub fn hashing(mut self) -> Result<Staged> {
+        self.hashed = true;
+        if self.overlay.is_none() && self.len()? == 0 {
+            *self.hash.lock() = Some(Prefix::new());
+        }
+        Ok(self)
     }
 
     /// An overlay over `base` (the value's current bytes) in a named staging file, which a
@@ -544,6 +560,7 @@ impl Staged {
             file,
             path: None,
             hash: parking_lot::Mutex::new(None),
+            hashed: self.hashed,
             overlay,
         })
     }
@@ -599,13 +616,28 @@ impl Staged {
     /// Writers of an overlay, or of a value already written out of order, do not wait for each
     /// other: only the dirty map is locked, after the bytes are written.
     pub fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_at_with(offset, data, false)
+    }
+
+    /// [`Staged::write_all_at`] for a client's `O_DIRECT` write: block-aligned ranges bypass
+    /// the staging file's page cache (see `direct.rs`).
+    pub fn write_all_at_direct(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_at_with(offset, data, true)
+    }
+
+    fn write_at_with(&self, offset: u64, data: &[u8], direct: bool) -> Result<()> {
         let mut hash = self.hash.lock();
+        let plain = |data: &[u8]| {
+            if direct {
+                super::direct::write_all_at(&self.file, data, offset, None)
+            } else {
+                self.file.write_all_at(data, offset)
+            }
+            .map_err(|e| Error::io("writing staging file", e))
+        };
         if hash.is_none() {
             drop(hash);
-            let written = self
-                .file
-                .write_all_at(data, offset)
-                .map_err(|e| Error::io("writing staging file", e));
+            let written = plain(data);
             match (&self.overlay, &written) {
                 (Some(ov), Ok(())) => {
                     let mut ov = ov.lock();
@@ -620,10 +652,19 @@ impl Staged {
             }
             return written;
         }
-        let written = self
-            .file
-            .write_all_at(data, offset)
-            .map_err(|e| Error::io("writing staging file", e));
+        // A direct write hashes the bytes itself (while the device writes them).
+        let mut hashed = false;
+        let written = if direct {
+            let hasher = hash
+                .as_mut()
+                .filter(|p| p.len == offset)
+                .map(|p| &mut p.hasher);
+            hashed = hasher.is_some();
+            super::direct::write_all_at(&self.file, data, offset, hasher)
+                .map_err(|e| Error::io("writing staging file", e))
+        } else {
+            plain(data)
+        };
         if let (Some(ov), Ok(())) = (&self.overlay, &written) {
             let mut ov = ov.lock();
             let end = offset.saturating_add(data.len() as u64);
@@ -632,7 +673,9 @@ impl Staged {
         }
         match hash.as_mut() {
             Some(p) if written.is_ok() && offset == p.len => {
-                sha2::Digest::update(&mut p.hasher, data);
+                if !hashed {
+                    sha2::Digest::update(&mut p.hasher, data);
+                }
                 p.len += data.len() as u64;
             }
             // Out of order, or a failed write: the running hash no longer describes the file.
@@ -732,7 +775,7 @@ impl Staged {
         }
         match hash.as_ref() {
             // Emptied (an O_TRUNC open): the hash starts again.
-            _ if len == 0 && resized.is_ok() && self.overlay.is_none() => {
+            _ if len == 0 && resized.is_ok() && self.overlay.is_none() && self.hashed => {
                 *hash = Some(Prefix::new())
             }
             Some(p) if resized.is_ok() && p.len == len => {}
@@ -990,6 +1033,43 @@ mod tests {
         assert!(p.exists());
         drop(s);
         assert!(!p.exists());
+    }
+
+    /// A named staging value (flatfs) keeps no running hash, which would cost a sha2-256 pass
+    /// over every written byte, unless its store asks with `hashing` (the default
+    /// repository, which records it); with it, in-order writes, also direct ones, and an
+    /// emptying truncation keep the hash exact.
+    #[test]
+    fn only_a_hashing_named_stage_keeps_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(256 * 1024u32)).map(|i| (i % 251) as u8).collect();
+        let sha = |b: &[u8]| -> [u8; 32] {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(b));
+            out
+        };
+        let (f, p) = create_unique(dir.path(), "plain").unwrap();
+        let plain = Staged::named(f, p);
+        plain.write_all_at(0, &data).unwrap();
+        assert_eq!(plain.content_hash(data.len() as u64), None);
+        plain.set_len(0).unwrap();
+        plain.write_all_at(0, &data).unwrap();
+        assert_eq!(plain.content_hash(data.len() as u64), None);
+
+        let (f, p) = create_unique(dir.path(), "hashed").unwrap();
+        let hashed = Staged::named(f, p).hashing().unwrap();
+        hashed.write_all_at(0, b"junk").unwrap();
+        hashed.set_len(0).unwrap();
+        hashed.write_all_at_direct(0, &data[..128 * 1024]).unwrap();
+        hashed
+            .write_all_at(128 * 1024, &data[128 * 1024..])
+            .unwrap();
+        assert_eq!(
+            hashed.content_hash(data.len() as u64),
+            Some(sha(&data)),
+            "hash of in-order writes"
+        );
+        assert_eq!(hashed.read_all().unwrap(), data);
     }
 
     #[test]

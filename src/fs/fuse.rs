@@ -583,7 +583,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -592,7 +592,8 @@ impl Filesystem for FuseAdapter {
         {
             return reply.error(errno(e));
         }
-        match self.fs.write(fh.0, offset, data) {
+        let direct = flags.0 & libc::O_DIRECT != 0;
+        match self.fs.write_as(fh.0, offset, data, direct) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
