@@ -408,7 +408,10 @@ impl Inner {
 
     /// A staging file in the file tier seeded with `bytes`.
     fn stage_bytes(&self, bytes: &[u8]) -> Result<Staged> {
-        let staged = self.files.stage(&new_file_id(), StageInit::Empty)?;
+        let staged = self
+            .files
+            .stage(&new_file_id(), StageInit::Empty)?
+            .hashing()?;
         staged.write_all_at(0, bytes)?;
         Ok(staged)
     }
@@ -697,7 +700,11 @@ impl Datastore for Inner {
                 self.files.stage(&f.id, StageInit::CopyCurrent)
             }
             (StageInit::CopyCurrent, Some(Loc::Inline(v))) => self.stage_bytes(&v),
-            _ => self.files.stage(&new_file_id(), StageInit::Empty),
+            // The record keeps the hash of a value written in order (for `verify`).
+            _ => self
+                .files
+                .stage(&new_file_id(), StageInit::Empty)?
+                .hashing(),
         }
     }
 

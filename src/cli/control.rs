@@ -60,6 +60,9 @@ fn trusted(uid: u32) -> bool {
     uid == 0 || uid == crate::sys::effective_ids().0
 }
 
+/// How long a command waits for the kernel to be told of the keys it changed.
+const CHANGES_HANDLED: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running control socket; dropping it stops accepting commands.
 pub struct Server {
     stop: Arc<AtomicBool>,
@@ -222,6 +225,16 @@ fn handle(stream: UnixStream, served: &Served) -> io::Result<()> {
             1
         }
     };
+    // What the command changed is visible in the mount when it returns (see `index::changes`).
+    if !served
+        .store
+        .index()
+        .wait_for_changes_handled(CHANGES_HANDLED)
+    {
+        log::warn!(
+            "control socket: the kernel was not told of every change within {CHANGES_HANDLED:?}"
+        );
+    }
     frame(&stream, b'x', &[status])
 }
 

@@ -12,6 +12,7 @@
 //! * a batch applies the last operation recorded per key, and nothing before `commit`;
 //! * `sync(prefix)` makes every write under `prefix` that returned before it durable.
 
+mod direct;
 pub mod error;
 pub mod faulty;
 pub mod key;
@@ -269,7 +270,8 @@ pub trait Datastore: Send + Sync {
     /// [`MEMORY_LIMIT`] bytes and beyond that in an unlinked temporary file in
     /// [`Datastore::staging_dir`].
     fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
-        let staged = Staged::memory(MEMORY_LIMIT, SpillTo::Anonymous(self.staging_dir()));
+        let staged =
+            Staged::memory(MEMORY_LIMIT, SpillTo::Anonymous(self.staging_dir())).hashing()?;
         if init == StageInit::CopyCurrent {
             match self.get(key) {
                 Ok(value) => staged.write_all_at(0, &value)?,

@@ -80,6 +80,9 @@ pub struct Staged {
     /// 0 (a copy, a stream, `cp`): a store records it with the value at no extra read. Any
     /// other write pattern drops it.
     hash: parking_lot::Mutex<Option<Prefix>>,
+    /// Whether the running hash is kept at all (see [`Staged::hashing`]): hashing costs the
+    /// write path a sha2-256 pass over every byte, so only a store that records the hash asks.
+    hashed: bool,
     /// For an overlay: the base and the dirty ranges (see the module documentation).
     overlay: Option<parking_lot::Mutex<Overlay>>,
 }
@@ -333,22 +336,25 @@ impl Staged {
     /// A staging file in `dir` without a name (`O_TMPFILE`), so nothing is left behind by a
     /// crash. Where the file system cannot do that, a named file unlinked at once.
     pub fn anonymous(dir: &Path) -> Result<Staged> {
-        Ok(Staged::from_file(anonymous_file(dir)?, None))
+        Ok(Staged::from_file(anonymous_file(dir)?, None, true))
     }
 
     /// A staged value in `file` (named `path`, removed if dropped uncommitted).
-    fn from_file(file: File, path: Option<PathBuf>) -> Staged {
+    /// With `hashed` it keeps the running hash of in-order writes (see [`Staged::hashing`]).
+    fn from_file(file: File, path: Option<PathBuf>, hashed: bool) -> Staged {
         Staged {
             file: OnceLock::from(file),
             path: OnceLock::from(TempPath(path)),
             mem: None,
-            hash: parking_lot::Mutex::new(Some(Prefix::new())),
+            hash: parking_lot::Mutex::new(hashed.then(Prefix::new)),
+            hashed,
             overlay: None,
         }
     }
 
     /// An empty value staged in memory while it stays at most `limit` bytes long; past that,
-    /// or when a store asks for its file, it moves to a staging file made as `spill` says.
+    /// or when a store asks for its file, it moves to a staging file made as `spill` says. It
+    /// keeps no running hash unless [`Staged::hashing`] asks for one.
     pub fn memory(limit: u64, spill: SpillTo) -> Staged {
         Staged {
             file: OnceLock::new(),
@@ -358,7 +364,8 @@ impl Staged {
                 limit,
                 spill,
             })),
-            hash: parking_lot::Mutex::new(Some(Prefix::new())),
+            hash: parking_lot::Mutex::new(None),
+            hashed: false,
             overlay: None,
         }
     }
@@ -455,9 +462,20 @@ fn anonymous_file(dir: &Path) -> Result<File> {
 
 impl Staged {
     /// Wraps a named staging file that a file-backed store will rename into place. The file is
-    /// removed if the staged value is dropped without being committed.
+    /// removed if the staged value is dropped without being committed. It keeps no running
+    /// hash unless [`Staged::hashing`] asks for one.
     pub fn named(file: File, path: PathBuf) -> Staged {
-        Staged::from_file(file, Some(path))
+        Staged::from_file(file, Some(path), false)
+    }
+
+    /// Keeps the running hash of in-order writes ([`Staged::content_hash`]) from here on; for
+    /// a staged value that is empty and no overlay (else there is nothing to start from).
+    pub fn hashing(mut self) -> Result<Staged> {
+        self.hashed = true;
+        if self.overlay.is_none() && self.len()? == 0 {
+            *self.hash.lock() = Some(Prefix::new());
+        }
+        Ok(self)
     }
 
     /// An overlay over `base` (the value's current bytes) in a named staging file, which a
@@ -673,6 +691,7 @@ impl Staged {
                 spill: m.spill.clone(),
             })),
             hash: parking_lot::Mutex::new(None),
+            hashed: self.hashed,
             overlay: None,
         }) {
             return Ok(copy);
@@ -698,6 +717,7 @@ impl Staged {
             path: OnceLock::new(),
             mem: None,
             hash: parking_lot::Mutex::new(None),
+            hashed: self.hashed,
             overlay,
         })
     }
@@ -759,9 +779,9 @@ impl Staged {
         Ok(self.len()? == 0)
     }
 
-    /// Writes `data` at `offset` into memory (an in-memory value that stays within its bound)
-    /// or the staging file (spilling first if it grows past the bound).
-    fn write_bytes(&self, offset: u64, data: &[u8]) -> Result<()> {
+    /// Writes `data` at `offset` into memory if the value is in memory and stays within its
+    /// bound; spills it if it would not. `None`: the staging file takes the write.
+    fn write_memory(&self, offset: u64, data: &[u8]) -> Option<Result<()>> {
         let end = offset.saturating_add(data.len() as u64);
         let in_memory = self.in_memory(|m| {
             if end > m.limit {
@@ -777,12 +797,9 @@ impl Staged {
             Ok(true)
         });
         match in_memory {
-            Some(Ok(true)) => Ok(()),
-            Some(Err(e)) => Err(e),
-            Some(Ok(false)) | None => self.disk().and_then(|f| {
-                f.write_all_at(data, offset)
-                    .map_err(|e| Error::io("writing staging file", e))
-            }),
+            Some(Ok(true)) => Some(Ok(())),
+            Some(Err(e)) => Some(Err(e)),
+            Some(Ok(false)) | None => None,
         }
     }
 
@@ -791,10 +808,32 @@ impl Staged {
     /// Writers of an overlay, or of a value already written out of order, do not wait for each
     /// other: only the dirty map is locked, after the bytes are written.
     pub fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_at_with(offset, data, false)
+    }
+
+    /// [`Staged::write_all_at`] for a client's `O_DIRECT` write: block-aligned ranges bypass
+    /// the staging file's page cache (see `direct.rs`).
+    pub fn write_all_at_direct(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_at_with(offset, data, true)
+    }
+
+    fn write_at_with(&self, offset: u64, data: &[u8], direct: bool) -> Result<()> {
         let mut hash = self.hash.lock();
+        let plain = |data: &[u8]| {
+            if let Some(done) = self.write_memory(offset, data) {
+                return done;
+            }
+            let file = self.disk()?;
+            if direct {
+                super::direct::write_all_at(file, data, offset, None)
+            } else {
+                file.write_all_at(data, offset)
+            }
+            .map_err(|e| Error::io("writing staging file", e))
+        };
         if hash.is_none() {
             drop(hash);
-            let written = self.write_bytes(offset, data);
+            let written = plain(data);
             match (&self.overlay, &written) {
                 (Some(ov), Ok(())) => {
                     let mut ov = ov.lock();
@@ -809,7 +848,19 @@ impl Staged {
             }
             return written;
         }
-        let written = self.write_bytes(offset, data);
+        // A direct write hashes the bytes itself (while the device writes them).
+        let mut hashed = false;
+        let written = if direct && !self.is_in_memory() {
+            let hasher = hash
+                .as_mut()
+                .filter(|p| p.len == offset)
+                .map(|p| &mut p.hasher);
+            hashed = hasher.is_some();
+            super::direct::write_all_at(self.disk()?, data, offset, hasher)
+                .map_err(|e| Error::io("writing staging file", e))
+        } else {
+            plain(data)
+        };
         if let (Some(ov), Ok(())) = (&self.overlay, &written) {
             let mut ov = ov.lock();
             let end = offset.saturating_add(data.len() as u64);
@@ -818,7 +869,9 @@ impl Staged {
         }
         match hash.as_mut() {
             Some(p) if written.is_ok() && offset == p.len => {
-                sha2::Digest::update(&mut p.hasher, data);
+                if !hashed {
+                    sha2::Digest::update(&mut p.hasher, data);
+                }
                 p.len += data.len() as u64;
             }
             // Out of order, or a failed write: the running hash no longer describes the file.
@@ -931,7 +984,7 @@ impl Staged {
         }
         match hash.as_ref() {
             // Emptied (an O_TRUNC open): the hash starts again.
-            _ if len == 0 && resized.is_ok() && self.overlay.is_none() => {
+            _ if len == 0 && resized.is_ok() && self.overlay.is_none() && self.hashed => {
                 *hash = Some(Prefix::new())
             }
             Some(p) if resized.is_ok() && p.len == len => {}
@@ -1115,7 +1168,9 @@ mod tests {
     #[test]
     fn taking_the_file_of_an_in_memory_value_spills_it() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Staged::memory(MEMORY_LIMIT, SpillTo::Named(dir.path().to_owned()));
+        let s = Staged::memory(MEMORY_LIMIT, SpillTo::Named(dir.path().to_owned()))
+            .hashing()
+            .unwrap();
         s.write_all_at(0, b"hello ").unwrap();
         s.write_all_at(6, b"world").unwrap();
         assert!(s.is_in_memory() && s.path().is_none());
@@ -1308,6 +1363,43 @@ mod tests {
         assert!(p.exists());
         drop(s);
         assert!(!p.exists());
+    }
+
+    /// A named staging value (flatfs) keeps no running hash, which would cost a sha2-256 pass
+    /// over every written byte, unless its store asks with `hashing` (the default
+    /// repository, which records it); with it, in-order writes, also direct ones, and an
+    /// emptying truncation keep the hash exact.
+    #[test]
+    fn only_a_hashing_named_stage_keeps_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(256 * 1024u32)).map(|i| (i % 251) as u8).collect();
+        let sha = |b: &[u8]| -> [u8; 32] {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(b));
+            out
+        };
+        let (f, p) = create_unique(dir.path(), "plain").unwrap();
+        let plain = Staged::named(f, p);
+        plain.write_all_at(0, &data).unwrap();
+        assert_eq!(plain.content_hash(data.len() as u64), None);
+        plain.set_len(0).unwrap();
+        plain.write_all_at(0, &data).unwrap();
+        assert_eq!(plain.content_hash(data.len() as u64), None);
+
+        let (f, p) = create_unique(dir.path(), "hashed").unwrap();
+        let hashed = Staged::named(f, p).hashing().unwrap();
+        hashed.write_all_at(0, b"junk").unwrap();
+        hashed.set_len(0).unwrap();
+        hashed.write_all_at_direct(0, &data[..128 * 1024]).unwrap();
+        hashed
+            .write_all_at(128 * 1024, &data[128 * 1024..])
+            .unwrap();
+        assert_eq!(
+            hashed.content_hash(data.len() as u64),
+            Some(sha(&data)),
+            "hash of in-order writes"
+        );
+        assert_eq!(hashed.read_all().unwrap(), data);
     }
 
     #[test]

@@ -41,6 +41,7 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
+use super::keep_cache::CacheVersions;
 use super::{Attr, Ctx, DsFs, FileKind, FsError, SetAttr, TimeSet};
 
 /// How the adapter asks the kernel to behave.
@@ -50,8 +51,12 @@ pub struct KernelOptions {
     pub passthrough: bool,
     /// Let the kernel cache writes and send them in large pieces (not with passthrough).
     pub writeback_cache: bool,
-    /// How long the kernel may cache attributes and names.
+    /// How long the kernel may cache the attributes and names of files that other programs
+    /// may change underneath (keys in shared parts of a revalidated store).
     pub ttl: Duration,
+    /// How long it may cache those of everything else: only this daemon changes them, and it
+    /// tells the kernel when the command line does (see `inval`).
+    pub private_ttl: Duration,
     /// Serve extended attributes. Off, the first xattr request of each kind is answered
     /// `ENOSYS`, after which the kernel answers every later one itself (`EOPNOTSUPP`, and "no
     /// ACL"): `ls -l` then costs no request per file, and `user.*` xattrs are unavailable.
@@ -64,10 +69,14 @@ impl Default for KernelOptions {
             passthrough: true,
             writeback_cache: false,
             ttl: Duration::from_secs(1),
+            private_ttl: PRIVATE_TTL,
             xattr: true,
         }
     }
 }
+
+/// The default [`KernelOptions::private_ttl`].
+pub const PRIVATE_TTL: Duration = Duration::from_secs(30);
 
 /// A [`DsFs`] as a fuser filesystem.
 pub struct FuseAdapter {
@@ -78,6 +87,8 @@ pub struct FuseAdapter {
     io: Mutex<IoTable>,
     /// Tells the kernel about changes it did not make itself; set once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
+    /// Which content the kernel's page cache of each inode holds (`FOPEN_KEEP_CACHE`).
+    cache: CacheVersions,
 }
 
 /// How the kernel serves one open handle.
@@ -158,12 +169,45 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 impl FuseAdapter {
     /// Wraps `fs`.
     pub fn new(fs: Arc<DsFs>, options: KernelOptions) -> FuseAdapter {
+        let notifier = Arc::new(OnceLock::new());
+        start_invalidator(&fs, &notifier);
         FuseAdapter {
             passthrough: AtomicBool::new(options.passthrough),
             fs,
             options,
             io: Mutex::new(IoTable::default()),
-            notifier: Arc::new(OnceLock::new()),
+            notifier,
+            cache: CacheVersions::default(),
+        }
+    }
+
+    /// How long the kernel may cache inode `ino`'s name and attributes.
+    fn ttl(&self, ino: u64) -> &Duration {
+        if self.fs.only_writer(ino) {
+            &self.options.private_ttl
+        } else {
+            &self.options.ttl
+        }
+    }
+
+    /// The open flags for a new handle of `ino` in `mode`, keeping the kernel's page cache
+    /// when it holds the file's current content (see `keep_cache`).
+    fn open_flags(&self, ino: u64, mode: IoMode) -> FopenFlags {
+        match mode {
+            IoMode::Cached => match self.fs.getattr(ino) {
+                Ok(a) if self.cache.open(ino, (a.mtime, a.size)) => FopenFlags::FOPEN_KEEP_CACHE,
+                Ok(_) => FopenFlags::empty(),
+                Err(e) => {
+                    log::debug!("inode {ino}: no attributes at open ({e}); page cache dropped");
+                    self.cache.forget(ino);
+                    FopenFlags::empty()
+                }
+            },
+            IoMode::Direct => {
+                self.cache.forget(ino);
+                FopenFlags::FOPEN_DIRECT_IO
+            }
+            IoMode::Passthrough => FopenFlags::empty(),
         }
     }
 
@@ -188,7 +232,7 @@ impl FuseAdapter {
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
         match r {
-            Ok(a) => reply.entry(&self.options.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(self.ttl(a.ino), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -257,15 +301,13 @@ impl FuseAdapter {
         (mode, chosen)
     }
 
-    /// Forgets a released handle's mode.
-    fn forget_mode(&self, fh: u64) {
+    /// Forgets a released handle's mode. Returns the inode when the handle was page-cached
+    /// and no direct-I/O or passthrough handle of it remains open (the kernel's pages then
+    /// hold what was written through them).
+    fn forget_mode(&self, fh: u64) -> Option<u64> {
         let mut io = self.io.lock();
-        let Some((ino, mode)) = io.handles.remove(&fh) else {
-            return;
-        };
-        let Some(state) = io.inodes.get_mut(&ino) else {
-            return;
-        };
+        let (ino, mode) = io.handles.remove(&fh)?;
+        let state = io.inodes.get_mut(&ino)?;
         match mode {
             IoMode::Passthrough | IoMode::Direct => {
                 state.passthrough = state.passthrough.saturating_sub(1);
@@ -275,26 +317,32 @@ impl FuseAdapter {
             }
             IoMode::Cached => state.cached = state.cached.saturating_sub(1),
         }
+        let coherent = mode == IoMode::Cached && state.passthrough == 0;
         if state.passthrough == 0 && state.cached == 0 {
             io.inodes.remove(&ino);
         }
-    }
-}
-
-fn fopen_flags(mode: IoMode) -> FopenFlags {
-    match mode {
-        IoMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
-        IoMode::Passthrough | IoMode::Cached => FopenFlags::empty(),
+        coherent.then_some(ino)
     }
 }
 
 impl Filesystem for FuseAdapter {
+    /// No `FUSE_ATOMIC_O_TRUNC`: with it the kernel truncates an `O_TRUNC` open's page cache
+    /// and size as soon as the OPEN succeeds, before it checks whether the file may be
+    /// written, so `open(O_RDONLY | O_TRUNC)` of a running program failed with ETXTBSY
+    /// after zeroing the program's pages (it died of SIGBUS; a program still starting died
+    /// while loading, which is what made pjdfstest's `open::etxtbsy` flaky with
+    /// `FOPEN_KEEP_CACHE`). Without it the kernel truncates by a SETATTR after that check.
+    ///
+    /// `FUSE_EXPLICIT_INVAL_DATA`, not `FUSE_AUTO_INVAL_DATA`: the automatic variant drops an
+    /// inode's pages whenever a refreshed modification time differs from the cached one, which
+    /// after every write of the file's own (the kernel does not update the time itself) threw
+    /// away the pages it had just written. Content changed beside the mount is dropped by
+    /// `start_invalidator`'s notifications instead, and at the next open by `keep_cache`.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_EXPLICIT_INVAL_DATA
             | InitFlags::FUSE_CACHE_SYMLINKS;
         if let Err(missing) = config.add_capabilities(wanted) {
             log::info!("kernel lacks {missing:?}");
@@ -339,9 +387,15 @@ impl Filesystem for FuseAdapter {
         self.entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
     }
 
+    /// The kernel evicted the inode, and its pages with it (fuser's `batch_forget` calls this
+    /// for each inode).
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.cache.forget(ino.0);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.options.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(self.ttl(a.ino), &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -374,7 +428,7 @@ impl Filesystem for FuseAdapter {
             ctime,
         };
         match self.fs.setattr(ctx(req), ino.0, &set) {
-            Ok(a) => reply.attr(&self.options.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(self.ttl(a.ino), &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -482,31 +536,25 @@ impl Filesystem for FuseAdapter {
         self.entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let opened = match self.fs.open(ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(errno(e)),
         };
-        // Under FUSE_HANDLE_KILLPRIV_V2 an O_TRUNC open by a caller without CAP_FSETID must
-        // drop privileges; fuser does not pass the kernel's flag for it, so a caller other
-        // than root stands for such a caller.
-        let acc = flags.0 & libc::O_ACCMODE;
-        if flags.0 & libc::O_TRUNC != 0
-            && (acc == libc::O_WRONLY || acc == libc::O_RDWR)
-            && req.uid() != 0
-            && let Err(e) = self.drop_privileges(ino.0)
-        {
-            if let Err(e) = self.fs.release(opened.fh) {
-                log::warn!("releasing handle {} after a failed open: {e}", opened.fh);
-            }
-            return reply.error(errno(e));
-        }
+        // No O_TRUNC arrives here (no FUSE_ATOMIC_O_TRUNC, see `init`): the kernel truncates
+        // by a SETATTR, which drops privileges for callers other than root (`setattr`).
         let (mode, id) = self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), |f| {
             reply.open_backing(f)
         });
+        let mut fopen = self.open_flags(ino.0, mode);
+        if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+            // A reader's close has nothing to commit: no FLUSH round trip (writers' closes
+            // and the last release still commit).
+            fopen |= FopenFlags::FOPEN_NOFLUSH;
+        }
         match id {
-            Some(id) => reply.opened_passthrough(FileHandle(opened.fh), fopen_flags(mode), &id),
-            None => reply.opened(FileHandle(opened.fh), fopen_flags(mode)),
+            Some(id) => reply.opened_passthrough(FileHandle(opened.fh), fopen, &id),
+            None => reply.opened(FileHandle(opened.fh), fopen),
         }
     }
 
@@ -535,7 +583,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -544,7 +592,8 @@ impl Filesystem for FuseAdapter {
         {
             return reply.error(errno(e));
         }
-        match self.fs.write(fh.0, offset, data) {
+        let direct = flags.0 & libc::O_DIRECT != 0;
+        match self.fs.write_as(fh.0, offset, data, direct) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
@@ -572,7 +621,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let result = self.fs.release(fh.0);
-        self.forget_mode(fh.0);
+        if let Some(ino) = self.forget_mode(fh.0) {
+            match self.fs.getattr(ino) {
+                Ok(a) => self.cache.matches(ino, (a.mtime, a.size)),
+                Err(_) => self.cache.forget(ino),
+            }
+        }
         empty(reply, result)
     }
 
@@ -627,13 +681,21 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.fs.readdir(ino.0, offset, 256) {
             Ok(items) => {
-                for item in items {
+                let private = self
+                    .fs
+                    .only_writer_of_children(ino.0, items.iter().map(|i| (i.ino, i.name.as_str())));
+                for (item, private) in items.into_iter().zip(private) {
                     let attr = file_attr(&item.attr);
+                    let ttl = if private {
+                        &self.options.private_ttl
+                    } else {
+                        &self.options.ttl
+                    };
                     if reply.add(
                         INodeNo(item.ino),
                         item.offset,
                         &item.name,
-                        &self.options.ttl,
+                        ttl,
                         &attr,
                         Generation(0),
                     ) {
@@ -737,17 +799,14 @@ impl Filesystem for FuseAdapter {
                 let (mode, id) = self.choose_mode(opened.fh, attr.ino, None, |_| {
                     Err(std::io::Error::from_raw_os_error(libc::EINVAL))
                 });
-                let (ttl, attr, fh) = (&self.options.ttl, file_attr(&attr), FileHandle(opened.fh));
+                let flags = self.open_flags(attr.ino, mode);
+                let ttl = self.ttl(attr.ino);
+                let (attr, fh) = (file_attr(&attr), FileHandle(opened.fh));
                 match id {
-                    Some(id) => reply.created_passthrough(
-                        ttl,
-                        &attr,
-                        Generation(0),
-                        fh,
-                        fopen_flags(mode),
-                        &id,
-                    ),
-                    None => reply.created(ttl, &attr, Generation(0), fh, fopen_flags(mode)),
+                    Some(id) => {
+                        reply.created_passthrough(ttl, &attr, Generation(0), fh, flags, &id)
+                    }
+                    None => reply.created(ttl, &attr, Generation(0), fh, flags),
                 }
             }
             Err(e) => reply.error(errno(e)),
@@ -797,6 +856,60 @@ impl Filesystem for FuseAdapter {
         reply: ReplyIoctl,
     ) {
         reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+}
+
+/// Registers with `fs`'s index a listener for keys changed outside the filesystem (the
+/// command line through the control socket, revalidation of a shared store) and starts the
+/// thread that tells the kernel to forget their names, attributes and pages (see `inval`).
+/// Notifications are sent from that thread, never inside a request: `inval_entry` waits for
+/// the directory's lock, which a request in progress may hold. The thread ends when the index
+/// (and with it the listener) is dropped.
+fn start_invalidator(fs: &Arc<DsFs>, notifier: &Arc<OnceLock<Notifier>>) {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<crate::datastore::Key>)>();
+    let tx = parking_lot::Mutex::new(tx);
+    let listening = fs
+        .store()
+        .index()
+        .listen_for_changes(Box::new(move |seq, keys| {
+            // The receiver is gone only when the thread ended: nothing left to tell.
+            let _ = tx.lock().send((seq, keys.to_vec()));
+        }));
+    if !listening {
+        return;
+    }
+    let weak = Arc::downgrade(fs);
+    let notifier = notifier.clone();
+    let spawned = std::thread::Builder::new()
+        .name("dsfs-inval".into())
+        .spawn(move || {
+            while let Ok((seq, keys)) = rx.recv() {
+                let Some(fs) = weak.upgrade() else { return };
+                let Some(n) = notifier.get() else {
+                    fs.store().index().changes_handled(seq);
+                    continue;
+                };
+                for key in keys {
+                    let stale = fs.stale_of(&key);
+                    log::debug!("{key} changed outside the filesystem: invalidating {stale:?}");
+                    if let Some((dir, name)) = &stale.entry
+                        && let Err(e) = n.inval_entry(INodeNo(*dir), OsStr::from_bytes(name))
+                    {
+                        log::debug!("invalidating the entry of {key}: {e}");
+                    }
+                    for ino in stale.inodes {
+                        if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                            log::debug!("invalidating inode {ino} of {key}: {e}");
+                        }
+                    }
+                }
+                fs.store().index().changes_handled(seq);
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!(
+            "no invalidation thread ({e}): changes made beside the mount show after the timeouts"
+        );
     }
 }
 

@@ -152,18 +152,31 @@ impl DsFs {
 
     /// Writes `data` at `offset` (at the end for `O_APPEND` handles); returns the count.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.write_as(fh, offset, data, false)
+    }
+
+    /// [`DsFs::write`]; `direct`: the client wrote with `O_DIRECT`, so aligned ranges bypass
+    /// the staging file's page cache too.
+    pub fn write_as(&self, fh: u64, offset: u64, data: &[u8], direct: bool) -> FsResult<u32> {
         self.refuse_virtual(fh)?;
         let h = self.handle(fh)?;
         if !h.writable {
             return Err(FsError::BadHandle);
         }
         self.check_room()?;
+        let put = |staged: &Staged, at: u64| {
+            if direct {
+                staged.write_all_at_direct(at, data)
+            } else {
+                staged.write_all_at(at, data)
+            }
+        };
         if !h.append {
             // The common case: the file is staged already, and its writers share the lock (the
             // staged value orders them), so they neither wait for each other nor for a commit.
             let st = h.inode.state.read();
             if let Some(staged) = &st.staged {
-                staged.write_all_at(offset, data)?;
+                put(staged, offset)?;
                 st.touch();
                 return Ok(data.len() as u32);
             }
@@ -171,7 +184,7 @@ impl DsFs {
         let mut st = h.inode.state.write();
         let staged = self.ensure_staged(&mut st)?;
         let at = if h.append { staged.len()? } else { offset };
-        staged.write_all_at(at, data)?;
+        put(staged, at)?;
         st.touch();
         Ok(data.len() as u32)
     }

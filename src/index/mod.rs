@@ -23,6 +23,7 @@
 //! durable by a [`GroupCommit`] within a bounded delay, or at once by [`Index::sync`].
 
 pub mod build;
+pub mod changes;
 pub mod error;
 pub mod follow;
 mod keycache;
@@ -138,6 +139,8 @@ pub struct Index {
     writes: std::sync::atomic::AtomicU64,
     /// Directory keys by node id.
     dir_keys: keycache::DirKeys,
+    /// Told of changes made through `record_*` (see `changes`).
+    changes: changes::Changes,
 }
 
 impl Index {
@@ -274,6 +277,7 @@ impl Index {
             reserve: None,
             writes: std::sync::atomic::AtomicU64::new(0),
             dir_keys: keycache::DirKeys::default(),
+            changes: changes::Changes::default(),
         })
     }
 
@@ -596,14 +600,18 @@ impl Index {
     /// Records that `key` now holds a value of `size` bytes: creates the file node and any
     /// missing (implied) directories, or updates the size. Returns the node.
     pub fn record_put(&self, key: &Key, size: u64) -> IndexResult<NodeId> {
-        self.write(|tx| tx.put_key(key, size))
+        let id = self.write(|tx| tx.put_key(key, size))?;
+        self.changes.tell(std::slice::from_ref(key));
+        Ok(id)
     }
 
     /// Records that `key` no longer holds a value: removes its file node (and implied
     /// directories left empty), or clears the value of a directory. Returns whether the key
     /// was indexed.
     pub fn record_delete(&self, key: &Key) -> IndexResult<bool> {
-        self.write(|tx| tx.delete_key(key))
+        let was = self.write(|tx| tx.delete_key(key))?;
+        self.changes.tell(std::slice::from_ref(key));
+        Ok(was)
     }
 
     /// Applies many puts (`Some(size)`) and deletes (`None`) in one transaction.
@@ -611,8 +619,11 @@ impl Index {
         &self,
         ops: impl IntoIterator<Item = (&'k Key, Option<u64>)>,
     ) -> IndexResult<()> {
+        let mut keys = Vec::new();
         self.write(|tx| {
+            keys.clear();
             for (key, op) in ops {
+                keys.push(key.clone());
                 match op {
                     Some(size) => {
                         tx.put_key(key, size)?;
@@ -623,7 +634,9 @@ impl Index {
                 }
             }
             Ok(())
-        })
+        })?;
+        self.changes.tell(&keys);
+        Ok(())
     }
 
     /// Removes every node, entry, key and xattr, leaving an empty root (for `reindex`).
