@@ -101,6 +101,13 @@ enum IoMode {
     /// The inode's backing id with `FOPEN_DIRECT_IO`: reads and writes go to the daemon,
     /// beside passthrough handles of the same inode.
     Direct,
+    /// `FOPEN_DIRECT_IO` without a backing id: an `O_DIRECT` open while no page-cached handle
+    /// is open, and every other non-passthrough open while such a handle is. Reads and writes
+    /// go to the daemon, and with `FOPEN_PARALLEL_DIRECT_WRITES` the kernel sends several
+    /// writers' requests at once instead of serialising them on the inode's lock (what it does
+    /// for `O_DIRECT` on a page-cached handle). Every handle of the inode then bypasses the
+    /// page cache, so none can read pages the others' writes made stale.
+    Uncached,
 }
 
 /// The handles of one inode, by mode.
@@ -109,6 +116,7 @@ struct InodeIo {
     /// Handles holding the backing id (passthrough and direct).
     passthrough: u32,
     cached: u32,
+    uncached: u32,
     /// The backing file (device, inode) and kernel id the passthrough handles share.
     backing: Option<((u64, u64), Arc<BackingId>)>,
 }
@@ -203,9 +211,9 @@ impl FuseAdapter {
                     FopenFlags::empty()
                 }
             },
-            IoMode::Direct => {
+            IoMode::Direct | IoMode::Uncached => {
                 self.cache.forget(ino);
-                FopenFlags::FOPEN_DIRECT_IO
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
             }
             IoMode::Passthrough => FopenFlags::empty(),
         }
@@ -245,6 +253,7 @@ impl FuseAdapter {
         fh: u64,
         ino: u64,
         backing: Option<&std::fs::File>,
+        o_direct: bool,
         register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
     ) -> (IoMode, Option<Arc<BackingId>>) {
         let mut io = self.io.lock();
@@ -293,6 +302,9 @@ impl FuseAdapter {
             chosen = Some(id.clone());
             state.passthrough += 1;
             IoMode::Direct
+        } else if state.cached == 0 && (o_direct || state.uncached > 0) {
+            state.uncached += 1;
+            IoMode::Uncached
         } else {
             state.cached += 1;
             IoMode::Cached
@@ -316,9 +328,10 @@ impl FuseAdapter {
                 }
             }
             IoMode::Cached => state.cached = state.cached.saturating_sub(1),
+            IoMode::Uncached => state.uncached = state.uncached.saturating_sub(1),
         }
-        let coherent = mode == IoMode::Cached && state.passthrough == 0;
-        if state.passthrough == 0 && state.cached == 0 {
+        let coherent = mode == IoMode::Cached && state.passthrough == 0 && state.uncached == 0;
+        if state.passthrough == 0 && state.cached == 0 && state.uncached == 0 {
             io.inodes.remove(&ino);
         }
         coherent.then_some(ino)
@@ -543,9 +556,11 @@ impl Filesystem for FuseAdapter {
         };
         // No O_TRUNC arrives here (no FUSE_ATOMIC_O_TRUNC, see `init`): the kernel truncates
         // by a SETATTR, which drops privileges for callers other than root (`setattr`).
-        let (mode, id) = self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), |f| {
-            reply.open_backing(f)
-        });
+        let o_direct = flags.0 & libc::O_DIRECT != 0;
+        let (mode, id) =
+            self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), o_direct, |f| {
+                reply.open_backing(f)
+            });
         let mut fopen = self.open_flags(ino.0, mode);
         if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
             // A reader's close has nothing to commit: no FLUSH round trip (writers' closes
@@ -796,9 +811,13 @@ impl Filesystem for FuseAdapter {
             .create(ctx(req), parent.0, name.as_bytes(), mode, umask, flags)
         {
             Ok((attr, opened)) => {
-                let (mode, id) = self.choose_mode(opened.fh, attr.ino, None, |_| {
-                    Err(std::io::Error::from_raw_os_error(libc::EINVAL))
-                });
+                let (mode, id) = self.choose_mode(
+                    opened.fh,
+                    attr.ino,
+                    None,
+                    flags & libc::O_DIRECT != 0,
+                    |_| Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+                );
                 let flags = self.open_flags(attr.ino, mode);
                 let ttl = self.ttl(attr.ino);
                 let (attr, fh) = (file_attr(&attr), FileHandle(opened.fh));
