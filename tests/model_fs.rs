@@ -125,9 +125,22 @@ const FACTORIES: [Factory; 4] = [
     },
 ];
 
+/// Opens the store and a filesystem on it. A store just closed can still look locked for a
+/// moment: the tests run in parallel threads of one process, and a child process another test
+/// is starting (`crash_in_child`) holds a copy of every descriptor of this process, the store's
+/// `flock`ed lock file included, until its `exec` closes them. So `Locked` is retried briefly.
 fn mount(spec: &str) -> DsFs {
     let spec = StoreSpec::parse(spec).unwrap();
-    let opened = dsfs::spec::open(&spec, OpenMode::default()).unwrap();
+    let mut tries = 0;
+    let opened = loop {
+        match dsfs::spec::open(&spec, OpenMode::default()) {
+            Err(e) if e.kind() == dsfs::datastore::ErrorKind::Locked && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => break r.unwrap(),
+        }
+    };
     DsFs::new(opened.store, FsOptions::default())
 }
 
