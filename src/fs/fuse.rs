@@ -16,6 +16,9 @@
 //!   any other passthrough handle uses the same file;
 //! * else, while passthrough handles are open: the same backing id with `FOPEN_DIRECT_IO`
 //!   (writers, and readers of a newer version, served by the daemon);
+//! * else, for an `O_DIRECT` open while no page-cached handle is open, or any open while such
+//!   a handle is: `FOPEN_DIRECT_IO` with `FOPEN_PARALLEL_DIRECT_WRITES` and no backing id
+//!   (the kernel sends several writers' requests at once; nothing is page-cached);
 //! * else an ordinary page-cached open.
 //!
 //! Its counts drop at `release`, after the kernel has dropped its own, so they never
