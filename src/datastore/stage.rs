@@ -316,8 +316,8 @@ impl std::fmt::Debug for Prefix {
 struct TempPath(Option<PathBuf>);
 
 impl TempPath {
-    fn keep(mut self) -> PathBuf {
-        self.0.take().unwrap_or_default()
+    fn keep(mut self) -> Option<PathBuf> {
+        self.0.take()
     }
 }
 
@@ -420,6 +420,14 @@ impl Staged {
         m.bytes.as_ref()?;
         Some(f(&mut m))
     }
+}
+
+/// Records `len` bytes written at `offset` in an overlay's dirty ranges and length.
+fn mark_written(ov: &parking_lot::Mutex<Overlay>, offset: u64, len: usize) {
+    let mut ov = ov.lock();
+    let end = offset.saturating_add(len as u64);
+    ov.mark(offset, end);
+    ov.len = ov.len.max(end);
 }
 
 /// The length of an in-memory value (0 once spilled).
@@ -752,12 +760,12 @@ impl Staged {
     /// removes the file when dropped. An in-memory value spills to its file first.
     pub fn into_parts(self) -> Result<(File, Option<PathBuf>)> {
         self.disk()?;
-        let path = self.path.into_inner().map(TempPath::keep);
+        let path = self.path.into_inner().and_then(TempPath::keep);
         let file = self
             .file
             .into_inner()
             .ok_or_else(|| Error::new(super::ErrorKind::Io, "staged value has no file"))?;
-        Ok((file, path.filter(|p| !p.as_os_str().is_empty())))
+        Ok((file, path))
     }
 
     /// The current length in bytes.
@@ -835,12 +843,7 @@ impl Staged {
             drop(hash);
             let written = plain(data);
             match (&self.overlay, &written) {
-                (Some(ov), Ok(())) => {
-                    let mut ov = ov.lock();
-                    let end = offset.saturating_add(data.len() as u64);
-                    ov.mark(offset, end);
-                    ov.len = ov.len.max(end);
-                }
+                (Some(ov), Ok(())) => mark_written(ov, offset, data.len()),
                 // A truncation to zero may have restarted the hash meanwhile (`set_len`):
                 // this write is not in it.
                 (None, _) => *self.hash.lock() = None,
@@ -862,10 +865,7 @@ impl Staged {
             plain(data)
         };
         if let (Some(ov), Ok(())) = (&self.overlay, &written) {
-            let mut ov = ov.lock();
-            let end = offset.saturating_add(data.len() as u64);
-            ov.mark(offset, end);
-            ov.len = ov.len.max(end);
+            mark_written(ov, offset, data.len());
         }
         match hash.as_mut() {
             Some(p) if written.is_ok() && offset == p.len => {
@@ -1011,7 +1011,7 @@ impl Staged {
     /// Flushes the staging file's data to stable storage. An in-memory value has no file to
     /// flush: a store that needs its bytes on disk takes its file ([`Staged::into_parts`]).
     pub fn sync_data(&self) -> Result<()> {
-        if self.in_memory(|_| ()).is_some() {
+        if self.is_in_memory() {
             return Ok(());
         }
         self.disk()?
@@ -1274,7 +1274,6 @@ mod tests {
         }
     }
 
-    /// The dirty ranges are exactly the maximal runs of written bytes (disjoint, not touching).
     /// An overlay layered over a staged value being committed reads as that value with its
     /// own writes on top, is not taken for an overlay over the stored file, and once the value
     /// below is in the file, rebases onto it: same bytes, and the file's identity in its plan.
@@ -1319,6 +1318,7 @@ mod tests {
         assert_eq!(top.read_all().unwrap(), model);
     }
 
+    /// The dirty ranges are exactly the maximal runs of written bytes (disjoint, not touching).
     #[test]
     fn dirty_ranges_are_the_runs_of_written_bytes() {
         use rand::{Rng, SeedableRng};

@@ -194,7 +194,12 @@ impl FuseAdapter {
 
     /// How long the kernel may cache inode `ino`'s name and attributes.
     fn ttl(&self, ino: u64) -> &Duration {
-        if self.fs.only_writer(ino) {
+        self.ttl_for(self.fs.only_writer(ino))
+    }
+
+    /// The timeout for an inode that only dsfs changes (`private`), or for any other.
+    fn ttl_for(&self, private: bool) -> &Duration {
+        if private {
             &self.options.private_ttl
         } else {
             &self.options.ttl
@@ -704,11 +709,7 @@ impl Filesystem for FuseAdapter {
                     .only_writer_of_children(ino.0, items.iter().map(|i| (i.ino, i.name.as_str())));
                 for (item, private) in items.into_iter().zip(private) {
                     let attr = file_attr(&item.attr);
-                    let ttl = if private {
-                        &self.options.private_ttl
-                    } else {
-                        &self.options.ttl
-                    };
+                    let ttl = self.ttl_for(private);
                     if reply.add(
                         INodeNo(item.ino),
                         item.offset,

@@ -44,7 +44,7 @@ mod xattr;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -244,12 +244,6 @@ impl DsFs {
         } else {
             Err(FsError::Io(failures.join("; ")))
         }
-    }
-
-    /// The recommended attribute/entry cache time for `attr` (immutable blocks could be cached
-    /// longer; everything is served by this daemon, so a second is safe).
-    pub fn ttl(&self, _attr: &Attr) -> Duration {
-        Duration::from_secs(1)
     }
 }
 
