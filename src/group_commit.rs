@@ -37,7 +37,7 @@ impl State {
 
 /// The durable commit a flush runs (a redb commit with `Durability::Immediate`; tests inject
 /// their own).
-type CommitFn = Box<dyn Fn() -> Result<()> + Send + Sync>;
+pub type CommitFn = Box<dyn Fn() -> Result<()> + Send + Sync>;
 
 struct Shared {
     commit: CommitFn,
@@ -102,7 +102,7 @@ impl GroupCommit {
     }
 
     /// Like [`GroupCommit::start`], with `commit` as the durable commit.
-    fn with_commit(commit: CommitFn, interval: Option<Duration>, name: &str) -> GroupCommit {
+    pub fn with_commit(commit: CommitFn, interval: Option<Duration>, name: &str) -> GroupCommit {
         let shared = Arc::new(Shared {
             commit,
             state: Mutex::new(State {

@@ -8,6 +8,7 @@ pub mod mount;
 #[cfg(feature = "rados")]
 pub mod rados;
 pub mod redb;
+mod redb_pending;
 pub mod spdk;
 pub mod tiered;
 

@@ -9,7 +9,7 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
@@ -19,6 +19,8 @@ use crate::datastore::{
     BatchOps, Capabilities, Datastore, Error, Key, Query, Result, Results, copy_range,
 };
 use crate::group_commit::{self, GroupCommit, redb_error};
+
+use super::redb_pending::{self, PendingDeletes};
 
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
 
@@ -61,6 +63,31 @@ pub struct RedbStore {
     options: RedbOptions,
     commits: GroupCommit,
     closed: AtomicBool,
+    /// Deletes not yet written (see [`super::redb_pending`]); always empty with `durable_puts`.
+    pending: Arc<PendingDeletes>,
+    /// Write transactions committed by [`RedbStore::write`] since open.
+    writes: AtomicU64,
+}
+
+/// The group committer's durable commit: applies the pending deletes in it.
+fn durable_commit(db: &Database, pending: &PendingDeletes) -> Result<()> {
+    guard("redb store: durable commit", || {
+        let mut txn = db
+            .begin_write()
+            .map_err(|e| redb_error("starting a durable commit", e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| redb_error("setting durability", e))?;
+        let applied = pending.snapshot();
+        if !applied.is_empty() {
+            let mut table = txn
+                .open_table(VALUES)
+                .map_err(|e| redb_error("opening the values table", e))?;
+            applied.apply(&mut table)?;
+        }
+        txn.commit().map_err(|e| redb_error("durable commit", e))?;
+        pending.committed(&applied);
+        Ok(())
+    })
 }
 
 impl RedbStore {
@@ -82,13 +109,23 @@ impl RedbStore {
                 .map_err(|e| redb_error("creating the values table", e))?;
             txn.commit().map_err(|e| redb_error("committing", e))?;
             let db = Arc::new(db);
-            let commits = GroupCommit::start(db.clone(), options.commit_interval, "values");
+            let pending = Arc::new(PendingDeletes::default());
+            let commits = {
+                let (db, pending) = (db.clone(), pending.clone());
+                GroupCommit::with_commit(
+                    Box::new(move || durable_commit(&db, &pending)),
+                    options.commit_interval,
+                    "values",
+                )
+            };
             Ok(RedbStore {
                 db,
                 path,
                 options,
                 commits,
                 closed: AtomicBool::new(false),
+                pending,
+                writes: AtomicU64::new(0),
             })
         })
     }
@@ -172,6 +209,19 @@ impl RedbStore {
         }
     }
 
+    /// How many write transactions this store has committed since it was opened (deletes
+    /// wait for the next one): for tests and profiling.
+    pub fn write_count(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// How many deletes wait for the next write transaction or durable commit.
+    #[cfg(test)]
+    pub(super) fn pending_deletes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Runs `f` in one write transaction, after the pending deletes.
     fn write(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>) -> Result<()> {
         guard("redb store: write", || {
             self.check_open()?;
@@ -183,14 +233,18 @@ impl RedbStore {
                 txn.set_durability(Durability::None)
                     .map_err(|e| redb_error("setting durability", e))?;
             }
+            let applied = self.pending.snapshot();
             {
                 let mut table = txn
                     .open_table(VALUES)
                     .map_err(|e| redb_error("opening the values table", e))?;
+                applied.apply(&mut table)?;
                 f(&mut table)?;
             }
             txn.commit()
                 .map_err(|e| redb_error("committing a write", e))?;
+            self.pending.committed(&applied);
+            self.writes.fetch_add(1, Ordering::Relaxed);
             if !self.options.durable_puts {
                 self.commits.mark_dirty();
             }
@@ -213,6 +267,9 @@ impl RedbStore {
 impl Datastore for RedbStore {
     fn get(&self, key: &Key) -> Result<Vec<u8>> {
         guard("redb store: get", || {
+            if self.pending.contains(key.as_str()) {
+                return Err(Error::not_found());
+            }
             let table = self.read_table()?;
             match table
                 .get(key.as_str())
@@ -226,6 +283,9 @@ impl Datastore for RedbStore {
 
     fn has(&self, key: &Key) -> Result<bool> {
         guard("redb store: has", || {
+            if self.pending.contains(key.as_str()) {
+                return Ok(false);
+            }
             let table = self.read_table()?;
             Ok(table
                 .get(key.as_str())
@@ -236,6 +296,9 @@ impl Datastore for RedbStore {
 
     fn get_size(&self, key: &Key) -> Result<u64> {
         guard("redb store: get_size", || {
+            if self.pending.contains(key.as_str()) {
+                return Err(Error::not_found());
+            }
             let table = self.read_table()?;
             match table
                 .get(key.as_str())
@@ -249,6 +312,9 @@ impl Datastore for RedbStore {
 
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
         guard("redb store: read_at", || {
+            if self.pending.contains(key.as_str()) {
+                return Err(Error::not_found());
+            }
             let table = self.read_table()?;
             match table
                 .get(key.as_str())
@@ -268,16 +334,28 @@ impl Datastore for RedbStore {
         })
     }
 
+    /// Without `durable_puts`, visible at once and written with the next write transaction
+    /// or durable commit (see [`super::redb_pending`]): no commit of its own.
     fn delete(&self, key: &Key) -> Result<()> {
-        self.write(|t| {
-            t.remove(key.as_str())
-                .map_err(|e| redb_error("deleting", e))?;
-            Ok(())
-        })
+        if self.options.durable_puts {
+            return self.write(|t| {
+                t.remove(key.as_str())
+                    .map_err(|e| redb_error("deleting", e))?;
+                Ok(())
+            });
+        }
+        self.check_open()?;
+        if self.pending.add(key.as_str()) >= redb_pending::LIMIT {
+            return self.write(|_| Ok(()));
+        }
+        self.commits.mark_dirty();
+        Ok(())
     }
 
     fn query(&self, q: Query) -> Result<Results> {
         guard("redb store: query", || {
+            // Before the read transaction: a key that left the set has left the database.
+            let deleted = self.pending.keys();
             let table = self.read_table()?;
             let prefix = q.prefix_key();
             let range = match query::prefix_range(prefix.as_ref()) {
@@ -287,7 +365,11 @@ impl Datastore for RedbStore {
             }
             .map_err(|e| redb_error("starting a scan", e))?;
             let keys_only = q.keys_only;
-            let entries: EntryIter = Box::new(range.map(move |item| {
+            let live = range.filter(move |item| match (item, &deleted) {
+                (Ok((k, _)), Some(deleted)) => !deleted.contains(k.value()),
+                _ => true,
+            });
+            let entries: EntryIter = Box::new(live.map(move |item| {
                 let (k, v) = item.map_err(|e| redb_error("scanning", e))?;
                 let key = Key::from_raw(k.value().to_owned())?;
                 let value = v.value();
