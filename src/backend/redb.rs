@@ -335,7 +335,7 @@ impl Datastore for RedbStore {
     }
 
     /// Without `durable_puts`, visible at once and written with the next write transaction
-    /// or durable commit (see [`super::redb_pending`]): no commit of its own.
+    /// or durable commit (see `src/backend/redb_pending.rs`): no commit of its own.
     fn delete(&self, key: &Key) -> Result<()> {
         if self.options.durable_puts {
             return self.write(|t| {
