@@ -30,8 +30,10 @@
 //! second sync would then succeed without the data. Whoever next holds the file's operation slot
 //! settles them, by first writing every failed commit of the file again from its staging file,
 //! oldest first, and then syncing: the next in-place commit of that file (before its own step
-//! 1), a rename, replace or delete of it, or the store's close. If that fails too, that
-//! operation fails with the error and the entries stay failed. Between the failure and that
+//! 1), a rename, replace or delete of it, or the store's close. If that fails too, the entries
+//! stay failed, and the rename, replace, delete or close fails with the error (a commit only
+//! logs it and goes ahead: its own record is ordered after theirs, and refusing it would lose
+//! its bytes without saving any). Between the failure and that
 //! repair, a read of the data file may return the old bytes of the failed commits' ranges.
 
 use std::collections::VecDeque;
