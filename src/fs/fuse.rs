@@ -62,7 +62,8 @@ pub struct KernelOptions {
     pub private_ttl: Duration,
     /// Serve extended attributes. Off, the first xattr request of each kind is answered
     /// `ENOSYS`, after which the kernel answers every later one itself (`EOPNOTSUPP`, and "no
-    /// ACL"): `ls -l` then costs no request per file, and `user.*` xattrs are unavailable.
+    /// ACL"), and `user.*` xattrs are unavailable. (On, `ls -l` costs no request per file
+    /// either: the names it asks for are unsupported, see `fs::xattr`.)
     pub xattr: bool,
 }
 

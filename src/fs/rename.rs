@@ -154,7 +154,11 @@ impl DsFs {
                 Ok(())
             })?)
         })?;
-        self.rekey_open(&[&old_key])?;
+        if snode.kind == NodeKind::Dir {
+            // The open files the index lists under the directory were re-keyed by the move;
+            // this finds any other open inode under it.
+            self.rekey_open(&[&old_key])?;
+        }
         Ok(())
     }
 

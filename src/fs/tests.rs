@@ -433,3 +433,53 @@ fn create_and_close_commit_the_index_once_for_an_empty_file_and_twice_for_a_writ
     assert_eq!(writes() - before, 1);
     assert!(matches!(fs.lookup(ROOT, b"empty"), Err(FsError::NotFound)));
 }
+
+/// An open file whose value moves (a rename of it or of its directory, its first name removed
+/// while another stays) commits its later writes under the new key, and an open file elsewhere
+/// is left alone.
+#[test]
+fn open_files_commit_under_their_new_keys_after_their_value_moves() {
+    let fs = fs();
+    let d = fs.mkdir(CTX, ROOT, b"d", 0o755, 0).unwrap();
+    let other = write_file(&fs, ROOT, "other", b"o");
+    let o = fs.open(other, libc::O_RDWR).unwrap();
+    // A rename of the file itself.
+    let f = write_file(&fs, ROOT, "f", b"one");
+    let h = fs.open(f, libc::O_RDWR).unwrap();
+    fs.rename(ROOT, b"f", d.ino, b"g", RenameFlags::default())
+        .unwrap();
+    fs.write(h.fh, 3, b"-two").unwrap();
+    fs.release(h.fh).unwrap();
+    assert_eq!(fs.store().get(&Key::new("/d/g")).unwrap(), b"one-two");
+    assert!(!fs.store().has(&Key::new("/f")).unwrap());
+    // A rename of its directory, with a new file not yet committed in it.
+    let h = fs.open(f, libc::O_RDWR).unwrap();
+    let (_, n) = fs
+        .create(CTX, d.ino, b"new", 0o644, 0, libc::O_WRONLY)
+        .unwrap();
+    fs.write(n.fh, 0, b"fresh").unwrap();
+    fs.rename(ROOT, b"d", ROOT, b"e", RenameFlags::default())
+        .unwrap();
+    fs.write(h.fh, 7, b"-three").unwrap();
+    fs.release(h.fh).unwrap();
+    fs.release(n.fh).unwrap();
+    assert_eq!(fs.store().get(&Key::new("/e/g")).unwrap(), b"one-two-three");
+    assert_eq!(fs.store().get(&Key::new("/e/new")).unwrap(), b"fresh");
+    assert!(!fs.store().has(&Key::new("/d/new")).unwrap());
+    // Its first name removed while a second one stays: the value moves to the second name.
+    let e = fs.lookup(ROOT, b"e").unwrap().ino;
+    fs.link(f, ROOT, b"second").unwrap();
+    let h = fs.open(f, libc::O_RDWR).unwrap();
+    fs.unlink(e, b"g").unwrap();
+    fs.write(h.fh, 13, b"-four").unwrap();
+    fs.release(h.fh).unwrap();
+    assert_eq!(
+        fs.store().get(&Key::new("/second")).unwrap(),
+        b"one-two-three-four"
+    );
+    assert!(!fs.store().has(&Key::new("/e/g")).unwrap());
+    // The file open all along is where it was.
+    fs.write(o.fh, 1, b"k").unwrap();
+    fs.release(o.fh).unwrap();
+    assert_eq!(fs.store().get(&Key::new("/other")).unwrap(), b"ok");
+}
