@@ -13,17 +13,19 @@
 //!    From here on the commit survives a crash: it is acknowledged once step 2 ran;
 //! 2. the data file is truncated to the surviving length, set to the new length, and the dirty
 //!    ranges are copied in from the staging file (`copy_file_range`, into the page cache);
-//! 3. later, off the commit's path ("settling", [`FlatFsStore::settle_all`] and
-//!    [`FlatFsStore::settle_path`]): the data file is synced, the record is removed, then the
-//!    staging file, and `.temp` is synced.
+//! 3. later, off the commit's path ("settling", by the store's settle thread in `settle.rs`):
+//!    the data file is synced, the record is removed, then the staging file, and `.temp` is
+//!    synced.
 //!
 //! So the changed bytes are synced once on the commit's path (in the staging file, as the redo
-//! data) plus one small record, and the data file's copy reaches the disk by writeback or at
-//! the next settle. A commit is settled before anything else renames, replaces or removes its
-//! data file (the hooks in `rename_into_place` and `do_delete`), when more than
-//! [`MAX_UNSETTLED`] commits wait, and when the store closes. While a commit waits, its data
+//! data) plus one small record, and the data file's copy reaches the disk by writeback or when
+//! the settle thread syncs it. A commit is settled before anything else renames, replaces or
+//! removes its data file (the hooks in `rename_into_place` and `do_delete`, which wait for the
+//! thread if it is settling that file and settle the rest themselves), and when the store
+//! closes; a commit waits for the thread only when more than
+//! [`MAX_UNSETTLED`](super::settle::MAX_UNSETTLED) commits wait. While a commit waits, its data
 //! file stays open, so its inode cannot be reused by another file that a stale record could
-//! then be applied to.
+//! then be applied to. What happens when a settle fails is in `settle.rs`: nothing is lost.
 //!
 //! A crash before the record is complete leaves the old value (a torn record fails its
 //! checksum and is ignored); a crash after it leaves a record that [`replay`] applies again when
@@ -49,6 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::Digest;
 
 use super::durability::fsync_dir;
+use super::settle::Unsettled;
 use super::{FlatFsStore, RemoveOnDrop};
 use crate::datastore::stage::{OverlayPlan, copy_range, file_id};
 use crate::datastore::{Error, ErrorKind, Result, Staged};
@@ -147,9 +150,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// How many in-place commits may wait to be settled (step 3) before a commit settles the oldest.
-pub const MAX_UNSETTLED: usize = 4;
-
 /// Step 2: writes the record's changes into `target` from `stage` and syncs it.
 fn apply(target: &File, stage: &File, plan: &OverlayPlan) -> io::Result<()> {
     write_changes(target, stage, plan)?;
@@ -157,7 +157,7 @@ fn apply(target: &File, stage: &File, plan: &OverlayPlan) -> io::Result<()> {
 }
 
 /// Step 2 without the sync: the record's changes into `target`'s page cache.
-fn write_changes(target: &File, stage: &File, plan: &OverlayPlan) -> io::Result<()> {
+pub(super) fn write_changes(target: &File, stage: &File, plan: &OverlayPlan) -> io::Result<()> {
     let current = target.metadata()?.len();
     if plan.keep < current {
         target.set_len(plan.keep)?;
@@ -195,22 +195,6 @@ fn now_seq() -> u128 {
     };
     u128::from(seq)
 }
-
-/// An in-place commit done up to step 2 (see the module documentation), waiting to be settled.
-#[derive(Debug)]
-struct Unsettled {
-    /// The data file, open (which also keeps its inode from being reused).
-    target: File,
-    /// Its path.
-    path: PathBuf,
-    /// The journal record and the staging file, removed in this order once `target` is synced.
-    record: PathBuf,
-    stage: PathBuf,
-}
-
-/// The in-place commits waiting to be settled, oldest first.
-#[derive(Debug, Default)]
-pub(super) struct UnsettledSet(parking_lot::Mutex<Vec<Unsettled>>);
 
 /// Applies the records left in `temp` by a crash (see the module documentation), oldest first,
 /// and returns how many it applied. Run by `open` before it empties `temp`.
@@ -313,6 +297,12 @@ impl FlatFsStore {
             stage: stage_name,
             plan,
         };
+        // A failed settle of this file's earlier commits is repaired first (we hold its slot).
+        // If that fails again they stay in the journal (and in order before this commit's
+        // record), so this commit goes ahead: refusing it would lose its bytes, not save any.
+        if let Err(e) = self.settler.settle_path(&dest, true) {
+            log::error!("flatfs: {e}; the earlier in-place commits of it stay in the journal");
+        }
         // Step 1.
         staged.sync_data()?;
         let (mut jf, jpath) = self.temp_file("journal")?;
@@ -350,81 +340,28 @@ impl FlatFsStore {
                 .map_err(|e| Error::io(ctx("syncing the data file"), e))?;
             return Ok(());
         };
-        let oldest = {
-            let mut list = self.unsettled.0.lock();
-            list.push(Unsettled {
-                target: kept,
-                path: dest,
-                record: jpath,
-                stage,
-            });
-            let over = list.len().saturating_sub(MAX_UNSETTLED);
-            list.drain(..over).collect::<Vec<_>>()
-        };
-        self.settle(oldest)
+        self.settler.push(Unsettled {
+            seq: record.seq,
+            target: kept,
+            path: dest,
+            record: jpath,
+            stage,
+            plan: record.plan,
+            failed: false,
+        });
+        Ok(())
     }
 
-    /// Settles every in-place commit of the data file at `path` (absolute): called before the
-    /// file is renamed, replaced or removed.
+    /// Settles every in-place commit of the data file at `path` (absolute), waiting for the
+    /// settle thread if it is settling that file: called before the file is renamed, replaced
+    /// or removed, under its operation slot.
     pub(super) fn settle_path(&self, path: &Path) -> Result<()> {
-        let mine = {
-            let mut list = self.unsettled.0.lock();
-            if list.is_empty() {
-                return Ok(());
-            }
-            let (mine, rest) = std::mem::take(&mut *list)
-                .into_iter()
-                .partition(|u: &Unsettled| u.path == path);
-            *list = rest;
-            mine
-        };
-        self.settle(mine)
+        self.settler.settle_path(path, false)
     }
 
-    /// Settles every waiting in-place commit (at close).
+    /// Stops the settle thread and settles every waiting in-place commit (at close).
     pub(super) fn settle_all(&self) -> Result<()> {
-        let all = std::mem::take(&mut *self.unsettled.0.lock());
-        self.settle(all)
-    }
-
-    /// Step 3 for `list`: syncs each data file, then removes its records and staging files,
-    /// then syncs `.temp`. Whatever fails goes back on the list (and its record stays on disk,
-    /// for the next open to finish).
-    fn settle(&self, list: Vec<Unsettled>) -> Result<()> {
-        if list.is_empty() {
-            return Ok(());
-        }
-        let mut failed = Vec::new();
-        let mut first_error = None;
-        let mut removed = false;
-        for u in list {
-            if let Err(e) = u.target.sync_data() {
-                first_error.get_or_insert_with(|| {
-                    Error::io(format!("flatfs: syncing {}", u.path.display()), e)
-                });
-                failed.push(u);
-                continue;
-            }
-            for p in [&u.record, &u.stage] {
-                match std::fs::remove_file(p) {
-                    Ok(()) => removed = true,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => log::warn!("flatfs: could not remove {}: {e}", p.display()),
-                }
-            }
-        }
-        if !failed.is_empty() {
-            let mut list = self.unsettled.0.lock();
-            failed.append(&mut list);
-            *list = failed;
-        }
-        if removed && let Err(e) = fsync_dir(&self.temp) {
-            first_error.get_or_insert(e);
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.settler.close()
     }
 
     /// Opens the data file at `rel` for an in-place commit if it is still `base_id` (the file
@@ -599,6 +536,18 @@ mod tests {
             .count()
     }
 
+    /// Waits (up to a minute) for `cond`.
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// The window this module opens: a commit acknowledged after its record and staging file
     /// were synced, whose data file never got the new bytes to disk before a crash (here: the
     /// data file is put back to its old bytes and the store is dropped without settling). The
@@ -609,6 +558,7 @@ mod tests {
         use crate::datastore::{Datastore, Key};
         let dir = tempfile::tempdir().unwrap();
         let (store, old) = store_with_value(dir.path());
+        store.settler.pause(true);
         // Two commits overlapping at 8192..8200, so their order matters.
         let values = commit_writes(&store, &[(4096, &[1u8; 8192]), (8192, &[2u8; 8])]);
         let new = values.last().unwrap().clone();
@@ -617,7 +567,7 @@ mod tests {
         assert_eq!(journal_records(dir.path()), 2);
         // The crash: nothing is settled, and the data file lost what was not written back.
         let target = store.backing_file(&Key::new("/VALUE")).unwrap().unwrap();
-        std::mem::take(&mut *store.unsettled.0.lock());
+        store.settler.forget();
         drop(store);
         std::fs::write(&target, &old).unwrap();
         let store = FlatFsStore::open(dir.path(), FlatFsOptions::default()).unwrap();
@@ -631,27 +581,37 @@ mod tests {
         use crate::datastore::Datastore;
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = store_with_value(dir.path());
+        store.settler.pause(true);
         commit_writes(&store, &[(0, b"a"), (100, b"b")]);
         assert_eq!(journal_records(dir.path()), 2);
         store.close().unwrap();
         assert_eq!(journal_records(dir.path()), 0);
     }
 
+    /// The settle thread settles commits by itself, without a close.
+    #[test]
+    fn the_settle_thread_settles_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_value(dir.path());
+        commit_writes(&store, &[(0, b"a"), (100, b"b"), (1 << 20, b"c")]);
+        wait_until("the settle thread", || {
+            journal_records(dir.path()) == 0 && store.settler.counts().0 == 0
+        });
+    }
+
     /// A commit waiting to be settled is settled before its data file is removed or replaced,
-    /// so its record can never be applied to the file that replaces it; and no more than
-    /// `MAX_UNSETTLED` wait.
+    /// so its record can never be applied to the file that replaces it.
     #[test]
     fn replacing_or_removing_a_value_settles_its_commits_first() {
         use crate::backend::flatfs::FlatFsOptions;
         use crate::datastore::{Datastore, Key};
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = store_with_value(dir.path());
+        store.settler.pause(true);
         let key = Key::new("/VALUE");
-        let many: Vec<(u64, &[u8])> = (0..MAX_UNSETTLED as u64 + 3)
-            .map(|i| (i * 4096, &b"x"[..]))
-            .collect();
+        let many: Vec<(u64, &[u8])> = (0..7).map(|i| (i * 4096, &b"x"[..])).collect();
         commit_writes(&store, &many);
-        assert_eq!(journal_records(dir.path()), MAX_UNSETTLED);
+        assert_eq!(journal_records(dir.path()), 7);
         store.put(&key, b"replaced").unwrap();
         assert_eq!(journal_records(dir.path()), 0);
         store.delete(&key).unwrap();
@@ -661,9 +621,155 @@ mod tests {
         store.delete(&key).unwrap();
         assert_eq!(journal_records(dir.path()), 0);
         store.put(&key, &fresh).unwrap();
-        std::mem::take(&mut *store.unsettled.0.lock());
+        store.settler.forget();
         drop(store);
         let store = FlatFsStore::open(dir.path(), FlatFsOptions::default()).unwrap();
         assert!(store.get(&key).unwrap() == fresh);
+    }
+
+    /// A commit returns while the settle of earlier commits (of its own file and of another
+    /// file) is stuck in the data file's sync. Before the settle thread, the fifth waiting
+    /// commit synced the oldest one's data file itself and so waited here.
+    #[test]
+    fn a_commit_does_not_wait_for_the_settling_of_earlier_commits() {
+        use crate::datastore::{Datastore, Key, StageInit};
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_value(dir.path());
+        let other = Key::new("/OTHER");
+        store.put(&other, &vec![3u8; 16 << 20]).unwrap();
+        let store = std::sync::Arc::new(store);
+        let gate = store.settler.hooks().gate.lock();
+        commit_writes(&store, &[(0, b"first")]);
+        // The settle thread took the first commit and is stuck before its sync.
+        wait_until("the settle to start", || {
+            store.settler.hooks().started.load(Ordering::SeqCst) >= 1
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = {
+            let store = store.clone();
+            let other = other.clone();
+            std::thread::spawn(move || {
+                let writes: Vec<(u64, &[u8])> = (1..8).map(|i| (i * 4096, &b"y"[..])).collect();
+                commit_writes(&store, &writes);
+                for i in 0..8u64 {
+                    let staged = store.stage(&other, StageInit::CopyCurrent).unwrap();
+                    staged.write_all_at(i * 8192, b"o").unwrap();
+                    store.commit_staged(&other, staged, true).unwrap();
+                }
+                tx.send(()).unwrap();
+            })
+        };
+        let returned = rx.recv_timeout(std::time::Duration::from_secs(60));
+        drop(gate);
+        writer.join().unwrap();
+        assert!(
+            returned.is_ok(),
+            "a commit waited for an earlier commit's settle"
+        );
+        store.close().unwrap();
+        assert_eq!(journal_records(dir.path()), 0);
+        let value = store.get(&Key::new("/VALUE")).unwrap();
+        assert_eq!(&value[..5], b"first");
+        assert_eq!(value[7 * 4096], b'y');
+        assert_eq!(store.get(&other).unwrap()[7 * 8192], b'o');
+    }
+
+    /// Backpressure: with the settle thread stuck, commits go on until more than
+    /// `MAX_UNSETTLED` wait, and the next one waits until the thread moves again.
+    #[test]
+    fn commits_wait_when_the_settle_thread_is_far_behind() {
+        use crate::backend::flatfs::settle::MAX_UNSETTLED;
+        use crate::datastore::Datastore;
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_value(dir.path());
+        let store = std::sync::Arc::new(store);
+        let gate = store.settler.hooks().gate.lock();
+        commit_writes(&store, &[(0, b"first")]);
+        wait_until("the settle to start", || {
+            store.settler.hooks().started.load(Ordering::SeqCst) >= 1
+        });
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let writes: Vec<(u64, &[u8])> = (1..=MAX_UNSETTLED as u64 + 2)
+                    .map(|i| (i * 4096, &b"y"[..]))
+                    .collect();
+                commit_writes(&store, &writes);
+            })
+        };
+        wait_until("the queue to fill", || {
+            store.settler.counts().0 == MAX_UNSETTLED + 1
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(store.settler.counts().0, MAX_UNSETTLED + 1);
+        assert!(
+            !writer.is_finished(),
+            "the commit over the bound did not wait"
+        );
+        drop(gate);
+        writer.join().unwrap();
+        store.close().unwrap();
+        assert_eq!(journal_records(dir.path()), 0);
+    }
+
+    /// A settle whose sync fails keeps the records; the thread leaves the file alone, and the
+    /// next commit of the file writes the failed commit again before syncing, so the bytes the
+    /// kernel may have dropped with the failed writeback come back.
+    #[test]
+    fn a_failed_settle_is_repaired_by_the_next_commit_of_its_file() {
+        use crate::backend::flatfs::FlatFsOptions;
+        use crate::datastore::{Datastore, Key};
+        use std::os::unix::fs::FileExt;
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, old) = store_with_value(dir.path());
+        let key = Key::new("/VALUE");
+        store.settler.hooks().fail.store(1, Ordering::SeqCst);
+        commit_writes(&store, &[(4096, &[1u8; 8192])]);
+        wait_until("the settle to fail", || store.settler.counts() == (1, 1));
+        assert_eq!(journal_records(dir.path()), 1);
+        // The kernel dropped the pages it could not write.
+        let target = store.backing_file(&key).unwrap().unwrap();
+        File::options()
+            .write(true)
+            .open(&target)
+            .unwrap()
+            .write_all_at(&old[4096..12288], 4096)
+            .unwrap();
+        let values = commit_writes(&store, &[(8192, &[2u8; 8])]);
+        let mut want = old.clone();
+        want[4096..12288].fill(1);
+        want[8192..8200].fill(2);
+        assert!(values[0] == want);
+        store.close().unwrap();
+        assert_eq!(journal_records(dir.path()), 0);
+        drop(store);
+        let store = FlatFsStore::open(dir.path(), FlatFsOptions::default()).unwrap();
+        assert!(store.get(&key).unwrap() == want);
+    }
+
+    /// When the settle at close fails too, close reports it and the records stay: the next open
+    /// redoes the commits, whatever the data file lost.
+    #[test]
+    fn a_settle_failing_at_close_leaves_the_commits_to_the_next_open() {
+        use crate::backend::flatfs::FlatFsOptions;
+        use crate::datastore::{Datastore, Key};
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, old) = store_with_value(dir.path());
+        let key = Key::new("/VALUE");
+        store.settler.pause(true);
+        let values = commit_writes(&store, &[(4096, &[1u8; 8192]), (8192, &[2u8; 8])]);
+        store.settler.hooks().fail.store(1, Ordering::SeqCst);
+        assert!(store.close().is_err());
+        assert_eq!(journal_records(dir.path()), 2);
+        let target = store.backing_file(&key).unwrap().unwrap();
+        drop(store);
+        std::fs::write(&target, &old).unwrap();
+        let store = FlatFsStore::open(dir.path(), FlatFsOptions::default()).unwrap();
+        assert!(store.get(&key).unwrap() == values[1]);
+        assert_eq!(journal_records(dir.path()), 0);
     }
 }

@@ -20,6 +20,7 @@ mod encode;
 mod follow;
 mod journal;
 mod ops;
+mod settle;
 mod shard;
 mod walk;
 
@@ -124,8 +125,9 @@ pub struct FlatFsStore {
     known_dirs: RwLock<HashSet<String>>,
     mkdir_lock: Mutex<()>,
     dirty: DirtySet,
-    /// In-place commits whose data files are not synced yet (see `journal.rs`).
-    unsettled: journal::UnsettledSet,
+    /// In-place commits whose data files are not synced yet, and the thread that syncs them
+    /// (see `journal.rs` and `settle.rs`).
+    settler: settle::Settler,
     lock: Mutex<Option<File>>,
 }
 
@@ -431,6 +433,7 @@ impl FlatFsStore {
         let root_dir = crate::sys::open_dir(&root)
             .map_err(|e| Error::io(format!("flatfs: opening {}", root.display()), e))?;
         let checkpointer = usage.start()?;
+        let settler = settle::Settler::start(temp.clone())?;
         Ok(FlatFsStore {
             root,
             root_dir,
@@ -444,7 +447,7 @@ impl FlatFsStore {
             known_dirs: RwLock::new(HashSet::new()),
             mkdir_lock: Mutex::new(()),
             dirty: DirtySet::default(),
-            unsettled: journal::UnsettledSet::default(),
+            settler,
             lock: Mutex::new(Some(lock)),
         })
     }
