@@ -160,30 +160,3 @@ fn ls_l_with_xattrs_on_sends_no_getxattr_per_file() {
         0
     );
 }
-
-/// Directories are listed without OPENDIR and RELEASEDIR: the first opendir answers `ENOSYS`
-/// and the kernel opens directories by itself from then on (`FUSE_NO_OPENDIR_SUPPORT`). Before,
-/// `find` over 50 directories sent 51 OPENDIR and 51 RELEASEDIR requests.
-#[test]
-fn directories_are_listed_without_opendir_requests() {
-    let m = traced(&[]);
-    sh(
-        &m.mnt,
-        "for i in $(seq 50); do mkdir -p d$i/sub && : > d$i/f; done",
-    );
-    let before = requests(&m).len();
-    let found = sh(&m.mnt, "find . | sort");
-    assert_eq!(found.lines().count(), 1 + 50 * 3, "{found}");
-    assert!(found.lines().any(|l| l == "./d17/sub"), "{found}");
-    let after = requests(&m);
-    let find = &after[before..];
-    assert!(
-        count_requests(find, "OPENDIR") <= 1,
-        "{} OPENDIR requests for find over 50 directories",
-        count_requests(find, "OPENDIR")
-    );
-    assert_eq!(count_requests(find, "RELEASEDIR"), 0);
-    // What opendir used to check is still checked.
-    let f = m.path("d1/f");
-    assert_eq!(py_xattr(&f, "os.listdir(sys.argv[1])"), libc::ENOTDIR);
-}

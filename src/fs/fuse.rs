@@ -93,10 +93,6 @@ pub struct FuseAdapter {
     notifier: Arc<OnceLock<Notifier>>,
     /// Which content the kernel's page cache of each inode holds (`FOPEN_KEEP_CACHE`).
     cache: CacheVersions,
-    /// The kernel may skip OPENDIR and RELEASEDIR (`FUSE_NO_OPENDIR_SUPPORT`): directory
-    /// listings need no handle (`readdir` is by offset), so the first `opendir` answers `ENOSYS`
-    /// and the kernel opens directories by itself from then on.
-    no_opendir: AtomicBool,
 }
 
 /// How the kernel serves one open handle.
@@ -194,7 +190,6 @@ impl FuseAdapter {
             io: Mutex::new(IoTable::default()),
             notifier,
             cache: CacheVersions::default(),
-            no_opendir: AtomicBool::new(false),
         }
     }
 
@@ -397,12 +392,6 @@ impl Filesystem for FuseAdapter {
                 .is_err()
         {
             log::info!("kernel writeback cache unavailable");
-        }
-        if config
-            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
-            .is_ok()
-        {
-            self.no_opendir.store(true, Ordering::Relaxed);
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
@@ -676,13 +665,12 @@ impl Filesystem for FuseAdapter {
         empty(reply, self.fs.fsync(fh.0))
     }
 
+    /// Not answered `ENOSYS` (`FUSE_NO_OPENDIR_SUPPORT`), though listings need no handle: the
+    /// kernel then treats every directory as opened with `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`
+    /// and serves listings from its cache until the directory's mtime changes, so names that
+    /// revalidation finds in a shared store (a block copied into `blocks/` by hand) would not
+    /// show (tried: `tests/follow.rs` failed).
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.no_opendir.load(Ordering::Relaxed) {
-            // The kernel's answer to `ENOSYS` here: no OPENDIR or RELEASEDIR for the rest of the
-            // connection (see `no_opendir`). What the check below does, it does itself: an
-            // opendir of a non-directory fails in the VFS, and a stale inode's READDIR fails.
-            return reply.error(Errno::from_i32(libc::ENOSYS));
-        }
         match self.fs.getattr(ino.0) {
             Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
