@@ -74,3 +74,116 @@ fn user_xattrs_work_by_default() {
         libc::ENODATA
     );
 }
+
+/// With xattrs on (the default), `ls -l` asks the first file for `security.selinux` and
+/// `system.posix_acl_access`, is told the filesystem does not support them (`EOPNOTSUPP`, as
+/// ext4 mounted `noacl` on a kernel without SELinux answers) and stops asking: before, each
+/// file cost two GETXATTR round trips answered "no such attribute". `user.*` attributes keep
+/// working, and `cp -a` into the mount copies them without complaint.
+#[test]
+fn ls_l_with_xattrs_on_sends_no_getxattr_per_file() {
+    let m = traced(&[]);
+    sh(
+        &m.mnt,
+        "mkdir d && cd d && for i in $(seq 200); do : > f$i; done",
+    );
+    let before = requests(&m).len();
+    let listing = sh(&m.mnt, "ls -l d");
+    assert_eq!(listing.lines().filter(|l| l.contains(" f")).count(), 200);
+    let after = requests(&m);
+    let ls = &after[before..];
+    assert!(
+        count_requests(ls, "GETXATTR") <= 4,
+        "{} GETXATTR requests for ls -l of 200 files",
+        count_requests(ls, "GETXATTR")
+    );
+    let f = m.path("d/f1");
+    for (name, f) in [
+        ("system.posix_acl_access", f.clone()),
+        // Only a directory has a default ACL.
+        ("system.posix_acl_default", m.path("d")),
+        ("security.selinux", f.clone()),
+    ] {
+        assert_eq!(
+            py_xattr(&f, &format!("os.getxattr(sys.argv[1], '{name}')")),
+            libc::EOPNOTSUPP,
+            "getxattr {name}"
+        );
+        // A valid access ACL with a named user (user::rw-, user:1000:r--, group::r--,
+        // mask::rw-, other::r--), so that the kernel's own checks pass and the request
+        // reaches the daemon.
+        let value = if name.starts_with("system.") {
+            "struct.pack('<I', 2) + b''.join(struct.pack('<HHI', t, p, i) for t, p, i in \
+             [(1, 6, 0xffffffff), (2, 4, 1000), (4, 4, 0xffffffff), (0x10, 6, 0xffffffff), \
+             (0x20, 4, 0xffffffff)])"
+        } else {
+            "b'system_u:object_r:user_home_t:s0'"
+        };
+        assert_eq!(
+            py_xattr(
+                &f,
+                &format!("import struct; os.setxattr(sys.argv[1], '{name}', {value})")
+            ),
+            libc::EOPNOTSUPP,
+            "setxattr {name}"
+        );
+    }
+    assert_eq!(py_xattr(&f, "os.setxattr(sys.argv[1], 'user.x', b'1')"), 0);
+    assert_eq!(
+        py_xattr(
+            &f,
+            "assert os.listxattr(sys.argv[1]) == ['user.x'], os.listxattr(sys.argv[1])"
+        ),
+        0
+    );
+    // cp -a from a local file with a user xattr: copied, nothing printed on stderr.
+    let src = tempfile::tempdir().unwrap();
+    let local = src.path().join("local");
+    std::fs::write(&local, b"hello").unwrap();
+    assert_eq!(
+        py_xattr(&local, "os.setxattr(sys.argv[1], 'user.y', b'2')"),
+        0
+    );
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&local)
+        .arg(m.path("copied"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    assert_eq!(
+        py_xattr(
+            &m.path("copied"),
+            "assert os.getxattr(sys.argv[1], 'user.y') == b'2', 'not copied'"
+        ),
+        0
+    );
+}
+
+/// Directories are listed without OPENDIR and RELEASEDIR: the first opendir answers `ENOSYS`
+/// and the kernel opens directories by itself from then on (`FUSE_NO_OPENDIR_SUPPORT`). Before,
+/// `find` over these 101 directories sent 102 OPENDIR requests and as many RELEASEDIR.
+#[test]
+fn directories_are_listed_without_opendir_requests() {
+    let m = traced(&[]);
+    sh(
+        &m.mnt,
+        "for i in $(seq 50); do mkdir -p d$i/sub && : > d$i/f; done",
+    );
+    let before = requests(&m).len();
+    let found = sh(&m.mnt, "find . | sort");
+    assert_eq!(found.lines().count(), 1 + 50 * 3, "{found}");
+    assert!(found.lines().any(|l| l == "./d17/sub"), "{found}");
+    let after = requests(&m);
+    let find = &after[before..];
+    assert!(
+        count_requests(find, "OPENDIR") <= 1,
+        "{} OPENDIR requests for find over 101 directories",
+        count_requests(find, "OPENDIR")
+    );
+    assert_eq!(count_requests(find, "RELEASEDIR"), 0);
+    // What opendir used to check is still checked.
+    let f = m.path("d1/f");
+    assert_eq!(py_xattr(&f, "os.listdir(sys.argv[1])"), libc::ENOTDIR);
+}

@@ -266,9 +266,9 @@ MOUNT OPTIONS (-o a,b,c):
                         (default 2; 0 never looks; stores only dsfs writes never need it)
   nonempty              mount over a directory that has entries (they are hidden
                         while mounted; without it such a mount point is refused)
-  noxattr               no extended attributes (user.*, user.ipfs.cid): the kernel
-                        then answers xattr and ACL queries itself, so ls -l costs no
-                        request per file (default: xattrs on)
+  noxattr               no extended attributes at all (default: user.*, trusted.*
+                        and security.* xattrs and user.ipfs.cid are served; POSIX
+                        ACLs and SELinux labels are not supported, EOPNOTSUPP)
   nosuid, nodev, noexec, noatime, sync, dirsync: passed to the kernel
   noauto, user, _netdev, nofail, defaults, x-*: accepted for fstab and ignored
 

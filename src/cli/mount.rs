@@ -58,8 +58,8 @@ pub struct MountOptions {
     pub revalidate: Option<Duration>,
     /// Mount over a directory that has entries (hiding them while mounted).
     pub nonempty: bool,
-    /// Serve extended attributes (`noxattr` turns them off, so that `ls -l` costs no request
-    /// per file; see [`KernelOptions::xattr`]).
+    /// Serve extended attributes (`noxattr` turns them all off; see
+    /// [`KernelOptions::xattr`]).
     pub xattr: bool,
     /// Options handed to the kernel unchanged (nosuid, nodev, noexec, noatime, ...).
     pub kernel: Vec<String>,

@@ -62,7 +62,8 @@ pub struct KernelOptions {
     pub private_ttl: Duration,
     /// Serve extended attributes. Off, the first xattr request of each kind is answered
     /// `ENOSYS`, after which the kernel answers every later one itself (`EOPNOTSUPP`, and "no
-    /// ACL"): `ls -l` then costs no request per file, and `user.*` xattrs are unavailable.
+    /// ACL"), and `user.*` xattrs are unavailable. (On, `ls -l` costs no request per file
+    /// either: the names it asks for are unsupported, see `fs::xattr`.)
     pub xattr: bool,
 }
 
@@ -92,6 +93,10 @@ pub struct FuseAdapter {
     notifier: Arc<OnceLock<Notifier>>,
     /// Which content the kernel's page cache of each inode holds (`FOPEN_KEEP_CACHE`).
     cache: CacheVersions,
+    /// The kernel may skip OPENDIR and RELEASEDIR (`FUSE_NO_OPENDIR_SUPPORT`): directory
+    /// listings need no handle (`readdir` is by offset), so the first `opendir` answers `ENOSYS`
+    /// and the kernel opens directories by itself from then on.
+    no_opendir: AtomicBool,
 }
 
 /// How the kernel serves one open handle.
@@ -189,6 +194,7 @@ impl FuseAdapter {
             io: Mutex::new(IoTable::default()),
             notifier,
             cache: CacheVersions::default(),
+            no_opendir: AtomicBool::new(false),
         }
     }
 
@@ -386,6 +392,12 @@ impl Filesystem for FuseAdapter {
                 .is_err()
         {
             log::info!("kernel writeback cache unavailable");
+        }
+        if config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok()
+        {
+            self.no_opendir.store(true, Ordering::Relaxed);
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
@@ -666,6 +678,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir.load(Ordering::Relaxed) {
+            // The kernel's answer to `ENOSYS` here: no OPENDIR or RELEASEDIR for the rest of the
+            // connection (see `no_opendir`). What the check below does, it does itself: an
+            // opendir of a non-directory fails in the VFS, and a stale inode's READDIR fails.
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         match self.fs.getattr(ino.0) {
             Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),

@@ -439,7 +439,8 @@ impl DsFs {
                 Ok(())
             })?)
         })?;
-        self.rekey_open(&[&old])
+        // The open inode of the file, if any, was re-keyed by the move.
+        Ok(())
     }
 
     /// Marks a directory the user has seen as explicit, so that removing its last entry

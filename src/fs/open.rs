@@ -292,8 +292,12 @@ impl DsFs {
         Ok(())
     }
 
-    /// After a rename, the open inodes whose keys were at or under one of `moved` (the keys
-    /// that went away) learn their new keys from the index; no other inode is looked up.
+    /// After a rename of a directory (or an exchange), the open inodes whose keys were at or
+    /// under one of `moved` (the keys that went away) learn their new keys from the index.
+    /// Those whose keys the index lists (every file, also one created and not yet committed)
+    /// were re-keyed by the move itself (`DsFs::move_values`); this is the net for any other,
+    /// so every open inode is checked, under its state lock shared, and only those that moved
+    /// are looked up. A rename of a file, whose open inode the move re-keyed, skips it.
     pub(super) fn rekey_open(&self, moved: &[&Key]) -> FsResult<()> {
         let under = |st: &InodeState| {
             !st.unlinked

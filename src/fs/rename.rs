@@ -154,7 +154,11 @@ impl DsFs {
                 Ok(())
             })?)
         })?;
-        self.rekey_open(&[&old_key])?;
+        if snode.kind == NodeKind::Dir {
+            // The open files the index lists under the directory were re-keyed by the move;
+            // this finds any other open inode under it.
+            self.rekey_open(&[&old_key])?;
+        }
         Ok(())
     }
 
@@ -284,17 +288,30 @@ impl DsFs {
         }
         let a = self.key_of(parent)?.join_component(from)?;
         let b = self.key_of(newparent)?.join_component(to)?;
+        // A hard-linked file's extra name holds no value (it stays under the first name): it
+        // moves in the index only, and the file's key does not change.
+        let s_alias = snode.links > 1 && !(snode.parent == parent && snode.name == from);
+        let d_alias = dnode.links > 1 && !(dnode.parent == newparent && dnode.name == to);
         self.commit_if_open(src)?;
         self.commit_if_open(dst)?;
-        let a_size = self.index.value_size(&a)?;
-        let b_size = self.index.value_size(&b)?;
+        let a_size = if s_alias {
+            None
+        } else {
+            self.index.value_size(&a)?
+        };
+        let b_size = if d_alias {
+            None
+        } else {
+            self.index.value_size(&b)?
+        };
         // One store operation swaps or moves the values (never a copy), then one index
         // transaction swaps the names, with both files' open inodes locked throughout. A crash
         // between the two leaves the values swapped and the index behind, which the repair
         // after an unclean stop brings in line; never one value under both names.
-        let mut held: Vec<(u64, Arc<OpenInode>, &Key)> = [(src, &b), (dst, &a)]
+        let mut held: Vec<(u64, Arc<OpenInode>, &Key)> = [(src, &b, s_alias), (dst, &a, d_alias)]
             .into_iter()
-            .filter_map(|(id, key)| self.open_inode_of(id).map(|i| (id, i, key)))
+            .filter(|(_, _, alias)| !alias)
+            .filter_map(|(id, key, _)| self.open_inode_of(id).map(|i| (id, i, key)))
             .collect();
         held.sort_by_key(|h| h.0);
         // Commits in progress finish first (their keys are about to move), then no commit
@@ -318,13 +335,23 @@ impl DsFs {
             tx.unlink(newparent, to)?;
             let now = now_ts();
             let mut s = tx.node_required(src)?;
-            s.parent = newparent;
-            s.name = to.to_owned();
+            if s_alias {
+                tx.remove_alias(src, parent, from)?;
+                tx.add_alias(src, newparent, to)?;
+            } else {
+                s.parent = newparent;
+                s.name = to.to_owned();
+            }
             s.ctime = now;
             tx.put_node(src, &s)?;
             let mut d = tx.node_required(dst)?;
-            d.parent = parent;
-            d.name = from.to_owned();
+            if d_alias {
+                tx.remove_alias(dst, newparent, to)?;
+                tx.add_alias(dst, parent, from)?;
+            } else {
+                d.parent = parent;
+                d.name = from.to_owned();
+            }
             d.ctime = now;
             tx.put_node(dst, &d)?;
             tx.link(newparent, to, src, false)?;

@@ -10,6 +10,7 @@ impl DsFs {
     /// Sets an extended attribute (`XATTR_CREATE`/`XATTR_REPLACE` honoured).
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         self.refuse_virtual(ino)?;
+        refuse_unsupported_xattr(name)?;
         self.check_writable()?;
         refuse_computed_xattr(name)?;
         self.check_room()?;
@@ -40,6 +41,7 @@ impl DsFs {
 
     /// An extended attribute's value.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        refuse_unsupported_xattr(name)?;
         if ipfs::is_virtual(ino) {
             return self.virtual_getxattr(ino, name);
         }
@@ -61,7 +63,7 @@ impl DsFs {
         self.node(Ino(ino).node())?;
         let mut out = Vec::new();
         for n in self.index.xattr_names(Ino(ino).node())? {
-            if n == CID_CACHE {
+            if n == CID_CACHE || is_unsupported_xattr(n.as_bytes()) {
                 continue;
             }
             out.extend_from_slice(n.as_bytes());
@@ -73,6 +75,7 @@ impl DsFs {
     /// Removes an extended attribute.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         self.refuse_virtual(ino)?;
+        refuse_unsupported_xattr(name)?;
         self.check_writable()?;
         refuse_computed_xattr(name)?;
         let name = xattr_name(name)?;
@@ -187,6 +190,30 @@ fn refuse_computed_xattr(name: &[u8]) -> FsResult<()> {
     if name == CID_XATTR.as_bytes() {
         return Err(FsError::NotPermitted(format!(
             "{CID_XATTR} is computed from the file's content"
+        )));
+    }
+    Ok(())
+}
+
+/// Attribute names dsfs does not support, as a Linux filesystem without them answers
+/// (`EOPNOTSUPP`, like ext4 mounted `noacl` or a kernel without SELinux): every `system.*`
+/// name (POSIX ACLs, which the kernel would not enforce on a FUSE mount that does not take
+/// them over, so storing one would promise protection that does not exist) and
+/// `security.selinux` (labels of FUSE mounts come from the policy, not from the file).
+///
+/// The answer matters for speed: `ls -l` asks every file for `security.selinux` and
+/// `system.posix_acl_access`, and the kernel caches no xattr answer of a FUSE file, so
+/// "no such attribute" (`ENODATA`) costs two round trips per file. `EOPNOTSUPP` tells `ls`
+/// (coreutils remembers it per device) to stop asking.
+fn is_unsupported_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"system.") || name == b"security.selinux"
+}
+
+fn refuse_unsupported_xattr(name: &[u8]) -> FsResult<()> {
+    if is_unsupported_xattr(name) {
+        return Err(FsError::NotSupported(format!(
+            "dsfs does not support the extended attribute {}",
+            String::from_utf8_lossy(name)
         )));
     }
     Ok(())

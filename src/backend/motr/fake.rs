@@ -25,6 +25,11 @@ pub const BLOCK: usize = 4096;
 /// The largest single IO the in-process service accepts (the real single node refused 8 MiB).
 pub const MAX_SERVICE_IO: usize = 4 << 20;
 
+/// What a record costs in a `NEXT` reply besides its key and value bytes (two buffer
+/// descriptors and a return code, rounded up): with [`super::ops::MAX_REPLY`], when the
+/// in-process Motr refuses a `NEXT` as the real service does.
+const REPLY_RECORD_OVERHEAD: usize = 32;
+
 const MAGIC: &[u8] = b"dsfs-fake-motr 1\n";
 
 /// The kinds of operation a failure can be injected into.
@@ -295,11 +300,21 @@ impl MotrOps for FakeMotr {
         } else {
             Bound::Included(start)
         };
-        Ok(index
+        let records: Vec<Record> = index
             .range::<[u8], _>((lower, Bound::Unbounded))
             .take(count)
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+            .collect();
+        // A reply larger than one RPC message fails on the real service, and its client
+        // reports every record as absent, as at the end of the index (see `MAX_REPLY`).
+        let reply: usize = records
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + REPLY_RECORD_OVERHEAD)
+            .sum();
+        if reply > super::ops::MAX_REPLY {
+            return Ok(Vec::new());
+        }
+        Ok(records)
     }
 
     fn obj_create(&self, id: Id128) -> OpResult<()> {

@@ -64,9 +64,7 @@ impl Inner {
 
     /// Every segment with its stamp.
     pub(super) fn segments(&self) -> Result<Vec<Segment>> {
-        let page = self
-            .motr
-            .idx_next(self.idx(), STAMP_PREFIX, SEGMENTS, 0)
+        let page = super::ops::next_records(&*self.motr, self.idx(), STAMP_PREFIX, SEGMENTS, 0)
             .map_err(|rc| motr_error("motr: reading the segment stamps", rc))?;
         let mut stamps = std::collections::HashMap::new();
         for (k, v) in page {
@@ -105,9 +103,7 @@ impl Inner {
         let mut start = prefix.clone();
         let mut flags = 0;
         loop {
-            let page = self
-                .motr
-                .idx_next(self.idx(), &start, PAGE, flags)
+            let page = super::ops::next_records(&*self.motr, self.idx(), &start, PAGE, flags)
                 .map_err(|rc| motr_error("motr: listing a segment", rc))?;
             let full = page.len() >= PAGE;
             let keys: Vec<Vec<u8>> = page
@@ -153,9 +149,7 @@ impl Inner {
         if !self.stamped() {
             return Ok(());
         }
-        let stamp = self
-            .motr
-            .idx_next(self.idx(), STAMP_PREFIX, 1, 0)
+        let stamp = super::ops::next_records(&*self.motr, self.idx(), STAMP_PREFIX, 1, 0)
             .map_err(|rc| motr_error("motr: reading the segment stamps", rc))?;
         if stamp
             .first()
@@ -167,9 +161,7 @@ impl Inner {
         let mut flags = 0;
         let mut added = 0usize;
         loop {
-            let page = self
-                .motr
-                .idx_next(self.idx(), &start, PAGE, flags)
+            let page = super::ops::next_records(&*self.motr, self.idx(), &start, PAGE, flags)
                 .map_err(|rc| motr_error("motr: scanning the index", rc))?;
             let full = page.len() >= PAGE;
             let mut records: Vec<(Vec<u8>, Vec<u8>)> = page

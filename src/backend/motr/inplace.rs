@@ -408,10 +408,14 @@ impl Inner {
             }
             match last {
                 Some(rk) if full => {
-                    page = self
-                        .motr
-                        .idx_next(self.idx(), &rk, super::PAGE, ops::EXCLUDE_START_KEY)
-                        .map_err(|rc| motr_error("motr: scanning redo records", rc))?;
+                    page = ops::next_records(
+                        &*self.motr,
+                        self.idx(),
+                        &rk,
+                        super::PAGE,
+                        ops::EXCLUDE_START_KEY,
+                    )
+                    .map_err(|rc| motr_error("motr: scanning redo records", rc))?;
                 }
                 _ => return Ok(()),
             }

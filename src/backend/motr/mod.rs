@@ -298,16 +298,17 @@ impl MotrStore {
         // A look first: creating an index that exists fails (`-EEXIST`) and makes a real
         // Motr log an error on the console.
         // The same look finds the redo records of interrupted commits (see `inplace`).
-        let (exists, redo) = match motr.idx_next(options.index, inplace::REDO_PREFIX, PAGE, 0) {
-            Ok(page) => (true, page),
-            Err(Rc::NOT_FOUND) => (false, Vec::new()),
-            Err(rc) => {
-                return Err(motr_error(
-                    format!("motr: opening index {}", options.index),
-                    rc,
-                ));
-            }
-        };
+        let (exists, redo) =
+            match ops::next_records(&*motr, options.index, inplace::REDO_PREFIX, PAGE, 0) {
+                Ok(page) => (true, page),
+                Err(Rc::NOT_FOUND) => (false, Vec::new()),
+                Err(rc) => {
+                    return Err(motr_error(
+                        format!("motr: opening index {}", options.index),
+                        rc,
+                    ));
+                }
+            };
         let created = if exists {
             Ok(())
         } else {
@@ -886,11 +887,14 @@ impl Scan {
         } else {
             0
         };
-        let page = self
-            .inner
-            .motr
-            .idx_next(self.inner.idx(), &self.next_start, PAGE, flags)
-            .map_err(|rc| motr_error("motr: scanning the index", rc))?;
+        let page = ops::next_records(
+            &*self.inner.motr,
+            self.inner.idx(),
+            &self.next_start,
+            PAGE,
+            flags,
+        )
+        .map_err(|rc| motr_error("motr: scanning the index", rc))?;
         if page.len() < PAGE {
             self.done = true;
         }

@@ -9,7 +9,8 @@
 //!   record: `-ENOENT` for an absent key (`GET`, `DEL`), `-EEXIST` for a present key on a `PUT`
 //!   without [`OVERWRITE`];
 //! * `NEXT` returns up to `count` records from the first key `>=` the start key (`>` with
-//!   [`EXCLUDE_START_KEY`]); fewer at the end of the index;
+//!   [`EXCLUDE_START_KEY`]); fewer at the end of the index, and none when the records do not
+//!   fit one reply ([`MAX_REPLY`]; callers use [`next_records`]);
 //! * [`SYNC_WAIT`] (on `PUT`/`DEL`) returns only when the operation's transaction, and so every
 //!   one before it on the same service, is persistent;
 //! * an operation on an index that does not exist fails as a whole with `-ENOENT`;
@@ -70,6 +71,61 @@ pub const SYNC_WAIT: u32 = 1 << 2;
 /// The largest single object IO the store issues (bytes). The single-node setup refused an
 /// 8 MiB write with `-E2BIG`; 1 MiB writes work.
 pub const MAX_IO: usize = 1 << 20;
+
+/// The largest reply one RPC message carries (`M0_RPC_DEF_MAX_RPC_MSG_SIZE`, 128 KiB). The CAS
+/// service fails a `NEXT` whose records do not fit (`-E2BIG`), and the client (Motr 2.0's
+/// `dix_next_reply_copy`) reports that as an operation that succeeded with every record
+/// `-ENOENT`: the same as the end of the index (seen on a single node: a `NEXT` of 256
+/// records over values up to 8 KiB returned none). [`next_records`] tells the two apart.
+pub const MAX_REPLY: usize = 128 << 10;
+
+/// `NEXT` of up to `count` records (at least one) from `start`, fewer only at the end of the
+/// index. A short reply may also be a reply that did not fit one RPC message ([`MAX_REPLY`]),
+/// which the client reports the same way, so it is checked with a `NEXT` of one record (which
+/// always fits: values are at most [`MAX_RECORD_VALUE`]); if that finds one, the rest is read
+/// in requests of half the size, from after the last record returned.
+pub fn next_records(
+    motr: &dyn MotrOps,
+    idx: Id128,
+    start: &[u8],
+    count: usize,
+    flags: u32,
+) -> OpResult<Vec<Record>> {
+    let count = count.max(1);
+    let mut out: Vec<Record> = Vec::new();
+    let mut ask = count;
+    let mut from = start.to_vec();
+    let mut flags = flags;
+    while out.len() < count {
+        let want = ask.min(count - out.len());
+        let page = motr.idx_next(idx, &from, want, flags)?;
+        let short = page.len() < want;
+        take(page, &mut out, &mut from, &mut flags);
+        if !short {
+            continue;
+        }
+        if want == 1 {
+            break;
+        }
+        let probe = motr.idx_next(idx, &from, 1, flags)?;
+        if probe.is_empty() {
+            break;
+        }
+        log::debug!("motr: a NEXT of {want} records did not fit one reply; asking for fewer");
+        take(probe, &mut out, &mut from, &mut flags);
+        ask = (want / 2).max(1);
+    }
+    Ok(out)
+}
+
+/// Appends `page` to `out`; the next `NEXT` starts after its last record.
+fn take(page: Vec<Record>, out: &mut Vec<Record>, from: &mut Vec<u8>, flags: &mut u32) {
+    if let Some((k, _)) = page.last() {
+        from.clone_from(k);
+        *flags |= EXCLUDE_START_KEY;
+    }
+    out.extend(page);
+}
 
 /// The largest value the store puts into one index record (bytes). Motr 2.0's CAS keeps
 /// records in B-tree nodes of 64 KiB and asserts (the IO service aborts in

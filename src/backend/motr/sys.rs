@@ -372,12 +372,24 @@ impl MotrOps for RealMotr {
         flags: u32,
     ) -> OpResult<Vec<Record>> {
         let recs = self.read_records(idx, None, start, count.max(1), flags)?;
-        // Records after the last one carry -ENOENT.
-        Ok(recs
-            .into_iter()
-            .take_while(|(code, _, _)| *code == 0)
-            .map(|(_, k, v)| (k, v))
-            .collect())
+        // Records after the last one carry -ENOENT (so do all of a reply too large for one
+        // RPC message: see `ops::MAX_REPLY`). Any other code fails the NEXT rather than
+        // reading as the end of the index.
+        let mut out = Vec::with_capacity(recs.len());
+        for (code, k, v) in recs {
+            match code {
+                0 => out.push((k, v)),
+                c if c == -libc::ENOENT => break,
+                c => {
+                    log::debug!(
+                        "motr: NEXT of {count} records failed at record {}: {c}",
+                        out.len()
+                    );
+                    return Err(Rc(c));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn obj_create(&self, id: Id128) -> OpResult<()> {

@@ -299,3 +299,51 @@ fn an_unreachable_service_is_an_error_kind_not_a_hang() {
         Some(ErrorKind::Unavailable)
     );
 }
+
+/// Inline values whose records do not fit one `NEXT` reply (`ops::MAX_REPLY`): a scan still
+/// lists every key. The real client reports such a reply as the end of the index (found on a
+/// single node: `dsfs fsck` saw 0 keys in a store of 132 files written through a mount).
+#[test]
+fn a_scan_over_records_larger_than_one_reply_lists_every_key() {
+    let fake = Arc::new(FakeMotr::in_memory());
+    let options = MotrOptions {
+        inline_max: 8192,
+        ..MotrOptions::new(IDX)
+    };
+    let s = MotrStore::open(fake.clone(), options).unwrap();
+    let n = 3 * ops::MAX_REPLY / 8192;
+    for i in 0..n {
+        s.put(&Key::new(format!("/v{i:03}")), &vec![i as u8; 8000 + i])
+            .unwrap();
+    }
+    let q = Query {
+        keys_only: true,
+        returns_sizes: true,
+        orders: vec![crate::datastore::Order::Key],
+        ..Query::default()
+    };
+    let listed: Vec<(String, Option<u64>)> = s
+        .query(q)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.key.as_str().to_owned(), e.size)
+        })
+        .collect();
+    let want: Vec<(String, Option<u64>)> = (0..n)
+        .map(|i| (format!("/v{i:03}"), Some((8000 + i) as u64)))
+        .collect();
+    assert_eq!(listed, want);
+    let values = s.query(Query::default()).unwrap().count();
+    assert_eq!(values, n);
+    // The same records through one paged NEXT, from the first value record.
+    let recs = ops::next_records(&*fake, IDX, b"/", PAGE, 0).unwrap();
+    assert_eq!(recs.len(), n);
+    // A NEXT asking for as many records as there are stops at the last one.
+    let recs = ops::next_records(&*fake, IDX, b"/", n, 0).unwrap();
+    assert_eq!(recs.len(), n);
+    let recs = ops::next_records(&*fake, IDX, b"/v005", 7, ops::EXCLUDE_START_KEY).unwrap();
+    let keys: Vec<&[u8]> = recs.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(keys.first().copied(), Some(&b"/v006"[..]));
+    assert_eq!(keys.len(), 7);
+}
