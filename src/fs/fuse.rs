@@ -208,18 +208,13 @@ impl FuseAdapter {
     }
 
     /// The open flags for a new handle of `ino` in `mode`, keeping the kernel's page cache
-    /// when it holds the file's current content (see `keep_cache`).
-    fn open_flags(&self, ino: u64, mode: IoMode) -> FopenFlags {
+    /// when it holds the file's current content `attr` (see `keep_cache`).
+    fn open_flags(&self, ino: u64, attr: &Attr, mode: IoMode) -> FopenFlags {
         match mode {
-            IoMode::Cached => match self.fs.getattr(ino) {
-                Ok(a) if self.cache.open(ino, (a.mtime, a.size)) => FopenFlags::FOPEN_KEEP_CACHE,
-                Ok(_) => FopenFlags::empty(),
-                Err(e) => {
-                    log::debug!("inode {ino}: no attributes at open ({e}); page cache dropped");
-                    self.cache.forget(ino);
-                    FopenFlags::empty()
-                }
-            },
+            IoMode::Cached if self.cache.open(ino, self.fs.content_version(ino, attr)) => {
+                FopenFlags::FOPEN_KEEP_CACHE
+            }
+            IoMode::Cached => FopenFlags::empty(),
             IoMode::Direct | IoMode::Uncached => {
                 self.cache.forget(ino);
                 FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
@@ -559,7 +554,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = match self.fs.open(ino.0, flags.0) {
+        let (opened, attr) = match self.fs.open_with_attr(ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(errno(e)),
         };
@@ -570,7 +565,7 @@ impl Filesystem for FuseAdapter {
             self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), o_direct, |f| {
                 reply.open_backing(f)
             });
-        let mut fopen = self.open_flags(ino.0, mode);
+        let mut fopen = self.open_flags(ino.0, &attr, mode);
         if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
             // A reader's close has nothing to commit: no FLUSH round trip (writers' closes
             // and the last release still commit).
@@ -639,15 +634,21 @@ impl Filesystem for FuseAdapter {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let result = self.fs.release(fh.0);
-        if let Some(ino) = self.forget_mode(fh.0) {
+        let coherent = self.forget_mode(fh.0);
+        // A reader changed no pages: what its open recorded (see `open_flags`) still holds, or
+        // was forgotten since by a direct-I/O open, which the next open must see. Only a
+        // writer's release records the version its writes made (no index read per reader).
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY
+            && let Some(ino) = coherent
+        {
             match self.fs.getattr(ino) {
-                Ok(a) => self.cache.matches(ino, (a.mtime, a.size)),
+                Ok(a) => self.cache.matches(ino, self.fs.content_version(ino, &a)),
                 Err(_) => self.cache.forget(ino),
             }
         }
@@ -828,7 +829,7 @@ impl Filesystem for FuseAdapter {
                     flags & libc::O_DIRECT != 0,
                     |_| Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
                 );
-                let flags = self.open_flags(attr.ino, mode);
+                let flags = self.open_flags(attr.ino, &attr, mode);
                 let ttl = self.ttl(attr.ino);
                 let (attr, fh) = (file_attr(&attr), FileHandle(opened.fh));
                 match id {

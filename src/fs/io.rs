@@ -4,17 +4,30 @@ use std::sync::Arc;
 
 use super::ipfs;
 use super::open::{InodeState, OpenInode};
-use super::types::{FileKind, Ino, Opened};
+use super::types::{Attr, FileKind, Ino, Opened};
 use super::{DsFs, FsError, FsResult};
 use crate::datastore::{Key, StageInit, Staged};
 use crate::index::node::Timestamp;
 use crate::index::{Index, IndexErrorKind};
 
+/// Files smaller than this are not offered to the kernel for passthrough: their reads go
+/// through the page cache, which `FOPEN_KEEP_CACHE` keeps across opens, so reading an
+/// unchanged small file again costs no READ, where passthrough costs the daemon a file open,
+/// two ioctls and the kernel a backing file per open (see `docs/SEMANTICS.md`).
+pub const PASSTHROUGH_MIN_SIZE: u64 = 64 << 10;
+
 impl DsFs {
     /// Opens inode `ino` with open(2) `flags`.
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        self.open_with_attr(ino, flags).map(|(o, _)| o)
+    }
+
+    /// [`DsFs::open`], also returning the file's attributes as the open found them (so the
+    /// caller need not read them again).
+    pub fn open_with_attr(&self, ino: u64, flags: i32) -> FsResult<(Opened, Attr)> {
         if ipfs::is_virtual(ino) {
-            return self.virtual_open(ino, flags);
+            let attr = self.virtual_getattr(ino)?;
+            return Ok((self.virtual_open(ino, flags)?, attr));
         }
         let attr = self.getattr(ino)?;
         match attr.kind {
@@ -50,6 +63,7 @@ impl DsFs {
                 && self.file_backed
                 && st.bytes().is_none()
                 && !Ino(ino).is_dir_value()
+                && attr.size >= PASSTHROUGH_MIN_SIZE
             {
                 // Nobody is writing: the kernel may read the committed file directly.
                 match self.backend.open_backing(&st.key) {
@@ -59,7 +73,7 @@ impl DsFs {
             }
         }
         let fh = self.add_handle(ino, inode, flags);
-        Ok(Opened { fh, backing })
+        Ok((Opened { fh, backing }, attr))
     }
 
     /// Reads up to `size` bytes at `offset` through handle `fh`.

@@ -15,12 +15,44 @@
 //! drops the pages. The kernel evicting an inode (FORGET) drops the record.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
-/// A file's content version: modification time and size.
-pub type Version = (SystemTime, u64);
+use super::{Attr, DsFs};
+
+/// A file's content version: modification time and size, and for a value others may write
+/// (a flatfs directory a running Kubo writes) the identity of the file holding it.
+pub type Version = (SystemTime, u64, Option<FileStamp>);
+
+/// A value's file as `stat` sees it: device, inode, modification time in nanoseconds, size.
+/// Another program rewriting the value (by rename, or in place) changes it, also when the
+/// size stays the same and before revalidation notices (which compares sizes only).
+pub type FileStamp = (u64, u64, i128, u64);
+
+impl DsFs {
+    /// The content version of inode `ino` whose attributes are `attr`. For values only dsfs
+    /// writes, the index's modification time and size; for values others may write, also the
+    /// stamp of their file (one `stat`), so that pages kept across opens never outlive a
+    /// rewrite made beside the mount.
+    pub fn content_version(&self, ino: u64, attr: &Attr) -> Version {
+        let stamp = if self.file_backed && !self.only_writer(ino) {
+            self.file_stamp(ino)
+        } else {
+            None
+        };
+        (attr.mtime, attr.size, stamp)
+    }
+
+    fn file_stamp(&self, ino: u64) -> Option<FileStamp> {
+        let key = self.key_of(ino).ok()?;
+        let path = self.backend.backing_file(&key).ok()??;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        let nanos = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+        Some((m.dev(), m.ino(), nanos, m.size()))
+    }
+}
 
 /// The content version each inode's kernel page cache matches.
 #[derive(Default)]
@@ -58,11 +90,14 @@ mod tests {
     #[test]
     fn keeps_only_an_unchanged_version() {
         let c = CacheVersions::default();
-        let v1 = (SystemTime::UNIX_EPOCH + Duration::from_secs(1), 5);
-        let v2 = (SystemTime::UNIX_EPOCH + Duration::from_secs(2), 5);
+        let v1 = (SystemTime::UNIX_EPOCH + Duration::from_secs(1), 5, None);
+        let v2 = (SystemTime::UNIX_EPOCH + Duration::from_secs(2), 5, None);
+        let v3 = (v1.0, 5, Some((1, 2, 3, 5)));
         assert!(!c.open(1, v1), "nothing known: drop");
         assert!(c.open(1, v1), "unchanged: keep");
         assert!(!c.open(1, v2), "changed underneath: drop");
+        assert!(c.open(1, v2));
+        assert!(!c.open(1, v3), "its file changed: drop");
         c.matches(1, v1);
         assert!(c.open(1, v1));
         c.forget(1);
