@@ -24,18 +24,23 @@ fn py_xattr(path: &Path, call: &str) -> i32 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-#[test]
-fn ls_l_with_noxattr_sends_no_request_per_file() {
-    let m = traced(&["noxattr"]);
+/// Creates 200 empty files in `d` and runs `ls -l d`: the requests it sent.
+fn ls_l_of_200_files(m: &common::Mount) -> Vec<String> {
     sh(
         &m.mnt,
         "mkdir d && cd d && for i in $(seq 200); do : > f$i; done",
     );
-    let before = requests(&m).len();
+    let before = requests(m).len();
     let listing = sh(&m.mnt, "ls -l d");
     assert_eq!(listing.lines().filter(|l| l.contains(" f")).count(), 200);
-    let after = requests(&m);
-    let ls = &after[before..];
+    requests(m).split_off(before)
+}
+
+#[test]
+fn ls_l_with_noxattr_sends_no_request_per_file() {
+    let m = traced(&["noxattr"]);
+    let ls = ls_l_of_200_files(&m);
+    let ls = &ls[..];
     // The first xattr request of a kind is answered ENOSYS and the kernel answers every later
     // one itself.
     assert!(
@@ -83,15 +88,8 @@ fn user_xattrs_work_by_default() {
 #[test]
 fn ls_l_with_xattrs_on_sends_no_getxattr_per_file() {
     let m = traced(&[]);
-    sh(
-        &m.mnt,
-        "mkdir d && cd d && for i in $(seq 200); do : > f$i; done",
-    );
-    let before = requests(&m).len();
-    let listing = sh(&m.mnt, "ls -l d");
-    assert_eq!(listing.lines().filter(|l| l.contains(" f")).count(), 200);
-    let after = requests(&m);
-    let ls = &after[before..];
+    let ls = ls_l_of_200_files(&m);
+    let ls = &ls[..];
     assert!(
         count_requests(ls, "GETXATTR") <= 4,
         "{} GETXATTR requests for ls -l of 200 files",

@@ -11,45 +11,12 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Mount, count_requests, dsfs, requests, sh, wait_mounted};
+use common::{Mount, count_requests, requests, sh, traced_flatfs};
 
 /// Small files read and re-read per test.
 const N: usize = 20;
-
-/// A fresh flatfs directory mounted in the foreground with `-o options`, logging every FUSE
-/// request (as `common::traced` does for a repository).
-fn traced_flatfs(options: &[&str]) -> Mount {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = format!("flatfs:{}", dir.path().join("blocks").display());
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mnt = std::fs::canonicalize(mnt).unwrap();
-    let mut m = Mount {
-        dir,
-        spec,
-        mnt,
-        options: options.iter().map(|s| s.to_string()).collect(),
-        child: None,
-    };
-    let log = std::fs::File::create(m.log()).unwrap();
-    let mut cmd = dsfs();
-    cmd.arg("mount")
-        .arg(&m.spec)
-        .arg(&m.mnt)
-        .arg("-f")
-        .env("RUST_LOG", "fuser=debug")
-        .stdout(Stdio::null())
-        .stderr(log);
-    for o in options {
-        cmd.arg("-o").arg(o);
-    }
-    m.child = Some(cmd.spawn().unwrap());
-    wait_mounted(&m.mnt, true, Duration::from_secs(30));
-    m
-}
 
 fn name(i: usize) -> String {
     format!("SF{i:07}")

@@ -334,26 +334,22 @@ impl DsFs {
             tx.unlink(parent, from)?;
             tx.unlink(newparent, to)?;
             let now = now_ts();
-            let mut s = tx.node_required(src)?;
-            if s_alias {
-                tx.remove_alias(src, parent, from)?;
-                tx.add_alias(src, newparent, to)?;
-            } else {
-                s.parent = newparent;
-                s.name = to.to_owned();
+            // Each file takes the other's name: as its first name, or as an extra one.
+            for (id, alias, (old_dir, old_name), (new_dir, new_name)) in [
+                (src, s_alias, (parent, from), (newparent, to)),
+                (dst, d_alias, (newparent, to), (parent, from)),
+            ] {
+                let mut n = tx.node_required(id)?;
+                if alias {
+                    tx.remove_alias(id, old_dir, old_name)?;
+                    tx.add_alias(id, new_dir, new_name)?;
+                } else {
+                    n.parent = new_dir;
+                    n.name = new_name.to_owned();
+                }
+                n.ctime = now;
+                tx.put_node(id, &n)?;
             }
-            s.ctime = now;
-            tx.put_node(src, &s)?;
-            let mut d = tx.node_required(dst)?;
-            if d_alias {
-                tx.remove_alias(dst, newparent, to)?;
-                tx.add_alias(dst, parent, from)?;
-            } else {
-                d.parent = parent;
-                d.name = from.to_owned();
-            }
-            d.ctime = now;
-            tx.put_node(dst, &d)?;
             tx.link(newparent, to, src, false)?;
             tx.link(parent, from, dst, false)?;
             tx.remove_key(&a)?;

@@ -257,8 +257,19 @@ impl Drop for Mount {
 /// request to the mount's log (fuser's debug log), for tests that count what the kernel sends.
 /// Its temporary directory is opened to other users (for tests that switch users).
 pub fn traced(options: &[&str]) -> Mount {
-    use std::os::unix::fs::PermissionsExt;
+    start_traced(Mount::repo_unmounted(), options)
+}
+
+/// Like [`traced`], for a flatfs directory (`blocks/` in the mount's temporary directory).
+pub fn traced_flatfs(options: &[&str]) -> Mount {
     let mut m = Mount::repo_unmounted();
+    m.spec = format!("flatfs:{}", m.dir.path().join("blocks").display());
+    start_traced(m, options)
+}
+
+/// Mounts `m` in the foreground with `-o options`, logging every FUSE request.
+fn start_traced(mut m: Mount, options: &[&str]) -> Mount {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(m.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // In the foreground the daemon logs to stderr.
     let log = std::fs::File::create(m.log()).unwrap();
