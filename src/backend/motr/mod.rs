@@ -278,7 +278,10 @@ pub struct MotrStore {
 struct Inner {
     motr: Arc<dyn MotrOps>,
     options: MotrOptions,
-    stripes: Vec<parking_lot::Mutex<()>>,
+    /// Per-key-hash locks: writers of a key (put, delete, a staged commit, an in-place apply)
+    /// take the write side, readers of its value the read side, so a reader in this process
+    /// never reads an object that a writer here is replacing, removing or patching.
+    stripes: Vec<parking_lot::RwLock<()>>,
     closed: AtomicBool,
 }
 
@@ -326,7 +329,7 @@ impl MotrStore {
         let inner = Arc::new(Inner {
             motr,
             options,
-            stripes: (0..STRIPES).map(|_| parking_lot::Mutex::new(())).collect(),
+            stripes: (0..STRIPES).map(|_| parking_lot::RwLock::new(())).collect(),
             closed: AtomicBool::new(false),
         });
         inner.replay(redo)?;
@@ -382,9 +385,15 @@ impl Inner {
         }
     }
 
-    fn stripe(&self, key: &Key) -> parking_lot::MutexGuard<'_, ()> {
+    fn stripe(&self, key: &Key) -> parking_lot::RwLockWriteGuard<'_, ()> {
         let h = fnv1_128(key.as_bytes());
-        self.stripes[(h % STRIPES as u128) as usize].lock()
+        self.stripes[(h % STRIPES as u128) as usize].write()
+    }
+
+    /// The read side of `key`'s stripe. Never taken while holding a stripe.
+    fn stripe_read(&self, key: &Key) -> parking_lot::RwLockReadGuard<'_, ()> {
+        let h = fnv1_128(key.as_bytes());
+        self.stripes[(h % STRIPES as u128) as usize].read()
     }
 
     /// The raw record value of `key`, if any.
@@ -562,11 +571,13 @@ impl Inner {
         })
     }
 
-    /// Runs `read` on `key`'s record, again on a fresh record when the read failed and the
-    /// record changed meanwhile (a concurrent replace or delete removed the object it named:
-    /// the in-process Motr says `-ENOENT`, a real one may say `-EIO`, as every device of the
-    /// object fails), so readers see whole values.
+    /// Runs `read` on `key`'s record under the read side of its stripe, so no writer in this
+    /// process replaces, removes or patches the object meanwhile; and again on a fresh record
+    /// when the read failed and the record changed meanwhile (another host's replace or delete
+    /// removed the object it named: the in-process Motr says `-ENOENT`, a real one may say
+    /// `-EIO`, as every device of the object fails), so readers see whole values.
     fn retrying<T>(&self, key: &Key, mut read: impl FnMut(&Rec) -> Result<T>) -> Result<T> {
+        let _r = self.stripe_read(key);
         let mut rec = self.record(key)?.ok_or_else(Error::not_found)?;
         let mut tries = 0;
         loop {

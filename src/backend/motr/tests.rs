@@ -347,3 +347,112 @@ fn a_scan_over_records_larger_than_one_reply_lists_every_key() {
     assert_eq!(keys.first().copied(), Some(&b"/v006"[..]));
     assert_eq!(keys.len(), 7);
 }
+
+/// A Motr that, while armed, has another thread replace the value of `/raced` during each
+/// object read, and gives that thread 300 ms to finish before the read goes on.
+struct ReplacedDuringReads {
+    fake: FakeMotr,
+    armed: std::sync::atomic::AtomicU32,
+    store: std::sync::OnceLock<std::sync::Weak<MotrStore>>,
+}
+
+impl ops::MotrOps for ReplacedDuringReads {
+    fn idx_create(&self, idx: Id128) -> ops::OpResult<()> {
+        self.fake.idx_create(idx)
+    }
+    fn idx_put(
+        &self,
+        idx: Id128,
+        records: &[(&[u8], &[u8])],
+        flags: u32,
+    ) -> ops::OpResult<Vec<i32>> {
+        self.fake.idx_put(idx, records, flags)
+    }
+    fn idx_get(&self, idx: Id128, keys: &[&[u8]]) -> ops::OpResult<Vec<Result<Vec<u8>, i32>>> {
+        self.fake.idx_get(idx, keys)
+    }
+    fn idx_del(&self, idx: Id128, keys: &[&[u8]], flags: u32) -> ops::OpResult<Vec<i32>> {
+        self.fake.idx_del(idx, keys, flags)
+    }
+    fn idx_next(
+        &self,
+        idx: Id128,
+        start: &[u8],
+        count: usize,
+        flags: u32,
+    ) -> ops::OpResult<Vec<ops::Record>> {
+        self.fake.idx_next(idx, start, count, flags)
+    }
+    fn obj_create(&self, id: Id128) -> ops::OpResult<()> {
+        self.fake.obj_create(id)
+    }
+    fn obj_delete(&self, id: Id128) -> ops::OpResult<()> {
+        self.fake.obj_delete(id)
+    }
+    fn obj_write(&self, id: Id128, offset: u64, data: &[u8]) -> ops::OpResult<()> {
+        self.fake.obj_write(id, offset, data)
+    }
+    fn obj_read(&self, id: Id128, offset: u64, buf: &mut [u8]) -> ops::OpResult<()> {
+        use std::sync::atomic::Ordering;
+        let left = self.armed.load(Ordering::SeqCst);
+        if left > 0 {
+            self.armed.store(left - 1, Ordering::SeqCst);
+            let store = self.store.get().and_then(std::sync::Weak::upgrade).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let value = vec![left as u8; 1000];
+                let _ = tx.send(store.put(&Key::new("/raced"), &value));
+            });
+            if let Ok(put) = rx.recv_timeout(std::time::Duration::from_millis(300)) {
+                put.unwrap();
+            }
+        }
+        self.fake.obj_read(id, offset, buf)
+    }
+    fn block_size(&self) -> usize {
+        self.fake.block_size()
+    }
+}
+
+/// A reader of a value held in an object reads a whole value while a writer in the same
+/// process keeps replacing it (and removing the object the reader had found). It used to give
+/// up after five changed records with "object of a record is missing".
+#[test]
+fn a_value_replaced_during_every_read_is_still_read_whole() {
+    use std::sync::atomic::Ordering;
+    let motr = Arc::new(ReplacedDuringReads {
+        fake: FakeMotr::in_memory(),
+        armed: std::sync::atomic::AtomicU32::new(0),
+        store: std::sync::OnceLock::new(),
+    });
+    let options = MotrOptions {
+        inline_max: 100,
+        ..MotrOptions::new(IDX)
+    };
+    let s = Arc::new(MotrStore::open(motr.clone(), options).unwrap());
+    motr.store.set(Arc::downgrade(&s)).unwrap();
+    let k = Key::new("/raced");
+    s.put(&k, &[0xEE; 1000]).unwrap();
+    motr.armed.store(8, Ordering::SeqCst);
+    let v = s.get(&k).expect("a get while the value is replaced");
+    assert_eq!(v.len(), 1000);
+    assert!(v.iter().all(|&b| b == v[0]), "a torn value");
+    motr.armed.store(8, Ordering::SeqCst);
+    let mut buf = [0u8; 500];
+    let n = s
+        .read_at(&k, 300, &mut buf)
+        .expect("a read_at while the value is replaced");
+    assert_eq!(n, 500);
+    assert!(buf.iter().all(|&b| b == buf[0]), "a torn range");
+    motr.armed.store(0, Ordering::SeqCst);
+    // The puts that waited for the readers land after them.
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        last = s.get(&k).unwrap();
+        if last[0] == 8 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(last, vec![8u8; 1000], "the writer's put was lost");
+}
