@@ -169,3 +169,59 @@ fn parallel_direct_writers_and_readers_agree_in_the_default_repository() {
     let mut m = Mount::repo();
     parallel_direct_writers(&mut m, "parallel");
 }
+
+/// A reader opened while a writer of the file is open, after another handle's close committed
+/// that writer's writes so far, reads the writer's later writes too. It used to be given the
+/// committed file for passthrough (nothing was staged at that moment), and the writer's next
+/// writes, staged by the daemon, never reached it. (The close here is what an asynchronous
+/// RELEASE of an earlier handle did at random in `parallel_direct_writers`.)
+fn reader_after_a_commit_beside_an_open_writer(m: &Mount, name: &str) {
+    const SIZE: usize = 1 << 20;
+    let path = m.path(name);
+    let mut expect = bytes(60, SIZE);
+    std::fs::write(&path, &expect).unwrap();
+    for direct in [false, true] {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        if direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let writer = opts.open(&path).unwrap();
+        let one = bytes(61 + direct as u64, 4096);
+        writer.write_all_at(&one, 8192).unwrap();
+        expect[8192..8192 + 4096].copy_from_slice(&one);
+        // Another handle's close (its FLUSH) commits the file with the writer's bytes in it.
+        let other = OpenOptions::new().write(true).open(&path).unwrap();
+        drop(other);
+        let reader = OpenOptions::new().read(true).open(&path).unwrap();
+        let mut got = vec![0u8; SIZE];
+        reader.read_exact_at(&mut got, 0).unwrap();
+        assert!(
+            got == expect,
+            "{name}: the reader missed the committed write"
+        );
+        let two = bytes(71 + direct as u64, 4096);
+        writer.write_all_at(&two, 0).unwrap();
+        expect[..4096].copy_from_slice(&two);
+        reader.read_exact_at(&mut got, 0).unwrap();
+        assert!(
+            got == expect,
+            "{name}: a reader opened beside an open writer (O_DIRECT {direct}) missed its later write"
+        );
+        drop(reader);
+        drop(writer);
+    }
+    check(m, name, &expect);
+}
+
+#[test]
+fn a_reader_opened_beside_an_open_writer_reads_its_later_writes_on_flatfs() {
+    let m = Mount::flatfs();
+    reader_after_a_commit_beside_an_open_writer(&m, "BESIDE");
+}
+
+#[test]
+fn a_reader_opened_beside_an_open_writer_reads_its_later_writes_in_the_default_repository() {
+    let m = Mount::repo();
+    reader_after_a_commit_beside_an_open_writer(&m, "beside");
+}

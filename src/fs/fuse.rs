@@ -313,6 +313,14 @@ impl FuseAdapter {
             state.cached += 1;
             IoMode::Cached
         };
+        log::debug!(
+            "inode {ino}: handle {fh} opened {mode:?} (o_direct {o_direct}, backing offered {}; \
+             now {} passthrough, {} cached, {} uncached)",
+            backing.is_some(),
+            state.passthrough,
+            state.cached,
+            state.uncached
+        );
         io.handles.insert(fh, (ino, mode));
         (mode, chosen)
     }

@@ -1,6 +1,7 @@
 //! Reads, writes and the commit of staged writes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::ipfs;
 use super::open::{InodeState, OpenInode};
@@ -62,10 +63,13 @@ impl DsFs {
                 && self.options.passthrough
                 && self.file_backed
                 && st.bytes().is_none()
+                && inode.writers.load(Ordering::Relaxed) == 0
                 && !Ino(ino).is_dir_value()
                 && attr.size >= PASSTHROUGH_MIN_SIZE
             {
-                // Nobody is writing: the kernel may read the committed file directly.
+                // Nobody is writing, nor has a handle open that could (the close of another
+                // handle may have committed their writes so far, and their next ones would not
+                // reach the committed file): the kernel may read it directly.
                 match self.backend.open_backing(&st.key) {
                     Ok(f) => backing = f,
                     Err(e) => log::debug!("no passthrough for {}: {e}", st.key),
@@ -367,6 +371,9 @@ impl DsFs {
         let Some(h) = self.handles.write().remove(&fh) else {
             return Err(FsError::BadHandle);
         };
+        if h.writable {
+            h.inode.writers.fetch_sub(1, Ordering::Relaxed);
+        }
         let result = self.commit(h.ino, &h.inode, false);
         self.forget_open_keeping(h.ino, &h.inode, result.is_err());
         result

@@ -118,6 +118,10 @@ pub(super) struct OpenInode {
     /// Open handles and other users (a truncate in progress). Changed only under the write
     /// lock of the open-file table, so that the last one out removes the entry.
     pub(super) opens: AtomicU32,
+    /// Open handles that may write (counted from the handle's insertion to its release): while
+    /// any is open, no new reader is offered the committed file for passthrough, since their
+    /// later writes would not reach it.
+    pub(super) writers: AtomicU32,
 }
 
 /// The open inodes, sharded by inode number: the attribute path (`getattr`, every entry of a
@@ -188,6 +192,7 @@ impl DsFs {
                     commit: Mutex::new(()),
                     state: RwLock::new(InodeState::new(key)),
                     opens: AtomicU32::new(0),
+                    writers: AtomicU32::new(0),
                 })
             })
             .clone();
@@ -222,13 +227,17 @@ impl DsFs {
 
     pub(super) fn add_handle(&self, ino: u64, inode: Arc<OpenInode>, flags: i32) -> u64 {
         let acc = flags & libc::O_ACCMODE;
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if writable {
+            inode.writers.fetch_add(1, Ordering::Relaxed);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.write().insert(
             fh,
             Arc::new(Handle {
                 ino,
                 inode,
-                writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+                writable,
                 append: flags & libc::O_APPEND != 0,
             }),
         );
