@@ -632,11 +632,15 @@ impl Datastore for MountStore {
         Ok(any.then(|| format!("mount({})", parts.join(";"))))
     }
 
+    /// Values under `key` are shared if the child holding `key` shares them, or a child
+    /// mounted at or below `key` shares any of its own (the directory `/blocks` of a default
+    /// repository, and the root above it, list values others add: their listings change).
     fn shared(&self, key: &Key) -> bool {
-        match self.lookup(key) {
+        let routed = match self.lookup(key) {
             Some((_, m, k)) => m.store.shared(&k),
             None => false,
-        }
+        };
+        routed || self.at_or_below(key).any(|m| m.store.shared(&Key::root()))
     }
 
     /// The children's segments, each named by the mount prefix's length, `:`, the prefix and
