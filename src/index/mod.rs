@@ -703,14 +703,19 @@ fn key_of(nodes: &impl ReadableTable<u64, &'static [u8]>, id: NodeId) -> IndexRe
     Key::from_raw(s).map_err(|_| IndexError::corrupt(format!("node {id} has an unclean path")))
 }
 
+/// The `dirents` table in a write transaction.
+type DirentsTable<'t> = Table<'t, (u64, &'static str), (u64, u64)>;
+/// The `cookies` table in a write transaction.
+type CookiesTable<'t> = Table<'t, (u64, u64), (u64, &'static str)>;
+
 /// One index write transaction; each table is opened on first use (a create touches four of
 /// the seven, and opening one is a lookup in redb's table tree). Obtained through [`Index::write`].
 pub struct Tx<'t> {
     txn: &'t WriteTransaction,
     meta: OnceCell<Table<'t, &'static str, u64>>,
     nodes: OnceCell<Table<'t, u64, &'static [u8]>>,
-    dirents: OnceCell<Table<'t, (u64, &'static str), (u64, u64)>>,
-    cookies: OnceCell<Table<'t, (u64, u64), (u64, &'static str)>>,
+    dirents: OnceCell<DirentsTable<'t>>,
+    cookies: OnceCell<CookiesTable<'t>>,
     keys: OnceCell<Table<'t, &'static str, (u64, u64)>>,
     xattrs: OnceCell<Table<'t, (u64, &'static str), &'static [u8]>>,
     aliases: OnceCell<Table<'t, (u64, u64, &'static str), ()>>,
@@ -779,7 +784,7 @@ impl<'t> Tx<'t> {
             .ok_or_else(|| IndexError::corrupt("index table nodes did not open"))
     }
 
-    fn t_dirents(&self) -> IndexResult<&Table<'t, (u64, &'static str), (u64, u64)>> {
+    fn t_dirents(&self) -> IndexResult<&DirentsTable<'t>> {
         if self.dirents.get().is_none() {
             let table = self.txn.open_table(DIRENTS).map_err(w("opening dirents"))?;
             // Nothing else sets the cell, which was empty just now.
@@ -790,14 +795,14 @@ impl<'t> Tx<'t> {
             .ok_or_else(|| IndexError::corrupt("index table dirents did not open"))
     }
 
-    fn t_dirents_mut(&mut self) -> IndexResult<&mut Table<'t, (u64, &'static str), (u64, u64)>> {
+    fn t_dirents_mut(&mut self) -> IndexResult<&mut DirentsTable<'t>> {
         self.t_dirents()?;
         self.dirents
             .get_mut()
             .ok_or_else(|| IndexError::corrupt("index table dirents did not open"))
     }
 
-    fn t_cookies(&self) -> IndexResult<&Table<'t, (u64, u64), (u64, &'static str)>> {
+    fn t_cookies(&self) -> IndexResult<&CookiesTable<'t>> {
         if self.cookies.get().is_none() {
             let table = self.txn.open_table(COOKIES).map_err(w("opening cookies"))?;
             // Nothing else sets the cell, which was empty just now.
@@ -808,7 +813,7 @@ impl<'t> Tx<'t> {
             .ok_or_else(|| IndexError::corrupt("index table cookies did not open"))
     }
 
-    fn t_cookies_mut(&mut self) -> IndexResult<&mut Table<'t, (u64, u64), (u64, &'static str)>> {
+    fn t_cookies_mut(&mut self) -> IndexResult<&mut CookiesTable<'t>> {
         self.t_cookies()?;
         self.cookies
             .get_mut()
