@@ -1644,3 +1644,70 @@ fn new_values_stage_in_memory_and_spill_to_temp_when_they_grow() {
         MEMORY_LIMIT as usize * 2
     );
 }
+
+/// `.temp` replaced by a regular file: no temporary file can be made there.
+fn break_temp(dir: &Path) {
+    let temp = dir.join(TEMP_DIR);
+    std::fs::remove_dir_all(&temp).unwrap();
+    std::fs::write(&temp, b"not a directory").unwrap();
+}
+
+/// A new empty value (a `put` of nothing, or the commit of an empty file staged in memory) is
+/// its data file created in place: no temporary file and no rename, so it is stored even where
+/// no temporary file can be made. A non-empty value still needs one (the test can fail), and
+/// the empty values survive a reopen and are listed with size 0.
+#[test]
+fn new_empty_values_are_created_in_place_without_a_temporary_file() {
+    for durable in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open_new(dir.path(), ShardFn::IPFS_DEFAULT);
+            break_temp(dir.path());
+            store.put(&k("/PUTEMPTY"), b"").unwrap();
+            let staged = store.stage(&k("/STAGEDEMPTY"), StageInit::Empty).unwrap();
+            assert!(staged.is_in_memory());
+            store
+                .commit_staged(&k("/STAGEDEMPTY"), staged, durable)
+                .unwrap();
+            assert!(
+                store.put(&k("/FULL"), b"x").is_err(),
+                "a non-empty value needs .temp"
+            );
+            for key in ["/PUTEMPTY", "/STAGEDEMPTY"] {
+                assert_eq!(store.get(&k(key)).unwrap(), b"");
+                assert_eq!(mode(&store.data_path(&k(key)).unwrap()), 0o600);
+            }
+            assert_eq!(
+                store.get_size(&k("/FULL")).unwrap_err().kind(),
+                ErrorKind::NotFound
+            );
+        }
+        std::fs::remove_file(dir.path().join(TEMP_DIR)).unwrap();
+        std::fs::create_dir(dir.path().join(TEMP_DIR)).unwrap();
+        let store = reopen(dir.path());
+        assert_eq!(
+            keys_of(&store, Query::default()),
+            BTreeSet::from(["/PUTEMPTY".to_owned(), "/STAGEDEMPTY".to_owned()])
+        );
+        assert_eq!(store.get_size(&k("/STAGEDEMPTY")).unwrap(), 0);
+    }
+}
+
+/// An empty value over an existing one replaces it by rename, as any put: the old bytes are
+/// gone, the disk-usage counter drops by their size, and a value can grow again afterwards.
+#[test]
+fn an_empty_value_over_an_existing_one_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_new(dir.path(), ShardFn::IPFS_DEFAULT);
+    store.put(&k("/A"), b"hello").unwrap();
+    let before = store.disk_usage().unwrap().unwrap();
+    store.put(&k("/A"), b"").unwrap();
+    assert_eq!(store.get(&k("/A")).unwrap(), b"");
+    assert_eq!(store.disk_usage().unwrap().unwrap(), before - 5);
+    let staged = store.stage(&k("/A"), StageInit::Empty).unwrap();
+    store.commit_staged(&k("/A"), staged, false).unwrap();
+    assert_eq!(store.get(&k("/A")).unwrap(), b"");
+    store.put(&k("/A"), b"again").unwrap();
+    assert_eq!(store.get(&k("/A")).unwrap(), b"again");
+    assert_eq!(store.disk_usage().unwrap().unwrap(), before);
+}

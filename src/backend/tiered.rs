@@ -695,7 +695,12 @@ impl Datastore for Inner {
     }
 
     fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
-        match (init, self.loc(key)?) {
+        // A new value does not depend on the current one: no record read for it.
+        let current = match init {
+            StageInit::CopyCurrent => self.loc(key)?,
+            StageInit::Empty => None,
+        };
+        match (init, current) {
             (StageInit::CopyCurrent, Some(Loc::File(f))) => {
                 self.files.stage(&f.id, StageInit::CopyCurrent)
             }

@@ -292,29 +292,46 @@ impl Key {
     }
 }
 
-/// Fills `buf` from the kernel's random source; falls back to a time-and-counter mix if the
-/// source cannot be read, which keeps keys unique within a process.
+/// Fills `buf` with unpredictable bytes: SHA-256 of a 32-byte secret read once per process
+/// from the kernel's random source, the process id and a counter (so no two calls, and no two
+/// processes forked from one, ever get the same bytes). No system call per call: the tiered
+/// store names a new value's file per create, and three system calls (open, read, close of
+/// `/dev/urandom`) each time were a measurable part of a create. If the source cannot be read,
+/// the secret is a time-and-address mix, which still keeps keys unique within a process.
 pub(crate) fn fill_random(buf: &mut [u8]) {
-    use std::io::Read;
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom")
-        && f.read_exact(buf).is_ok()
-    {
-        return;
-    }
+    use sha2::{Digest, Sha256};
+    use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let mut x = nanos ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, AtomicOrdering::Relaxed);
-    for b in buf.iter_mut() {
-        // splitmix64 step
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        *b = (z ^ (z >> 31)) as u8;
+    let secret = SECRET.get_or_init(|| {
+        use std::io::Read;
+        let mut s = [0u8; 32];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom")
+            && f.read_exact(&mut s).is_ok()
+        {
+            return s;
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let here = &s as *const _ as usize as u128;
+        let mut h = Sha256::new();
+        h.update(nanos.to_le_bytes());
+        h.update(here.to_le_bytes());
+        s.copy_from_slice(&h.finalize());
+        s
+    });
+    let pid = std::process::id();
+    for chunk in buf.chunks_mut(32) {
+        let n = COUNTER.fetch_add(1, AtomicOrdering::Relaxed);
+        let mut h = Sha256::new();
+        h.update(secret);
+        h.update(pid.to_le_bytes());
+        h.update(n.to_le_bytes());
+        let out = h.finalize();
+        chunk.copy_from_slice(&out[..chunk.len()]);
     }
 }
 
@@ -607,6 +624,18 @@ mod tests {
         assert!(k1.is_ancestor_of(&k2));
         assert_eq!(k1.type_(), "C");
         assert_eq!(k2.type_(), "D");
+    }
+
+    #[test]
+    fn fill_random_never_repeats_a_block_within_or_across_calls() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let mut buf = [0u8; 80];
+            fill_random(&mut buf);
+            for chunk in buf.chunks(16) {
+                assert!(seen.insert(chunk.to_vec()), "a 16-byte block repeated");
+            }
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod reconcile;
 pub mod salvage;
 pub mod store;
 
+use std::cell::OnceCell;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -711,15 +712,22 @@ fn key_of(nodes: &impl ReadableTable<u64, &'static [u8]>, id: NodeId) -> IndexRe
     Key::from_raw(s).map_err(|_| IndexError::corrupt(format!("node {id} has an unclean path")))
 }
 
-/// One index write transaction, with the tables open. Obtained through [`Index::write`].
+/// The `dirents` table in a write transaction.
+type DirentsTable<'t> = Table<'t, (u64, &'static str), (u64, u64)>;
+/// The `cookies` table in a write transaction.
+type CookiesTable<'t> = Table<'t, (u64, u64), (u64, &'static str)>;
+
+/// One index write transaction; each table is opened on first use (a create touches four of
+/// the seven, and opening one is a lookup in redb's table tree). Obtained through [`Index::write`].
 pub struct Tx<'t> {
-    meta: Table<'t, &'static str, u64>,
-    nodes: Table<'t, u64, &'static [u8]>,
-    dirents: Table<'t, (u64, &'static str), (u64, u64)>,
-    cookies: Table<'t, (u64, u64), (u64, &'static str)>,
-    keys: Table<'t, &'static str, (u64, u64)>,
-    xattrs: Table<'t, (u64, &'static str), &'static [u8]>,
-    aliases: Table<'t, (u64, u64, &'static str), ()>,
+    txn: &'t WriteTransaction,
+    meta: OnceCell<Table<'t, &'static str, u64>>,
+    nodes: OnceCell<Table<'t, u64, &'static [u8]>>,
+    dirents: OnceCell<DirentsTable<'t>>,
+    cookies: OnceCell<CookiesTable<'t>>,
+    keys: OnceCell<Table<'t, &'static str, (u64, u64)>>,
+    xattrs: OnceCell<Table<'t, (u64, &'static str), &'static [u8]>>,
+    aliases: OnceCell<Table<'t, (u64, u64, &'static str), ()>>,
     uid: u32,
     gid: u32,
     /// A directory got a new parent or name: cached directory keys are stale after commit.
@@ -736,13 +744,14 @@ fn w<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> IndexError {
 impl<'t> Tx<'t> {
     fn open(txn: &'t WriteTransaction, options: &IndexOptions) -> IndexResult<Tx<'t>> {
         Ok(Tx {
-            meta: txn.open_table(META).map_err(w("opening meta"))?,
-            nodes: txn.open_table(NODES).map_err(w("opening nodes"))?,
-            dirents: txn.open_table(DIRENTS).map_err(w("opening dirents"))?,
-            cookies: txn.open_table(COOKIES).map_err(w("opening cookies"))?,
-            keys: txn.open_table(KEYS).map_err(w("opening keys"))?,
-            xattrs: txn.open_table(XATTRS).map_err(w("opening xattrs"))?,
-            aliases: txn.open_table(ALIASES).map_err(w("opening aliases"))?,
+            txn,
+            meta: OnceCell::new(),
+            nodes: OnceCell::new(),
+            dirents: OnceCell::new(),
+            cookies: OnceCell::new(),
+            keys: OnceCell::new(),
+            xattrs: OnceCell::new(),
+            aliases: OnceCell::new(),
             uid: options.uid,
             gid: options.gid,
             dirs_moved: false,
@@ -750,20 +759,150 @@ impl<'t> Tx<'t> {
         })
     }
 
+    // The tables, each opened on first use.
+
+    fn t_meta(&self) -> IndexResult<&Table<'t, &'static str, u64>> {
+        if self.meta.get().is_none() {
+            let table = self.txn.open_table(META).map_err(w("opening meta"))?;
+            // Nothing else sets the cell, which was empty just now.
+            let _ = self.meta.set(table);
+        }
+        self.meta
+            .get()
+            .ok_or_else(|| IndexError::corrupt("index table meta did not open"))
+    }
+
+    fn t_meta_mut(&mut self) -> IndexResult<&mut Table<'t, &'static str, u64>> {
+        self.t_meta()?;
+        self.meta
+            .get_mut()
+            .ok_or_else(|| IndexError::corrupt("index table meta did not open"))
+    }
+
+    fn t_nodes(&self) -> IndexResult<&Table<'t, u64, &'static [u8]>> {
+        if self.nodes.get().is_none() {
+            let table = self.txn.open_table(NODES).map_err(w("opening nodes"))?;
+            // Nothing else sets the cell, which was empty just now.
+            let _ = self.nodes.set(table);
+        }
+        self.nodes
+            .get()
+            .ok_or_else(|| IndexError::corrupt("index table nodes did not open"))
+    }
+
+    fn t_nodes_mut(&mut self) -> IndexResult<&mut Table<'t, u64, &'static [u8]>> {
+        self.t_nodes()?;
+        self.nodes
+            .get_mut()
+            .ok_or_else(|| IndexError::corrupt("index table nodes did not open"))
+    }
+
+    fn t_dirents(&self) -> IndexResult<&DirentsTable<'t>> {
+        if self.dirents.get().is_none() {
+            let table = self.txn.open_table(DIRENTS).map_err(w("opening dirents"))?;
+            // Nothing else sets the cell, which was empty just now.
+            let _ = self.dirents.set(table);
+        }
+        self.dirents
+            .get()
+            .ok_or_else(|| IndexError::corrupt("index table dirents did not open"))
+    }
+
+    fn t_dirents_mut(&mut self) -> IndexResult<&mut DirentsTable<'t>> {
+        self.t_dirents()?;
+        self.dirents
+            .get_mut()
+            .ok_or_else(|| IndexError::corrupt("index table dirents did not open"))
+    }
+
+    fn t_cookies(&self) -> IndexResult<&CookiesTable<'t>> {
+        if self.cookies.get().is_none() {
+            let table = self.txn.open_table(COOKIES).map_err(w("opening cookies"))?;
+            // Nothing else sets the cell, which was empty just now.
+            let _ = self.cookies.set(table);
+        }
+        self.cookies
+            .get()
+            .ok_or_else(|| IndexError::corrupt("index table cookies did not open"))
+    }
+
+    fn t_cookies_mut(&mut self) -> IndexResult<&mut CookiesTable<'t>> {
+        self.t_cookies()?;
+        self.cookies
+            .get_mut()
+            .ok_or_else(|| IndexError::corrupt("index table cookies did not open"))
+    }
+
+    fn t_keys(&self) -> IndexResult<&Table<'t, &'static str, (u64, u64)>> {
+        if self.keys.get().is_none() {
+            let table = self.txn.open_table(KEYS).map_err(w("opening keys"))?;
+            // Nothing else sets the cell, which was empty just now.
+            let _ = self.keys.set(table);
+        }
+        self.keys
+            .get()
+            .ok_or_else(|| IndexError::corrupt("index table keys did not open"))
+    }
+
+    fn t_keys_mut(&mut self) -> IndexResult<&mut Table<'t, &'static str, (u64, u64)>> {
+        self.t_keys()?;
+        self.keys
+            .get_mut()
+            .ok_or_else(|| IndexError::corrupt("index table keys did not open"))
+    }
+
+    fn t_xattrs(&self) -> IndexResult<&Table<'t, (u64, &'static str), &'static [u8]>> {
+        if self.xattrs.get().is_none() {
+            let table = self.txn.open_table(XATTRS).map_err(w("opening xattrs"))?;
+            // Nothing else sets the cell, which was empty just now.
+            let _ = self.xattrs.set(table);
+        }
+        self.xattrs
+            .get()
+            .ok_or_else(|| IndexError::corrupt("index table xattrs did not open"))
+    }
+
+    fn t_xattrs_mut(&mut self) -> IndexResult<&mut Table<'t, (u64, &'static str), &'static [u8]>> {
+        self.t_xattrs()?;
+        self.xattrs
+            .get_mut()
+            .ok_or_else(|| IndexError::corrupt("index table xattrs did not open"))
+    }
+
+    fn t_aliases(&self) -> IndexResult<&Table<'t, (u64, u64, &'static str), ()>> {
+        if self.aliases.get().is_none() {
+            let table = self.txn.open_table(ALIASES).map_err(w("opening aliases"))?;
+            // Nothing else sets the cell, which was empty just now.
+            let _ = self.aliases.set(table);
+        }
+        self.aliases
+            .get()
+            .ok_or_else(|| IndexError::corrupt("index table aliases did not open"))
+    }
+
+    fn t_aliases_mut(&mut self) -> IndexResult<&mut Table<'t, (u64, u64, &'static str), ()>> {
+        self.t_aliases()?;
+        self.aliases
+            .get_mut()
+            .ok_or_else(|| IndexError::corrupt("index table aliases did not open"))
+    }
+
     fn next_counter(&mut self, name: &str) -> IndexResult<u64> {
         let cur = self
-            .meta
+            .t_meta()?
             .get(name)
             .map_err(w("reading meta"))?
             .map(|v| v.value())
             .ok_or_else(|| IndexError::corrupt(format!("meta {name} missing")))?;
-        self.meta.insert(name, cur + 1).map_err(w("writing meta"))?;
+        self.t_meta_mut()?
+            .insert(name, cur + 1)
+            .map_err(w("writing meta"))?;
         Ok(cur)
     }
 
     /// The node `id`.
     pub fn node(&self, id: NodeId) -> IndexResult<Option<Node>> {
-        get_node(&self.nodes, id)
+        get_node(self.t_nodes()?, id)
     }
 
     /// The node `id`, or a `NotFound` error.
@@ -787,7 +926,7 @@ impl<'t> Tx<'t> {
 
     /// Writes node `id`, whose parent and name are unchanged.
     fn write_node(&mut self, id: NodeId, node: &Node) -> IndexResult<()> {
-        self.nodes
+        self.t_nodes_mut()?
             .insert(id, node.encode().as_slice())
             .map_err(w("writing a node"))?;
         Ok(())
@@ -796,7 +935,7 @@ impl<'t> Tx<'t> {
     /// The child `name` of `parent`.
     pub fn lookup(&self, parent: NodeId, name: &str) -> IndexResult<Option<NodeId>> {
         Ok(self
-            .dirents
+            .t_dirents()?
             .get((parent, name))
             .map_err(w("looking up"))?
             .map(|v| v.value().0))
@@ -804,13 +943,13 @@ impl<'t> Tx<'t> {
 
     /// The key of node `id`.
     pub fn key_of(&self, id: NodeId) -> IndexResult<Key> {
-        key_of(&self.nodes, id)
+        key_of(self.t_nodes()?, id)
     }
 
     /// Whether directory `dir` has any entry.
     pub fn has_children(&self, dir: NodeId) -> IndexResult<bool> {
         let mut range = self
-            .cookies
+            .t_cookies()?
             .range::<(u64, u64)>((dir, 0)..=(dir, u64::MAX))
             .map_err(w("listing"))?;
         Ok(range.next().is_some())
@@ -841,10 +980,10 @@ impl<'t> Tx<'t> {
         is_dir: bool,
     ) -> IndexResult<()> {
         let cookie = self.next_counter(META_NEXT_COOKIE)?;
-        self.dirents
+        self.t_dirents_mut()?
             .insert((parent, name), (child, cookie))
             .map_err(w("writing an entry"))?;
-        self.cookies
+        self.t_cookies_mut()?
             .insert((parent, cookie), (child, name))
             .map_err(w("writing an entry"))?;
         self.note_listing(parent, name);
@@ -854,14 +993,14 @@ impl<'t> Tx<'t> {
     /// Removes the entry `name` from `parent` (not the node); returns the child it named.
     pub fn unlink(&mut self, parent: NodeId, name: &str) -> IndexResult<Option<NodeId>> {
         let Some((child, cookie)) = self
-            .dirents
+            .t_dirents_mut()?
             .remove((parent, name))
             .map_err(w("removing an entry"))?
             .map(|v| v.value())
         else {
             return Ok(None);
         };
-        self.cookies
+        self.t_cookies_mut()?
             .remove((parent, cookie))
             .map_err(w("removing an entry"))?;
         let is_dir = self.node(child)?.map(|n| n.is_dir()).unwrap_or(false);
@@ -882,14 +1021,16 @@ impl<'t> Tx<'t> {
     /// Deletes node `id`, its xattrs and its alias records (its entries must already be
     /// unlinked).
     pub fn remove_node(&mut self, id: NodeId) -> IndexResult<()> {
-        self.nodes.remove(id).map_err(w("removing a node"))?;
+        self.t_nodes_mut()?
+            .remove(id)
+            .map_err(w("removing a node"))?;
         for (parent, name) in self.aliases(id)? {
             self.remove_alias(id, parent, &name)?;
         }
         let names: Vec<String> = {
             let mut v = Vec::new();
             for item in self
-                .xattrs
+                .t_xattrs()?
                 .range::<(u64, &str)>((id, "")..(id.saturating_add(1), ""))
                 .map_err(w("listing xattrs"))?
             {
@@ -899,7 +1040,7 @@ impl<'t> Tx<'t> {
             v
         };
         for n in names {
-            self.xattrs
+            self.t_xattrs_mut()?
                 .remove((id, n.as_str()))
                 .map_err(w("removing xattrs"))?;
         }
@@ -908,7 +1049,7 @@ impl<'t> Tx<'t> {
 
     /// Records an extra name (hard link) of node `id`.
     pub fn add_alias(&mut self, id: NodeId, parent: NodeId, name: &str) -> IndexResult<()> {
-        self.aliases
+        self.t_aliases_mut()?
             .insert((id, parent, name), ())
             .map_err(w("writing aliases"))?;
         Ok(())
@@ -917,7 +1058,7 @@ impl<'t> Tx<'t> {
     /// Forgets an extra name of node `id`; returns whether it was recorded.
     pub fn remove_alias(&mut self, id: NodeId, parent: NodeId, name: &str) -> IndexResult<bool> {
         Ok(self
-            .aliases
+            .t_aliases_mut()?
             .remove((id, parent, name))
             .map_err(w("removing aliases"))?
             .is_some())
@@ -927,7 +1068,7 @@ impl<'t> Tx<'t> {
     pub fn aliases(&self, id: NodeId) -> IndexResult<Vec<(NodeId, String)>> {
         let mut out = Vec::new();
         for item in self
-            .aliases
+            .t_aliases()?
             .range::<(u64, u64, &str)>((id, 0, "")..(id.saturating_add(1), 0, ""))
             .map_err(w("listing aliases"))?
         {
@@ -940,7 +1081,7 @@ impl<'t> Tx<'t> {
 
     /// Records `key` in the `keys` table.
     pub fn set_key(&mut self, key: &Key, id: NodeId, size: u64) -> IndexResult<()> {
-        self.keys
+        self.t_keys_mut()?
             .insert(key.as_str(), (id, size))
             .map_err(w("writing keys"))?;
         Ok(())
@@ -949,7 +1090,7 @@ impl<'t> Tx<'t> {
     /// Removes `key` from the `keys` table; returns its node if it was there.
     pub fn remove_key(&mut self, key: &Key) -> IndexResult<Option<NodeId>> {
         Ok(self
-            .keys
+            .t_keys_mut()?
             .remove(key.as_str())
             .map_err(w("removing keys"))?
             .map(|v| v.value().0))
@@ -958,7 +1099,7 @@ impl<'t> Tx<'t> {
     /// The extended attribute `name` of node `id`.
     pub fn xattr(&self, id: NodeId, name: &str) -> IndexResult<Option<Vec<u8>>> {
         Ok(self
-            .xattrs
+            .t_xattrs()?
             .get((id, name))
             .map_err(w("reading xattr"))?
             .map(|v| v.value().to_vec()))
@@ -968,12 +1109,12 @@ impl<'t> Tx<'t> {
     pub fn set_xattr(&mut self, id: NodeId, name: &str, value: Option<&[u8]>) -> IndexResult<bool> {
         Ok(match value {
             Some(v) => self
-                .xattrs
+                .t_xattrs_mut()?
                 .insert((id, name), v)
                 .map_err(w("writing xattr"))?
                 .is_some(),
             None => self
-                .xattrs
+                .t_xattrs_mut()?
                 .remove((id, name))
                 .map_err(w("removing xattr"))?
                 .is_some(),
@@ -1141,13 +1282,25 @@ impl<'t> Tx<'t> {
 
     /// Empties every table but `meta` and resets the root.
     pub fn clear(&mut self) -> IndexResult<()> {
-        self.dirents.retain(|_, _| false).map_err(w("clearing"))?;
-        self.cookies.retain(|_, _| false).map_err(w("clearing"))?;
-        self.keys.retain(|_, _| false).map_err(w("clearing"))?;
-        self.xattrs.retain(|_, _| false).map_err(w("clearing"))?;
-        self.aliases.retain(|_, _| false).map_err(w("clearing"))?;
+        self.t_dirents_mut()?
+            .retain(|_, _| false)
+            .map_err(w("clearing"))?;
+        self.t_cookies_mut()?
+            .retain(|_, _| false)
+            .map_err(w("clearing"))?;
+        self.t_keys_mut()?
+            .retain(|_, _| false)
+            .map_err(w("clearing"))?;
+        self.t_xattrs_mut()?
+            .retain(|_, _| false)
+            .map_err(w("clearing"))?;
+        self.t_aliases_mut()?
+            .retain(|_, _| false)
+            .map_err(w("clearing"))?;
         let root = self.node_required(ROOT)?;
-        self.nodes.retain(|_, _| false).map_err(w("clearing"))?;
+        self.t_nodes_mut()?
+            .retain(|_, _| false)
+            .map_err(w("clearing"))?;
         let mut fresh = root;
         fresh.value = None;
         fresh.subdirs = 0;

@@ -16,6 +16,7 @@
 mod batch;
 mod disk_usage;
 mod durability;
+mod empty;
 mod encode;
 mod follow;
 mod journal;
@@ -622,6 +623,9 @@ impl FlatFsStore {
     /// A put, under the name's operation slot.
     fn do_put(&self, name: &str, shard: &str, value: &[u8]) -> Result<()> {
         let sync = self.options.sync;
+        if value.is_empty() && self.create_empty(name, shard, sync)? == empty::Created::Done {
+            return Ok(());
+        }
         self.ensure_shard_dir(shard, sync)?;
         let (mut file, tmp) = self.temp_file("temp")?;
         let cleanup = RemoveOnDrop(Some(tmp.clone()));
@@ -994,6 +998,21 @@ impl Datastore for FlatFsStore {
                 }
             }
             staged.materialize()?;
+        }
+        if staged.path().is_none() && staged.len()? == 0 {
+            // A new empty value held in memory: its data file can be created in place.
+            let op = self.ops.acquire(&name);
+            match self.create_empty(&name, &shard, durable) {
+                Ok(empty::Created::Done) => {
+                    op.finish(true);
+                    return Ok(());
+                }
+                Ok(empty::Created::Fallback) => op.finish(false),
+                Err(e) => {
+                    op.finish(false);
+                    return Err(e);
+                }
+            }
         }
         let (file, src) = self.adopt_staged(staged)?;
         let Some(src_path) = src.0.clone() else {
