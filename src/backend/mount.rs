@@ -632,11 +632,19 @@ impl Datastore for MountStore {
         Ok(any.then(|| format!("mount({})", parts.join(";"))))
     }
 
+    /// Values under `key` are shared if the child holding `key` shares them, or if a child
+    /// mounted at `key` itself shares its own: the directory `/blocks` of a default repository
+    /// lists the values others add to its flatfs child.
     fn shared(&self, key: &Key) -> bool {
-        match self.lookup(key) {
+        let routed = match self.lookup(key) {
             Some((_, m, k)) => m.store.shared(&k),
             None => false,
-        }
+        };
+        routed
+            || self
+                .mounts
+                .iter()
+                .any(|m| m.prefix == *key && m.store.shared(&Key::root()))
     }
 
     /// The children's segments, each named by the mount prefix's length, `:`, the prefix and

@@ -104,6 +104,8 @@ pub struct FuseAdapter {
     notifier: Arc<OnceLock<Notifier>>,
     /// Which content the kernel's page cache of each inode holds (`FOPEN_KEEP_CACHE`).
     cache: CacheVersions,
+    /// The kernel may skip OPENDIR and RELEASEDIR (`FUSE_NO_OPENDIR_SUPPORT`; see `opendir`).
+    no_opendir: AtomicBool,
 }
 
 /// Writable opens of files at least this large (as the open finds them) bypass the page cache
@@ -206,6 +208,7 @@ impl FuseAdapter {
             io: Mutex::new(IoTable::default()),
             notifier,
             cache: CacheVersions::default(),
+            no_opendir: AtomicBool::new(false),
         }
     }
 
@@ -419,6 +422,12 @@ impl Filesystem for FuseAdapter {
             .is_err()
         {
             log::info!("kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP");
+        }
+        if config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok()
+        {
+            self.no_opendir.store(true, Ordering::Relaxed);
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
@@ -700,12 +709,19 @@ impl Filesystem for FuseAdapter {
         empty(reply, self.fs.fsync(fh.0))
     }
 
-    /// Not answered `ENOSYS` (`FUSE_NO_OPENDIR_SUPPORT`), though listings need no handle: the
-    /// kernel then treats every directory as opened with `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`
-    /// and serves listings from its cache until the directory's mtime changes, so names that
-    /// revalidation finds in a shared store (a block copied into `blocks/` by hand) would not
-    /// show (tried: `tests/follow.rs` failed).
+    /// Answered `ENOSYS` when the kernel offers `FUSE_NO_OPENDIR_SUPPORT`: listings need no
+    /// handle (`readdir` is by offset), and the kernel then opens directories itself for the
+    /// rest of the connection (no OPENDIR or RELEASEDIR: `find` over 1,000 directories sent
+    /// 2,000 such requests), as if each open answered `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR`. It
+    /// then keeps each directory's listing across opens and serves it until the directory
+    /// changes through the mount, its modification time changes, or dsfs drops it: every change
+    /// made beside the mount (the command line, revalidation of a followed store) drops the
+    /// listings it changed (see `inval`). What the check below does, the kernel does itself
+    /// then: opening a non-directory as one fails in the VFS, and a stale inode's READDIR fails.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir.load(Ordering::Relaxed) {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         match self.fs.getattr(ino.0) {
             Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
@@ -930,14 +946,21 @@ impl Filesystem for FuseAdapter {
 /// the directory's lock, which a request in progress may hold. The thread ends when the index
 /// (and with it the listener) is dropped.
 fn start_invalidator(fs: &Arc<DsFs>, notifier: &Arc<OnceLock<Notifier>>) {
-    let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<crate::datastore::Key>)>();
+    use crate::index::changes::{Changed, Listings};
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, Changed)>();
     let tx = parking_lot::Mutex::new(tx);
     let listening = fs
         .store()
         .index()
-        .listen_for_changes(Box::new(move |seq, keys| {
+        .listen_for_changes(Box::new(move |seq, changed| {
+            let changed = Changed {
+                keys: changed.keys.clone(),
+                listings: Listings {
+                    entries: changed.listings.entries.clone(),
+                },
+            };
             // The receiver is gone only when the thread ended: nothing left to tell.
-            let _ = tx.lock().send((seq, keys.to_vec()));
+            let _ = tx.lock().send((seq, changed));
         }));
     if !listening {
         return;
@@ -947,24 +970,26 @@ fn start_invalidator(fs: &Arc<DsFs>, notifier: &Arc<OnceLock<Notifier>>) {
     let spawned = std::thread::Builder::new()
         .name("dsfs-inval".into())
         .spawn(move || {
-            while let Ok((seq, keys)) = rx.recv() {
+            while let Ok((seq, changed)) = rx.recv() {
                 let Some(fs) = weak.upgrade() else { return };
                 let Some(n) = notifier.get() else {
                     fs.store().index().changes_handled(seq);
                     continue;
                 };
-                for key in keys {
-                    let stale = fs.stale_of(&key);
-                    log::debug!("{key} changed outside the filesystem: invalidating {stale:?}");
-                    if let Some((dir, name)) = &stale.entry
-                        && let Err(e) = n.inval_entry(INodeNo(*dir), OsStr::from_bytes(name))
-                    {
-                        log::debug!("invalidating the entry of {key}: {e}");
+                let stale = fs.stale_of_change(&changed);
+                log::debug!(
+                    "{:?} changed outside the filesystem: invalidating {stale:?}",
+                    changed.keys
+                );
+                for (dir, name) in &stale.entries {
+                    if let Err(e) = n.inval_entry(INodeNo(*dir), OsStr::from_bytes(name)) {
+                        log::debug!("invalidating entry {name:?} of {dir}: {e}");
                     }
-                    for ino in stale.inodes {
-                        if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
-                            log::debug!("invalidating inode {ino} of {key}: {e}");
-                        }
+                }
+                // An inode's pages: a file's content, or a directory's cached listing.
+                for ino in stale.inodes {
+                    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                        log::debug!("invalidating inode {ino}: {e}");
                     }
                 }
                 fs.store().index().changes_handled(seq);

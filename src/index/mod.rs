@@ -600,8 +600,12 @@ impl Index {
     /// Records that `key` now holds a value of `size` bytes: creates the file node and any
     /// missing (implied) directories, or updates the size. Returns the node.
     pub fn record_put(&self, key: &Key, size: u64) -> IndexResult<NodeId> {
-        let id = self.write(|tx| tx.put_key(key, size))?;
-        self.changes.tell(std::slice::from_ref(key));
+        let (id, listings) = self.write(|tx| {
+            tx.track_listings(&self.changes);
+            let id = tx.put_key(key, size)?;
+            Ok((id, tx.take_listings()))
+        })?;
+        self.changes.tell(std::slice::from_ref(key), listings);
         Ok(id)
     }
 
@@ -609,8 +613,12 @@ impl Index {
     /// directories left empty), or clears the value of a directory. Returns whether the key
     /// was indexed.
     pub fn record_delete(&self, key: &Key) -> IndexResult<bool> {
-        let was = self.write(|tx| tx.delete_key(key))?;
-        self.changes.tell(std::slice::from_ref(key));
+        let (was, listings) = self.write(|tx| {
+            tx.track_listings(&self.changes);
+            let was = tx.delete_key(key)?;
+            Ok((was, tx.take_listings()))
+        })?;
+        self.changes.tell(std::slice::from_ref(key), listings);
         Ok(was)
     }
 
@@ -620,8 +628,9 @@ impl Index {
         ops: impl IntoIterator<Item = (&'k Key, Option<u64>)>,
     ) -> IndexResult<()> {
         let mut keys = Vec::new();
-        self.write(|tx| {
+        let listings = self.write(|tx| {
             keys.clear();
+            tx.track_listings(&self.changes);
             for (key, op) in ops {
                 keys.push(key.clone());
                 match op {
@@ -633,9 +642,9 @@ impl Index {
                     }
                 }
             }
-            Ok(())
+            Ok(tx.take_listings())
         })?;
-        self.changes.tell(&keys);
+        self.changes.tell(&keys, listings);
         Ok(())
     }
 
@@ -715,6 +724,9 @@ pub struct Tx<'t> {
     gid: u32,
     /// A directory got a new parent or name: cached directory keys are stale after commit.
     dirs_moved: bool,
+    /// The listings this write changed, noted only for writes whose changes the listener is
+    /// told of (see `changes`).
+    listings: Option<changes::Listings>,
 }
 
 fn w<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> IndexError {
@@ -734,6 +746,7 @@ impl<'t> Tx<'t> {
             uid: options.uid,
             gid: options.gid,
             dirs_moved: false,
+            listings: None,
         })
     }
 
@@ -834,6 +847,7 @@ impl<'t> Tx<'t> {
         self.cookies
             .insert((parent, cookie), (child, name))
             .map_err(w("writing an entry"))?;
+        self.note_listing(parent, name);
         self.touch_dir(parent, if is_dir { 1 } else { 0 })
     }
 
@@ -851,6 +865,7 @@ impl<'t> Tx<'t> {
             .remove((parent, cookie))
             .map_err(w("removing an entry"))?;
         let is_dir = self.node(child)?.map(|n| n.is_dir()).unwrap_or(false);
+        self.note_listing(parent, name);
         self.touch_dir(parent, if is_dir { -1 } else { 0 })?;
         Ok(Some(child))
     }
@@ -1005,6 +1020,7 @@ impl<'t> Tx<'t> {
                             node.mode = node::DEFAULT_DIR_MODE | (node.mode & 0o7000);
                             node.ctime = Timestamp::now();
                             self.put_node(child, &node)?;
+                            self.note_listing(id, comp);
                             self.touch_dir(id, 1)?;
                         }
                     }
@@ -1112,6 +1128,7 @@ impl<'t> Tx<'t> {
                 node.ctime = Timestamp::now();
                 node.subdirs = 0;
                 self.put_node(dir, &node)?;
+                self.note_listing(parent, &node.name);
                 self.touch_dir(parent, -1)?;
                 return Ok(());
             }

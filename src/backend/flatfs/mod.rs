@@ -19,6 +19,7 @@ mod durability;
 mod encode;
 mod follow;
 mod journal;
+mod lock;
 mod ops;
 mod settle;
 mod shard;
@@ -26,9 +27,9 @@ mod walk;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
+use std::fs::{DirBuilder, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -128,7 +129,7 @@ pub struct FlatFsStore {
     /// In-place commits whose data files are not synced yet, and the thread that syncs them
     /// (see `journal.rs` and `settle.rs`).
     settler: settle::Settler,
-    lock: Mutex<Option<File>>,
+    lock: Mutex<Option<lock::StoreLock>>,
 }
 
 /// A path removed when dropped, unless disarmed: the temp file of a write that failed.
@@ -238,33 +239,6 @@ fn make_dir(path: &Path) -> io::Result<()> {
     DirBuilder::new().mode(0o755).create(path)
 }
 
-fn acquire_lock(root: &Path) -> Result<File> {
-    let path = root.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(&path)
-        .map_err(|e| Error::io(format!("flatfs: opening lock file {}", path.display()), e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::new(
-            ErrorKind::Locked,
-            format!(
-                "flatfs: datastore {} is already open (lock {} is held by another process or \
-                 handle); close it first",
-                root.display(),
-                path.display()
-            ),
-        )),
-        Err(TryLockError::Error(e)) => {
-            Err(Error::io(format!("flatfs: locking {}", path.display()), e))
-        }
-    }
-}
-
 impl FlatFsStore {
     /// Upstream's `Create`: makes the directory (not its parents) if needed and, when it has no
     /// `SHARDING` file, writes `SHARDING` (and `_README` for `next-to-last/2`). Does not open the
@@ -367,7 +341,7 @@ impl FlatFsStore {
                 ),
             )
         })?;
-        let lock = acquire_lock(&root)?;
+        let lock = lock::StoreLock::acquire(&root)?;
 
         let temp = root.join(TEMP_DIR);
         // Interrupted in-place commits are finished before `.temp` goes.
@@ -913,7 +887,9 @@ impl Datastore for FlatFsStore {
                  estimates may be inaccurate: {e}"
             );
         }
-        drop(self.lock.lock().take());
+        if let Some(mut lock) = self.lock.lock().take() {
+            lock.release();
+        }
         synced.and(cached)
     }
 

@@ -1,0 +1,201 @@
+//! Directory listings the kernel keeps across opens. dsfs answers no OPENDIR
+//! (`FUSE_NO_OPENDIR_SUPPORT`), so the kernel opens directories itself and keeps each listing
+//! (`FOPEN_CACHE_DIR`) until the directory changes through the mount, or dsfs tells it that a
+//! change made beside the mount changed the listing. These tests count the requests a listing
+//! costs and check that a cached listing is never stale, whatever changed it.
+//!
+//! Every test mounts in its own temporary directory and unmounts when it ends, also when it
+//! fails (see `common::Mount`).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Mount, count_requests, dsfs, requests, sh, traced, traced_flatfs};
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `dsfs --store SPEC args...` beside the mount (through its control socket).
+fn dsfs_beside(m: &Mount, args: &[&str]) {
+    let out = dsfs()
+        .arg("--store")
+        .arg(&m.spec)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many of `reqs` list a directory.
+fn readdirs(reqs: &[String]) -> usize {
+    count_requests(reqs, "READDIR") + count_requests(reqs, "READDIRPLUS")
+}
+
+/// `find` sends no OPENDIR or RELEASEDIR (the first OPENDIR is answered `ENOSYS` and the kernel
+/// opens directories itself from then on). Before, `find` over 100 directories sent 201 of each.
+#[test]
+fn find_over_many_directories_sends_no_opendir_or_releasedir() {
+    let m = traced(&[]);
+    sh(
+        &m.mnt,
+        "for i in $(seq 100); do mkdir -p d$i/sub && : > d$i/f; done",
+    );
+    let before = requests(&m).len();
+    let found = sh(&m.mnt, "find . | sort");
+    assert_eq!(found.lines().count(), 1 + 100 * 3, "{found}");
+    assert!(found.lines().any(|l| l == "./d17/sub"), "{found}");
+    let after = requests(&m);
+    let find = &after[before..];
+    assert!(
+        count_requests(find, "OPENDIR") <= 1,
+        "{} OPENDIR requests for find over 100 directories",
+        count_requests(find, "OPENDIR")
+    );
+    assert_eq!(count_requests(find, "RELEASEDIR"), 0);
+    // What opendir used to check is still checked, by the kernel.
+    let err = fs::read_dir(m.path("d1/f")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR), "{err}");
+    let err = fs::read_dir(m.path("nothing")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+}
+
+/// A directory listed twice is listed by the daemon once: the kernel keeps the listing. Before,
+/// every listing sent its READDIR requests again.
+#[test]
+fn an_unchanged_directory_is_listed_from_the_kernel_cache() {
+    let m = traced(&[]);
+    sh(
+        &m.mnt,
+        "mkdir d && cd d && for i in $(seq 300); do : > f$i; done",
+    );
+    let first = sh(&m.mnt, "ls -f d | sort");
+    let before = requests(&m).len();
+    let second = sh(&m.mnt, "ls -f d | sort");
+    assert_eq!(first, second);
+    assert_eq!(second.lines().count(), 302, "{second}");
+    let after = requests(&m);
+    let again = &after[before..];
+    assert_eq!(readdirs(again), 0, "{again:?}");
+    // A change through the mount drops it.
+    sh(&m.mnt, "rm d/f7 && : > d/new");
+    let third = sh(&m.mnt, "ls -f d");
+    assert!(third.lines().any(|l| l == "new"), "{third}");
+    assert!(!third.lines().any(|l| l == "f7"), "{third}");
+}
+
+/// A listing the kernel holds shows what the command line puts beside the mount, and drops what
+/// it removes, as soon as the command returns: the key's own directory, implied directories
+/// made or pruned by the change, and the other names (hard links) of a removed value.
+#[test]
+fn a_cached_listing_follows_the_command_line() {
+    let m = traced(&[]);
+    sh(
+        &m.mnt,
+        "mkdir d b && printf x > d/old && printf y > d/f && ln d/f b/g",
+    );
+    let src = m.dir.path().join("src");
+    fs::write(&src, "hello").unwrap();
+    let src = src.to_str().unwrap();
+    // Listed (and so cached) before each change.
+    assert_eq!(listing(&m.mnt), ["b", "d"]);
+    assert_eq!(listing(&m.path("d")), ["f", "old"]);
+    assert_eq!(listing(&m.path("b")), ["g"]);
+    assert_eq!(listing(&m.mnt), ["b", "d"]);
+    assert_eq!(listing(&m.path("d")), ["f", "old"]);
+
+    dsfs_beside(&m, &["put", "/d/new", src]);
+    assert_eq!(listing(&m.path("d")), ["f", "new", "old"]);
+    dsfs_beside(&m, &["rm", "/d/old"]);
+    assert_eq!(listing(&m.path("d")), ["f", "new"]);
+    // A key two levels down implies two directories, one in the root.
+    dsfs_beside(&m, &["put", "/x/y/z", src]);
+    assert_eq!(listing(&m.mnt), ["b", "d", "x"]);
+    assert_eq!(listing(&m.path("x")), ["y"]);
+    assert_eq!(listing(&m.path("x/y")), ["z"]);
+    // Its removal prunes them again.
+    dsfs_beside(&m, &["rm", "/x/y/z"]);
+    assert_eq!(listing(&m.mnt), ["b", "d"]);
+    // A value removed beside the mount takes all its names: b's listing changes too.
+    dsfs_beside(&m, &["rm", "/d/f"]);
+    assert_eq!(listing(&m.path("d")), ["new"]);
+    assert_eq!(listing(&m.path("b")), Vec::<String>::new());
+}
+
+/// A listing the kernel holds shows renames into the directory and hard links made in it, and
+/// drops names renamed or unlinked out of it (changes through the mount).
+#[test]
+fn a_cached_listing_follows_renames_and_links_through_the_mount() {
+    let m = traced(&[]);
+    sh(
+        &m.mnt,
+        "mkdir d e && printf a > a && printf b > b && : > d/x",
+    );
+    assert_eq!(listing(&m.path("d")), ["x"]);
+    assert_eq!(listing(&m.path("e")), Vec::<String>::new());
+    sh(&m.mnt, "mv a d/a2 && ln b d/b2");
+    assert_eq!(listing(&m.path("d")), ["a2", "b2", "x"]);
+    assert_eq!(listing(&m.mnt), ["b", "d", "e"]);
+    sh(&m.mnt, "mv d/x e/x && rm d/b2");
+    assert_eq!(listing(&m.path("d")), ["a2"]);
+    assert_eq!(listing(&m.path("e")), ["x"]);
+    // A directory renamed into another keeps its listing.
+    sh(&m.mnt, "mv e d/e");
+    assert_eq!(listing(&m.path("d")), ["a2", "e"]);
+    assert_eq!(listing(&m.path("d/e")), ["x"]);
+}
+
+/// The value of a block file named `name` in a flatfs directory `root` (next-to-last/2),
+/// written the way another program would.
+fn put_by_hand(root: &Path, name: &str, value: &[u8]) -> std::path::PathBuf {
+    let shard = &name[name.len() - 3..name.len() - 1];
+    let dir = root.join(shard);
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.data"));
+    fs::write(&path, value).unwrap();
+    path
+}
+
+/// A listing the kernel holds of a followed store shows a value another program adds and drops
+/// one it removes, once revalidation finds them.
+#[test]
+fn a_cached_listing_follows_revalidation() {
+    let m = traced_flatfs(&["revalidate=1"]);
+    let blocks = m.dir.path().join("blocks");
+    sh(&m.mnt, "printf a > KEEPX");
+    assert_eq!(listing(&m.mnt), ["KEEPX"]);
+    assert_eq!(listing(&m.mnt), ["KEEPX"]);
+    let added = put_by_hand(&blocks, "ADDEDX", b"by hand");
+    eventually("the added value is listed", || {
+        listing(&m.mnt) == ["ADDEDX", "KEEPX"]
+    });
+    fs::remove_file(&added).unwrap();
+    eventually("the removed value leaves the listing", || {
+        listing(&m.mnt) == ["KEEPX"]
+    });
+    // A value looked up by name before revalidation found it is indexed by the lookup, and
+    // the listing the kernel holds shows it.
+    assert_eq!(listing(&m.mnt), ["KEEPX"]);
+    put_by_hand(&blocks, "LOOKEDX", b"by hand");
+    assert_eq!(fs::read(m.path("LOOKEDX")).unwrap(), b"by hand");
+    eventually("the looked-up value is listed", || {
+        listing(&m.mnt) == ["KEEPX", "LOOKEDX"]
+    });
+}
