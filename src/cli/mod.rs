@@ -257,7 +257,7 @@ MOUNT OPTIONS (-o a,b,c):
                         no_default_permissions turns it off)
   uid=N, gid=N          report every file as owned by N
   umask=OOO             clear these bits from every reported mode
-  threads=N             FUSE worker threads (default: cores, 2 to 8)
+  threads=N             FUSE worker threads (default: cores, 4 to 8)
   passthrough=on|off    let the kernel read file-backed values directly (default on)
   ipfs_blocks=on|off    also write each committed file's UnixFS blocks under /blocks (default off)
   writeback_cache=on|off  kernel write caching, when passthrough is off (default off)

@@ -16,10 +16,21 @@
 //!   any other passthrough handle uses the same file;
 //! * else, while passthrough handles are open: the same backing id with `FOPEN_DIRECT_IO`
 //!   (writers, and readers of a newer version, served by the daemon);
-//! * else, for an `O_DIRECT` open while no page-cached handle is open, or any open while such
-//!   a handle is: `FOPEN_DIRECT_IO` with `FOPEN_PARALLEL_DIRECT_WRITES` and no backing id
+//! * else, for an `O_DIRECT` open or a writable open of a large file
+//!   ([`LARGE_WRITE_MIN`]) while no page-cached handle is open, or any open while such a
+//!   handle is: `FOPEN_DIRECT_IO` with `FOPEN_PARALLEL_DIRECT_WRITES` and no backing id
 //!   (the kernel sends several writers' requests at once; nothing is page-cached);
 //! * else an ordinary page-cached open.
+//!
+//! Why large writable files are not page-cached: without the kernel's writeback cache (which
+//! excludes passthrough), a buffered write through a page-cached handle is written through to
+//! the daemon while the writer holds the inode's lock, so concurrent writers of one file
+//! queue on that lock for the whole round trip (seen in `/proc/PID/stack` of 4 fio writers:
+//! three waiting in `fuse_file_write_iter` for the lock, one in `request_wait_answer`). A
+//! direct-I/O handle with parallel writes takes the lock shared for writes inside the file,
+//! so they reach the daemon together, and the daemon's staging file has a page cache of its
+//! own. What it costs: reads through such a handle are served by the daemon, not the page
+//! cache. `FUSE_DIRECT_IO_ALLOW_MMAP` keeps shared mappings of these handles working.
 //!
 //! Its counts drop at `release`, after the kernel has dropped its own, so they never
 //! undercount. A memory mapping of a direct-I/O handle beside passthrough readers maps the
@@ -97,6 +108,10 @@ pub struct FuseAdapter {
     no_opendir: AtomicBool,
 }
 
+/// Writable opens of files at least this large (as the open finds them) bypass the page cache
+/// (see the module documentation): the size above which reads are passthrough anyway.
+pub const LARGE_WRITE_MIN: u64 = super::io::PASSTHROUGH_MIN_SIZE;
+
 /// How the kernel serves one open handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum IoMode {
@@ -107,8 +122,9 @@ enum IoMode {
     /// The inode's backing id with `FOPEN_DIRECT_IO`: reads and writes go to the daemon,
     /// beside passthrough handles of the same inode.
     Direct,
-    /// `FOPEN_DIRECT_IO` without a backing id: an `O_DIRECT` open while no page-cached handle
-    /// is open, and every other non-passthrough open while such a handle is. Reads and writes
+    /// `FOPEN_DIRECT_IO` without a backing id: an `O_DIRECT` open, or a writable open of a
+    /// large file, while no page-cached handle is open, and every other non-passthrough open
+    /// while such a handle is. Reads and writes
     /// go to the daemon, and with `FOPEN_PARALLEL_DIRECT_WRITES` the kernel sends several
     /// writers' requests at once instead of serialising them on the inode's lock (what it does
     /// for `O_DIRECT` on a page-cached handle). Every handle of the inode then bypasses the
@@ -260,7 +276,7 @@ impl FuseAdapter {
         fh: u64,
         ino: u64,
         backing: Option<&std::fs::File>,
-        o_direct: bool,
+        uncached: bool,
         register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
     ) -> (IoMode, Option<Arc<BackingId>>) {
         let mut io = self.io.lock();
@@ -309,7 +325,7 @@ impl FuseAdapter {
             chosen = Some(id.clone());
             state.passthrough += 1;
             IoMode::Direct
-        } else if state.cached == 0 && (o_direct || state.uncached > 0) {
+        } else if state.cached == 0 && (uncached || state.uncached > 0) {
             state.uncached += 1;
             IoMode::Uncached
         } else {
@@ -317,7 +333,7 @@ impl FuseAdapter {
             IoMode::Cached
         };
         log::debug!(
-            "inode {ino}: handle {fh} opened {mode:?} (o_direct {o_direct}, backing offered {}; \
+            "inode {ino}: handle {fh} opened {mode:?} (uncached asked {uncached}, backing offered {}; \
              now {} passthrough, {} cached, {} uncached)",
             backing.is_some(),
             state.passthrough,
@@ -398,6 +414,14 @@ impl Filesystem for FuseAdapter {
                 .is_err()
         {
             log::info!("kernel writeback cache unavailable");
+        }
+        // Shared mappings of direct-I/O handles (see the module documentation); the kernel
+        // then also drops cached pages a direct write covers.
+        if config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_err()
+        {
+            log::info!("kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP");
         }
         if config
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
@@ -578,8 +602,10 @@ impl Filesystem for FuseAdapter {
         // No O_TRUNC arrives here (no FUSE_ATOMIC_O_TRUNC, see `init`): the kernel truncates
         // by a SETATTR, which drops privileges for callers other than root (`setattr`).
         let o_direct = flags.0 & libc::O_DIRECT != 0;
+        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let uncached = o_direct || (writing && attr.size >= LARGE_WRITE_MIN);
         let (mode, id) =
-            self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), o_direct, |f| {
+            self.choose_mode(opened.fh, ino.0, opened.backing.as_ref(), uncached, |f| {
                 reply.open_backing(f)
             });
         let mut fopen = self.open_flags(ino.0, &attr, mode);
