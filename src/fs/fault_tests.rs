@@ -193,6 +193,28 @@ fn a_failed_unlink_keeps_name_and_value_together() {
     assert_eq!(r.stored("f"), None);
 }
 
+/// The name goes before the value; when the store then refuses the delete, the name comes
+/// back as it was: the same inode, its attributes and its xattrs.
+#[test]
+fn a_failed_unlink_puts_back_the_same_inode_with_its_xattrs() {
+    let r = rig();
+    let ino = r.write_file("f", b"keep me");
+    r.fs.setxattr(ino, b"user.note", b"v", 0).unwrap();
+    let before = r.fs.getattr(ino).unwrap();
+    r.faults.fail_next(FaultOp::Delete, ErrorKind::NoSpace, 1);
+    assert_eq!(errno(r.fs.unlink(ROOT, b"f")), libc::ENOSPC);
+    let after = r.fs.lookup(ROOT, b"f").unwrap();
+    assert_eq!(after.ino, ino);
+    assert_eq!(
+        (after.size, after.perm, after.mtime),
+        (before.size, before.perm, before.mtime)
+    );
+    assert_eq!(r.fs.getxattr(ino, b"user.note").unwrap(), b"v");
+    assert_eq!(r.content("f").unwrap(), b"keep me");
+    r.fs.unlink(ROOT, b"f").unwrap();
+    assert_eq!(r.stored("f"), None);
+}
+
 #[test]
 fn a_failed_unlink_of_an_open_file_keeps_its_handle_writing_to_it() {
     let r = rig();

@@ -17,7 +17,8 @@
 //! - `open`: the open-file and handle tables, and the lock order of the filesystem;
 //! - `io`: open, read, write, flush, fsync, release, truncate, fallocate, lseek and the commit
 //!   of staged writes;
-//! - `namespace`: lookup, create, mknod, mkdir, symlink, unlink, rmdir, link, readdir;
+//! - `namespace`: lookup, create, mknod, mkdir, symlink, unlink, link, readdir;
+//! - `unlink`: the removal of a file's name and value, and rmdir;
 //! - `rename`: rename and exchange, and the moves of values they make;
 //! - `attr`: getattr, setattr, access;
 //! - `xattr`: extended attributes, including the computed IPFS CID;
@@ -39,6 +40,7 @@ mod namespace;
 mod open;
 mod rename;
 pub mod types;
+mod unlink;
 mod xattr;
 
 use std::collections::HashMap;

@@ -342,39 +342,6 @@ impl DsFs {
         self.unlink_component(parent, &comp)
     }
 
-    /// Removes the file or symlink `comp` of `parent`: one index read (directory, entry and
-    /// key), the value, then one index write.
-    fn unlink_component(&self, parent: u64, comp: &str) -> FsResult<()> {
-        let (_, entry, key) = self.dir_entry_key(parent, comp)?;
-        let Some((id, n)) = entry else {
-            return Err(FsError::NotFound);
-        };
-        if n.kind == NodeKind::Dir {
-            return Err(FsError::IsDir);
-        }
-        if n.links > 1 {
-            return self.unlink_name(parent, comp, id, &n);
-        }
-        self.orphan_open(id)?;
-        // The value goes before the name: a failed delete leaves both, and a failed index
-        // write after it leaves a name without a value that a retried unlink (or the reconcile
-        // after a crash) removes; never a value that no name reaches.
-        if n.kind == NodeKind::File
-            && let Err(e) = self.backend.delete(&key)
-        {
-            self.unorphan(id);
-            return Err(e.into());
-        }
-        self.index.remove_entry(
-            parent,
-            comp,
-            id,
-            (n.kind == NodeKind::File).then_some(&key),
-            true,
-        )?;
-        Ok(())
-    }
-
     /// Removes one name of a node that has several (hard links). If it is the name whose key
     /// holds the value, the value first moves (one rename) to the key of a remaining name, so
     /// the datastore never loses it.
@@ -451,30 +418,6 @@ impl DsFs {
             n.explicit = true;
             tx.put_node(dir, &n)?;
         }
-        Ok(())
-    }
-
-    /// Removes an empty directory.
-    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.refuse_virtual(parent)?;
-        self.check_writable()?;
-        self.dir_node(parent)?;
-        let comp = Self::component(name)?;
-        let Some((id, n)) = self.index.lookup(parent, &comp)? else {
-            return Err(FsError::NotFound);
-        };
-        if n.kind != NodeKind::Dir {
-            return Err(FsError::NotDir);
-        }
-        self.index.write(|tx| {
-            let n = tx.node_required(id)?;
-            if n.value.is_some() || tx.has_children(id)? {
-                return Err(idx_err(IndexErrorKind::NotEmpty, "directory not empty"));
-            }
-            Self::keep_dir(tx, parent)?;
-            tx.unlink(parent, &comp)?;
-            tx.remove_node(id)
-        })?;
         Ok(())
     }
 

@@ -24,7 +24,9 @@
 //!    `InodeState::committing`), new writes go to an overlay over it, and the commit re-takes
 //!    the lock to finish. When several are held at once, ascending inode order.
 //! 4. The index's write transaction and the stores' own locks are innermost: no inode lock is
-//!    ever taken inside an index transaction or a store call.
+//!    ever taken inside an index transaction or a store call. The one lock taken inside an
+//!    index write transaction is a shard of the open-file table, read-locked for one lookup
+//!    (`unlink` asks whether the file is open), which waits for nothing else (rule 1).
 //!
 //! `DsFs::shut` is taken by `shutdown` alone, before any of these.
 

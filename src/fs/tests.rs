@@ -532,3 +532,42 @@ fn exchanging_an_extra_name_of_a_hard_linked_file_keeps_both_files() {
     assert_eq!(read(d.ino, "e"), b"bee");
     assert_eq!(fs.getattr(e).unwrap().nlink, 1);
 }
+
+/// An unlink of a closed file is one index transaction (the write that removes it), with no
+/// read transaction before it; so is an rmdir.
+#[test]
+fn unlink_and_rmdir_cost_one_index_transaction_each() {
+    let fs = fs();
+    let d = fs.mkdir(CTX, ROOT, b"d", 0o755, 0o022).unwrap();
+    write_file(&fs, d.ino, "f", b"four");
+    fs.symlink(CTX, d.ino, b"l", b"f").unwrap();
+    let txns = || fs.index.read_count() + fs.index.write_count();
+    for name in ["f", "l"] {
+        let before = txns();
+        fs.unlink(d.ino, name.as_bytes()).unwrap();
+        assert_eq!(txns() - before, 1, "unlink of {name}");
+    }
+    assert!(!fs.store().has(&Key::new("/d/f")).unwrap());
+    assert!(matches!(fs.lookup(d.ino, b"f"), Err(FsError::NotFound)));
+    let before = txns();
+    fs.rmdir(ROOT, b"d").unwrap();
+    assert_eq!(txns() - before, 1, "rmdir");
+    assert!(matches!(fs.lookup(ROOT, b"d"), Err(FsError::NotFound)));
+}
+
+/// What unlink and rmdir refuse, they refuse with the errno POSIX names, and change nothing.
+#[test]
+fn unlink_and_rmdir_refuse_the_wrong_kind_of_node() {
+    let fs = fs();
+    let d = fs.mkdir(CTX, ROOT, b"d", 0o755, 0o022).unwrap();
+    let f = write_file(&fs, d.ino, "f", b"x");
+    assert_eq!(fs.unlink(ROOT, b"d").unwrap_err().errno(), libc::EISDIR);
+    assert_eq!(fs.unlink(ROOT, b"nope").unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(fs.unlink(f, b"x").unwrap_err().errno(), libc::ENOTDIR);
+    assert_eq!(fs.rmdir(d.ino, b"f").unwrap_err().errno(), libc::ENOTDIR);
+    assert_eq!(fs.rmdir(f, b"x").unwrap_err().errno(), libc::ENOTDIR);
+    assert_eq!(fs.rmdir(ROOT, b"d").unwrap_err().errno(), libc::ENOTEMPTY);
+    assert_eq!(fs.rmdir(ROOT, b"nope").unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(read_file(&fs, f), b"x");
+    assert_eq!(names(&fs, d.ino), [".", "..", "f"]);
+}

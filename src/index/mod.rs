@@ -32,6 +32,7 @@ pub mod ops;
 pub mod reconcile;
 pub mod salvage;
 pub mod store;
+pub mod unlink;
 
 use std::cell::OnceCell;
 use std::ops::Bound;
@@ -138,6 +139,8 @@ pub struct Index {
     reserve: Option<Arc<crate::space::Reserve>>,
     /// Write transactions committed since open (see [`Index::write_count`]).
     writes: std::sync::atomic::AtomicU64,
+    /// Read transactions begun since open (see [`Index::read_count`]).
+    reads: std::sync::atomic::AtomicU64,
     /// Directory keys by node id.
     dir_keys: keycache::DirKeys,
     /// Told of changes made through `record_*` (see `changes`).
@@ -277,6 +280,7 @@ impl Index {
             closed: std::sync::atomic::AtomicBool::new(false),
             reserve: None,
             writes: std::sync::atomic::AtomicU64::new(0),
+            reads: std::sync::atomic::AtomicU64::new(0),
             dir_keys: keycache::DirKeys::default(),
             changes: changes::Changes::default(),
         })
@@ -343,6 +347,8 @@ impl Index {
     }
 
     fn read_txn(&self) -> IndexResult<ReadTransaction> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.db
             .begin_read()
             .map_err(|e| IndexError::redb("starting an index read", e))
@@ -351,6 +357,15 @@ impl Index {
     /// Runs `f` in one write transaction, committed without fsync (made durable by the group
     /// committer or [`Index::sync`]). If `f` fails nothing is written.
     pub fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> IndexResult<T>) -> IndexResult<T> {
+        self.write_if(|tx| Ok((f(tx)?, true)))
+    }
+
+    /// Like [`Index::write`], but `f` also says whether to commit: with `false` the
+    /// transaction is dropped (nothing written, nothing counted) and `f`'s answer returned.
+    pub(crate) fn write_if<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> IndexResult<(T, bool)>,
+    ) -> IndexResult<T> {
         guard("write", || {
             if self.closed.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(IndexError::new(
@@ -366,7 +381,10 @@ impl Index {
                 .map_err(|e| IndexError::redb("starting an index write", e))?;
             let (result, dirs_moved) = {
                 let mut tx = Tx::open(&txn, &self.options)?;
-                let result = f(&mut tx)?;
+                let (result, commit) = f(&mut tx)?;
+                if !commit {
+                    return Ok(result);
+                }
                 (result, tx.dirs_moved)
             };
             txn.commit()
@@ -385,6 +403,12 @@ impl Index {
     /// what one filesystem operation costs the index, for tests and profiling.
     pub fn write_count(&self) -> u64 {
         self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many read transactions the index's lookups have begun since it was opened (with
+    /// [`Index::write_count`], what one filesystem operation costs the index).
+    pub fn read_count(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The node `id`, or `NotFound`.
@@ -442,6 +466,9 @@ impl Index {
     /// The datastore key of node `id`, built from its ancestors' names (the nearest
     /// directory's key comes from a cache, see `keycache`).
     pub fn key_of(&self, id: NodeId) -> IndexResult<Key> {
+        if id == ROOT {
+            return Ok(Key::root());
+        }
         guard("key_of", || {
             let generation = self.dir_keys.generation();
             let txn = self.read_txn()?;

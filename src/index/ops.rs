@@ -1,12 +1,9 @@
 //! Reads and writes shaped after the filesystem's namespace operations, each in one
-//! transaction: what `lookup`, `create` and `unlink` need to know before they touch the store
+//! transaction: what `lookup` and `create` need to know before they touch the store
 //! comes from one read transaction, and what they change is one write transaction.
 
-use redb::ReadableDatabase;
-
 use super::{
-    DIRENTS, Index, IndexError, IndexErrorKind, IndexResult, NODES, Node, NodeId, get_node, guard,
-    open_read,
+    DIRENTS, Index, IndexError, IndexResult, NODES, Node, NodeId, get_node, guard, open_read,
 };
 use crate::datastore::Key;
 
@@ -32,10 +29,7 @@ impl Index {
     ) -> IndexResult<DirLookup> {
         guard("dir_lookup", || {
             let generation = self.dir_keys.generation();
-            let txn = self
-                .db
-                .begin_read()
-                .map_err(|e| IndexError::redb("starting an index read", e))?;
+            let txn = self.read_txn()?;
             let nodes = open_read(&txn, NODES)?;
             let dir = get_node(&nodes, parent)?
                 .ok_or_else(|| IndexError::not_found(format!("no node {parent}")))?;
@@ -97,48 +91,11 @@ impl Index {
             (id, node)
         })
     }
-
-    /// Removes the entry `name` of `parent` and the node `id` it names (with the key record of
-    /// its value at `key`, if it had one), in one write transaction. With `keep_dir` the
-    /// directory is first marked explicit, so that removing its last entry leaves it in place.
-    /// `NotFound` if the entry no longer names `id` (a concurrent change won): nothing is
-    /// written then. Returns the removed node.
-    pub fn remove_entry(
-        &self,
-        parent: NodeId,
-        name: &str,
-        id: NodeId,
-        key: Option<&Key>,
-        keep_dir: bool,
-    ) -> IndexResult<Node> {
-        self.write(|tx| {
-            if tx.lookup(parent, name)? != Some(id) {
-                return Err(IndexError::new(
-                    IndexErrorKind::NotFound,
-                    format!("{name:?} no longer names node {id}"),
-                ));
-            }
-            let old = tx.node_required(id)?;
-            if keep_dir {
-                let mut dir = tx.node_required(parent)?;
-                if !dir.explicit {
-                    dir.explicit = true;
-                    tx.put_node(parent, &dir)?;
-                }
-            }
-            tx.unlink(parent, name)?;
-            tx.remove_node(id)?;
-            if let Some(key) = key {
-                tx.remove_key(key)?;
-            }
-            Ok(old)
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{IndexOptions, NodeKind, ROOT};
+    use super::super::{IndexErrorKind, IndexOptions, NodeKind, ROOT};
     use super::*;
 
     fn file() -> Node {
@@ -177,31 +134,5 @@ mod tests {
         let err = ix.create_file(ROOT, "f", file(), &key, 3).unwrap_err();
         assert_eq!(err.kind(), IndexErrorKind::AlreadyExists);
         assert_eq!(ix.value_size(&key).unwrap(), Some(0));
-    }
-
-    #[test]
-    fn remove_entry_returns_the_old_node_and_refuses_an_entry_that_changed() {
-        let ix = Index::in_memory(IndexOptions::default()).unwrap();
-        let (f, _) = ix
-            .create_file(ROOT, "f", file(), &Key::new("/f"), 0)
-            .unwrap();
-        let (g, _) = ix
-            .create_file(ROOT, "g", file(), &Key::new("/g"), 0)
-            .unwrap();
-        // "f" does not name g: nothing is removed.
-        let err = ix
-            .remove_entry(ROOT, "f", g, Some(&Key::new("/f")), true)
-            .unwrap_err();
-        assert_eq!(err.kind(), IndexErrorKind::NotFound);
-        assert!(ix.lookup(ROOT, "f").unwrap().is_some());
-        assert_eq!(ix.value_size(&Key::new("/f")).unwrap(), Some(0));
-        let old = ix
-            .remove_entry(ROOT, "f", f, Some(&Key::new("/f")), true)
-            .unwrap();
-        assert_eq!(old.name, "f");
-        assert!(ix.lookup(ROOT, "f").unwrap().is_none());
-        assert_eq!(ix.node(f).unwrap_err().kind(), IndexErrorKind::NotFound);
-        assert_eq!(ix.value_size(&Key::new("/f")).unwrap(), None);
-        assert!(ix.node(ROOT).unwrap().explicit);
     }
 }
