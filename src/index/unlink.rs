@@ -75,14 +75,14 @@ impl Tx<'_> {
         child_is_dir: bool,
     ) -> IndexResult<()> {
         let Some((_, cookie)) = self
-            .dirents
+            .t_dirents_mut()?
             .remove((parent, name))
             .map_err(|e| IndexError::redb("removing an entry", e))?
             .map(|v| v.value())
         else {
             return Err(not_found(format!("no entry {name:?} in {parent}")));
         };
-        self.cookies
+        self.t_cookies_mut()?
             .remove((parent, cookie))
             .map_err(|e| IndexError::redb("removing an entry", e))?;
         let now = Timestamp::now();
@@ -98,12 +98,12 @@ impl Tx<'_> {
     /// Deletes node `id` and returns its xattrs. Its alias records are not looked at: a node
     /// has them only while it has more than one name, and only such nodes' are read.
     fn remove_node_returning_xattrs(&mut self, id: NodeId) -> IndexResult<Vec<(String, Vec<u8>)>> {
-        self.nodes
+        self.t_nodes_mut()?
             .remove(id)
             .map_err(|e| IndexError::redb("removing a node", e))?;
         let mut xattrs = Vec::new();
         for item in self
-            .xattrs
+            .t_xattrs()?
             .range::<(u64, &str)>((id, "")..(id.saturating_add(1), ""))
             .map_err(|e| IndexError::redb("listing xattrs", e))?
         {
@@ -111,7 +111,7 @@ impl Tx<'_> {
             xattrs.push((k.value().1.to_owned(), v.value().to_vec()));
         }
         for (name, _) in &xattrs {
-            self.xattrs
+            self.t_xattrs_mut()?
                 .remove((id, name.as_str()))
                 .map_err(|e| IndexError::redb("removing xattrs", e))?;
         }
@@ -162,7 +162,7 @@ impl Index {
             let key = if node.kind == NodeKind::File {
                 Some(
                     self.dir_keys
-                        .key_of(generation, &tx.nodes, parent)?
+                        .key_of(generation, tx.t_nodes()?, parent)?
                         .join_component(name)
                         .map_err(|e| {
                             IndexError::corrupt(format!("entry {name:?} of {parent}: {e}"))
@@ -176,7 +176,7 @@ impl Index {
             let value = match key {
                 Some(key) => {
                     let size = tx
-                        .keys
+                        .t_keys_mut()?
                         .remove(key.as_str())
                         .map_err(|e| IndexError::redb("removing keys", e))?
                         .map(|v| v.value().1)
