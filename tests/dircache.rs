@@ -11,38 +11,15 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Mount, count_requests, dsfs, requests, sh, traced, traced_flatfs};
+use common::{
+    count_requests, dsfs_beside, eventually, listing, requests, sh, traced, traced_flatfs,
+};
 
-/// The names in `dir`, sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-/// `dsfs --store SPEC args...` beside the mount (through its control socket).
-fn dsfs_beside(m: &Mount, args: &[&str]) {
-    let out = dsfs()
-        .arg("--store")
-        .arg(&m.spec)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How long a change made beside the mount may take to show (revalidation interval plus the
+/// kernel's attribute cache, with room for a loaded machine).
+const WAIT: Duration = Duration::from_secs(20);
 
 /// How many of `reqs` list a directory.
 fn readdirs(reqs: &[String]) -> usize {
@@ -157,11 +134,11 @@ fn a_cached_listing_follows_revalidation() {
     assert_eq!(listing(&m.mnt), ["KEEPX"]);
     assert_eq!(listing(&m.mnt), ["KEEPX"]);
     let added = put_by_hand(&blocks, "ADDEDX", b"by hand");
-    eventually("the added value is listed", || {
+    eventually(WAIT, "the added value is listed", || {
         listing(&m.mnt) == ["ADDEDX", "KEEPX"]
     });
     fs::remove_file(&added).unwrap();
-    eventually("the removed value leaves the listing", || {
+    eventually(WAIT, "the removed value leaves the listing", || {
         listing(&m.mnt) == ["KEEPX"]
     });
     // A value looked up by name before revalidation found it is indexed by the lookup, and
@@ -169,7 +146,7 @@ fn a_cached_listing_follows_revalidation() {
     assert_eq!(listing(&m.mnt), ["KEEPX"]);
     put_by_hand(&blocks, "LOOKEDX", b"by hand");
     assert_eq!(fs::read(m.path("LOOKEDX")).unwrap(), b"by hand");
-    eventually("the looked-up value is listed", || {
+    eventually(WAIT, "the looked-up value is listed", || {
         listing(&m.mnt) == ["KEEPX", "LOOKEDX"]
     });
 }

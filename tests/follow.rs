@@ -9,9 +9,13 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Mount, dsfs, sh};
+use common::{Mount, dsfs, eventually, listing, sh};
+
+/// How long a change made beside the mount may take to show (revalidation interval plus the
+/// kernel's attribute cache, with room for a loaded machine).
+const WAIT: Duration = Duration::from_secs(20);
 
 const SHARDING: &str = "/repo/flatfs/shard/v1/next-to-last/2\n";
 
@@ -68,25 +72,6 @@ fn stdout_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Polls `f` until it returns true; fails after a generous deadline (revalidation is promised
-/// within the interval plus the kernel's one-second attribute cache).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]
@@ -192,10 +177,10 @@ fn blocks_changed_by_hand_during_a_mount_show_within_the_revalidation_interval()
     assert_eq!(fs::read(m.path("XNEWA")).unwrap(), b"new in a new shard");
     put_by_hand(&blocks, "XREWR", b"rewritten, longer");
     fs::remove_file(blocks.join(shard_of("XGONE")).join("XGONE.data")).unwrap();
-    eventually("the listing follows the directory", || {
+    eventually(WAIT, "the listing follows the directory", || {
         listing(&m.mnt) == ["XKEEP", "XNEEP", "XNEWA", "XREWR"]
     });
-    eventually("the rewritten block shows its new size", || {
+    eventually(WAIT, "the rewritten block shows its new size", || {
         fs::metadata(m.path("XREWR")).map(|md| md.size()).ok() == Some(17)
     });
     assert_eq!(fs::read(m.path("XREWR")).unwrap(), b"rewritten, longer");
@@ -220,7 +205,7 @@ fn a_block_deleted_underneath_an_open_file_reads_as_gone_not_as_an_io_error() {
     let err = std::os::unix::fs::FileExt::read_at(&f, &mut buf, 0).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
     drop(f);
-    eventually("the deleted block leaves the listing", || {
+    eventually(WAIT, "the deleted block leaves the listing", || {
         listing(&m.mnt).is_empty()
     });
 }
@@ -262,7 +247,7 @@ fn blocks_added_to_a_repository_by_hand_show_in_its_mount() {
     );
     let other = "CIQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB";
     put_by_hand(&blocks, other, b"another");
-    eventually("the new block is listed", || {
+    eventually(WAIT, "the new block is listed", || {
         listing(&m.path("blocks")).contains(&other.to_owned())
     });
 }

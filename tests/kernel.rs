@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Mount, count_requests, dsfs, requests, sh, traced};
+use common::{Mount, count_requests, dsfs, dsfs_beside, requests, sh, traced};
 
 fn mode_of(m: &Mount, name: &str) -> String {
     sh(&m.mnt, &format!("stat -c %a {name}")).trim().to_owned()
@@ -176,17 +176,6 @@ fn a_read_only_open_with_o_trunc_truncates_as_on_linux() {
     // Not only in the kernel's cached attributes: in the store too, after they expire.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(sh(&m.mnt, "stat -c %s f; cat f").trim(), "0");
-}
-
-/// Runs `dsfs --store SPEC args...` against the mounted store (through its control socket).
-fn dsfs_beside(m: &Mount, args: &[&str]) {
-    let out = dsfs()
-        .arg("--store")
-        .arg(&m.spec)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
 }
 
 #[test]

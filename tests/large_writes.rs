@@ -10,9 +10,8 @@ mod common;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
 
-use common::{Mount, count_requests, requests, traced_flatfs};
+use common::{Mount, count_requests, requests_since, traced_flatfs};
 
 /// Larger than `LARGE_WRITE_MIN` (64 KiB).
 const BIG: usize = 1 << 20;
@@ -21,18 +20,6 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed))
         .collect()
-}
-
-/// The requests logged since the first `before`, once `n` RELEASE requests are among them.
-fn requests_since(m: &Mount, before: usize, n: usize) -> Vec<String> {
-    for _ in 0..100 {
-        let all = requests(m);
-        if count_requests(&all[before..], "RELEASE") >= n {
-            return all[before..].to_vec();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    requests(m)[before..].to_vec()
 }
 
 /// A page written through a read-write handle of a large file and read back twice through it

@@ -12,9 +12,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Mount, bytes, fio_verify, have_fio, sh};
+use common::{Mount, bytes, eventually, fio_verify, have_fio, sh};
 use dsfs::backend::rados::{RadosOptions, RadosStore};
 use dsfs::{Datastore, ErrorKind, Key};
+
+/// How long a change made beside the mount may take to show (revalidation interval plus the
+/// kernel's attribute cache, with room for a loaded machine).
+const WAIT: Duration = Duration::from_secs(30);
 
 /// The cluster the environment names.
 struct Ceph {
@@ -373,16 +377,6 @@ fn fio_with_verify_on_a_rados_mount() {
     }
 }
 
-/// Polls `f` until it returns true; fails after a generous deadline (the promise is the
-/// revalidation interval plus the kernel's one-second attribute cache).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn names(m: &Mount) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(&m.mnt)
         .unwrap()
@@ -405,19 +399,21 @@ fn two_hosts_on_one_pool_see_each_others_closed_files() {
     // Created on A, while B is mounted: B lists and reads it within the interval.
     std::fs::write(a.path("hello"), b"from a").unwrap();
     std::fs::write(a.path("big"), bytes(7, 5 << 20)).unwrap();
-    eventually("B lists A's new files", || names(&b) == ["big", "hello"]);
+    eventually(WAIT, "B lists A's new files", || {
+        names(&b) == ["big", "hello"]
+    });
     assert_eq!(std::fs::read(b.path("hello")).unwrap(), b"from a");
     assert_eq!(std::fs::read(b.path("big")).unwrap(), bytes(7, 5 << 20));
     // Changed on A (another size): B reads the new value.
     std::fs::write(a.path("hello"), b"from a, changed").unwrap();
-    eventually("B reads A's change", || {
+    eventually(WAIT, "B reads A's change", || {
         std::fs::read(b.path("hello")).ok().as_deref() == Some(b"from a, changed".as_slice())
     });
     // Deleted on A: gone from B.
     std::fs::remove_file(a.path("big")).unwrap();
-    eventually("A's delete reaches B", || names(&b) == ["hello"]);
+    eventually(WAIT, "A's delete reaches B", || names(&b) == ["hello"]);
     // The kernel may keep the name for its one-second entry cache.
-    eventually("B's name for the deleted file expires", || {
+    eventually(WAIT, "B's name for the deleted file expires", || {
         std::fs::metadata(b.path("big")).is_err()
     });
     // Last close wins: A and B both write one file; B closes last, and that is what both
@@ -426,7 +422,7 @@ fn two_hosts_on_one_pool_see_each_others_closed_files() {
     std::fs::write(b.path("hello"), b"from b, last").unwrap();
     // Renames on B reach A likewise.
     std::fs::rename(b.path("hello"), b.path("renamed")).unwrap();
-    eventually("B's rename reaches A", || names(&a) == ["renamed"]);
+    eventually(WAIT, "B's rename reaches A", || names(&a) == ["renamed"]);
     assert_eq!(std::fs::read(a.path("renamed")).unwrap(), b"from b, last");
     // And a host that was not mounted catches up at its next mount.
     let mut b = b;

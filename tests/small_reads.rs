@@ -13,26 +13,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Mount, count_requests, requests, sh, traced_flatfs};
+use common::{Mount, count_requests, requests, requests_since, sh, traced_flatfs};
 
 /// Small files read and re-read per test.
 const N: usize = 20;
 
 fn name(i: usize) -> String {
     format!("SF{i:07}")
-}
-
-/// The requests logged since the first `before`, once `n` RELEASE requests are among them
-/// (the kernel sends a reader's RELEASE after its close returns).
-fn requests_since(m: &Mount, before: usize, n: usize) -> Vec<String> {
-    for _ in 0..100 {
-        let all = requests(m);
-        if count_requests(&all[before..], "RELEASE") >= n {
-            return all[before..].to_vec();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    requests(m)[before..].to_vec()
 }
 
 /// Writes `N` files of 4 KiB through the mount and reads each once, and waits for the

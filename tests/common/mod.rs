@@ -318,6 +318,51 @@ pub fn count_requests(reqs: &[String], op: &str) -> usize {
         .count()
 }
 
+/// The requests logged since the first `before`, once `n` RELEASE requests are among them
+/// (the kernel sends a handle's RELEASE after its close returns); after 5 s, whatever is there.
+pub fn requests_since(m: &Mount, before: usize, n: usize) -> Vec<String> {
+    for _ in 0..100 {
+        let all = requests(m);
+        if count_requests(&all[before..], "RELEASE") >= n {
+            return all[before..].to_vec();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    requests(m)[before..].to_vec()
+}
+
+/// Runs `dsfs --store SPEC args...` against the mounted store (through its control socket),
+/// and checks that it succeeded.
+pub fn dsfs_beside(m: &Mount, args: &[&str]) {
+    let out = dsfs()
+        .arg("--store")
+        .arg(&m.spec)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The names in `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Polls `f` every 100 ms until it returns true; fails after `within` (what revalidation
+/// promises is its interval plus the kernel's one-second attribute cache: give it room).
+pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Whether fio is installed; in CI its absence is a failure, elsewhere the caller skips.
 pub fn have_fio() -> bool {
     let ok = Command::new("fio").arg("--version").output().is_ok();
