@@ -768,6 +768,21 @@ fn w<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> IndexError {
     move |e| IndexError::redb(context, e)
 }
 
+/// The table `def` of `txn`, opened into `cell` the first time it is asked for.
+fn opened<'c, 't, K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &'t WriteTransaction,
+    cell: &'c OnceCell<Table<'t, K, V>>,
+    def: TableDefinition<K, V>,
+) -> IndexResult<&'c Table<'t, K, V>> {
+    if let Some(table) = cell.get() {
+        return Ok(table);
+    }
+    let table = txn
+        .open_table(def)
+        .map_err(|e| IndexError::redb("opening an index table", e))?;
+    Ok(cell.get_or_init(|| table))
+}
+
 impl<'t> Tx<'t> {
     fn open(txn: &'t WriteTransaction, options: &IndexOptions) -> IndexResult<Tx<'t>> {
         Ok(Tx {
@@ -786,129 +801,76 @@ impl<'t> Tx<'t> {
         })
     }
 
-    // The tables, each opened on first use.
+    // The tables, each opened on first use (see `opened`).
 
     fn t_meta(&self) -> IndexResult<&Table<'t, &'static str, u64>> {
-        if self.meta.get().is_none() {
-            let table = self.txn.open_table(META).map_err(w("opening meta"))?;
-            // Nothing else sets the cell, which was empty just now.
-            let _ = self.meta.set(table);
-        }
-        self.meta
-            .get()
-            .ok_or_else(|| IndexError::corrupt("index table meta did not open"))
+        opened(self.txn, &self.meta, META)
     }
 
     fn t_meta_mut(&mut self) -> IndexResult<&mut Table<'t, &'static str, u64>> {
-        self.t_meta()?;
+        opened(self.txn, &self.meta, META)?;
         self.meta
             .get_mut()
             .ok_or_else(|| IndexError::corrupt("index table meta did not open"))
     }
 
     fn t_nodes(&self) -> IndexResult<&Table<'t, u64, &'static [u8]>> {
-        if self.nodes.get().is_none() {
-            let table = self.txn.open_table(NODES).map_err(w("opening nodes"))?;
-            // Nothing else sets the cell, which was empty just now.
-            let _ = self.nodes.set(table);
-        }
-        self.nodes
-            .get()
-            .ok_or_else(|| IndexError::corrupt("index table nodes did not open"))
+        opened(self.txn, &self.nodes, NODES)
     }
 
     fn t_nodes_mut(&mut self) -> IndexResult<&mut Table<'t, u64, &'static [u8]>> {
-        self.t_nodes()?;
+        opened(self.txn, &self.nodes, NODES)?;
         self.nodes
             .get_mut()
             .ok_or_else(|| IndexError::corrupt("index table nodes did not open"))
     }
 
     fn t_dirents(&self) -> IndexResult<&DirentsTable<'t>> {
-        if self.dirents.get().is_none() {
-            let table = self.txn.open_table(DIRENTS).map_err(w("opening dirents"))?;
-            // Nothing else sets the cell, which was empty just now.
-            let _ = self.dirents.set(table);
-        }
-        self.dirents
-            .get()
-            .ok_or_else(|| IndexError::corrupt("index table dirents did not open"))
+        opened(self.txn, &self.dirents, DIRENTS)
     }
 
     fn t_dirents_mut(&mut self) -> IndexResult<&mut DirentsTable<'t>> {
-        self.t_dirents()?;
+        opened(self.txn, &self.dirents, DIRENTS)?;
         self.dirents
             .get_mut()
             .ok_or_else(|| IndexError::corrupt("index table dirents did not open"))
     }
 
     fn t_cookies(&self) -> IndexResult<&CookiesTable<'t>> {
-        if self.cookies.get().is_none() {
-            let table = self.txn.open_table(COOKIES).map_err(w("opening cookies"))?;
-            // Nothing else sets the cell, which was empty just now.
-            let _ = self.cookies.set(table);
-        }
-        self.cookies
-            .get()
-            .ok_or_else(|| IndexError::corrupt("index table cookies did not open"))
+        opened(self.txn, &self.cookies, COOKIES)
     }
 
     fn t_cookies_mut(&mut self) -> IndexResult<&mut CookiesTable<'t>> {
-        self.t_cookies()?;
+        opened(self.txn, &self.cookies, COOKIES)?;
         self.cookies
             .get_mut()
             .ok_or_else(|| IndexError::corrupt("index table cookies did not open"))
     }
 
-    fn t_keys(&self) -> IndexResult<&Table<'t, &'static str, (u64, u64)>> {
-        if self.keys.get().is_none() {
-            let table = self.txn.open_table(KEYS).map_err(w("opening keys"))?;
-            // Nothing else sets the cell, which was empty just now.
-            let _ = self.keys.set(table);
-        }
-        self.keys
-            .get()
-            .ok_or_else(|| IndexError::corrupt("index table keys did not open"))
-    }
-
     fn t_keys_mut(&mut self) -> IndexResult<&mut Table<'t, &'static str, (u64, u64)>> {
-        self.t_keys()?;
+        opened(self.txn, &self.keys, KEYS)?;
         self.keys
             .get_mut()
             .ok_or_else(|| IndexError::corrupt("index table keys did not open"))
     }
 
     fn t_xattrs(&self) -> IndexResult<&Table<'t, (u64, &'static str), &'static [u8]>> {
-        if self.xattrs.get().is_none() {
-            let table = self.txn.open_table(XATTRS).map_err(w("opening xattrs"))?;
-            // Nothing else sets the cell, which was empty just now.
-            let _ = self.xattrs.set(table);
-        }
-        self.xattrs
-            .get()
-            .ok_or_else(|| IndexError::corrupt("index table xattrs did not open"))
+        opened(self.txn, &self.xattrs, XATTRS)
     }
 
     fn t_xattrs_mut(&mut self) -> IndexResult<&mut Table<'t, (u64, &'static str), &'static [u8]>> {
-        self.t_xattrs()?;
+        opened(self.txn, &self.xattrs, XATTRS)?;
         self.xattrs
             .get_mut()
             .ok_or_else(|| IndexError::corrupt("index table xattrs did not open"))
     }
 
     fn t_aliases(&self) -> IndexResult<&Table<'t, (u64, u64, &'static str), ()>> {
-        if self.aliases.get().is_none() {
-            let table = self.txn.open_table(ALIASES).map_err(w("opening aliases"))?;
-            // Nothing else sets the cell, which was empty just now.
-            let _ = self.aliases.set(table);
-        }
-        self.aliases
-            .get()
-            .ok_or_else(|| IndexError::corrupt("index table aliases did not open"))
+        opened(self.txn, &self.aliases, ALIASES)
     }
 
     fn t_aliases_mut(&mut self) -> IndexResult<&mut Table<'t, (u64, u64, &'static str), ()>> {
-        self.t_aliases()?;
+        opened(self.txn, &self.aliases, ALIASES)?;
         self.aliases
             .get_mut()
             .ok_or_else(|| IndexError::corrupt("index table aliases did not open"))
