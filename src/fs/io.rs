@@ -409,12 +409,7 @@ impl DsFs {
             }
             // A truncate is visible to every later reader, so commit it unless a handle is
             // still writing (its close commits).
-            let writers = self
-                .handles
-                .read()
-                .values()
-                .any(|h| h.ino == ino && h.writable);
-            if !writers {
+            if inode.writers.load(Ordering::Relaxed) == 0 {
                 self.commit(ino, &inode, false)?;
             }
             Ok(())
