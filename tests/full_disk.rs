@@ -207,3 +207,99 @@ fn a_full_disk_keeps_every_acknowledged_file_and_the_mount_usable() {
     drop(m);
     drop(disk);
 }
+
+/// A buffer of `len` bytes of `seed`'s pattern at a 4 KiB-aligned address (O_DIRECT).
+fn aligned_pattern(len: usize, seed: u8) -> (Vec<u8>, usize) {
+    let mut v = vec![0u8; len + 4096];
+    let at = v.as_ptr().align_offset(4096);
+    for (i, b) in v[at..at + len].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(13).wrapping_add(seed);
+    }
+    (v, at)
+}
+
+// O_DIRECT writes are answered once queued to the daemon's writer thread (src/datastore/
+// direct.rs). When the disk fills, a queued write fails after its WRITE was answered: the
+// error must reach a later write, fsync or close, and the bytes of every answered write must
+// survive until space is freed (they are kept and written again), so that the fsync that
+// finally succeeds, and the remount, find every one of them.
+#[test]
+fn o_direct_writes_on_a_full_disk_report_enospc_and_lose_no_answered_write() {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let disk = match LoopFs::new() {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipping the full-disk test: {why}");
+            return;
+        }
+    };
+    let holder = tempfile::tempdir().unwrap();
+    let spec = format!("flatfs:{}", disk.mnt.join("blocks").display());
+    let mut m = Mount::with_spec(holder, spec, &[]);
+
+    // Fill the disk beside the store, then free 12 MiB.
+    let filler = disk.mnt.join("filler");
+    let dd = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .args(["bs=1M", "count=200", "conv=fsync"])
+        .output()
+        .unwrap();
+    assert!(!dd.status.success(), "dd did not run out of space");
+    let filled = fs::metadata(&filler).unwrap().len();
+    File::options()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(filled.saturating_sub(12 << 20))
+        .unwrap();
+
+    const MIB: usize = 1 << 20;
+    let f = File::options()
+        .write(true)
+        .read(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.path("DIRECT"))
+        .unwrap();
+    // 1 MiB writes, an fsync after every fourth, until one of them fails.
+    let mut answered = 0usize;
+    let mut failure = None;
+    for i in 0..40usize {
+        let (buf, at) = aligned_pattern(MIB, i as u8);
+        if let Err(e) = f.write_all_at(&buf[at..at + MIB], (i * MIB) as u64) {
+            failure = Some(("write", e));
+            break;
+        }
+        answered = i + 1;
+        if i % 4 == 3
+            && let Err(e) = f.sync_all()
+        {
+            failure = Some(("fsync", e));
+            break;
+        }
+    }
+    let (what, e) = failure.expect("40 MiB of O_DIRECT writes fitted into 12 MiB free");
+    expect_enospc(what, &e);
+    eprintln!("{answered} writes answered, then the {what} failed with ENOSPC");
+    // Still full: fsync keeps failing (the kept bytes cannot be written).
+    expect_enospc("fsync on the full disk", &f.sync_all().unwrap_err());
+
+    // Free the space: the next fsync writes the kept bytes and commits them all.
+    fs::remove_file(&filler).unwrap();
+    f.sync_all().expect("fsync after space was freed");
+    drop(f);
+    m.remount();
+    let got = fs::read(m.path("DIRECT")).unwrap();
+    assert_eq!(got.len(), answered * MIB, "length after the remount");
+    for i in 0..answered {
+        let (buf, at) = aligned_pattern(MIB, i as u8);
+        assert!(
+            got[i * MIB..(i + 1) * MIB] == buf[at..at + MIB],
+            "answered write {i} lost"
+        );
+    }
+    m.umount();
+    drop(m);
+    drop(disk);
+}

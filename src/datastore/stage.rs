@@ -85,6 +85,10 @@ pub struct Staged {
     hashed: bool,
     /// For an overlay: the base and the dirty ranges (see the module documentation).
     overlay: Option<parking_lot::Mutex<Overlay>>,
+    /// The queue of `O_DIRECT` writes to the staging file, made on the first one (see
+    /// `direct.rs`): [`Staged::disk`] waits for it, so nothing else sees the file before
+    /// the queued writes are in it.
+    direct: super::direct::Direct,
 }
 
 /// The state of an overlay staged value.
@@ -349,6 +353,7 @@ impl Staged {
             hash: parking_lot::Mutex::new(hashed.then(Prefix::new)),
             hashed,
             overlay: None,
+            direct: Default::default(),
         }
     }
 
@@ -367,6 +372,7 @@ impl Staged {
             hash: parking_lot::Mutex::new(None),
             hashed: false,
             overlay: None,
+            direct: Default::default(),
         }
     }
 
@@ -375,8 +381,18 @@ impl Staged {
         self.file.get().is_none()
     }
 
-    /// The staging file, spilling an in-memory value to it first.
+    /// The staging file, spilling an in-memory value to it first, once every queued direct
+    /// write is in it (the error of one that failed, while writing it again still fails).
     fn disk(&self) -> Result<&File> {
+        let file = self.disk_unsettled()?;
+        self.direct
+            .settle()
+            .map_err(|e| Error::io("writing staging file (a queued O_DIRECT write)", e))?;
+        Ok(file)
+    }
+
+    /// [`Staged::disk`] without waiting for queued direct writes: for queueing another.
+    fn disk_unsettled(&self) -> Result<&File> {
         if let Some(f) = self.file.get() {
             return Ok(f);
         }
@@ -596,6 +612,9 @@ impl Staged {
         {
             return Ok(());
         }
+        self.direct
+            .settle_for_len(len)
+            .map_err(|e| Error::io("writing staging file (a queued O_DIRECT write)", e))?;
         self.disk()?
             .set_len(len)
             .map_err(|e| Error::io("resizing staging file", e))
@@ -701,6 +720,7 @@ impl Staged {
             hash: parking_lot::Mutex::new(None),
             hashed: self.hashed,
             overlay: None,
+            direct: Default::default(),
         }) {
             return Ok(copy);
         }
@@ -727,6 +747,7 @@ impl Staged {
             hash: parking_lot::Mutex::new(None),
             hashed: self.hashed,
             overlay,
+            direct: Default::default(),
         })
     }
 
@@ -820,9 +841,17 @@ impl Staged {
     }
 
     /// [`Staged::write_all_at`] for a client's `O_DIRECT` write: block-aligned ranges bypass
-    /// the staging file's page cache (see `direct.rs`).
+    /// the staging file's page cache, and are queued to a writer thread (see `direct.rs`):
+    /// they are in the file before anything else touches it, and an error of one reaches the
+    /// next write, read, sync or commit.
     pub fn write_all_at_direct(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.write_at_with(offset, data, true)
+    }
+
+    /// How many `O_DIRECT` descriptors of the staging file were opened (one at most).
+    #[cfg(test)]
+    pub(crate) fn direct_descriptors_opened(&self) -> u32 {
+        self.direct.descriptors_opened()
     }
 
     fn write_at_with(&self, offset: u64, data: &[u8], direct: bool) -> Result<()> {
@@ -831,13 +860,17 @@ impl Staged {
             if let Some(done) = self.write_memory(offset, data) {
                 return done;
             }
-            let file = self.disk()?;
-            if direct {
-                super::direct::write_all_at(file, data, offset, None)
-            } else {
-                file.write_all_at(data, offset)
+            if direct && super::direct::eligible(data.len(), offset) {
+                let file = self.disk_unsettled()?;
+                if let Some(queue) = self.direct.queue(file) {
+                    return queue
+                        .submit(data, offset)
+                        .map_err(|e| Error::io("writing staging file", e));
+                }
             }
-            .map_err(|e| Error::io("writing staging file", e))
+            self.disk()?
+                .write_all_at(data, offset)
+                .map_err(|e| Error::io("writing staging file", e))
         };
         if hash.is_none() {
             drop(hash);
@@ -851,27 +884,14 @@ impl Staged {
             }
             return written;
         }
-        // A direct write hashes the bytes itself (while the device writes them).
-        let mut hashed = false;
-        let written = if direct && !self.is_in_memory() {
-            let hasher = hash
-                .as_mut()
-                .filter(|p| p.len == offset)
-                .map(|p| &mut p.hasher);
-            hashed = hasher.is_some();
-            super::direct::write_all_at(self.disk()?, data, offset, hasher)
-                .map_err(|e| Error::io("writing staging file", e))
-        } else {
-            plain(data)
-        };
+        // A queued direct write is written by its queue's thread while this one hashes.
+        let written = plain(data);
         if let (Some(ov), Ok(())) = (&self.overlay, &written) {
             mark_written(ov, offset, data.len());
         }
         match hash.as_mut() {
             Some(p) if written.is_ok() && offset == p.len => {
-                if !hashed {
-                    sha2::Digest::update(&mut p.hasher, data);
-                }
+                sha2::Digest::update(&mut p.hasher, data);
                 p.len += data.len() as u64;
             }
             // Out of order, or a failed write: the running hash no longer describes the file.
