@@ -35,6 +35,13 @@
 //!   the next write, read, sync or commit of the file writes them again first and returns the
 //!   error while that still fails (`ENOSPC` until space is freed), as the kernel reports a
 //!   writeback error to `fsync` and `close`. A truncation forgets kept bytes it cuts off.
+//!
+//! A staged value that keeps a running sha2-256 (the default repository records it with the
+//! value) hands its hasher to the queue on the first in-order direct write: the queue's
+//! hashing thread hashes each queued write's buffer, in order, while the writer thread writes
+//! it, so neither the hash (about 0.6 ms per MiB with SHA-NI on the machines measured) nor the
+//! device write is on the FUSE thread. The staged value takes the hasher back (after the
+//! queued hashing) before any other write of the value, and to read the hash.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -121,9 +128,18 @@ impl Buf {
     }
 }
 
+/// A queued write: the first `len` bytes of `buf` at `offset`. The buffer is shared with the
+/// hashing thread when the write is hashed too.
 struct Job {
     offset: u64,
-    buf: Buf,
+    buf: Arc<Buf>,
+    len: usize,
+}
+
+impl Job {
+    fn bytes(&self) -> &[u8] {
+        &self.buf.bytes()[..self.len]
+    }
 }
 
 #[derive(Default)]
@@ -137,8 +153,33 @@ struct State {
     failed: VecDeque<Job>,
     /// Buffers of completed writes, for the next ones.
     spare: Vec<Buf>,
-    /// Set when the queue is dropped: the writer thread ends once idle.
+    /// Set when the queue is dropped: the threads end once idle.
     closed: bool,
+    /// The running hash of the staged value while the queue holds it (see
+    /// [`Queue::adopt_hasher`]); taken out by the hashing thread while it hashes.
+    hasher: Option<sha2::Sha256>,
+    /// Bytes of queued writes still to be hashed, in order.
+    to_hash: VecDeque<Arc<Buf>>,
+    /// Whether the hashing thread is hashing one (taken off `to_hash`).
+    hashing: bool,
+}
+
+impl State {
+    /// Keeps the buffer of a finished write for the next one, once neither the writer nor the
+    /// hashing thread needs it.
+    fn recycle(&mut self, buf: Arc<Buf>) {
+        if let Ok(buf) = Arc::try_unwrap(buf)
+            && self.spare.len() < 2 * DEPTH
+        {
+            self.spare.push(buf);
+        }
+    }
+
+    /// Whether another write may be queued.
+    fn has_room(&self) -> bool {
+        self.queue.len() + usize::from(self.busy) < DEPTH
+            && self.to_hash.len() + usize::from(self.hashing) < DEPTH
+    }
 }
 
 struct Shared {
@@ -163,6 +204,8 @@ pub struct Queue {
     shared: Arc<Shared>,
     sink: Arc<dyn Sink>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The hashing thread, started by the first [`Queue::adopt_hasher`].
+    hash_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -188,26 +231,77 @@ impl Queue {
             shared,
             sink,
             thread: Some(thread),
+            hash_thread: Mutex::new(None),
         })
     }
 
-    /// Queues a copy of `data` (eligible, see [`eligible`]) to be written at `offset`, after
-    /// waiting for room; first writes again what failed before, and returns that error if it
-    /// still fails (this write is then not queued).
-    pub fn submit(&self, data: &[u8], offset: u64) -> io::Result<()> {
+    /// Hands the staged value's running hash (of every byte before the next write) to the
+    /// queue: writes submitted with `hash` are then hashed by the queue's hashing thread, in
+    /// order, while the FUSE thread answers the request. Waits for earlier hashing to finish
+    /// (a hasher held from before belongs to an abandoned hash and is replaced). Gives the
+    /// hasher back if no hashing thread can be had.
+    pub fn adopt_hasher(&self, hasher: sha2::Sha256) -> Result<(), sha2::Sha256> {
+        let mut slot = self.hash_thread.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let shared = self.shared.clone();
+            match std::thread::Builder::new()
+                .name("dsfs-dhash".into())
+                .spawn(move || hash_thread(&shared))
+            {
+                Ok(t) => *slot = Some(t),
+                Err(e) => {
+                    log::debug!("no hashing thread for direct writes: {e}");
+                    return Err(hasher);
+                }
+            }
+        }
+        drop(slot);
+        let mut st = self.hashed();
+        st.hasher = Some(hasher);
+        Ok(())
+    }
+
+    /// Takes back the running hash once every submitted write is hashed into it; `None` if
+    /// the queue holds none.
+    pub fn take_hasher(&self) -> Option<sha2::Sha256> {
+        self.hashed().hasher.take()
+    }
+
+    /// The state once the hashing thread has nothing left to hash.
+    fn hashed(&self) -> MutexGuard<'_, State> {
+        let mut st = self.shared.lock();
+        while st.hashing || !st.to_hash.is_empty() {
+            st = self.shared.wait(st);
+        }
+        st
+    }
+
+    /// Queues a copy of `data` (eligible, see [`eligible`]) to be written at `offset`, and,
+    /// with `hash`, to be hashed into the hasher the queue holds ([`Queue::adopt_hasher`]),
+    /// after waiting for room; first writes again what failed before, and returns that error
+    /// if it still fails (this write is then not queued).
+    pub fn submit(&self, data: &[u8], offset: u64, hash: bool) -> io::Result<()> {
         let mut st = self.shared.lock();
         loop {
             self.retry(&mut st)?;
-            if st.queue.len() + usize::from(st.busy) < DEPTH {
+            if st.has_room() {
                 break;
             }
             st = self.shared.wait(st);
         }
         let mut buf = st.spare.pop().unwrap_or_else(Buf::empty);
-        // The copy is made with the lock held: the writer thread waits for it only when it
-        // has nothing else to write.
+        // The copy is made with the lock held: the threads wait for it only when they have
+        // nothing else to do.
         buf.fill(data);
-        st.queue.push_back(Job { offset, buf });
+        let buf = Arc::new(buf);
+        if hash {
+            st.to_hash.push_back(buf.clone());
+        }
+        st.queue.push_back(Job {
+            offset,
+            buf,
+            len: data.len(),
+        });
         drop(st);
         self.shared.changed.notify_all();
         Ok(())
@@ -229,7 +323,7 @@ impl Queue {
                 return false;
             }
             let keep = usize::try_from(len - job.offset).unwrap_or(usize::MAX);
-            job.buf.len = job.buf.len.min(keep);
+            job.len = job.len.min(keep);
             true
         });
         self.retry(&mut st)
@@ -248,10 +342,10 @@ impl Queue {
     /// while any are kept: see [`writer`]); stops at the first that fails again.
     fn retry(&self, st: &mut State) -> io::Result<()> {
         while let Some(job) = st.failed.front() {
-            self.sink.write_at(job.buf.bytes(), job.offset)?;
+            self.sink.write_at(job.bytes(), job.offset)?;
             if let Some(job) = st.failed.pop_front() {
                 log::debug!("an earlier failed direct write at {} landed", job.offset);
-                st.spare.push(job.buf);
+                st.recycle(job.buf);
             }
         }
         Ok(())
@@ -262,10 +356,15 @@ impl Drop for Queue {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.changed.notify_all();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            log::warn!("the direct-write thread of a staging file panicked");
+        let hash_thread = self
+            .hash_thread
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        for thread in self.thread.take().into_iter().chain(hash_thread) {
+            if thread.join().is_err() {
+                log::warn!("a direct-write thread of a staging file panicked");
+            }
         }
     }
 }
@@ -291,15 +390,11 @@ fn writer(shared: &Shared, sink: &dyn Sink) {
         };
         st.busy = true;
         drop(st);
-        let result = sink.write_at(job.buf.bytes(), job.offset);
+        let result = sink.write_at(job.bytes(), job.offset);
         st = shared.lock();
         st.busy = false;
         match result {
-            Ok(()) => {
-                if st.spare.len() < DEPTH {
-                    st.spare.push(job.buf);
-                }
-            }
+            Ok(()) => st.recycle(job.buf),
             Err(e) => {
                 log::debug!("queued direct write at {} failed, kept: {e}", job.offset);
                 st.failed.push_back(job);
@@ -307,6 +402,36 @@ fn writer(shared: &Shared, sink: &dyn Sink) {
                 st.failed.extend(rest);
             }
         }
+        shared.changed.notify_all();
+    }
+}
+
+/// The hashing thread: hashes queued writes' bytes in order into the hasher the queue holds.
+fn hash_thread(shared: &Shared) {
+    let mut st = shared.lock();
+    loop {
+        let buf = loop {
+            if let Some(buf) = st.to_hash.pop_front() {
+                break Some(buf);
+            }
+            if st.closed {
+                break None;
+            }
+            st = shared.wait(st);
+        };
+        let Some(buf) = buf else {
+            return;
+        };
+        st.hashing = true;
+        let mut hasher = st.hasher.take();
+        drop(st);
+        if let Some(h) = hasher.as_mut() {
+            sha2::Digest::update(h, buf.bytes());
+        }
+        st = shared.lock();
+        st.hasher = hasher;
+        st.hashing = false;
+        st.recycle(buf);
         shared.changed.notify_all();
     }
 }
@@ -345,6 +470,14 @@ impl Direct {
         self.opened.fetch_add(1, Ordering::Relaxed);
         let buffered = file.try_clone()?;
         Queue::new(Arc::new(FileSink { direct, buffered }))
+    }
+
+    /// [`Queue::take_hasher`], if there is a queue.
+    pub fn take_hasher(&self) -> Option<sha2::Sha256> {
+        match self.queue.get() {
+            Some(Some(q)) => q.take_hasher(),
+            Some(None) | None => None,
+        }
     }
 
     /// [`Queue::settle`], if there is a queue.
@@ -438,15 +571,15 @@ mod tests {
         let (a, b) = (pattern(MIN_DIRECT, 1), pattern(MIN_DIRECT, 2));
         let gate = model.gate.lock().unwrap();
         // `a` is taken by the writer (and waits at the gate), `b` queued behind it.
-        q.submit(&a, 0).unwrap();
-        q.submit(&b, 4096).unwrap();
+        q.submit(&a, 0, false).unwrap();
+        q.submit(&b, 4096, false).unwrap();
         model.full.store(true, Ordering::SeqCst);
         drop(gate);
         let e = q.settle().unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
         // Still full: reported again, by a write too (which is not queued).
         assert_eq!(
-            q.submit(&pattern(MIN_DIRECT, 3), 1 << 20)
+            q.submit(&pattern(MIN_DIRECT, 3), 1 << 20, false)
                 .unwrap_err()
                 .raw_os_error(),
             Some(libc::ENOSPC)
@@ -469,13 +602,13 @@ mod tests {
         let model = Arc::new(Model::default());
         let q = Queue::new(model.clone()).unwrap();
         model.full.store(true, Ordering::SeqCst);
-        q.submit(&pattern(MIN_DIRECT, 1), 1 << 20).unwrap();
+        q.submit(&pattern(MIN_DIRECT, 1), 1 << 20, false).unwrap();
         assert!(q.settle().is_err());
         q.settle_for_len(1 << 20).unwrap();
         q.settle().unwrap();
         assert!(model.bytes.lock().unwrap().is_empty());
         model.full.store(false, Ordering::SeqCst);
-        q.submit(&pattern(MIN_DIRECT, 2), 0).unwrap();
+        q.submit(&pattern(MIN_DIRECT, 2), 0, false).unwrap();
         q.settle().unwrap();
         assert!(*model.bytes.lock().unwrap() == pattern(MIN_DIRECT, 2));
     }
@@ -487,14 +620,18 @@ mod tests {
         let q = Arc::new(Queue::new(model.clone()).unwrap());
         let gate = model.gate.lock().unwrap();
         for i in 0..DEPTH {
-            q.submit(&pattern(MIN_DIRECT, i as u8), (i * MIN_DIRECT) as u64)
-                .unwrap();
+            q.submit(
+                &pattern(MIN_DIRECT, i as u8),
+                (i * MIN_DIRECT) as u64,
+                false,
+            )
+            .unwrap();
         }
         let done = Arc::new(AtomicBool::new(false));
         let third = {
             let (q, done) = (q.clone(), done.clone());
             std::thread::spawn(move || {
-                q.submit(&pattern(MIN_DIRECT, 9), (DEPTH * MIN_DIRECT) as u64)
+                q.submit(&pattern(MIN_DIRECT, 9), (DEPTH * MIN_DIRECT) as u64, false)
                     .unwrap();
                 done.store(true, Ordering::SeqCst);
             })
@@ -594,13 +731,25 @@ mod staged_tests {
         let dir = tempfile::tempdir().unwrap();
         let (f, p) = super::super::stage::create_unique(dir.path(), "t").unwrap();
         let s = Staged::named(f, p).hashing().unwrap();
-        let data = pattern(3 << 20, 11);
-        for (i, piece) in data.chunks(1 << 20).enumerate() {
+        let data = pattern((3 << 20) + 100, 11);
+        let hash_of = |d: &[u8]| -> [u8; 32] {
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(d)).into()
+        };
+        // Queued and hashed on the queue's thread.
+        for (i, piece) in data[..2 << 20].chunks(1 << 20).enumerate() {
             s.write_all_at_direct((i as u64) << 20, piece).unwrap();
         }
-        let want: [u8; 32] =
-            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&data)).into();
-        assert_eq!(s.content_hash(3 << 20), Some(want));
+        assert_eq!(s.content_hash(2 << 20), Some(hash_of(&data[..2 << 20])));
+        // After the hash was taken back: queued again, then a small buffered write in order
+        // (hashed here, after the queue's hashing).
+        s.write_all_at_direct(2 << 20, &data[2 << 20..3 << 20])
+            .unwrap();
+        s.write_all_at(3 << 20, &data[3 << 20..]).unwrap();
+        assert_eq!(s.content_hash(data.len() as u64), Some(hash_of(&data)));
         assert!(s.read_all().unwrap() == data);
+        // Emptied and written again: a fresh hash.
+        s.set_len(0).unwrap();
+        s.write_all_at_direct(0, &data[..1 << 20]).unwrap();
+        assert_eq!(s.content_hash(1 << 20), Some(hash_of(&data[..1 << 20])));
     }
 }

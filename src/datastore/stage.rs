@@ -298,6 +298,10 @@ pub fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> std::io::Res
 struct Prefix {
     len: u64,
     hasher: sha2::Sha256,
+    /// Whether the hasher is with the direct-write queue, which hashes queued writes on its
+    /// own thread ([`super::direct::Queue::adopt_hasher`]); `hasher` is stale until it is
+    /// taken back ([`Staged::reclaim_hash`]).
+    queued: bool,
 }
 
 impl Prefix {
@@ -305,6 +309,7 @@ impl Prefix {
         Prefix {
             len: 0,
             hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            queued: false,
         }
     }
 }
@@ -763,8 +768,10 @@ impl Staged {
     /// The sha2-256 of the staged value if it is `len` bytes long and every byte was written
     /// in order from offset 0; `None` otherwise (the store then records no hash).
     pub fn content_hash(&self, len: u64) -> Option<[u8; 32]> {
-        let guard = self.hash.lock();
-        let prefix = guard.as_ref().filter(|p| p.len == len)?;
+        let mut guard = self.hash.lock();
+        guard.as_ref().filter(|p| p.len == len)?;
+        self.reclaim_hash(&mut guard);
+        let prefix = guard.as_ref()?;
         let digest = sha2::Digest::finalize(prefix.hasher.clone());
         let mut out = [0u8; 32];
         out.copy_from_slice(digest.as_slice());
@@ -854,8 +861,63 @@ impl Staged {
         self.direct.descriptors_opened()
     }
 
+    /// Takes the running hash back from the direct-write queue if the queue holds it (once
+    /// it has hashed every queued write); drops it if the queue has none to give.
+    fn reclaim_hash(&self, hash: &mut Option<Prefix>) {
+        if let Some(p) = hash.as_mut()
+            && p.queued
+        {
+            p.queued = false;
+            match self.direct.take_hasher() {
+                Some(h) => p.hasher = h,
+                None => *hash = None,
+            }
+        }
+    }
+
+    /// An in-order direct write of a hashed value, queued with its hashing (see `direct.rs`):
+    /// `None` if it cannot be queued that way (the caller writes and hashes it itself).
+    fn queue_hashed(&self, p: &mut Prefix, offset: u64, data: &[u8]) -> Option<Result<()>> {
+        if p.len != offset || !super::direct::eligible(data.len(), offset) || self.is_in_memory() {
+            return None;
+        }
+        let file = match self.disk_unsettled() {
+            Ok(f) => f,
+            Err(e) => return Some(Err(e)),
+        };
+        let queue = self.direct.queue(file)?;
+        if !p.queued {
+            match queue.adopt_hasher(std::mem::take(&mut p.hasher)) {
+                Ok(()) => p.queued = true,
+                Err(h) => {
+                    p.hasher = h;
+                    return None;
+                }
+            }
+        }
+        Some(
+            queue
+                .submit(data, offset, true)
+                .map_err(|e| Error::io("writing staging file", e)),
+        )
+    }
+
     fn write_at_with(&self, offset: u64, data: &[u8], direct: bool) -> Result<()> {
         let mut hash = self.hash.lock();
+        if direct
+            && let Some(p) = hash.as_mut()
+            && let Some(written) = self.queue_hashed(p, offset, data)
+        {
+            match &written {
+                Ok(()) => p.len += data.len() as u64,
+                // The running hash no longer describes the file.
+                Err(_) => *hash = None,
+            }
+            if let (Some(ov), Ok(())) = (&self.overlay, &written) {
+                mark_written(ov, offset, data.len());
+            }
+            return written;
+        }
         let plain = |data: &[u8]| {
             if let Some(done) = self.write_memory(offset, data) {
                 return done;
@@ -864,7 +926,7 @@ impl Staged {
                 let file = self.disk_unsettled()?;
                 if let Some(queue) = self.direct.queue(file) {
                     return queue
-                        .submit(data, offset)
+                        .submit(data, offset, false)
                         .map_err(|e| Error::io("writing staging file", e));
                 }
             }
@@ -884,11 +946,11 @@ impl Staged {
             }
             return written;
         }
-        // A queued direct write is written by its queue's thread while this one hashes.
         let written = plain(data);
         if let (Some(ov), Ok(())) = (&self.overlay, &written) {
             mark_written(ov, offset, data.len());
         }
+        self.reclaim_hash(&mut hash);
         match hash.as_mut() {
             Some(p) if written.is_ok() && offset == p.len => {
                 sha2::Digest::update(&mut p.hasher, data);
