@@ -488,3 +488,40 @@ fn fio_smoke_with_verify_on_flatfs() {
     let m = Mount::flatfs();
     fio_smoke(&m, &["--filename=FIOJOB", "--numjobs=1"]);
 }
+
+/// A directory removed while a process holds it open still answers `fstat` and `fchmod` on
+/// its descriptor (with no links) and lists as empty, as on ext4; its name is gone, and
+/// nothing can be made in it. Both ways a directory goes: rmdir, and a rename over it.
+#[test]
+fn an_open_directory_removed_under_its_descriptor_still_answers_fstat() {
+    let m = Mount::repo();
+    for how in ["rmdir", "rename"] {
+        let d = m.path(how);
+        fs::create_dir(&d).unwrap();
+        let h = File::open(&d).unwrap();
+        if how == "rmdir" {
+            fs::remove_dir(&d).unwrap();
+        } else {
+            fs::create_dir(m.path("other")).unwrap();
+            fs::rename(m.path("other"), &d).unwrap();
+        }
+        let st = h
+            .metadata()
+            .unwrap_or_else(|e| panic!("fstat after {how}: {e}"));
+        assert!(st.is_dir(), "{how}");
+        assert_eq!(st.nlink(), 0, "{how}");
+        h.set_permissions(fs::Permissions::from_mode(0o700))
+            .unwrap_or_else(|e| panic!("fchmod after {how}: {e}"));
+        assert_eq!(h.metadata().unwrap().mode() & 0o7777, 0o700, "{how}");
+        // Linux itself refuses new entries in a dead directory, and lists it as empty.
+        let fd_dir = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&h));
+        assert_eq!(fs::read_dir(&fd_dir).unwrap().count(), 0, "{how}");
+        assert_eq!(
+            errno_of(fs::write(Path::new(&fd_dir).join("x"), b"")),
+            libc::ENOENT,
+            "{how}"
+        );
+    }
+    assert!(fs::read_dir(m.path("rename")).unwrap().next().is_none());
+    assert_eq!(errno_of(fs::metadata(m.path("rmdir"))), libc::ENOENT);
+}

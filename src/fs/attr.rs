@@ -81,7 +81,11 @@ impl DsFs {
                 let inode = self.open.get(ino);
                 let snapshot = inode.and_then(|i| i.state.read().orphan.clone());
                 let Some(n) = snapshot else {
-                    return Err(FsError::NotFound);
+                    // A directory removed while the kernel holds it (open, or a cwd).
+                    return match self.removed.get(ino) {
+                        Some(n) => Ok(self.removed_attr(ino, &n)),
+                        None => Err(FsError::NotFound),
+                    };
                 };
                 let mut attr = self.attr_of(ino, &n);
                 attr.nlink = 0;
@@ -160,41 +164,38 @@ impl DsFs {
             {
                 inode.state.write().set_mtime(None);
             }
-            self.index.write(|tx| {
+            let written = self.index.write(|tx| {
                 let mut n = tx.node_required(id)?;
-                let now = now_ts();
-                if let Some(mode) = set.mode {
-                    n.mode = mode & 0o7777;
-                }
-                // As on Linux: a change of owner (even to the same owner) drops setuid, and
-                // setgid when the group can execute; so does a truncate by a caller without
-                // CAP_FSETID, which FUSE does not tell us: a caller other than root stands for
-                // one (see `killpriv`).
-                let chown = set.uid.is_some() || set.gid.is_some();
-                let unprivileged_truncate = set.size.is_some() && ctx.uid != 0;
-                if let Some(uid) = set.uid {
-                    n.uid = uid;
-                }
-                if let Some(gid) = set.gid {
-                    n.gid = gid;
-                }
-                if (chown || unprivileged_truncate) && n.kind != NodeKind::Dir && set.mode.is_none()
-                {
-                    n.mode = without_setid(n.mode);
-                }
-                if let Some(t) = set.atime {
-                    n.atime = time_of(t);
-                }
-                if let Some(t) = set.mtime {
-                    n.mtime = time_of(t);
-                } else if set.size.is_some() {
-                    n.mtime = now;
-                }
-                n.ctime = set.ctime.map(Timestamp::from).unwrap_or(now);
+                apply_setattr(&mut n, ctx, set);
                 tx.put_node(id, &n)
-            })?;
+            });
+            if let Err(e) = written {
+                // A directory removed while open (`fchmod` of its descriptor) still has
+                // attributes of its own.
+                let e = FsError::from(e);
+                return match e {
+                    FsError::NotFound => self
+                        .removed
+                        .update(ino, |n| apply_setattr(n, ctx, set))
+                        .map(|n| self.removed_attr(ino, &n))
+                        .ok_or(e),
+                    other => Err(other),
+                };
+            }
         }
         self.getattr(ino)
+    }
+
+    /// The attributes of a removed directory the kernel still holds: its last node, no links.
+    fn removed_attr(&self, ino: u64, n: &Node) -> Attr {
+        let mut attr = self.attr_of(ino, n);
+        attr.nlink = 0;
+        attr
+    }
+
+    /// The kernel evicted inode `ino`.
+    pub fn forget(&self, ino: u64) {
+        self.removed.forget(ino);
     }
 
     /// Checks `mask` (R_OK/W_OK/X_OK bits, or F_OK) for the caller.
@@ -235,4 +236,36 @@ impl DsFs {
             Err(FsError::Access)
         }
     }
+}
+
+/// Applies the metadata changes of `set` (mode, owner, times; not the size, which `truncate`
+/// made) to `n`, as Linux does.
+fn apply_setattr(n: &mut Node, ctx: Ctx, set: &SetAttr) {
+    let now = now_ts();
+    if let Some(mode) = set.mode {
+        n.mode = mode & 0o7777;
+    }
+    // As on Linux: a change of owner (even to the same owner) drops setuid, and setgid when
+    // the group can execute; so does a truncate by a caller without CAP_FSETID, which FUSE
+    // does not tell us: a caller other than root stands for one (see `killpriv`).
+    let chown = set.uid.is_some() || set.gid.is_some();
+    let unprivileged_truncate = set.size.is_some() && ctx.uid != 0;
+    if let Some(uid) = set.uid {
+        n.uid = uid;
+    }
+    if let Some(gid) = set.gid {
+        n.gid = gid;
+    }
+    if (chown || unprivileged_truncate) && n.kind != NodeKind::Dir && set.mode.is_none() {
+        n.mode = without_setid(n.mode);
+    }
+    if let Some(t) = set.atime {
+        n.atime = time_of(t);
+    }
+    if let Some(t) = set.mtime {
+        n.mtime = time_of(t);
+    } else if set.size.is_some() {
+        n.mtime = now;
+    }
+    n.ctime = set.ctime.map(Timestamp::from).unwrap_or(now);
 }

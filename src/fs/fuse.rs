@@ -440,6 +440,7 @@ impl Filesystem for FuseAdapter {
     /// for each inode).
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
         self.cache.forget(ino.0);
+        self.fs.forget(ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

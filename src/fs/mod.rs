@@ -38,6 +38,7 @@ mod killpriv;
 pub mod names;
 mod namespace;
 mod open;
+mod removed;
 mod rename;
 pub mod types;
 mod unlink;
@@ -80,6 +81,8 @@ pub struct DsFs {
     virt: Mutex<ipfs::Virtual>,
     /// With `ipfs_blocks`: the writer of committed files' UnixFS blocks.
     blocks: Option<blocks::BlockWriter>,
+    /// Directories removed here that the kernel may still hold open.
+    removed: removed::RemovedDirs,
 }
 
 fn ts(t: Timestamp) -> SystemTime {
@@ -131,6 +134,7 @@ impl DsFs {
             cids: Mutex::new(HashMap::new()),
             virt: Mutex::new(ipfs::Virtual::default()),
             blocks,
+            removed: removed::RemovedDirs::default(),
         }
     }
 

@@ -27,6 +27,26 @@ impl DsFs {
         newname: &[u8],
         flags: RenameFlags,
     ) -> FsResult<()> {
+        let mut replaced_dir = None;
+        self.rename_replacing(parent, name, newparent, newname, flags, &mut replaced_dir)?;
+        if let Some((id, mut node)) = replaced_dir {
+            // The empty directory the rename replaced may still be open.
+            node.ctime = now_ts();
+            self.removed.record(id, node);
+        }
+        Ok(())
+    }
+
+    /// [`rename`](Self::rename); sets `replaced_dir` to the empty directory it replaces.
+    fn rename_replacing(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: RenameFlags,
+        replaced_dir: &mut Option<(NodeId, Node)>,
+    ) -> FsResult<()> {
         self.refuse_virtual(parent)?;
         self.refuse_virtual(newparent)?;
         self.check_writable()?;
@@ -98,6 +118,7 @@ impl DsFs {
                     if dnode.value.is_some() || self.index.entry_count(*dst_id)? > 0 {
                         return Err(FsError::NotEmpty);
                     }
+                    *replaced_dir = Some((*dst_id, dnode.clone()));
                 }
                 (false, false) => {}
             }

@@ -571,3 +571,45 @@ fn unlink_and_rmdir_refuse_the_wrong_kind_of_node() {
     assert_eq!(read_file(&fs, f), b"x");
     assert_eq!(names(&fs, d.ino), [".", "..", "f"]);
 }
+
+/// A directory removed (by rmdir, or replaced by a rename) while the kernel still holds it
+/// keeps answering GETATTR and SETATTR, with no links, until the kernel forgets it; as on a
+/// local filesystem, `fstat` and `fchmod` of an open removed directory work.
+#[test]
+fn a_removed_directory_answers_getattr_and_setattr_until_forgotten() {
+    let fs = fs();
+    let d = fs.mkdir(CTX, ROOT, b"d", 0o755, 0o022).unwrap();
+    fs.rmdir(ROOT, b"d").unwrap();
+    let a = fs.getattr(d.ino).unwrap();
+    assert_eq!((a.kind, a.nlink, a.perm), (FileKind::Dir, 0, 0o755));
+    assert!(a.ctime >= d.ctime);
+    let set = SetAttr {
+        mode: Some(0o700),
+        ..SetAttr::default()
+    };
+    assert_eq!(fs.setattr(CTX, d.ino, &set).unwrap().perm, 0o700);
+    assert_eq!(fs.getattr(d.ino).unwrap().perm, 0o700);
+    // Nothing can be made in it, and the name is gone.
+    assert_eq!(
+        fs.mkdir(CTX, d.ino, b"x", 0o755, 0o022)
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
+    assert!(matches!(fs.lookup(ROOT, b"d"), Err(FsError::NotFound)));
+    fs.forget(d.ino);
+    assert!(matches!(fs.getattr(d.ino), Err(FsError::NotFound)));
+    assert!(matches!(
+        fs.setattr(CTX, d.ino, &set),
+        Err(FsError::NotFound)
+    ));
+
+    // A rename over an empty directory removes that directory the same way.
+    let a = fs.mkdir(CTX, ROOT, b"a", 0o755, 0o022).unwrap();
+    let b = fs.mkdir(CTX, ROOT, b"b", 0o711, 0o022).unwrap();
+    fs.rename(ROOT, b"a", ROOT, b"b", RenameFlags::default())
+        .unwrap();
+    let gone = fs.getattr(b.ino).unwrap();
+    assert_eq!((gone.nlink, gone.perm), (0, 0o711));
+    assert_eq!(fs.lookup(ROOT, b"b").unwrap().ino, a.ino);
+}

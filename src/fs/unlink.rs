@@ -10,7 +10,7 @@
 //! leaves the file as it was.
 
 use super::types::Ino;
-use super::{DsFs, FsResult};
+use super::{DsFs, FsResult, now_ts};
 use crate::index::NodeId;
 use crate::index::unlink::{RemovedFile, Unlinked};
 
@@ -90,7 +90,9 @@ impl DsFs {
             return Err(super::FsError::NotDir);
         }
         let comp = Self::component(name)?;
-        self.index.remove_dir(parent, &comp)?;
+        let (id, mut node) = self.index.remove_dir(parent, &comp)?;
+        node.ctime = now_ts();
+        self.removed.record(id, node);
         Ok(())
     }
 }

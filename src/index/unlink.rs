@@ -226,8 +226,8 @@ impl Index {
 
     /// Removes the empty directory `name` of `parent` in one write transaction: `NotFound`,
     /// `NotADirectory` (for the entry or for `parent`) and `NotEmpty` (entries, or a value of
-    /// its own) leave everything as it was.
-    pub fn remove_dir(&self, parent: NodeId, name: &str) -> IndexResult<NodeId> {
+    /// its own) leave everything as it was. Returns the directory's id and its node as it was.
+    pub fn remove_dir(&self, parent: NodeId, name: &str) -> IndexResult<(NodeId, Node)> {
         self.write(|tx| {
             let dir = dir_of(tx, parent)?;
             let Some(id) = tx.lookup(parent, name)? else {
@@ -250,7 +250,7 @@ impl Index {
             }
             tx.remove_entry_of(parent, dir, name, true)?;
             tx.remove_node(id)?;
-            Ok(id)
+            Ok((id, node))
         })
     }
 }
@@ -362,7 +362,7 @@ mod tests {
             .write(|tx| tx.create(ROOT, "e", Node::new(NodeKind::Dir, 0, "", 0o755, 1, 2)))
             .unwrap();
         assert_eq!(ix.node(ROOT).unwrap().subdirs, subdirs);
-        assert_eq!(ix.remove_dir(ROOT, "e").unwrap(), e);
+        assert_eq!(ix.remove_dir(ROOT, "e").unwrap().0, e);
         assert!(ix.lookup(ROOT, "e").unwrap().is_none());
         assert_eq!(ix.node(ROOT).unwrap().subdirs, subdirs - 1);
     }
