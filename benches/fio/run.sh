@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dsfs fio benchmark: the same jobs against a native directory, dsfs over flatfs, dsfs over the
-# default repository layout, bindfs (the C FUSE floor) and JuiceFS. `bash benches/fio/run.sh --help`.
+# default repository layout, bindfs, JuiceFS and floorfs (a null FUSE filesystem: the FUSE floor). `bash benches/fio/run.sh --help`.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,8 +40,19 @@ Targets (--targets, comma-separated; default: native,flatfs,default,bindfs,juice
             that overwrites or removes data on it, its chunks are compacted ('juicefs
             compact', not measured), so overwritten slices do not pile up across runs.
             If it cannot be installed (no network), the script says so and skips it.
+  floor     floorfs (examples/floorfs.rs, built with cargo build --release --example floorfs
+            unless --floor PATH): a null FUSE filesystem that keeps everything in memory and
+            answers every request at once, mounted with dsfs's session settings (worker
+            threads, default_permissions, init capabilities, entry/attribute timeouts). What a
+            job costs on it is the cost of its FUSE requests alone: the floor under every FUSE
+            target. It runs the smallfiles and metadata jobs only (its files live in memory,
+            and dsfs serves reads of big files by passthrough, whose floor is native); when it
+            is a target, the small-file and metadata table gains a column with each target's
+            rate (or time) and daemon CPU per operation as a ratio to the floor's. Not in the
+            default list.
   A dsfs target may carry extra mount options after '@', separated by ':', as a variant with
-  its own store and mount point, e.g. default@passthrough=off:writeback_cache=on.
+  its own store and mount point, e.g. default@passthrough=off:writeback_cache=on. The floor
+  takes threads=N and ttl=SECONDS the same way (floor@threads=1).
 
 Jobs (--jobs, comma-separated; default: all, in this order):
   seqwrite-1m              write a new file sequentially, 1 MiB blocks, SIZE bytes, end_fsync
@@ -87,6 +98,7 @@ Options:
   --dsfs-opts OPTS  extra -o options for every dsfs mount (e.g. threads=4)
   --bindfs-opts STR extra bindfs arguments (e.g. --multithreaded)
   --dsfs PATH       use this dsfs binary instead of building target/release/dsfs
+  --floor PATH      use this floorfs binary instead of building target/release/examples/floorfs
   --dir DIR         where to create the scratch directory (default /var/tmp; it must be on
                     the disk you want to measure: every target's data lives there)
   --job-timeout SEC stop a fio job that runs this long (default 300; a job stuck in a FUSE
@@ -136,7 +148,7 @@ EOF
 QUICK=0 SIZE="" RUNTIME="" NSMALL="" NENTRIES="" KEEP=0 NORESULTS=0 LABEL=""
 TARGETS="native,flatfs,default,bindfs,juicefs"
 ALL_JOBS="seqwrite-1m,seqread-1m,randread-4k-j1,randread-4k-j4,randread-4k-libaio-qd32,randwrite-4k-j1,randwrite-4k-j4,smallfiles,metadata"
-JOBS="$ALL_JOBS" MODES="buffered,direct" DSFS_OPTS="" BINDFS_OPTS="" DSFS="" BASE="/var/tmp"
+JOBS="$ALL_JOBS" MODES="buffered,direct" DSFS_OPTS="" BINDFS_OPTS="" DSFS="" FLOOR="" BASE="/var/tmp"
 OUTDIR="$HERE/results"
 SMALL_SIZE=4096
 JOB_TIMEOUT=300
@@ -162,6 +174,7 @@ while [ $# -gt 0 ]; do
         --dsfs-opts) need "$@"; DSFS_OPTS="$2"; shift ;;
         --bindfs-opts) need "$@"; BINDFS_OPTS="$2"; shift ;;
         --dsfs) need "$@"; DSFS="$2"; shift ;;
+        --floor) need "$@"; FLOOR="$2"; shift ;;
         --dir) need "$@"; BASE="$2"; shift ;;
         --keep) KEEP=1 ;;
         --job-timeout) need "$@"; JOB_TIMEOUT="$2"; shift ;;
@@ -200,6 +213,8 @@ for t in "${TARGET_LIST[@]}"; do
     case "${t%%@*}" in
         native|bindfs|juicefs) [ "$t" = "${t%%@*}" ] || die "only dsfs targets take @options: $t" ;;
         flatfs|default|rados|spdk) ;;
+        floor) [[ "$t" =~ ^floor(@(threads=[0-9]+|ttl=[0-9.]+)(:(threads=[0-9]+|ttl=[0-9.]+))*)?$ ]] \
+                   || die "the floor takes only threads=N and ttl=SECONDS: $t" ;;
         *) die "unknown target '$t' (see --help)" ;;
     esac
     [[ "$t" =~ ^[A-Za-z0-9_@:=.-]+$ ]] || die "bad target name '$t'"
@@ -263,6 +278,15 @@ if has_target flatfs || has_target default || has_target rados || has_target spd
     fi
     [ -x "$DSFS" ] || die "no dsfs binary at $DSFS"
     DSFS="$(cd "$(dirname "$DSFS")" && pwd)/$(basename "$DSFS")"
+fi
+if has_target floor; then
+    if [ -z "$FLOOR" ]; then
+        command -v cargo >/dev/null || die "cargo not found (or give --floor PATH)"
+        echo "== cargo build --release --example floorfs" >&2
+        (cd "$REPO" && cargo build --release --example floorfs --quiet) || die "cargo build failed"
+        FLOOR="$REPO/target/release/examples/floorfs"
+    fi
+    [ -x "$FLOOR" ] || die "no floorfs binary at $FLOOR"
 fi
 CLK_TCK="$(getconf CLK_TCK)"
 
@@ -516,6 +540,29 @@ setup_target() {
                 "$meta" "$mp" > "$SCRATCH/juicefs-mount.log" 2>&1 \
                 || die "juicefs mount failed (log: $SCRATCH/juicefs-mount.log, $SCRATCH/juicefs.log)"
             ;;
+        floor)
+            mp="$SCRATCH/mnt-$safe"; mkdir -p "$mp"
+            KIND[$mp]=floor
+            MOUNTED+=("$mp")
+            # Its own options only (threads=N:ttl=S), not --dsfs-opts.
+            local -a fargs=() fopts=()
+            local o
+            [ "$t" != "$base" ] && IFS=: read -r -a fopts <<<"${t#*@}"
+            for o in "${fopts[@]}"; do fargs+=("--${o%%=*}" "${o#*=}"); done
+            echo "== mounting floorfs at $mp${fargs[*]:+ (${fargs[*]})}" >&2
+            # In its own session (as dsfs's daemon is), so a terminal's ^C reaches the script
+            # only, and the mount is unmounted by cleanup rather than left dead.
+            RUST_LOG="${RUST_LOG:-info}" setsid "$FLOOR" "${fargs[@]}" "$mp" \
+                > "$SCRATCH/$safe.log" 2>&1 < /dev/null &
+            PIDOF[$mp]=$!
+            local i
+            for i in $(seq 1 100); do
+                is_mounted "$mp" && break
+                kill -0 "${PIDOF[$mp]}" 2>/dev/null || break
+                sleep 0.1
+            done
+            is_mounted "$mp" || die "floorfs did not mount (log: $SCRATCH/$safe.log)"
+            ;;
         bindfs)
             dir="$SCRATCH/bindfs-src"; mp="$SCRATCH/mnt-bindfs"; mkdir -p "$dir" "$mp"
             KIND[$mp]=bindfs
@@ -525,7 +572,7 @@ setup_target() {
             bindfs $BINDFS_OPTS "$dir" "$mp" || die "bindfs failed"
             ;;
     esac
-    if [ "${KIND[$mp]}" != native ]; then
+    if [ "${KIND[$mp]}" != native ] && [ -z "${PIDOF[$mp]:-}" ]; then
         is_mounted "$mp" || die "$mp is not mounted"
         local found
         found="$(daemon_pid "$mp")" || die "cannot find the daemon serving $mp"
@@ -591,6 +638,7 @@ measure() {
 
 run_fio() {
     local t="$1" job="$2" mode="$3" mp="${MNT[$1]}"
+    [ "${KIND[$mp]}" = floor ] && return 0   # metadata and small files only (see --help)
     local direct=0; [ "$mode" = direct ] && direct=1
     local file="$mp/FIODATA"
     [ "$job" = seqwrite-1m ] && file="$mp/FIOSEQW" && rm -f "$file" 2>/dev/null
@@ -691,6 +739,7 @@ done
 if [ "$NEED_DATA" = 1 ]; then
     echo "== laying out FIODATA ($SIZE) on every target (not measured)" >&2
     for t in "${TARGET_LIST[@]}"; do
+        [ "${KIND[${MNT[$t]}]}" = floor ] && continue
         data="${MNT[$t]}/FIODATA"
         WATCH_MP="${MNT[$t]}"
         run_child env -C "$SCRATCH/out" FIO_FILE="$data" FIO_SIZE="$SIZE" FIO_RUNTIME="$RUNTIME" \
@@ -907,6 +956,22 @@ def cell(r, key, digits=None, unit=""):
 targets = E["R_TARGETS"].split(",")
 order = {t: i for i, t in enumerate(targets)}
 fio_rows = [r for r in results if "mode" in r and r["mode"] != "-"]
+# The floor (floorfs, the plain 'floor' target if there is one, else the first floor variant):
+# every other target's rate or time, and its daemon CPU per operation, as a ratio to the floor's.
+FLOOR_REF = next((t for t in targets if t == "floor"), next((t for t in targets if t.startswith("floor@")), None))
+floor = {(r["job"], r["mode"]): r for r in results if r["target"] == FLOOR_REF and r["status"] == "ok"}
+for r in results:
+    f = floor.get((r["job"], r["mode"]))
+    if r["status"] == "ok" and f and r["target"] != FLOOR_REF:
+        r["ratio_to_floor"] = {k: r[k] / f[k] for k in ("files_per_s", "seconds", "daemon_cpu_us_per_op")
+                               if r.get(k) is not None and f.get(k)}
+
+def floor_cell(r):
+    q = r.get("ratio_to_floor") or {}
+    main = q.get("files_per_s", q.get("seconds"))
+    cpu = q.get("daemon_cpu_us_per_op")
+    return " | " + " ".join(x for x in (f"{main:.2f}×" if main is not None else "",
+                                         f"(CPU/op {cpu:.1f}×)" if cpu is not None else "") if x)
 other_rows = [r for r in results if r["mode"] == "-"]
 
 machine = {
@@ -953,15 +1018,19 @@ for r in fio_rows:
               f"{cell(r, 'p50_us')} | {cell(r, 'p99_us')} | {fmt(r.get('daemon_cpu_s'), 2)}{per_run(r)} |")
 if other_rows:
     md.append("")
-    md.append("| job | target | result | daemon CPU s | daemon CPU µs/op" + (" | per run" if REP > 1 else "") + " |")
-    md.append("|---|---|---|---|---" + ("|---" if REP > 1 else "") + "|")
+    if FLOOR_REF:
+        md.append(f"'× {FLOOR_REF}' = files/s (or seconds) and daemon CPU per operation as a ratio to "
+                  f"{FLOOR_REF}'s (a null FUSE filesystem: the cost of the FUSE requests alone).\n")
+    fh = f" | × {FLOOR_REF}" if FLOOR_REF else ""
+    md.append("| job | target | result | daemon CPU s | daemon CPU µs/op" + fh + (" | per run" if REP > 1 else "") + " |")
+    md.append("|---|---|---|---|---" + ("|---" if FLOOR_REF else "") + ("|---" if REP > 1 else "") + "|")
     for r in other_rows:
         if "files_per_s" in r or (r["status"] != "ok" and not r["job"].startswith("ls")):
             res = cell(r, "files_per_s", unit=" files/s")
         else:
             res = cell(r, "seconds", 3, unit=" s")
         md.append(f"| {r['job']} | {r['target']} | {res} | {fmt(r.get('daemon_cpu_s'), 2)} | "
-                  f"{fmt(r.get('daemon_cpu_us_per_op'), 1)}{per_run(r)} |")
+                  f"{fmt(r.get('daemon_cpu_us_per_op'), 1)}{floor_cell(r) if FLOOR_REF else ''}{per_run(r)} |")
 failed = [r for r in results if r["status"] == "FAILED"]
 if failed:
     md.append("\n**Failures:**\n")
