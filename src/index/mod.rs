@@ -400,11 +400,13 @@ impl Index {
             };
             let committed = txn.commit();
             self.dir_nodes.written(written, committed.is_ok());
-            drop(serial);
-            committed.map_err(|e| IndexError::redb("committing an index write", e))?;
             if dirs_moved {
+                // Before the next write may begin: a write that found a moved directory's old
+                // key in the cache would file a new value under it.
                 self.dir_keys.invalidate();
             }
+            drop(serial);
+            committed.map_err(|e| IndexError::redb("committing an index write", e))?;
             self.commits.mark_dirty();
             self.writes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
