@@ -4,6 +4,7 @@ use super::ipfs;
 use super::killpriv::without_setid;
 use super::types::{Attr, BLKSIZE, Ctx, FileKind, Ino, SetAttr};
 use super::{DsFs, FsError, FsResult, now_ts, time_of, ts};
+use crate::datastore::Key;
 use crate::index::node::Timestamp;
 use crate::index::{Node, NodeKind};
 
@@ -104,6 +105,11 @@ impl DsFs {
     /// `NotFound`; one rewritten underneath has its new size. Files open here are left alone
     /// (their value is this filesystem's to commit).
     pub(super) fn revalidated(&self, ino: u64, n: Node) -> FsResult<Node> {
+        self.revalidated_at(ino, n, None)
+    }
+
+    /// [`DsFs::revalidated`], with the node's key when the caller read it already.
+    pub(super) fn revalidated_at(&self, ino: u64, n: Node, key: Option<Key>) -> FsResult<Node> {
         if !self.store.follows() {
             return Ok(n);
         }
@@ -117,7 +123,10 @@ impl DsFs {
         if self.open.contains(ino) {
             return Ok(n);
         }
-        let key = self.index.key_of(id)?;
+        let key = match key {
+            Some(k) => k,
+            None => self.index.key_of(id)?,
+        };
         match self.store.revalidate_key(&key, size)? {
             Some(s) if s == size => Ok(n),
             Some(_) => Ok(self.node(id)?),

@@ -269,4 +269,6 @@ mod tests;
 #[cfg(test)]
 mod commit_tests;
 #[cfg(test)]
+mod cost_tests;
+#[cfg(test)]
 mod race_tests;

@@ -28,14 +28,16 @@ impl DsFs {
             return Err(FsError::NotDir);
         }
         let name = self.resolve_name(parent, name)?;
-        // The directory and the entry in one read transaction.
+        // The directory, the entry and (for a store others may write, which is asked about
+        // a name the index does not know) the directory's key, in one read transaction.
+        let follows = self.store.follows();
         let found = self.index.dir_lookup(
             parent,
             match &name {
                 NameRef::Component(c) => Some(c.as_str()),
                 NameRef::DirValue | NameRef::Long(_) => None,
             },
-            false,
+            follows,
         )?;
         let dir = found.dir;
         if dir.kind != NodeKind::Dir {
@@ -51,12 +53,20 @@ impl DsFs {
             }
             NameRef::Component(c) => match found.entry {
                 Some((id, n)) => {
-                    let n = self.revalidated(id, n)?;
+                    // A file under its first name has the key its directory's key gives.
+                    let key = match &found.dir_key {
+                        Some(k) if n.parent == parent && n.name == c => Some(k.join_component(&c)?),
+                        _ => None,
+                    };
+                    let n = self.revalidated_at(id, n, key)?;
                     Ok(self.attr_of(id, &n))
                 }
-                None if self.store.follows() => {
+                None if follows => {
                     // A name the index does not know may have been added underneath.
-                    let key = self.key_of(parent)?.child_string(&c);
+                    let key = match &found.dir_key {
+                        Some(k) => k.child_string(&c),
+                        None => self.key_of(parent)?.child_string(&c),
+                    };
                     if self.store.discover(&key)?.is_none() {
                         return Err(FsError::NotFound);
                     }

@@ -28,6 +28,7 @@ pub mod error;
 pub mod follow;
 mod keycache;
 pub mod node;
+mod nodecache;
 pub mod ops;
 pub mod reconcile;
 pub mod salvage;
@@ -143,6 +144,10 @@ pub struct Index {
     reads: std::sync::atomic::AtomicU64,
     /// Directory keys by node id.
     dir_keys: keycache::DirKeys,
+    /// Directory records by node id.
+    dir_nodes: nodecache::DirNodes,
+    /// Taken by every [`Index::write`] (see there).
+    write_serial: parking_lot::Mutex<()>,
     /// Told of changes made through `record_*` (see `changes`).
     changes: changes::Changes,
 }
@@ -282,6 +287,8 @@ impl Index {
             writes: std::sync::atomic::AtomicU64::new(0),
             reads: std::sync::atomic::AtomicU64::new(0),
             dir_keys: keycache::DirKeys::default(),
+            dir_nodes: nodecache::DirNodes::default(),
+            write_serial: parking_lot::Mutex::new(()),
             changes: changes::Changes::default(),
         })
     }
@@ -373,25 +380,33 @@ impl Index {
                     "the index is closed",
                 ));
             }
+            // Held until the cached directory records are updated after the commit, so that
+            // two writes update them in the order they committed (redb orders the writes
+            // themselves the same way: one write transaction at a time).
+            let serial = self.write_serial.lock();
             let mut txn = self
                 .db
                 .begin_write()
                 .map_err(|e| IndexError::redb("starting an index write", e))?;
             txn.set_durability(Durability::None)
                 .map_err(|e| IndexError::redb("starting an index write", e))?;
-            let (result, dirs_moved) = {
+            let (result, dirs_moved, written) = {
                 let mut tx = Tx::open(&txn, &self.options)?;
                 let (result, commit) = f(&mut tx)?;
                 if !commit {
                     return Ok(result);
                 }
-                (result, tx.dirs_moved)
+                (result, tx.dirs_moved, std::mem::take(&mut tx.written))
             };
-            txn.commit()
-                .map_err(|e| IndexError::redb("committing an index write", e))?;
+            let committed = txn.commit();
+            self.dir_nodes.written(written, committed.is_ok());
             if dirs_moved {
+                // Before the next write may begin: a write that found a moved directory's old
+                // key in the cache would file a new value under it.
                 self.dir_keys.invalidate();
             }
+            drop(serial);
+            committed.map_err(|e| IndexError::redb("committing an index write", e))?;
             self.commits.mark_dirty();
             self.writes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -411,12 +426,20 @@ impl Index {
         self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The node `id`, or `NotFound`.
+    /// The node `id`, or `NotFound`. A directory's record is answered from memory while no
+    /// write has changed it (see `nodecache`).
     pub fn node(&self, id: NodeId) -> IndexResult<Node> {
+        if let Some(n) = self.dir_nodes.get(id) {
+            return Ok(n);
+        }
         guard("node", || {
+            let generation = self.dir_nodes.generation();
             let txn = self.read_txn()?;
             let nodes = open_read(&txn, NODES)?;
-            get_node(&nodes, id)?.ok_or_else(|| IndexError::not_found(format!("no node {id}")))
+            let n = get_node(&nodes, id)?
+                .ok_or_else(|| IndexError::not_found(format!("no node {id}")))?;
+            self.dir_nodes.insert(generation, id, &n);
+            Ok(n)
         })
     }
 
@@ -759,6 +782,8 @@ pub struct Tx<'t> {
     gid: u32,
     /// A directory got a new parent or name: cached directory keys are stale after commit.
     dirs_moved: bool,
+    /// The nodes written: cached directory records are stale after commit.
+    written: nodecache::Written,
     /// The listings this write changed, noted only for writes whose changes the listener is
     /// told of (see `changes`).
     listings: Option<changes::Listings>,
@@ -797,6 +822,7 @@ impl<'t> Tx<'t> {
             uid: options.uid,
             gid: options.gid,
             dirs_moved: false,
+            written: nodecache::Written::None,
             listings: None,
         })
     }
@@ -818,7 +844,13 @@ impl<'t> Tx<'t> {
         opened(self.txn, &self.nodes, NODES)
     }
 
-    fn t_nodes_mut(&mut self) -> IndexResult<&mut Table<'t, u64, &'static [u8]>> {
+    /// The `nodes` table, to write node `id` (with `None`, any node).
+    fn t_nodes_mut(
+        &mut self,
+        id: Option<NodeId>,
+        node: Option<&Node>,
+    ) -> IndexResult<&mut Table<'t, u64, &'static [u8]>> {
+        self.written.note(id, node);
         opened(self.txn, &self.nodes, NODES)?;
         self.nodes
             .get_mut()
@@ -915,7 +947,7 @@ impl<'t> Tx<'t> {
 
     /// Writes node `id`, whose parent and name are unchanged.
     fn write_node(&mut self, id: NodeId, node: &Node) -> IndexResult<()> {
-        self.t_nodes_mut()?
+        self.t_nodes_mut(Some(id), Some(node))?
             .insert(id, node.encode().as_slice())
             .map_err(w("writing a node"))?;
         Ok(())
@@ -1010,7 +1042,7 @@ impl<'t> Tx<'t> {
     /// Deletes node `id`, its xattrs and its alias records (its entries must already be
     /// unlinked).
     pub fn remove_node(&mut self, id: NodeId) -> IndexResult<()> {
-        self.t_nodes_mut()?
+        self.t_nodes_mut(Some(id), None)?
             .remove(id)
             .map_err(w("removing a node"))?;
         for (parent, name) in self.aliases(id)? {
@@ -1287,7 +1319,7 @@ impl<'t> Tx<'t> {
             .retain(|_, _| false)
             .map_err(w("clearing"))?;
         let root = self.node_required(ROOT)?;
-        self.t_nodes_mut()?
+        self.t_nodes_mut(None, None)?
             .retain(|_, _| false)
             .map_err(w("clearing"))?;
         let mut fresh = root;

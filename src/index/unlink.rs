@@ -98,7 +98,7 @@ impl Tx<'_> {
     /// Deletes node `id` and returns its xattrs. Its alias records are not looked at: a node
     /// has them only while it has more than one name, and only such nodes' are read.
     fn remove_node_returning_xattrs(&mut self, id: NodeId) -> IndexResult<Vec<(String, Vec<u8>)>> {
-        self.t_nodes_mut()?
+        self.t_nodes_mut(Some(id), None)?
             .remove(id)
             .map_err(|e| IndexError::redb("removing a node", e))?;
         let mut xattrs = Vec::new();

@@ -275,12 +275,20 @@ pub struct MotrStore {
     inner: Arc<Inner>,
 }
 
+/// The write side of one stripe's reader lock.
+type StripeWrite<'a> = parking_lot::RwLockWriteGuard<'a, ()>;
+
 struct Inner {
     motr: Arc<dyn MotrOps>,
     options: MotrOptions,
-    /// Per-key-hash locks: writers of a key (put, delete, a staged commit, an in-place apply)
-    /// take the write side, readers of its value the read side, so a reader in this process
-    /// never reads an object that a writer here is replacing, removing or patching.
+    /// Per-key-hash locks, two per stripe. Writers of a key (put, delete, a staged commit, an
+    /// in-place apply) take `writers` for their whole run, so they follow each other. Readers
+    /// of its value take the read side of `stripes`, and a writer takes its write side only
+    /// while it switches or removes the record, removes an object or patches one in place:
+    /// a reader in this process never reads an object that a writer here is replacing,
+    /// removing or patching, yet a put writing a new object (seconds for a large value on a
+    /// real cluster) does not hold readers of the old value up. Order: `writers` first.
+    writers: Vec<parking_lot::Mutex<()>>,
     stripes: Vec<parking_lot::RwLock<()>>,
     closed: AtomicBool,
 }
@@ -329,6 +337,7 @@ impl MotrStore {
         let inner = Arc::new(Inner {
             motr,
             options,
+            writers: (0..STRIPES).map(|_| parking_lot::Mutex::new(())).collect(),
             stripes: (0..STRIPES).map(|_| parking_lot::RwLock::new(())).collect(),
             closed: AtomicBool::new(false),
         });
@@ -385,15 +394,31 @@ impl Inner {
         }
     }
 
-    fn stripe(&self, key: &Key) -> parking_lot::RwLockWriteGuard<'_, ()> {
-        let h = fnv1_128(key.as_bytes());
-        self.stripes[(h % STRIPES as u128) as usize].write()
+    /// The stripe of `key`.
+    fn stripe_of(key: &Key) -> usize {
+        (fnv1_128(key.as_bytes()) % STRIPES as u128) as usize
+    }
+
+    /// Makes the other writers of `key`'s stripe in this process wait (readers go on).
+    fn writer(&self, key: &Key) -> parking_lot::MutexGuard<'_, ()> {
+        self.writers[Self::stripe_of(key)].lock()
+    }
+
+    /// Both sides of `key`'s stripe: no other writer and no reader of it in this process.
+    /// For a writer that already holds [`writer`](Self::writer), only the second part.
+    fn stripe(&self, key: &Key) -> (parking_lot::MutexGuard<'_, ()>, StripeWrite<'_>) {
+        let w = self.writer(key);
+        (w, self.readers_out(key))
+    }
+
+    /// The write side of `key`'s stripe (readers wait); taken after [`writer`](Self::writer).
+    fn readers_out(&self, key: &Key) -> StripeWrite<'_> {
+        self.stripes[Self::stripe_of(key)].write()
     }
 
     /// The read side of `key`'s stripe. Never taken while holding a stripe.
     fn stripe_read(&self, key: &Key) -> parking_lot::RwLockReadGuard<'_, ()> {
-        let h = fnv1_128(key.as_bytes());
-        self.stripes[(h % STRIPES as u128) as usize].read()
+        self.stripes[Self::stripe_of(key)].read()
     }
 
     /// The raw record value of `key`, if any.
@@ -628,13 +653,16 @@ impl Inner {
         }
         let inline =
             self.options.layout == Layout::GoDsMotr || size <= self.options.inline_max as u64;
-        let _w = self.stripe(key);
+        // Only other writers wait while the new value is written: readers go on reading the old
+        // one until the record switches.
+        let _writer = self.writer(key);
         let old = self.record(key)?;
         let new = if inline {
             let mut v = vec![0u8; size as usize];
             fill(0, &mut v)?;
             match self.options.layout {
                 Layout::GoDsMotr => {
+                    let _w = self.readers_out(key);
                     return self.set_record(key, &v);
                 }
                 Layout::Native => Rec::Inline(v),
@@ -656,6 +684,7 @@ impl Inner {
                 seq: 0,
             }
         };
+        let _w = self.readers_out(key);
         if let Err(e) = self.set_record(key, &new.encode()) {
             if let Rec::Object { id, .. } = new {
                 self.remove_object(id);

@@ -456,3 +456,109 @@ fn a_value_replaced_during_every_read_is_still_read_whole() {
     }
     assert_eq!(last, vec![8u8; 1000], "the writer's put was lost");
 }
+
+/// A Motr whose object writes, while armed, say they started and then wait (at most 20 s)
+/// to be let go.
+struct HeldWrites {
+    fake: FakeMotr,
+    armed: std::sync::atomic::AtomicBool,
+    started: parking_lot::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    release: parking_lot::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl ops::MotrOps for HeldWrites {
+    fn idx_create(&self, idx: Id128) -> ops::OpResult<()> {
+        self.fake.idx_create(idx)
+    }
+    fn idx_put(
+        &self,
+        idx: Id128,
+        records: &[(&[u8], &[u8])],
+        flags: u32,
+    ) -> ops::OpResult<Vec<i32>> {
+        self.fake.idx_put(idx, records, flags)
+    }
+    fn idx_get(&self, idx: Id128, keys: &[&[u8]]) -> ops::OpResult<Vec<Result<Vec<u8>, i32>>> {
+        self.fake.idx_get(idx, keys)
+    }
+    fn idx_del(&self, idx: Id128, keys: &[&[u8]], flags: u32) -> ops::OpResult<Vec<i32>> {
+        self.fake.idx_del(idx, keys, flags)
+    }
+    fn idx_next(
+        &self,
+        idx: Id128,
+        start: &[u8],
+        count: usize,
+        flags: u32,
+    ) -> ops::OpResult<Vec<ops::Record>> {
+        self.fake.idx_next(idx, start, count, flags)
+    }
+    fn obj_create(&self, id: Id128) -> ops::OpResult<()> {
+        self.fake.obj_create(id)
+    }
+    fn obj_delete(&self, id: Id128) -> ops::OpResult<()> {
+        self.fake.obj_delete(id)
+    }
+    fn obj_write(&self, id: Id128, offset: u64, data: &[u8]) -> ops::OpResult<()> {
+        use std::sync::atomic::Ordering;
+        if self.armed.swap(false, Ordering::SeqCst) {
+            if let Some(tx) = self.started.lock().take() {
+                let _ = tx.send(());
+            }
+            if let Some(rx) = self.release.lock().take() {
+                let _ = rx.recv_timeout(std::time::Duration::from_secs(20));
+            }
+        }
+        self.fake.obj_write(id, offset, data)
+    }
+    fn obj_read(&self, id: Id128, offset: u64, buf: &mut [u8]) -> ops::OpResult<()> {
+        self.fake.obj_read(id, offset, buf)
+    }
+    fn block_size(&self) -> usize {
+        self.fake.block_size()
+    }
+}
+
+/// While a put writes the new object of a value (seconds for a large value on a real
+/// cluster), a reader of the key in the same process reads the old value instead of waiting
+/// for the put: on a real Motr, readers of a file rewritten over and over got 4 reads in while
+/// 20 puts went by. Once the put finishes, readers see the new value.
+#[test]
+fn a_reader_reads_the_old_value_while_a_put_writes_the_new_object() {
+    use std::sync::atomic::Ordering;
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let motr = Arc::new(HeldWrites {
+        fake: FakeMotr::in_memory(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+        started: parking_lot::Mutex::new(Some(started_tx)),
+        release: parking_lot::Mutex::new(Some(release_rx)),
+    });
+    let options = MotrOptions {
+        inline_max: 100,
+        ..MotrOptions::new(IDX)
+    };
+    let s = Arc::new(MotrStore::open(motr.clone(), options).unwrap());
+    let k = Key::new("/held");
+    s.put(&k, &[1; 1000]).unwrap();
+    motr.armed.store(true, Ordering::SeqCst);
+    let writer = {
+        let (s, k) = (s.clone(), k.clone());
+        std::thread::spawn(move || s.put(&k, &[2; 1000]))
+    };
+    started.recv().unwrap();
+    let (got_tx, got) = std::sync::mpsc::channel();
+    {
+        let (s, k) = (s.clone(), k.clone());
+        std::thread::spawn(move || {
+            let _ = got_tx.send(s.get(&k));
+        });
+    }
+    // Generous: the read takes microseconds unless it waits for the held write.
+    let read = got.recv_timeout(std::time::Duration::from_secs(10));
+    release.send(()).unwrap();
+    let read = read.expect("the reader waited for the put's object write");
+    assert_eq!(read.unwrap(), vec![1; 1000]);
+    writer.join().unwrap().unwrap();
+    assert_eq!(s.get(&k).unwrap(), vec![2; 1000]);
+}
