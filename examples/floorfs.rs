@@ -27,9 +27,9 @@ use std::time::{Duration, SystemTime};
 use clap::Parser;
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow, WriteFlags,
+    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -339,21 +339,11 @@ fn blocks(size: u64) -> u64 {
 }
 
 impl Filesystem for Floor {
-    /// The capabilities `dsfs`'s adapter asks for that change what these jobs send (see
-    /// `src/fs/fuse.rs`): passthrough, the writeback cache and mmap of direct-I/O handles do
-    /// not apply to a filesystem without backing files or direct I/O.
+    /// What every dsfs session asks of the kernel (dsfs's own function): passthrough, the
+    /// writeback cache and mmap of direct-I/O handles, which dsfs adds, do not apply to a
+    /// filesystem without backing files or direct I/O.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_EXPLICIT_INVAL_DATA
-            | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
-        if let Err(missing) = config.add_capabilities(wanted) {
-            log::info!("kernel lacks {missing:?}");
-        }
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_background(64);
+        dsfs::fs::fuse::ask_session_capabilities(config);
         Ok(())
     }
 

@@ -366,6 +366,32 @@ impl FuseAdapter {
     }
 }
 
+/// What every dsfs session asks of the kernel, whatever the store and options (the adapter's
+/// `init` adds passthrough, the writeback cache and mmap of direct-I/O handles): parallel
+/// directory operations, readdirplus, explicit data invalidation, cached symlinks,
+/// kill-privileges v2 and 1 MiB writes. Public so that the FUSE floor (`examples/floorfs.rs`)
+/// gets the same requests dsfs gets.
+pub fn ask_session_capabilities(config: &mut KernelConfig) {
+    let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+        | InitFlags::FUSE_DO_READDIRPLUS
+        | InitFlags::FUSE_READDIRPLUS_AUTO
+        | InitFlags::FUSE_EXPLICIT_INVAL_DATA
+        | InitFlags::FUSE_CACHE_SYMLINKS;
+    if let Err(missing) = config.add_capabilities(wanted) {
+        log::info!("kernel lacks {missing:?}");
+    }
+    // The daemon drops setuid/setgid on write, truncate and chown (see `killpriv`), so the
+    // kernel need not ask for `security.capability` before every WRITE.
+    if config
+        .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+        .is_err()
+    {
+        log::info!("kernel lacks FUSE_HANDLE_KILLPRIV_V2");
+    }
+    let _ = config.set_max_write(1 << 20);
+    let _ = config.set_max_background(64);
+}
+
 impl Filesystem for FuseAdapter {
     /// No `FUSE_ATOMIC_O_TRUNC`: with it the kernel truncates an `O_TRUNC` open's page cache
     /// and size as soon as the OPEN succeeds, before it checks whether the file may be
@@ -380,22 +406,7 @@ impl Filesystem for FuseAdapter {
     /// away the pages it had just written. Content changed beside the mount is dropped by
     /// `start_invalidator`'s notifications instead, and at the next open by `keep_cache`.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_EXPLICIT_INVAL_DATA
-            | InitFlags::FUSE_CACHE_SYMLINKS;
-        if let Err(missing) = config.add_capabilities(wanted) {
-            log::info!("kernel lacks {missing:?}");
-        }
-        // The daemon drops setuid/setgid on write, truncate and chown (see `killpriv`), so the
-        // kernel need not ask for `security.capability` before every WRITE.
-        if config
-            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
-            .is_err()
-        {
-            log::info!("kernel lacks FUSE_HANDLE_KILLPRIV_V2");
-        }
+        ask_session_capabilities(config);
         if self.options.passthrough {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
@@ -420,8 +431,6 @@ impl Filesystem for FuseAdapter {
         {
             log::info!("kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP");
         }
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_background(64);
         log::debug!("kernel capabilities: {:?}", config.capabilities());
         Ok(())
     }
