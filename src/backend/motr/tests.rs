@@ -348,15 +348,27 @@ fn a_scan_over_records_larger_than_one_reply_lists_every_key() {
     assert_eq!(keys.len(), 7);
 }
 
-/// A Motr that, while armed, has another thread replace the value of `/raced` during each
-/// object read, and gives that thread 300 ms to finish before the read goes on.
-struct ReplacedDuringReads {
+/// The in-process Motr with a hook run before every object read and every object write.
+struct Hooked {
     fake: FakeMotr,
-    armed: std::sync::atomic::AtomicU32,
-    store: std::sync::OnceLock<std::sync::Weak<MotrStore>>,
+    before_read: Box<dyn Fn() + Send + Sync>,
+    before_write: Box<dyn Fn() + Send + Sync>,
 }
 
-impl ops::MotrOps for ReplacedDuringReads {
+impl Hooked {
+    fn new(
+        before_read: impl Fn() + Send + Sync + 'static,
+        before_write: impl Fn() + Send + Sync + 'static,
+    ) -> Hooked {
+        Hooked {
+            fake: FakeMotr::in_memory(),
+            before_read: Box::new(before_read),
+            before_write: Box::new(before_write),
+        }
+    }
+}
+
+impl ops::MotrOps for Hooked {
     fn idx_create(&self, idx: Id128) -> ops::OpResult<()> {
         self.fake.idx_create(idx)
     }
@@ -390,23 +402,11 @@ impl ops::MotrOps for ReplacedDuringReads {
         self.fake.obj_delete(id)
     }
     fn obj_write(&self, id: Id128, offset: u64, data: &[u8]) -> ops::OpResult<()> {
+        (self.before_write)();
         self.fake.obj_write(id, offset, data)
     }
     fn obj_read(&self, id: Id128, offset: u64, buf: &mut [u8]) -> ops::OpResult<()> {
-        use std::sync::atomic::Ordering;
-        let left = self.armed.load(Ordering::SeqCst);
-        if left > 0 {
-            self.armed.store(left - 1, Ordering::SeqCst);
-            let store = self.store.get().and_then(std::sync::Weak::upgrade).unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let value = vec![left as u8; 1000];
-                let _ = tx.send(store.put(&Key::new("/raced"), &value));
-            });
-            if let Ok(put) = rx.recv_timeout(std::time::Duration::from_millis(300)) {
-                put.unwrap();
-            }
-        }
+        (self.before_read)();
         self.fake.obj_read(id, offset, buf)
     }
     fn block_size(&self) -> usize {
@@ -419,32 +419,51 @@ impl ops::MotrOps for ReplacedDuringReads {
 /// up after five changed records with "object of a record is missing".
 #[test]
 fn a_value_replaced_during_every_read_is_still_read_whole() {
-    use std::sync::atomic::Ordering;
-    let motr = Arc::new(ReplacedDuringReads {
-        fake: FakeMotr::in_memory(),
-        armed: std::sync::atomic::AtomicU32::new(0),
-        store: std::sync::OnceLock::new(),
-    });
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // While armed, each object read has another thread replace the value of `/raced`, and
+    // gives that thread 300 ms to finish before the read goes on.
+    let armed = Arc::new(AtomicU32::new(0));
+    let store = Arc::new(std::sync::OnceLock::<std::sync::Weak<MotrStore>>::new());
+    let replace = {
+        let (armed, store) = (armed.clone(), store.clone());
+        move || {
+            let left = armed.load(Ordering::SeqCst);
+            if left == 0 {
+                return;
+            }
+            armed.store(left - 1, Ordering::SeqCst);
+            let store = store.get().and_then(std::sync::Weak::upgrade).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let value = vec![left as u8; 1000];
+                let _ = tx.send(store.put(&Key::new("/raced"), &value));
+            });
+            if let Ok(put) = rx.recv_timeout(std::time::Duration::from_millis(300)) {
+                put.unwrap();
+            }
+        }
+    };
+    let motr = Arc::new(Hooked::new(replace, || {}));
     let options = MotrOptions {
         inline_max: 100,
         ..MotrOptions::new(IDX)
     };
-    let s = Arc::new(MotrStore::open(motr.clone(), options).unwrap());
-    motr.store.set(Arc::downgrade(&s)).unwrap();
+    let s = Arc::new(MotrStore::open(motr, options).unwrap());
+    store.set(Arc::downgrade(&s)).unwrap();
     let k = Key::new("/raced");
     s.put(&k, &[0xEE; 1000]).unwrap();
-    motr.armed.store(8, Ordering::SeqCst);
+    armed.store(8, Ordering::SeqCst);
     let v = s.get(&k).expect("a get while the value is replaced");
     assert_eq!(v.len(), 1000);
     assert!(v.iter().all(|&b| b == v[0]), "a torn value");
-    motr.armed.store(8, Ordering::SeqCst);
+    armed.store(8, Ordering::SeqCst);
     let mut buf = [0u8; 500];
     let n = s
         .read_at(&k, 300, &mut buf)
         .expect("a read_at while the value is replaced");
     assert_eq!(n, 500);
     assert!(buf.iter().all(|&b| b == buf[0]), "a torn range");
-    motr.armed.store(0, Ordering::SeqCst);
+    armed.store(0, Ordering::SeqCst);
     // The puts that waited for the readers land after them.
     let mut last = Vec::new();
     for _ in 0..100 {
@@ -457,91 +476,43 @@ fn a_value_replaced_during_every_read_is_still_read_whole() {
     assert_eq!(last, vec![8u8; 1000], "the writer's put was lost");
 }
 
-/// A Motr whose object writes, while armed, say they started and then wait (at most 20 s)
-/// to be let go.
-struct HeldWrites {
-    fake: FakeMotr,
-    armed: std::sync::atomic::AtomicBool,
-    started: parking_lot::Mutex<Option<std::sync::mpsc::Sender<()>>>,
-    release: parking_lot::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-}
-
-impl ops::MotrOps for HeldWrites {
-    fn idx_create(&self, idx: Id128) -> ops::OpResult<()> {
-        self.fake.idx_create(idx)
-    }
-    fn idx_put(
-        &self,
-        idx: Id128,
-        records: &[(&[u8], &[u8])],
-        flags: u32,
-    ) -> ops::OpResult<Vec<i32>> {
-        self.fake.idx_put(idx, records, flags)
-    }
-    fn idx_get(&self, idx: Id128, keys: &[&[u8]]) -> ops::OpResult<Vec<Result<Vec<u8>, i32>>> {
-        self.fake.idx_get(idx, keys)
-    }
-    fn idx_del(&self, idx: Id128, keys: &[&[u8]], flags: u32) -> ops::OpResult<Vec<i32>> {
-        self.fake.idx_del(idx, keys, flags)
-    }
-    fn idx_next(
-        &self,
-        idx: Id128,
-        start: &[u8],
-        count: usize,
-        flags: u32,
-    ) -> ops::OpResult<Vec<ops::Record>> {
-        self.fake.idx_next(idx, start, count, flags)
-    }
-    fn obj_create(&self, id: Id128) -> ops::OpResult<()> {
-        self.fake.obj_create(id)
-    }
-    fn obj_delete(&self, id: Id128) -> ops::OpResult<()> {
-        self.fake.obj_delete(id)
-    }
-    fn obj_write(&self, id: Id128, offset: u64, data: &[u8]) -> ops::OpResult<()> {
-        use std::sync::atomic::Ordering;
-        if self.armed.swap(false, Ordering::SeqCst) {
-            if let Some(tx) = self.started.lock().take() {
-                let _ = tx.send(());
-            }
-            if let Some(rx) = self.release.lock().take() {
-                let _ = rx.recv_timeout(std::time::Duration::from_secs(20));
-            }
-        }
-        self.fake.obj_write(id, offset, data)
-    }
-    fn obj_read(&self, id: Id128, offset: u64, buf: &mut [u8]) -> ops::OpResult<()> {
-        self.fake.obj_read(id, offset, buf)
-    }
-    fn block_size(&self) -> usize {
-        self.fake.block_size()
-    }
-}
-
 /// While a put writes the new object of a value (seconds for a large value on a real
 /// cluster), a reader of the key in the same process reads the old value instead of waiting
 /// for the put: on a real Motr, readers of a file rewritten over and over got 4 reads in while
 /// 20 puts went by. Once the put finishes, readers see the new value.
 #[test]
 fn a_reader_reads_the_old_value_while_a_put_writes_the_new_object() {
-    use std::sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let (started_tx, started) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel::<()>();
-    let motr = Arc::new(HeldWrites {
-        fake: FakeMotr::in_memory(),
-        armed: std::sync::atomic::AtomicBool::new(false),
-        started: parking_lot::Mutex::new(Some(started_tx)),
-        release: parking_lot::Mutex::new(Some(release_rx)),
-    });
+    // While armed, the next object write says it started and then waits (at most 20 s) to be
+    // let go.
+    let armed = Arc::new(AtomicBool::new(false));
+    let hold = {
+        let armed = armed.clone();
+        let started = parking_lot::Mutex::new(Some(started_tx));
+        let release = parking_lot::Mutex::new(Some(release_rx));
+        move || {
+            if !armed.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            if let Some(tx) = started.lock().take() {
+                let _ = tx.send(());
+            }
+            if let Some(rx) = release.lock().take() {
+                let _ = rx.recv_timeout(std::time::Duration::from_secs(20));
+            }
+        }
+    };
+    let motr = Arc::new(Hooked::new(|| {}, hold));
     let options = MotrOptions {
         inline_max: 100,
         ..MotrOptions::new(IDX)
     };
-    let s = Arc::new(MotrStore::open(motr.clone(), options).unwrap());
+    let s = Arc::new(MotrStore::open(motr, options).unwrap());
     let k = Key::new("/held");
     s.put(&k, &[1; 1000]).unwrap();
-    motr.armed.store(true, Ordering::SeqCst);
+    armed.store(true, Ordering::SeqCst);
     let writer = {
         let (s, k) = (s.clone(), k.clone());
         std::thread::spawn(move || s.put(&k, &[2; 1000]))
