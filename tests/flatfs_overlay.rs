@@ -104,9 +104,11 @@ fn a_random_write_into_a_large_value_copies_nothing_and_commits_in_place() {
         w.sort();
         w
     };
+    // The settle thread removes the record before the staging file, so a look between the
+    // two removals sees the staging file alone.
     let first = waiting(temp_names(dir.path()));
     assert!(
-        first.is_empty() || first == ["journal", "stage"],
+        first.is_empty() || first == ["journal", "stage"] || first == ["stage"],
         "{first:?}"
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
