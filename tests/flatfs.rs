@@ -114,6 +114,25 @@ fn empty_dir_size(near: &Path) -> u64 {
     std::fs::metadata(probe.path()).unwrap().len()
 }
 
+/// The entries of `root`'s `.temp`, once no disk-usage checkpoint is in flight there. The
+/// checkpoint thread writes `diskUsage.cache` through a `temp-*` file in `.temp` and renames it
+/// away at once; it runs whenever a write or delete moves the counter past the threshold, so a
+/// test looking at `.temp` right after one can catch that file (under load, for a while). A
+/// `temp-*` file still there after 20 s is returned like any other leftover.
+fn temp_entries(root: &Path) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let names: Vec<String> = std::fs::read_dir(root.join(TEMP_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        if !names.iter().any(|n| n.starts_with("temp-")) || std::time::Instant::now() > deadline {
+            return names;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn read_cache(root: &Path) -> serde_json::Value {
     let bytes = std::fs::read(root.join(DISK_USAGE_FILE)).unwrap();
     assert_eq!(bytes.last(), Some(&b'\n'), "the cache ends with a newline");
@@ -869,12 +888,7 @@ fn batch_writes_to_temp_until_commit() {
         assert_eq!(mode(&path), 0o666 & !mask);
     }
     // The committed batch's directory is gone.
-    assert_eq!(
-        std::fs::read_dir(dir.path().join(TEMP_DIR))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(temp_entries(dir.path()), Vec::<String>::new());
 }
 
 /// TestBatchDiscard: dropping an uncommitted batch discards it.
@@ -887,12 +901,7 @@ fn batch_discard_on_drop() {
     b.delete(k("/OTHER")).unwrap();
     drop(b);
     assert!(!store.has(&k("/DISCARDED")).unwrap());
-    assert_eq!(
-        std::fs::read_dir(dir.path().join(TEMP_DIR))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(temp_entries(dir.path()), Vec::<String>::new());
 }
 
 /// TestBatchPutDeleteSameKey, with our rule: the last operation on a key wins (upstream keeps
@@ -1202,12 +1211,7 @@ fn staged_writes_commit_by_rename() {
     anon.write_all_at(0, b"from elsewhere").unwrap();
     store.commit_staged(&key, anon, false).unwrap();
     assert_eq!(store.get(&key).unwrap(), b"from elsewhere");
-    assert_eq!(
-        std::fs::read_dir(dir.path().join(TEMP_DIR))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(temp_entries(dir.path()), Vec::<String>::new());
 
     let (dirs, bytes) = recount(dir.path());
     let initial = before - 11 - empty_dir_size(dir.path());
@@ -1331,12 +1335,7 @@ fn concurrent_puts_and_deletes_keep_the_counter_exact() {
             start + bytes + dirs as u64 * empty_dir_size(dir.path()),
             "{f}"
         );
-        assert_eq!(
-            std::fs::read_dir(dir.path().join(TEMP_DIR))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert_eq!(temp_entries(dir.path()), Vec::<String>::new());
     }
 }
 
@@ -1605,11 +1604,7 @@ fn rename_moves_the_data_file_and_keeps_usage_exact() {
 fn new_values_stage_in_memory_and_spill_to_temp_when_they_grow() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let temp_count = || {
-        std::fs::read_dir(dir.path().join(TEMP_DIR))
-            .unwrap()
-            .count()
-    };
+    let temp_count = || temp_entries(dir.path()).len();
     {
         let store = open_new(dir.path(), ShardFn::IPFS_DEFAULT);
         let small = store.stage(&k("/SMALL"), StageInit::Empty).unwrap();

@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -211,6 +211,14 @@ pub(crate) struct UsageTracker {
     signal: Mutex<Signal>,
     wake: Condvar,
     delay: Duration,
+    /// The value last written (a copy of `stored.disk_usage` that [`UsageTracker::add`] reads
+    /// without a lock).
+    last_written: AtomicI64,
+    /// Whether the thread has been told of a change not yet written (it then writes it after
+    /// the delay, or at once past the threshold).
+    unwritten: AtomicBool,
+    /// How often `add` woke the checkpoint thread.
+    wakes: AtomicU64,
 }
 
 impl UsageTracker {
@@ -237,6 +245,9 @@ impl UsageTracker {
             }),
             wake: Condvar::new(),
             delay,
+            last_written: AtomicI64::new(stored),
+            unwritten: AtomicBool::new(false),
+            wakes: AtomicU64::new(0),
         }
     }
 
@@ -250,12 +261,25 @@ impl UsageTracker {
         self.stored.lock().accuracy.clone()
     }
 
-    /// Adds `delta` (negative to subtract) and asks for a checkpoint.
+    /// Adds `delta` (negative to subtract) and asks for a checkpoint: the thread is woken by
+    /// the first change since the last value written (it writes it after the delay) and by
+    /// one that moves the value past the checkpoint threshold (upstream's 1 %, written at
+    /// once), not by every write and delete in between, which it would have nothing to do for.
     pub(crate) fn add(&self, delta: i64) {
         if delta == 0 {
             return;
         }
-        self.counter.fetch_add(delta, Ordering::AcqRel);
+        // SeqCst here and in `checkpoint`: either this swap sees the flag a checkpoint
+        // cleared, or that checkpoint's re-read of the counter sees this change.
+        let now = self
+            .counter
+            .fetch_add(delta, Ordering::SeqCst)
+            .wrapping_add(delta);
+        let first = !self.unwritten.swap(true, Ordering::SeqCst);
+        if !first && !exceeds_threshold(now, self.last_written.load(Ordering::SeqCst)) {
+            return;
+        }
+        self.wakes.fetch_add(1, Ordering::Relaxed);
         let mut signal = self.signal.lock();
         signal.changed = true;
         self.wake.notify_one();
@@ -284,6 +308,7 @@ impl UsageTracker {
         match result {
             Ok(()) => {
                 stored.disk_usage = disk_usage;
+                self.last_written.store(disk_usage, Ordering::SeqCst);
                 Ok(())
             }
             Err(e) => {
@@ -337,8 +362,7 @@ impl UsageTracker {
                 dirty = true;
                 let last = self.stored.lock().disk_usage;
                 // Upstream: write when the change exceeds 1 % of the last written value.
-                let diff = (i128::from(du) - i128::from(last)).abs();
-                if diff * 100 > i128::from(last).abs() {
+                if exceeds_threshold(du, last) {
                     dirty = !self.checkpoint(du);
                 }
                 if dirty && deadline.is_none() {
@@ -361,13 +385,27 @@ impl UsageTracker {
 
     fn checkpoint(&self, du: i64) -> bool {
         match self.write_cache(du, false) {
-            Ok(()) => true,
+            Ok(()) => {
+                // Changes made while writing may not have woken the thread: it looks again.
+                self.unwritten.store(false, Ordering::SeqCst);
+                if self.counter.load(Ordering::SeqCst) != du {
+                    self.unwritten.store(true, Ordering::SeqCst);
+                    self.signal.lock().changed = true;
+                }
+                true
+            }
             Err(e) => {
                 log::warn!("flatfs: could not write the disk-usage checkpoint: {e}");
                 false
             }
         }
     }
+}
+
+/// Upstream's rule for a checkpoint: the value moved by more than 1 % of the last one written.
+fn exceeds_threshold(now: i64, last: i64) -> bool {
+    let diff = (i128::from(now) - i128::from(last)).abs();
+    diff * 100 > i128::from(last).abs()
 }
 
 /// Whether `err` is EMFILE (too many open files), which upstream retries.
@@ -451,6 +489,43 @@ mod tests {
             .unwrap_or_else(Instant::now);
         let (_, acc) = folder_size(dir.path(), past, None).unwrap();
         assert_eq!(acc, accuracy::TIMED_OUT);
+    }
+
+    /// The first change wakes the checkpoint thread (to write it after the delay); the next
+    /// ones below the checkpoint threshold do not; one past it does, and is written at once.
+    #[test]
+    fn only_changes_past_the_threshold_wake_the_checkpoint_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join(".temp");
+        std::fs::create_dir(&temp).unwrap();
+        let t = Arc::new(UsageTracker::new(
+            dir.path().to_path_buf(),
+            temp,
+            1_000_000,
+            1_000_000,
+            accuracy::EXACT.into(),
+            Duration::from_secs(600),
+        ));
+        let thread = t.start().unwrap();
+        for _ in 0..100 {
+            t.add(4096);
+            t.add(-4096);
+            t.add(50);
+        }
+        assert_eq!(t.get(), 1_005_000);
+        assert_eq!(t.wakes.load(Ordering::Relaxed), 1);
+        t.add(6_000);
+        assert_eq!(t.wakes.load(Ordering::Relaxed), 2);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while read_cache(dir.path()).map(|c| c.0) != Some(1_011_000) {
+            assert!(
+                Instant::now() < deadline,
+                "the checkpoint was never written"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t.stop();
+        thread.join().unwrap();
     }
 
     #[test]
