@@ -222,10 +222,30 @@ impl DsFs {
         // starts until the inodes are re-keyed.
         let _turns: Vec<_> = held.iter().map(|h| h.1.commit.lock()).collect();
         let mut guards: Vec<_> = held.iter().map(|h| h.1.state.write()).collect();
-        for m in moves {
-            self.backend.rename(&m.from, &m.to)?;
+        let mut done = 0;
+        let moved = moves
+            .iter()
+            .try_for_each(|m| {
+                self.backend.rename(&m.from, &m.to)?;
+                done += 1;
+                Ok(())
+            })
+            .and_then(|()| record());
+        if let Err(e) = moved {
+            // A failed rename leaves every file where it was: what moved goes back, newest
+            // first. (A value the move replaced at its new key stays replaced.)
+            for m in moves[..done].iter().rev() {
+                if let Err(back) = self.backend.rename(&m.to, &m.from) {
+                    log::error!(
+                        "a rename failed ({e}) and {} could not be moved back from {}: {back}; \
+                         `dsfs fsck --repair` lists it under its new name",
+                        m.from,
+                        m.to
+                    );
+                }
+            }
+            return Err(e);
         }
-        record()?;
         for (st, h) in guards.iter_mut().zip(&held) {
             if !st.unlinked {
                 st.key = h.2.clone();

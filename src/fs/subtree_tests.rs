@@ -23,6 +23,8 @@ struct RenameGate {
     armed: AtomicBool,
     entered: parking_lot::Mutex<Option<mpsc::Sender<()>>>,
     release: parking_lot::Mutex<Option<mpsc::Receiver<()>>>,
+    /// Renames until the next one fails with EIO (0: none fails).
+    fail_in: std::sync::atomic::AtomicUsize,
 }
 
 impl RenameGate {
@@ -74,6 +76,14 @@ impl Datastore for RenameGate {
         self.inner.apply_batch(ops)
     }
     fn rename(&self, from: &Key, to: &Key) -> DsResult<()> {
+        if self.fail_in.load(Ordering::SeqCst) > 0
+            && self.fail_in.fetch_sub(1, Ordering::SeqCst) == 1
+        {
+            return Err(crate::datastore::Error::new(
+                crate::datastore::ErrorKind::Io,
+                "injected rename failure",
+            ));
+        }
         if self.armed.swap(false, Ordering::SeqCst) {
             if let Some(tx) = self.entered.lock().take() {
                 let _ = tx.send(());
@@ -182,4 +192,45 @@ fn files_made_below_a_directory_being_renamed_follow_it() {
         .collect();
     left.sort();
     assert_eq!(left, ["/b/sub/new", "/b/sub/old", "/b/sub/rewritten"]);
+}
+
+/// A directory rename whose third value move fails reports the error and leaves every file
+/// under its old name with its value: the two values already moved go back. Before, they
+/// stayed under the new keys while the index kept the old names, so they read as missing.
+#[test]
+fn a_directory_rename_that_fails_midway_leaves_every_file_where_it_was() {
+    let store = Arc::new(RenameGate::default());
+    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
+    let fs = DsFs::new(
+        Arc::new(IndexedStore::new(store.clone(), index)),
+        FsOptions::default(),
+    );
+    let d = mkdir(&fs, ROOT, "d");
+    let files: Vec<(u64, Vec<u8>)> = (0..4u8)
+        .map(|i| {
+            let data = vec![i; 100 + i as usize];
+            (write_file(&fs, d, &format!("f{i}"), &data), data)
+        })
+        .collect();
+    store.fail_in.store(3, Ordering::SeqCst);
+    let err = fs
+        .rename(ROOT, b"d", ROOT, b"e", RenameFlags::default())
+        .unwrap_err();
+    assert!(matches!(err, FsError::Io(_)), "{err:?}");
+    assert_eq!(fs.lookup(ROOT, b"d").unwrap().ino, d);
+    assert!(fs.lookup(ROOT, b"e").is_err());
+    for (i, (ino, data)) in files.iter().enumerate() {
+        match read_file(&fs, *ino) {
+            Ok(got) => assert_eq!(&got, data, "f{i}"),
+            Err(e) => panic!("f{i} after the failed rename: {e}"),
+        }
+        let key = Key::new(format!("/d/f{i}"));
+        assert_eq!(store.inner.get(&key).ok().as_ref(), Some(data), "{key}");
+    }
+    // And the rename works once the store does.
+    fs.rename(ROOT, b"d", ROOT, b"e", RenameFlags::default())
+        .unwrap();
+    for (ino, data) in &files {
+        assert_eq!(&read_file(&fs, *ino).unwrap(), data);
+    }
 }
