@@ -114,6 +114,26 @@ fn empty_dir_size(near: &Path) -> u64 {
     std::fs::metadata(probe.path()).unwrap().len()
 }
 
+/// The names in `.temp` of the store at `root`. The disk-usage checkpoint thread writes the
+/// cache through a `temp-` file there whenever it decides to (at once after a change of over
+/// 1 %, or seconds after a smaller one), and renames it over the cache a moment later; a look
+/// that finds a `temp-` file looks again, for up to 60 s (one that stays is debris, and is
+/// returned). A single look caught the thread in the middle of a checkpoint on a loaded
+/// machine.
+fn temp_entries(root: &Path) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let names: Vec<String> = std::fs::read_dir(root.join(TEMP_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        if !names.iter().any(|n| n.starts_with("temp-")) || Instant::now() >= deadline {
+            return names;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn read_cache(root: &Path) -> serde_json::Value {
     let bytes = std::fs::read(root.join(DISK_USAGE_FILE)).unwrap();
     assert_eq!(bytes.last(), Some(&b'\n'), "the cache ends with a newline");
@@ -869,12 +889,7 @@ fn batch_writes_to_temp_until_commit() {
         assert_eq!(mode(&path), 0o666 & !mask);
     }
     // The committed batch's directory is gone.
-    assert_eq!(
-        std::fs::read_dir(dir.path().join(TEMP_DIR))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(temp_entries(dir.path()), Vec::<String>::new());
 }
 
 /// TestBatchDiscard: dropping an uncommitted batch discards it.
@@ -887,12 +902,7 @@ fn batch_discard_on_drop() {
     b.delete(k("/OTHER")).unwrap();
     drop(b);
     assert!(!store.has(&k("/DISCARDED")).unwrap());
-    assert_eq!(
-        std::fs::read_dir(dir.path().join(TEMP_DIR))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(temp_entries(dir.path()), Vec::<String>::new());
 }
 
 /// TestBatchPutDeleteSameKey, with our rule: the last operation on a key wins (upstream keeps
@@ -1116,7 +1126,7 @@ fn hand_built_upstream_layout_reads_back() {
         .map(|e| (e.key.into_string(), e.value.unwrap()))
         .collect();
     assert_eq!(found, expected);
-    assert_eq!(std::fs::read_dir(root.join(".temp")).unwrap().count(), 0);
+    assert_eq!(temp_entries(root), Vec::<String>::new());
     // diskUsage 0 in the cache means "unknown": the tree was measured.
     let data: u64 = expected.values().map(|v| v.len() as u64).sum();
     assert!(du(&store) > data);
@@ -1202,12 +1212,7 @@ fn staged_writes_commit_by_rename() {
     anon.write_all_at(0, b"from elsewhere").unwrap();
     store.commit_staged(&key, anon, false).unwrap();
     assert_eq!(store.get(&key).unwrap(), b"from elsewhere");
-    assert_eq!(
-        std::fs::read_dir(dir.path().join(TEMP_DIR))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(temp_entries(dir.path()), Vec::<String>::new());
 
     let (dirs, bytes) = recount(dir.path());
     let initial = before - 11 - empty_dir_size(dir.path());
@@ -1331,12 +1336,7 @@ fn concurrent_puts_and_deletes_keep_the_counter_exact() {
             start + bytes + dirs as u64 * empty_dir_size(dir.path()),
             "{f}"
         );
-        assert_eq!(
-            std::fs::read_dir(dir.path().join(TEMP_DIR))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert_eq!(temp_entries(dir.path()), Vec::<String>::new());
     }
 }
 
@@ -1605,11 +1605,7 @@ fn rename_moves_the_data_file_and_keeps_usage_exact() {
 fn new_values_stage_in_memory_and_spill_to_temp_when_they_grow() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let temp_count = || {
-        std::fs::read_dir(dir.path().join(TEMP_DIR))
-            .unwrap()
-            .count()
-    };
+    let temp_count = || temp_entries(dir.path()).len();
     {
         let store = open_new(dir.path(), ShardFn::IPFS_DEFAULT);
         let small = store.stage(&k("/SMALL"), StageInit::Empty).unwrap();
