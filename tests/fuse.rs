@@ -540,7 +540,7 @@ fn files_written_below_a_directory_renamed_back_and_forth_all_read_back() {
         let (a, b, stop) = (m.path("a"), m.path("b"), stop.clone());
         std::thread::spawn(move || {
             let mut n = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
+            while n < 2 || (!stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000) {
                 let (from, to) = if n.is_multiple_of(2) {
                     (&a, &b)
                 } else {
