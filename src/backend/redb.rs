@@ -345,7 +345,7 @@ impl Datastore for RedbStore {
         })
     }
 
-    /// Without `durable_puts`, a value of at most [`redb_pending::VALUE_MAX`] bytes is
+    /// Without `durable_puts`, a value of at most 16 KiB (`redb_pending::VALUE_MAX`) is
     /// visible at once and written with the next write transaction or durable commit: no
     /// commit of its own (the close of every new small file puts one).
     fn put(&self, key: &Key, value: &[u8]) -> Result<()> {
