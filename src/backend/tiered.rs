@@ -274,6 +274,12 @@ impl Inner {
                 st.dirty = false;
             }
             if let Err(e) = self.checkpoint() {
+                if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                    // `close` made its own checkpoint before closing the stores this one
+                    // found closed: nothing was left for this one to do.
+                    log::debug!("tiered: background checkpoint after close: {e}");
+                    return;
+                }
                 log::error!("tiered: background checkpoint failed: {e}");
                 self.state.lock().dirty = true;
             }
