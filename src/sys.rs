@@ -315,16 +315,28 @@ mod process_tests {
     #[test]
     fn a_process_whose_main_thread_exited_is_alive_while_another_thread_runs() {
         let script = "import threading, time, ctypes\n\
-                      threading.Thread(target=time.sleep, args=(2,)).start()\n\
+                      threading.Thread(target=time.sleep, args=(600,)).start()\n\
                       ctypes.CDLL(None).pthread_exit(None)";
-        let Ok(mut child) = std::process::Command::new("python3")
+        /// Kills the child when the test ends, also when it fails.
+        struct Killed(std::process::Child);
+        impl Drop for Killed {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        // The sleeper outlives the test (which kills it): with a short sleep, a loaded
+        // machine that let the test look only after the sleeper had ended saw the whole
+        // process gone and failed.
+        let Ok(child) = std::process::Command::new("python3")
             .args(["-c", script])
             .spawn()
         else {
             assert!(std::env::var_os("CI").is_none(), "python3 is missing in CI");
             return;
         };
-        let pid = child.id() as i32;
+        let child = Killed(child);
+        let pid = child.0.id() as i32;
         // Wait until the main thread has exited (it shows `Z` while the sleeper runs).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -346,6 +358,6 @@ mod process_tests {
             process_alive(pid),
             "a process with a running thread counts as dead"
         );
-        child.wait().unwrap();
+        drop(child);
     }
 }

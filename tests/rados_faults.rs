@@ -178,15 +178,18 @@ fn with_the_monitor_stopped_operations_end_within_the_timeout_and_work_after_it_
     let restart = Restart(&c, "start-mon", None);
     // Data operations go to the OSDs, which keep serving; whatever they answer, they answer
     // (no hang). A new client needs the monitor: it fails within its timeout, in one line.
+    // Hang checks, not speed checks: the bound is the 5 s timeout with the slack a loaded CI
+    // machine (a debug build beside three OSDs) needs.
+    let hang = timeout * 12;
     let began = Instant::now();
     let _ = store.get(&Key::new("/before"));
     let _ = store.put(&Key::new("/during"), b"v");
-    assert!(began.elapsed() < timeout * 4, "{:?}", began.elapsed());
+    assert!(began.elapsed() < hang, "{:?}", began.elapsed());
     let began = Instant::now();
     let err = RadosStore::open(c.options("mon-fault", timeout))
         .err()
         .unwrap();
-    assert!(began.elapsed() < timeout * 4, "{:?}", began.elapsed());
+    assert!(began.elapsed() < hang, "{:?}", began.elapsed());
     assert_eq!(err.kind(), dsfs::ErrorKind::TimedOut, "{err}");
     drop(restart);
     // Back: new clients connect and everything reads and writes again.

@@ -274,6 +274,12 @@ impl Inner {
                 st.dirty = false;
             }
             if let Err(e) = self.checkpoint() {
+                if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                    // `close` made its own checkpoint before closing the stores this one
+                    // found closed: nothing was left for this one to do.
+                    log::debug!("tiered: background checkpoint after close: {e}");
+                    return;
+                }
                 log::error!("tiered: background checkpoint failed: {e}");
                 self.state.lock().dirty = true;
             }
@@ -904,6 +910,14 @@ impl Inner {
             path: self.files.path().to_path_buf(),
             shard: self.files.shard_fn(),
         }
+    }
+}
+
+impl TieredStore {
+    /// How many write transactions the record store has committed since open: for tests and
+    /// profiling (see [`RedbStore::write_count`]).
+    pub fn write_count(&self) -> u64 {
+        self.inner.records.write_count()
     }
 }
 

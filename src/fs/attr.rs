@@ -145,6 +145,7 @@ impl DsFs {
         self.check_writable()?;
         let id = Ino(ino).node();
         if let Some(size) = set.size {
+            let _below = self.subtrees.shared(&self.index, &[id])?;
             self.truncate(ino, size)?;
         }
         let has_meta = set.mode.is_some()

@@ -20,6 +20,7 @@
 //! - `namespace`: lookup, create, mknod, mkdir, symlink, unlink, link, readdir;
 //! - `unlink`: the removal of a file's name and value, and rmdir;
 //! - `rename`: rename and exchange, and the moves of values they make;
+//! - `subtree`: the guards that keep operations below a moved directory out of its rename;
 //! - `attr`: getattr, setattr, access;
 //! - `xattr`: extended attributes, including the computed IPFS CID;
 //! - `killpriv`: dropping setuid, setgid and file capabilities when a file changes.
@@ -40,6 +41,7 @@ mod namespace;
 mod open;
 mod removed;
 mod rename;
+mod subtree;
 pub mod types;
 mod unlink;
 mod xattr;
@@ -83,6 +85,8 @@ pub struct DsFs {
     blocks: Option<blocks::BlockWriter>,
     /// Directories removed here that the kernel may still hold open.
     removed: removed::RemovedDirs,
+    /// Renames in progress and the operations below what they move (see `subtree.rs`).
+    subtrees: subtree::Subtrees,
 }
 
 fn ts(t: Timestamp) -> SystemTime {
@@ -135,6 +139,7 @@ impl DsFs {
             virt: Mutex::new(ipfs::Virtual::default()),
             blocks,
             removed: removed::RemovedDirs::default(),
+            subtrees: subtree::Subtrees::default(),
         }
     }
 
@@ -272,3 +277,5 @@ mod commit_tests;
 mod cost_tests;
 #[cfg(test)]
 mod race_tests;
+#[cfg(test)]
+mod subtree_tests;

@@ -226,6 +226,7 @@ impl DsFs {
             });
         }
         let comp = Self::component(name)?;
+        let _below = self.subtrees.shared(&self.index, &[Ino(parent).node()])?;
         let (pnode, existing, key) = self.dir_entry_key(parent, &comp)?;
         if existing.is_some() {
             return Err(FsError::Exists);
@@ -265,6 +266,7 @@ impl DsFs {
     ) -> FsResult<(Attr, Opened)> {
         self.refuse_virtual(parent)?;
         self.check_writable()?;
+        let _below = self.subtrees.shared(&self.index, &[Ino(parent).node()])?;
         let comp = Self::component(name)?;
         let (pnode, existing, key) = self.dir_entry_key(parent, &comp)?;
         if let Some((id, existing)) = existing {
@@ -310,7 +312,7 @@ impl DsFs {
         if existing.kind == NodeKind::Dir {
             return Err(FsError::IsDir);
         }
-        let opened = self.open(id, flags)?;
+        let (opened, _) = self.open_unguarded(id, flags)?;
         Ok((self.getattr(id)?, opened))
     }
 
@@ -318,6 +320,7 @@ impl DsFs {
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.refuse_virtual(parent)?;
         self.check_writable()?;
+        let _below = self.subtrees.shared(&self.index, &[Ino(parent).node()])?;
         let name = self.resolve_name(parent, name)?;
         if let NameRef::Component(c) = &name {
             return self.unlink_component(parent, c);

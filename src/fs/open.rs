@@ -4,6 +4,12 @@
 //!
 //! The lock order of the filesystem, and the one place it is written down:
 //!
+//! 0. A subtree guard (`DsFs::subtrees`, see `subtree.rs`) is taken first of all, at the start
+//!    of a public operation that reads a key and writes under it (create, mknod, unlink, open,
+//!    truncate) or moves one (rename, exchange), and held to its end. An operation holds at
+//!    most one guard and takes it before any lock below, so a wait for a guard never holds one
+//!    of them. The guards' mutex is held only to grant and release them (and, while a rename
+//!    runs, across index reads of ancestors), never across store I/O.
 //! 1. `DsFs::handles` and the shards of `DsFs::open` (the handle table and the open-file
 //!    table, [`OpenTable`]) are held only to look up, insert or remove an entry and to count an
 //!    inode's opens: never across store or index I/O and never while waiting for another lock,

@@ -67,6 +67,19 @@ impl DsFs {
         if parent == newparent && from == to {
             return Ok(());
         }
+        // Nothing below what moves runs beside the move (`subtree.rs`). The kernel holds both
+        // parents and the renamed inodes locked, so the names looked up above stay put.
+        let mut moved = vec![src];
+        if flags.exchange
+            && let Some((dst_id, _)) = &dst
+        {
+            moved.push(*dst_id);
+        }
+        let _moving = self.subtrees.moving(
+            &self.index,
+            &[Ino(parent).node(), Ino(newparent).node()],
+            &moved,
+        )?;
         if flags.noreplace && dst.is_some() {
             return Err(FsError::Exists);
         }
@@ -166,11 +179,14 @@ impl DsFs {
                 n.ctime = now_ts();
                 tx.put_node(src, &n)?;
                 tx.link(newparent, &to, src, n.kind == NodeKind::Dir)?;
+                // Each value keeps the size the index has for it now: a file closed since the
+                // values were listed committed a new size under its old key.
+                let mut sizes = Vec::with_capacity(moves.len());
                 for m in &moves {
-                    tx.remove_key(&m.from)?;
+                    sizes.push(tx.take_key(&m.from)?.map_or(m.size, |(_, size)| size));
                 }
-                for m in &moves {
-                    tx.set_key(&m.to, m.id, m.size)?;
+                for (m, size) in moves.iter().zip(sizes) {
+                    tx.set_key(&m.to, m.id, size)?;
                 }
                 Ok(())
             })?)
@@ -206,10 +222,30 @@ impl DsFs {
         // starts until the inodes are re-keyed.
         let _turns: Vec<_> = held.iter().map(|h| h.1.commit.lock()).collect();
         let mut guards: Vec<_> = held.iter().map(|h| h.1.state.write()).collect();
-        for m in moves {
-            self.backend.rename(&m.from, &m.to)?;
+        let mut done = 0;
+        let moved = moves
+            .iter()
+            .try_for_each(|m| {
+                self.backend.rename(&m.from, &m.to)?;
+                done += 1;
+                Ok(())
+            })
+            .and_then(|()| record());
+        if let Err(e) = moved {
+            // A failed rename leaves every file where it was: what moved goes back, newest
+            // first. (A value the move replaced at its new key stays replaced.)
+            for m in moves[..done].iter().rev() {
+                if let Err(back) = self.backend.rename(&m.to, &m.from) {
+                    log::error!(
+                        "a rename failed ({e}) and {} could not be moved back from {}: {back}; \
+                         `dsfs fsck --repair` lists it under its new name",
+                        m.from,
+                        m.to
+                    );
+                }
+            }
+            return Err(e);
         }
-        record()?;
         for (st, h) in guards.iter_mut().zip(&held) {
             if !st.unlinked {
                 st.key = h.2.clone();
@@ -373,13 +409,14 @@ impl DsFs {
             }
             tx.link(newparent, to, src, false)?;
             tx.link(parent, from, dst, false)?;
-            tx.remove_key(&a)?;
-            tx.remove_key(&b)?;
+            // The sizes the index has now (a close since they were read above committed).
+            let a_now = tx.take_key(&a)?;
+            let b_now = tx.take_key(&b)?;
             if let Some(size) = a_size {
-                tx.set_key(&b, src, size)?;
+                tx.set_key(&b, src, a_now.map_or(size, |(_, s)| s))?;
             }
             if let Some(size) = b_size {
-                tx.set_key(&a, dst, size)?;
+                tx.set_key(&a, dst, b_now.map_or(size, |(_, s)| s))?;
             }
             Ok(())
         })?;

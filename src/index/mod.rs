@@ -1110,11 +1110,16 @@ impl<'t> Tx<'t> {
 
     /// Removes `key` from the `keys` table; returns its node if it was there.
     pub fn remove_key(&mut self, key: &Key) -> IndexResult<Option<NodeId>> {
+        Ok(self.take_key(key)?.map(|(id, _)| id))
+    }
+
+    /// Removes `key` from the `keys` table; returns its node and value size if it was there.
+    pub fn take_key(&mut self, key: &Key) -> IndexResult<Option<(NodeId, u64)>> {
         Ok(self
             .t_keys_mut()?
             .remove(key.as_str())
             .map_err(w("removing keys"))?
-            .map(|v| v.value().0))
+            .map(|v| v.value()))
     }
 
     /// The extended attribute `name` of node `id`.

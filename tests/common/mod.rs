@@ -319,16 +319,17 @@ pub fn count_requests(reqs: &[String], op: &str) -> usize {
 }
 
 /// The requests logged since the first `before`, once `n` RELEASE requests are among them
-/// (the kernel sends a handle's RELEASE after its close returns); after 5 s, whatever is there.
+/// (the kernel sends a handle's RELEASE after its close returns, in the background, which a
+/// loaded machine may delay by seconds); after 60 s, whatever is there.
 pub fn requests_since(m: &Mount, before: usize, n: usize) -> Vec<String> {
-    for _ in 0..100 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         let all = requests(m);
-        if count_requests(&all[before..], "RELEASE") >= n {
+        if count_requests(&all[before..], "RELEASE") >= n || Instant::now() >= deadline {
             return all[before..].to_vec();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    requests(m)[before..].to_vec()
 }
 
 /// Runs `dsfs --store SPEC args...` against the mounted store (through its control socket),

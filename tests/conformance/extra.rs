@@ -501,20 +501,23 @@ fn stage_round_trip(ctx: &mut Ctx) -> TResult {
         // The store's own files may have appeared (a redb file is created at open); staging
         // files must not be among what is left. A store's background writers (flatfs rewrites
         // its disk-usage cache through a temporary file) may have one in flight for a moment:
-        // a leftover is a temporary file that is still there after a second.
+        // a leftover is a temporary file that is still there after a minute (a loaded machine
+        // can keep such a writer from its rename for seconds).
         let temporary = |p: &&std::path::PathBuf| {
             let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase());
             name.is_some_and(|n| n.contains("stage") || n.contains("tmp") || n.contains("temp"))
         };
-        let mut tries = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let after = files_in(ctx.dir());
             let left: Vec<_> = after.iter().filter(|p| !files_before.contains(p)).collect();
             if !left.iter().any(temporary) {
                 break;
             }
-            tries += 1;
-            ensure!(tries < 50, "staging files left behind: {left:?}");
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "staging files left behind: {left:?}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }

@@ -131,6 +131,20 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    /// Waits until another thread waits on `guard`'s operation: it holds the slot (one
+    /// reference in the map, one in the guard, one per waiter). A fixed sleep instead let the
+    /// guard finish first on a loaded machine, and the late "waiter" then ran on its own.
+    fn wait_for_a_waiter(guard: &OpGuard<'_>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while Arc::strong_count(&guard.slot) < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiter never reached the operation"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn a_waiter_adopts_success_or_retries_after_failure() {
         let map = OpMap::default();
@@ -147,7 +161,7 @@ mod tests {
                 }
                 Begin::Done => false,
             });
-            std::thread::sleep(Duration::from_millis(50));
+            wait_for_a_waiter(&first);
             first.finish(true);
             assert!(!waiter.join().unwrap(), "success is adopted");
         });
@@ -158,7 +172,7 @@ mod tests {
                 panic!("the first operation must run");
             };
             let waiter = s.spawn(|| matches!(map.begin("K", Mode::Coalesce), Begin::Run(_)));
-            std::thread::sleep(Duration::from_millis(50));
+            wait_for_a_waiter(&first);
             drop(first); // failure
             assert!(waiter.join().unwrap(), "failure makes the waiter run");
         });
@@ -173,7 +187,7 @@ mod tests {
                 panic!("the first operation must run");
             };
             let waiter = s.spawn(|| matches!(map.begin("K", Mode::Serialize), Begin::Run(_)));
-            std::thread::sleep(Duration::from_millis(20));
+            wait_for_a_waiter(&first);
             first.finish(true);
             assert!(waiter.join().unwrap());
         });

@@ -464,14 +464,13 @@ fn a_value_replaced_during_every_read_is_still_read_whole() {
     assert_eq!(n, 500);
     assert!(buf.iter().all(|&b| b == buf[0]), "a torn range");
     armed.store(0, Ordering::SeqCst);
-    // The puts that waited for the readers land after them.
-    let mut last = Vec::new();
-    for _ in 0..100 {
-        last = s.get(&k).unwrap();
-        if last[0] == 8 {
-            break;
-        }
+    // The puts that waited for the readers land after them (in their own threads, which a
+    // loaded machine may run seconds later: wait with a generous deadline).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = s.get(&k).unwrap();
+    while last[0] != 8 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
+        last = s.get(&k).unwrap();
     }
     assert_eq!(last, vec![8u8; 1000], "the writer's put was lost");
 }
