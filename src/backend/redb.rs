@@ -1,10 +1,8 @@
 //! `RedbStore`: values in a single redb file. The embedded store that needs no server.
 //!
-//! Every write is committed without fsync and made durable by the group committer within
-//! [`crate::group_commit::DEFAULT_INTERVAL`], or at once by `sync` and `close` (or by every
-//! write, when opened with [`RedbOptions::durable_puts`]). Deletes and puts of small values wait
-//! in memory, visible at once, for the next write transaction or durable commit (see
-//! `src/backend/redb_pending.rs`); other writes are a redb transaction each. redb's
+//! Every `put`/`delete` is its own redb transaction, committed without fsync and made durable
+//! by the group committer within [`crate::group_commit::DEFAULT_INTERVAL`], or at once by `sync`
+//! and `close` (or by every write, when opened with [`RedbOptions::durable_puts`]). redb's
 //! copy-on-write commits make every put and every batch atomic: after a crash each key holds its
 //! old or its new value, and a batch is applied wholly or not at all.
 
@@ -22,7 +20,7 @@ use crate::datastore::{
 };
 use crate::group_commit::{self, GroupCommit, redb_error};
 
-use super::redb_pending::{self, Pending, Seen};
+use super::redb_pending::{self, PendingDeletes};
 
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
 
@@ -65,36 +63,29 @@ pub struct RedbStore {
     options: RedbOptions,
     commits: GroupCommit,
     closed: AtomicBool,
-    /// Writes not yet in the database (see [`super::redb_pending`]); always empty with
-    /// `durable_puts`.
-    pending: Arc<Pending>,
+    /// Deletes not yet written (see [`super::redb_pending`]); always empty with `durable_puts`.
+    pending: Arc<PendingDeletes>,
     /// Write transactions committed by [`RedbStore::write`] since open.
     writes: AtomicU64,
 }
 
-/// The group committer's durable commit: applies the pending writes in it.
-fn durable_commit(db: &Database, pending: &Pending) -> Result<()> {
+/// The group committer's durable commit: applies the pending deletes in it.
+fn durable_commit(db: &Database, pending: &PendingDeletes) -> Result<()> {
     guard("redb store: durable commit", || {
         let mut txn = db
             .begin_write()
             .map_err(|e| redb_error("starting a durable commit", e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| redb_error("setting durability", e))?;
-        let applied = {
-            let locked = pending.lock();
-            if locked.is_empty() {
-                None
-            } else {
-                let mut table = txn
-                    .open_table(VALUES)
-                    .map_err(|e| redb_error("opening the values table", e))?;
-                Some(locked.apply(&mut table)?)
-            }
-        };
-        txn.commit().map_err(|e| redb_error("durable commit", e))?;
-        if let Some(applied) = applied {
-            pending.committed(&applied);
+        let applied = pending.snapshot();
+        if !applied.is_empty() {
+            let mut table = txn
+                .open_table(VALUES)
+                .map_err(|e| redb_error("opening the values table", e))?;
+            applied.apply(&mut table)?;
         }
+        txn.commit().map_err(|e| redb_error("durable commit", e))?;
+        pending.committed(&applied);
         Ok(())
     })
 }
@@ -118,7 +109,7 @@ impl RedbStore {
                 .map_err(|e| redb_error("creating the values table", e))?;
             txn.commit().map_err(|e| redb_error("committing", e))?;
             let db = Arc::new(db);
-            let pending = Arc::new(Pending::default());
+            let pending = Arc::new(PendingDeletes::default());
             let commits = {
                 let (db, pending) = (db.clone(), pending.clone());
                 GroupCommit::with_commit(
@@ -218,20 +209,19 @@ impl RedbStore {
         }
     }
 
-    /// How many write transactions this store has committed since it was opened (deletes and
-    /// small puts wait for the next one): for tests and profiling.
+    /// How many write transactions this store has committed since it was opened (deletes
+    /// wait for the next one): for tests and profiling.
     pub fn write_count(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }
 
-    /// How many writes wait for the next write transaction or durable commit.
+    /// How many deletes wait for the next write transaction or durable commit.
     #[cfg(test)]
-    pub(super) fn pending_writes(&self) -> usize {
+    pub(super) fn pending_deletes(&self) -> usize {
         self.pending.len()
     }
 
-    /// Runs `f` in one write transaction, after the pending writes (no write enters them
-    /// between the two, see [`super::redb_pending`]).
+    /// Runs `f` in one write transaction, after the pending deletes.
     fn write(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>) -> Result<()> {
         guard("redb store: write", || {
             self.check_open()?;
@@ -243,15 +233,14 @@ impl RedbStore {
                 txn.set_durability(Durability::None)
                     .map_err(|e| redb_error("setting durability", e))?;
             }
-            let applied = {
+            let applied = self.pending.snapshot();
+            {
                 let mut table = txn
                     .open_table(VALUES)
                     .map_err(|e| redb_error("opening the values table", e))?;
-                let locked = self.pending.lock();
-                let applied = locked.apply(&mut table)?;
+                applied.apply(&mut table)?;
                 f(&mut table)?;
-                applied
-            };
+            }
             txn.commit()
                 .map_err(|e| redb_error("committing a write", e))?;
             self.pending.committed(&applied);
@@ -278,10 +267,8 @@ impl RedbStore {
 impl Datastore for RedbStore {
     fn get(&self, key: &Key) -> Result<Vec<u8>> {
         guard("redb store: get", || {
-            match self.pending.get(key.as_str()) {
-                Seen::Nothing => {}
-                Seen::Deleted => return Err(Error::not_found()),
-                Seen::Value(v) => return Ok(v.to_vec()),
+            if self.pending.contains(key.as_str()) {
+                return Err(Error::not_found());
             }
             let table = self.read_table()?;
             match table
@@ -296,10 +283,8 @@ impl Datastore for RedbStore {
 
     fn has(&self, key: &Key) -> Result<bool> {
         guard("redb store: has", || {
-            match self.pending.get(key.as_str()) {
-                Seen::Nothing => {}
-                Seen::Deleted => return Ok(false),
-                Seen::Value(_) => return Ok(true),
+            if self.pending.contains(key.as_str()) {
+                return Ok(false);
             }
             let table = self.read_table()?;
             Ok(table
@@ -311,10 +296,8 @@ impl Datastore for RedbStore {
 
     fn get_size(&self, key: &Key) -> Result<u64> {
         guard("redb store: get_size", || {
-            match self.pending.get(key.as_str()) {
-                Seen::Nothing => {}
-                Seen::Deleted => return Err(Error::not_found()),
-                Seen::Value(v) => return Ok(v.len() as u64),
+            if self.pending.contains(key.as_str()) {
+                return Err(Error::not_found());
             }
             let table = self.read_table()?;
             match table
@@ -329,10 +312,8 @@ impl Datastore for RedbStore {
 
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
         guard("redb store: read_at", || {
-            match self.pending.get(key.as_str()) {
-                Seen::Nothing => {}
-                Seen::Deleted => return Err(Error::not_found()),
-                Seen::Value(v) => return Ok(copy_range(&v, offset, buf)),
+            if self.pending.contains(key.as_str()) {
+                return Err(Error::not_found());
             }
             let table = self.read_table()?;
             match table
@@ -345,18 +326,7 @@ impl Datastore for RedbStore {
         })
     }
 
-    /// Without `durable_puts`, a value of at most 16 KiB (`redb_pending::VALUE_MAX`) is
-    /// visible at once and written with the next write transaction or durable commit: no
-    /// commit of its own (the close of every new small file puts one).
     fn put(&self, key: &Key, value: &[u8]) -> Result<()> {
-        if !self.options.durable_puts && value.len() <= redb_pending::VALUE_MAX {
-            self.check_open()?;
-            if self.pending.put(key.as_str(), value) {
-                return self.write(|_| Ok(()));
-            }
-            self.commits.mark_dirty();
-            return Ok(());
-        }
         self.write(|t| {
             t.insert(key.as_str(), value)
                 .map_err(|e| redb_error("writing", e))?;
@@ -375,7 +345,7 @@ impl Datastore for RedbStore {
             });
         }
         self.check_open()?;
-        if self.pending.delete(key.as_str()) {
+        if self.pending.add(key.as_str()) >= redb_pending::LIMIT {
             return self.write(|_| Ok(()));
         }
         self.commits.mark_dirty();
@@ -384,49 +354,31 @@ impl Datastore for RedbStore {
 
     fn query(&self, q: Query) -> Result<Results> {
         guard("redb store: query", || {
-            let prefix = q.prefix_key();
-            let bounds = query::prefix_range(prefix.as_ref());
-            let keys_only = q.keys_only;
-            let entry = move |key: Key, value: &[u8]| {
-                if keys_only {
-                    Entry::key_only(key, Some(value.len() as u64))
-                } else {
-                    Entry::with_value(key, value.to_vec())
-                }
-            };
-            // Before the read transaction: a key that left the map has reached the database.
-            let overlay = self
-                .pending
-                .range(
-                    bounds.as_ref().map(|(lo, _)| lo.as_str()),
-                    bounds.as_ref().map(|(_, hi)| hi.as_str()),
-                )
-                .map(|writes| {
-                    let entries = writes.into_iter().map(|(k, v)| {
-                        let e = match v {
-                            Some(v) => Some(entry(Key::from_raw(k.clone())?, &v)),
-                            None => None,
-                        };
-                        Ok((k, e))
-                    });
-                    entries.collect::<Result<Vec<_>>>()
-                })
-                .transpose()?;
+            // Before the read transaction: a key that left the set has left the database.
+            let deleted = self.pending.keys();
             let table = self.read_table()?;
-            let range = match &bounds {
+            let prefix = q.prefix_key();
+            let range = match query::prefix_range(prefix.as_ref()) {
                 Some((lo, hi)) => table
                     .range::<&str>((Bound::Included(lo.as_str()), Bound::Excluded(hi.as_str()))),
                 None => table.range::<&str>(..),
             }
             .map_err(|e| redb_error("starting a scan", e))?;
-            let stored = range.map(move |item| {
-                let (k, v) = item.map_err(|e| redb_error("scanning", e))?;
-                Ok(entry(Key::from_raw(k.value().to_owned())?, v.value()))
+            let keys_only = q.keys_only;
+            let live = range.filter(move |item| match (item, &deleted) {
+                (Ok((k, _)), Some(deleted)) => !deleted.contains(k.value()),
+                _ => true,
             });
-            let entries: EntryIter = match overlay {
-                Some(overlay) => Box::new(redb_pending::merge(stored, overlay)),
-                None => Box::new(stored),
-            };
+            let entries: EntryIter = Box::new(live.map(move |item| {
+                let (k, v) = item.map_err(|e| redb_error("scanning", e))?;
+                let key = Key::from_raw(k.value().to_owned())?;
+                let value = v.value();
+                Ok(if keys_only {
+                    Entry::key_only(key, Some(value.len() as u64))
+                } else {
+                    Entry::with_value(key, value.to_vec())
+                })
+            }));
             let entries: EntryIter = Box::new(crate::redb_guard::iter(
                 "redb store: scanning",
                 entries,

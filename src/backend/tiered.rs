@@ -913,14 +913,6 @@ impl Inner {
     }
 }
 
-impl TieredStore {
-    /// How many write transactions the record store has committed since open: for tests and
-    /// profiling (see [`RedbStore::write_count`]).
-    pub fn write_count(&self) -> u64 {
-        self.inner.records.write_count()
-    }
-}
-
 impl Drop for TieredStore {
     fn drop(&mut self) {
         {

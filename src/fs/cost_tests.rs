@@ -1,12 +1,11 @@
-//! What the requests the kernel sends around a create and an unlink cost the index and the
-//! store: transactions counted, on a store dsfs owns and on flatfs (a store others may write).
+//! What the requests the kernel sends around a create and an unlink cost the index: read
+//! transactions counted, on a store dsfs owns and on flatfs (a store others may write).
 
 use std::sync::Arc;
 
 use super::*;
 use crate::backend::MemStore;
 use crate::backend::flatfs::{FlatFsOptions, FlatFsStore, ShardFn};
-use crate::backend::tiered::{TieredOptions, TieredStore};
 use crate::index::{IndexOptions, ROOT};
 
 const CTX: Ctx = Ctx {
@@ -85,55 +84,4 @@ fn a_lookup_on_flatfs_is_one_read_transaction() {
     let before = reads();
     assert_eq!(fs.lookup(ROOT, b"NEW").unwrap().ino, ino);
     assert_eq!(reads() - before, 1, "lookup of an existing name");
-}
-
-/// On the default repository's store (tiered: small values in redb), the close of a new file,
-/// empty or small, puts its value with no redb write transaction: the put waits in the store's
-/// memory for its next write transaction or durable commit (it was a write transaction of the
-/// record store at every close). So the create and close of an empty file cost one redb write
-/// transaction in all, the index's create.
-#[test]
-fn create_and_close_of_a_new_small_file_costs_the_store_no_write_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        TieredStore::open(
-            &dir.path().join("records.redb"),
-            &dir.path().join("files"),
-            TieredOptions::default(),
-        )
-        .unwrap()
-    };
-    let store = Arc::new(open());
-    let fs = fs_over(store.clone());
-    // The first create of a directory's file may record the directory: count from the second.
-    create_close(&fs, ROOT, b"first");
-    for (i, body) in [&b""[..], b"x", &[7u8; 4096][..]].into_iter().enumerate() {
-        let name = format!("f{i}");
-        let (index, values) = (fs.index.write_count(), store.write_count());
-        let (attr, o) = fs
-            .create(CTX, ROOT, name.as_bytes(), 0o644, 0o022, libc::O_WRONLY)
-            .unwrap();
-        if !body.is_empty() {
-            fs.write(o.fh, 0, body).unwrap();
-        }
-        fs.flush(o.fh).unwrap();
-        fs.release(o.fh).unwrap();
-        let what = format!("create+close of a {}-byte file", body.len());
-        assert_eq!(store.write_count() - values, 0, "{what}: store");
-        if body.is_empty() {
-            assert_eq!(fs.index.write_count() - index, 1, "{what}: index");
-        }
-        let o = fs.open(attr.ino, libc::O_RDONLY).unwrap();
-        assert_eq!(fs.read(o.fh, 0, 8192).unwrap(), body);
-        fs.release(o.fh).unwrap();
-        assert_eq!(fs.getattr(attr.ino).unwrap().size, body.len() as u64);
-    }
-    // They are durable once synced: the reopened store has them.
-    fs.store.sync(&Key::root()).unwrap();
-    drop(fs);
-    drop(store);
-    let store = open();
-    assert_eq!(store.get(&Key::new("/f0")).unwrap(), b"");
-    assert_eq!(store.get(&Key::new("/f1")).unwrap(), b"x");
-    assert_eq!(store.get(&Key::new("/f2")).unwrap(), vec![7u8; 4096]);
 }
