@@ -32,30 +32,48 @@ fn write_file(fs: &DsFs, parent: u64, name: &str, data: &[u8]) -> u64 {
     attr.ino
 }
 
-/// A memory store whose whole-value reads (`get`, which staging copies use) stop, once armed,
-/// until the test lets them go: a store call that hangs.
+/// A memory store whose whole-value reads (`get`, which staging copies use) or value moves
+/// (`rename`) stop, once armed, until the test lets them go: a store call that hangs. It can
+/// also fail a chosen rename.
 #[derive(Default)]
-struct GatedStore {
-    inner: MemStore,
+pub(super) struct GatedStore {
+    pub(super) inner: MemStore,
     armed: std::sync::atomic::AtomicBool,
+    /// The gate stops `rename` instead of `get`.
+    renames: std::sync::atomic::AtomicBool,
     entered: parking_lot::Mutex<Option<mpsc::Sender<()>>>,
     release: parking_lot::Mutex<Option<mpsc::Receiver<()>>>,
+    /// Renames until the next one fails with EIO (0: none fails).
+    pub(super) fail_rename_in: std::sync::atomic::AtomicUsize,
 }
 
 impl GatedStore {
     /// Arms the gate: the next `get` reports on the returned receiver and waits for the
     /// returned sender.
-    fn arm(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+    pub(super) fn arm(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        self.arm_on(false)
+    }
+
+    /// Arms the gate on the next `rename` instead.
+    pub(super) fn arm_rename(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        self.arm_on(true)
+    }
+
+    fn arm_on(&self, renames: bool) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
         let (entered_tx, entered_rx) = mpsc::channel();
         let (release_tx, release_rx) = mpsc::channel();
         *self.entered.lock() = Some(entered_tx);
         *self.release.lock() = Some(release_rx);
+        self.renames
+            .store(renames, std::sync::atomic::Ordering::SeqCst);
         self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
         (entered_rx, release_tx)
     }
 
-    fn wait_if_armed(&self) {
-        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+    fn wait_if_armed(&self, rename: bool) {
+        if self.renames.load(std::sync::atomic::Ordering::SeqCst) == rename
+            && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
             if let Some(tx) = self.entered.lock().take() {
                 let _ = tx.send(());
             }
@@ -68,7 +86,7 @@ impl GatedStore {
 
 impl Datastore for GatedStore {
     fn get(&self, key: &Key) -> DsResult<Vec<u8>> {
-        self.wait_if_armed();
+        self.wait_if_armed(false);
         self.inner.get(key)
     }
     fn has(&self, key: &Key) -> DsResult<bool> {
@@ -105,6 +123,14 @@ impl Datastore for GatedStore {
         self.inner.apply_batch(ops)
     }
     fn rename(&self, from: &Key, to: &Key) -> DsResult<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.fail_rename_in.load(SeqCst) > 0 && self.fail_rename_in.fetch_sub(1, SeqCst) == 1 {
+            return Err(crate::datastore::Error::new(
+                crate::datastore::ErrorKind::Io,
+                "injected rename failure",
+            ));
+        }
+        self.wait_if_armed(true);
         self.inner.rename(from, to)
     }
 }

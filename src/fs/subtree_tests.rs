@@ -1,114 +1,19 @@
 //! Operations below a directory that is being renamed (`subtree.rs`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::race_tests::GatedStore;
+use super::tests::{CTX, write_file};
 use super::*;
-use crate::backend::MemStore;
-use crate::datastore::{Batch, BatchOps, Capabilities, Query, Result as DsResult, Results};
+use crate::datastore::Query;
 use crate::index::{IndexOptions, ROOT};
-
-const CTX: Ctx = Ctx {
-    uid: 1000,
-    gid: 1000,
-};
-
-/// A memory store whose `rename` (the move of one value), once armed, stops until the test
-/// lets it go: a rename caught between moving its values and recording the move.
-#[derive(Default)]
-struct RenameGate {
-    inner: MemStore,
-    armed: AtomicBool,
-    entered: parking_lot::Mutex<Option<mpsc::Sender<()>>>,
-    release: parking_lot::Mutex<Option<mpsc::Receiver<()>>>,
-    /// Renames until the next one fails with EIO (0: none fails).
-    fail_in: std::sync::atomic::AtomicUsize,
-}
-
-impl RenameGate {
-    fn arm(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
-        let (entered_tx, entered_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel();
-        *self.entered.lock() = Some(entered_tx);
-        *self.release.lock() = Some(release_rx);
-        self.armed.store(true, Ordering::SeqCst);
-        (entered_rx, release_tx)
-    }
-}
-
-impl Datastore for RenameGate {
-    fn get(&self, key: &Key) -> DsResult<Vec<u8>> {
-        self.inner.get(key)
-    }
-    fn has(&self, key: &Key) -> DsResult<bool> {
-        self.inner.has(key)
-    }
-    fn get_size(&self, key: &Key) -> DsResult<u64> {
-        self.inner.get_size(key)
-    }
-    fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> DsResult<usize> {
-        self.inner.read_at(key, offset, buf)
-    }
-    fn put(&self, key: &Key, value: &[u8]) -> DsResult<()> {
-        self.inner.put(key, value)
-    }
-    fn delete(&self, key: &Key) -> DsResult<()> {
-        self.inner.delete(key)
-    }
-    fn query(&self, query: Query) -> DsResult<Results> {
-        self.inner.query(query)
-    }
-    fn sync(&self, prefix: &Key) -> DsResult<()> {
-        self.inner.sync(prefix)
-    }
-    fn close(&self) -> DsResult<()> {
-        self.inner.close()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn batch(&self) -> DsResult<Box<dyn Batch + '_>> {
-        self.inner.batch()
-    }
-    fn apply_batch(&self, ops: BatchOps) -> DsResult<()> {
-        self.inner.apply_batch(ops)
-    }
-    fn rename(&self, from: &Key, to: &Key) -> DsResult<()> {
-        if self.fail_in.load(Ordering::SeqCst) > 0
-            && self.fail_in.fetch_sub(1, Ordering::SeqCst) == 1
-        {
-            return Err(crate::datastore::Error::new(
-                crate::datastore::ErrorKind::Io,
-                "injected rename failure",
-            ));
-        }
-        if self.armed.swap(false, Ordering::SeqCst) {
-            if let Some(tx) = self.entered.lock().take() {
-                let _ = tx.send(());
-            }
-            if let Some(rx) = self.release.lock().take() {
-                let _ = rx.recv_timeout(Duration::from_secs(60));
-            }
-        }
-        self.inner.rename(from, to)
-    }
-}
 
 fn mkdir(fs: &DsFs, parent: u64, name: &str) -> u64 {
     fs.mkdir(CTX, parent, name.as_bytes(), 0o755, 0o022)
         .unwrap()
         .ino
-}
-
-fn write_file(fs: &DsFs, parent: u64, name: &str, data: &[u8]) -> u64 {
-    let (attr, opened) = fs
-        .create(CTX, parent, name.as_bytes(), 0o644, 0o022, libc::O_WRONLY)
-        .unwrap();
-    fs.write(opened.fh, 0, data).unwrap();
-    fs.release(opened.fh).unwrap();
-    attr.ino
 }
 
 fn read_file(fs: &DsFs, ino: u64) -> FsResult<Vec<u8>> {
@@ -124,7 +29,7 @@ fn read_file(fs: &DsFs, ino: u64) -> FsResult<Vec<u8>> {
 /// had listed `a`'s values, so the file under `b/sub` read as missing.
 #[test]
 fn files_made_below_a_directory_being_renamed_follow_it() {
-    let store = Arc::new(RenameGate::default());
+    let store = Arc::new(GatedStore::default());
     let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
     let fs = Arc::new(DsFs::new(
         Arc::new(IndexedStore::new(store.clone(), index)),
@@ -133,10 +38,10 @@ fn files_made_below_a_directory_being_renamed_follow_it() {
     let a = mkdir(&fs, ROOT, "a");
     let sub = mkdir(&fs, a, "sub");
     write_file(&fs, sub, "old", b"old value");
-    let doomed = write_file(&fs, sub, "doomed", b"doomed value");
+    write_file(&fs, sub, "doomed", b"doomed value");
     let rewritten = write_file(&fs, sub, "rewritten", b"first");
 
-    let (entered, release) = store.arm();
+    let (entered, release) = store.arm_rename();
     let renamer = {
         let fs = fs.clone();
         std::thread::spawn(move || fs.rename(ROOT, b"a", ROOT, b"b", RenameFlags::default()))
@@ -183,7 +88,6 @@ fn files_made_below_a_directory_being_renamed_follow_it() {
         );
     }
     assert!(fs.lookup(sub, b"doomed").is_err());
-    let _ = doomed;
     let mut left: Vec<String> = store
         .inner
         .query(Query::default())
@@ -199,7 +103,7 @@ fn files_made_below_a_directory_being_renamed_follow_it() {
 /// stayed under the new keys while the index kept the old names, so they read as missing.
 #[test]
 fn a_directory_rename_that_fails_midway_leaves_every_file_where_it_was() {
-    let store = Arc::new(RenameGate::default());
+    let store = Arc::new(GatedStore::default());
     let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
     let fs = DsFs::new(
         Arc::new(IndexedStore::new(store.clone(), index)),
@@ -212,7 +116,7 @@ fn a_directory_rename_that_fails_midway_leaves_every_file_where_it_was() {
             (write_file(&fs, d, &format!("f{i}"), &data), data)
         })
         .collect();
-    store.fail_in.store(3, Ordering::SeqCst);
+    store.fail_rename_in.store(3, Ordering::SeqCst);
     let err = fs
         .rename(ROOT, b"d", ROOT, b"e", RenameFlags::default())
         .unwrap_err();

@@ -12,7 +12,7 @@ fn fs() -> DsFs {
     DsFs::new(store, FsOptions::default())
 }
 
-const CTX: Ctx = Ctx {
+pub(super) const CTX: Ctx = Ctx {
     uid: 1000,
     gid: 1000,
 };
@@ -29,7 +29,7 @@ fn names(fs: &DsFs, dir: u64) -> Vec<String> {
     out
 }
 
-fn write_file(fs: &DsFs, parent: u64, name: &str, data: &[u8]) -> u64 {
+pub(super) fn write_file(fs: &DsFs, parent: u64, name: &str, data: &[u8]) -> u64 {
     let (attr, opened) = fs
         .create(CTX, parent, name.as_bytes(), 0o644, 0o022, libc::O_WRONLY)
         .unwrap();
