@@ -320,51 +320,74 @@ impl DsFs {
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.refuse_virtual(parent)?;
         self.check_writable()?;
-        let _below = self.subtrees.shared(&self.index, &[Ino(parent).node()])?;
-        let name = self.resolve_name(parent, name)?;
-        if let NameRef::Component(c) = &name {
-            return self.unlink_component(parent, c);
-        }
-        let dir = self.dir_node(parent)?;
-        let comp = match name {
-            NameRef::DirValue => {
-                if dir.value.is_none() {
-                    return Err(FsError::NotFound);
-                }
-                let key = self.key_of(parent)?;
-                self.orphan_open(Ino::dir_value(parent).0)?;
-                // The value goes first: if that fails, the name still has its value.
-                if let Err(e) = self.backend.delete(&key) {
-                    self.unorphan(Ino::dir_value(parent).0);
-                    return Err(e.into());
-                }
-                self.index.write(|tx| {
-                    let mut n = tx.node_required(parent)?;
-                    n.value = None;
-                    n.explicit = true;
-                    n.ctime = now_ts();
-                    tx.put_node(parent, &n)?;
-                    tx.remove_key(&key)?;
-                    Ok(())
-                })?;
-                return Ok(());
-            }
+        let mut guarded = vec![Ino(parent).node()];
+        let mut below = Some(self.subtrees.shared(&self.index, &guarded)?);
+        let comp = match self.resolve_name(parent, name)? {
             NameRef::Component(c) => c,
+            NameRef::DirValue => return self.unlink_dir_value(parent),
             NameRef::Long(_) => return Err(FsError::NotFound),
         };
-        self.unlink_component(parent, &comp)
+        // Removing the first name of a hard-linked file moves its value into another name's
+        // directory, which must be guarded too: then the guard is taken again for both and the
+        // unlink starts over (the kernel holds the file's inode, so its names stay put
+        // meanwhile; each pass adds a directory).
+        loop {
+            let _below = match below.take() {
+                Some(g) => g,
+                None => self.subtrees.shared(&self.index, &guarded)?,
+            };
+            match self.unlink_component(parent, &comp, &guarded)? {
+                None => return Ok(()),
+                Some(_) if guarded.len() > 8 => {
+                    return Err(FsError::Io(format!(
+                        "unlink of {comp:?}: the names of the file kept changing"
+                    )));
+                }
+                Some(dir) => guarded.push(dir),
+            }
+        }
+    }
+
+    /// Removes the value of directory `parent`'s own key (its `.dsfs.value`).
+    fn unlink_dir_value(&self, parent: u64) -> FsResult<()> {
+        if self.dir_node(parent)?.value.is_none() {
+            return Err(FsError::NotFound);
+        }
+        let key = self.key_of(parent)?;
+        self.orphan_open(Ino::dir_value(parent).0)?;
+        // The value goes first: if that fails, the name still has its value.
+        if let Err(e) = self.backend.delete(&key) {
+            self.unorphan(Ino::dir_value(parent).0);
+            return Err(e.into());
+        }
+        self.index.write(|tx| {
+            let mut n = tx.node_required(parent)?;
+            n.value = None;
+            n.explicit = true;
+            n.ctime = now_ts();
+            tx.put_node(parent, &n)?;
+            tx.remove_key(&key)?;
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// Removes one name of a node that has several (hard links). If it is the name whose key
     /// holds the value, the value first moves (one rename) to the key of a remaining name, so
     /// the datastore never loses it.
+    ///
+    /// The caller's subtree guard covers `guarded`. The value moves into the directory of the
+    /// remaining name, so that directory must be among them (a rename of it beside the move
+    /// would leave the value under its old key): if it is not, nothing is done and its id is
+    /// returned, for the caller to guard it too and call again.
     pub(super) fn unlink_name(
         &self,
         parent: u64,
         comp: &str,
         id: NodeId,
         n: &Node,
-    ) -> FsResult<()> {
+        guarded: &[NodeId],
+    ) -> FsResult<Option<NodeId>> {
         let primary = n.parent == parent && n.name == comp;
         if !primary {
             self.index.write(|tx| {
@@ -376,7 +399,7 @@ impl DsFs {
                 node.ctime = now_ts();
                 tx.put_node(id, &node)
             })?;
-            return Ok(());
+            return Ok(None);
         }
         let Some((ap, an)) = self.index.aliases(id)?.into_iter().next() else {
             return Err(FsError::Io(format!(
@@ -384,6 +407,9 @@ impl DsFs {
                 n.links
             )));
         };
+        if !guarded.contains(&ap) {
+            return Ok(Some(ap));
+        }
         let old = self.key_of(id)?;
         let new = self.key_of(ap)?.join_component(&an)?;
         let size = if n.kind == NodeKind::File {
@@ -420,7 +446,7 @@ impl DsFs {
             })?)
         })?;
         // The open inode of the file, if any, was re-keyed by the move.
-        Ok(())
+        Ok(None)
     }
 
     /// Marks a directory the user has seen as explicit, so that removing its last entry

@@ -75,11 +75,19 @@ impl DsFs {
         {
             moved.push(*dst_id);
         }
-        let _moving = self.subtrees.moving(
-            &self.index,
-            &[Ino(parent).node(), Ino(newparent).node()],
-            &moved,
-        )?;
+        let mut nodes = vec![Ino(parent).node(), Ino(newparent).node()];
+        if let Some((dst_id, dnode)) = &dst
+            && !flags.exchange
+            && dnode.links > 1
+            && dnode.parent == newparent
+            && dnode.name == to
+            && let Some((heir, _)) = self.index.aliases(*dst_id)?.into_iter().next()
+        {
+            // Replacing the first name of a hard-linked file moves its value into the
+            // directory of another name (`unlink_name`), so that directory is guarded too.
+            nodes.push(heir);
+        }
+        let _moving = self.subtrees.moving(&self.index, &nodes, &moved)?;
         if flags.noreplace && dst.is_some() {
             return Err(FsError::Exists);
         }
@@ -119,7 +127,13 @@ impl DsFs {
             && dnode.links > 1
         {
             // Replacing one name of a multiply-linked file removes just that name.
-            self.unlink_name(newparent, &to, *dst_id, dnode)?;
+            if let Some(dir) = self.unlink_name(newparent, &to, *dst_id, dnode, &nodes)? {
+                // The kernel holds the replaced file, so its names cannot change: only a
+                // writer outside the mount could do this.
+                return Err(FsError::Io(format!(
+                    "rename over {to:?}: its names changed during the rename (directory {dir})"
+                )));
+            }
             dst = None;
         }
         let src_is_alias = snode.links > 1 && !(snode.parent == parent && snode.name == from);

@@ -138,3 +138,72 @@ fn a_directory_rename_that_fails_midway_leaves_every_file_where_it_was() {
         assert_eq!(&read_file(&fs, *ino).unwrap(), data);
     }
 }
+
+/// `rm a/x` of the first name of a file also linked as `b/y` moves its value to `/b/y`; a `mv b
+/// c` meanwhile must not leave that value under `/b/y` while the index files the node as `c/y`.
+/// The unlink's store move is held; the rename of `b` must wait for it. Before, the unlink
+/// guarded `a` only, the rename ran beside it, and `c/y` read as missing.
+#[test]
+fn the_value_of_a_hard_linked_file_follows_a_rename_of_its_other_names_directory() {
+    heir_directory_renamed_during(|fs, a| fs.unlink(a, b"x"));
+}
+
+/// The same when `a/x` is replaced by a rename (`mv a/s a/x`) instead of removed.
+#[test]
+fn the_value_of_a_hard_linked_file_replaced_by_a_rename_follows_its_other_name() {
+    heir_directory_renamed_during(|fs, a| fs.rename(a, b"s", a, b"x", RenameFlags::default()));
+}
+
+/// `a/x` and `b/y` name one file (the value under `/a/x`); `first` removes the name `a/x`
+/// (moving the value to `/b/y`) and is held at that store move while `mv b c` is started.
+fn heir_directory_renamed_during(first: fn(&DsFs, u64) -> FsResult<()>) {
+    let store = Arc::new(GatedStore::default());
+    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
+    let fs = Arc::new(DsFs::new(
+        Arc::new(IndexedStore::new(store.clone(), index)),
+        FsOptions::default(),
+    ));
+    let a = mkdir(&fs, ROOT, "a");
+    let b = mkdir(&fs, ROOT, "b");
+    let x = write_file(&fs, a, "x", b"linked value");
+    fs.link(x, b, b"y").unwrap();
+    write_file(&fs, a, "s", b"replacement");
+
+    let (entered, release) = store.arm_rename();
+    let remover = {
+        let fs = fs.clone();
+        std::thread::spawn(move || first(&fs, a))
+    };
+    entered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the value never moved");
+    // The value is on its way to `/b/y`.
+    let renamer = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.rename(ROOT, b"b", ROOT, b"c", RenameFlags::default()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while !renamer.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    release.send(()).unwrap();
+    remover.join().unwrap().unwrap();
+    renamer.join().unwrap().unwrap();
+
+    let c = fs.lookup(ROOT, b"c").unwrap().ino;
+    assert_eq!(c, b);
+    assert_eq!(fs.lookup(c, b"y").unwrap().ino, x);
+    match read_file(&fs, x) {
+        Ok(got) => assert_eq!(got, b"linked value"),
+        Err(e) => panic!("c/y after a/x went and b moved to c: {e}"),
+    }
+    let mut keys: Vec<String> = store
+        .inner
+        .query(Query::default())
+        .unwrap()
+        .map(|e| e.unwrap().key.to_string())
+        .filter(|k| k != "/a/s" && k != "/a/x")
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["/c/y"]);
+}

@@ -15,8 +15,15 @@ use crate::index::NodeId;
 use crate::index::unlink::{RemovedFile, Unlinked};
 
 impl DsFs {
-    /// Removes the file, symlink or special file `comp` of `parent`.
-    pub(super) fn unlink_component(&self, parent: u64, comp: &str) -> FsResult<()> {
+    /// Removes the file, symlink or special file `comp` of `parent`, under a subtree guard on
+    /// `guarded`; `Some(dir)`: nothing was done, `dir` must be guarded too (see
+    /// [`DsFs::unlink_name`]).
+    pub(super) fn unlink_component(
+        &self,
+        parent: u64,
+        comp: &str,
+        guarded: &[NodeId],
+    ) -> FsResult<Option<NodeId>> {
         if Ino(parent).is_dir_value() {
             return Err(super::FsError::NotDir);
         }
@@ -27,23 +34,30 @@ impl DsFs {
         {
             Unlinked::Removed(removed) => removed,
             Unlinked::Kept(id, node) if node.links > 1 => {
-                return self.unlink_name(parent, comp, id, &node);
+                return self.unlink_name(parent, comp, id, &node, guarded);
             }
-            Unlinked::Kept(id, _) => return self.unlink_open(parent, comp, id),
+            Unlinked::Kept(id, _) => return self.unlink_open(parent, comp, id, guarded),
         };
-        self.delete_removed_value(parent, comp, &removed)
+        self.delete_removed_value(parent, comp, &removed)?;
+        Ok(None)
     }
 
     /// Removes an open file `id`: its handles keep reading (and writing) a private copy of
     /// its value, and nothing of it is committed after its name is gone.
-    fn unlink_open(&self, parent: u64, comp: &str, id: NodeId) -> FsResult<()> {
+    fn unlink_open(
+        &self,
+        parent: u64,
+        comp: &str,
+        id: NodeId,
+        guarded: &[NodeId],
+    ) -> FsResult<Option<NodeId>> {
         self.orphan_open(id)?;
         let removed = match self.index.unlink_file(parent, comp, Some(id), |_| false) {
             Ok(Unlinked::Removed(removed)) => removed,
             Ok(Unlinked::Kept(id, node)) => {
                 // It gained a name since: a hard link made meanwhile.
                 self.unorphan(id);
-                return self.unlink_name(parent, comp, id, &node);
+                return self.unlink_name(parent, comp, id, &node, guarded);
             }
             Err(e) => {
                 self.unorphan(id);
@@ -54,7 +68,7 @@ impl DsFs {
         if result.is_err() {
             self.unorphan(id);
         }
-        result
+        result.map(|()| None)
     }
 
     /// Deletes the value of a file whose name [`Index::unlink_file`] removed; if the store
