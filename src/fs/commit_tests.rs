@@ -174,11 +174,16 @@ fn concurrent_writers_and_failing_commits_match_a_model<D: Datastore + 'static>(
     let ino = write_file(&fs, "VALUE", &pattern(size, 3));
     let blocks = size / BLOCK;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The writers start once the syncer has run its first fsync: on a loaded machine they
+    // could otherwise finish before it was scheduled at all.
+    let start = Arc::new(std::sync::Barrier::new(WRITERS + 1));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let fs = fs.clone();
+        let start = start.clone();
         writers.push(std::thread::spawn(move || {
             let o = fs.open(ino, libc::O_RDWR).unwrap();
+            start.wait();
             let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (w as u64 + 1);
             let mut mine: Vec<(usize, Vec<u8>)> = Vec::new();
             for i in 0..300u32 {
@@ -201,11 +206,15 @@ fn concurrent_writers_and_failing_commits_match_a_model<D: Datastore + 'static>(
         let fs = fs.clone();
         let faults = faults.clone();
         let stop = stop.clone();
+        let start = start.clone();
         std::thread::spawn(move || {
             let o = fs.open(ino, libc::O_RDWR).unwrap();
             let (mut ok, mut failed) = (0, 0);
             let mut i = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while i == 0 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if i == 1 {
+                    start.wait();
+                }
                 if i % 3 == 1 {
                     faults.fail_next(FaultOp::CommitStaged, ErrorKind::NoSpace, 1);
                 }
@@ -225,13 +234,13 @@ fn concurrent_writers_and_failing_commits_match_a_model<D: Datastore + 'static>(
         histories.push(w.join().unwrap());
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // At least one fsync (the one after the barrier) ran beside the writers.
     let (o, ok, failed) = syncer.join().unwrap();
     for history in histories {
         for (block, data) in history {
             model[block * BLOCK..(block + 1) * BLOCK].copy_from_slice(&data);
         }
     }
-    assert!(ok + failed > 0, "no fsync ran");
     assert_eq!(fs.read(o.fh, 0, size as u32).unwrap(), model);
     fs.fsync(o.fh).unwrap();
     fs.release(o.fh).unwrap();
