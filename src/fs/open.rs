@@ -10,6 +10,13 @@
 //!    most one guard and takes it before any lock below, so a wait for a guard never holds one
 //!    of them. The guards' mutex is held only to grant and release them (and, while a rename
 //!    runs, across index reads of ancestors), never across store I/O.
+//!
+//!    Then a rename or exchange takes a move mark (`Index::begin_move`, `index/follow.rs`),
+//!    before any lock below, and holds it across its store moves and index transaction. The
+//!    marks' mutex is held only to count them, except by whatever makes the index follow the
+//!    store (a follow pass, a recheck of one key), which holds it across its own index write
+//!    and waits for nothing else meanwhile (never store I/O, never an inode lock), so that no
+//!    move starts in the middle of that write.
 //! 1. `DsFs::handles` and the shards of `DsFs::open` (the handle table and the open-file
 //!    table, [`OpenTable`]) are held only to look up, insert or remove an entry and to count an
 //!    inode's opens: never across store or index I/O and never while waiting for another lock,

@@ -232,6 +232,10 @@ impl DsFs {
         }
         held.sort_by_key(|h| h.0);
         held.dedup_by_key(|h| h.0);
+        // Until the index records the moves (or they are undone), the store and the index
+        // disagree on purpose: following the store must not take that for another program's
+        // change (`index::follow`).
+        let _moving = self.index.begin_move();
         // Commits in progress finish first (their keys are about to move), then no commit
         // starts until the inodes are re-keyed.
         let _turns: Vec<_> = held.iter().map(|h| h.1.commit.lock()).collect();
@@ -385,6 +389,8 @@ impl DsFs {
             .filter_map(|(id, key, _)| self.open_inode_of(id).map(|i| (id, i, key)))
             .collect();
         held.sort_by_key(|h| h.0);
+        // Following the store must not take the swap for another program's change.
+        let _moving = self.index.begin_move();
         // Commits in progress finish first (their keys are about to move), then no commit
         // starts until the inodes are re-keyed.
         let _turns: Vec<_> = held.iter().map(|h| h.1.commit.lock()).collect();

@@ -33,7 +33,67 @@ fn db_err<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> IndexErr
     move |e| IndexError::redb(context, e)
 }
 
+/// Values moving from key to key in the store before the index records the move (a rename:
+/// the store first, then one index transaction). Meanwhile the store and the index disagree on
+/// purpose, and a follow pass that looked then would take the move for another program's
+/// change: it would drop the old keys' nodes and list the new keys as new files, and the
+/// rename's own index transaction would then fail. So a pass that overlaps a move, even one
+/// that began and ended during its scan, changes nothing and leaves its segments to be re-read
+/// by the next pass.
+#[derive(Default)]
+pub(super) struct Moves {
+    state: Mutex<MoveState>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MoveState {
+    /// Moves begun and not yet ended.
+    in_flight: usize,
+    /// Moves begun since the index was opened.
+    begun: u64,
+}
+
+/// A move of values in progress (see [`Index::begin_move`]); dropping it ends the move.
+pub struct MoveMark<'a> {
+    moves: &'a Moves,
+}
+
+impl Drop for MoveMark<'_> {
+    fn drop(&mut self) {
+        self.moves.state.lock().in_flight -= 1;
+    }
+}
+
+impl Moves {
+    /// The state a follow pass starts from; `None` while a move is in flight.
+    pub(super) fn quiet(&self) -> Option<MoveState> {
+        let st = *self.state.lock();
+        (st.in_flight == 0).then_some(st)
+    }
+
+    /// Held while a follow pass writes the index: `None` if a move overlapped the pass since
+    /// `since`. No move begins while it is held.
+    pub(super) fn still_quiet(
+        &self,
+        since: MoveState,
+    ) -> Option<parking_lot::MutexGuard<'_, MoveState>> {
+        let st = self.state.lock();
+        (*st == since).then_some(st)
+    }
+}
+
 impl Index {
+    /// Marks values about to move between keys in the store, from before the first store move
+    /// until the index has recorded them (or they have moved back): while a mark is held, and
+    /// for a pass whose scan overlapped one, following the store changes nothing. Taken before
+    /// any index write, and held across store I/O (it blocks nothing but follow passes).
+    pub fn begin_move(&self) -> MoveMark<'_> {
+        let mut st = self.moves.state.lock();
+        st.in_flight += 1;
+        st.begun += 1;
+        MoveMark { moves: &self.moves }
+    }
+
     /// The store identity this index was built for, if it recorded one.
     pub fn store_identity(&self) -> IndexResult<Option<String>> {
         let txn = self
@@ -180,12 +240,15 @@ pub struct FollowReport {
     pub removed: u64,
     /// Keys whose size changed.
     pub resized: u64,
+    /// A rename overlapped the pass: what it found (the counts above) was not applied, and its
+    /// segments are re-read next time (see [`Index::begin_move`]).
+    pub deferred: bool,
 }
 
 impl FollowReport {
     /// Whether the check changed the index.
     pub fn changed(&self) -> bool {
-        self.added + self.removed + self.resized > 0
+        !self.deferred && self.added + self.removed + self.resized > 0
     }
 }
 
@@ -306,6 +369,11 @@ pub fn follow_segments(
     if changed.is_empty() && gone.is_empty() {
         return Ok(report);
     }
+    let Some(since) = index.moves.quiet() else {
+        // A rename is moving values: look again next time.
+        report.deferred = true;
+        return Ok(report);
+    };
     report.scanned = changed.len() as u64;
     let mut in_store: HashMap<Key, u64> = HashMap::new();
     for s in &changed {
@@ -357,12 +425,22 @@ pub fn follow_segments(
             Some(_) => {}
         }
         if fixes.len() >= FIX_CHUNK {
+            let Some(_quiet) = index.moves.still_quiet(since) else {
+                report.deferred = true;
+                return Ok(report);
+            };
             apply(index, &mut fixes)?;
         }
     }
     report.added = in_store.len() as u64;
     fixes.extend(in_store.into_iter().map(|(k, s)| (k, Some(s))));
     fixes.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let Some(_quiet) = index.moves.still_quiet(since) else {
+        // What was listed may be a rename's moves half done: none of it is applied, and the
+        // segments' stamps stay as they were, so the next pass re-reads them.
+        report.deferred = true;
+        return Ok(report);
+    };
     for part in fixes.chunks(FIX_CHUNK) {
         index.record_batch(part.iter().map(|(k, s)| (k, *s)))?;
     }
@@ -545,6 +623,64 @@ mod tests {
         assert_eq!((report.added, report.removed, report.resized), (1, 0, 0));
         assert_eq!(index.value_size(&Key::new("/NEW07X")).unwrap(), Some(7));
         assert_eq!(index.key_count().unwrap(), 201);
+    }
+
+    /// A rename through the mount moves the value in the store, then records it in the index.
+    /// A follow pass in between must not take the half-done move for another program's: before,
+    /// it dropped the old key's node and listed the new key as a new file, and the rename's own
+    /// index transaction then failed.
+    #[test]
+    fn a_pass_during_a_rename_changes_nothing_and_the_next_one_sees_it_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blocks");
+        let store = store(&root);
+        for i in 0..50u32 {
+            store
+                .put(&Key::new(format!("/K{i:04}X")), b"value")
+                .unwrap();
+        }
+        settle(&root);
+        let index = Index::in_memory(IndexOptions::default()).unwrap();
+        prepare(&index, store.as_ref(), &mut |_| {}).unwrap();
+        let (old, new) = (Key::new("/K0003X"), Key::new("/MOVED3X"));
+        let mark = index.begin_move();
+        store.rename(&old, &new).unwrap();
+        let shards = store.segments().unwrap().unwrap();
+        let mut known = index.segment_stamps().unwrap();
+        let during = follow_segments(&index, store.as_ref(), &shards, &mut known).unwrap();
+        assert!(during.deferred, "{during:?}");
+        assert_eq!(
+            index.value_size(&old).unwrap(),
+            Some(5),
+            "the old name was dropped"
+        );
+        assert_eq!(
+            index.value_size(&new).unwrap(),
+            None,
+            "the new key was listed"
+        );
+        // The rename records its move and ends.
+        index.record_batch([(&old, None), (&new, Some(5))]).unwrap();
+        drop(mark);
+        let after = follow_segments(&index, store.as_ref(), &shards, &mut known).unwrap();
+        assert!(!after.deferred);
+        assert!(after.scanned > 0, "the deferred segments were not re-read");
+        assert_eq!((after.added, after.removed, after.resized), (0, 0, 0));
+        assert_eq!(index.key_count().unwrap(), 50);
+    }
+
+    /// A move that begins and ends while a pass scans still keeps the pass from writing.
+    #[test]
+    fn a_move_begun_and_ended_during_a_pass_is_seen() {
+        let index = Index::in_memory(IndexOptions::default()).unwrap();
+        let since = index.moves.quiet().unwrap();
+        assert!(index.moves.still_quiet(since).is_some());
+        drop(index.begin_move());
+        assert!(index.moves.still_quiet(since).is_none());
+        let held = index.begin_move();
+        assert!(index.moves.quiet().is_none());
+        drop(held);
+        assert!(index.moves.quiet().is_some());
     }
 
     #[test]

@@ -150,6 +150,8 @@ pub struct Index {
     write_serial: parking_lot::Mutex<()>,
     /// Told of changes made through `record_*` (see `changes`).
     changes: changes::Changes,
+    /// Values moving in the store ahead of the index (see [`Index::begin_move`]).
+    moves: follow::Moves,
 }
 
 impl Index {
@@ -288,6 +290,7 @@ impl Index {
             reads: std::sync::atomic::AtomicU64::new(0),
             dir_keys: keycache::DirKeys::default(),
             dir_nodes: nodecache::DirNodes::default(),
+            moves: follow::Moves::default(),
             write_serial: parking_lot::Mutex::new(()),
             changes: changes::Changes::default(),
         })

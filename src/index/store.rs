@@ -76,8 +76,15 @@ impl IndexedStore {
         if self.follower.interval().is_zero() || !self.backend.shared(key) {
             return Ok(None);
         }
+        let Some(since) = self.index.moves.quiet() else {
+            return Ok(None);
+        };
         match self.backend.get_size(key) {
             Ok(size) => {
+                // A rename's value on its way to its new key is not a new file.
+                let Some(_quiet) = self.index.moves.still_quiet(since) else {
+                    return Ok(None);
+                };
                 log::debug!("{key} appeared in the store; indexing it");
                 self.index.record_put(key, size)?;
                 Ok(Some(size))
@@ -100,15 +107,27 @@ impl IndexedStore {
 
     /// Like [`IndexedStore::revalidate_key`], but now, whatever the interval: for a value the
     /// store just failed to find.
+    ///
+    /// While a rename is moving values (see [`Index::begin_move`]), a value missing or changed
+    /// may be its doing: the index is left as it is and `listed` returned.
     pub fn recheck_key(&self, key: &Key, listed: u64) -> IndexResult<Option<u64>> {
+        let Some(since) = self.index.moves.quiet() else {
+            return Ok(Some(listed));
+        };
         match self.backend.get_size(key) {
             Ok(size) if size == listed => Ok(Some(size)),
             Ok(size) => {
+                let Some(_quiet) = self.index.moves.still_quiet(since) else {
+                    return Ok(Some(listed));
+                };
                 log::debug!("{key} was rewritten underneath ({listed} -> {size} bytes)");
                 self.index.record_put(key, size)?;
                 Ok(Some(size))
             }
             Err(e) if absent(&e) => {
+                let Some(_quiet) = self.index.moves.still_quiet(since) else {
+                    return Ok(Some(listed));
+                };
                 log::debug!("{key} was deleted underneath; forgetting it");
                 self.index.record_delete(key)?;
                 Ok(None)
