@@ -613,3 +613,39 @@ fn a_removed_directory_answers_getattr_and_setattr_until_forgotten() {
     assert_eq!((gone.nlink, gone.perm), (0, 0o711));
     assert_eq!(fs.lookup(ROOT, b"b").unwrap().ino, a.ino);
 }
+
+/// `cp -a` writes a file, sets its times to the source's (`futimens`) and closes it. The
+/// commit at close must not move the change time back to that modification time: ctime is
+/// the time of the last change, which no caller can set into the past.
+#[test]
+fn a_commit_after_an_explicit_mtime_keeps_the_change_time() {
+    let fs = fs();
+    let (attr, opened) = fs
+        .create(CTX, ROOT, b"copied", 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    fs.write(opened.fh, 0, b"bytes").unwrap();
+    let past = std::time::UNIX_EPOCH + std::time::Duration::from_secs(981_173_106);
+    let set = SetAttr {
+        mtime: Some(TimeSet::At(past)),
+        atime: Some(TimeSet::At(past)),
+        ..SetAttr::default()
+    };
+    let set_attr = fs.setattr(CTX, attr.ino, &set).unwrap();
+    assert_eq!(set_attr.mtime, past);
+    assert!(set_attr.ctime > past);
+    fs.flush(opened.fh).unwrap();
+    fs.release(opened.fh).unwrap();
+    let after = fs.getattr(attr.ino).unwrap();
+    assert_eq!(after.mtime, past);
+    assert_eq!(after.ctime, set_attr.ctime);
+
+    // The same for an empty file (no write before the times are set).
+    let (attr, opened) = fs
+        .create(CTX, ROOT, b"empty", 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    let set_attr = fs.setattr(CTX, attr.ino, &set).unwrap();
+    fs.flush(opened.fh).unwrap();
+    fs.release(opened.fh).unwrap();
+    let after = fs.getattr(attr.ino).unwrap();
+    assert_eq!((after.mtime, after.ctime), (past, set_attr.ctime));
+}
