@@ -649,3 +649,40 @@ fn a_commit_after_an_explicit_mtime_keeps_the_change_time() {
     let after = fs.getattr(attr.ino).unwrap();
     assert_eq!((after.mtime, after.ctime), (past, set_attr.ctime));
 }
+
+/// Linux filesystems know four xattr namespaces (`user.`, `trusted.`, `security.`,
+/// `system.`) and refuse every other name with `EOPNOTSUPP`; a name dsfs stored outside them
+/// would make `cp -a` or `rsync -X` from the mount fail on any local filesystem.
+#[test]
+fn xattr_names_outside_the_known_namespaces_are_not_supported() {
+    let fs = fs();
+    let f = write_file(&fs, ROOT, "f", b"");
+    // `dsfs.cid` is where the computed CID is kept: a user who could set it could make
+    // `user.ipfs.cid` report any CID.
+    for name in [
+        &b"bogus.x"[..],
+        b"x",
+        b"user",
+        b"USER.x",
+        b"trustedx",
+        b"dsfs.cid",
+    ] {
+        assert!(
+            matches!(fs.setxattr(f, name, b"1", 0), Err(FsError::NotSupported(_))),
+            "{}",
+            String::from_utf8_lossy(name)
+        );
+        assert!(matches!(
+            fs.getxattr(f, name),
+            Err(FsError::NotSupported(_))
+        ));
+        assert!(matches!(
+            fs.removexattr(f, name),
+            Err(FsError::NotSupported(_))
+        ));
+    }
+    for name in [&b"user.x"[..], b"trusted.x", b"security.x"] {
+        fs.setxattr(f, name, b"1", 0).unwrap();
+    }
+    assert_eq!(fs.listxattr(f).unwrap(), b"security.x\0trusted.x\0user.x\0");
+}
