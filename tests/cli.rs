@@ -129,6 +129,13 @@ fn help_explains_specs() {
     let out = ok(Command::new(env!("CARGO_BIN_EXE_dsfs")).arg("--help"));
     assert!(out.contains("STORE SPECS"), "{out}");
     assert!(out.contains("redb:PATH"), "{out}");
+    // A subcommand's help has no STORE SPECS section of its own, so it must not point "below".
+    for sub in ["put", "get", "ls", "fsck", "mount"] {
+        let out = ok(Command::new(env!("CARGO_BIN_EXE_dsfs")).args([sub, "--help"]));
+        assert!(out.contains("--store"), "{out}");
+        assert!(!out.contains("STORE SPECS below"), "{out}");
+        assert!(out.contains("STORE SPECS in 'dsfs --help'"), "{out}");
+    }
 }
 
 /// A deterministic pseudo-random source tree: `count` files whose sizes and bytes derive from

@@ -68,7 +68,7 @@ Logging: RUST_LOG=info (or debug) prints what dsfs does to stderr.";
 #[derive(Parser, Debug)]
 #[command(name = "dsfs", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// The datastore to use (see STORE SPECS below).
+    /// The datastore to use (see STORE SPECS in 'dsfs --help'; not used by mount and umount).
     #[arg(short, long, global = true, env = "DSFS_STORE", value_name = "SPEC")]
     store: Option<String>,
 
