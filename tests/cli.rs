@@ -61,6 +61,34 @@ fn put_get_ls_rm_round_trip() {
     assert_eq!(ok(dsfs(&repo).args(["ls"])), "");
 }
 
+/// `dsfs rm -r "$PREFIX"` with an unset variable, or `dsfs rm -r /`, would delete every key
+/// of the store (the repository's blocks too): refused, as GNU rm refuses `/`, unless
+/// `--no-preserve-root` says it is meant. Nothing is deleted when any KEY is refused.
+#[test]
+fn rm_r_of_the_root_is_refused_without_no_preserve_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    put(&repo, "/pins/a", b"one");
+    put(&repo, "/b", b"two");
+    for args in [
+        &["rm", "-r", "/"][..],
+        &["rm", "-r", ""],
+        &["rm", "-r", "//"],
+        &["rm", "-r", "/b", "/"],
+    ] {
+        let out = run(dsfs(&repo).args(args));
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("--no-preserve-root"), "{err}");
+        assert_eq!(ok(dsfs(&repo).arg("ls")), "/b\n/pins/a\n", "{args:?}");
+    }
+    // Without -r, '/' names the root key alone, which holds no value: nothing to refuse.
+    ok(dsfs(&repo).args(["rm", "/"]));
+    ok(dsfs(&repo).args(["rm", "-r", "--no-preserve-root", "/"]));
+    assert_eq!(ok(dsfs(&repo).arg("ls")), "");
+}
+
 #[test]
 fn errors_are_one_line_with_a_failing_status() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,6 +157,13 @@ fn help_explains_specs() {
     let out = ok(Command::new(env!("CARGO_BIN_EXE_dsfs")).arg("--help"));
     assert!(out.contains("STORE SPECS"), "{out}");
     assert!(out.contains("redb:PATH"), "{out}");
+    // A subcommand's help has no STORE SPECS section of its own, so it must not point "below".
+    for sub in ["put", "get", "ls", "fsck", "mount"] {
+        let out = ok(Command::new(env!("CARGO_BIN_EXE_dsfs")).args([sub, "--help"]));
+        assert!(out.contains("--store"), "{out}");
+        assert!(!out.contains("STORE SPECS below"), "{out}");
+        assert!(out.contains("STORE SPECS in 'dsfs --help'"), "{out}");
+    }
 }
 
 /// A deterministic pseudo-random source tree: `count` files whose sizes and bytes derive from

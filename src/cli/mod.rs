@@ -68,7 +68,7 @@ Logging: RUST_LOG=info (or debug) prints what dsfs does to stderr.";
 #[derive(Parser, Debug)]
 #[command(name = "dsfs", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// The datastore to use (see STORE SPECS below).
+    /// The datastore to use (see STORE SPECS in 'dsfs --help'; not used by mount and umount).
     #[arg(short, long, global = true, env = "DSFS_STORE", value_name = "SPEC")]
     store: Option<String>,
 
@@ -141,6 +141,9 @@ enum Command {
         /// Also delete every key below each KEY.
         #[arg(short, long)]
         recursive: bool,
+        /// Let -r take the root ('/', also written '' or '//'): delete every key in the store.
+        #[arg(long)]
+        no_preserve_root: bool,
     },
     /// Show what the index records about a key.
     Stat {
@@ -531,7 +534,25 @@ fn execute(
                     .map_err(out_err)?;
             }
         }
-        Command::Rm { keys, recursive } => {
+        Command::Rm {
+            keys,
+            recursive,
+            no_preserve_root,
+        } => {
+            // Checked before anything is deleted: `dsfs rm -r "$PREFIX"` with an empty
+            // variable must not empty the store.
+            if *recursive
+                && !*no_preserve_root
+                && let Some(root) = keys.iter().find(|k| Key::new(k.as_str()).as_str() == "/")
+            {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "refusing to delete every key: {root:?} is the root with -r \
+                         (add --no-preserve-root if that is meant)"
+                    ),
+                ));
+            }
             for key in keys {
                 let key = Key::new(key);
                 if *recursive {

@@ -326,7 +326,9 @@ impl DsFs {
             let mut n = tx.node_required(id)?;
             n.value = Some(size);
             n.mtime = mtime;
-            n.ctime = mtime;
+            // A write changes ctime as well; a time set explicitly since (`futimens`, as
+            // `cp -a` does before close) must not take ctime back with it.
+            n.ctime = n.ctime.max(mtime);
             tx.put_node(id, &n)?;
             tx.set_key(key, id, size)
         })?;

@@ -613,3 +613,76 @@ fn a_removed_directory_answers_getattr_and_setattr_until_forgotten() {
     assert_eq!((gone.nlink, gone.perm), (0, 0o711));
     assert_eq!(fs.lookup(ROOT, b"b").unwrap().ino, a.ino);
 }
+
+/// `cp -a` writes a file, sets its times to the source's (`futimens`) and closes it. The
+/// commit at close must not move the change time back to that modification time: ctime is
+/// the time of the last change, which no caller can set into the past.
+#[test]
+fn a_commit_after_an_explicit_mtime_keeps_the_change_time() {
+    let fs = fs();
+    let (attr, opened) = fs
+        .create(CTX, ROOT, b"copied", 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    fs.write(opened.fh, 0, b"bytes").unwrap();
+    let past = std::time::UNIX_EPOCH + std::time::Duration::from_secs(981_173_106);
+    let set = SetAttr {
+        mtime: Some(TimeSet::At(past)),
+        atime: Some(TimeSet::At(past)),
+        ..SetAttr::default()
+    };
+    let set_attr = fs.setattr(CTX, attr.ino, &set).unwrap();
+    assert_eq!(set_attr.mtime, past);
+    assert!(set_attr.ctime > past);
+    fs.flush(opened.fh).unwrap();
+    fs.release(opened.fh).unwrap();
+    let after = fs.getattr(attr.ino).unwrap();
+    assert_eq!(after.mtime, past);
+    assert_eq!(after.ctime, set_attr.ctime);
+
+    // The same for an empty file (no write before the times are set).
+    let (attr, opened) = fs
+        .create(CTX, ROOT, b"empty", 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    let set_attr = fs.setattr(CTX, attr.ino, &set).unwrap();
+    fs.flush(opened.fh).unwrap();
+    fs.release(opened.fh).unwrap();
+    let after = fs.getattr(attr.ino).unwrap();
+    assert_eq!((after.mtime, after.ctime), (past, set_attr.ctime));
+}
+
+/// Linux filesystems know four xattr namespaces (`user.`, `trusted.`, `security.`,
+/// `system.`) and refuse every other name with `EOPNOTSUPP`; a name dsfs stored outside them
+/// would make `cp -a` or `rsync -X` from the mount fail on any local filesystem.
+#[test]
+fn xattr_names_outside_the_known_namespaces_are_not_supported() {
+    let fs = fs();
+    let f = write_file(&fs, ROOT, "f", b"");
+    // `dsfs.cid` is where the computed CID is kept: a user who could set it could make
+    // `user.ipfs.cid` report any CID.
+    for name in [
+        &b"bogus.x"[..],
+        b"x",
+        b"user",
+        b"USER.x",
+        b"trustedx",
+        b"dsfs.cid",
+    ] {
+        assert!(
+            matches!(fs.setxattr(f, name, b"1", 0), Err(FsError::NotSupported(_))),
+            "{}",
+            String::from_utf8_lossy(name)
+        );
+        assert!(matches!(
+            fs.getxattr(f, name),
+            Err(FsError::NotSupported(_))
+        ));
+        assert!(matches!(
+            fs.removexattr(f, name),
+            Err(FsError::NotSupported(_))
+        ));
+    }
+    for name in [&b"user.x"[..], b"trusted.x", b"security.x"] {
+        fs.setxattr(f, name, b"1", 0).unwrap();
+    }
+    assert_eq!(fs.listxattr(f).unwrap(), b"security.x\0trusted.x\0user.x\0");
+}

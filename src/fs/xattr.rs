@@ -180,9 +180,9 @@ pub(super) fn record_cid(
 }
 
 /// The index's record of a file's CID (`"<mtime secs> <mtime nanos> <size> <CID>"`), kept among
-/// its xattrs under a name without a namespace prefix: the kernel passes only `user.`,
-/// `trusted.`, `security.` and `system.` names to a filesystem, so no program can set or read it,
-/// and `listxattr` leaves it out.
+/// its xattrs under a name without a namespace prefix. The kernel passes every name to a FUSE
+/// filesystem, so such names are refused (`is_unsupported_xattr`): no program can set or read
+/// it, and `listxattr` leaves it out.
 const CID_CACHE: &str = "dsfs.cid";
 
 /// [`CID_XATTR`] follows the content and cannot be set or removed.
@@ -205,8 +205,15 @@ fn refuse_computed_xattr(name: &[u8]) -> FsResult<()> {
 /// `system.posix_acl_access`, and the kernel caches no xattr answer of a FUSE file, so
 /// "no such attribute" (`ENODATA`) costs two round trips per file. `EOPNOTSUPP` tells `ls`
 /// (coreutils remembers it per device) to stop asking.
+///
+/// Names outside the `user.`, `trusted.` and `security.` namespaces are refused the same way,
+/// as every Linux filesystem refuses them: stored, they could not be copied off the mount
+/// (`cp -a`, `rsync -X`), and one of them is where dsfs keeps computed CIDs (`CID_CACHE`).
 fn is_unsupported_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"system.") || name == b"security.selinux"
+    let known = [&b"user."[..], b"trusted.", b"security."]
+        .iter()
+        .any(|p| name.starts_with(p));
+    !known || name == b"security.selinux"
 }
 
 fn refuse_unsupported_xattr(name: &[u8]) -> FsResult<()> {

@@ -67,9 +67,10 @@ pub fn name_for(key: &Key, encode: bool) -> Result<Cow<'_, str>> {
         return Err(Error::new(
             ErrorKind::InvalidKey,
             format!(
-                "flatfs: key {key:?} not supported: flatfs keys are one component of \
+                "flatfs: key {:?} not supported: flatfs keys are one component of \
                  0-9 A-Z + - _ = (open it as flatfs:DIR?encode=true to store any key under a \
-                 reversible encoded name)"
+                 reversible encoded name)",
+                key.as_str()
             ),
         ));
     }
@@ -78,8 +79,9 @@ pub fn name_for(key: &Key, encode: bool) -> Result<Cow<'_, str>> {
         return Err(Error::new(
             ErrorKind::InvalidKey,
             format!(
-                "flatfs: key {key:?} is too long to encode: {} bytes, at most \
+                "flatfs: key {:?} is too long to encode: {} bytes, at most \
                  {MAX_ENCODED_KEY_BYTES} fit a file name",
+                key.as_str(),
                 payload.len()
             ),
         ));
@@ -190,6 +192,15 @@ mod tests {
         ] {
             assert!(!is_valid_key(&Key::new(k)), "{k:?}");
         }
+    }
+
+    /// The refusal names the key as a user wrote it (quoted and escaped), not as `Key(..)`.
+    #[test]
+    fn a_refused_key_is_named_plainly() {
+        let e = name_for(&Key::new("/lower\nx"), false).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(r#"key "/lower\nx" not supported"#), "{msg}");
+        assert!(!msg.contains("Key("), "{msg}");
     }
 
     #[test]
