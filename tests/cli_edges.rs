@@ -237,3 +237,48 @@ fn the_command_line_works_on_a_mounted_store_through_its_daemon() {
         "{err}"
     );
 }
+
+/// `dsfs umount` of a mount a process is using says what to do about it, and leaves it mounted.
+#[test]
+fn a_busy_unmount_says_how_to_find_the_user_and_how_to_detach() {
+    let mut m = Mount::repo();
+    let mut user = Command::new("sleep")
+        .arg("120")
+        .current_dir(&m.mnt)
+        .spawn()
+        .unwrap();
+    let out = dsfs().arg("umount").arg(&m.mnt).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    user.kill().unwrap();
+    user.wait().unwrap();
+    assert!(!out.status.success(), "a busy mount unmounted");
+    assert!(is_mounted(&m.mnt));
+    assert!(err.contains("busy"), "{err}");
+    assert!(err.contains("fuser -vm"), "{err}");
+    assert!(err.contains("dsfs umount -l"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    m.umount();
+}
+
+/// `dsfs get --cid` of a block the store lacks names the CID, and `-o FILE` leaves no file.
+#[test]
+fn a_missing_block_is_named_by_its_cid_and_leaves_no_output_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").to_string_lossy().into_owned();
+    put(&repo, "/other", b"x");
+    let cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    let target = dir.path().join("out");
+    for with_file in [false, true] {
+        let mut cmd = dsfs();
+        cmd.args(["--store", &repo, "get", "--cid", cid]);
+        if with_file {
+            cmd.arg("-o").arg(&target);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("no block with CID {cid}")), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    assert!(!target.exists(), "get -o of a missing block left a file");
+}

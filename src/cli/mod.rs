@@ -469,21 +469,34 @@ fn execute(
             writeln!(out, "{}", cid::Cid::new_v1(crate::cid::RAW, hash)).map_err(out_err)?;
         }
         Command::Get { key, output, cid } => {
+            let name = key;
             let key = if *cid {
-                crate::cid::cid_to_key(key)?
+                crate::cid::cid_to_key(name)?
             } else {
-                Key::new(key)
+                Key::new(name)
+            };
+            // A block asked for by CID is named by that CID when it is missing.
+            let named = |e: Error| match e.kind() {
+                ErrorKind::NotFound if *cid => Error::new(
+                    ErrorKind::NotFound,
+                    format!("no block with CID {name} (it would be {key})"),
+                ),
+                _ => e,
             };
             match output {
                 Some(path) => {
                     let path = path_of(path);
+                    // The store is asked first, so a missing block leaves no empty file.
+                    store
+                        .get_size(&key)
+                        .map_err(|e| named(not_found_key(&key, e)))?;
                     let mut f = File::create(&path)
                         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-                    copy_out(store.as_ref(), &key, &mut f)?;
+                    copy_out(store.as_ref(), &key, &mut f).map_err(named)?;
                     f.sync_all()
                         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
                 }
-                None => copy_out(store.as_ref(), &key, &mut out)?,
+                None => copy_out(store.as_ref(), &key, &mut out).map_err(named)?,
             }
         }
         Command::Ls {
@@ -1057,11 +1070,16 @@ fn put_from(
 }
 
 /// Streams a value out in ranged reads, so a large value never sits in memory whole.
-fn copy_out(store: &dyn Datastore, key: &Key, out: &mut dyn Write) -> Result<(), Error> {
-    let size = store.get_size(key).map_err(|e| match e.kind() {
+/// A store's `NotFound` for `key` as the CLI says it.
+fn not_found_key(key: &Key, e: Error) -> Error {
+    match e.kind() {
         ErrorKind::NotFound => Error::new(ErrorKind::NotFound, format!("{key}: no such key")),
         _ => e,
-    })?;
+    }
+}
+
+fn copy_out(store: &dyn Datastore, key: &Key, out: &mut dyn Write) -> Result<(), Error> {
+    let size = store.get_size(key).map_err(|e| not_found_key(key, e))?;
     let mut buf = vec![0u8; COPY_CHUNK.min(size.max(1) as usize)];
     let mut offset = 0u64;
     while offset < size {

@@ -627,9 +627,19 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode, Error> {
             match fallback {
                 Ok(f) if f.status.success() => true,
                 _ => {
+                    let hint = if !lazy && msg.contains("busy") {
+                        format!(
+                            " (a process has a file or its working directory there: see \
+                             'fuser -vm {0}'; or 'dsfs umount -l {0}' detaches it now and the \
+                             daemon commits and exits once the last of them is gone)",
+                            mp.display()
+                        )
+                    } else {
+                        String::new()
+                    };
                     return Err(Error::new(
                         ErrorKind::Io,
-                        format!("unmounting {}: {msg}", mp.display()),
+                        format!("unmounting {}: {msg}{hint}", mp.display()),
                     ));
                 }
             }
