@@ -188,7 +188,7 @@ impl DsFs {
         if !h.writable {
             return Err(FsError::BadHandle);
         }
-        self.check_room()?;
+        self.check_room_for(data.len() as u64)?;
         let put = |staged: &Staged, at: u64| {
             if direct {
                 staged.write_all_at_direct(at, data)
@@ -444,7 +444,7 @@ impl DsFs {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| FsError::Invalid("offset + length overflows".into()))?;
-        self.check_room()?;
+        self.check_room_for(len)?;
         let mut st = h.inode.state.write();
         let staged = self.ensure_staged(&mut st)?;
         if mode == 0 && staged.len()? < end {

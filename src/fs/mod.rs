@@ -65,6 +65,9 @@ use crate::datastore::{Datastore, Key};
 use crate::index::node::Timestamp;
 use crate::index::{Index, IndexError, IndexErrorKind, IndexedStore, Node, NodeId, NodeKind};
 
+/// What a new name, directory or link counts as in the space check (`DsFs::check_room`).
+const METADATA_BYTES: u64 = 4096;
+
 /// The filesystem. Every method takes `&self` and may run on many threads at once: per-inode
 /// state has its own lock, and the handle table is read-locked on the data path.
 pub struct DsFs {
@@ -157,10 +160,16 @@ impl DsFs {
     }
 
     /// Refuses new data (ENOSPC) while the repository's space reserve is spent, so that the
-    /// space left goes to commits of what was already written and to removals.
+    /// space left goes to commits of what was already written and to removals. For a new
+    /// name, directory or link: counted as [`METADATA_BYTES`] of new data.
     fn check_room(&self) -> FsResult<()> {
+        self.check_room_for(METADATA_BYTES)
+    }
+
+    /// [`DsFs::check_room`] for `bytes` of new data (a write's length).
+    fn check_room_for(&self, bytes: u64) -> FsResult<()> {
         match self.index.reserve() {
-            Some(r) if !r.room_for_new_data() => Err(FsError::NoSpace),
+            Some(r) if !r.room_for_new_data(bytes) => Err(FsError::NoSpace),
             _ => Ok(()),
         }
     }

@@ -13,7 +13,7 @@ impl DsFs {
         refuse_unsupported_xattr(name)?;
         self.check_writable()?;
         refuse_computed_xattr(name)?;
-        self.check_room()?;
+        self.check_room_for((name.len() + value.len()) as u64)?;
         let name = xattr_name(name)?;
         if value.len() > XATTR_MAX {
             return Err(FsError::TooBig);
