@@ -19,6 +19,8 @@ mod durability;
 mod empty;
 mod encode;
 mod follow;
+#[cfg(test)]
+mod hostile_tests;
 mod journal;
 mod lock;
 mod ops;
