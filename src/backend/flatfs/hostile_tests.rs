@@ -224,3 +224,30 @@ fn a_fifo_as_the_store_id_is_replaced_not_read() {
     assert!(!id.is_empty());
     assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
 }
+
+#[test]
+fn a_data_file_in_another_names_shard_directory_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with(dir.path(), b"value");
+    // CIQMISPLACED's own shard directory (next-to-last/2) is "ED", not "ZZ".
+    std::fs::create_dir(dir.path().join("ZZ")).unwrap();
+    std::fs::write(dir.path().join("ZZ/CIQMISPLACED.data"), b"lost").unwrap();
+    let store = open_within(dir.path()).unwrap().unwrap();
+    // Listed (as upstream lists it), but not readable under its key...
+    let listed: Vec<Key> = store
+        .query(crate::datastore::Query {
+            keys_only: true,
+            ..Default::default()
+        })
+        .unwrap()
+        .map(|e| e.unwrap().key)
+        .collect();
+    assert!(listed.contains(&Key::new("/CIQMISPLACED")), "{listed:?}");
+    assert!(store.get(&Key::new("/CIQMISPLACED")).is_err());
+    // ...so the check names it.
+    let problems = store.scrub(false).unwrap();
+    assert!(
+        problems.iter().any(|p| p.contains("CIQMISPLACED")),
+        "{problems:?}"
+    );
+}
