@@ -202,6 +202,25 @@ const SCHEMES: &[Scheme] = &[
     },
 ];
 
+/// The largest spec or repository file read (a datastore spec is a few hundred bytes).
+const MAX_SPEC_FILE: u64 = 16 << 20;
+
+/// Reads a JSON spec file: a FIFO, a device or a directory is an error, not a hang, and so is
+/// a file over [`MAX_SPEC_FILE`] (not read into memory). `hint` ends the error's message.
+fn read_spec_file(path: &Path, hint: &str) -> Result<Vec<u8>> {
+    crate::sys::read_config_file(path, MAX_SPEC_FILE).map_err(|e| {
+        let message = format!("reading {}{hint}: {e}", path.display());
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::FileTooLarge | std::io::ErrorKind::InvalidData
+        ) {
+            Error::with_source(ErrorKind::Corrupt, message, e)
+        } else {
+            Error::io(message, e)
+        }
+    })
+}
+
 fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidArgument, msg)
 }
@@ -504,9 +523,8 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             )
         }
         SpecKind::Json(file) => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
-            let tree: Value = serde_json::from_str(&text).map_err(|e| {
+            let text = read_spec_file(file, "")?;
+            let tree: Value = serde_json::from_slice(&text).map_err(|e| {
                 Error::with_source(
                     ErrorKind::Corrupt,
                     format!("{} is not JSON", file.display()),
@@ -559,16 +577,9 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             )
         }
         SpecKind::Kubo(ipfs_path) => {
-            let text = std::fs::read_to_string(ipfs_path.join("datastore_spec")).map_err(|e| {
-                Error::io(
-                    format!(
-                        "reading {}/datastore_spec (is this a Kubo repository?)",
-                        ipfs_path.display()
-                    ),
-                    e,
-                )
-            })?;
-            let tree: Value = serde_json::from_str(&text).map_err(|e| {
+            let spec_file = ipfs_path.join("datastore_spec");
+            let text = read_spec_file(&spec_file, " (is this a Kubo repository?)")?;
+            let tree: Value = serde_json::from_slice(&text).map_err(|e| {
                 Error::with_source(
                     ErrorKind::Corrupt,
                     format!("{}/datastore_spec", ipfs_path.display()),
@@ -819,7 +830,7 @@ impl Repo {
     /// or empty.
     pub fn open_or_create(dir: &Path) -> Result<Repo> {
         let file = dir.join(REPO_FILE);
-        match std::fs::read(&file) {
+        match read_spec_file(&file, "") {
             Ok(bytes) => {
                 let config: Value = serde_json::from_slice(&bytes).map_err(|e| {
                     Error::with_source(
@@ -830,8 +841,8 @@ impl Repo {
                 })?;
                 Repo::from_config(dir, config)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Repo::create(dir),
-            Err(e) => Err(Error::io(format!("reading {}", file.display()), e)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Repo::create(dir),
+            Err(e) => Err(e),
         }
     }
 
@@ -1416,5 +1427,50 @@ mod tests {
         std::fs::write(dir.path().join(REPO_FILE), cfg.to_string()).unwrap();
         let spec = StoreSpec::parse(dir.path().to_str().unwrap()).unwrap();
         assert!(open(&spec, OpenMode::default()).is_err());
+    }
+    /// Opens `spec` on another thread: `None` if that takes longer than a minute (a hang).
+    fn open_within(spec: StoreSpec) -> Option<Result<()>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(open(&spec, OpenMode::default()).map(|_| ()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60)).ok()
+    }
+
+    fn mkfifo(path: &Path) {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mkfifo {}", path.display());
+    }
+
+    #[test]
+    fn a_fifo_as_a_kubo_datastore_spec_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        mkfifo(&dir.path().join("datastore_spec"));
+        let spec = StoreSpec::parse(&format!("kubo:{}", dir.path().display())).unwrap();
+        let err = open_within(spec).expect("open hung").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    }
+
+    #[test]
+    fn a_fifo_as_a_json_spec_file_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spec.json");
+        mkfifo(&file);
+        let spec = StoreSpec::parse(&format!("json:{}", file.display())).unwrap();
+        let err = open_within(spec).expect("open hung").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    }
+
+    #[test]
+    fn a_fifo_as_a_repositorys_dsfs_json_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        mkfifo(&dir.path().join(REPO_FILE));
+        let spec = StoreSpec::parse(dir.path().to_str().unwrap()).unwrap();
+        let err = open_within(spec).expect("open hung").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
     }
 }

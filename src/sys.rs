@@ -210,12 +210,21 @@ fn regular(file: std::fs::File, what: &Path) -> io::Result<std::fs::File> {
 /// (FIFOs are opened non-blocking, so they cannot hang the caller). See
 /// [`is_foreign_file`].
 pub fn open_beneath(root: &std::fs::File, rel: &Path) -> io::Result<std::fs::File> {
+    openat2_beneath(root, rel, libc::O_RDONLY)
+}
+
+/// [`open_beneath`], opened for reading and writing.
+pub fn open_beneath_rw(root: &std::fs::File, rel: &Path) -> io::Result<std::fs::File> {
+    openat2_beneath(root, rel, libc::O_RDWR)
+}
+
+fn openat2_beneath(root: &std::fs::File, rel: &Path, access: i32) -> io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     let c = CString::new(rel.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
     // SAFETY: an all-zero open_how is a valid value of this plain C struct (no flags).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK) as u64;
+    how.flags = (access | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK) as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
     let fd = loop {
         // SAFETY: `root` is an open descriptor for the duration of the call, `c` is
@@ -241,6 +250,38 @@ pub fn open_beneath(root: &std::fs::File, rel: &Path) -> io::Result<std::fs::Fil
     // SAFETY: openat2 returned a new descriptor that nothing else owns.
     let file = unsafe { std::fs::File::from_raw_fd(fd) };
     regular(file, rel)
+}
+
+/// Reads the small regular file at `path` (a settings or marker file of a store): without
+/// following a symlink in its last component, without blocking on a FIFO (either is an error
+/// that [`is_foreign_file`] recognises), and refusing (`FileTooLarge`) a file of more than
+/// `limit` bytes rather than reading a huge one into memory.
+pub fn read_small_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    read_bounded(open_regular_nofollow(path)?, path, limit)
+}
+
+/// [`read_small_file`] for a file the user named (a spec or configuration file), which may be
+/// a symlink: a FIFO or another file type is still refused without blocking.
+pub fn read_config_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    read_bounded(regular(file, path)?, path, limit)
+}
+
+fn read_bounded(file: std::fs::File, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("{} is larger than {limit} bytes", path.display()),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Opens the regular file at `path` for reading without following a symlink in its last

@@ -584,3 +584,27 @@ fn a_rebuilt_index_keeps_what_still_reads_in_the_old_file() {
     assert_eq!(index.key_count().unwrap(), (SMALL + 2) as u64);
     opened.store.close().unwrap();
 }
+
+#[test]
+fn fsck_repair_does_not_call_a_file_it_leaves_in_place_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = make_repo(dir.path());
+    // A FIFO where a data file of the file tier belongs: dsfs never opens it, and its repair
+    // leaves it for a person to remove.
+    let (blob, _) = blobs(&repo).remove(0);
+    let fifo = blob.with_file_name("EXTRA.data");
+    ok(Command::new("mkfifo").arg(&fifo));
+    let out = run(dsfs(&repo).args(["fsck", "--repair"]));
+    let report = stdout(&out);
+    assert!(
+        !out.status.success(),
+        "fsck --repair exited 0 with the FIFO still there: {report}"
+    );
+    assert!(report.contains("not repaired"), "{report}");
+    assert!(std::fs::symlink_metadata(&fifo).is_ok());
+    // The plain check that follows agrees with what the repair said it left.
+    let again = run(dsfs(&repo).arg("fsck"));
+    assert!(!again.status.success(), "{}", stdout(&again));
+    // Every value still reads.
+    assert_eq!(every_listed_value_reads(&repo), SMALL + 2);
+}

@@ -104,7 +104,8 @@ pub(crate) fn cache_bytes(disk_usage: i64, accuracy: &str) -> Vec<u8> {
 /// names match case-insensitively and unknown fields are ignored. Returns the value and the
 /// accuracy (empty when absent), or `None` if the file is missing or unreadable.
 pub(crate) fn read_cache(root: &Path) -> Option<(i64, String)> {
-    let bytes = std::fs::read(root.join(DISK_USAGE_FILE)).ok()?;
+    // The cache is one short JSON line; a FIFO, a symlink or a huge file is not usable.
+    let bytes = crate::sys::read_small_file(&root.join(DISK_USAGE_FILE), 4096).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let obj = value.as_object()?;
     let field = |name: &str| {
@@ -156,7 +157,9 @@ pub(crate) fn folder_size(
             break;
         }
         let sub = path.join(name);
-        let meta = match std::fs::metadata(&sub) {
+        // As upstream (the entry's own lstat): a symlink counts as itself and is not
+        // followed, into a loop or out of the store.
+        let meta = match std::fs::symlink_metadata(&sub) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 vanished += 1;

@@ -26,10 +26,21 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// The store id in `root/.dsfs.id`, written the first time (the directory must be writable).
 pub(crate) fn store_id(root: &Path) -> Result<String> {
     let path = root.join(ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
-        Ok(_) => {}
+    // An id is one short line; a FIFO, a symlink or a huge file is not one and is replaced.
+    match crate::sys::read_small_file(&path, 4096) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            if !text.trim().is_empty() {
+                return Ok(text.trim().to_owned());
+            }
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if crate::sys::is_foreign_file(&e) || e.kind() == io::ErrorKind::FileTooLarge => {
+            log::warn!(
+                "flatfs: replacing {}, which is not a store id: {e}",
+                path.display()
+            );
+        }
         Err(e) => return Err(Error::io(format!("flatfs: reading {}", path.display()), e)),
     }
     let id = new_id();

@@ -42,9 +42,8 @@
 //! would see a local file's writes; a reader never sees a range half old, half new within one
 //! `copy_file_range` of a page, but may see some ranges new and others still old.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,6 +60,10 @@ use crate::datastore::{Error, ErrorKind, Result, Staged};
 pub const IN_PLACE_MIN: u64 = 8 << 20;
 
 const MAGIC: &str = "dsfs-flatfs-journal 1";
+
+/// The largest journal record replay reads (a record of 10 million dirty ranges); a larger
+/// `journal-*` file is an error, not ignored, so that no commit is dropped unseen.
+const MAX_RECORD: u64 = 256 << 20;
 
 /// One in-place commit, as written to `.temp/journal-*`.
 #[derive(Debug, PartialEq, Eq)]
@@ -124,7 +127,12 @@ impl Record {
         let mut dirty = Vec::new();
         for line in lines {
             let (a, b) = line.strip_prefix("dirty ")?.split_once(' ')?;
-            dirty.push((a.parse().ok()?, b.parse().ok()?));
+            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            // A range ends where it starts or later.
+            if a > b {
+                return None;
+            }
+            dirty.push((a, b));
         }
         let safe =
             |p: &str| !p.is_empty() && !p.starts_with('/') && !p.split('/').any(|c| c == "..");
@@ -166,17 +174,15 @@ pub(super) fn write_changes(target: &File, stage: &File, plan: &OverlayPlan) -> 
         target.set_len(plan.len)?;
     }
     for &(a, b) in &plan.dirty {
-        copy_range(stage, target, a, b - a)?;
+        let Some(n) = b.checked_sub(a) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a dirty range ends ({b}) before it starts ({a})"),
+            ));
+        };
+        copy_range(stage, target, a, n)?;
     }
     Ok(())
-}
-
-fn open_target(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
 }
 
 /// A sequence number for a new record: the time in nanoseconds, but always above the last one
@@ -199,6 +205,18 @@ fn now_seq() -> u128 {
 /// Applies the records left in `temp` by a crash (see the module documentation), oldest first,
 /// and returns how many it applied. Run by `open` before it empties `temp`.
 pub fn replay(root: &Path, temp: &Path) -> Result<usize> {
+    // Records are read only from a real `.temp` directory: one that is a symlink (or not a
+    // directory) holds no records of ours, and is removed or refused by the caller.
+    match std::fs::symlink_metadata(temp) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(format!("flatfs: reading {}", temp.display()), e)),
+    }
+    let root_dir = crate::sys::open_dir(root)
+        .map_err(|e| Error::io(format!("flatfs: opening {}", root.display()), e))?;
+    let temp_dir = crate::sys::open_dir(temp)
+        .map_err(|e| Error::io(format!("flatfs: opening {}", temp.display()), e))?;
     let entries = match std::fs::read_dir(temp) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -213,10 +231,18 @@ pub fn replay(root: &Path, temp: &Path) -> Result<usize> {
             continue;
         }
         let path = entry.path();
-        let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| Error::io(format!("flatfs: reading {}", path.display()), e))?;
+        // A record is a regular file: a FIFO or a symlink here is not one of ours.
+        let bytes = match crate::sys::read_small_file(&path, MAX_RECORD) {
+            Ok(b) => b,
+            Err(e) if crate::sys::is_foreign_file(&e) => {
+                log::warn!(
+                    "flatfs: ignoring {}, which is not a journal record ({e})",
+                    path.display()
+                );
+                continue;
+            }
+            Err(e) => return Err(Error::io(format!("flatfs: reading {}", path.display()), e)),
+        };
         match Record::decode(&bytes) {
             Some(r) => records.push(r),
             None => log::info!(
@@ -229,15 +255,32 @@ pub fn replay(root: &Path, temp: &Path) -> Result<usize> {
     let mut applied = 0;
     for r in records {
         let target_path = root.join(&r.target);
-        let stage = match File::open(temp.join(&r.stage)) {
+        // Both files are opened beneath their directories, following no symlink: a record
+        // never reads or writes anything outside the store.
+        let stage = match crate::sys::open_beneath(&temp_dir, Path::new(&r.stage)) {
             Ok(f) => f,
             // Removed only after the record: this commit was finished.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if crate::sys::is_foreign_file(&e) => {
+                log::warn!(
+                    "flatfs: ignoring a journal record whose staging file {} is not a regular file in {}",
+                    r.stage,
+                    temp.display()
+                );
+                continue;
+            }
             Err(e) => return Err(Error::io(format!("flatfs: opening {}", r.stage), e)),
         };
-        let target = match open_target(&target_path) {
+        let target = match crate::sys::open_beneath_rw(&root_dir, Path::new(&r.target)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if crate::sys::is_foreign_file(&e) => {
+                log::warn!(
+                    "flatfs: ignoring a journal record for {}, which is not a regular file of the store",
+                    target_path.display()
+                );
+                continue;
+            }
             Err(e) => {
                 return Err(Error::io(
                     format!("flatfs: opening {}", target_path.display()),
@@ -368,7 +411,7 @@ impl FlatFsStore {
     /// an overlay was staged over); `None` if it is gone or was replaced.
     pub(super) fn in_place_target(&self, rel: &str, base_id: (u64, u64)) -> Result<Option<File>> {
         let path: PathBuf = self.root.join(rel);
-        match open_target(&path) {
+        match crate::sys::open_beneath_rw(&self.root_dir, Path::new(rel)) {
             Ok(f) if file_id(&f)? == base_id => Ok(Some(f)),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

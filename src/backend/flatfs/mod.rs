@@ -19,6 +19,8 @@ mod durability;
 mod empty;
 mod encode;
 mod follow;
+#[cfg(test)]
+mod hostile_tests;
 mod journal;
 mod lock;
 mod ops;
@@ -173,9 +175,10 @@ fn is_emfile_error(e: &Error) -> bool {
         .is_some_and(disk_usage::is_too_many_files)
 }
 
-/// Symlinks and other non-regular files in a flatfs tree rooted at `root` (one per line of the
-/// report).
-pub(crate) fn scrub_foreign(root: &Path) -> Result<Vec<String>> {
+/// Symlinks and other non-regular files in a flatfs tree rooted at `root`, and data files in a
+/// shard directory that `shard` does not give their name (listed, but never readable under
+/// their key); one per line of the report.
+pub(crate) fn scrub_foreign(root: &Path, shard: ShardFn) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let list = |dir: &Path| {
         std::fs::read_dir(dir)
@@ -199,6 +202,23 @@ pub(crate) fn scrub_foreign(root: &Path) -> Result<Vec<String>> {
             let sub =
                 sub.map_err(|e| Error::io(format!("flatfs: listing {}", path.display()), e))?;
             let Ok(t) = sub.file_type() else { continue };
+            let sub_name = sub.file_name();
+            let sub_name = sub_name.to_string_lossy();
+            if t.is_file()
+                && !sub_name.starts_with('.')
+                && let Some(stem) = sub_name.strip_suffix(encode::EXTENSION)
+            {
+                let want = shard.dir_for(stem);
+                if *ent.file_name() != *want {
+                    found.push(format!(
+                        "{} is in the shard directory of another name ({want}/ is its own); it \
+                         is listed but cannot be read under its key, and is left for a person to \
+                         move",
+                        sub.path().display()
+                    ));
+                }
+                continue;
+            }
             if !t.is_file() {
                 found.push(format!(
                     "{} is {}, not a data file; dsfs does not follow or read it",
@@ -1153,7 +1173,7 @@ impl Datastore for FlatFsStore {
     /// are never followed or read; `repair` leaves them for a person to look at.
     fn scrub(&self, repair: bool) -> Result<Vec<String>> {
         let _ = repair;
-        scrub_foreign(&self.root)
+        scrub_foreign(&self.root, self.shard)
     }
 }
 

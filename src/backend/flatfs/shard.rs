@@ -155,7 +155,8 @@ impl std::str::FromStr for ShardFn {
 /// [`ErrorKind::Corrupt`].
 pub(crate) fn read_sharding(dir: &Path) -> Result<Option<ShardFn>> {
     let path = dir.join(SHARDING_FILE);
-    match std::fs::read(&path) {
+    // An identifier is a few dozen bytes; a FIFO, a symlink or a huge file is not one.
+    match crate::sys::read_small_file(&path, 4096) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             ShardFn::parse(&text).map(Some).map_err(|e| {
@@ -166,6 +167,14 @@ pub(crate) fn read_sharding(dir: &Path) -> Result<Option<ShardFn>> {
             })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e)
+            if crate::sys::is_foreign_file(&e) || e.kind() == std::io::ErrorKind::FileTooLarge =>
+        {
+            Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("flatfs: {} is not a shard identifier: {e}", path.display()),
+            ))
+        }
         Err(e) => Err(Error::io(format!("flatfs: reading {}", path.display()), e)),
     }
 }
