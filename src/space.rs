@@ -197,11 +197,11 @@ impl Reserve {
     /// enough to live in redb wait in memory until the next durable commit, so new data is
     /// refused while the commit of what was accepted may still need the space.
     ///
-    /// Free space is measured (statvfs) at most every [`ROOM_FRESH`] while the disk has far
+    /// Free space is measured (statvfs) at most every `ROOM_FRESH` while the disk has far
     /// more room than the threshold: one measurement then accepts up to half the room above
-    /// it ([`room_budget`]) before the next. A 4 KiB write otherwise paid a statvfs each,
+    /// it (`room_budget`) before the next. A 4 KiB write otherwise paid a statvfs each,
     /// 5% of the daemon's time in fio's 4-job random writes. Near the threshold (less than
-    /// [`ROOM_CACHED_ABOVE`] above it), and whenever the reserve is not held, every call
+    /// `ROOM_CACHED_ABOVE` above it), and whenever the reserve is not held, every call
     /// measures.
     pub fn room_for_new_data(&self, bytes: u64) -> bool {
         let now = self.since_epoch();
