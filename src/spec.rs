@@ -1437,19 +1437,10 @@ mod tests {
         rx.recv_timeout(std::time::Duration::from_secs(60)).ok()
     }
 
-    fn mkfifo(path: &Path) {
-        let ok = std::process::Command::new("mkfifo")
-            .arg(path)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mkfifo {}", path.display());
-    }
-
     #[test]
     fn a_fifo_as_a_kubo_datastore_spec_is_an_error_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
-        mkfifo(&dir.path().join("datastore_spec"));
+        crate::sys::mkfifo(&dir.path().join("datastore_spec"));
         let spec = StoreSpec::parse(&format!("kubo:{}", dir.path().display())).unwrap();
         let err = open_within(spec).expect("open hung").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
@@ -1459,7 +1450,7 @@ mod tests {
     fn a_fifo_as_a_json_spec_file_is_an_error_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("spec.json");
-        mkfifo(&file);
+        crate::sys::mkfifo(&file);
         let spec = StoreSpec::parse(&format!("json:{}", file.display())).unwrap();
         let err = open_within(spec).expect("open hung").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
@@ -1468,7 +1459,7 @@ mod tests {
     #[test]
     fn a_fifo_as_a_repositorys_dsfs_json_is_an_error_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
-        mkfifo(&dir.path().join(REPO_FILE));
+        crate::sys::mkfifo(&dir.path().join(REPO_FILE));
         let spec = StoreSpec::parse(dir.path().to_str().unwrap()).unwrap();
         let err = open_within(spec).expect("open hung").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");

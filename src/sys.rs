@@ -329,6 +329,21 @@ pub fn peer_credentials(socket: &impl AsRawFd) -> io::Result<(i32, u32)> {
     }
 }
 
+/// Makes a FIFO at `path`, for tests of what a store does with one where a file belongs.
+#[cfg(test)]
+pub(crate) fn mkfifo(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        io::Error::last_os_error()
+    );
+}
+
 #[cfg(test)]
 mod process_tests {
     use super::process_alive;

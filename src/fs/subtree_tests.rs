@@ -16,6 +16,17 @@ fn mkdir(fs: &DsFs, parent: u64, name: &str) -> u64 {
         .ino
 }
 
+/// A filesystem over an in-memory index and a [`GatedStore`].
+fn gated_fs() -> (Arc<GatedStore>, Arc<DsFs>) {
+    let store = Arc::new(GatedStore::default());
+    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
+    let fs = DsFs::new(
+        Arc::new(IndexedStore::new(store.clone(), index)),
+        FsOptions::default(),
+    );
+    (store, Arc::new(fs))
+}
+
 fn read_file(fs: &DsFs, ino: u64) -> FsResult<Vec<u8>> {
     let o = fs.open(ino, libc::O_RDONLY)?;
     let data = fs.read(o.fh, 0, 1 << 20);
@@ -29,12 +40,7 @@ fn read_file(fs: &DsFs, ino: u64) -> FsResult<Vec<u8>> {
 /// had listed `a`'s values, so the file under `b/sub` read as missing.
 #[test]
 fn files_made_below_a_directory_being_renamed_follow_it() {
-    let store = Arc::new(GatedStore::default());
-    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
-    let fs = Arc::new(DsFs::new(
-        Arc::new(IndexedStore::new(store.clone(), index)),
-        FsOptions::default(),
-    ));
+    let (store, fs) = gated_fs();
     let a = mkdir(&fs, ROOT, "a");
     let sub = mkdir(&fs, a, "sub");
     write_file(&fs, sub, "old", b"old value");
@@ -103,12 +109,7 @@ fn files_made_below_a_directory_being_renamed_follow_it() {
 /// stayed under the new keys while the index kept the old names, so they read as missing.
 #[test]
 fn a_directory_rename_that_fails_midway_leaves_every_file_where_it_was() {
-    let store = Arc::new(GatedStore::default());
-    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
-    let fs = DsFs::new(
-        Arc::new(IndexedStore::new(store.clone(), index)),
-        FsOptions::default(),
-    );
+    let (store, fs) = gated_fs();
     let d = mkdir(&fs, ROOT, "d");
     let files: Vec<(u64, Vec<u8>)> = (0..4u8)
         .map(|i| {
@@ -157,12 +158,7 @@ fn the_value_of_a_hard_linked_file_replaced_by_a_rename_follows_its_other_name()
 /// `a/x` and `b/y` name one file (the value under `/a/x`); `first` removes the name `a/x`
 /// (moving the value to `/b/y`) and is held at that store move while `mv b c` is started.
 fn heir_directory_renamed_during(first: fn(&DsFs, u64) -> FsResult<()>) {
-    let store = Arc::new(GatedStore::default());
-    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
-    let fs = Arc::new(DsFs::new(
-        Arc::new(IndexedStore::new(store.clone(), index)),
-        FsOptions::default(),
-    ));
+    let (store, fs) = gated_fs();
     let a = mkdir(&fs, ROOT, "a");
     let b = mkdir(&fs, ROOT, "b");
     let x = write_file(&fs, a, "x", b"linked value");

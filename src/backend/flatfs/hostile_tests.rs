@@ -77,20 +77,11 @@ fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T
     rx.recv_timeout(HANG).ok()
 }
 
-fn mkfifo(path: &Path) {
-    let ok = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mkfifo {}", path.display());
-}
-
 #[test]
 fn a_fifo_named_like_a_journal_record_does_not_hang_the_open() {
     let dir = tempfile::tempdir().unwrap();
     store_with(dir.path(), b"value");
-    mkfifo(&dir.path().join(TEMP_DIR).join("journal-fifo"));
+    crate::sys::mkfifo(&dir.path().join(TEMP_DIR).join("journal-fifo"));
     let store = open_within(dir.path())
         .expect("opening a store whose .temp holds a FIFO hung")
         .unwrap();
@@ -189,7 +180,7 @@ fn a_fifo_as_the_sharding_file_is_an_error_not_a_hang() {
     store_with(dir.path(), b"value");
     let path = dir.path().join(super::SHARDING_FILE);
     std::fs::remove_file(&path).unwrap();
-    mkfifo(&path);
+    crate::sys::mkfifo(&path);
     let Err(e) = open_within(dir.path()).expect("opening a store whose SHARDING is a FIFO hung")
     else {
         panic!("a FIFO is no shard identifier");
@@ -203,7 +194,7 @@ fn a_fifo_as_the_disk_usage_cache_is_measured_over_not_read() {
     store_with(dir.path(), b"value");
     let path = dir.path().join(super::DISK_USAGE_FILE);
     std::fs::remove_file(&path).unwrap();
-    mkfifo(&path);
+    crate::sys::mkfifo(&path);
     let store = open_within(dir.path())
         .expect("opening a store whose diskUsage.cache is a FIFO hung")
         .unwrap();
@@ -216,7 +207,7 @@ fn a_fifo_as_the_store_id_is_replaced_not_read() {
     store_with(dir.path(), b"value");
     let path = dir.path().join(super::ID_FILE);
     let _ = std::fs::remove_file(&path);
-    mkfifo(&path);
+    crate::sys::mkfifo(&path);
     let root = dir.path().to_owned();
     let id = within(move || super::follow::store_id(&root))
         .expect("reading a store id that is a FIFO hung")
