@@ -483,20 +483,20 @@ fn execute(
                 ),
                 _ => e,
             };
+            // The size is asked first, so a missing value leaves no empty output file.
+            let size = store
+                .get_size(&key)
+                .map_err(|e| named(not_found_key(&key, e)))?;
             match output {
                 Some(path) => {
                     let path = path_of(path);
-                    // The store is asked first, so a missing block leaves no empty file.
-                    store
-                        .get_size(&key)
-                        .map_err(|e| named(not_found_key(&key, e)))?;
                     let mut f = File::create(&path)
                         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-                    copy_out(store.as_ref(), &key, &mut f).map_err(named)?;
+                    copy_out(store.as_ref(), &key, size, &mut f).map_err(named)?;
                     f.sync_all()
                         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
                 }
-                None => copy_out(store.as_ref(), &key, &mut out).map_err(named)?,
+                None => copy_out(store.as_ref(), &key, size, &mut out).map_err(named)?,
             }
         }
         Command::Ls {
@@ -1086,7 +1086,6 @@ fn put_from(
     store.commit_staged(key, staged, false)
 }
 
-/// Streams a value out in ranged reads, so a large value never sits in memory whole.
 /// A store's `NotFound` for `key` as the CLI says it.
 fn not_found_key(key: &Key, e: Error) -> Error {
     match e.kind() {
@@ -1095,8 +1094,9 @@ fn not_found_key(key: &Key, e: Error) -> Error {
     }
 }
 
-fn copy_out(store: &dyn Datastore, key: &Key, out: &mut dyn Write) -> Result<(), Error> {
-    let size = store.get_size(key).map_err(|e| not_found_key(key, e))?;
+/// Streams the `size` bytes of a value out in ranged reads, so a large value never sits in
+/// memory whole.
+fn copy_out(store: &dyn Datastore, key: &Key, size: u64, out: &mut dyn Write) -> Result<(), Error> {
     let mut buf = vec![0u8; COPY_CHUNK.min(size.max(1) as usize)];
     let mut offset = 0u64;
     while offset < size {

@@ -114,26 +114,26 @@ impl IndexedStore {
         let Some(since) = self.index.moves.quiet() else {
             return Ok(Some(listed));
         };
-        match self.backend.get_size(key) {
-            Ok(size) if size == listed => Ok(Some(size)),
-            Ok(size) => {
-                let Some(_quiet) = self.index.moves.still_quiet(since) else {
-                    return Ok(Some(listed));
-                };
+        let now = match self.backend.get_size(key) {
+            Ok(size) if size == listed => return Ok(Some(size)),
+            Ok(size) => Some(size),
+            Err(e) if absent(&e) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(_quiet) = self.index.moves.still_quiet(since) else {
+            return Ok(Some(listed));
+        };
+        match now {
+            Some(size) => {
                 log::debug!("{key} was rewritten underneath ({listed} -> {size} bytes)");
                 self.index.record_put(key, size)?;
-                Ok(Some(size))
             }
-            Err(e) if absent(&e) => {
-                let Some(_quiet) = self.index.moves.still_quiet(since) else {
-                    return Ok(Some(listed));
-                };
+            None => {
                 log::debug!("{key} was deleted underneath; forgetting it");
                 self.index.record_delete(key)?;
-                Ok(None)
             }
-            Err(e) => Err(e.into()),
         }
+        Ok(now)
     }
 
     /// The index.
