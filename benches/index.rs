@@ -28,6 +28,9 @@
 //!   index holds 0, 100k (1M) other keys, in other directories of 1,000 entries each, written
 //!   interleaved with the fixed directory's keys (so its nodes are spread through the tables as
 //!   in a store that grew over time). The timings should be about equal across the sizes.
+//! * `write`: the index's part of a file's create and removal through the filesystem: one
+//!   `Index::create_file` (node, entry, key) and one `Index::unlink_file`, each its own
+//!   (non-durable) write transaction, in a directory of 1,000 entries of an index file.
 //!
 //! Not benchmarked yet: the FUSE name escaping (the mapping between POSIX names and key
 //! components) does not exist yet.
@@ -41,7 +44,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use tempfile::TempDir;
 
 use dsfs::Key;
-use dsfs::index::{Index, IndexOptions, NodeId};
+use dsfs::index::{Index, IndexOptions, Node, NodeId, NodeKind};
 
 use common::{Budget, count_label, env_flag, group, mix, small};
 
@@ -273,9 +276,44 @@ fn store_size(c: &mut Criterion) {
     g.finish();
 }
 
+/// One `create_file` and one `unlink_file` per iteration, in a directory of [`FIXED`] others.
+fn writes(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let index = Index::open(dir.path().join("index.redb"), IndexOptions::default())
+        .expect("opening the index");
+    let keys: Vec<Key> = (0..FIXED as u64)
+        .map(|i| Key::new(format!("/d/{}", name(i))))
+        .collect();
+    index
+        .record_batch(keys.iter().map(|k| (k, Some(1))))
+        .expect("building the directory");
+    let (d, _) = index
+        .resolve(&Key::new("/d"))
+        .expect("resolving /d")
+        .expect("/d exists");
+    let mut g = group(c, "write", Budget::MEDIUM);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("create_unlink", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let n = format!("new{i}");
+            let key = Key::new(format!("/d/{n}"));
+            let node = Node::new(NodeKind::File, 0, "", 0o644, 0, 0);
+            let (id, _) = index
+                .create_file(d, &n, node, &key, 0)
+                .expect("create_file");
+            index
+                .unlink_file(d, &n, Some(id), |_| false)
+                .expect("unlink_file");
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::criterion();
-    targets = directory_size, store_size
+    targets = directory_size, store_size, writes
 }
 criterion_main!(benches);

@@ -146,8 +146,9 @@ pub struct Index {
     dir_keys: keycache::DirKeys,
     /// Directory records by node id.
     dir_nodes: nodecache::DirNodes,
-    /// Taken by every [`Index::write`] (see there).
-    write_serial: parking_lot::Mutex<()>,
+    /// Taken by every [`Index::write`] (see there); it holds the id counters, which only a
+    /// write transaction advances.
+    write_serial: parking_lot::Mutex<Counters>,
     /// Told of changes made through `record_*` (see `changes`).
     changes: changes::Changes,
     /// Values moving in the store ahead of the index (see [`Index::begin_move`]).
@@ -214,6 +215,7 @@ impl Index {
             .begin_write()
             .map_err(|e| IndexError::redb("starting the index", e))?;
         let was_unclean;
+        let counters;
         {
             let mut meta = txn
                 .open_table(META)
@@ -253,6 +255,10 @@ impl Index {
                     )));
                 }
             }
+            counters = Counters {
+                node: Counter::resume(&meta, META_NEXT_ID)?,
+                cookie: Counter::resume(&meta, META_NEXT_COOKIE)?,
+            };
             was_unclean = meta
                 .get(META_OPEN)
                 .map_err(|e| IndexError::redb("reading meta", e))?
@@ -291,7 +297,7 @@ impl Index {
             dir_keys: keycache::DirKeys::default(),
             dir_nodes: nodecache::DirNodes::default(),
             moves: follow::Moves::default(),
-            write_serial: parking_lot::Mutex::new(()),
+            write_serial: parking_lot::Mutex::new(counters),
             changes: changes::Changes::default(),
         })
     }
@@ -331,6 +337,8 @@ impl Index {
             if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 return Ok(());
             }
+            // No write runs while this is held, and none begins after it (the index is closed).
+            let counters = self.write_serial.lock();
             let mut txn = self
                 .db
                 .begin_write()
@@ -349,9 +357,18 @@ impl Index {
                 };
                 meta.insert(META_OPEN, open)
                     .map_err(|e| IndexError::redb("writing meta", e))?;
+                // A clean stop hands the unused rest of each reserved block back.
+                for (name, counter) in [
+                    (META_NEXT_ID, counters.node),
+                    (META_NEXT_COOKIE, counters.cookie),
+                ] {
+                    meta.insert(name, counter.next)
+                        .map_err(|e| IndexError::redb("writing meta", e))?;
+                }
             }
             txn.commit()
                 .map_err(|e| IndexError::redb("closing the index", e))?;
+            drop(counters);
             self.commits.stop().map_err(IndexError::from)
         })
     }
@@ -386,22 +403,31 @@ impl Index {
             // Held until the cached directory records are updated after the commit, so that
             // two writes update them in the order they committed (redb orders the writes
             // themselves the same way: one write transaction at a time).
-            let serial = self.write_serial.lock();
+            let mut serial = self.write_serial.lock();
             let mut txn = self
                 .db
                 .begin_write()
                 .map_err(|e| IndexError::redb("starting an index write", e))?;
             txn.set_durability(Durability::None)
                 .map_err(|e| IndexError::redb("starting an index write", e))?;
-            let (result, dirs_moved, written) = {
-                let mut tx = Tx::open(&txn, &self.options)?;
+            let (result, dirs_moved, written, counters) = {
+                let mut tx = Tx::open(&txn, &self.options, *serial)?;
                 let (result, commit) = f(&mut tx)?;
                 if !commit {
                     return Ok(result);
                 }
-                (result, tx.dirs_moved, std::mem::take(&mut tx.written))
+                (
+                    result,
+                    tx.dirs_moved,
+                    std::mem::take(&mut tx.written),
+                    tx.counters,
+                )
             };
             let committed = txn.commit();
+            if committed.is_ok() {
+                // Ids handed out by a write that did not commit are handed out again.
+                *serial = counters;
+            }
             self.dir_nodes.written(written, committed.is_ok());
             if dirs_moved {
                 // Before the next write may begin: a write that found a moved directory's old
@@ -765,6 +791,43 @@ fn key_of(nodes: &impl ReadableTable<u64, &'static [u8]>, id: NodeId) -> IndexRe
     Key::from_raw(s).map_err(|_| IndexError::corrupt(format!("node {id} has an unclean path")))
 }
 
+/// How many node ids (or cookies) one write of the meta table reserves.
+const COUNTER_BLOCK: u64 = 4096;
+
+/// One id counter of the index (node ids, directory cookies). The meta table holds `bound`: no
+/// id handed out so far reaches it. A write that needs an id at or past it raises it by
+/// [`COUNTER_BLOCK`] in that same transaction, so every committed node or entry has an id below
+/// the committed bound, and after a reopen (clean or after a crash) counting resumes at the bound
+/// without handing any id out twice. The rest of a block a crash leaves unused is a gap, which
+/// nothing depends on; a clean close writes `next` back instead.
+#[derive(Clone, Copy, Debug)]
+struct Counter {
+    next: u64,
+    bound: u64,
+}
+
+impl Counter {
+    /// The counter that `name` of the meta table resumes at.
+    fn resume(meta: &Table<'_, &'static str, u64>, name: &str) -> IndexResult<Counter> {
+        let at = meta
+            .get(name)
+            .map_err(|e| IndexError::redb("reading meta", e))?
+            .map(|v| v.value())
+            .ok_or_else(|| IndexError::corrupt(format!("meta {name} missing")))?;
+        Ok(Counter {
+            next: at,
+            bound: at,
+        })
+    }
+}
+
+/// The index's two counters, held under [`Index`]'s write lock.
+#[derive(Clone, Copy, Debug)]
+struct Counters {
+    node: Counter,
+    cookie: Counter,
+}
+
 /// The `dirents` table in a write transaction.
 type DirentsTable<'t> = Table<'t, (u64, &'static str), (u64, u64)>;
 /// The `cookies` table in a write transaction.
@@ -790,6 +853,8 @@ pub struct Tx<'t> {
     /// The listings this write changed, noted only for writes whose changes the listener is
     /// told of (see `changes`).
     listings: Option<changes::Listings>,
+    /// The id counters as this write advanced them (kept only if it commits).
+    counters: Counters,
 }
 
 fn w<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> IndexError {
@@ -812,7 +877,11 @@ fn opened<'c, 't, K: redb::Key + 'static, V: redb::Value + 'static>(
 }
 
 impl<'t> Tx<'t> {
-    fn open(txn: &'t WriteTransaction, options: &IndexOptions) -> IndexResult<Tx<'t>> {
+    fn open(
+        txn: &'t WriteTransaction,
+        options: &IndexOptions,
+        counters: Counters,
+    ) -> IndexResult<Tx<'t>> {
         Ok(Tx {
             txn,
             meta: OnceCell::new(),
@@ -827,14 +896,11 @@ impl<'t> Tx<'t> {
             dirs_moved: false,
             written: nodecache::Written::None,
             listings: None,
+            counters,
         })
     }
 
     // The tables, each opened on first use (see `opened`).
-
-    fn t_meta(&self) -> IndexResult<&Table<'t, &'static str, u64>> {
-        opened(self.txn, &self.meta, META)
-    }
 
     fn t_meta_mut(&mut self) -> IndexResult<&mut Table<'t, &'static str, u64>> {
         opened(self.txn, &self.meta, META)?;
@@ -911,17 +977,36 @@ impl<'t> Tx<'t> {
             .ok_or_else(|| IndexError::corrupt("index table aliases did not open"))
     }
 
-    fn next_counter(&mut self, name: &str) -> IndexResult<u64> {
-        let cur = self
-            .t_meta()?
-            .get(name)
-            .map_err(w("reading meta"))?
-            .map(|v| v.value())
-            .ok_or_else(|| IndexError::corrupt(format!("meta {name} missing")))?;
-        self.t_meta_mut()?
-            .insert(name, cur + 1)
-            .map_err(w("writing meta"))?;
-        Ok(cur)
+    /// The next node id. Ids are handed out from memory; only the write that reaches the end
+    /// of a reserved block writes the meta table (see [`Counter`]).
+    fn next_node_id(&mut self) -> IndexResult<u64> {
+        let mut counter = self.counters.node;
+        let id = self.advance(&mut counter, META_NEXT_ID)?;
+        self.counters.node = counter;
+        Ok(id)
+    }
+
+    /// The next directory cookie, handed out as [`Tx::next_node_id`] hands out ids.
+    fn next_cookie(&mut self) -> IndexResult<u64> {
+        let mut counter = self.counters.cookie;
+        let id = self.advance(&mut counter, META_NEXT_COOKIE)?;
+        self.counters.cookie = counter;
+        Ok(id)
+    }
+
+    /// Takes the next number of `counter`, which the meta table keeps as `name`.
+    fn advance(&mut self, counter: &mut Counter, name: &str) -> IndexResult<u64> {
+        let id = counter.next;
+        counter.next = id
+            .checked_add(1)
+            .ok_or_else(|| IndexError::corrupt(format!("meta {name} is exhausted")))?;
+        if counter.next > counter.bound {
+            counter.bound = id.saturating_add(COUNTER_BLOCK);
+            self.t_meta_mut()?
+                .insert(name, counter.bound)
+                .map_err(w("writing meta"))?;
+        }
+        Ok(id)
     }
 
     /// The node `id`.
@@ -987,7 +1072,7 @@ impl<'t> Tx<'t> {
                 format!("{name:?} exists"),
             ));
         }
-        let id = self.next_counter(META_NEXT_ID)?;
+        let id = self.next_node_id()?;
         node.parent = parent;
         node.name = name.to_owned();
         self.put_node(id, &node)?;
@@ -1003,7 +1088,7 @@ impl<'t> Tx<'t> {
         child: NodeId,
         is_dir: bool,
     ) -> IndexResult<()> {
-        let cookie = self.next_counter(META_NEXT_COOKIE)?;
+        let cookie = self.next_cookie()?;
         self.t_dirents_mut()?
             .insert((parent, name), (child, cookie))
             .map_err(w("writing an entry"))?;

@@ -335,3 +335,88 @@ fn a_directory_of_100k_keys_is_listed_and_searched_without_the_backend() {
     assert_eq!(keys.first().map(String::as_str), Some("/big/000005"));
     assert_eq!(keys.len(), 10);
 }
+
+/// Creates `n` files named `{prefix}{i}` in the root in one write; returns their ids.
+fn create_files(ix: &Index, prefix: &str, n: usize) -> Vec<NodeId> {
+    ix.write(|tx| {
+        (0..n)
+            .map(|i| {
+                let name = format!("{prefix}{i}");
+                tx.create(ROOT, &name, Node::new(NodeKind::File, 0, "", 0o644, 0, 0))
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+fn meta_value(ix: &Index, name: &str) -> u64 {
+    let txn = ix.read_txn().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    meta.get(name).unwrap().map(|v| v.value()).unwrap()
+}
+
+#[test]
+fn node_ids_and_cookies_are_never_handed_out_twice_across_crashes_and_clean_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let mut seen = std::collections::HashSet::new();
+    let mut last_cookie = 0;
+    // Each round crosses a reserved block at least once; odd rounds stop cleanly, even ones
+    // crash (dropped without close) after making their writes durable.
+    for round in 0..4 {
+        let ix = Index::open(&path, IndexOptions::default()).unwrap();
+        let mut ids = create_files(&ix, &format!("r{round}-"), 2100);
+        ids.extend(create_files(&ix, &format!("s{round}-"), 2100));
+        for id in ids {
+            assert!(seen.insert(id), "round {round}: id {id} handed out twice");
+        }
+        // Listing order is creation order: cookies only grow, across reopens too.
+        let listed = ix.list(ROOT, 0, usize::MAX).unwrap();
+        assert_eq!(listed.len(), 4200 * (round + 1));
+        for e in &listed[4200 * round..] {
+            assert!(
+                e.cookie > last_cookie,
+                "round {round}: cookie {} reused",
+                e.cookie
+            );
+            last_cookie = e.cookie;
+        }
+        if round % 2 == 1 {
+            ix.close().unwrap();
+        } else {
+            ix.sync().unwrap();
+        }
+    }
+}
+
+#[test]
+fn ids_are_taken_from_memory_with_one_meta_write_per_block() {
+    let ix = mem_index();
+    let before = meta_value(&ix, META_NEXT_ID);
+    let first = create_files(&ix, "a", 1)[0];
+    assert_eq!(first, before);
+    // The first create reserved a block; the next ones inside it leave the meta table alone.
+    let bound = meta_value(&ix, META_NEXT_ID);
+    assert_eq!(bound, first + COUNTER_BLOCK);
+    for i in 0..20 {
+        create_files(&ix, &format!("b{i}-"), 1);
+    }
+    assert_eq!(meta_value(&ix, META_NEXT_ID), bound);
+    // A write that does not commit hands its id out again.
+    let dropped = ix
+        .write_if(|tx| {
+            let id = tx.create(ROOT, "gone", Node::new(NodeKind::File, 0, "", 0o644, 0, 0))?;
+            Ok((id, false))
+        })
+        .unwrap();
+    assert_eq!(create_files(&ix, "c", 1)[0], dropped);
+    // A failed write too.
+    let err = ix
+        .write(|tx| {
+            tx.create(ROOT, "x", Node::new(NodeKind::File, 0, "", 0o644, 0, 0))?;
+            tx.create(ROOT, "x", Node::new(NodeKind::File, 0, "", 0o644, 0, 0))
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), IndexErrorKind::AlreadyExists);
+    assert_eq!(create_files(&ix, "d", 1)[0], dropped + 1);
+}
