@@ -145,6 +145,27 @@ impl MountStore {
         })
     }
 
+    /// mount's `ErrNoMount` for `key`, saying where the stores are mounted and that a mount
+    /// holds only the keys strictly below its prefix (so the root key `/` is in none).
+    fn no_mount(&self, key: &Key) -> Error {
+        let mut prefixes: Vec<&str> = self.mounts.iter().map(|m| m.prefix.as_str()).collect();
+        prefixes.sort_unstable();
+        let message = if key.is_root() {
+            format!(
+                "the root key / cannot hold a value here: each store is mounted at a prefix \
+                 ({}) and holds only the keys strictly below it",
+                prefixes.join(", ")
+            )
+        } else {
+            format!(
+                "no datastore mounted for key {key}: stores are mounted at {} and each holds \
+                 only the keys strictly below its prefix",
+                prefixes.join(", ")
+            )
+        };
+        Error::new(ErrorKind::NoMount, message)
+    }
+
     /// Mounts at `p` or below it: every key they hold is a strict descendant of `p`.
     fn at_or_below<'s>(&'s self, p: &'s Key) -> impl Iterator<Item = &'s Mount> + 's {
         self.mounts
@@ -362,7 +383,7 @@ impl Datastore for MountStore {
     fn put(&self, key: &Key, value: &[u8]) -> Result<()> {
         match self.lookup(key) {
             Some((_, m, k)) => m.store.put(&k, value),
-            None => Err(no_mount(key)),
+            None => Err(self.no_mount(key)),
         }
     }
 
@@ -488,7 +509,7 @@ impl Datastore for MountStore {
                 Some((i, _, child_key)) => {
                     per_mount.entry(i).or_default().insert(child_key, op);
                 }
-                None if op.is_some() => return Err(no_mount(&key)),
+                None if op.is_some() => return Err(self.no_mount(&key)),
                 None => {}
             }
         }
@@ -526,20 +547,20 @@ impl Datastore for MountStore {
     fn stage(&self, key: &Key, init: StageInit) -> Result<Staged> {
         match self.lookup(key) {
             Some((_, m, k)) => m.store.stage(&k, init),
-            None => Err(no_mount(key)),
+            None => Err(self.no_mount(key)),
         }
     }
 
     fn commit_staged(&self, key: &Key, staged: Staged, durable: bool) -> Result<()> {
         match self.lookup(key) {
             Some((_, m, k)) => m.store.commit_staged(&k, staged, durable),
-            None => Err(no_mount(key)),
+            None => Err(self.no_mount(key)),
         }
     }
 
     fn rename(&self, from: &Key, to: &Key) -> Result<()> {
         let src = self.lookup(from).ok_or_else(Error::not_found)?;
-        let dst = self.lookup(to).ok_or_else(|| no_mount(to))?;
+        let dst = self.lookup(to).ok_or_else(|| self.no_mount(to))?;
         if std::ptr::eq(src.1, dst.1) {
             // One child holds both keys: let it move the value (atomically, if it can).
             return src.1.store.rename(&src.2, &dst.2);
@@ -702,14 +723,6 @@ fn split_segment_name(name: &str) -> Option<(&str, &str)> {
     Some(rest.split_at(len))
 }
 
-/// mount's `ErrNoMount` for `key`.
-fn no_mount(key: &Key) -> Error {
-    Error::new(
-        ErrorKind::NoMount,
-        format!("no datastore mounted for key {key}"),
-    )
-}
-
 /// A batch over a [`MountStore`]: one child batch per mount, created on first use.
 struct MountBatch<'a> {
     store: &'a MountStore,
@@ -747,7 +760,7 @@ impl Batch for MountBatch<'_> {
     fn put(&mut self, key: Key, value: Vec<u8>) -> Result<()> {
         match self.child(&key)? {
             Some((batch, child_key)) => batch.put(child_key, value),
-            None => Err(no_mount(&key)),
+            None => Err(self.store.no_mount(&key)),
         }
     }
 
@@ -1000,6 +1013,22 @@ mod tests {
             b.commit().unwrap();
         }
         assert!(child.is_empty());
+        // The refusal says where the stores are, and what the root key's problem is.
+        let two = MountStore::new(vec![
+            (k("/a"), child.clone() as _),
+            (k("/blocks"), Arc::new(MemStore::new()) as _),
+        ])
+        .unwrap();
+        let root = two.put(&k("/"), b"v").unwrap_err().to_string();
+        assert!(
+            root.contains("root key / cannot hold a value") && root.contains("(/a, /blocks)"),
+            "{root}"
+        );
+        let other = two.put(&k("/b"), b"v").unwrap_err().to_string();
+        assert!(
+            other.contains("key /b: stores are mounted at /a, /blocks"),
+            "{other}"
+        );
         // Queries simply see nothing outside the mounts.
         assert!(keys(&m, Query::prefix("/b")).is_empty());
         m.put(&k("/a/x"), b"1").unwrap();
