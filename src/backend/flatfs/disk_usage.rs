@@ -239,6 +239,9 @@ pub(crate) struct UsageTracker {
     wakes: AtomicU64,
     /// How many checkpoints the thread wrote.
     checkpoints: AtomicU64,
+    /// Whether a failure to write the cache file has been reported (see
+    /// [`UsageTracker::cache_failed`]).
+    cache_warned: AtomicBool,
 }
 
 impl UsageTracker {
@@ -271,6 +274,23 @@ impl UsageTracker {
             urgent: AtomicBool::new(false),
             wakes: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            cache_warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Reports that writing the cache file failed (`when`: what the write was for). The
+    /// first failure is a warning; later ones, which are almost always the same cause (a
+    /// directory or an unwritable file in its place, a full disk), are logged at debug level
+    /// only. The cache is an estimate: without it the next open measures the tree again, so
+    /// nothing is lost and no operation fails for it.
+    pub(crate) fn cache_failed(&self, when: &str, e: &crate::datastore::Error) {
+        if self.cache_warned.swap(true, Ordering::AcqRel) {
+            log::debug!("flatfs: could not write {DISK_USAGE_FILE} ({when}): {e}");
+        } else {
+            log::warn!(
+                "flatfs: could not write {DISK_USAGE_FILE} ({when}): {e}; the next open \
+                 measures the store's size again (further failures are logged at debug level)"
+            );
         }
     }
 
@@ -441,7 +461,7 @@ impl UsageTracker {
                 true
             }
             Err(e) => {
-                log::warn!("flatfs: could not write the disk-usage checkpoint: {e}");
+                self.cache_failed("a checkpoint", &e);
                 false
             }
         }

@@ -202,6 +202,21 @@ fn a_fifo_as_the_disk_usage_cache_is_measured_over_not_read() {
 }
 
 #[test]
+fn a_directory_as_the_disk_usage_cache_fails_no_write_and_no_close() {
+    let dir = tempfile::tempdir().unwrap();
+    store_without_cache(dir.path());
+    std::fs::create_dir(dir.path().join(super::DISK_USAGE_FILE)).unwrap();
+    let store = open_within(dir.path()).unwrap().unwrap();
+    store.put(&Key::new("/MORE"), b"more").unwrap();
+    assert_eq!(store.get(&Key::new("/VALUE")).unwrap(), b"value");
+    // The cache is an estimate: not being able to write it is no failure of the store.
+    store.close().unwrap();
+    let again = open_within(dir.path()).unwrap().unwrap();
+    assert_eq!(again.get(&Key::new("/MORE")).unwrap(), b"more");
+    again.close().unwrap();
+}
+
+#[test]
 fn a_fifo_as_the_store_id_is_replaced_not_read() {
     let dir = tempfile::tempdir().unwrap();
     store_with(dir.path(), b"value");

@@ -423,7 +423,7 @@ impl FlatFsStore {
             options.checkpoint_delay,
         ));
         if scanned && let Err(e) = usage.write_cache(initial, true) {
-            log::warn!("flatfs: could not write {DISK_USAGE_FILE}: {e}");
+            usage.cache_failed("after measuring", &e);
         }
         let root_dir = crate::sys::open_dir(&root)
             .map_err(|e| Error::io(format!("flatfs: opening {}", root.display()), e))?;
@@ -886,7 +886,9 @@ impl Datastore for FlatFsStore {
     }
 
     /// Waits for writes in flight, stops the checkpoint thread, makes every write durable,
-    /// writes `diskUsage.cache` with fsync and releases the lock. Reads keep working.
+    /// writes `diskUsage.cache` with fsync and releases the lock. Reads keep working. As in
+    /// go-ds-flatfs, a cache file that cannot be written is reported but does not fail the
+    /// close: it is an estimate, which the next open measures again.
     fn close(&self) -> Result<()> {
         {
             let mut closed = self.closed.write();
@@ -904,17 +906,13 @@ impl Datastore for FlatFsStore {
         let synced = self
             .settle_all()
             .and_then(|()| self.dirty.flush(&self.root));
-        let cached = self.usage.write_cache(self.usage.get(), true);
-        if let Err(e) = &cached {
-            log::error!(
-                "flatfs: could not store the final disk usage in {DISK_USAGE_FILE}; future \
-                 estimates may be inaccurate: {e}"
-            );
+        if let Err(e) = self.usage.write_cache(self.usage.get(), true) {
+            self.usage.cache_failed("at close", &e);
         }
         if let Some(mut lock) = self.lock.lock().take() {
             lock.release();
         }
-        synced.and(cached)
+        synced
     }
 
     fn capabilities(&self) -> Capabilities {
