@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `mem:` | a volatile in-memory store with an in-memory index |
 //! | `redb:PATH` | values in the redb file `PATH`; the index beside it in `PATH.index` |
-//! | `flatfs:PATH` | a go-ds-flatfs directory (a Kubo repo's `blocks/`), created if missing; the index in `PATH/.dsfs.index.redb`, which flatfs readers skip |
+//! | `flatfs:PATH` | a go-ds-flatfs directory (a Kubo repo's `blocks/`), created if missing only with [`OpenMode::create`]; the index in `PATH/.dsfs.index.redb`, which flatfs readers skip |
 //! | `kubo:IPFS_PATH` | the datastore a Kubo repository's `datastore_spec` describes (flatfs, mount and measure are supported; a `levelds` part is named in a clear error) |
 //! | `json:FILE` | the Kubo-style JSON datastore tree in `FILE` (paths relative to it); the index in `FILE.index.redb` |
 //! | `mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/i.redb` | a mount of `mem:`, `redb:` and `flatfs:` children (each with its own `?options`) |

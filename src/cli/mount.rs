@@ -729,7 +729,13 @@ mod tests {
         assert!(!o.passthrough);
         assert_eq!(o.kernel, ["nosuid"]);
         assert!(o.default_permissions);
+        // `create` is dsfs's, not the kernel's: it never reaches the kernel's options.
+        assert!(!o.create);
+        let c = MountOptions::parse(&["noauto,create"]).unwrap();
+        assert!(c.create && c.kernel.is_empty());
+        assert!(!MountOptions::parse(&["create=off"]).unwrap().create);
         for bad in [
+            "create=maybe",
             "bogus",
             "uid=x",
             "threads=0",
