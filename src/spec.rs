@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `mem:` | a volatile in-memory store with an in-memory index |
 //! | `redb:PATH` | values in the redb file `PATH`; the index beside it in `PATH.index` |
-//! | `flatfs:PATH` | a go-ds-flatfs directory (a Kubo repo's `blocks/`), created if missing; the index in `PATH/.dsfs.index.redb`, which flatfs readers skip |
+//! | `flatfs:PATH` | a go-ds-flatfs directory (a Kubo repo's `blocks/`), created if missing only with [`OpenMode::create`]; the index in `PATH/.dsfs.index.redb`, which flatfs readers skip |
 //! | `kubo:IPFS_PATH` | the datastore a Kubo repository's `datastore_spec` describes (flatfs, mount and measure are supported; a `levelds` part is named in a clear error) |
 //! | `json:FILE` | the Kubo-style JSON datastore tree in `FILE` (paths relative to it); the index in `FILE.index.redb` |
 //! | `mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/i.redb` | a mount of `mem:`, `redb:` and `flatfs:` children (each with its own `?options`) |
@@ -22,9 +22,16 @@
 //!
 //! A **repository** is a directory with a `dsfs.json` file naming its datastore (in the JSON
 //! form of Kubo's `Datastore.Spec`, with paths relative to the directory) and its index file.
-//! Opening a missing or empty directory creates one with the default layout
+//! [`OpenMode::create`] makes a missing or empty directory one with the default layout
 //! ([`Repo::default_config`]); opening a non-empty directory that has no `dsfs.json` is
 //! refused, so dsfs never writes into a directory it does not own.
+//!
+//! **Creation is explicit.** Without [`OpenMode::create`], [`open`] first looks at every local
+//! path the spec's stores live in (a repository directory and the paths its `dsfs.json`
+//! names, `flatfs:` and `redb:` paths, the paths a `json:` file or a Kubo `datastore_spec`
+//! names) and refuses, before anything is written, if one is missing or is an empty directory
+//! or an empty file ([`absent_paths`]): a mistyped path is an error, not a new empty store.
+//! Index files are not store paths: a missing index is built from the store.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -486,10 +493,114 @@ pub struct OpenMode {
     pub no_reconcile: bool,
     /// Show a progress bar on standard error (if it is a terminal) while the index is built.
     pub progress: bool,
+    /// Create the stores the spec names where they are missing (or an empty directory or
+    /// file); without it such a spec is refused ([`absent_paths`]).
+    pub create: bool,
 }
 
-/// Opens the store a spec names, with its index.
+/// A local path a store lives in that holds no store yet (see [`absent_paths`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Absent {
+    /// The path.
+    pub path: PathBuf,
+    /// It exists but is an empty directory (or an empty file); otherwise it does not exist.
+    pub empty: bool,
+}
+
+/// The local paths that `spec`'s stores live in and that hold nothing yet: missing, or an
+/// empty directory or file. Opening such a spec creates a store there, which [`open`] does
+/// only with [`OpenMode::create`]. Creates and writes nothing; the spec files it reads
+/// (`json:` files, a Kubo `datastore_spec`, a repository's `dsfs.json`) are read as [`open`]
+/// reads them, with the same errors. Remote stores (`rados:`, `motr:`), `mem:`, `spdk:` images
+/// and index files are not looked at.
+pub fn absent_paths(spec: &StoreSpec) -> Result<Vec<Absent>> {
+    let mut out = Vec::new();
+    match &spec.kind {
+        SpecKind::Mem | SpecKind::Rados(_) | SpecKind::Spdk(_) | SpecKind::Motr(_) => {}
+        SpecKind::Redb(path) | SpecKind::Flatfs(path) => push_absent(path, &mut out),
+        SpecKind::Mount(children) => {
+            for (_, child) in children {
+                out.extend(absent_paths(child)?);
+            }
+        }
+        SpecKind::Json(file) => {
+            let tree = load_tree(file, "")?;
+            TreeOpener::for_check(file.parent().unwrap_or(Path::new(".")), true)
+                .absent(&tree, &mut out)?;
+        }
+        SpecKind::Kubo(ipfs_path) => {
+            let tree = load_tree(&ipfs_path.join("datastore_spec"), KUBO_HINT)?;
+            TreeOpener::for_check(ipfs_path, false).absent(&tree, &mut out)?;
+        }
+        SpecKind::Repo(dir) => {
+            push_absent(dir, &mut out);
+            // A directory with entries but no dsfs.json is refused by `open` as not a
+            // repository; one with a dsfs.json has its stores' paths checked too.
+            if out.is_empty() && dir.join(REPO_FILE).exists() {
+                let repo = Repo::load(dir)?;
+                let ds = repo.datastore_node()?;
+                TreeOpener::for_check(dir, true).absent(ds, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Adds `path` to `out` if it does not exist or is an empty directory or empty file.
+fn push_absent(path: &Path, out: &mut Vec<Absent>) {
+    let empty = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        // Unreadable: not absent; opening it reports why.
+        Err(_) => return,
+        Ok(meta) if meta.is_dir() => {
+            match std::fs::read_dir(path).map(|mut entries| entries.next().is_none()) {
+                Ok(true) => true,
+                Ok(false) | Err(_) => return,
+            }
+        }
+        Ok(meta) if meta.is_file() && meta.len() == 0 => true,
+        Ok(_) => return,
+    };
+    out.push(Absent {
+        path: path.to_path_buf(),
+        empty,
+    });
+}
+
+/// The error for a spec whose stores are (partly) [`absent_paths`] when creating was not asked
+/// for: names every path and how to create the store.
+fn refuse_absent(absent: &[Absent]) -> Error {
+    let what: Vec<String> = absent
+        .iter()
+        .map(|a| {
+            if a.empty && a.path.is_dir() {
+                format!("{} is an empty directory", a.path.display())
+            } else if a.empty {
+                format!("{} is an empty file", a.path.display())
+            } else {
+                format!("{} does not exist", a.path.display())
+            }
+        })
+        .collect();
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "no store there: {}. Check the path; to create a new store, pass --create \
+             (dsfs mount --create SPEC DIR, dsfs put --create ...) or run 'dsfs --store SPEC init'",
+            what.join(", ")
+        ),
+    )
+}
+
+/// Opens the store a spec names, with its index. Without [`OpenMode::create`], a spec with
+/// [`absent_paths`] is refused (`NotFound`) before anything is created.
 pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
+    if !mode.create {
+        let absent = absent_paths(spec)?;
+        if !absent.is_empty() {
+            return Err(refuse_absent(&absent));
+        }
+    }
     let index_options = IndexOptions {
         check_integrity: spec.check_integrity,
         ..IndexOptions::default()
@@ -523,14 +634,7 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             )
         }
         SpecKind::Json(file) => {
-            let text = read_spec_file(file, "")?;
-            let tree: Value = serde_json::from_slice(&text).map_err(|e| {
-                Error::with_source(
-                    ErrorKind::Corrupt,
-                    format!("{} is not JSON", file.display()),
-                    e,
-                )
-            })?;
+            let tree = load_tree(file, "")?;
             let base = file.parent().unwrap_or(Path::new("."));
             let opener = TreeOpener {
                 base,
@@ -577,15 +681,7 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
             )
         }
         SpecKind::Kubo(ipfs_path) => {
-            let spec_file = ipfs_path.join("datastore_spec");
-            let text = read_spec_file(&spec_file, " (is this a Kubo repository?)")?;
-            let tree: Value = serde_json::from_slice(&text).map_err(|e| {
-                Error::with_source(
-                    ErrorKind::Corrupt,
-                    format!("{}/datastore_spec", ipfs_path.display()),
-                    e,
-                )
-            })?;
+            let tree = load_tree(&ipfs_path.join("datastore_spec"), KUBO_HINT)?;
             let opener = TreeOpener {
                 base: ipfs_path,
                 contained: false,
@@ -827,23 +923,19 @@ impl Repo {
     }
 
     /// Opens the repository in `dir`, creating it with the default layout when `dir` is missing
-    /// or empty.
+    /// or empty. ([`open`] comes here only with [`OpenMode::create`] or after
+    /// [`absent_paths`] found the directory holds something.)
     pub fn open_or_create(dir: &Path) -> Result<Repo> {
-        let file = dir.join(REPO_FILE);
-        match read_spec_file(&file, "") {
-            Ok(bytes) => {
-                let config: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::with_source(
-                        ErrorKind::Corrupt,
-                        format!("{} is not valid JSON", file.display()),
-                        e,
-                    )
-                })?;
-                Repo::from_config(dir, config)
-            }
+        match Repo::load(dir) {
             Err(e) if e.kind() == ErrorKind::NotFound => Repo::create(dir),
-            Err(e) => Err(e),
+            other => other,
         }
+    }
+
+    /// Reads the repository file of `dir` (`NotFound` if it has none).
+    fn load(dir: &Path) -> Result<Repo> {
+        let config = load_tree(&dir.join(REPO_FILE), "")?;
+        Repo::from_config(dir, config)
     }
 
     fn create(dir: &Path) -> Result<Repo> {
@@ -932,13 +1024,17 @@ impl Repo {
 
     /// Opens the datastore the repository file describes.
     pub fn open_datastore(&self, spec: &StoreSpec) -> Result<Arc<dyn Datastore>> {
-        let ds = self.config.get("datastore").ok_or_else(|| {
+        self.open_config(self.datastore_node()?, spec)
+    }
+
+    /// The repository file's `datastore` tree.
+    fn datastore_node(&self) -> Result<&Value> {
+        self.config.get("datastore").ok_or_else(|| {
             Error::new(
                 ErrorKind::Corrupt,
                 format!("{} names no datastore", self.dir.join(REPO_FILE).display()),
             )
-        })?;
-        self.open_config(ds, spec)
+        })
     }
 
     fn open_config(&self, ds: &Value, spec: &StoreSpec) -> Result<Arc<dyn Datastore>> {
@@ -963,6 +1059,22 @@ fn contained_join(base: &Path, text: &str) -> Option<PathBuf> {
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     inside.then(|| base.join(rel))
+}
+
+/// What ends the error of a Kubo repository whose `datastore_spec` cannot be read.
+const KUBO_HINT: &str = " (is this a Kubo repository?)";
+
+/// Reads and parses a JSON spec file (a `json:` file, a Kubo `datastore_spec`, a repository's
+/// `dsfs.json`); `hint` ends a read error's message.
+fn load_tree(file: &Path, hint: &str) -> Result<Value> {
+    let text = read_spec_file(file, hint)?;
+    serde_json::from_slice(&text).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Corrupt,
+            format!("{} is not valid JSON", file.display()),
+            e,
+        )
+    })
 }
 
 /// The index file inside a flatfs directory (a dot-name, which flatfs readers skip).
@@ -998,7 +1110,42 @@ struct TreeOpener<'a> {
     check_integrity: bool,
 }
 
-impl TreeOpener<'_> {
+impl<'a> TreeOpener<'a> {
+    /// An opener only used to find [`absent_paths`] (opens nothing).
+    fn for_check(base: &'a Path, contained: bool) -> TreeOpener<'a> {
+        TreeOpener {
+            base,
+            contained,
+            durable: false,
+            check_integrity: false,
+        }
+    }
+
+    /// Adds the paths of the stores in `node` that [`TreeOpener::open`] would create to `out`.
+    /// A node it cannot open is left to `open` to report.
+    fn absent(&self, node: &Value, out: &mut Vec<Absent>) -> Result<()> {
+        match node.get("type").and_then(Value::as_str).unwrap_or("") {
+            "mount" => {
+                for m in node
+                    .get("mounts")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    self.absent(m, out)?;
+                }
+            }
+            "measure" => {
+                if let Some(child) = node.get("child") {
+                    self.absent(child, out)?;
+                }
+            }
+            "flatfs" | "redb" | "tiered" => push_absent(&self.path(node)?, out),
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn path(&self, node: &Value) -> Result<PathBuf> {
         let text = node
             .get("path")
@@ -1193,7 +1340,7 @@ mod tests {
     #[test]
     fn a_rados_spec_without_the_feature_says_how_to_build_it() {
         let spec = StoreSpec::parse("rados:p").unwrap();
-        let err = open(&spec, OpenMode::default()).err().unwrap();
+        let err = open(&spec, creating()).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(err.to_string().contains("--features rados"), "{err}");
     }
@@ -1236,7 +1383,7 @@ mod tests {
         let plain = format!("flatfs:{}", dir.path().join("plain").display());
         let spec = StoreSpec::parse(&plain).unwrap();
         assert!(!spec.encode);
-        let store = open(&spec, OpenMode::default()).unwrap().store;
+        let store = open(&spec, creating()).unwrap().store;
         let err = store.put(&"/notes.txt".into(), b"x").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidKey);
         assert!(err.to_string().contains("encode=true"), "{err}");
@@ -1245,7 +1392,7 @@ mod tests {
         let encoded = format!("flatfs:{}?encode=true", dir.path().join("enc").display());
         let spec = StoreSpec::parse(&encoded).unwrap();
         assert!(spec.encode);
-        let store = open(&spec, OpenMode::default()).unwrap().store;
+        let store = open(&spec, creating()).unwrap().store;
         store.put(&"/notes.txt".into(), b"x").unwrap();
         assert_eq!(store.get(&"/notes.txt".into()).unwrap(), b"x");
         store.close().unwrap();
@@ -1257,14 +1404,147 @@ mod tests {
         let repo_dir = dir.path().join("repo");
         let spec = StoreSpec::parse(repo_dir.to_str().unwrap()).unwrap();
         {
-            let opened = open(&spec, OpenMode::default()).unwrap();
+            let opened = open(&spec, creating()).unwrap();
             opened.store.put(&"/a/b".into(), b"v").unwrap();
             opened.store.close().unwrap();
         }
         assert!(repo_dir.join(REPO_FILE).exists());
-        let opened = open(&spec, OpenMode::default()).unwrap();
-        assert_eq!(opened.store.get(&"/a/b".into()).unwrap(), b"v");
-        assert!(opened.reconciled.is_none());
+        // An existing repository opens without `create`, and `create` opens it too.
+        for mode in [OpenMode::default(), creating()] {
+            let opened = open(&spec, mode).unwrap();
+            assert_eq!(opened.store.get(&"/a/b".into()).unwrap(), b"v");
+            assert!(opened.reconciled.is_none());
+            opened.store.close().unwrap();
+        }
+    }
+
+    fn creating() -> OpenMode {
+        OpenMode {
+            create: true,
+            ..OpenMode::default()
+        }
+    }
+
+    /// Every path under `dir`, sorted.
+    fn tree(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p.clone());
+                }
+                out.push(p);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_missing_or_empty_store_path_is_refused_and_nothing_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("empty")).unwrap();
+        std::fs::create_dir(d.join("empty-flat")).unwrap();
+        std::fs::File::create(d.join("empty.redb")).unwrap();
+        // A flatfs directory that exists, so that only the other mount child is missing.
+        let blocks = d.join("blocks");
+        let flat = StoreSpec::parse(&format!("flatfs:{}", blocks.display())).unwrap();
+        open(&flat, creating()).unwrap().store.close().unwrap();
+        std::fs::write(
+            d.join("tree.json"),
+            br#"{"type":"mount","mounts":[{"mountpoint":"/x","type":"flatfs","path":"typo-flat"}]}"#,
+        )
+        .unwrap();
+        std::fs::create_dir(d.join("kubo")).unwrap();
+        std::fs::write(
+            d.join("kubo/datastore_spec"),
+            br#"{"mounts":[{"mountpoint":"/blocks","path":"blocks","shardFunc":"/repo/flatfs/shard/v1/next-to-last/2","type":"flatfs"}],"type":"mount"}"#,
+        )
+        .unwrap();
+        // A repository whose dsfs.json names a tiered store that is not there.
+        std::fs::create_dir(d.join("half")).unwrap();
+        std::fs::write(
+            d.join("half").join(REPO_FILE),
+            br#"{"dsfs_repo":1,"index":"index.redb","datastore":{"type":"tiered","path":"data"}}"#,
+        )
+        .unwrap();
+        let cases = [
+            (
+                format!("{}", d.join("typo").display()),
+                "typo does not exist",
+            ),
+            (
+                format!("dir:{}", d.join("typo2").display()),
+                "typo2 does not exist",
+            ),
+            (
+                format!("{}", d.join("empty").display()),
+                "empty is an empty directory",
+            ),
+            (
+                format!("flatfs:{}", d.join("typo3").display()),
+                "typo3 does not exist",
+            ),
+            (
+                format!("flatfs:{}", d.join("empty-flat").display()),
+                "empty-flat is an empty directory",
+            ),
+            (
+                format!("redb:{}", d.join("typo.redb").display()),
+                "typo.redb does not exist",
+            ),
+            (
+                format!("redb:{}", d.join("empty.redb").display()),
+                "empty.redb is an empty file",
+            ),
+            (
+                format!(
+                    "mount:/blocks=flatfs:{};/=redb:{};index={}",
+                    blocks.display(),
+                    d.join("v.redb").display(),
+                    d.join("i.redb").display()
+                ),
+                "v.redb does not exist",
+            ),
+            (
+                format!("json:{}", d.join("tree.json").display()),
+                "typo-flat does not exist",
+            ),
+            (
+                format!("kubo:{}", d.join("kubo").display()),
+                "blocks does not exist",
+            ),
+            (
+                format!("{}", d.join("half").display()),
+                "data does not exist",
+            ),
+        ];
+        let before = tree(d);
+        for (text, what) in &cases {
+            let spec = StoreSpec::parse(text).unwrap();
+            let err = open(&spec, OpenMode::default()).err().expect(text);
+            assert_eq!(err.kind(), ErrorKind::NotFound, "{text}: {err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(what) && msg.contains("--create"),
+                "{text}: {msg}"
+            );
+            assert_eq!(tree(d), before, "{text} created something");
+        }
+        // With `create`, each is created, and then opens without it.
+        for (text, _) in &cases {
+            let spec = StoreSpec::parse(text).unwrap();
+            open(&spec, creating()).unwrap().store.close().unwrap();
+            assert!(absent_paths(&spec).unwrap().is_empty(), "{text}");
+            open(&spec, OpenMode::default())
+                .unwrap()
+                .store
+                .close()
+                .unwrap();
+        }
     }
 
     #[test]
@@ -1272,7 +1552,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = StoreSpec::parse(dir.path().join("r").to_str().unwrap()).unwrap();
         {
-            let opened = open(&spec, OpenMode::default()).unwrap();
+            let opened = open(&spec, creating()).unwrap();
             let block =
                 crate::cid::block_key(&crate::cid::sha256_multihash(&[0x0a, 0x02, 0x08, 0x01]));
             opened.store.put(&block, &[0x0a, 0x02, 0x08, 0x01]).unwrap();
@@ -1296,7 +1576,7 @@ mod tests {
                 .exists()
         );
         assert!(root.join("data/records.redb").exists());
-        let opened = open(&spec, OpenMode::default()).unwrap();
+        let opened = open(&spec, creating()).unwrap();
         assert!(
             opened
                 .store
@@ -1323,7 +1603,7 @@ mod tests {
         let blocks = dir.path().join("blocks");
         let spec =
             StoreSpec::parse(&format!("flatfs:{}?shard=next-to-last/2", blocks.display())).unwrap();
-        let opened = open(&spec, OpenMode::default()).unwrap();
+        let opened = open(&spec, creating()).unwrap();
         opened.store.put(&"/CIQABC".into(), b"v").unwrap();
         assert!(opened.store.put(&"/lower/case".into(), b"v").is_err());
         opened.store.close().unwrap();
@@ -1339,12 +1619,12 @@ mod tests {
         let default = r#"{"mounts":[{"mountpoint":"/blocks","path":"blocks","shardFunc":"/repo/flatfs/shard/v1/next-to-last/2","type":"flatfs"},{"mountpoint":"/","path":"datastore","type":"levelds"}],"type":"mount"}"#;
         std::fs::write(kubo.join("datastore_spec"), default).unwrap();
         let spec = StoreSpec::parse(&format!("kubo:{}", kubo.display())).unwrap();
-        let err = open(&spec, OpenMode::default()).err().unwrap();
+        let err = open(&spec, creating()).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(err.to_string().contains("levelds"), "{err}");
         let measured = r#"{"type":"mount","mounts":[{"mountpoint":"/blocks","type":"measure","prefix":"flatfs.datastore","child":{"type":"flatfs","path":"blocks","shardFunc":"/repo/flatfs/shard/v1/next-to-last/2","sync":false}}]}"#;
         std::fs::write(kubo.join("datastore_spec"), measured).unwrap();
-        let opened = open(&spec, OpenMode::default()).unwrap();
+        let opened = open(&spec, creating()).unwrap();
         opened.store.put(&"/blocks/CIQXYZ".into(), b"b").unwrap();
         opened.store.close().unwrap();
         assert!(kubo.join("blocks/XY/CIQXYZ.data").exists());
@@ -1359,7 +1639,7 @@ mod tests {
         );
         let spec = StoreSpec::parse(&text).unwrap();
         {
-            let opened = open(&spec, OpenMode::default()).unwrap();
+            let opened = open(&spec, creating()).unwrap();
             opened.store.put(&"/blocks/CIQAAA".into(), b"b").unwrap();
             opened.store.put(&"/pins/x".into(), b"p").unwrap();
             opened.store.close().unwrap();
@@ -1383,7 +1663,7 @@ mod tests {
         )
         .unwrap();
         let spec = StoreSpec::parse(&format!("json:{}", json.display())).unwrap();
-        let opened = open(&spec, OpenMode::default()).unwrap();
+        let opened = open(&spec, creating()).unwrap();
         opened.store.put(&"/k".into(), b"v").unwrap();
         assert!(dir.path().join("j.redb").exists());
     }
@@ -1393,7 +1673,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("precious.txt"), b"x").unwrap();
         let spec = StoreSpec::parse(dir.path().to_str().unwrap()).unwrap();
-        let err = open(&spec, OpenMode::default()).err().unwrap();
+        let err = open(&spec, creating()).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(err.to_string().contains("not a dsfs repository"), "{err}");
     }
@@ -1408,7 +1688,7 @@ mod tests {
                  "shardFunc": "/repo/flatfs/shard/v1/next-to-last/2"}]});
             std::fs::write(&file, tree.to_string()).unwrap();
             let spec = StoreSpec::parse(&format!("json:{}", file.display())).unwrap();
-            let err = open(&spec, OpenMode::default()).err().expect(bad);
+            let err = open(&spec, creating()).err().expect(bad);
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
         }
     }
@@ -1421,18 +1701,18 @@ mod tests {
                              "datastore": {"type": "redb", "path": bad}});
             std::fs::write(dir.path().join(REPO_FILE), cfg.to_string()).unwrap();
             let spec = StoreSpec::parse(dir.path().to_str().unwrap()).unwrap();
-            assert!(open(&spec, OpenMode::default()).is_err(), "{bad}");
+            assert!(open(&spec, creating()).is_err(), "{bad}");
         }
         let cfg = json!({"dsfs_repo": 1, "index": "../i", "datastore": {"type": "mem"}});
         std::fs::write(dir.path().join(REPO_FILE), cfg.to_string()).unwrap();
         let spec = StoreSpec::parse(dir.path().to_str().unwrap()).unwrap();
-        assert!(open(&spec, OpenMode::default()).is_err());
+        assert!(open(&spec, creating()).is_err());
     }
     /// Opens `spec` on another thread: `None` if that takes longer than a minute (a hang).
     fn open_within(spec: StoreSpec) -> Option<Result<()>> {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(open(&spec, OpenMode::default()).map(|_| ()));
+            let _ = tx.send(open(&spec, creating()).map(|_| ()));
         });
         rx.recv_timeout(std::time::Duration::from_secs(60)).ok()
     }

@@ -30,6 +30,7 @@ fn run(repo: &Path, args: &[&str]) -> String {
 fn add_prints_kubos_cids_and_stores_the_blocks_in_kubos_layout() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
+    run(&repo, &["init"]);
     let file = dir.path().join("one-chunk-and-a-byte");
     std::fs::write(&file, pattern(262_145)).unwrap();
     let out = run(&repo, &["add", file.to_str().unwrap()]);
@@ -84,6 +85,7 @@ fn add_prints_kubos_cids_and_stores_the_blocks_in_kubos_layout() {
 fn add_r_gives_a_tree_kubos_root_cid_and_only_hash_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
+    run(&repo, &["init"]);
     let tree = dir.path().join("tree");
     std::fs::create_dir_all(tree.join("sub")).unwrap();
     for (name, len) in [

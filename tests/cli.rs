@@ -31,7 +31,7 @@ fn ok(cmd: &mut Command) -> String {
 fn put(store: &Path, key: &str, value: &[u8]) {
     use std::io::Write;
     let mut child = dsfs(store)
-        .args(["put", key])
+        .args(["put", "--create", key])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -93,6 +93,7 @@ fn rm_r_of_the_root_is_refused_without_no_preserve_root() {
 fn errors_are_one_line_with_a_failing_status() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
+    ok(dsfs(&repo).arg("init"));
     let out = run(dsfs(&repo).args(["get", "/missing"]));
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
@@ -113,7 +114,7 @@ fn blocks_are_stored_where_kubo_keeps_them() {
     let repo = dir.path().join("repo");
     let block = dir.path().join("block");
     std::fs::write(&block, [0x0a, 0x02, 0x08, 0x01]).unwrap();
-    let cid = ok(dsfs(&repo).arg("put-block").arg(&block));
+    let cid = ok(dsfs(&repo).args(["put-block", "--create"]).arg(&block));
     assert!(cid.starts_with("bafkrei"), "{cid}");
     assert_eq!(
         ok(dsfs(&repo).args(["ls", "/blocks"])),
@@ -138,7 +139,7 @@ fn import_copies_a_tree_and_fsck_agrees() {
     std::fs::write(src.join("sub/b.bin"), [0u8, 1, 2, 255]).unwrap();
     std::fs::write(src.join("sub/deeper/c"), b"").unwrap();
     ok(dsfs(&repo)
-        .arg("import")
+        .args(["import", "--create"])
         .arg(&src)
         .args(["--prefix", "/imp"]));
     assert_eq!(
@@ -210,7 +211,7 @@ fn killing_an_import_leaves_every_key_absent_or_complete() {
             repo.display().to_string()
         };
         let mut child = dsfs(Path::new(&spec_text))
-            .arg("import")
+            .args(["import", "--create"])
             .arg(&src)
             .args(["--prefix", "/imp", "--batch", "40"])
             .stdout(Stdio::null())

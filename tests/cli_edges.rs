@@ -12,7 +12,7 @@ use common::{Mount, dsfs, is_mounted};
 
 fn put(spec: &str, key: &str, value: &[u8]) {
     let mut child = dsfs()
-        .args(["--store", spec, "put", key])
+        .args(["--store", spec, "put", "--create", key])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -35,10 +35,17 @@ fn a_store_type_without_its_colon_is_questioned_not_created() {
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(!dir.path().join(word).exists(), "{word} was created");
     }
-    // A path creates the repository, as documented.
+    // A path is refused too while nothing is there: creating takes `init` or --create.
     let out = dsfs()
         .current_dir(dir.path())
         .args(["--store", "./myrepo", "ls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!dir.path().join("myrepo").exists());
+    let out = dsfs()
+        .current_dir(dir.path())
+        .args(["--store", "./myrepo", "init"])
         .output()
         .unwrap();
     assert!(
@@ -47,6 +54,170 @@ fn a_store_type_without_its_colon_is_questioned_not_created() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dir.path().join("myrepo/dsfs.json").exists());
+}
+
+/// Every entry under `dir`, sorted (to show that a refused command created nothing).
+fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A mistyped store path (or the default repository on a fresh machine) is refused by every
+/// command, with the path and --create in one line, and nothing is created; reading commands
+/// do not take --create at all. (Before, each of these created an empty repository or store.)
+#[test]
+fn a_mistyped_store_path_is_refused_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir(d.join("mnt")).unwrap();
+    fs::create_dir(d.join("empty")).unwrap();
+    fs::write(d.join("file.txt"), b"local").unwrap();
+    let home = d.join("home");
+    fs::create_dir(&home).unwrap();
+    let before = entries(d);
+    let specs = [
+        ("./typo", "./typo does not exist"),
+        ("dir:typo", "typo does not exist"),
+        ("flatfs:./typo-flat", "./typo-flat does not exist"),
+        ("redb:./typo.redb", "./typo.redb does not exist"),
+        ("./empty", "./empty is an empty directory"),
+        ("", "home/.local/share/dsfs does not exist"),
+    ];
+    let commands: &[&[&str]] = &[
+        &["ls"],
+        &["query", "/x"],
+        &["get", "/k"],
+        &["stat", "/k"],
+        &["fsck"],
+        &["fsck", "--repair"],
+        &["reindex"],
+        &["rm", "/k"],
+        &[
+            "cat",
+            "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
+        ],
+        &["put", "/k", "file.txt"],
+        &["put-block", "file.txt"],
+        &["add", "file.txt"],
+        &["import", "file.txt"],
+    ];
+    for (spec, what) in specs {
+        for args in commands {
+            let mut cmd = dsfs();
+            cmd.current_dir(d)
+                .env("HOME", &home)
+                .env_remove("XDG_DATA_HOME");
+            if !spec.is_empty() {
+                cmd.args(["--store", spec]);
+            }
+            let out = cmd.args(*args).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{spec} {args:?} succeeded");
+            assert!(
+                err.contains(what) && err.contains("--create"),
+                "{spec} {args:?}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert_eq!(entries(d), before, "{spec} {args:?} created something");
+        }
+        // Reading commands do not take the flag, so it cannot make them create anything.
+        for args in [
+            &["ls", "--create"][..],
+            &["get", "--create", "/k"],
+            &["fsck", "--create"],
+        ] {
+            let out = dsfs()
+                .current_dir(d)
+                .args(["--store", if spec.is_empty() { "./typo" } else { spec }])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{spec} {args:?} succeeded");
+            assert_eq!(entries(d), before, "{spec} {args:?} created something");
+        }
+        // Neither does a mount.
+        if !spec.is_empty() {
+            let out = dsfs()
+                .current_dir(d)
+                .args(["mount", spec, "mnt"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "mount {spec} succeeded");
+            assert!(!is_mounted(&d.join("mnt")));
+            assert!(err.contains(what) && err.contains("--create"), "{err}");
+            assert_eq!(entries(d), before, "mount {spec} created something");
+        }
+    }
+    // `cid` of a local file and `add -n` need no store, so a missing one is no error there
+    // (and is not created either).
+    for args in [&["cid", "file.txt"][..], &["add", "-n", "-Q", "file.txt"]] {
+        let out = dsfs()
+            .current_dir(d)
+            .args(["--store", "./typo"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("Qm"));
+        assert_eq!(entries(d), before, "{args:?} created something");
+    }
+}
+
+/// `dsfs mount --create` makes a missing repository (and -o create an empty directory one);
+/// a second --create mount opens the same data, and so does a mount without it.
+#[test]
+fn mount_create_makes_the_repository_once_and_then_opens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mnt = d.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let repo = d.join("new/repo");
+    let mount = |args: &[&str], spec: &Path| {
+        let out = dsfs()
+            .arg("mount")
+            .args(args)
+            .arg(spec)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(is_mounted(&mnt));
+    };
+    let umount = || {
+        let out = dsfs().arg("umount").arg(&mnt).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    mount(&["--create"], &repo);
+    fs::write(mnt.join("kept.txt"), b"first mount").unwrap();
+    umount();
+    assert!(repo.join("dsfs.json").exists());
+    for args in [&["--create"][..], &[], &["-o", "create"]] {
+        mount(args, &repo);
+        assert_eq!(fs::read(mnt.join("kept.txt")).unwrap(), b"first mount");
+        umount();
+    }
+    // An empty directory made beforehand becomes a repository with -o create.
+    let made = d.join("made");
+    fs::create_dir(&made).unwrap();
+    mount(&["-o", "create"], &made);
+    umount();
+    assert!(made.join("dsfs.json").exists());
 }
 
 #[test]

@@ -120,7 +120,7 @@ fn a_symlinked_tiered_file_is_refused_through_the_cli_and_named_by_fsck() {
     let out = dsfs()
         .arg("--store")
         .arg(&repo)
-        .args(["put", "/big"])
+        .args(["put", "--create", "/big"])
         .arg(&big)
         .output()
         .unwrap();

@@ -62,7 +62,7 @@ fn make_repo(dir: &Path) -> PathBuf {
     std::fs::write(src.join("big1"), pattern(1, BIG1)).unwrap();
     std::fs::write(src.join("big2"), pattern(2, BIG2)).unwrap();
     let repo = dir.join("repo");
-    ok(dsfs(&repo).arg("import").arg(&src));
+    ok(dsfs(&repo).args(["import", "--create"]).arg(&src));
     repo
 }
 

@@ -235,7 +235,13 @@ fn blocks_added_to_a_repository_by_hand_show_in_its_mount() {
     // hand is found under /blocks.
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    stdout_ok(&["--store", repo.to_str().unwrap(), "put", "/notes"]);
+    stdout_ok(&[
+        "--store",
+        repo.to_str().unwrap(),
+        "put",
+        "--create",
+        "/notes",
+    ]);
     let blocks = repo.join("blocks");
     let name = "CIQBVUKWQH2ATUVJ7JCNZ6YGXC5SQP5QLUUAXJU7MIK7KRX7QWVDEEA";
     put_by_hand(&blocks, name, b"a block from elsewhere");

@@ -206,7 +206,11 @@ fn datastore_keys_appear_as_files_and_values_with_children_stay_reachable() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("repo").to_string_lossy().into_owned();
     {
-        let opened = spec::open(&StoreSpec::parse(&spec).unwrap(), OpenMode::default()).unwrap();
+        let create = OpenMode {
+            create: true,
+            ..OpenMode::default()
+        };
+        let opened = spec::open(&StoreSpec::parse(&spec).unwrap(), create).unwrap();
         opened.store.put(&"/pins".into(), b"parent value").unwrap();
         opened.store.put(&"/pins/a".into(), b"child").unwrap();
         opened

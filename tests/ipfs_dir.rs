@@ -15,12 +15,12 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 31 + i / 7) % 251) as u8).collect()
 }
 
-/// `dsfs --store repo add -Q args...`: the root CID.
+/// `dsfs --store repo add --create -Q args...` (the repository may not exist yet): the root CID.
 fn add(repo: &str, args: &[&str]) -> String {
     let out = dsfs()
         .arg("--store")
         .arg(repo)
-        .args(["add", "-Q"])
+        .args(["add", "--create", "-Q"])
         .args(args)
         .output()
         .unwrap();

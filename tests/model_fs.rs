@@ -133,7 +133,12 @@ fn mount(spec: &str) -> DsFs {
     let spec = StoreSpec::parse(spec).unwrap();
     let mut tries = 0;
     let opened = loop {
-        match dsfs::spec::open(&spec, OpenMode::default()) {
+        // Each model run starts from a fresh store.
+        let mode = OpenMode {
+            create: true,
+            ..OpenMode::default()
+        };
+        match dsfs::spec::open(&spec, mode) {
             Err(e) if e.kind() == dsfs::datastore::ErrorKind::Locked && tries < 100 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));

@@ -62,6 +62,7 @@ fn unmounted(spec: &str) -> Mount {
         mnt,
         options: Vec::new(),
         child: None,
+        fresh: std::sync::atomic::AtomicBool::new(true),
     }
 }
 
@@ -87,11 +88,21 @@ fn stderr_lines(out: &Output) -> Vec<String> {
 fn mount_dsfs_mounts_a_repository_that_reads_and_writes() {
     let mut m = unmounted("$DIR/repo");
     let log = m.log();
-    // Relative source and mount point, fstab-only options, log=FILE.
+    // A repository that does not exist yet is refused, and nothing is created.
+    let out = mount_dsfs()
+        .current_dir(m.dir.path())
+        .args(["repo", "mnt"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(32), "{}", show(&out));
+    assert!(text(&out.stderr).contains("--create"), "{}", show(&out));
+    assert!(!m.dir.path().join("repo").exists());
+    // Relative source and mount point, fstab-only options, log=FILE, and -o create, which
+    // the helper passes to dsfs.
     let out = mount_dsfs()
         .current_dir(m.dir.path())
         .args(["repo", "mnt", "-o"])
-        .arg(format!("log={},noauto,_netdev", log.display()))
+        .arg(format!("log={},noauto,_netdev,create", log.display()))
         .output()
         .unwrap();
     succeeded(&out);
@@ -355,7 +366,7 @@ mount --bind "$sbin" "$real_sbin"
 mount -f -t dsfs "$store" "$mnt" -o "log=$log"
 if findmnt -rn --mountpoint "$mnt" >/dev/null; then echo "mount -f mounted" >&2; exit 1; fi
 
-mount -t dsfs "$store" "$mnt" -o "noauto,_netdev,log=$log"
+mount -t dsfs "$store" "$mnt" -o "noauto,_netdev,create,log=$log"
 wait_live
 echo one > "$mnt/one"
 echo "mounted -t dsfs: $(findmnt -rn -o SOURCE --mountpoint "$mnt")"
@@ -532,7 +543,7 @@ fn fstab_user_mount_runs_the_helper_as_the_user() {
     fs::write(
         &fstab,
         format!(
-            "{} {} dsfs noauto,user,nofail,log={} 0 0\n",
+            "{} {} dsfs noauto,user,nofail,create,log={} 0 0\n",
             m.spec,
             m.mnt.display(),
             log.display()

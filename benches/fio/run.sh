@@ -523,7 +523,8 @@ setup_target() {
             KIND[$mp]=dsfs
             MOUNTED+=("$mp")
             echo "== mounting dsfs $spec at $mp${opts:+ (-o $opts)}" >&2
-            RUST_LOG="${RUST_LOG:-info}" "$DSFS" mount "$spec" "$mp" ${opts:+-o "$opts"} \
+            # Every store here is new (--create makes it; dsfs refuses a missing one without).
+            RUST_LOG="${RUST_LOG:-info}" "$DSFS" mount --create "$spec" "$mp" ${opts:+-o "$opts"} \
                 --log "$SCRATCH/$safe.log" || die "dsfs mount $spec failed (log: $SCRATCH/$safe.log)"
             ;;
         juicefs)

@@ -346,7 +346,7 @@ fn reads_stdin(command: &Command) -> bool {
     let stdin = |f: &Option<PathBuf>| f.as_deref().is_none_or(|p| p == Path::new("-"));
     match command {
         Command::Put { file, .. } => stdin(file),
-        Command::PutBlock { file } => stdin(file),
+        Command::PutBlock { file, .. } => stdin(file),
         Command::Init
         | Command::Get { .. }
         | Command::Ls { .. }

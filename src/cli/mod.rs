@@ -25,11 +25,13 @@ const COPY_CHUNK: usize = 1 << 20;
 
 const AFTER_HELP: &str = "\
 STORE SPECS (--store, or the DSFS_STORE environment variable):
-  DIR, dir:DIR      a dsfs repository directory (dir: or a path with a '/'
-                    creates it when missing; 'dsfs init' does too)
+  DIR, dir:DIR      a dsfs repository directory ('dsfs init', or --create on
+                    mount, put, put-block, add and import, creates it when
+                    missing or empty; without them a missing path is refused)
   mem:              a volatile in-memory store (gone when the command ends)
   redb:PATH         values in one redb file; the index beside it in PATH.index
-  flatfs:PATH       a go-ds-flatfs directory (a Kubo repo's blocks/)
+  flatfs:PATH       a go-ds-flatfs directory (a Kubo repo's blocks/; created
+                    only by init or --create, as are redb: files)
   kubo:IPFS_PATH    the layout of a Kubo repo's datastore_spec
   json:FILE         a Kubo-style JSON datastore tree (paths relative to FILE)
   rados:POOL        a Ceph RADOS pool (dsfs built with --features rados)
@@ -78,7 +80,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create the repository (other commands create it on first use too) and print its layout.
+    /// Create the store (a repository, or the flatfs or redb store a spec names) where it does
+    /// not exist yet, and print its layout. Other commands create a store only with --create.
     Init,
     /// Store a value: the contents of FILE, or standard input when FILE is '-' or missing.
     Put {
@@ -86,11 +89,19 @@ enum Command {
         key: String,
         /// Where to read the value from.
         file: Option<PathBuf>,
+        /// Create the store if the spec names a missing path or an empty directory (without
+        /// it such a store is refused, so a mistyped path creates nothing).
+        #[arg(long)]
+        create: bool,
     },
     /// Store a file as an IPFS raw block under /blocks/<multihash> and print its CID.
     PutBlock {
         /// The block's bytes ('-' or missing: standard input).
         file: Option<PathBuf>,
+        /// Create the store if the spec names a missing path or an empty directory (without
+        /// it such a store is refused, so a mistyped path creates nothing).
+        #[arg(long)]
+        create: bool,
     },
     /// Write a value to standard output (or to a file with -o).
     Get {
@@ -190,6 +201,10 @@ enum Command {
         /// Print only the last (root) CID.
         #[arg(short = 'Q', long)]
         quieter: bool,
+        /// Create the store if the spec names a missing path or an empty directory (without
+        /// it such a store is refused, so a mistyped path creates nothing).
+        #[arg(long)]
+        create: bool,
     },
     /// Write the UnixFS file CID names (as 'ipfs cat' would) from the blocks in /blocks,
     /// checking every block against its hash.
@@ -208,6 +223,10 @@ enum Command {
         /// How many files to commit per batch.
         #[arg(long, default_value_t = 256)]
         batch: usize,
+        /// Create the store if the spec names a missing path or an empty directory (without
+        /// it such a store is refused, so a mistyped path creates nothing).
+        #[arg(long)]
+        create: bool,
     },
     /// Check the store and the index; exit status 0 when everything is (or, with --repair,
     /// has been made) consistent, 1 when a problem remains.
@@ -240,6 +259,10 @@ enum Command {
         /// Append the daemon's log to this file.
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
+        /// Create the store if SPEC names a missing path or an empty directory (also -o
+        /// create); an existing store is opened as usual. Without it such a SPEC is refused.
+        #[arg(long)]
+        create: bool,
     },
     /// Unmount a dsfs mount and wait until every pending write is committed.
     Umount {
@@ -252,7 +275,17 @@ enum Command {
 }
 
 const MOUNT_HELP: &str = "\
+CREATING A STORE:
+  SPEC must name an existing store. A path that does not exist, an empty
+  directory (or an empty redb file) is refused, so a mistyped path never
+  becomes a new, empty store: pass --create (or -o create, e.g. in fstab) to
+  create the store there. An empty directory counts as missing because mount
+  points are empty directories too: swapped arguments, or a mount point given
+  as SPEC, must not turn into a repository. With --create an existing store
+  is simply opened.
+
 MOUNT OPTIONS (-o a,b,c):
+  create                create the store if it is missing (as --create)
   ro                    read-only
   allow_other           let every user in (non-root needs user_allow_other in /etc/fuse.conf)
   allow_root            let root in as well as you
@@ -338,7 +371,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             options,
             foreground,
             log,
-        } => return mount::mount(spec, mountpoint, options, *foreground, log.as_deref()),
+            create,
+        } => {
+            return mount::mount(
+                spec,
+                mountpoint,
+                options,
+                *foreground,
+                log.as_deref(),
+                *create,
+            );
+        }
         Command::Umount { mountpoint, lazy } => return mount::umount(mountpoint, *lazy),
         _ => {}
     }
@@ -350,7 +393,13 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     let mode = OpenMode {
         no_reconcile: matches!(cli.command, Command::Fsck { .. } | Command::Reindex),
         progress: true,
+        create: creates(&cli.command),
     };
+    if !mode.create && needs_no_store(&cli.command) && !spec::absent_paths(&spec)?.is_empty() {
+        // Nothing to read from a store that does not exist: `cid FILE` and `add -n` work on
+        // local files alone, without creating it.
+        spec = StoreSpec::parse("mem:")?;
+    }
     let opened = match spec::open(&spec, mode) {
         Ok(opened) => opened,
         Err(e) if e.kind() == ErrorKind::Locked => {
@@ -406,6 +455,41 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     Ok(code)
 }
 
+/// Whether `command` creates its store where it is missing: `init` always, the commands that
+/// store data with --create. Reading commands never do.
+fn creates(command: &Command) -> bool {
+    match command {
+        Command::Init => true,
+        Command::Put { create, .. }
+        | Command::PutBlock { create, .. }
+        | Command::Add { create, .. }
+        | Command::Import { create, .. }
+        | Command::Mount { create, .. } => *create,
+        Command::Get { .. }
+        | Command::Ls { .. }
+        | Command::Rm { .. }
+        | Command::Stat { .. }
+        | Command::Cid { .. }
+        | Command::Cat { .. }
+        | Command::Fsck { .. }
+        | Command::Reindex
+        | Command::Umount { .. } => false,
+    }
+}
+
+/// Whether `command` can run without its store when the store does not exist: `cid` (a key
+/// cannot be in a store that does not exist, so it hashes the local file) and `add -n`.
+fn needs_no_store(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Cid { .. }
+            | Command::Add {
+                only_hash: true,
+                ..
+            }
+    )
+}
+
 /// Where a command reads and writes: this process's terminal, or a client of the control
 /// socket ([`control`]).
 struct CmdIo<'a> {
@@ -455,12 +539,12 @@ fn execute(
         Command::Init => {
             writeln!(out, "{description}").map_err(out_err)?;
         }
-        Command::Put { key, file } => {
+        Command::Put { key, file, .. } => {
             let key = Key::new(key);
             let file = file.as_deref().map(path_of);
             put_from(store.as_ref(), &key, file.as_deref(), input)?;
         }
-        Command::PutBlock { file } => {
+        Command::PutBlock { file, .. } => {
             let file = file.as_deref().map(path_of);
             let data = read_input(file.as_deref(), input)?;
             let hash = crate::cid::sha256_multihash(&data);
@@ -630,6 +714,7 @@ fn execute(
             only_hash,
             quiet,
             quieter,
+            create: _,
         } => {
             let options = crate::unixfs::ImportOptions {
                 cid_version: *cid_version,
@@ -752,6 +837,7 @@ fn execute(
             source,
             prefix,
             batch,
+            create: _,
         } => {
             let (files, bytes) = import(
                 store.as_ref(),

@@ -61,6 +61,9 @@ pub struct MountOptions {
     /// Serve extended attributes (`noxattr` turns them all off; see
     /// [`KernelOptions::xattr`]).
     pub xattr: bool,
+    /// Create the store where the spec names a missing path or an empty directory (`create`,
+    /// or `dsfs mount --create`).
+    pub create: bool,
     /// Options handed to the kernel unchanged (nosuid, nodev, noexec, noatime, ...).
     pub kernel: Vec<String>,
 }
@@ -89,6 +92,7 @@ impl Default for MountOptions {
             revalidate: None,
             nonempty: false,
             xattr: true,
+            create: false,
             kernel: Vec::new(),
         }
     }
@@ -155,6 +159,7 @@ impl MountOptions {
                     "nonempty" => o.nonempty = on_off(name, value)?,
                     "xattr" => o.xattr = on_off(name, value)?,
                     "noxattr" => o.xattr = false,
+                    "create" => o.create = on_off(name, value)?,
                     "nosuid" | "nodev" | "noexec" | "noatime" | "suid" | "dev" | "exec"
                     | "atime" | "sync" | "async" | "dirsync" => o.kernel.push(name.to_owned()),
                     "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner"
@@ -316,8 +321,10 @@ pub fn mount(
     option_lists: &[String],
     foreground: bool,
     log: Option<&Path>,
+    create: bool,
 ) -> Result<ExitCode, Error> {
-    let options = MountOptions::parse(option_lists)?;
+    let mut options = MountOptions::parse(option_lists)?;
+    options.create |= create;
     let spec = StoreSpec::parse(spec_text)?;
     let mp = canonical_mountpoint(mountpoint)?;
     if let Some(fstype) = mounted_fstype(&mp) {
@@ -355,6 +362,7 @@ pub fn mount(
         .arg(spec_text)
         .arg(&mp)
         .args(option_lists.iter().flat_map(|o| ["-o", o.as_str()]))
+        .args(create.then_some("--create"))
         .env(DAEMON_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -442,6 +450,7 @@ fn serve(
             spec,
             OpenMode {
                 progress: true,
+                create: options.create,
                 ..OpenMode::default()
             },
         )
@@ -720,7 +729,13 @@ mod tests {
         assert!(!o.passthrough);
         assert_eq!(o.kernel, ["nosuid"]);
         assert!(o.default_permissions);
+        // `create` is dsfs's, not the kernel's: it never reaches the kernel's options.
+        assert!(!o.create);
+        let c = MountOptions::parse(&["noauto,create"]).unwrap();
+        assert!(c.create && c.kernel.is_empty());
+        assert!(!MountOptions::parse(&["create=off"]).unwrap().create);
         for bad in [
+            "create=maybe",
             "bogus",
             "uid=x",
             "threads=0",

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Deterministic bytes that differ per seed (xorshift).
@@ -82,6 +83,10 @@ pub struct Mount {
     pub options: Vec<String>,
     /// A foreground daemon this test owns (for kill tests); `None` for daemonised mounts.
     pub child: Option<Child>,
+    /// The store may not exist yet: the next mount passes `--create` (dsfs refuses a missing
+    /// store without it). Cleared by the first mount that succeeds, so a remount opens the
+    /// store it made and never quietly makes a new one.
+    pub fresh: AtomicBool,
 }
 
 impl Mount {
@@ -105,6 +110,7 @@ impl Mount {
             mnt,
             options: Vec::new(),
             child: None,
+            fresh: AtomicBool::new(true),
         }
     }
 
@@ -126,6 +132,7 @@ impl Mount {
             mnt,
             options: options.iter().map(|s| s.to_string()).collect(),
             child: None,
+            fresh: AtomicBool::new(true),
         };
         m.mount();
         m
@@ -148,6 +155,9 @@ impl Mount {
             args.push("-o".into());
             args.push(o.clone());
         }
+        if self.fresh.load(Ordering::Relaxed) {
+            args.push("--create".into());
+        }
         args
     }
 
@@ -159,6 +169,7 @@ impl Mount {
             is_mounted(&self.mnt),
             "dsfs mount returned before the mount was live"
         );
+        self.fresh.store(false, Ordering::Relaxed);
     }
 
     /// Mounts with a foreground daemon owned by the test, waiting (with a timeout) for the
@@ -173,6 +184,7 @@ impl Mount {
             .unwrap();
         self.child = Some(child);
         wait_mounted(&self.mnt, true, Duration::from_secs(30));
+        self.fresh.store(false, Ordering::Relaxed);
     }
 
     /// Unmounts and waits for the daemon's final commits.
@@ -284,9 +296,13 @@ fn start_traced(mut m: Mount, options: &[&str]) -> Mount {
     for o in options {
         cmd.arg("-o").arg(o);
     }
+    if m.fresh.load(Ordering::Relaxed) {
+        cmd.arg("--create");
+    }
     m.options = options.iter().map(|s| s.to_string()).collect();
     m.child = Some(cmd.spawn().unwrap());
     wait_mounted(&m.mnt, true, Duration::from_secs(30));
+    m.fresh.store(false, Ordering::Relaxed);
     m
 }
 

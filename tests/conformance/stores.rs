@@ -123,7 +123,11 @@ pub fn all() -> Vec<StoreFactory> {
         }),
         StoreFactory::new("default-repo", |dir| {
             let spec = StoreSpec::parse(&dir.join("repo").to_string_lossy())?;
-            let opened = spec::open(&spec, OpenMode::default())?;
+            let mode = OpenMode {
+                create: true,
+                ..OpenMode::default()
+            };
+            let opened = spec::open(&spec, mode)?;
             Ok(opened.store as Arc<dyn Datastore>)
         }),
     ];

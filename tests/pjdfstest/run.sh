@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 # allow_other: pjdfstest runs parts of its cases as other users.
-"$dsfs" mount "$work/repo" "$mnt" -o allow_other --log "$work/dsfs.log"
+"$dsfs" mount --create "$work/repo" "$mnt" -o allow_other --log "$work/dsfs.log"
 cd "$mnt"
 set +e
 pjdfstest -c "$here/pjdfstest.toml" -p "$mnt" > "$work/out.txt" 2>&1
