@@ -203,3 +203,104 @@ fn heir_directory_renamed_during(first: fn(&DsFs, u64) -> FsResult<()>) {
     keys.sort();
     assert_eq!(keys, ["/c/y"]);
 }
+
+/// Runs `op` in a thread that may have to wait for a guard; gives it every chance to run
+/// beside whatever holds the store (it must wait instead, or be harmless), for up to a second.
+fn beside<T: Send + 'static>(
+    fs: &Arc<DsFs>,
+    op: impl FnOnce(&DsFs) -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let fs = fs.clone();
+    let t = std::thread::spawn(move || op(&fs));
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while !t.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t
+}
+
+/// The keys in the store, sorted.
+fn store_keys(store: &GatedStore) -> Vec<String> {
+    let mut keys: Vec<String> = store
+        .inner
+        .query(Query::default())
+        .unwrap()
+        .map(|e| e.unwrap().key.to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// `rm a/x` of the first name of a file also linked as `c/y` moves its value to `/c/y`; an
+/// open of the file meanwhile (through `c/y`) must not keep the key `/a/x`. The unlink is held
+/// at its store move while the file is opened and written; the handle is closed after the
+/// unlink. Before, the open ran beside the move, read the key `/a/x` and its close committed
+/// the new bytes there (and listed `/a/x` in the index), while `c/y` kept the old value.
+#[test]
+fn a_file_opened_while_its_first_name_is_removed_commits_under_its_new_key() {
+    opened_while_first_name_goes(|fs, a| fs.unlink(a, b"x"));
+}
+
+/// The same when `a/x` is replaced by a rename (`mv a/s a/x`) instead of removed.
+#[test]
+fn a_file_opened_while_its_first_name_is_replaced_commits_under_its_new_key() {
+    opened_while_first_name_goes(|fs, a| fs.rename(a, b"s", a, b"x", RenameFlags::default()));
+}
+
+/// `a/x` and `c/y` name one file (the value under `/a/x`); `first` removes the name `a/x`
+/// (moving the value to `/c/y`) and is held at that store move while the file is opened.
+fn opened_while_first_name_goes(first: fn(&DsFs, u64) -> FsResult<()>) {
+    let (store, fs) = gated_fs();
+    let a = mkdir(&fs, ROOT, "a");
+    let c = mkdir(&fs, ROOT, "c");
+    let x = write_file(&fs, a, "x", b"old value");
+    fs.link(x, c, b"y").unwrap();
+    write_file(&fs, a, "s", b"replacement");
+
+    let (entered, release) = store.arm_rename();
+    let remover = {
+        let fs = fs.clone();
+        std::thread::spawn(move || first(&fs, a))
+    };
+    entered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the value never moved");
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let writer = beside(&fs, move |fs| -> FsResult<()> {
+        let o = fs.open(x, libc::O_WRONLY | libc::O_TRUNC)?;
+        fs.write(o.fh, 0, b"new value")?;
+        let _ = opened_tx.send(());
+        let _ = go_rx.recv_timeout(Duration::from_secs(60));
+        fs.release(o.fh)
+    });
+    release.send(()).unwrap();
+    remover.join().unwrap().unwrap();
+    opened
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the open never finished");
+    go.send(()).unwrap();
+    writer.join().unwrap().unwrap();
+
+    let y = fs.lookup(c, b"y").unwrap();
+    assert_eq!(y.ino, x);
+    match read_file(&fs, x) {
+        Ok(got) => assert_eq!(got, b"new value"),
+        Err(e) => panic!("c/y after the write: {e}"),
+    }
+    let others = |keys: Vec<String>| -> Vec<String> {
+        keys.into_iter()
+            .filter(|k| k != "/a/s" && k != "/a/x")
+            .collect()
+    };
+    assert_eq!(others(store_keys(&store)), ["/c/y"]);
+    let listed: Vec<(String, u64)> = fs
+        .index
+        .keys(None)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.id == x)
+        .map(|e| (e.key.to_string(), e.size))
+        .collect();
+    assert_eq!(listed, [("/c/y".to_string(), 9)]);
+}
