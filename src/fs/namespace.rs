@@ -274,10 +274,11 @@ impl DsFs {
     ) -> FsResult<(Attr, Opened)> {
         self.refuse_virtual(parent)?;
         self.check_writable()?;
-        let _below = self.subtrees.shared(&self.index, &[Ino(parent).node()])?;
+        let below = self.subtrees.shared(&self.index, &[Ino(parent).node()])?;
         let comp = Self::component(name)?;
         let (pnode, existing, key) = self.dir_entry_key(parent, &comp)?;
         if let Some((id, existing)) = existing {
+            drop(below);
             return self.create_existing(id, &existing, flags);
         }
         self.check_room()?;
@@ -292,7 +293,9 @@ impl DsFs {
             Err(e) if e.kind() == IndexErrorKind::AlreadyExists => {
                 // Created by someone else since the read above.
                 drop(staged);
-                return match self.index.lookup(parent, &comp)? {
+                let found = self.index.lookup(parent, &comp)?;
+                drop(below);
+                return match found {
                     Some((id, existing)) => self.create_existing(id, &existing, flags),
                     None => Err(FsError::Exists),
                 };
@@ -313,6 +316,11 @@ impl DsFs {
     }
 
     /// `create` of a name that exists: EEXIST with `O_EXCL`, else an open of it.
+    ///
+    /// The caller holds no subtree guard: the open takes the file's own, as `open` does. The
+    /// guard `create` took on the name's directory does not cover a file whose first name (the
+    /// one its key comes from) is in another directory, so a rename of that name or of an
+    /// ancestor of it could run beside the open, which would keep the old key and commit there.
     fn create_existing(&self, id: NodeId, existing: &Node, flags: i32) -> FsResult<(Attr, Opened)> {
         if flags & libc::O_EXCL != 0 {
             return Err(FsError::Exists);
@@ -320,7 +328,7 @@ impl DsFs {
         if existing.kind == NodeKind::Dir {
             return Err(FsError::IsDir);
         }
-        let (opened, _) = self.open_unguarded(id, flags)?;
+        let (opened, _) = self.open_with_attr(id, flags)?;
         Ok((self.getattr(id)?, opened))
     }
 

@@ -304,3 +304,49 @@ fn opened_while_first_name_goes(first: fn(&DsFs, u64) -> FsResult<()>) {
         .collect();
     assert_eq!(listed, [("/c/y".to_string(), 9)]);
 }
+
+/// `mv a/x a/z` of a file also linked as `c/y`, while a `create` of `c/y` (no `O_EXCL`: an
+/// open of the existing file) writes it. Before, the create guarded `c` only, so it ran beside
+/// the rename, opened the file with the key `/a/x` and its close committed there, while
+/// `a/z` kept the old value.
+#[test]
+fn a_file_opened_by_create_through_another_name_while_renamed_commits_under_its_new_key() {
+    let (store, fs) = gated_fs();
+    let a = mkdir(&fs, ROOT, "a");
+    let c = mkdir(&fs, ROOT, "c");
+    let x = write_file(&fs, a, "x", b"old value");
+    fs.link(x, c, b"y").unwrap();
+
+    let (entered, release) = store.arm_rename();
+    let renamer = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.rename(a, b"x", a, b"z", RenameFlags::default()))
+    };
+    entered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the rename never moved the value");
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let writer = beside(&fs, move |fs| -> FsResult<()> {
+        let (attr, o) = fs.create(CTX, c, b"y", 0o644, 0o022, libc::O_WRONLY | libc::O_TRUNC)?;
+        assert_eq!(attr.ino, x);
+        fs.write(o.fh, 0, b"new value")?;
+        let _ = opened_tx.send(());
+        let _ = go_rx.recv_timeout(Duration::from_secs(60));
+        fs.release(o.fh)
+    });
+    release.send(()).unwrap();
+    renamer.join().unwrap().unwrap();
+    opened
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the create never finished");
+    go.send(()).unwrap();
+    writer.join().unwrap().unwrap();
+
+    assert_eq!(fs.lookup(a, b"z").unwrap().ino, x);
+    match read_file(&fs, x) {
+        Ok(got) => assert_eq!(got, b"new value"),
+        Err(e) => panic!("a/z after the write: {e}"),
+    }
+    assert_eq!(store_keys(&store), ["/a/z"]);
+}
