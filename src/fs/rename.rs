@@ -90,6 +90,14 @@ impl DsFs {
             moved.push(*dst_id);
         }
         let _moving = self.subtrees.moving(&self.index, &nodes, &moved)?;
+        // The kernel holds a renamed file, but not a directory renamed within its parent: its
+        // own value (`.dsfs.value`) may have been removed while this rename waited for its
+        // guard, so its node is read again.
+        let snode = if snode.kind == NodeKind::Dir {
+            self.node(src)?
+        } else {
+            snode
+        };
         if flags.noreplace && dst.is_some() {
             return Err(FsError::Exists);
         }

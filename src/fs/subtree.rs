@@ -113,6 +113,12 @@ impl Subtrees {
         self.grant(index, nodes, moved)
     }
 
+    /// How many threads wait for a guard now (for tests that must know one is waiting).
+    #[cfg(test)]
+    pub(super) fn waiters(&self) -> usize {
+        self.state.lock().waiting
+    }
+
     fn wait(&self, st: &mut MutexGuard<'_, State>) {
         st.waiting += 1;
         self.changed.wait(st);

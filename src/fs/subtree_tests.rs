@@ -350,3 +350,49 @@ fn a_file_opened_by_create_through_another_name_while_renamed_commits_under_its_
     }
     assert_eq!(store_keys(&store), ["/a/z"]);
 }
+
+/// `mv a b` of a directory with a value of its own, which must first wait for a rename deeper
+/// in it (`mv a/s/t a/s/u`, held at its store move); meanwhile `rm a/.dsfs.value` removes the
+/// value (the kernel holds neither `a/s` nor the root for it). Before, the rename had read
+/// `a`'s node before it waited, so it moved a value that was gone and failed (ENOENT).
+#[test]
+fn a_directory_rename_that_waited_sees_its_own_value_removed_meanwhile() {
+    let (store, fs) = gated_fs();
+    fs.store().put(&Key::new("/a"), b"own value").unwrap();
+    fs.store().put(&Key::new("/a/s/t/f"), b"deep").unwrap();
+    let a = fs.lookup(ROOT, b"a").unwrap().ino;
+    let s = fs.lookup(a, b"s").unwrap().ino;
+
+    let (entered, release) = store.arm_rename();
+    let inner = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.rename(s, b"t", s, b"u", RenameFlags::default()))
+    };
+    entered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the inner rename never moved a value");
+    let outer = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.rename(ROOT, b"a", ROOT, b"b", RenameFlags::default()))
+    };
+    // The outer rename waits for the inner one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fs.subtrees.waiters() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outer rename never waited"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fs.unlink(a, b".dsfs.value").unwrap();
+    release.send(()).unwrap();
+    inner.join().unwrap().unwrap();
+    match outer.join().unwrap() {
+        Ok(()) => {}
+        Err(e) => panic!("mv a b after a's value went: {e}"),
+    }
+    let b = fs.lookup(ROOT, b"b").unwrap().ino;
+    assert_eq!(b, a);
+    assert!(fs.lookup(b, b".dsfs.value").is_err());
+    assert_eq!(store_keys(&store), ["/b/s/u/f"]);
+}
