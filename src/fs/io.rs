@@ -31,12 +31,6 @@ impl DsFs {
             return Ok((self.virtual_open(ino, flags)?, attr));
         }
         let _below = self.subtrees.shared(&self.index, &[Ino(ino).node()])?;
-        self.open_unguarded(ino, flags)
-    }
-
-    /// [`DsFs::open_with_attr`] for a caller that already holds a subtree guard covering the
-    /// file (`create` of an existing name).
-    pub(super) fn open_unguarded(&self, ino: u64, flags: i32) -> FsResult<(Opened, Attr)> {
         let attr = self.getattr(ino)?;
         match attr.kind {
             FileKind::Dir => return Err(FsError::IsDir),

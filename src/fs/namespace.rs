@@ -11,6 +11,14 @@ use crate::index::{IndexError, IndexErrorKind, Node, NodeId, NodeKind, ROOT, Tx}
 /// A directory's node, its entry of one name (if any) and the key that name has.
 type EntryKey = (Node, Option<(NodeId, Node)>, Key);
 
+/// The guard the removal of the first name of a hard-linked file needs before it moves the
+/// value (see [`DsFs::unlink_name`]): on `dir`, the directory of the name the value moves to,
+/// and moving `file`, whose key changes.
+pub(super) struct HeirGuard {
+    pub(super) dir: NodeId,
+    pub(super) file: NodeId,
+}
+
 impl DsFs {
     /// The entry `name` in directory `parent` (`/.ipfs` when the root has no real `.ipfs`).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
@@ -266,10 +274,11 @@ impl DsFs {
     ) -> FsResult<(Attr, Opened)> {
         self.refuse_virtual(parent)?;
         self.check_writable()?;
-        let _below = self.subtrees.shared(&self.index, &[Ino(parent).node()])?;
+        let below = self.subtrees.shared(&self.index, &[Ino(parent).node()])?;
         let comp = Self::component(name)?;
         let (pnode, existing, key) = self.dir_entry_key(parent, &comp)?;
         if let Some((id, existing)) = existing {
+            drop(below);
             return self.create_existing(id, &existing, flags);
         }
         self.check_room()?;
@@ -284,7 +293,9 @@ impl DsFs {
             Err(e) if e.kind() == IndexErrorKind::AlreadyExists => {
                 // Created by someone else since the read above.
                 drop(staged);
-                return match self.index.lookup(parent, &comp)? {
+                let found = self.index.lookup(parent, &comp)?;
+                drop(below);
+                return match found {
                     Some((id, existing)) => self.create_existing(id, &existing, flags),
                     None => Err(FsError::Exists),
                 };
@@ -305,6 +316,11 @@ impl DsFs {
     }
 
     /// `create` of a name that exists: EEXIST with `O_EXCL`, else an open of it.
+    ///
+    /// The caller holds no subtree guard: the open takes the file's own, as `open` does. The
+    /// guard `create` took on the name's directory does not cover a file whose first name (the
+    /// one its key comes from) is in another directory, so a rename of that name or of an
+    /// ancestor of it could run beside the open, which would keep the old key and commit there.
     fn create_existing(&self, id: NodeId, existing: &Node, flags: i32) -> FsResult<(Attr, Opened)> {
         if flags & libc::O_EXCL != 0 {
             return Err(FsError::Exists);
@@ -312,7 +328,7 @@ impl DsFs {
         if existing.kind == NodeKind::Dir {
             return Err(FsError::IsDir);
         }
-        let (opened, _) = self.open_unguarded(id, flags)?;
+        let (opened, _) = self.open_with_attr(id, flags)?;
         Ok((self.getattr(id)?, opened))
     }
 
@@ -321,6 +337,7 @@ impl DsFs {
         self.refuse_virtual(parent)?;
         self.check_writable()?;
         let mut guarded = vec![Ino(parent).node()];
+        let mut moved = Vec::new();
         let mut below = Some(self.subtrees.shared(&self.index, &guarded)?);
         let comp = match self.resolve_name(parent, name)? {
             NameRef::Component(c) => c,
@@ -328,24 +345,27 @@ impl DsFs {
             NameRef::Long(_) => return Err(FsError::NotFound),
         };
         // Removing the first name of a hard-linked file moves its value into another name's
-        // directory, which must be guarded too: then the guard is taken again for both and the
-        // unlink starts over (the kernel holds the file's inode, so its names stay put
-        // meanwhile; each pass adds a directory).
-        loop {
+        // directory and changes the file's key: then the guard is taken again, moving the
+        // file and covering that directory too, and the unlink starts over (the kernel holds
+        // the file's inode, so its names stay put meanwhile).
+        for _ in 0..8 {
             let _below = match below.take() {
                 Some(g) => g,
-                None => self.subtrees.shared(&self.index, &guarded)?,
+                None => self.subtrees.moving(&self.index, &guarded, &moved)?,
             };
-            match self.unlink_component(parent, &comp, &guarded)? {
+            match self.unlink_component(parent, &comp, &guarded, &moved)? {
                 None => return Ok(()),
-                Some(_) if guarded.len() > 8 => {
-                    return Err(FsError::Io(format!(
-                        "unlink of {comp:?}: the names of the file kept changing"
-                    )));
+                Some(heir) => {
+                    if !guarded.contains(&heir.dir) {
+                        guarded.push(heir.dir);
+                    }
+                    moved = vec![heir.file];
                 }
-                Some(dir) => guarded.push(dir),
             }
         }
+        Err(FsError::Io(format!(
+            "unlink of {comp:?}: the names of the file kept changing"
+        )))
     }
 
     /// Removes the value of directory `parent`'s own key (its `.dsfs.value`).
@@ -376,10 +396,12 @@ impl DsFs {
     /// holds the value, the value first moves (one rename) to the key of a remaining name, so
     /// the datastore never loses it.
     ///
-    /// The caller's subtree guard covers `guarded`. The value moves into the directory of the
-    /// remaining name, so that directory must be among them (a rename of it beside the move
-    /// would leave the value under its old key): if it is not, nothing is done and its id is
-    /// returned, for the caller to guard it too and call again.
+    /// The caller's subtree guard covers `guarded` and moves `moving`. The value moves into the
+    /// directory of the remaining name, so that directory must be among `guarded` (a rename of
+    /// it beside the move would leave the value under its old key), and the file's key changes,
+    /// so the file must be among `moving` (an open of it beside the move would read the old
+    /// key, and its close commit there): if not, nothing is done and the guard it needs is
+    /// returned, for the caller to take it and call again.
     pub(super) fn unlink_name(
         &self,
         parent: u64,
@@ -387,7 +409,8 @@ impl DsFs {
         id: NodeId,
         n: &Node,
         guarded: &[NodeId],
-    ) -> FsResult<Option<NodeId>> {
+        moving: &[NodeId],
+    ) -> FsResult<Option<HeirGuard>> {
         let primary = n.parent == parent && n.name == comp;
         if !primary {
             self.index.write(|tx| {
@@ -407,8 +430,8 @@ impl DsFs {
                 n.links
             )));
         };
-        if !guarded.contains(&ap) {
-            return Ok(Some(ap));
+        if !guarded.contains(&ap) || !moving.contains(&id) {
+            return Ok(Some(HeirGuard { dir: ap, file: id }));
         }
         let old = self.key_of(id)?;
         let new = self.key_of(ap)?.join_component(&an)?;

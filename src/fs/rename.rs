@@ -84,10 +84,20 @@ impl DsFs {
             && let Some((heir, _)) = self.index.aliases(*dst_id)?.into_iter().next()
         {
             // Replacing the first name of a hard-linked file moves its value into the
-            // directory of another name (`unlink_name`), so that directory is guarded too.
+            // directory of another name (`unlink_name`), so that directory is guarded too,
+            // and changes the replaced file's key, so it moves too.
             nodes.push(heir);
+            moved.push(*dst_id);
         }
         let _moving = self.subtrees.moving(&self.index, &nodes, &moved)?;
+        // The kernel holds a renamed file, but not a directory renamed within its parent: its
+        // own value (`.dsfs.value`) may have been removed while this rename waited for its
+        // guard, so its node is read again.
+        let snode = if snode.kind == NodeKind::Dir {
+            self.node(src)?
+        } else {
+            snode
+        };
         if flags.noreplace && dst.is_some() {
             return Err(FsError::Exists);
         }
@@ -127,11 +137,12 @@ impl DsFs {
             && dnode.links > 1
         {
             // Replacing one name of a multiply-linked file removes just that name.
-            if let Some(dir) = self.unlink_name(newparent, &to, *dst_id, dnode, &nodes)? {
+            if let Some(heir) = self.unlink_name(newparent, &to, *dst_id, dnode, &nodes, &moved)? {
                 // The kernel holds the replaced file, so its names cannot change: only a
                 // writer outside the mount could do this.
                 return Err(FsError::Io(format!(
-                    "rename over {to:?}: its names changed during the rename (directory {dir})"
+                    "rename over {to:?}: its names changed during the rename (directory {})",
+                    heir.dir
                 )));
             }
             dst = None;

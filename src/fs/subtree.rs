@@ -10,9 +10,13 @@
 //! a value under the old key after the rename listed them, which nothing moves.
 //!
 //! So every operation that reads a key and then writes under it holds a *shared* guard on the
-//! nodes it works in (the parent directory of a name, or the file itself; when it removes the
-//! first name of a hard-linked file, also the directory of the name its value moves to), and a
-//! rename holds a *moving* guard on the node it moves (and shared guards on both parents):
+//! nodes it works in (the parent directory of a name, or the file itself: an open, a truncate,
+//! and a `create` of a name that exists, since a hard-linked file's key comes from a name that
+//! may be in another directory), and a rename holds a *moving* guard on the node it moves (and
+//! shared guards on both parents). Removing or replacing the first name of a hard-linked file
+//! moves its value to another name's key: that unlink or rename also moves the file (an open
+//! beside it would keep the old key) and covers the directory of the name the value moves to.
+//! Guards are granted so:
 //!
 //! - a guard is not granted while a node it names, or an ancestor of one, is being moved;
 //! - a moving guard is not granted while another moving guard's node is an ancestor or a
@@ -107,6 +111,12 @@ impl Subtrees {
         moved: &[NodeId],
     ) -> IndexResult<SubtreeGuard<'a>> {
         self.grant(index, nodes, moved)
+    }
+
+    /// How many threads wait for a guard now (for tests that must know one is waiting).
+    #[cfg(test)]
+    pub(super) fn waiters(&self) -> usize {
+        self.state.lock().waiting
     }
 
     fn wait(&self, st: &mut MutexGuard<'_, State>) {

@@ -203,3 +203,196 @@ fn heir_directory_renamed_during(first: fn(&DsFs, u64) -> FsResult<()>) {
     keys.sort();
     assert_eq!(keys, ["/c/y"]);
 }
+
+/// Runs `op` in a thread that may have to wait for a guard; gives it every chance to run
+/// beside whatever holds the store (it must wait instead, or be harmless), for up to a second.
+fn beside<T: Send + 'static>(
+    fs: &Arc<DsFs>,
+    op: impl FnOnce(&DsFs) -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let fs = fs.clone();
+    let t = std::thread::spawn(move || op(&fs));
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while !t.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t
+}
+
+/// The keys in the store, sorted.
+fn store_keys(store: &GatedStore) -> Vec<String> {
+    let mut keys: Vec<String> = store
+        .inner
+        .query(Query::default())
+        .unwrap()
+        .map(|e| e.unwrap().key.to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// `rm a/x` of the first name of a file also linked as `c/y` moves its value to `/c/y`; an
+/// open of the file meanwhile (through `c/y`) must not keep the key `/a/x`. The unlink is held
+/// at its store move while the file is opened and written; the handle is closed after the
+/// unlink. Before, the open ran beside the move, read the key `/a/x` and its close committed
+/// the new bytes there (and listed `/a/x` in the index), while `c/y` kept the old value.
+#[test]
+fn a_file_opened_while_its_first_name_is_removed_commits_under_its_new_key() {
+    opened_while_first_name_goes(|fs, a| fs.unlink(a, b"x"));
+}
+
+/// The same when `a/x` is replaced by a rename (`mv a/s a/x`) instead of removed.
+#[test]
+fn a_file_opened_while_its_first_name_is_replaced_commits_under_its_new_key() {
+    opened_while_first_name_goes(|fs, a| fs.rename(a, b"s", a, b"x", RenameFlags::default()));
+}
+
+/// `a/x` and `c/y` name one file (the value under `/a/x`); `first` removes the name `a/x`
+/// (moving the value to `/c/y`) and is held at that store move while the file is opened.
+fn opened_while_first_name_goes(first: fn(&DsFs, u64) -> FsResult<()>) {
+    let (store, fs) = gated_fs();
+    let a = mkdir(&fs, ROOT, "a");
+    let c = mkdir(&fs, ROOT, "c");
+    let x = write_file(&fs, a, "x", b"old value");
+    fs.link(x, c, b"y").unwrap();
+    write_file(&fs, a, "s", b"replacement");
+
+    let (entered, release) = store.arm_rename();
+    let remover = {
+        let fs = fs.clone();
+        std::thread::spawn(move || first(&fs, a))
+    };
+    entered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the value never moved");
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let writer = beside(&fs, move |fs| -> FsResult<()> {
+        let o = fs.open(x, libc::O_WRONLY | libc::O_TRUNC)?;
+        fs.write(o.fh, 0, b"new value")?;
+        let _ = opened_tx.send(());
+        let _ = go_rx.recv_timeout(Duration::from_secs(60));
+        fs.release(o.fh)
+    });
+    release.send(()).unwrap();
+    remover.join().unwrap().unwrap();
+    opened
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the open never finished");
+    go.send(()).unwrap();
+    writer.join().unwrap().unwrap();
+
+    let y = fs.lookup(c, b"y").unwrap();
+    assert_eq!(y.ino, x);
+    match read_file(&fs, x) {
+        Ok(got) => assert_eq!(got, b"new value"),
+        Err(e) => panic!("c/y after the write: {e}"),
+    }
+    let others = |keys: Vec<String>| -> Vec<String> {
+        keys.into_iter()
+            .filter(|k| k != "/a/s" && k != "/a/x")
+            .collect()
+    };
+    assert_eq!(others(store_keys(&store)), ["/c/y"]);
+    let listed: Vec<(String, u64)> = fs
+        .index
+        .keys(None)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.id == x)
+        .map(|e| (e.key.to_string(), e.size))
+        .collect();
+    assert_eq!(listed, [("/c/y".to_string(), 9)]);
+}
+
+/// `mv a/x a/z` of a file also linked as `c/y`, while a `create` of `c/y` (no `O_EXCL`: an
+/// open of the existing file) writes it. Before, the create guarded `c` only, so it ran beside
+/// the rename, opened the file with the key `/a/x` and its close committed there, while
+/// `a/z` kept the old value.
+#[test]
+fn a_file_opened_by_create_through_another_name_while_renamed_commits_under_its_new_key() {
+    let (store, fs) = gated_fs();
+    let a = mkdir(&fs, ROOT, "a");
+    let c = mkdir(&fs, ROOT, "c");
+    let x = write_file(&fs, a, "x", b"old value");
+    fs.link(x, c, b"y").unwrap();
+
+    let (entered, release) = store.arm_rename();
+    let renamer = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.rename(a, b"x", a, b"z", RenameFlags::default()))
+    };
+    entered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the rename never moved the value");
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let writer = beside(&fs, move |fs| -> FsResult<()> {
+        let (attr, o) = fs.create(CTX, c, b"y", 0o644, 0o022, libc::O_WRONLY | libc::O_TRUNC)?;
+        assert_eq!(attr.ino, x);
+        fs.write(o.fh, 0, b"new value")?;
+        let _ = opened_tx.send(());
+        let _ = go_rx.recv_timeout(Duration::from_secs(60));
+        fs.release(o.fh)
+    });
+    release.send(()).unwrap();
+    renamer.join().unwrap().unwrap();
+    opened
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the create never finished");
+    go.send(()).unwrap();
+    writer.join().unwrap().unwrap();
+
+    assert_eq!(fs.lookup(a, b"z").unwrap().ino, x);
+    match read_file(&fs, x) {
+        Ok(got) => assert_eq!(got, b"new value"),
+        Err(e) => panic!("a/z after the write: {e}"),
+    }
+    assert_eq!(store_keys(&store), ["/a/z"]);
+}
+
+/// `mv a b` of a directory with a value of its own, which must first wait for a rename deeper
+/// in it (`mv a/s/t a/s/u`, held at its store move); meanwhile `rm a/.dsfs.value` removes the
+/// value (the kernel holds neither `a/s` nor the root for it). Before, the rename had read
+/// `a`'s node before it waited, so it moved a value that was gone and failed (ENOENT).
+#[test]
+fn a_directory_rename_that_waited_sees_its_own_value_removed_meanwhile() {
+    let (store, fs) = gated_fs();
+    fs.store().put(&Key::new("/a"), b"own value").unwrap();
+    fs.store().put(&Key::new("/a/s/t/f"), b"deep").unwrap();
+    let a = fs.lookup(ROOT, b"a").unwrap().ino;
+    let s = fs.lookup(a, b"s").unwrap().ino;
+
+    let (entered, release) = store.arm_rename();
+    let inner = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.rename(s, b"t", s, b"u", RenameFlags::default()))
+    };
+    entered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the inner rename never moved a value");
+    let outer = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.rename(ROOT, b"a", ROOT, b"b", RenameFlags::default()))
+    };
+    // The outer rename waits for the inner one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fs.subtrees.waiters() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outer rename never waited"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fs.unlink(a, b".dsfs.value").unwrap();
+    release.send(()).unwrap();
+    inner.join().unwrap().unwrap();
+    match outer.join().unwrap() {
+        Ok(()) => {}
+        Err(e) => panic!("mv a b after a's value went: {e}"),
+    }
+    let b = fs.lookup(ROOT, b"b").unwrap().ino;
+    assert_eq!(b, a);
+    assert!(fs.lookup(b, b".dsfs.value").is_err());
+    assert_eq!(store_keys(&store), ["/b/s/u/f"]);
+}

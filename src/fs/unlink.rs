@@ -9,6 +9,7 @@
 //! name back ([`Index::restore_file`](crate::index::Index::restore_file)), so a failed unlink
 //! leaves the file as it was.
 
+use super::namespace::HeirGuard;
 use super::types::Ino;
 use super::{DsFs, FsResult, now_ts};
 use crate::index::NodeId;
@@ -16,14 +17,15 @@ use crate::index::unlink::{RemovedFile, Unlinked};
 
 impl DsFs {
     /// Removes the file, symlink or special file `comp` of `parent`, under a subtree guard on
-    /// `guarded`; `Some(dir)`: nothing was done, `dir` must be guarded too (see
-    /// [`DsFs::unlink_name`]).
+    /// `guarded` moving `moving`; `Some(heir)`: nothing was done, that guard must be taken
+    /// first (see [`DsFs::unlink_name`]).
     pub(super) fn unlink_component(
         &self,
         parent: u64,
         comp: &str,
         guarded: &[NodeId],
-    ) -> FsResult<Option<NodeId>> {
+        moving: &[NodeId],
+    ) -> FsResult<Option<HeirGuard>> {
         if Ino(parent).is_dir_value() {
             return Err(super::FsError::NotDir);
         }
@@ -34,9 +36,9 @@ impl DsFs {
         {
             Unlinked::Removed(removed) => removed,
             Unlinked::Kept(id, node) if node.links > 1 => {
-                return self.unlink_name(parent, comp, id, &node, guarded);
+                return self.unlink_name(parent, comp, id, &node, guarded, moving);
             }
-            Unlinked::Kept(id, _) => return self.unlink_open(parent, comp, id, guarded),
+            Unlinked::Kept(id, _) => return self.unlink_open(parent, comp, id, guarded, moving),
         };
         self.delete_removed_value(parent, comp, &removed)?;
         Ok(None)
@@ -50,14 +52,15 @@ impl DsFs {
         comp: &str,
         id: NodeId,
         guarded: &[NodeId],
-    ) -> FsResult<Option<NodeId>> {
+        moving: &[NodeId],
+    ) -> FsResult<Option<HeirGuard>> {
         self.orphan_open(id)?;
         let removed = match self.index.unlink_file(parent, comp, Some(id), |_| false) {
             Ok(Unlinked::Removed(removed)) => removed,
             Ok(Unlinked::Kept(id, node)) => {
                 // It gained a name since: a hard link made meanwhile.
                 self.unorphan(id);
-                return self.unlink_name(parent, comp, id, &node, guarded);
+                return self.unlink_name(parent, comp, id, &node, guarded, moving);
             }
             Err(e) => {
                 self.unorphan(id);
