@@ -9,8 +9,9 @@
 //!    truncate) or moves one (rename, exchange, the unlink of a hard-linked file's first name),
 //!    and held to its end. An operation holds at most one guard at a time (an unlink, or a
 //!    create of a name that exists, drops it and takes another) and takes it before any lock
-//!    below, so a wait for a guard never holds one of them. The guards' mutex is held only to grant and release them (and, while a rename
-//!    runs, across index reads of ancestors), never across store I/O.
+//!    below, so a wait for a guard never holds one of them. The guards' mutex is held only to
+//!    grant and release them (and, while a rename runs, across index reads of ancestors), never
+//!    across store I/O.
 //!
 //!    Then a rename or exchange takes a move mark (`Index::begin_move`, `index/follow.rs`),
 //!    before any lock below, and holds it across its store moves and index transaction. The
