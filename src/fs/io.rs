@@ -31,6 +31,7 @@ impl DsFs {
             return Ok((self.virtual_open(ino, flags)?, attr));
         }
         let _below = self.subtrees.shared(&self.index, &[Ino(ino).node()])?;
+        let quiet = self.index.write_mark();
         let attr = self.getattr(ino)?;
         match attr.kind {
             FileKind::Dir => return Err(FsError::IsDir),
@@ -50,7 +51,24 @@ impl DsFs {
             return Err(FsError::ReadOnly);
         }
         let key = self.key_of(ino)?;
+        #[cfg(test)]
+        if let Some((entered, release)) = self.open_gate.lock().take() {
+            let _ = entered.send(());
+            let _ = release.recv();
+        }
         let inode = self.open_inode(ino, key.clone())?;
+        // An unlink decides inside its index transaction whether the file is open (then it
+        // keeps a private copy for the handles; else it deletes the value). One whose check
+        // ran before the line above and whose commit came after the reads above would remove
+        // the file under this open, whose close would then write the value back under no name.
+        // If any index write overlapped, wait for it to end and look again.
+        if quiet.is_none() || self.index.write_mark() != quiet {
+            self.index.wait_for_writes();
+            if let Err(e) = self.index.node(Ino(ino).node()) {
+                self.forget_open(ino, &inode);
+                return Err(e.into());
+            }
+        }
         let mut backing = None;
         {
             let mut st = inode.state.write();

@@ -90,6 +90,10 @@ pub struct DsFs {
     removed: removed::RemovedDirs,
     /// Renames in progress and the operations below what they move (see `subtree.rs`).
     subtrees: subtree::Subtrees,
+    /// Tests: the next `open` reports on the sender after its index reads and waits for the
+    /// receiver before it enters the open-file table.
+    #[cfg(test)]
+    open_gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
 }
 
 fn ts(t: Timestamp) -> SystemTime {
@@ -143,6 +147,8 @@ impl DsFs {
             blocks,
             removed: removed::RemovedDirs::default(),
             subtrees: subtree::Subtrees::default(),
+            #[cfg(test)]
+            open_gate: Mutex::new(None),
         }
     }
 

@@ -41,7 +41,10 @@
 //! 4. The index's write transaction and the stores' own locks are innermost: no inode lock is
 //!    ever taken inside an index transaction or a store call. The one lock taken inside an
 //!    index write transaction is a shard of the open-file table, read-locked for one lookup
-//!    (`unlink` asks whether the file is open), which waits for nothing else (rule 1).
+//!    (`unlink` asks whether the file is open), which waits for nothing else (rule 1). An
+//!    `open` that an index write overlapped waits for that write's end
+//!    (`Index::wait_for_writes`) holding only its subtree guard, after it has entered the
+//!    open-file table and released the shard.
 //!
 //! `DsFs::shut` is taken by `shutdown` alone, before any of these.
 

@@ -366,3 +366,40 @@ fn an_open_file_follows_its_value_through_an_exchange() {
     assert_eq!(fs.read(o.fh, 0, 100).unwrap(), b"AAAA");
     fs.release(o.fh).unwrap();
 }
+
+/// An unlink that runs after an open has read the file's node and key but before the open
+/// entered the open-file table finds the file not open and removes it: the open must then
+/// fail (ENOENT), not hand out a handle whose writes the close would put back under no name.
+#[test]
+fn an_unlink_between_an_opens_reads_and_its_table_entry_fails_the_open() {
+    let store = Arc::new(MemStore::new());
+    let fs = Arc::new(fs_over(store.clone()));
+    let ino = write_file(&fs, ROOT, "f", b"old");
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    *fs.open_gate.lock() = Some((entered_tx, release_rx));
+    let opener = {
+        let fs = fs.clone();
+        std::thread::spawn(move || -> FsResult<Vec<u8>> {
+            let o = fs.open(ino, libc::O_RDWR)?;
+            let written = fs.write(o.fh, 0, b"written after the rm");
+            let read = fs.read(o.fh, 0, 64);
+            let released = fs.release(o.fh);
+            written?;
+            released?;
+            read
+        })
+    };
+    entered
+        .recv_timeout(HANG)
+        .expect("the open did not reach its gate");
+    fs.unlink(ROOT, b"f").unwrap();
+    release.send(()).unwrap();
+    let result = opener.join().unwrap();
+    assert!(fs.lookup(ROOT, b"f").is_err());
+    assert!(
+        !store.has(&Key::new("/f")).unwrap(),
+        "the removed file's value is back in the store (open: {result:?})"
+    );
+    assert!(matches!(result, Err(FsError::NotFound)), "{result:?}");
+}

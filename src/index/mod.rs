@@ -142,6 +142,10 @@ pub struct Index {
     writes: std::sync::atomic::AtomicU64,
     /// Read transactions begun since open (see [`Index::read_count`]).
     reads: std::sync::atomic::AtomicU64,
+    /// Write transactions that took the write lock, and those that released it (see
+    /// [`Index::write_mark`]).
+    writes_begun: std::sync::atomic::AtomicU64,
+    writes_ended: std::sync::atomic::AtomicU64,
     /// Directory keys by node id.
     dir_keys: keycache::DirKeys,
     /// Directory records by node id.
@@ -294,6 +298,8 @@ impl Index {
             reserve: None,
             writes: std::sync::atomic::AtomicU64::new(0),
             reads: std::sync::atomic::AtomicU64::new(0),
+            writes_begun: std::sync::atomic::AtomicU64::new(0),
+            writes_ended: std::sync::atomic::AtomicU64::new(0),
             dir_keys: keycache::DirKeys::default(),
             dir_nodes: nodecache::DirNodes::default(),
             moves: follow::Moves::default(),
@@ -404,6 +410,7 @@ impl Index {
             // two writes update them in the order they committed (redb orders the writes
             // themselves the same way: one write transaction at a time).
             let mut serial = self.write_serial.lock();
+            let _running = WriteRunning::begin(self);
             let mut txn = self
                 .db
                 .begin_write()
@@ -441,6 +448,26 @@ impl Index {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(result)
         })
+    }
+
+    /// A mark of the index's write transactions: `None` while one runs, else a number that
+    /// changes whenever one has run. An operation that reads the index and then publishes
+    /// something that a concurrent write transaction checks from inside it (the open-file
+    /// table, which an unlink consults before removing a file) compares a mark taken before
+    /// its reads with one taken after publishing: if they differ, or the first is `None`, a
+    /// write may have checked before the publishing and committed after the reads, and the
+    /// operation calls [`Index::wait_for_writes`] and reads again.
+    pub fn write_mark(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ended = self.writes_ended.load(SeqCst);
+        let begun = self.writes_begun.load(SeqCst);
+        (begun == ended).then_some(begun)
+    }
+
+    /// Waits until the write transaction running now, if any, has committed or failed: it
+    /// takes the write lock and drops it at once.
+    pub fn wait_for_writes(&self) {
+        drop(self.write_serial.lock());
     }
 
     /// How many write transactions [`Index::write`] has committed since the index was opened:
@@ -789,6 +816,26 @@ fn key_of(nodes: &impl ReadableTable<u64, &'static [u8]>, id: NodeId) -> IndexRe
         s.push_str(p);
     }
     Key::from_raw(s).map_err(|_| IndexError::corrupt(format!("node {id} has an unclean path")))
+}
+
+/// Counts a write transaction in [`Index::write_mark`]'s counters while it holds the write lock.
+struct WriteRunning<'a>(&'a Index);
+
+impl<'a> WriteRunning<'a> {
+    fn begin(index: &'a Index) -> WriteRunning<'a> {
+        index
+            .writes_begun
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        WriteRunning(index)
+    }
+}
+
+impl Drop for WriteRunning<'_> {
+    fn drop(&mut self) {
+        self.0
+            .writes_ended
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// How many node ids (or cookies) one write of the meta table reserves.
