@@ -113,6 +113,12 @@ impl DirtySet {
         self.state.lock().root = true;
     }
 
+    /// Whether something written is not synced yet.
+    #[cfg(test)]
+    pub(crate) fn is_pending(&self) -> bool {
+        !self.state.lock().is_empty()
+    }
+
     /// Makes everything recorded so far durable. On failure everything not yet synced stays
     /// recorded, so a later flush retries.
     pub(crate) fn flush(&self, root: &Path) -> Result<()> {

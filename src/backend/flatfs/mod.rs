@@ -462,6 +462,12 @@ impl FlatFsStore {
         FlatFsStore::open(path, options)
     }
 
+    /// Whether some write is not synced yet (not yet made durable by [`Datastore::sync`]).
+    #[cfg(test)]
+    pub(crate) fn has_unsynced(&self) -> bool {
+        self.dirty.is_pending()
+    }
+
     /// The datastore root.
     pub fn path(&self) -> &Path {
         &self.root
