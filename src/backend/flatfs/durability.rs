@@ -113,10 +113,23 @@ impl DirtySet {
         self.state.lock().root = true;
     }
 
+    /// Takes the pending entries of the root: whether a shard directory was created since the
+    /// last flush. A caller that takes them syncs the root, or gives them back with
+    /// [`DirtySet::root`] if it cannot.
+    pub(crate) fn take_root(&self) -> bool {
+        std::mem::take(&mut self.state.lock().root)
+    }
+
     /// Whether something written is not synced yet.
     #[cfg(test)]
     pub(crate) fn is_pending(&self) -> bool {
         !self.state.lock().is_empty()
+    }
+
+    /// Whether a shard directory's entry in the root is not synced yet.
+    #[cfg(test)]
+    pub(crate) fn is_root_pending(&self) -> bool {
+        self.state.lock().root
     }
 
     /// Makes everything recorded so far durable. On failure everything not yet synced stays

@@ -468,6 +468,12 @@ impl FlatFsStore {
         self.dirty.is_pending()
     }
 
+    /// Whether a shard directory's entry in the root is not synced yet.
+    #[cfg(test)]
+    pub(crate) fn root_unsynced(&self) -> bool {
+        self.dirty.is_root_pending()
+    }
+
     /// The datastore root.
     pub fn path(&self) -> &Path {
         &self.root
@@ -566,13 +572,16 @@ impl FlatFsStore {
 
     /// Makes sure the shard directory exists. A directory created here has its size added to
     /// the counter; then the root is fsynced (`sync_root`) or recorded for the next `sync`.
+    /// A shard directory created earlier without `sync_root` may still have its entry only
+    /// in memory: with `sync_root`, the root is then synced too, or a power loss could take the
+    /// shard directory, and the value committed durably into it, away.
     fn ensure_shard_dir(&self, shard: &str, sync_root: bool) -> Result<()> {
         if self.known_dirs.read().contains(shard) {
-            return Ok(());
+            return self.sync_pending_root(sync_root);
         }
         let _one_mkdir_at_a_time = self.mkdir_lock.lock();
         if self.known_dirs.read().contains(shard) {
-            return Ok(());
+            return self.sync_pending_root(sync_root);
         }
         let dir = self.root.join(shard);
         match make_dir(&dir) {
@@ -603,6 +612,19 @@ impl FlatFsStore {
             }
         }
         self.known_dirs.write().insert(shard.to_owned());
+        Ok(())
+    }
+
+    /// With `sync_root`, syncs the root if a shard directory created since the last `sync`
+    /// may not be durable yet.
+    fn sync_pending_root(&self, sync_root: bool) -> Result<()> {
+        if sync_root
+            && self.dirty.take_root()
+            && let Err(e) = fsync_dir(&self.root)
+        {
+            self.dirty.root();
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -1198,5 +1220,39 @@ impl std::fmt::Debug for FlatFsStore {
             .field("shard", &self.shard.id())
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod durable_tests {
+    use super::*;
+
+    /// A durable commit into a shard directory that an earlier, non-durable put created used
+    /// to sync the file and the shard directory but not the root, whose entry for the shard
+    /// directory stayed unsynced until the next `sync`: a power loss could lose the directory
+    /// and with it the value the commit had acknowledged as durable.
+    #[test]
+    fn a_durable_commit_syncs_the_root_entry_of_a_shard_made_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FlatFsStore::create_or_open(
+            dir.path(),
+            ShardFn::NextToLast(2),
+            FlatFsOptions::default(),
+        )
+        .unwrap();
+        let (a, b) = (Key::new("/XAAB"), Key::new("/YAAB"));
+        assert_eq!(store.shard.dir_for("XAAB"), store.shard.dir_for("YAAB"));
+        store.put(&a, b"not durable").unwrap();
+        assert!(
+            store.root_unsynced(),
+            "the put was meant to create the shard"
+        );
+        let staged = store.stage(&b, StageInit::Empty).unwrap();
+        staged.write_all_at(0, &[7u8; 100_000]).unwrap();
+        store.commit_staged(&b, staged, true).unwrap();
+        assert!(
+            !store.root_unsynced(),
+            "the shard directory of a durable commit is not durable"
+        );
     }
 }
