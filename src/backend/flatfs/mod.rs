@@ -135,6 +135,14 @@ pub struct FlatFsStore {
     lock: Mutex<Option<lock::StoreLock>>,
 }
 
+/// The directory holding `path` (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// A path removed when dropped, unless disarmed: the temp file of a write that failed.
 struct RemoveOnDrop(Option<PathBuf>);
 
@@ -273,7 +281,8 @@ impl FlatFsStore {
         let root = path.as_ref();
         check_param(shard)?;
         match make_dir(root) {
-            Ok(()) => {}
+            // The new directory's own entry, so that the store outlives a power loss.
+            Ok(()) => fsync_dir(parent_dir(root))?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => {
                 return Err(Error::io(format!("flatfs: creating {}", root.display()), e));
@@ -389,6 +398,9 @@ impl FlatFsStore {
                 e,
             )
         })?;
+        // The journal records of in-place commits live in `.temp`; syncing `.temp` makes them
+        // durable only if `.temp`'s own (new) entry in the root is.
+        fsync_dir(&root)?;
 
         let (initial, stored, accuracy, scanned) = match disk_usage::read_cache(&root) {
             Some((du, accuracy)) if du > 0 => (du, du, accuracy, false),
@@ -1225,7 +1237,35 @@ impl std::fmt::Debug for FlatFsStore {
 
 #[cfg(test)]
 mod durable_tests {
+    use super::durability::SYNCED_DIRS;
     use super::*;
+
+    fn synced_dirs() -> Vec<PathBuf> {
+        SYNCED_DIRS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+    }
+
+    /// A new store's directory entry in its parent, and the `.temp` directory that every open
+    /// makes anew (where in-place commits keep their journal records), used to be left to
+    /// writeback: a power loss could drop the store's directory, or `.temp` with an
+    /// acknowledged commit's record, even after its files and `.temp` were synced.
+    #[test]
+    fn creating_and_opening_sync_the_new_directory_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        synced_dirs();
+        let store =
+            FlatFsStore::create_or_open(&root, ShardFn::NextToLast(2), FlatFsOptions::default())
+                .unwrap();
+        let synced = synced_dirs();
+        assert!(synced.contains(&dir.path().to_path_buf()), "{synced:?}");
+        store.close().unwrap();
+        drop(store);
+        synced_dirs();
+        let store = FlatFsStore::open(&root, FlatFsOptions::default()).unwrap();
+        let synced = synced_dirs();
+        assert!(synced.contains(&root), "{synced:?}");
+        drop(store);
+    }
 
     /// A durable commit into a shard directory that an earlier, non-durable put created used
     /// to sync the file and the shard directory but not the root, whose entry for the shard
