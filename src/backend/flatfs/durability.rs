@@ -130,6 +130,13 @@ impl DirtySet {
         std::mem::take(&mut self.state.lock().root)
     }
 
+    /// Whether `path` may have been written or renamed into place since the last flush (so
+    /// its content or its name may not be durable yet).
+    pub(crate) fn may_hold(&self, path: &Path) -> bool {
+        let st = self.state.lock();
+        st.overflow || st.files.contains(path)
+    }
+
     /// Whether something written is not synced yet.
     #[cfg(test)]
     pub(crate) fn is_pending(&self) -> bool {

@@ -1045,7 +1045,14 @@ impl Datastore for FlatFsStore {
                 let op = self.ops.acquire(&name);
                 match self.in_place_target(&rel, plan.base_id) {
                     Ok(Some(target)) => {
-                        let result = self.commit_in_place(staged, plan, &target, &rel);
+                        let mut result = self.commit_in_place(staged, plan, &target, &rel);
+                        // The journal makes the changed ranges durable, not the file below
+                        // them: if that was written or renamed into place since the last
+                        // sync, its bytes and its name are synced now (with everything else
+                        // pending), or the file could vanish in a power loss.
+                        if durable && result.is_ok() && self.dirty.may_hold(&self.root.join(&rel)) {
+                            result = self.dirty.flush(&self.root);
+                        }
                         op.finish(result.is_ok());
                         return result;
                     }
@@ -1242,6 +1249,38 @@ mod durable_tests {
 
     fn synced_dirs() -> Vec<PathBuf> {
         SYNCED_DIRS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+    }
+
+    /// An fsync after a small write into a big file that was committed (renamed into place)
+    /// by an earlier close and not synced since: the in-place commit's journal made the changed
+    /// bytes durable but not the rest of the file, nor its name in the shard directory, so a
+    /// power loss could lose the whole file that the fsync had acknowledged.
+    #[test]
+    fn a_durable_in_place_commit_syncs_an_unsynced_file_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FlatFsStore::create_or_open(
+            dir.path(),
+            ShardFn::NextToLast(2),
+            FlatFsOptions::default(),
+        )
+        .unwrap();
+        let key = Key::new("/BIGAAB");
+        let len = journal::IN_PLACE_MIN + (1 << 20);
+        let staged = store.stage(&key, StageInit::Empty).unwrap();
+        staged.write_all_at(0, &vec![1u8; len as usize]).unwrap();
+        store.commit_staged(&key, staged, false).unwrap();
+        assert!(store.has_unsynced());
+        let staged = store.stage(&key, StageInit::CopyCurrent).unwrap();
+        assert!(staged.is_overlay(), "the test needs an in-place commit");
+        staged.write_all_at(4096, b"changed").unwrap();
+        store.commit_staged(&key, staged, true).unwrap();
+        assert!(
+            !store.has_unsynced(),
+            "the file below a durable in-place commit is not synced"
+        );
+        let mut buf = [0u8; 7];
+        store.read_at(&key, 4096, &mut buf).unwrap();
+        assert_eq!(&buf, b"changed");
     }
 
     /// A new store's directory entry in its parent, and the `.temp` directory that every open
