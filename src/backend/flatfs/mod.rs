@@ -63,7 +63,10 @@ pub use self::shard::{
 
 use self::batch::BatchOp;
 use self::disk_usage::UsageTracker;
-use self::durability::{DirtySet, fsync_dir};
+use self::durability::DirtySet;
+#[cfg(test)]
+pub(crate) use self::durability::SYNCED_DIRS;
+pub(crate) use self::durability::fsync_dir;
 use self::ops::{Begin, Mode, OpMap};
 
 /// The scratch directory, emptied on every open.
@@ -136,7 +139,7 @@ pub struct FlatFsStore {
 }
 
 /// The directory holding `path` (`.` for a bare name).
-fn parent_dir(path: &Path) -> &Path {
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -1244,7 +1247,6 @@ impl std::fmt::Debug for FlatFsStore {
 
 #[cfg(test)]
 mod durable_tests {
-    use super::durability::SYNCED_DIRS;
     use super::*;
 
     fn synced_dirs() -> Vec<PathBuf> {
