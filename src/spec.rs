@@ -1209,8 +1209,13 @@ impl<'a> TreeOpener<'a> {
             }
             "tiered" => {
                 let dir = self.path(node)?;
+                let new = !dir.exists();
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                if new {
+                    // Its entry in the repository, so that the store outlives a power loss.
+                    crate::backend::flatfs::fsync_dir(crate::backend::flatfs::parent_dir(&dir))?;
+                }
                 let threshold = node
                     .get("threshold")
                     .and_then(Value::as_u64)
@@ -1545,6 +1550,30 @@ mod tests {
                 .close()
                 .unwrap();
         }
+    }
+
+    /// A new repository's directories are made one after another (blocks/, then data/ for the
+    /// tiered store, then data/files/); each one's entry must be synced in its parent. The
+    /// repository directory was synced once, when blocks/ was made, before data/ existed: a
+    /// power loss could drop data/ with every value in it.
+    #[test]
+    fn a_new_repositorys_directories_are_synced_into_their_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_dir = dir.path().join("repo");
+        let spec = StoreSpec::parse(repo_dir.to_str().unwrap()).unwrap();
+        crate::backend::flatfs::SYNCED_DIRS.with(|d| d.borrow_mut().clear());
+        let opened = open(&spec, OpenMode::default()).unwrap();
+        let synced = crate::backend::flatfs::SYNCED_DIRS.with(|d| d.borrow().clone());
+        let data = repo_dir.join("data");
+        assert!(data.is_dir());
+        // blocks/ in the repository, then data/ in the repository, then files/ in data/.
+        let repo_syncs = synced.iter().filter(|p| **p == repo_dir).count();
+        assert!(
+            repo_syncs >= 2,
+            "data/ was never synced into {repo_dir:?}: {synced:?}"
+        );
+        assert!(synced.contains(&data), "{synced:?}");
+        opened.store.close().unwrap();
     }
 
     #[test]

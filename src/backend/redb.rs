@@ -67,6 +67,19 @@ pub struct RedbStore {
     pending: Arc<PendingDeletes>,
     /// Write transactions committed by [`RedbStore::write`] since open.
     writes: AtomicU64,
+    /// Called just before every durable commit (tests check what must be durable before it).
+    #[cfg(test)]
+    durable_hook: DurableHook,
+}
+
+#[cfg(test)]
+type DurableHook = Arc<parking_lot::Mutex<Option<Box<dyn Fn() + Send + Sync>>>>;
+
+#[cfg(test)]
+fn run_hook(hook: &DurableHook) {
+    if let Some(f) = &*hook.lock() {
+        f();
+    }
 }
 
 /// The group committer's durable commit: applies the pending deletes in it.
@@ -110,10 +123,18 @@ impl RedbStore {
             txn.commit().map_err(|e| redb_error("committing", e))?;
             let db = Arc::new(db);
             let pending = Arc::new(PendingDeletes::default());
+            #[cfg(test)]
+            let durable_hook = DurableHook::default();
             let commits = {
                 let (db, pending) = (db.clone(), pending.clone());
+                #[cfg(test)]
+                let hook = durable_hook.clone();
                 GroupCommit::with_commit(
-                    Box::new(move || durable_commit(&db, &pending)),
+                    Box::new(move || {
+                        #[cfg(test)]
+                        run_hook(&hook);
+                        durable_commit(&db, &pending)
+                    }),
                     options.commit_interval,
                     "values",
                 )
@@ -126,6 +147,8 @@ impl RedbStore {
                 closed: AtomicBool::new(false),
                 pending,
                 writes: AtomicU64::new(0),
+                #[cfg(test)]
+                durable_hook,
             })
         })
     }
@@ -215,6 +238,12 @@ impl RedbStore {
         self.writes.load(Ordering::Relaxed)
     }
 
+    /// Sets the function called just before every durable commit.
+    #[cfg(test)]
+    pub(crate) fn on_durable_commit(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.durable_hook.lock() = Some(Box::new(f));
+    }
+
     /// How many deletes wait for the next write transaction or durable commit.
     #[cfg(test)]
     pub(super) fn pending_deletes(&self) -> usize {
@@ -232,6 +261,10 @@ impl RedbStore {
             if !self.options.durable_puts {
                 txn.set_durability(Durability::None)
                     .map_err(|e| redb_error("setting durability", e))?;
+            }
+            #[cfg(test)]
+            if self.options.durable_puts {
+                run_hook(&self.durable_hook);
             }
             let applied = self.pending.snapshot();
             {

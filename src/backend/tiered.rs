@@ -12,7 +12,11 @@
 //! and `close`): first the files are synced, then the records are committed durably, and only
 //! then are the files that the committed records no longer reference deleted. A crash at any
 //! moment therefore finds each record pointing at a complete file (its old or its new value),
-//! and leaves at worst unreferenced files, which [`Datastore::scrub`] removes.
+//! and leaves at worst unreferenced files, which [`Datastore::scrub`] removes. The checkpoint is
+//! the only durable commit of the records (their store runs no group committer of its own), and
+//! no write of a file and its record runs while it syncs the files for the last time and
+//! commits the records (the `gate`): a durable commit never includes a record whose file is not
+//! synced yet, which a power loss would leave pointing at a missing or empty file.
 //!
 //! Record format: one tag byte, then
 //! * `0`: the value itself;
@@ -32,7 +36,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use super::flatfs::{FlatFsOptions, FlatFsStore, ShardFn};
 use super::redb::{RedbOptions, RedbStore};
@@ -197,6 +201,10 @@ struct Inner {
     retired: Mutex<Vec<Key>>,
     /// Serialises checkpoints.
     checkpointing: Mutex<()>,
+    /// Held shared by every write of a file together with its record, from the file's write to
+    /// the record's, and exclusively by a checkpoint while it makes the files and then the
+    /// records durable (see the module documentation). Taken after a key's stripe lock.
+    gate: RwLock<()>,
     state: Mutex<CheckpointState>,
     wake: Condvar,
     closed: std::sync::atomic::AtomicBool,
@@ -220,12 +228,20 @@ impl TieredStore {
         files_dir: &Path,
         options: TieredOptions,
     ) -> Result<TieredStore> {
-        let (records, _salvaged) = RedbStore::open_salvaging(records_path, options.redb.clone())?;
+        // Records become durable only at a checkpoint, after the files they point to: a group
+        // committer of their own would commit them before their files are synced. With
+        // `durable_puts` every record is durable at once, so every file must be as well.
+        let redb = RedbOptions {
+            commit_interval: None,
+            ..options.redb.clone()
+        };
+        let sync_files = options.sync_files || redb.durable_puts;
+        let (records, _salvaged) = RedbStore::open_salvaging(records_path, redb)?;
         let files = FlatFsStore::create_or_open(
             files_dir,
             ShardFn::NextToLast(2),
             FlatFsOptions {
-                sync: options.sync_files,
+                sync: sync_files,
                 ..FlatFsOptions::default()
             },
         )?;
@@ -236,6 +252,7 @@ impl TieredStore {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             retired: Mutex::new(Vec::new()),
             checkpointing: Mutex::new(()),
+            gate: RwLock::new(()),
             state: Mutex::new(CheckpointState {
                 dirty: false,
                 stop: false,
@@ -295,13 +312,21 @@ impl Inner {
     }
 
     /// Files, then durable records, then the deletion of files no durable record references.
+    /// Most files are synced before writers are held back; then, with writers held at the
+    /// `gate`, the files written meanwhile and the records. Must not be called with the gate
+    /// held.
     fn checkpoint(&self) -> Result<()> {
         let _one = self.checkpointing.lock();
-        let retired = std::mem::take(&mut *self.retired.lock());
-        let synced = self
-            .files
-            .sync(&Key::root())
-            .and_then(|()| self.records.sync(&Key::root()));
+        self.files.sync(&Key::root())?;
+        let (retired, synced) = {
+            let _writers_wait = self.gate.write();
+            let retired = std::mem::take(&mut *self.retired.lock());
+            let synced = self
+                .files
+                .sync(&Key::root())
+                .and_then(|()| self.records.sync(&Key::root()));
+            (retired, synced)
+        };
         if let Err(e) = synced {
             self.retired.lock().extend(retired);
             return Err(e);
@@ -399,11 +424,16 @@ impl Inner {
         let stale = f.size.is_some_and(|s| s != size) || f.hash.is_some();
         if stale {
             self.records.put(key, &file_record_unsized(&f.id))?;
-            self.records.sync(key)?;
+            // Files first: a durable commit of the records alone would also make records of
+            // other keys durable whose files are not synced yet.
+            self.checkpoint()?;
         }
-        self.files.commit_staged(&f.id, staged, durable)?;
-        if stale {
-            self.records.put(key, &file_record(&f.id, size, None))?;
+        {
+            let _writing = self.gate.read();
+            self.files.commit_staged(&f.id, staged, durable)?;
+            if stale {
+                self.records.put(key, &file_record(&f.id, size, None))?;
+            }
         }
         self.mark_dirty();
         if durable {
@@ -514,6 +544,7 @@ impl Datastore for Inner {
         let old = self.loc(key)?;
         if value.len() as u64 >= self.threshold {
             let id = new_file_id();
+            let _writing = self.gate.read();
             self.files.put(&id, value)?;
             let record = file_record(&id, value.len() as u64, Some(sha256(value)));
             if let Err(e) = self.records.put(key, &record) {
@@ -603,9 +634,12 @@ impl Datastore for Inner {
             return Ok(());
         }
         let c = self.checkpoint();
-        let a = self.records.close();
+        // Files closed (and synced) first, with writers held off: the records' final durable
+        // commit must not include a record whose file is not synced.
+        let _writers_wait = self.gate.write();
         let b = self.files.close();
-        c.and(a).and(b)
+        let a = self.records.close();
+        c.and(b).and(a)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -630,6 +664,7 @@ impl Datastore for Inner {
         let mut records: BatchOps = BTreeMap::new();
         let mut old = Vec::new();
         let mut written = Vec::new();
+        let writing = self.gate.read();
         let result = (|| {
             for (key, op) in &ops {
                 old.push(self.loc(key)?);
@@ -651,6 +686,7 @@ impl Datastore for Inner {
             }
             self.records.apply_batch(records)
         })();
+        drop(writing);
         if result.is_err() {
             for id in written {
                 let _ = self.files.delete(&id);
@@ -732,6 +768,7 @@ impl Datastore for Inner {
         if size >= self.threshold {
             let id = new_file_id();
             let hash = staged.content_hash(size);
+            let _writing = self.gate.read();
             self.files.commit_staged(&id, staged, durable)?;
             if let Err(e) = self.records.put(key, &file_record(&id, size, hash)) {
                 let _ = self.files.delete(&id);
@@ -841,7 +878,7 @@ impl Inner {
                     files.keep_aside(id);
                 }
             }
-            self.records.sync(&Key::root())?;
+            self.checkpoint()?;
         }
         // Symlinks and other file types among the files: never followed, reported.
         problems.extend(self.files.scrub(false)?);
@@ -1075,5 +1112,160 @@ impl FilesHandle {
             Ok(()) => log::warn!("tiered: kept the damaged file of {id} in {}", dir.display()),
             Err(e) => log::warn!("tiered: could not move {} aside: {e}", p.display()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Weak;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A store with a 1 KiB threshold whose records' durable commits fail the test (through
+    /// `violated`) when a file of the file tier is not synced at that moment.
+    fn watched(dir: &Path, redb: RedbOptions) -> (TieredStore, Arc<AtomicBool>, Arc<AtomicUsize>) {
+        let store = TieredStore::open(
+            &dir.join("records.redb"),
+            &dir.join("files"),
+            TieredOptions {
+                threshold: 1024,
+                redb,
+                sync_files: false,
+            },
+        )
+        .unwrap();
+        let violated = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(AtomicUsize::new(0));
+        let inner: Weak<Inner> = Arc::downgrade(&store.inner);
+        let (v, c) = (violated.clone(), commits.clone());
+        store.inner.records.on_durable_commit(move || {
+            if let Some(inner) = inner.upgrade()
+                && inner.files.has_unsynced()
+            {
+                v.store(true, Ordering::SeqCst);
+            }
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+        (store, violated, commits)
+    }
+
+    fn big(n: u8) -> Vec<u8> {
+        vec![n; 4096]
+    }
+
+    /// The records' own group committer (1 s by default; 1 ms here) used to commit a record
+    /// durably before the checkpoint had synced its file: after a power loss in between, the
+    /// record would point at a missing or empty file.
+    #[test]
+    fn records_are_never_durable_before_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = RedbOptions {
+            commit_interval: Some(Duration::from_millis(1)),
+            ..RedbOptions::default()
+        };
+        let (store, violated, commits) = watched(dir.path(), redb);
+        let before = commits.load(Ordering::SeqCst);
+        store.put(&Key::new("/a"), &big(1)).unwrap();
+        // Wait for the first durable commit after the put (the checkpoint's, within a second).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while commits.load(Ordering::SeqCst) == before && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            commits.load(Ordering::SeqCst) > before,
+            "no durable commit came"
+        );
+        assert!(
+            !violated.load(Ordering::SeqCst),
+            "a record was made durable before its file was synced"
+        );
+        drop(store);
+        assert!(!violated.load(Ordering::SeqCst));
+    }
+
+    /// With `durable_puts` every record is durable at once, so its file must be synced first.
+    #[test]
+    fn durable_records_come_after_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = RedbOptions {
+            durable_puts: true,
+            ..RedbOptions::default()
+        };
+        let (store, violated, _) = watched(dir.path(), redb);
+        store.put(&Key::new("/a"), &big(1)).unwrap();
+        store.put(&Key::new("/b"), &big(2)).unwrap();
+        assert!(
+            !violated.load(Ordering::SeqCst),
+            "a durable record was written before its file was synced"
+        );
+    }
+
+    /// A commit into a file whose record holds a size or hash first makes a record without
+    /// them durable. That durable commit used to come before the files were synced, also the
+    /// unsynced file of another key's record it made durable with it.
+    #[test]
+    fn an_in_place_commit_syncs_files_before_its_durable_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = RedbOptions {
+            commit_interval: None,
+            ..RedbOptions::default()
+        };
+        let (store, violated, _) = watched(dir.path(), redb);
+        store.put(&Key::new("/a"), &big(1)).unwrap();
+        store.sync(&Key::root()).unwrap();
+        // Another key's file, not synced yet.
+        store.put(&Key::new("/b"), &big(2)).unwrap();
+        let staged = store
+            .stage(&Key::new("/a"), StageInit::CopyCurrent)
+            .unwrap();
+        assert!(staged.is_overlay(), "the test needs an overlay commit");
+        staged.write_all_at(10, b"changed").unwrap();
+        store.commit_staged(&Key::new("/a"), staged, false).unwrap();
+        assert!(
+            !violated.load(Ordering::SeqCst),
+            "the records were made durable before the files"
+        );
+    }
+
+    /// Writers racing checkpoints: no durable commit of the records may include a record
+    /// written after the checkpoint synced the files.
+    #[test]
+    fn writes_racing_checkpoints_never_make_a_record_durable_before_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = RedbOptions {
+            commit_interval: None,
+            ..RedbOptions::default()
+        };
+        let (store, violated, _) = watched(dir.path(), redb);
+        let store = Arc::new(store);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..2u8)
+            .map(|w| {
+                let (store, stop) = (store.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u32;
+                    while !stop.load(Ordering::SeqCst) {
+                        let key = Key::new(format!("/w{w}/{}", i % 64));
+                        store.put(&key, &big(w)).unwrap();
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..100 {
+            store.sync(&Key::root()).unwrap();
+            if violated.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(
+            !violated.load(Ordering::SeqCst),
+            "a record written during a checkpoint was made durable before its file"
+        );
     }
 }

@@ -791,10 +791,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.store().index().sync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e.into())),
-        }
+        empty(reply, self.fs.fsyncdir())
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -7,7 +7,7 @@ use super::ipfs;
 use super::open::{InodeState, OpenInode};
 use super::types::{Attr, FileKind, Ino, Opened};
 use super::{DsFs, FsError, FsResult};
-use crate::datastore::{Key, StageInit, Staged};
+use crate::datastore::{Datastore, Key, StageInit, Staged};
 use crate::index::node::Timestamp;
 use crate::index::{Index, IndexErrorKind};
 
@@ -382,6 +382,15 @@ impl DsFs {
         }
         let h = self.handle(fh)?;
         self.commit(h.ino, &h.inode, true)
+    }
+
+    /// `fsync` of a directory: makes every change so far durable, in the store as well as in
+    /// the index. A rename, create or unlink below the directory changed keys in the store
+    /// (`rename` moves a value to its new key); with the index alone durable, a power loss
+    /// would take the store back and the repair after it the names with it.
+    pub fn fsyncdir(&self) -> FsResult<()> {
+        self.store.sync(&Key::root())?;
+        Ok(())
     }
 
     /// The last reference to a handle is gone: commits if it was the inode's last handle.

@@ -311,6 +311,7 @@ fn setattr_racing_commits_does_not_deadlock() {
 struct RemoteLike {
     inner: MemStore,
     fail_reads: parking_lot::Mutex<Option<crate::datastore::ErrorKind>>,
+    syncs: std::sync::atomic::AtomicUsize,
 }
 
 impl RemoteLike {
@@ -347,6 +348,7 @@ impl Datastore for RemoteLike {
         self.inner.query(q)
     }
     fn sync(&self, prefix: &Key) -> crate::Result<()> {
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.sync(prefix)
     }
     fn close(&self) -> crate::Result<()> {
@@ -368,10 +370,32 @@ fn remote_like_fs() -> (DsFs, Arc<RemoteLike>) {
     let backend = Arc::new(RemoteLike {
         inner: MemStore::new(),
         fail_reads: parking_lot::Mutex::new(None),
+        syncs: std::sync::atomic::AtomicUsize::new(0),
     });
     let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
     let store = Arc::new(IndexedStore::new(backend.clone(), index));
     (DsFs::new(store, FsOptions::default()), backend)
+}
+
+/// `fsync` of the directory is how a program makes a rename durable. It used to sync only the
+/// index: the store's rename of the value stayed in memory (a non-durable redb transaction,
+/// or an unsynced directory entry in flatfs), and after a power loss the repair from the store
+/// took the file back to its old name.
+#[test]
+fn fsync_of_a_directory_makes_the_store_durable_too() {
+    use std::sync::atomic::Ordering;
+    let (fs, backend) = remote_like_fs();
+    let f = write_file(&fs, ROOT, "f", b"data");
+    let d = fs.mkdir(CTX, ROOT, b"d", 0o755, 0o022).unwrap().ino;
+    fs.rename(ROOT, b"f", d, b"f", RenameFlags::default())
+        .unwrap();
+    assert_eq!(fs.getattr(f).unwrap().size, 4);
+    let before = backend.syncs.load(Ordering::SeqCst);
+    fs.fsyncdir().unwrap();
+    assert!(
+        backend.syncs.load(Ordering::SeqCst) > before,
+        "fsyncdir did not sync the store"
+    );
 }
 
 #[test]

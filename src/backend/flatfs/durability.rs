@@ -22,7 +22,17 @@ pub const MAX_TRACKED_FILES: usize = 4096;
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("flatfs: syncing directory {}", dir.display()), e))
+        .map_err(|e| Error::io(format!("flatfs: syncing directory {}", dir.display()), e))?;
+    #[cfg(test)]
+    SYNCED_DIRS.with(|d| d.borrow_mut().push(dir.to_path_buf()));
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The directories [`fsync_dir`] synced on this thread, for tests.
+    pub(crate) static SYNCED_DIRS: std::cell::RefCell<Vec<PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// fsyncs a file by path. A file that no longer exists needs nothing (whatever removed or
@@ -111,6 +121,32 @@ impl DirtySet {
     /// Records a new entry in the root (a shard directory).
     pub(crate) fn root(&self) {
         self.state.lock().root = true;
+    }
+
+    /// Takes the pending entries of the root: whether a shard directory was created since the
+    /// last flush. A caller that takes them syncs the root, or gives them back with
+    /// [`DirtySet::root`] if it cannot.
+    pub(crate) fn take_root(&self) -> bool {
+        std::mem::take(&mut self.state.lock().root)
+    }
+
+    /// Whether `path` may have been written or renamed into place since the last flush (so
+    /// its content or its name may not be durable yet).
+    pub(crate) fn may_hold(&self, path: &Path) -> bool {
+        let st = self.state.lock();
+        st.overflow || st.files.contains(path)
+    }
+
+    /// Whether something written is not synced yet.
+    #[cfg(test)]
+    pub(crate) fn is_pending(&self) -> bool {
+        !self.state.lock().is_empty()
+    }
+
+    /// Whether a shard directory's entry in the root is not synced yet.
+    #[cfg(test)]
+    pub(crate) fn is_root_pending(&self) -> bool {
+        self.state.lock().root
     }
 
     /// Makes everything recorded so far durable. On failure everything not yet synced stays

@@ -63,7 +63,10 @@ pub use self::shard::{
 
 use self::batch::BatchOp;
 use self::disk_usage::UsageTracker;
-use self::durability::{DirtySet, fsync_dir};
+use self::durability::DirtySet;
+#[cfg(test)]
+pub(crate) use self::durability::SYNCED_DIRS;
+pub(crate) use self::durability::fsync_dir;
 use self::ops::{Begin, Mode, OpMap};
 
 /// The scratch directory, emptied on every open.
@@ -133,6 +136,14 @@ pub struct FlatFsStore {
     /// (see `journal.rs` and `settle.rs`).
     settler: settle::Settler,
     lock: Mutex<Option<lock::StoreLock>>,
+}
+
+/// The directory holding `path` (`.` for a bare name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// A path removed when dropped, unless disarmed: the temp file of a write that failed.
@@ -273,7 +284,8 @@ impl FlatFsStore {
         let root = path.as_ref();
         check_param(shard)?;
         match make_dir(root) {
-            Ok(()) => {}
+            // The new directory's own entry, so that the store outlives a power loss.
+            Ok(()) => fsync_dir(parent_dir(root))?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => {
                 return Err(Error::io(format!("flatfs: creating {}", root.display()), e));
@@ -389,6 +401,9 @@ impl FlatFsStore {
                 e,
             )
         })?;
+        // The journal records of in-place commits live in `.temp`; syncing `.temp` makes them
+        // durable only if `.temp`'s own (new) entry in the root is.
+        fsync_dir(&root)?;
 
         let (initial, stored, accuracy, scanned) = match disk_usage::read_cache(&root) {
             Some((du, accuracy)) if du > 0 => (du, du, accuracy, false),
@@ -460,6 +475,18 @@ impl FlatFsStore {
             Err(e) => return Err(e),
         }
         FlatFsStore::open(path, options)
+    }
+
+    /// Whether some write is not synced yet (not yet made durable by [`Datastore::sync`]).
+    #[cfg(test)]
+    pub(crate) fn has_unsynced(&self) -> bool {
+        self.dirty.is_pending()
+    }
+
+    /// Whether a shard directory's entry in the root is not synced yet.
+    #[cfg(test)]
+    pub(crate) fn root_unsynced(&self) -> bool {
+        self.dirty.is_root_pending()
     }
 
     /// The datastore root.
@@ -560,13 +587,16 @@ impl FlatFsStore {
 
     /// Makes sure the shard directory exists. A directory created here has its size added to
     /// the counter; then the root is fsynced (`sync_root`) or recorded for the next `sync`.
+    /// A shard directory created earlier without `sync_root` may still have its entry only
+    /// in memory: with `sync_root`, the root is then synced too, or a power loss could take the
+    /// shard directory, and the value committed durably into it, away.
     fn ensure_shard_dir(&self, shard: &str, sync_root: bool) -> Result<()> {
         if self.known_dirs.read().contains(shard) {
-            return Ok(());
+            return self.sync_pending_root(sync_root);
         }
         let _one_mkdir_at_a_time = self.mkdir_lock.lock();
         if self.known_dirs.read().contains(shard) {
-            return Ok(());
+            return self.sync_pending_root(sync_root);
         }
         let dir = self.root.join(shard);
         match make_dir(&dir) {
@@ -597,6 +627,19 @@ impl FlatFsStore {
             }
         }
         self.known_dirs.write().insert(shard.to_owned());
+        Ok(())
+    }
+
+    /// With `sync_root`, syncs the root if a shard directory created since the last `sync`
+    /// may not be durable yet.
+    fn sync_pending_root(&self, sync_root: bool) -> Result<()> {
+        if sync_root
+            && self.dirty.take_root()
+            && let Err(e) = fsync_dir(&self.root)
+        {
+            self.dirty.root();
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -1003,7 +1046,14 @@ impl Datastore for FlatFsStore {
                 let op = self.ops.acquire(&name);
                 match self.in_place_target(&rel, plan.base_id) {
                     Ok(Some(target)) => {
-                        let result = self.commit_in_place(staged, plan, &target, &rel);
+                        let mut result = self.commit_in_place(staged, plan, &target, &rel);
+                        // The journal makes the changed ranges durable, not the file below
+                        // them: if that was written or renamed into place since the last
+                        // sync, its bytes and its name are synced now (with everything else
+                        // pending), or the file could vanish in a power loss.
+                        if durable && result.is_ok() && self.dirty.may_hold(&self.root.join(&rel)) {
+                            result = self.dirty.flush(&self.root);
+                        }
                         op.finish(result.is_ok());
                         return result;
                     }
@@ -1190,5 +1240,98 @@ impl std::fmt::Debug for FlatFsStore {
             .field("shard", &self.shard.id())
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod durable_tests {
+    use super::*;
+
+    fn synced_dirs() -> Vec<PathBuf> {
+        SYNCED_DIRS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+    }
+
+    /// An fsync after a small write into a big file that was committed (renamed into place)
+    /// by an earlier close and not synced since: the in-place commit's journal made the changed
+    /// bytes durable but not the rest of the file, nor its name in the shard directory, so a
+    /// power loss could lose the whole file that the fsync had acknowledged.
+    #[test]
+    fn a_durable_in_place_commit_syncs_an_unsynced_file_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FlatFsStore::create_or_open(
+            dir.path(),
+            ShardFn::NextToLast(2),
+            FlatFsOptions::default(),
+        )
+        .unwrap();
+        let key = Key::new("/BIGAAB");
+        let len = journal::IN_PLACE_MIN + (1 << 20);
+        let staged = store.stage(&key, StageInit::Empty).unwrap();
+        staged.write_all_at(0, &vec![1u8; len as usize]).unwrap();
+        store.commit_staged(&key, staged, false).unwrap();
+        assert!(store.has_unsynced());
+        let staged = store.stage(&key, StageInit::CopyCurrent).unwrap();
+        assert!(staged.is_overlay(), "the test needs an in-place commit");
+        staged.write_all_at(4096, b"changed").unwrap();
+        store.commit_staged(&key, staged, true).unwrap();
+        assert!(
+            !store.has_unsynced(),
+            "the file below a durable in-place commit is not synced"
+        );
+        let mut buf = [0u8; 7];
+        store.read_at(&key, 4096, &mut buf).unwrap();
+        assert_eq!(&buf, b"changed");
+    }
+
+    /// A new store's directory entry in its parent, and the `.temp` directory that every open
+    /// makes anew (where in-place commits keep their journal records), used to be left to
+    /// writeback: a power loss could drop the store's directory, or `.temp` with an
+    /// acknowledged commit's record, even after its files and `.temp` were synced.
+    #[test]
+    fn creating_and_opening_sync_the_new_directory_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        synced_dirs();
+        let store =
+            FlatFsStore::create_or_open(&root, ShardFn::NextToLast(2), FlatFsOptions::default())
+                .unwrap();
+        let synced = synced_dirs();
+        assert!(synced.contains(&dir.path().to_path_buf()), "{synced:?}");
+        store.close().unwrap();
+        drop(store);
+        synced_dirs();
+        let store = FlatFsStore::open(&root, FlatFsOptions::default()).unwrap();
+        let synced = synced_dirs();
+        assert!(synced.contains(&root), "{synced:?}");
+        drop(store);
+    }
+
+    /// A durable commit into a shard directory that an earlier, non-durable put created used
+    /// to sync the file and the shard directory but not the root, whose entry for the shard
+    /// directory stayed unsynced until the next `sync`: a power loss could lose the directory
+    /// and with it the value the commit had acknowledged as durable.
+    #[test]
+    fn a_durable_commit_syncs_the_root_entry_of_a_shard_made_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FlatFsStore::create_or_open(
+            dir.path(),
+            ShardFn::NextToLast(2),
+            FlatFsOptions::default(),
+        )
+        .unwrap();
+        let (a, b) = (Key::new("/XAAB"), Key::new("/YAAB"));
+        assert_eq!(store.shard.dir_for("XAAB"), store.shard.dir_for("YAAB"));
+        store.put(&a, b"not durable").unwrap();
+        assert!(
+            store.root_unsynced(),
+            "the put was meant to create the shard"
+        );
+        let staged = store.stage(&b, StageInit::Empty).unwrap();
+        staged.write_all_at(0, &[7u8; 100_000]).unwrap();
+        store.commit_staged(&b, staged, true).unwrap();
+        assert!(
+            !store.root_unsynced(),
+            "the shard directory of a durable commit is not durable"
+        );
     }
 }
