@@ -1562,7 +1562,7 @@ mod tests {
         let repo_dir = dir.path().join("repo");
         let spec = StoreSpec::parse(repo_dir.to_str().unwrap()).unwrap();
         crate::backend::flatfs::SYNCED_DIRS.with(|d| d.borrow_mut().clear());
-        let opened = open(&spec, OpenMode::default()).unwrap();
+        let opened = open(&spec, creating()).unwrap();
         let synced = crate::backend::flatfs::SYNCED_DIRS.with(|d| d.borrow().clone());
         let data = repo_dir.join("data");
         assert!(data.is_dir());
