@@ -1247,6 +1247,11 @@ impl std::fmt::Debug for FlatFsStore {
 mod durable_tests {
     use super::*;
 
+    /// A new store in `dir`, next-to-last/2 sharded, default options.
+    fn new_store(dir: &Path) -> FlatFsStore {
+        FlatFsStore::create_or_open(dir, ShardFn::NextToLast(2), FlatFsOptions::default()).unwrap()
+    }
+
     fn synced_dirs() -> Vec<PathBuf> {
         SYNCED_DIRS.with(|d| std::mem::take(&mut *d.borrow_mut()))
     }
@@ -1258,12 +1263,7 @@ mod durable_tests {
     #[test]
     fn a_durable_in_place_commit_syncs_an_unsynced_file_below_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FlatFsStore::create_or_open(
-            dir.path(),
-            ShardFn::NextToLast(2),
-            FlatFsOptions::default(),
-        )
-        .unwrap();
+        let store = new_store(dir.path());
         let key = Key::new("/BIGAAB");
         let len = journal::IN_PLACE_MIN + (1 << 20);
         let staged = store.stage(&key, StageInit::Empty).unwrap();
@@ -1292,9 +1292,7 @@ mod durable_tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("store");
         synced_dirs();
-        let store =
-            FlatFsStore::create_or_open(&root, ShardFn::NextToLast(2), FlatFsOptions::default())
-                .unwrap();
+        let store = new_store(&root);
         let synced = synced_dirs();
         assert!(synced.contains(&dir.path().to_path_buf()), "{synced:?}");
         store.close().unwrap();
@@ -1313,12 +1311,7 @@ mod durable_tests {
     #[test]
     fn a_durable_commit_syncs_the_root_entry_of_a_shard_made_before() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FlatFsStore::create_or_open(
-            dir.path(),
-            ShardFn::NextToLast(2),
-            FlatFsOptions::default(),
-        )
-        .unwrap();
+        let store = new_store(dir.path());
         let (a, b) = (Key::new("/XAAB"), Key::new("/YAAB"));
         assert_eq!(store.shard.dir_for("XAAB"), store.shard.dir_for("YAAB"));
         store.put(&a, b"not durable").unwrap();
