@@ -503,8 +503,19 @@ pub struct OpenMode {
 pub struct Absent {
     /// The path.
     pub path: PathBuf,
-    /// It exists but is an empty directory (or an empty file); otherwise it does not exist.
-    pub empty: bool,
+    /// What is there instead of a store.
+    pub found: Found,
+}
+
+/// What an [`Absent`] path holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing: the path does not exist.
+    Nothing,
+    /// An empty directory.
+    EmptyDir,
+    /// An empty file.
+    EmptyFile,
 }
 
 /// The local paths that `spec`'s stores live in and that hold nothing yet: missing, or an
@@ -548,22 +559,22 @@ pub fn absent_paths(spec: &StoreSpec) -> Result<Vec<Absent>> {
 
 /// Adds `path` to `out` if it does not exist or is an empty directory or empty file.
 fn push_absent(path: &Path, out: &mut Vec<Absent>) {
-    let empty = match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+    let found = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Found::Nothing,
         // Unreadable: not absent; opening it reports why.
         Err(_) => return,
         Ok(meta) if meta.is_dir() => {
             match std::fs::read_dir(path).map(|mut entries| entries.next().is_none()) {
-                Ok(true) => true,
+                Ok(true) => Found::EmptyDir,
                 Ok(false) | Err(_) => return,
             }
         }
-        Ok(meta) if meta.is_file() && meta.len() == 0 => true,
+        Ok(meta) if meta.is_file() && meta.len() == 0 => Found::EmptyFile,
         Ok(_) => return,
     };
     out.push(Absent {
         path: path.to_path_buf(),
-        empty,
+        found,
     });
 }
 
@@ -573,13 +584,12 @@ fn refuse_absent(absent: &[Absent]) -> Error {
     let what: Vec<String> = absent
         .iter()
         .map(|a| {
-            if a.empty && a.path.is_dir() {
-                format!("{} is an empty directory", a.path.display())
-            } else if a.empty {
-                format!("{} is an empty file", a.path.display())
-            } else {
-                format!("{} does not exist", a.path.display())
-            }
+            let what = match a.found {
+                Found::Nothing => "does not exist",
+                Found::EmptyDir => "is an empty directory",
+                Found::EmptyFile => "is an empty file",
+            };
+            format!("{} {what}", a.path.display())
         })
         .collect();
     Error::new(
@@ -1214,7 +1224,7 @@ impl<'a> TreeOpener<'a> {
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
                 if new {
                     // Its entry in the repository, so that the store outlives a power loss.
-                    crate::backend::flatfs::fsync_dir(crate::backend::flatfs::parent_dir(&dir))?;
+                    crate::backend::flatfs::fsync_dir(crate::sys::parent_dir(&dir))?;
                 }
                 let threshold = node
                     .get("threshold")

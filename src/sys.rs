@@ -295,6 +295,14 @@ pub fn open_regular_nofollow(path: &Path) -> io::Result<std::fs::File> {
     regular(file, path)
 }
 
+/// The directory holding `path` (`.` for a bare name, whose `parent()` is empty).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Opens the directory `path` for use as the root of [`open_beneath`] (following symlinks:
 /// a store's root may be one).
 pub fn open_dir(path: &Path) -> io::Result<std::fs::File> {

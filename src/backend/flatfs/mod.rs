@@ -138,14 +138,6 @@ pub struct FlatFsStore {
     lock: Mutex<Option<lock::StoreLock>>,
 }
 
-/// The directory holding `path` (`.` for a bare name).
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 /// A path removed when dropped, unless disarmed: the temp file of a write that failed.
 struct RemoveOnDrop(Option<PathBuf>);
 
@@ -285,7 +277,7 @@ impl FlatFsStore {
         check_param(shard)?;
         match make_dir(root) {
             // The new directory's own entry, so that the store outlives a power loss.
-            Ok(()) => fsync_dir(parent_dir(root))?,
+            Ok(()) => fsync_dir(crate::sys::parent_dir(root))?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => {
                 return Err(Error::io(format!("flatfs: creating {}", root.display()), e));
