@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::activity::ActivityMark;
 use super::reconcile::{self, Report};
 use super::{Index, IndexError, IndexResult, ROOT};
 use crate::datastore::{Datastore, Key, Segment};
@@ -33,65 +34,24 @@ fn db_err<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> IndexErr
     move |e| IndexError::redb(context, e)
 }
 
-/// Values moving from key to key in the store before the index records the move (a rename:
-/// the store first, then one index transaction). Meanwhile the store and the index disagree on
-/// purpose, and a follow pass that looked then would take the move for another program's
-/// change: it would drop the old keys' nodes and list the new keys as new files, and the
-/// rename's own index transaction would then fail. So a pass that overlaps a move, even one
-/// that began and ended during its scan, changes nothing and leaves its segments to be re-read
-/// by the next pass.
-#[derive(Default)]
-pub(super) struct Moves {
-    state: Mutex<MoveState>,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct MoveState {
-    /// Moves begun and not yet ended.
-    in_flight: usize,
-    /// Moves begun since the index was opened.
-    begun: u64,
-}
-
 /// A move of values in progress (see [`Index::begin_move`]); dropping it ends the move.
-pub struct MoveMark<'a> {
-    moves: &'a Moves,
-}
-
-impl Drop for MoveMark<'_> {
-    fn drop(&mut self) {
-        self.moves.state.lock().in_flight -= 1;
-    }
-}
-
-impl Moves {
-    /// The state a follow pass starts from; `None` while a move is in flight.
-    pub(super) fn quiet(&self) -> Option<MoveState> {
-        let st = *self.state.lock();
-        (st.in_flight == 0).then_some(st)
-    }
-
-    /// Held while a follow pass writes the index: `None` if a move overlapped the pass since
-    /// `since`. No move begins while it is held.
-    pub(super) fn still_quiet(
-        &self,
-        since: MoveState,
-    ) -> Option<parking_lot::MutexGuard<'_, MoveState>> {
-        let st = self.state.lock();
-        (*st == since).then_some(st)
-    }
-}
+pub type MoveMark<'a> = ActivityMark<'a>;
 
 impl Index {
     /// Marks values about to move between keys in the store, from before the first store move
     /// until the index has recorded them (or they have moved back): while a mark is held, and
     /// for a pass whose scan overlapped one, following the store changes nothing. Taken before
     /// any index write, and held across store I/O (it blocks nothing but follow passes).
+    ///
+    /// Values moving from key to key in the store before the index records the move (a
+    /// rename: the store first, then one index transaction) make the store and the index
+    /// disagree on purpose, and a follow pass that looked then would take the move for another
+    /// program's change: it would drop the old keys' nodes and list the new keys as new files,
+    /// and the rename's own index transaction would then fail. So a pass that overlaps a move,
+    /// even one that began and ended during its scan, changes nothing and leaves its segments
+    /// to be re-read by the next pass.
     pub fn begin_move(&self) -> MoveMark<'_> {
-        let mut st = self.moves.state.lock();
-        st.in_flight += 1;
-        st.begun += 1;
-        MoveMark { moves: &self.moves }
+        self.moves.begin()
     }
 
     /// The store identity this index was built for, if it recorded one.

@@ -22,6 +22,7 @@
 //! cookies, O(its entries), never a walk of its subtree. Writes commit without fsync and are made
 //! durable by a [`GroupCommit`] within a bounded delay, or at once by [`Index::sync`].
 
+mod activity;
 pub mod build;
 pub mod changes;
 pub mod error;
@@ -49,6 +50,9 @@ use redb::{
 pub use error::{IndexError, IndexErrorKind, IndexResult};
 pub use node::{Node, NodeId, NodeKind, ROOT, Timestamp};
 pub use store::IndexedStore;
+
+/// What [`Index::write_mark`] returns: equal marks mean no write transaction ran in between.
+pub type WriteMark = activity::ActivityState;
 
 use crate::datastore::Key;
 use crate::datastore::query::prefix_range;
@@ -142,10 +146,8 @@ pub struct Index {
     writes: std::sync::atomic::AtomicU64,
     /// Read transactions begun since open (see [`Index::read_count`]).
     reads: std::sync::atomic::AtomicU64,
-    /// Write transactions that took the write lock, and those that released it (see
-    /// [`Index::write_mark`]).
-    writes_begun: std::sync::atomic::AtomicU64,
-    writes_ended: std::sync::atomic::AtomicU64,
+    /// Write transactions holding the write lock (see [`Index::write_mark`]).
+    writes_running: activity::Activity,
     /// Directory keys by node id.
     dir_keys: keycache::DirKeys,
     /// Directory records by node id.
@@ -156,7 +158,7 @@ pub struct Index {
     /// Told of changes made through `record_*` (see `changes`).
     changes: changes::Changes,
     /// Values moving in the store ahead of the index (see [`Index::begin_move`]).
-    moves: follow::Moves,
+    moves: activity::Activity,
 }
 
 impl Index {
@@ -298,11 +300,10 @@ impl Index {
             reserve: None,
             writes: std::sync::atomic::AtomicU64::new(0),
             reads: std::sync::atomic::AtomicU64::new(0),
-            writes_begun: std::sync::atomic::AtomicU64::new(0),
-            writes_ended: std::sync::atomic::AtomicU64::new(0),
+            writes_running: activity::Activity::default(),
             dir_keys: keycache::DirKeys::default(),
             dir_nodes: nodecache::DirNodes::default(),
-            moves: follow::Moves::default(),
+            moves: activity::Activity::default(),
             write_serial: parking_lot::Mutex::new(counters),
             changes: changes::Changes::default(),
         })
@@ -410,7 +411,7 @@ impl Index {
             // two writes update them in the order they committed (redb orders the writes
             // themselves the same way: one write transaction at a time).
             let mut serial = self.write_serial.lock();
-            let _running = WriteRunning::begin(self);
+            let _running = self.writes_running.begin();
             let mut txn = self
                 .db
                 .begin_write()
@@ -457,11 +458,8 @@ impl Index {
     /// its reads with one taken after publishing: if they differ, or the first is `None`, a
     /// write may have checked before the publishing and committed after the reads, and the
     /// operation calls [`Index::wait_for_writes`] and reads again.
-    pub fn write_mark(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let ended = self.writes_ended.load(SeqCst);
-        let begun = self.writes_begun.load(SeqCst);
-        (begun == ended).then_some(begun)
+    pub fn write_mark(&self) -> Option<WriteMark> {
+        self.writes_running.quiet()
     }
 
     /// Waits until the write transaction running now, if any, has committed or failed: it
@@ -816,26 +814,6 @@ fn key_of(nodes: &impl ReadableTable<u64, &'static [u8]>, id: NodeId) -> IndexRe
         s.push_str(p);
     }
     Key::from_raw(s).map_err(|_| IndexError::corrupt(format!("node {id} has an unclean path")))
-}
-
-/// Counts a write transaction in [`Index::write_mark`]'s counters while it holds the write lock.
-struct WriteRunning<'a>(&'a Index);
-
-impl<'a> WriteRunning<'a> {
-    fn begin(index: &'a Index) -> WriteRunning<'a> {
-        index
-            .writes_begun
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        WriteRunning(index)
-    }
-}
-
-impl Drop for WriteRunning<'_> {
-    fn drop(&mut self) {
-        self.0
-            .writes_ended
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 /// How many node ids (or cookies) one write of the meta table reserves.
