@@ -104,19 +104,20 @@ where
     })
 }
 
-/// Reads every readable record of `table` in `db`: forwards until the first failure, then
-/// backwards from the end down to the last record read. Returns the records and how many
-/// failures stopped a scan.
-pub fn salvage_table<K, V, KO, VO>(
+/// Reads every readable record of `table` in `db` within `range`: forwards until the first
+/// failure, then backwards from the end down to the last record read. Returns the records and
+/// how many failures stopped a scan.
+pub fn salvage_table<'r, K, V, KO, VO, KR>(
     db: &redb::ReadOnlyDatabase,
     table: TableDefinition<K, V>,
+    range: impl std::ops::RangeBounds<KR> + Clone,
     decode: impl Fn(K::SelfType<'_>, V::SelfType<'_>) -> Option<(KO, VO)>,
 ) -> (BTreeMap<KO, VO>, u64)
 where
     K: redb::Key + 'static,
     V: redb::Value + 'static,
     KO: Ord + Clone,
-    for<'a> K::SelfType<'a>: std::borrow::Borrow<K::SelfType<'a>>,
+    KR: std::borrow::Borrow<K::SelfType<'r>> + 'r,
 {
     let mut out = BTreeMap::new();
     let mut failures = 0u64;
@@ -126,7 +127,7 @@ where
             || {
                 let txn = db.begin_read().map_err(|e| e.to_string())?;
                 let t = txn.open_table(table).map_err(|e| e.to_string())?;
-                let range = t.range::<K::SelfType<'_>>(..).map_err(|e| e.to_string())?;
+                let range = t.range::<KR>(range.clone()).map_err(|e| e.to_string())?;
                 let mut step = |item: Result<
                     (redb::AccessGuard<'_, K>, redb::AccessGuard<'_, V>),
                     redb::StorageError,

@@ -184,9 +184,13 @@ impl RedbStore {
         });
         let (records, unreadable) = match opened {
             Ok(old) => {
-                let (records, bad) = crate::redb_guard::salvage_table(&old, VALUES, |k, v| {
-                    Some((k.to_owned(), v.to_vec()))
-                });
+                let all = (Bound::<&str>::Unbounded, Bound::<&str>::Unbounded);
+                let (records, bad) = crate::redb_guard::salvage_table::<_, _, _, _, &str>(
+                    &old,
+                    VALUES,
+                    all,
+                    |k, v| Some((k.to_owned(), v.to_vec())),
+                );
                 (records, bad)
             }
             Err(e) => {

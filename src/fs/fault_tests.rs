@@ -326,7 +326,9 @@ fn statfs_reports_an_index_failure_instead_of_zero_files() {
         .create(CTX, ROOT, b"f", 0o644, 0o022, libc::O_WRONLY)
         .unwrap();
     fs.release(o.fh).unwrap();
-    assert!(fs.statfs().unwrap().files >= 1);
+    // The index counts its keys once, at the first statfs, and then keeps the count (see
+    // `Index::key_count`): that count is what must not fail quietly. (redb refuses reads after
+    // an I/O error, so the count is not asked for again here.)
     fail_reads.store(true, Ordering::SeqCst);
     assert_eq!(errno(fs.statfs()), libc::EIO);
     fail_reads.store(false, Ordering::SeqCst);

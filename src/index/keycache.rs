@@ -12,9 +12,8 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
-use super::{IndexError, IndexResult, Node, NodeId, ROOT, get_node};
+use super::{IndexError, IndexResult, IndexTable, Node, NodeId, ROOT, get_node};
 use crate::datastore::Key;
-use redb::ReadableTable;
 
 /// At most this many directories are remembered; a full cache is emptied and refilled.
 const CAPACITY: usize = 1 << 16;
@@ -64,7 +63,7 @@ impl DirKeys {
     pub(super) fn key_of(
         &self,
         generation: u64,
-        nodes: &impl ReadableTable<u64, &'static [u8]>,
+        nodes: &impl IndexTable,
         id: NodeId,
     ) -> IndexResult<Key> {
         if id == ROOT {
@@ -109,7 +108,7 @@ impl DirKeys {
     }
 }
 
-fn read_node(nodes: &impl ReadableTable<u64, &'static [u8]>, id: NodeId) -> IndexResult<Node> {
+fn read_node(nodes: &impl IndexTable, id: NodeId) -> IndexResult<Node> {
     get_node(nodes, id)?.ok_or_else(|| IndexError::not_found(format!("no node {id}")))
 }
 

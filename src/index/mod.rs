@@ -1,22 +1,25 @@
 //! The key index: the directory tree of the keys, file metadata, xattrs and symlinks, in redb.
 //!
 //! The datastore holds bytes; the index holds everything else. Every key that holds a value
-//! appears in the `keys` table (byte order, so a prefix query is one range scan) and as a node in
-//! a tree of directories, one per key component. Directories come from keys (implied, removed
-//! with their last child) or from `mkdir` (explicit, kept until removed). A key that holds a value
-//! and has children is a directory whose node records the value's size.
+//! has a `keys` record (byte order, so a prefix query is one range scan) and is a node in a tree
+//! of directories, one per key component. Directories come from keys (implied, removed with
+//! their last child) or from `mkdir` (explicit, kept until removed). A key that holds a value and
+//! has children is a directory whose node records the value's size.
 //!
-//! Tables (see `docs/ARCHITECTURE.md` for the record formats):
+//! Kinds of record, all in the one redb table of `layout` (see there, and `docs/ARCHITECTURE.md`
+//! for the record formats):
 //!
-//! | table | key | value |
+//! | record | key | value |
 //! |---|---|---|
-//! | `meta` | name | u64 (next node id, next cookie, format version, open flag) |
+//! | `meta` | name | u64 (next node id, next cookie, open flag) |
 //! | `nodes` | node id | encoded [`Node`] |
 //! | `dirents` | (parent id, name) | (child id, cookie) |
 //! | `cookies` | (parent id, cookie) | (child id, name): the listing order, stable under removal |
 //! | `keys` | datastore key | (node id, value size) |
 //! | `xattrs` | (node id, attribute name) | value |
 //! | `aliases` | (node id, parent id, name) | (): the extra names of a hard-linked node |
+//!
+//! The format version is kept apart, in a `meta` table of its own.
 //!
 //! Lookup is one B-tree probe per path component; listing a directory is one range scan of its
 //! cookies, O(its entries), never a walk of its subtree. Writes commit without fsync and are made
@@ -28,6 +31,7 @@ pub mod changes;
 pub mod error;
 pub mod follow;
 mod keycache;
+mod layout;
 pub mod node;
 mod nodecache;
 pub mod ops;
@@ -36,15 +40,14 @@ pub mod salvage;
 pub mod store;
 pub mod unlink;
 
-use std::cell::OnceCell;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{
-    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    WriteTransaction,
 };
 
 pub use error::{IndexError, IndexErrorKind, IndexResult};
@@ -58,19 +61,14 @@ use crate::datastore::Key;
 use crate::datastore::query::prefix_range;
 use crate::group_commit::{self, GroupCommit};
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
-const DIRENTS: TableDefinition<(u64, &str), (u64, u64)> = TableDefinition::new("dirents");
-const COOKIES: TableDefinition<(u64, u64), (u64, &str)> = TableDefinition::new("cookies");
-const KEYS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("keys");
-const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
-const ALIASES: TableDefinition<(u64, u64, &str), ()> = TableDefinition::new("aliases");
+use layout::{
+    Aliases, Cookies, Dirents, FORMAT_VERSION, INDEX, Keys, Meta, Nodes, OLD_FORMAT_VERSION,
+    VERSION, VERSION_KEY, View, ViewMut, Xattrs,
+};
 
-const META_VERSION: &str = "format_version";
 const META_NEXT_ID: &str = "next_node_id";
 const META_NEXT_COOKIE: &str = "next_cookie";
 const META_OPEN: &str = "open";
-const FORMAT_VERSION: u64 = 1;
 
 /// Options for opening an [`Index`].
 #[derive(Clone, Debug)]
@@ -159,6 +157,8 @@ pub struct Index {
     changes: changes::Changes,
     /// Values moving in the store ahead of the index (see [`Index::begin_move`]).
     moves: activity::Activity,
+    /// The number of keys holding values, once counted.
+    key_count: KeyCount,
 }
 
 impl Index {
@@ -223,68 +223,62 @@ impl Index {
         let was_unclean;
         let counters;
         {
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| IndexError::redb("opening meta", e))?;
-            let version = meta
-                .get(META_VERSION)
+            let version = txn
+                .open_table(VERSION)
+                .map_err(|e| IndexError::redb("opening meta", e))?
+                .get(VERSION_KEY)
                 .map_err(|e| IndexError::redb("reading meta", e))?
                 .map(|v| v.value());
-            match version {
-                None => {
-                    meta.insert(META_VERSION, FORMAT_VERSION)
-                        .map_err(|e| IndexError::redb("writing meta", e))?;
-                    meta.insert(META_NEXT_ID, ROOT + 1)
-                        .map_err(|e| IndexError::redb("writing meta", e))?;
-                    meta.insert(META_NEXT_COOKIE, 1)
-                        .map_err(|e| IndexError::redb("writing meta", e))?;
-                    let mut nodes = txn
-                        .open_table(NODES)
-                        .map_err(|e| IndexError::redb("opening nodes", e))?;
-                    let mut root = Node::new(
-                        NodeKind::Dir,
-                        ROOT,
-                        "",
-                        node::DEFAULT_DIR_MODE,
-                        options.uid,
-                        options.gid,
+            let fresh = match version {
+                None => true,
+                Some(OLD_FORMAT_VERSION) => {
+                    let moved = layout::migrate(&txn)?;
+                    log::info!(
+                        "index {}: moved {} records from the seven-table layout (version {OLD_FORMAT_VERSION}) into one table (version {FORMAT_VERSION})",
+                        path.as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| "in memory".to_owned()),
+                        moved.records
                     );
-                    root.explicit = true;
-                    nodes
-                        .insert(ROOT, root.encode().as_slice())
-                        .map_err(|e| IndexError::redb("writing the root", e))?;
+                    false
                 }
-                Some(FORMAT_VERSION) => {}
+                Some(FORMAT_VERSION) => false,
                 Some(v) => {
                     return Err(IndexError::corrupt(format!(
-                        "index format version {v}; this dsfs reads version {FORMAT_VERSION}"
+                        "index format version {v}; this dsfs reads versions {OLD_FORMAT_VERSION} and {FORMAT_VERSION}"
                     )));
                 }
+            };
+            let mut table = txn
+                .open_table(INDEX)
+                .map_err(|e| IndexError::redb("opening the index table", e))?;
+            let mut meta = ViewMut::<Meta>::new(&mut table);
+            if fresh {
+                txn.open_table(VERSION)
+                    .map_err(|e| IndexError::redb("opening meta", e))?
+                    .insert(VERSION_KEY, FORMAT_VERSION)
+                    .map_err(|e| IndexError::redb("writing meta", e))?;
+                meta.insert(META_NEXT_ID, ROOT + 1)?;
+                meta.insert(META_NEXT_COOKIE, 1)?;
+                let mut root = Node::new(
+                    NodeKind::Dir,
+                    ROOT,
+                    "",
+                    node::DEFAULT_DIR_MODE,
+                    options.uid,
+                    options.gid,
+                );
+                root.explicit = true;
+                ViewMut::<Nodes>::new(&mut table).insert(ROOT, root.encode().as_slice())?;
             }
+            let meta = View::<_, Meta>::new(&table);
             counters = Counters {
                 node: Counter::resume(&meta, META_NEXT_ID)?,
                 cookie: Counter::resume(&meta, META_NEXT_COOKIE)?,
             };
-            was_unclean = meta
-                .get(META_OPEN)
-                .map_err(|e| IndexError::redb("reading meta", e))?
-                .map(|v| v.value())
-                == Some(1);
-            meta.insert(META_OPEN, 1)
-                .map_err(|e| IndexError::redb("writing meta", e))?;
+            was_unclean = meta.get(META_OPEN)? == Some(1);
+            ViewMut::<Meta>::new(&mut table).insert(META_OPEN, 1)?;
         }
-        txn.open_table(DIRENTS)
-            .map_err(|e| IndexError::redb("creating tables", e))?;
-        txn.open_table(NODES)
-            .map_err(|e| IndexError::redb("creating tables", e))?;
-        txn.open_table(COOKIES)
-            .map_err(|e| IndexError::redb("creating tables", e))?;
-        txn.open_table(KEYS)
-            .map_err(|e| IndexError::redb("creating tables", e))?;
-        txn.open_table(XATTRS)
-            .map_err(|e| IndexError::redb("creating tables", e))?;
-        txn.open_table(ALIASES)
-            .map_err(|e| IndexError::redb("creating tables", e))?;
         txn.commit()
             .map_err(|e| IndexError::redb("committing the index start", e))?;
         let db = Arc::new(db);
@@ -306,6 +300,7 @@ impl Index {
             moves: activity::Activity::default(),
             write_serial: parking_lot::Mutex::new(counters),
             changes: changes::Changes::default(),
+            key_count: KeyCount::default(),
         })
     }
 
@@ -353,24 +348,23 @@ impl Index {
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| IndexError::redb("closing the index", e))?;
             {
-                let mut meta = txn
-                    .open_table(META)
-                    .map_err(|e| IndexError::redb("opening meta", e))?;
+                let mut table = txn
+                    .open_table(INDEX)
+                    .map_err(|e| IndexError::redb("opening the index table", e))?;
+                let mut meta = ViewMut::<Meta>::new(&mut table);
                 // Until the store has been reconciled, the next open must still see the crash.
                 let open = if self.reconciled.load(std::sync::atomic::Ordering::Acquire) {
                     0
                 } else {
                     1
                 };
-                meta.insert(META_OPEN, open)
-                    .map_err(|e| IndexError::redb("writing meta", e))?;
+                meta.insert(META_OPEN, open)?;
                 // A clean stop hands the unused rest of each reserved block back.
                 for (name, counter) in [
                     (META_NEXT_ID, counters.node),
                     (META_NEXT_COOKIE, counters.cookie),
                 ] {
-                    meta.insert(name, counter.next)
-                        .map_err(|e| IndexError::redb("writing meta", e))?;
+                    meta.insert(name, counter.next)?;
                 }
             }
             txn.commit()
@@ -418,7 +412,7 @@ impl Index {
                 .map_err(|e| IndexError::redb("starting an index write", e))?;
             txn.set_durability(Durability::None)
                 .map_err(|e| IndexError::redb("starting an index write", e))?;
-            let (result, dirs_moved, written, counters) = {
+            let (result, dirs_moved, written, counters, keys_added) = {
                 let mut tx = Tx::open(&txn, &self.options, *serial)?;
                 let (result, commit) = f(&mut tx)?;
                 if !commit {
@@ -429,12 +423,14 @@ impl Index {
                     tx.dirs_moved,
                     std::mem::take(&mut tx.written),
                     tx.counters,
+                    tx.keys_added,
                 )
             };
             let committed = txn.commit();
             if committed.is_ok() {
                 // Ids handed out by a write that did not commit are handed out again.
                 *serial = counters;
+                self.key_count.add(keys_added);
             }
             self.dir_nodes.written(written, committed.is_ok());
             if dirs_moved {
@@ -489,8 +485,8 @@ impl Index {
         guard("node", || {
             let generation = self.dir_nodes.generation();
             let txn = self.read_txn()?;
-            let nodes = open_read(&txn, NODES)?;
-            let n = get_node(&nodes, id)?
+            let table = open_read(&txn)?;
+            let n = get_node(&table, id)?
                 .ok_or_else(|| IndexError::not_found(format!("no node {id}")))?;
             self.dir_nodes.insert(generation, id, &n);
             Ok(n)
@@ -501,16 +497,11 @@ impl Index {
     pub fn lookup(&self, parent: NodeId, name: &str) -> IndexResult<Option<(NodeId, Node)>> {
         guard("lookup", || {
             let txn = self.read_txn()?;
-            let dirents = open_read(&txn, DIRENTS)?;
-            let nodes = open_read(&txn, NODES)?;
-            let Some(id) = dirents
-                .get((parent, name))
-                .map_err(|e| IndexError::redb("looking up", e))?
-                .map(|v| v.value().0)
-            else {
+            let table = open_read(&txn)?;
+            let Some((id, _)) = View::<_, Dirents>::new(&table).get((parent, name))? else {
                 return Ok(None);
             };
-            let node = get_node(&nodes, id)?.ok_or_else(|| {
+            let node = get_node(&table, id)?.ok_or_else(|| {
                 IndexError::corrupt(format!("entry {name:?} names missing node {id}"))
             })?;
             Ok(Some((id, node)))
@@ -521,19 +512,16 @@ impl Index {
     pub fn resolve(&self, key: &Key) -> IndexResult<Option<(NodeId, Node)>> {
         guard("resolve", || {
             let txn = self.read_txn()?;
-            let dirents = open_read(&txn, DIRENTS)?;
-            let nodes = open_read(&txn, NODES)?;
+            let table = open_read(&txn)?;
+            let dirents = View::<_, Dirents>::new(&table);
             let mut id = ROOT;
             for comp in key.components() {
-                match dirents
-                    .get((id, comp))
-                    .map_err(|e| IndexError::redb("resolving", e))?
-                {
-                    Some(v) => id = v.value().0,
+                match dirents.get((id, comp))? {
+                    Some((child, _)) => id = child,
                     None => return Ok(None),
                 }
             }
-            let node = get_node(&nodes, id)?.ok_or_else(|| {
+            let node = get_node(&table, id)?.ok_or_else(|| {
                 IndexError::corrupt(format!("path {key} names missing node {id}"))
             })?;
             Ok(Some((id, node)))
@@ -549,20 +537,20 @@ impl Index {
         guard("key_of", || {
             let generation = self.dir_keys.generation();
             let txn = self.read_txn()?;
-            let nodes = open_read(&txn, NODES)?;
-            self.dir_keys.key_of(generation, &nodes, id)
+            let table = open_read(&txn)?;
+            self.dir_keys.key_of(generation, &table, id)
         })
     }
 
-    /// The size of the value at `key`, from the `keys` table; `None` if the key holds no value.
+    /// The size of the value at `key`, from the `keys` records; `None` if the key holds no
+    /// value.
     pub fn value_size(&self, key: &Key) -> IndexResult<Option<u64>> {
         guard("value_size", || {
             let txn = self.read_txn()?;
-            let keys = open_read(&txn, KEYS)?;
-            Ok(keys
-                .get(key.as_str())
-                .map_err(|e| IndexError::redb("reading keys", e))?
-                .map(|v| v.value().1))
+            let table = open_read(&txn)?;
+            Ok(View::<_, Keys>::new(&table)
+                .get(key.as_str())?
+                .map(|(_, size)| size))
         })
     }
 
@@ -572,20 +560,15 @@ impl Index {
     pub fn list(&self, dir: NodeId, after: u64, limit: usize) -> IndexResult<Vec<DirEntry>> {
         guard("list", || {
             let txn = self.read_txn()?;
-            let cookies = open_read(&txn, COOKIES)?;
-            let nodes = open_read(&txn, NODES)?;
+            let table = open_read(&txn)?;
             let lo = (dir, after.saturating_add(1));
             let hi = (dir, u64::MAX);
             let mut out = Vec::new();
-            let range = cookies
-                .range::<(u64, u64)>(lo..=hi)
-                .map_err(|e| IndexError::redb("listing", e))?;
+            let range =
+                View::<_, Cookies>::new(&table).range(Bound::Included(lo), Bound::Included(hi))?;
             for item in range.take(limit) {
-                let (k, v) = item.map_err(|e| IndexError::redb("listing", e))?;
-                let cookie = k.value().1;
-                let (id, name) = v.value();
-                let name = name.to_owned();
-                let node = get_node(&nodes, id)?
+                let ((_, cookie), (id, name)) = item?;
+                let node = get_node(&table, id)?
                     .ok_or_else(|| IndexError::corrupt(format!("entry {name:?} names no node")))?;
                 out.push(DirEntry {
                     name,
@@ -602,25 +585,45 @@ impl Index {
     pub fn entry_count(&self, dir: NodeId) -> IndexResult<u64> {
         guard("entry_count", || {
             let txn = self.read_txn()?;
-            let cookies = open_read(&txn, COOKIES)?;
+            let table = open_read(&txn)?;
             let mut n = 0;
-            for item in cookies
-                .range::<(u64, u64)>((dir, 0)..=(dir, u64::MAX))
-                .map_err(|e| IndexError::redb("counting", e))?
+            for item in View::<_, Cookies>::new(&table)
+                .range(Bound::Included((dir, 0)), Bound::Included((dir, u64::MAX)))?
             {
-                item.map_err(|e| IndexError::redb("counting", e))?;
+                item?;
                 n += 1;
             }
             Ok(n)
         })
     }
 
-    /// The number of keys that hold values.
+    /// The number of keys that hold values. Counted by a scan of the `keys` records the first
+    /// time it is asked for, then kept up to date by every write (see `KeyCount`).
     pub fn key_count(&self) -> IndexResult<u64> {
+        if let Some(n) = self.key_count.get() {
+            return Ok(n);
+        }
         guard("key_count", || {
+            // No write commits during the scan, so the count is exact when it is stored.
+            let _serial = self.write_serial.lock();
             let txn = self.read_txn()?;
-            let keys = open_read(&txn, KEYS)?;
-            keys.len().map_err(|e| IndexError::redb("counting keys", e))
+            let table = open_read(&txn)?;
+            let mut n = 0;
+            for item in View::<_, Keys>::new(&table).range(Bound::Unbounded, Bound::Unbounded)? {
+                item?;
+                n += 1;
+            }
+            self.key_count.set(n);
+            Ok(n)
+        })
+    }
+
+    /// Whether any key holds a value (cheaper than [`Index::key_count`] the first time).
+    pub fn has_keys(&self) -> IndexResult<bool> {
+        guard("has_keys", || {
+            let txn = self.read_txn()?;
+            let table = open_read(&txn)?;
+            View::<_, Keys>::new(&table).any_in(Bound::Unbounded, Bound::Unbounded)
         })
     }
 
@@ -632,19 +635,23 @@ impl Index {
     ) -> IndexResult<impl Iterator<Item = IndexResult<KeyEntry>> + Send + 'static> {
         guard("keys", || {
             let txn = self.read_txn()?;
-            let keys = open_read(&txn, KEYS)?;
-            let range = match prefix_range(prefix) {
-                Some((lo, hi)) => {
-                    keys.range::<&str>((Bound::Included(lo.as_str()), Bound::Excluded(hi.as_str())))
-                }
-                None => keys.range::<&str>(..),
-            }
-            .map_err(|e| IndexError::redb("scanning keys", e))?;
+            let table = open_read(&txn)?;
+            let (lo, hi) = match prefix_range(prefix) {
+                Some((lo, hi)) => layout::bounds::<Keys>(
+                    Bound::Included(lo.as_str()),
+                    Bound::Excluded(hi.as_str()),
+                ),
+                None => layout::bounds::<Keys>(Bound::Unbounded, Bound::Unbounded),
+            };
+            // The table's own range: it keeps the transaction alive, so the stream outlives it.
+            let range = table
+                .range::<&[u8]>((layout::as_slice(&lo), layout::as_slice(&hi)))
+                .map_err(|e| IndexError::redb("scanning keys", e))?;
             let entries = range.map(|item| {
                 let (k, v) = item.map_err(|e| IndexError::redb("scanning keys", e))?;
-                let key = Key::from_raw(k.value().to_owned())
-                    .map_err(|_| IndexError::corrupt(format!("unclean key {:?}", k.value())))?;
-                let (id, size) = v.value();
+                let (key, (id, size)) = layout::decode::<Keys>(k.value(), v.value())?;
+                let key = Key::from_raw(key.clone())
+                    .map_err(|_| IndexError::corrupt(format!("unclean key {key:?}")))?;
                 Ok(KeyEntry { key, id, size })
             });
             Ok(crate::redb_guard::iter(
@@ -659,11 +666,8 @@ impl Index {
     pub fn xattr(&self, id: NodeId, name: &str) -> IndexResult<Option<Vec<u8>>> {
         guard("xattr", || {
             let txn = self.read_txn()?;
-            let xattrs = open_read(&txn, XATTRS)?;
-            Ok(xattrs
-                .get((id, name))
-                .map_err(|e| IndexError::redb("reading xattr", e))?
-                .map(|v| v.value().to_vec()))
+            let table = open_read(&txn)?;
+            View::<_, Xattrs>::new(&table).get((id, name))
         })
     }
 
@@ -671,17 +675,8 @@ impl Index {
     pub fn aliases(&self, id: NodeId) -> IndexResult<Vec<(NodeId, String)>> {
         guard("aliases", || {
             let txn = self.read_txn()?;
-            let aliases = open_read(&txn, ALIASES)?;
-            let mut out = Vec::new();
-            for item in aliases
-                .range::<(u64, u64, &str)>((id, 0, "")..(id.saturating_add(1), 0, ""))
-                .map_err(|e| IndexError::redb("listing aliases", e))?
-            {
-                let (k, _) = item.map_err(|e| IndexError::redb("listing aliases", e))?;
-                let (_, parent, name) = k.value();
-                out.push((parent, name.to_owned()));
-            }
-            Ok(out)
+            let table = open_read(&txn)?;
+            aliases_of(&table, id)
         })
     }
 
@@ -689,16 +684,11 @@ impl Index {
     pub fn xattr_names(&self, id: NodeId) -> IndexResult<Vec<String>> {
         guard("xattr_names", || {
             let txn = self.read_txn()?;
-            let xattrs = open_read(&txn, XATTRS)?;
-            let mut out = Vec::new();
-            for item in xattrs
-                .range::<(u64, &str)>((id, "")..(id.saturating_add(1), ""))
-                .map_err(|e| IndexError::redb("listing xattrs", e))?
-            {
-                let (k, _) = item.map_err(|e| IndexError::redb("listing xattrs", e))?;
-                out.push(k.value().1.to_owned());
-            }
-            Ok(out)
+            let table = open_read(&txn)?;
+            Ok(xattrs_of(&table, id)?
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect())
         })
     }
 
@@ -774,33 +764,27 @@ fn guard<T>(what: &str, f: impl FnOnce() -> IndexResult<T>) -> IndexResult<T> {
     crate::redb_guard::catch(&format!("index: {what}"), f, IndexError::corrupt)
 }
 
-fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
-    txn: &ReadTransaction,
-    def: TableDefinition<K, V>,
-) -> IndexResult<ReadOnlyTable<K, V>> {
-    txn.open_table(def)
-        .map_err(|e| IndexError::redb("opening an index table", e))
+/// The index's one table in a read transaction.
+fn open_read(txn: &ReadTransaction) -> IndexResult<ReadOnlyTable<&'static [u8], &'static [u8]>> {
+    txn.open_table(INDEX)
+        .map_err(|e| IndexError::redb("opening the index table", e))
 }
 
-fn get_node(
-    nodes: &impl ReadableTable<u64, &'static [u8]>,
-    id: NodeId,
-) -> IndexResult<Option<Node>> {
-    match nodes
-        .get(id)
-        .map_err(|e| IndexError::redb("reading a node", e))?
-    {
-        Some(v) => Ok(Some(Node::decode(v.value())?)),
-        None => Ok(None),
-    }
+/// The index's one table, in a read or a write transaction.
+trait IndexTable: ReadableTable<&'static [u8], &'static [u8]> {}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> IndexTable for T {}
+
+fn get_node(table: &impl IndexTable, id: NodeId) -> IndexResult<Option<Node>> {
+    View::<_, Nodes>::new(table).get(id)
 }
 
-fn key_of(nodes: &impl ReadableTable<u64, &'static [u8]>, id: NodeId) -> IndexResult<Key> {
+fn key_of(table: &impl IndexTable, id: NodeId) -> IndexResult<Key> {
     let mut parts = Vec::new();
     let mut cur = id;
     while cur != ROOT {
         let node =
-            get_node(nodes, cur)?.ok_or_else(|| IndexError::not_found(format!("no node {cur}")))?;
+            get_node(table, cur)?.ok_or_else(|| IndexError::not_found(format!("no node {cur}")))?;
         parts.push(node.name);
         if parts.len() > 100_000 {
             return Err(IndexError::corrupt("cycle in the parent chain"));
@@ -814,6 +798,57 @@ fn key_of(nodes: &impl ReadableTable<u64, &'static [u8]>, id: NodeId) -> IndexRe
         s.push_str(p);
     }
     Key::from_raw(s).map_err(|_| IndexError::corrupt(format!("node {id} has an unclean path")))
+}
+
+/// The extra names (directory, name) of node `id`.
+fn aliases_of(table: &impl IndexTable, id: NodeId) -> IndexResult<Vec<(NodeId, String)>> {
+    let mut out = Vec::new();
+    for item in View::<_, Aliases>::new(table).range(
+        Bound::Included((id, 0, "")),
+        Bound::Excluded((id.saturating_add(1), 0, "")),
+    )? {
+        let ((_, parent, name), ()) = item?;
+        out.push((parent, name));
+    }
+    Ok(out)
+}
+
+/// The extended attributes (name, value) of node `id`.
+fn xattrs_of(table: &impl IndexTable, id: NodeId) -> IndexResult<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for item in View::<_, Xattrs>::new(table).range(
+        Bound::Included((id, "")),
+        Bound::Excluded((id.saturating_add(1), "")),
+    )? {
+        let ((_, name), value) = item?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// The number of keys holding values, once counted (see [`Index::key_count`]): a count of the
+/// `keys` records would be a scan of them all, so it is taken once and then kept by the
+/// writes, each of which adds what it changed as it commits.
+#[derive(Default)]
+struct KeyCount(parking_lot::Mutex<Option<u64>>);
+
+impl KeyCount {
+    fn get(&self) -> Option<u64> {
+        *self.0.lock()
+    }
+
+    fn set(&self, n: u64) {
+        *self.0.lock() = Some(n);
+    }
+
+    /// A write committed that added `delta` keys (with `None`, an unknown number).
+    fn add(&self, delta: Option<i64>) {
+        let mut count = self.0.lock();
+        *count = match (*count, delta) {
+            (Some(n), Some(d)) => Some(n.saturating_add_signed(d)),
+            _ => None,
+        };
+    }
 }
 
 /// How many node ids (or cookies) one write of the meta table reserves.
@@ -833,11 +868,9 @@ struct Counter {
 
 impl Counter {
     /// The counter that `name` of the meta table resumes at.
-    fn resume(meta: &Table<'_, &'static str, u64>, name: &str) -> IndexResult<Counter> {
+    fn resume<T: IndexTable>(meta: &View<'_, T, Meta>, name: &str) -> IndexResult<Counter> {
         let at = meta
-            .get(name)
-            .map_err(|e| IndexError::redb("reading meta", e))?
-            .map(|v| v.value())
+            .get(name)?
             .ok_or_else(|| IndexError::corrupt(format!("meta {name} missing")))?;
         Ok(Counter {
             next: at,
@@ -853,22 +886,9 @@ struct Counters {
     cookie: Counter,
 }
 
-/// The `dirents` table in a write transaction.
-type DirentsTable<'t> = Table<'t, (u64, &'static str), (u64, u64)>;
-/// The `cookies` table in a write transaction.
-type CookiesTable<'t> = Table<'t, (u64, u64), (u64, &'static str)>;
-
-/// One index write transaction; each table is opened on first use (a create touches four of
-/// the seven, and opening one is a lookup in redb's table tree). Obtained through [`Index::write`].
+/// One index write transaction, over the index's one table. Obtained through [`Index::write`].
 pub struct Tx<'t> {
-    txn: &'t WriteTransaction,
-    meta: OnceCell<Table<'t, &'static str, u64>>,
-    nodes: OnceCell<Table<'t, u64, &'static [u8]>>,
-    dirents: OnceCell<DirentsTable<'t>>,
-    cookies: OnceCell<CookiesTable<'t>>,
-    keys: OnceCell<Table<'t, &'static str, (u64, u64)>>,
-    xattrs: OnceCell<Table<'t, (u64, &'static str), &'static [u8]>>,
-    aliases: OnceCell<Table<'t, (u64, u64, &'static str), ()>>,
+    table: Table<'t, &'static [u8], &'static [u8]>,
     uid: u32,
     gid: u32,
     /// A directory got a new parent or name: cached directory keys are stale after commit.
@@ -880,25 +900,8 @@ pub struct Tx<'t> {
     listings: Option<changes::Listings>,
     /// The id counters as this write advanced them (kept only if it commits).
     counters: Counters,
-}
-
-fn w<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> IndexError {
-    move |e| IndexError::redb(context, e)
-}
-
-/// The table `def` of `txn`, opened into `cell` the first time it is asked for.
-fn opened<'c, 't, K: redb::Key + 'static, V: redb::Value + 'static>(
-    txn: &'t WriteTransaction,
-    cell: &'c OnceCell<Table<'t, K, V>>,
-    def: TableDefinition<K, V>,
-) -> IndexResult<&'c Table<'t, K, V>> {
-    if let Some(table) = cell.get() {
-        return Ok(table);
-    }
-    let table = txn
-        .open_table(def)
-        .map_err(|e| IndexError::redb("opening an index table", e))?;
-    Ok(cell.get_or_init(|| table))
+    /// Keys this write added, less those it removed (`None` after a clear: see `KeyCount`).
+    keys_added: Option<i64>,
 }
 
 impl<'t> Tx<'t> {
@@ -907,99 +910,63 @@ impl<'t> Tx<'t> {
         options: &IndexOptions,
         counters: Counters,
     ) -> IndexResult<Tx<'t>> {
+        let table = txn
+            .open_table(INDEX)
+            .map_err(|e| IndexError::redb("opening the index table", e))?;
         Ok(Tx {
-            txn,
-            meta: OnceCell::new(),
-            nodes: OnceCell::new(),
-            dirents: OnceCell::new(),
-            cookies: OnceCell::new(),
-            keys: OnceCell::new(),
-            xattrs: OnceCell::new(),
-            aliases: OnceCell::new(),
+            table,
             uid: options.uid,
             gid: options.gid,
             dirs_moved: false,
             written: nodecache::Written::None,
             listings: None,
             counters,
+            keys_added: Some(0),
         })
     }
 
-    // The tables, each opened on first use (see `opened`).
+    // Typed views of the one table (see `layout`).
 
-    fn t_meta_mut(&mut self) -> IndexResult<&mut Table<'t, &'static str, u64>> {
-        opened(self.txn, &self.meta, META)?;
-        self.meta
-            .get_mut()
-            .ok_or_else(|| IndexError::corrupt("index table meta did not open"))
+    fn table(&self) -> &Table<'t, &'static [u8], &'static [u8]> {
+        &self.table
     }
 
-    fn t_nodes(&self) -> IndexResult<&Table<'t, u64, &'static [u8]>> {
-        opened(self.txn, &self.nodes, NODES)
+    fn t_meta_mut(&mut self) -> ViewMut<'_, 't, Meta> {
+        ViewMut::new(&mut self.table)
     }
 
-    /// The `nodes` table, to write node `id` (with `None`, any node).
-    fn t_nodes_mut(
-        &mut self,
-        id: Option<NodeId>,
-        node: Option<&Node>,
-    ) -> IndexResult<&mut Table<'t, u64, &'static [u8]>> {
+    /// The node records, to write node `id` (with `None`, any node).
+    fn t_nodes_mut(&mut self, id: Option<NodeId>, node: Option<&Node>) -> ViewMut<'_, 't, Nodes> {
         self.written.note(id, node);
-        opened(self.txn, &self.nodes, NODES)?;
-        self.nodes
-            .get_mut()
-            .ok_or_else(|| IndexError::corrupt("index table nodes did not open"))
+        ViewMut::new(&mut self.table)
     }
 
-    fn t_dirents(&self) -> IndexResult<&DirentsTable<'t>> {
-        opened(self.txn, &self.dirents, DIRENTS)
+    fn t_dirents(&self) -> View<'_, Table<'t, &'static [u8], &'static [u8]>, Dirents> {
+        View::new(&self.table)
     }
 
-    fn t_dirents_mut(&mut self) -> IndexResult<&mut DirentsTable<'t>> {
-        opened(self.txn, &self.dirents, DIRENTS)?;
-        self.dirents
-            .get_mut()
-            .ok_or_else(|| IndexError::corrupt("index table dirents did not open"))
+    fn t_dirents_mut(&mut self) -> ViewMut<'_, 't, Dirents> {
+        ViewMut::new(&mut self.table)
     }
 
-    fn t_cookies(&self) -> IndexResult<&CookiesTable<'t>> {
-        opened(self.txn, &self.cookies, COOKIES)
+    fn t_cookies(&self) -> View<'_, Table<'t, &'static [u8], &'static [u8]>, Cookies> {
+        View::new(&self.table)
     }
 
-    fn t_cookies_mut(&mut self) -> IndexResult<&mut CookiesTable<'t>> {
-        opened(self.txn, &self.cookies, COOKIES)?;
-        self.cookies
-            .get_mut()
-            .ok_or_else(|| IndexError::corrupt("index table cookies did not open"))
+    fn t_cookies_mut(&mut self) -> ViewMut<'_, 't, Cookies> {
+        ViewMut::new(&mut self.table)
     }
 
-    fn t_keys_mut(&mut self) -> IndexResult<&mut Table<'t, &'static str, (u64, u64)>> {
-        opened(self.txn, &self.keys, KEYS)?;
-        self.keys
-            .get_mut()
-            .ok_or_else(|| IndexError::corrupt("index table keys did not open"))
+    fn t_xattrs(&self) -> View<'_, Table<'t, &'static [u8], &'static [u8]>, Xattrs> {
+        View::new(&self.table)
     }
 
-    fn t_xattrs(&self) -> IndexResult<&Table<'t, (u64, &'static str), &'static [u8]>> {
-        opened(self.txn, &self.xattrs, XATTRS)
+    fn t_xattrs_mut(&mut self) -> ViewMut<'_, 't, Xattrs> {
+        ViewMut::new(&mut self.table)
     }
 
-    fn t_xattrs_mut(&mut self) -> IndexResult<&mut Table<'t, (u64, &'static str), &'static [u8]>> {
-        opened(self.txn, &self.xattrs, XATTRS)?;
-        self.xattrs
-            .get_mut()
-            .ok_or_else(|| IndexError::corrupt("index table xattrs did not open"))
-    }
-
-    fn t_aliases(&self) -> IndexResult<&Table<'t, (u64, u64, &'static str), ()>> {
-        opened(self.txn, &self.aliases, ALIASES)
-    }
-
-    fn t_aliases_mut(&mut self) -> IndexResult<&mut Table<'t, (u64, u64, &'static str), ()>> {
-        opened(self.txn, &self.aliases, ALIASES)?;
-        self.aliases
-            .get_mut()
-            .ok_or_else(|| IndexError::corrupt("index table aliases did not open"))
+    fn t_aliases_mut(&mut self) -> ViewMut<'_, 't, Aliases> {
+        ViewMut::new(&mut self.table)
     }
 
     /// The next node id. Ids are handed out from memory; only the write that reaches the end
@@ -1027,16 +994,14 @@ impl<'t> Tx<'t> {
             .ok_or_else(|| IndexError::corrupt(format!("meta {name} is exhausted")))?;
         if counter.next > counter.bound {
             counter.bound = id.saturating_add(COUNTER_BLOCK);
-            self.t_meta_mut()?
-                .insert(name, counter.bound)
-                .map_err(w("writing meta"))?;
+            self.t_meta_mut().insert(name, counter.bound)?;
         }
         Ok(id)
     }
 
     /// The node `id`.
     pub fn node(&self, id: NodeId) -> IndexResult<Option<Node>> {
-        get_node(self.t_nodes()?, id)
+        get_node(self.table(), id)
     }
 
     /// The node `id`, or a `NotFound` error.
@@ -1060,33 +1025,28 @@ impl<'t> Tx<'t> {
 
     /// Writes node `id`, whose parent and name are unchanged.
     fn write_node(&mut self, id: NodeId, node: &Node) -> IndexResult<()> {
-        self.t_nodes_mut(Some(id), Some(node))?
-            .insert(id, node.encode().as_slice())
-            .map_err(w("writing a node"))?;
+        self.t_nodes_mut(Some(id), Some(node))
+            .insert(id, node.encode().as_slice())?;
         Ok(())
     }
 
     /// The child `name` of `parent`.
     pub fn lookup(&self, parent: NodeId, name: &str) -> IndexResult<Option<NodeId>> {
         Ok(self
-            .t_dirents()?
-            .get((parent, name))
-            .map_err(w("looking up"))?
-            .map(|v| v.value().0))
+            .t_dirents()
+            .get((parent, name))?
+            .map(|(child, _)| child))
     }
 
     /// The key of node `id`.
     pub fn key_of(&self, id: NodeId) -> IndexResult<Key> {
-        key_of(self.t_nodes()?, id)
+        key_of(self.table(), id)
     }
 
     /// Whether directory `dir` has any entry.
     pub fn has_children(&self, dir: NodeId) -> IndexResult<bool> {
-        let mut range = self
-            .t_cookies()?
-            .range::<(u64, u64)>((dir, 0)..=(dir, u64::MAX))
-            .map_err(w("listing"))?;
-        Ok(range.next().is_some())
+        self.t_cookies()
+            .any_in(Bound::Included((dir, 0)), Bound::Included((dir, u64::MAX)))
     }
 
     /// Creates a node and enters it as `name` in `parent` (whose mtime/ctime it updates).
@@ -1114,29 +1074,20 @@ impl<'t> Tx<'t> {
         is_dir: bool,
     ) -> IndexResult<()> {
         let cookie = self.next_cookie()?;
-        self.t_dirents_mut()?
-            .insert((parent, name), (child, cookie))
-            .map_err(w("writing an entry"))?;
-        self.t_cookies_mut()?
-            .insert((parent, cookie), (child, name))
-            .map_err(w("writing an entry"))?;
+        self.t_dirents_mut()
+            .insert((parent, name), (child, cookie))?;
+        self.t_cookies_mut()
+            .insert((parent, cookie), (child, name))?;
         self.note_listing(parent, name);
         self.touch_dir(parent, if is_dir { 1 } else { 0 })
     }
 
     /// Removes the entry `name` from `parent` (not the node); returns the child it named.
     pub fn unlink(&mut self, parent: NodeId, name: &str) -> IndexResult<Option<NodeId>> {
-        let Some((child, cookie)) = self
-            .t_dirents_mut()?
-            .remove((parent, name))
-            .map_err(w("removing an entry"))?
-            .map(|v| v.value())
-        else {
+        let Some((child, cookie)) = self.t_dirents_mut().remove((parent, name))? else {
             return Ok(None);
         };
-        self.t_cookies_mut()?
-            .remove((parent, cookie))
-            .map_err(w("removing an entry"))?;
+        self.t_cookies_mut().remove((parent, cookie))?;
         let is_dir = self.node(child)?.map(|n| n.is_dir()).unwrap_or(false);
         self.note_listing(parent, name);
         self.touch_dir(parent, if is_dir { -1 } else { 0 })?;
@@ -1155,69 +1106,38 @@ impl<'t> Tx<'t> {
     /// Deletes node `id`, its xattrs and its alias records (its entries must already be
     /// unlinked).
     pub fn remove_node(&mut self, id: NodeId) -> IndexResult<()> {
-        self.t_nodes_mut(Some(id), None)?
-            .remove(id)
-            .map_err(w("removing a node"))?;
+        self.t_nodes_mut(Some(id), None).remove(id)?;
         for (parent, name) in self.aliases(id)? {
             self.remove_alias(id, parent, &name)?;
         }
-        let names: Vec<String> = {
-            let mut v = Vec::new();
-            for item in self
-                .t_xattrs()?
-                .range::<(u64, &str)>((id, "")..(id.saturating_add(1), ""))
-                .map_err(w("listing xattrs"))?
-            {
-                let (k, _) = item.map_err(w("listing xattrs"))?;
-                v.push(k.value().1.to_owned());
-            }
-            v
-        };
-        for n in names {
-            self.t_xattrs_mut()?
-                .remove((id, n.as_str()))
-                .map_err(w("removing xattrs"))?;
+        for (name, _) in xattrs_of(self.table(), id)? {
+            self.t_xattrs_mut().remove((id, name.as_str()))?;
         }
         Ok(())
     }
 
     /// Records an extra name (hard link) of node `id`.
     pub fn add_alias(&mut self, id: NodeId, parent: NodeId, name: &str) -> IndexResult<()> {
-        self.t_aliases_mut()?
-            .insert((id, parent, name), ())
-            .map_err(w("writing aliases"))?;
+        self.t_aliases_mut().insert((id, parent, name), ())?;
         Ok(())
     }
 
     /// Forgets an extra name of node `id`; returns whether it was recorded.
     pub fn remove_alias(&mut self, id: NodeId, parent: NodeId, name: &str) -> IndexResult<bool> {
-        Ok(self
-            .t_aliases_mut()?
-            .remove((id, parent, name))
-            .map_err(w("removing aliases"))?
-            .is_some())
+        Ok(self.t_aliases_mut().remove((id, parent, name))?.is_some())
     }
 
     /// The extra names (directory, name) of node `id`.
     pub fn aliases(&self, id: NodeId) -> IndexResult<Vec<(NodeId, String)>> {
-        let mut out = Vec::new();
-        for item in self
-            .t_aliases()?
-            .range::<(u64, u64, &str)>((id, 0, "")..(id.saturating_add(1), 0, ""))
-            .map_err(w("listing aliases"))?
-        {
-            let (k, _) = item.map_err(w("listing aliases"))?;
-            let (_, parent, name) = k.value();
-            out.push((parent, name.to_owned()));
-        }
-        Ok(out)
+        aliases_of(self.table(), id)
     }
 
     /// Records `key` in the `keys` table.
     pub fn set_key(&mut self, key: &Key, id: NodeId, size: u64) -> IndexResult<()> {
-        self.t_keys_mut()?
-            .insert(key.as_str(), (id, size))
-            .map_err(w("writing keys"))?;
+        let existed = ViewMut::<Keys>::new(&mut self.table).insert(key.as_str(), (id, size))?;
+        if !existed {
+            self.keys_added = self.keys_added.map(|n| n + 1);
+        }
         Ok(())
     }
 
@@ -1228,35 +1148,23 @@ impl<'t> Tx<'t> {
 
     /// Removes `key` from the `keys` table; returns its node and value size if it was there.
     pub fn take_key(&mut self, key: &Key) -> IndexResult<Option<(NodeId, u64)>> {
-        Ok(self
-            .t_keys_mut()?
-            .remove(key.as_str())
-            .map_err(w("removing keys"))?
-            .map(|v| v.value()))
+        let removed = ViewMut::<Keys>::new(&mut self.table).remove(key.as_str())?;
+        if removed.is_some() {
+            self.keys_added = self.keys_added.map(|n| n - 1);
+        }
+        Ok(removed)
     }
 
     /// The extended attribute `name` of node `id`.
     pub fn xattr(&self, id: NodeId, name: &str) -> IndexResult<Option<Vec<u8>>> {
-        Ok(self
-            .t_xattrs()?
-            .get((id, name))
-            .map_err(w("reading xattr"))?
-            .map(|v| v.value().to_vec()))
+        self.t_xattrs().get((id, name))
     }
 
     /// Sets or removes (`None`) an extended attribute.
     pub fn set_xattr(&mut self, id: NodeId, name: &str, value: Option<&[u8]>) -> IndexResult<bool> {
         Ok(match value {
-            Some(v) => self
-                .t_xattrs_mut()?
-                .insert((id, name), v)
-                .map_err(w("writing xattr"))?
-                .is_some(),
-            None => self
-                .t_xattrs_mut()?
-                .remove((id, name))
-                .map_err(w("removing xattr"))?
-                .is_some(),
+            Some(v) => self.t_xattrs_mut().insert((id, name), v)?,
+            None => self.t_xattrs_mut().remove((id, name))?.is_some(),
         })
     }
 
@@ -1419,27 +1327,16 @@ impl<'t> Tx<'t> {
         Ok(())
     }
 
-    /// Empties every table but `meta` and resets the root.
+    /// Removes every record but the meta records and resets the root.
     pub fn clear(&mut self) -> IndexResult<()> {
-        self.t_dirents_mut()?
-            .retain(|_, _| false)
-            .map_err(w("clearing"))?;
-        self.t_cookies_mut()?
-            .retain(|_, _| false)
-            .map_err(w("clearing"))?;
-        self.t_keys_mut()?
-            .retain(|_, _| false)
-            .map_err(w("clearing"))?;
-        self.t_xattrs_mut()?
-            .retain(|_, _| false)
-            .map_err(w("clearing"))?;
-        self.t_aliases_mut()?
-            .retain(|_, _| false)
-            .map_err(w("clearing"))?;
+        self.t_dirents_mut().clear()?;
+        self.t_cookies_mut().clear()?;
+        ViewMut::<Keys>::new(&mut self.table).clear()?;
+        self.keys_added = None;
+        self.t_xattrs_mut().clear()?;
+        self.t_aliases_mut().clear()?;
         let root = self.node_required(ROOT)?;
-        self.t_nodes_mut(None, None)?
-            .retain(|_, _| false)
-            .map_err(w("clearing"))?;
+        self.t_nodes_mut(None, None).clear()?;
         let mut fresh = root;
         fresh.value = None;
         fresh.subdirs = 0;

@@ -2,9 +2,8 @@
 //! transaction: what `lookup` and `create` need to know before they touch the store
 //! comes from one read transaction, and what they change is one write transaction.
 
-use super::{
-    DIRENTS, Index, IndexError, IndexResult, NODES, Node, NodeId, get_node, guard, open_read,
-};
+use super::layout::{Dirents, View};
+use super::{Index, IndexError, IndexResult, Node, NodeId, get_node, guard, open_read};
 use crate::datastore::Key;
 
 /// A directory, one of its entries and (on request) the directory's key, read together.
@@ -30,19 +29,17 @@ impl Index {
         guard("dir_lookup", || {
             let generation = self.dir_keys.generation();
             let txn = self.read_txn()?;
-            let nodes = open_read(&txn, NODES)?;
-            let dir = get_node(&nodes, parent)?
+            let table = open_read(&txn)?;
+            let dir = get_node(&table, parent)?
                 .ok_or_else(|| IndexError::not_found(format!("no node {parent}")))?;
             let entry = match name {
                 Some(name) => {
-                    let dirents = open_read(&txn, DIRENTS)?;
-                    let id = dirents
-                        .get((parent, name))
-                        .map_err(|e| IndexError::redb("looking up", e))?
-                        .map(|v| v.value().0);
+                    let id = View::<_, Dirents>::new(&table)
+                        .get((parent, name))?
+                        .map(|(child, _)| child);
                     match id {
                         Some(id) => {
-                            let node = get_node(&nodes, id)?.ok_or_else(|| {
+                            let node = get_node(&table, id)?.ok_or_else(|| {
                                 IndexError::corrupt(format!(
                                     "entry {name:?} names missing node {id}"
                                 ))
@@ -55,7 +52,7 @@ impl Index {
                 None => None,
             };
             let dir_key = if want_key {
-                Some(self.dir_keys.key_of(generation, &nodes, parent)?)
+                Some(self.dir_keys.key_of(generation, &table, parent)?)
             } else {
                 None
             };

@@ -9,12 +9,15 @@
 //! from its end, so one bad page in the middle loses only the records it holds.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
+use super::layout::{self, Aliases, INDEX, Nodes, Record, Xattrs, old};
 use super::node::{Node, NodeId, NodeKind, ROOT};
-use super::{ALIASES, Index, IndexError, IndexResult, NODES, Tx, XATTRS};
+use super::{Index, IndexError, IndexResult, Tx};
 use crate::datastore::Key;
 use crate::redb_guard;
+use redb::{ReadableDatabase, TableHandle};
 
 /// What [`restore`] carried over from a damaged index.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -103,25 +106,94 @@ pub fn restore(index: &Index, old: &Path) -> Salvaged {
         }
     };
     report.opened = true;
-    let (nodes, bad) = redb_guard::salvage_table(&db, NODES, |id, bytes| {
-        Node::decode(bytes).ok().map(|n| (id, n))
-    });
-    report.unreadable += bad;
-    report.nodes_read = nodes.len() as u64;
-    let (xattrs, bad) = redb_guard::salvage_table(&db, XATTRS, |(id, name), value| {
-        Some(((id, name.to_owned()), value.to_vec()))
-    });
-    report.unreadable += bad;
-    // Hard links are not carried over (each name stays a file of its own key); reading the
-    // table only tells whether there were any.
-    let (aliases, _) = redb_guard::salvage_table(&db, ALIASES, |(id, parent, name), ()| {
-        Some(((id, parent, name.to_owned()), ()))
-    });
-    if !aliases.is_empty() {
-        log::warn!(
-            "salvage: {} hard-link names were not carried over",
-            aliases.len()
+    // The file may be in the one-table layout or in the older one of seven tables (damaged
+    // before it could be migrated); whichever tables it has are read. If even the list of
+    // tables cannot be read, both layouts are tried.
+    let tables = redb_guard::catch(
+        "listing the damaged index's tables",
+        || {
+            let txn = db.begin_read().map_err(|e| e.to_string())?;
+            let names: Vec<String> = txn
+                .list_tables()
+                .map_err(|e| e.to_string())?
+                .map(|t| t.name().to_owned())
+                .collect();
+            Ok(names)
+        },
+        |m| m,
+    );
+    let has = |name: &str| match &tables {
+        Ok(names) => names.iter().any(|n| n == name),
+        Err(_) => true,
+    };
+    if tables.is_err() {
+        report.unreadable += 1;
+    }
+    let mut nodes: BTreeMap<NodeId, Node> = BTreeMap::new();
+    let mut xattrs: BTreeMap<(NodeId, String), Vec<u8>> = BTreeMap::new();
+    let mut aliases = 0;
+    if has(INDEX.name()) {
+        let (nodes_range, xattrs_range, aliases_range) =
+            (all::<Nodes>(), all::<Xattrs>(), all::<Aliases>());
+        let (read, bad) = redb_guard::salvage_table::<_, _, _, _, &[u8]>(
+            &db,
+            INDEX,
+            slices(&nodes_range),
+            |k, v| layout::decode::<Nodes>(k, v).ok(),
         );
+        report.unreadable += bad;
+        nodes.extend(read);
+        let (read, bad) = redb_guard::salvage_table::<_, _, _, _, &[u8]>(
+            &db,
+            INDEX,
+            slices(&xattrs_range),
+            |k, v| layout::decode::<Xattrs>(k, v).ok(),
+        );
+        report.unreadable += bad;
+        xattrs.extend(read);
+        let (read, _) = redb_guard::salvage_table::<_, _, _, _, &[u8]>(
+            &db,
+            INDEX,
+            slices(&aliases_range),
+            |k, v| layout::decode::<Aliases>(k, v).ok(),
+        );
+        aliases += read.len();
+    }
+    if has(old::NODES.name()) {
+        let all = (Bound::<u64>::Unbounded, Bound::<u64>::Unbounded);
+        let (read, bad) = redb_guard::salvage_table(&db, old::NODES, all, |id, bytes| {
+            Node::decode(bytes).ok().map(|n| (id, n))
+        });
+        report.unreadable += bad;
+        nodes.extend(read);
+    }
+    if has(old::XATTRS.name()) {
+        let all = (
+            Bound::<(u64, &str)>::Unbounded,
+            Bound::<(u64, &str)>::Unbounded,
+        );
+        let (read, bad) = redb_guard::salvage_table(&db, old::XATTRS, all, |(id, name), value| {
+            Some(((id, name.to_owned()), value.to_vec()))
+        });
+        report.unreadable += bad;
+        xattrs.extend(read);
+    }
+    if has(old::ALIASES.name()) {
+        let all = (
+            Bound::<(u64, u64, &str)>::Unbounded,
+            Bound::<(u64, u64, &str)>::Unbounded,
+        );
+        let (read, _) =
+            redb_guard::salvage_table(&db, old::ALIASES, all, |(id, parent, name), ()| {
+                Some(((id, parent, name.to_owned()), ()))
+            });
+        aliases += read.len();
+    }
+    report.nodes_read = nodes.len() as u64;
+    // Hard links are not carried over (each name stays a file of its own key); reading their
+    // records only tells whether there were any.
+    if aliases > 0 {
+        log::warn!("salvage: {aliases} hard-link names were not carried over");
     }
     drop(db);
 
@@ -162,6 +234,15 @@ pub fn restore(index: &Index, old: &Path) -> Salvaged {
         log::warn!("salvage: {e}");
     }
     report
+}
+
+/// Every record of kind `R`, as a byte range of the one table.
+fn all<R: Record>() -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    layout::bounds::<R>(Bound::Unbounded, Bound::Unbounded)
+}
+
+fn slices(range: &(Bound<Vec<u8>>, Bound<Vec<u8>>)) -> (Bound<&[u8]>, Bound<&[u8]>) {
+    (layout::as_slice(&range.0), layout::as_slice(&range.1))
 }
 
 /// The key of old node `id`, from the salvaged records (`None` if its chain is broken).

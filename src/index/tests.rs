@@ -351,8 +351,8 @@ fn create_files(ix: &Index, prefix: &str, n: usize) -> Vec<NodeId> {
 
 fn meta_value(ix: &Index, name: &str) -> u64 {
     let txn = ix.read_txn().unwrap();
-    let meta = txn.open_table(META).unwrap();
-    meta.get(name).unwrap().map(|v| v.value()).unwrap()
+    let table = open_read(&txn).unwrap();
+    View::<_, Meta>::new(&table).get(name).unwrap().unwrap()
 }
 
 #[test]
@@ -419,4 +419,229 @@ fn ids_are_taken_from_memory_with_one_meta_write_per_block() {
         .unwrap_err();
     assert_eq!(err.kind(), IndexErrorKind::AlreadyExists);
     assert_eq!(create_files(&ix, "d", 1)[0], dropped + 1);
+}
+
+/// Writes an index file in the seven-table layout of format version 1, as dsfs wrote it before
+/// the one-table layout: an explicit empty directory `/d` (10), a file `/f` (11, 3 bytes, an
+/// xattr, a second name `/h`), a symlink `/l` (12) to `f`, and counters reserved up to
+/// `next_id` and `next_cookie`.
+fn write_old_layout(path: &std::path::Path, next_id: u64, next_cookie: u64) {
+    use layout::old;
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut meta = txn.open_table(old::META).unwrap();
+        meta.insert("format_version", 1).unwrap();
+        meta.insert(META_NEXT_ID, next_id).unwrap();
+        meta.insert(META_NEXT_COOKIE, next_cookie).unwrap();
+        meta.insert(META_OPEN, 0).unwrap();
+        let mut nodes = txn.open_table(old::NODES).unwrap();
+        let mut root = Node::new(NodeKind::Dir, ROOT, "", 0o755, 0, 0);
+        root.explicit = true;
+        root.subdirs = 1;
+        let mut d = Node::new(NodeKind::Dir, ROOT, "d", 0o700, 7, 8);
+        d.explicit = true;
+        let mut f = Node::new(NodeKind::File, ROOT, "f", 0o640, 9, 10);
+        f.value = Some(3);
+        f.links = 2;
+        let mut l = Node::new(NodeKind::Symlink, ROOT, "l", 0o777, 0, 0);
+        l.target = b"f".to_vec();
+        for (id, n) in [(ROOT, &root), (10, &d), (11, &f), (12, &l)] {
+            nodes.insert(id, n.encode().as_slice()).unwrap();
+        }
+        let mut dirents = txn.open_table(old::DIRENTS).unwrap();
+        let mut cookies = txn.open_table(old::COOKIES).unwrap();
+        for (name, id, cookie) in [("d", 10, 1), ("f", 11, 2), ("l", 12, 3), ("h", 11, 4)] {
+            dirents.insert((ROOT, name), (id, cookie)).unwrap();
+            cookies.insert((ROOT, cookie), (id, name)).unwrap();
+        }
+        txn.open_table(old::KEYS)
+            .unwrap()
+            .insert("/f", (11, 3))
+            .unwrap();
+        txn.open_table(old::XATTRS)
+            .unwrap()
+            .insert((11, "user.x"), b"v".as_slice())
+            .unwrap();
+        txn.open_table(old::ALIASES)
+            .unwrap()
+            .insert((11, ROOT, "h"), ())
+            .unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// The tables of the file at `path`, and what its `meta` table holds.
+fn tables_and_meta(path: &std::path::Path) -> (Vec<String>, Vec<(String, u64)>) {
+    use redb::{ReadableDatabase, TableHandle};
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let mut tables: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect();
+    tables.sort();
+    let meta = txn
+        .open_table(layout::old::META)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            (k.value().to_owned(), v.value())
+        })
+        .collect();
+    (tables, meta)
+}
+
+#[test]
+fn an_index_in_the_seven_table_layout_is_migrated_with_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    write_old_layout(&path, 5_000, 6_000);
+    for round in 0..2 {
+        let ix = Index::open(&path, IndexOptions::default()).unwrap();
+        assert!(!ix.was_unclean());
+        let listed: Vec<(String, NodeId, u64)> = ix
+            .list(ROOT, 0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.id, e.cookie))
+            .collect();
+        let mut want = vec![
+            ("d".to_owned(), 10, 1),
+            ("f".to_owned(), 11, 2),
+            ("l".to_owned(), 12, 3),
+            ("h".to_owned(), 11, 4),
+        ];
+        if round == 1 {
+            want.push(("new".to_owned(), 5_000, 6_000));
+        }
+        assert_eq!(listed, want);
+        let d = ix.node(10).unwrap();
+        assert_eq!(
+            (d.kind, d.explicit, d.mode, d.uid, d.gid),
+            (NodeKind::Dir, true, 0o700, 7, 8)
+        );
+        assert_eq!(ix.entry_count(10).unwrap(), 0);
+        let f = ix.node(11).unwrap();
+        assert_eq!((f.value, f.links, f.mode, f.uid), (Some(3), 2, 0o640, 9));
+        assert_eq!(ix.xattr(11, "user.x").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(ix.xattr_names(11).unwrap(), vec!["user.x".to_owned()]);
+        assert_eq!(ix.aliases(11).unwrap(), vec![(ROOT, "h".to_owned())]);
+        assert_eq!(ix.lookup(ROOT, "h").unwrap().unwrap().0, 11);
+        let l = ix.node(12).unwrap();
+        assert_eq!(
+            (l.kind, l.target.as_slice()),
+            (NodeKind::Symlink, b"f".as_slice())
+        );
+        assert_eq!(ix.value_size(&k("/f")).unwrap(), Some(3));
+        assert_eq!(ix.key_count().unwrap(), 1);
+        let keys: Vec<Key> = ix.keys(None).unwrap().map(|e| e.unwrap().key).collect();
+        assert_eq!(keys, vec![k("/f")]);
+        assert_eq!(ix.key_of(11).unwrap(), k("/f"));
+        if round == 0 {
+            // Ids and cookies go on above the counters the old file had reserved.
+            let id = ix
+                .write(|tx| tx.create(ROOT, "new", Node::new(NodeKind::File, 0, "", 0o644, 0, 0)))
+                .unwrap();
+            assert_eq!(id, 5_000);
+        }
+        ix.close().unwrap();
+        drop(ix);
+        // The old tables are gone; `meta` holds the new version alone, which a dsfs that reads
+        // only version 1 refuses.
+        let (tables, meta) = tables_and_meta(&path);
+        assert_eq!(tables, vec!["index".to_owned(), "meta".to_owned()]);
+        assert_eq!(meta, vec![("format_version".to_owned(), 2)]);
+    }
+}
+
+#[test]
+fn an_index_of_an_unknown_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(layout::old::META)
+            .unwrap()
+            .insert("format_version", 3)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Index::open(&path, IndexOptions::default()).err().unwrap();
+    assert_eq!(err.kind(), IndexErrorKind::Corrupt);
+    assert!(err.to_string().contains("format version 3"), "{err}");
+}
+
+#[test]
+fn a_seven_table_index_is_salvaged_too() {
+    // A damaged file may be in the older layout: restore reads its tables as well.
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.redb");
+    write_old_layout(&old, 5_000, 6_000);
+    let store = MemStore::new();
+    store.put(&k("/f"), b"abc").unwrap();
+    let ix = mem_index();
+    reconcile::reindex(&ix, &store, &mut |_| {}).unwrap();
+    let report = salvage::restore(&ix, &old);
+    assert!(report.opened, "{report:?}");
+    assert_eq!((report.nodes_read, report.unreadable), (4, 0), "{report:?}");
+    assert_eq!(report.xattrs_restored, 1, "{report:?}");
+    let (d, dn) = ix.resolve(&k("/d")).unwrap().unwrap();
+    assert_eq!((dn.explicit, dn.mode & 0o7777, dn.uid), (true, 0o700, 7));
+    assert_eq!(ix.entry_count(d).unwrap(), 0);
+    let (f, fnode) = ix.resolve(&k("/f")).unwrap().unwrap();
+    assert_eq!((fnode.mode & 0o7777, fnode.uid), (0o640, 9));
+    assert_eq!(ix.xattr(f, "user.x").unwrap(), Some(b"v".to_vec()));
+    let (_, l) = ix.resolve(&k("/l")).unwrap().unwrap();
+    assert_eq!(
+        (l.kind, l.target.as_slice()),
+        (NodeKind::Symlink, b"f".as_slice())
+    );
+}
+
+#[test]
+fn the_kept_key_count_follows_every_kind_of_write() {
+    let ix = mem_index();
+    let scanned = |ix: &Index| ix.keys(None).unwrap().count() as u64;
+    assert_eq!(ix.key_count().unwrap(), 0);
+    ix.record_put(&k("/a/b"), 1).unwrap();
+    ix.record_put(&k("/a/b"), 2).unwrap();
+    ix.record_batch([(&k("/c"), Some(1)), (&k("/d"), Some(1)), (&k("/c"), None)])
+        .unwrap();
+    assert_eq!(ix.key_count().unwrap(), scanned(&ix));
+    let (a, _) = ix.resolve(&k("/a")).unwrap().unwrap();
+    let (id, _) = ix
+        .create_file(
+            a,
+            "e",
+            Node::new(NodeKind::File, 0, "", 0o644, 0, 0),
+            &k("/a/e"),
+            0,
+        )
+        .unwrap();
+    assert_eq!(ix.key_count().unwrap(), 3);
+    let removed = match ix.unlink_file(a, "e", Some(id), |_| false).unwrap() {
+        unlink::Unlinked::Removed(r) => r,
+        unlink::Unlinked::Kept(..) => panic!("kept"),
+    };
+    assert_eq!(ix.key_count().unwrap(), 2);
+    assert!(ix.restore_file(a, "e", &removed).unwrap());
+    assert_eq!(ix.key_count().unwrap(), 3);
+    // A write that fails or is not committed changes nothing.
+    ix.write(|tx| {
+        tx.set_key(&k("/z"), 99, 1)?;
+        Err::<(), _>(IndexError::corrupt("no"))
+    })
+    .unwrap_err();
+    assert_eq!(ix.key_count().unwrap(), scanned(&ix));
+    ix.record_delete(&k("/a/b")).unwrap();
+    assert_eq!(ix.key_count().unwrap(), scanned(&ix));
+    ix.clear().unwrap();
+    assert_eq!(ix.key_count().unwrap(), 0);
+    ix.record_put(&k("/y"), 1).unwrap();
+    assert_eq!(ix.key_count().unwrap(), 1);
 }

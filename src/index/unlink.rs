@@ -7,8 +7,6 @@
 //! as it was; a crash between the two leaves a value no name reaches, which the reconcile after
 //! an unclean stop lists again (the store is the truth for values).
 
-use redb::ReadableTable;
-
 use super::{
     Index, IndexError, IndexErrorKind, IndexResult, Node, NodeId, NodeKind, Timestamp, Tx,
 };
@@ -74,17 +72,10 @@ impl Tx<'_> {
         name: &str,
         child_is_dir: bool,
     ) -> IndexResult<()> {
-        let Some((_, cookie)) = self
-            .t_dirents_mut()?
-            .remove((parent, name))
-            .map_err(|e| IndexError::redb("removing an entry", e))?
-            .map(|v| v.value())
-        else {
+        let Some((_, cookie)) = self.t_dirents_mut().remove((parent, name))? else {
             return Err(not_found(format!("no entry {name:?} in {parent}")));
         };
-        self.t_cookies_mut()?
-            .remove((parent, cookie))
-            .map_err(|e| IndexError::redb("removing an entry", e))?;
+        self.t_cookies_mut().remove((parent, cookie))?;
         let now = Timestamp::now();
         dir.explicit = true;
         dir.mtime = now;
@@ -98,22 +89,10 @@ impl Tx<'_> {
     /// Deletes node `id` and returns its xattrs. Its alias records are not looked at: a node
     /// has them only while it has more than one name, and only such nodes' are read.
     fn remove_node_returning_xattrs(&mut self, id: NodeId) -> IndexResult<Vec<(String, Vec<u8>)>> {
-        self.t_nodes_mut(Some(id), None)?
-            .remove(id)
-            .map_err(|e| IndexError::redb("removing a node", e))?;
-        let mut xattrs = Vec::new();
-        for item in self
-            .t_xattrs()?
-            .range::<(u64, &str)>((id, "")..(id.saturating_add(1), ""))
-            .map_err(|e| IndexError::redb("listing xattrs", e))?
-        {
-            let (k, v) = item.map_err(|e| IndexError::redb("listing xattrs", e))?;
-            xattrs.push((k.value().1.to_owned(), v.value().to_vec()));
-        }
+        self.t_nodes_mut(Some(id), None).remove(id)?;
+        let xattrs = super::xattrs_of(self.table(), id)?;
         for (name, _) in &xattrs {
-            self.t_xattrs_mut()?
-                .remove((id, name.as_str()))
-                .map_err(|e| IndexError::redb("removing xattrs", e))?;
+            self.t_xattrs_mut().remove((id, name.as_str()))?;
         }
         Ok(xattrs)
     }
@@ -162,7 +141,7 @@ impl Index {
             let key = if node.kind == NodeKind::File {
                 Some(
                     self.dir_keys
-                        .key_of(generation, tx.t_nodes()?, parent)?
+                        .key_of(generation, tx.table(), parent)?
                         .join_component(name)
                         .map_err(|e| {
                             IndexError::corrupt(format!("entry {name:?} of {parent}: {e}"))
@@ -175,12 +154,7 @@ impl Index {
             let xattrs = tx.remove_node_returning_xattrs(id)?;
             let value = match key {
                 Some(key) => {
-                    let size = tx
-                        .t_keys_mut()?
-                        .remove(key.as_str())
-                        .map_err(|e| IndexError::redb("removing keys", e))?
-                        .map(|v| v.value().1)
-                        .unwrap_or(0);
+                    let size = tx.take_key(&key)?.map(|(_, size)| size).unwrap_or(0);
                     Some((key, size))
                 }
                 None => None,

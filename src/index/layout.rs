@@ -1,0 +1,739 @@
+//! The index's records in one redb table.
+//!
+//! redb's cost per write commit grows with the number of tables a transaction touched, and a
+//! file's create touches nodes, entries, cookies and keys. So every record lives in the one
+//! table [`INDEX`] of byte keys and byte values: a key is a one-byte tag naming the kind of
+//! record, then the record's own key, encoded so that byte order is the order redb gave the
+//! typed key (a `u64` big-endian, a string last as its UTF-8 bytes). Every range the index
+//! scans, `(parent, ..)`, `(dir, cookie..)`, key prefixes, `(node, ..)`, is then one byte range.
+//! [`View`] and [`ViewMut`] read and write one kind of record with its typed key and value.
+//!
+//! The format version stays where older versions of dsfs look for it, in a `meta` table of its
+//! own; an index in the older layout of seven tables is moved into this one by [`migrate`].
+
+use std::marker::PhantomData;
+use std::ops::Bound;
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use super::node::Node;
+use super::{IndexError, IndexResult};
+
+/// The one table of records.
+pub(super) const INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("index");
+
+/// The table that holds only the format version (the name and type of the older layout's
+/// `meta` table, which older versions of dsfs read first and refuse on a newer version).
+pub(super) const VERSION: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The record of [`VERSION`].
+pub(super) const VERSION_KEY: &str = "format_version";
+
+/// The version of this layout. Version 1 was the seven-table layout.
+pub(super) const FORMAT_VERSION: u64 = 2;
+
+/// The format version of the seven-table layout.
+pub(super) const OLD_FORMAT_VERSION: u64 = 1;
+
+/// One kind of record: its tag and the encoding of its key and value.
+pub(super) trait Record {
+    /// The first byte of every key of this kind.
+    const TAG: u8;
+    /// The kind's name, for errors.
+    const NAME: &'static str;
+    /// The key as callers give it.
+    type Key<'a>: Copy;
+    /// The value as callers give it.
+    type Val<'a>: Copy;
+    /// The key as read back.
+    type KeyOut;
+    /// The value as read back.
+    type ValOut;
+    /// Appends the key (without the tag).
+    fn put_key(k: Self::Key<'_>, out: &mut Vec<u8>);
+    /// Appends the value.
+    fn put_val(v: Self::Val<'_>, out: &mut Vec<u8>);
+    /// Reads a key (without the tag).
+    fn read_key(b: &[u8]) -> Option<Self::KeyOut>;
+    /// Reads a value.
+    fn read_val(b: &[u8]) -> IndexResult<Self::ValOut>;
+}
+
+/// The full key of `k`: tag, then the encoded key.
+pub(super) fn key_bytes<R: Record>(k: R::Key<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    out.push(R::TAG);
+    R::put_key(k, &mut out);
+    out
+}
+
+fn val_bytes<R: Record>(v: R::Val<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    R::put_val(v, &mut out);
+    out
+}
+
+/// The byte bounds of the typed bounds `lo`, `hi` (unbounded: every record of the kind).
+pub(super) fn bounds<R: Record>(
+    lo: Bound<R::Key<'_>>,
+    hi: Bound<R::Key<'_>>,
+) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let lo = match lo {
+        Bound::Included(k) => Bound::Included(key_bytes::<R>(k)),
+        Bound::Excluded(k) => Bound::Excluded(key_bytes::<R>(k)),
+        Bound::Unbounded => Bound::Included(vec![R::TAG]),
+    };
+    let hi = match hi {
+        Bound::Included(k) => Bound::Included(key_bytes::<R>(k)),
+        Bound::Excluded(k) => Bound::Excluded(key_bytes::<R>(k)),
+        Bound::Unbounded => Bound::Excluded(vec![R::TAG + 1]),
+    };
+    (lo, hi)
+}
+
+fn bad<R: Record>(what: &str) -> IndexError {
+    IndexError::corrupt(format!("malformed {} {what}", R::NAME))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    let bytes: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+fn str_from(b: &[u8], at: usize) -> Option<String> {
+    std::str::from_utf8(b.get(at..)?).ok().map(str::to_owned)
+}
+
+/// `meta`: name → u64 (next node id, next cookie, open flag).
+pub(super) struct Meta;
+/// `nodes`: node id → encoded [`Node`].
+pub(super) struct Nodes;
+/// `dirents`: (parent, name) → (child, cookie).
+pub(super) struct Dirents;
+/// `cookies`: (parent, cookie) → (child, name).
+pub(super) struct Cookies;
+/// `keys`: datastore key → (node, value size).
+pub(super) struct Keys;
+/// `xattrs`: (node, attribute name) → value.
+pub(super) struct Xattrs;
+/// `aliases`: (node, parent, name) → nothing.
+pub(super) struct Aliases;
+
+impl Record for Meta {
+    const TAG: u8 = b'm';
+    const NAME: &'static str = "meta";
+    type Key<'a> = &'a str;
+    type Val<'a> = u64;
+    type KeyOut = String;
+    type ValOut = u64;
+    fn put_key(k: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(k.as_bytes());
+    }
+    fn put_val(v: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    fn read_key(b: &[u8]) -> Option<String> {
+        str_from(b, 0)
+    }
+    fn read_val(b: &[u8]) -> IndexResult<u64> {
+        match b.len() {
+            8 => u64_at(b, 0).ok_or_else(|| bad::<Self>("value")),
+            _ => Err(bad::<Self>("value")),
+        }
+    }
+}
+
+impl Record for Nodes {
+    const TAG: u8 = b'n';
+    const NAME: &'static str = "node";
+    type Key<'a> = u64;
+    type Val<'a> = &'a [u8];
+    type KeyOut = u64;
+    type ValOut = Node;
+    fn put_key(k: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&k.to_be_bytes());
+    }
+    fn put_val(v: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(v);
+    }
+    fn read_key(b: &[u8]) -> Option<u64> {
+        (b.len() == 8).then(|| u64_at(b, 0)).flatten()
+    }
+    fn read_val(b: &[u8]) -> IndexResult<Node> {
+        Node::decode(b)
+    }
+}
+
+impl Record for Dirents {
+    const TAG: u8 = b'd';
+    const NAME: &'static str = "entry";
+    type Key<'a> = (u64, &'a str);
+    type Val<'a> = (u64, u64);
+    type KeyOut = (u64, String);
+    type ValOut = (u64, u64);
+    fn put_key((parent, name): (u64, &str), out: &mut Vec<u8>) {
+        out.extend_from_slice(&parent.to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+    }
+    fn put_val((child, cookie): (u64, u64), out: &mut Vec<u8>) {
+        out.extend_from_slice(&child.to_be_bytes());
+        out.extend_from_slice(&cookie.to_be_bytes());
+    }
+    fn read_key(b: &[u8]) -> Option<(u64, String)> {
+        Some((u64_at(b, 0)?, str_from(b, 8)?))
+    }
+    fn read_val(b: &[u8]) -> IndexResult<(u64, u64)> {
+        match (b.len(), u64_at(b, 0), u64_at(b, 8)) {
+            (16, Some(child), Some(cookie)) => Ok((child, cookie)),
+            _ => Err(bad::<Self>("value")),
+        }
+    }
+}
+
+impl Record for Cookies {
+    const TAG: u8 = b'c';
+    const NAME: &'static str = "cookie";
+    type Key<'a> = (u64, u64);
+    type Val<'a> = (u64, &'a str);
+    type KeyOut = (u64, u64);
+    type ValOut = (u64, String);
+    fn put_key((parent, cookie): (u64, u64), out: &mut Vec<u8>) {
+        out.extend_from_slice(&parent.to_be_bytes());
+        out.extend_from_slice(&cookie.to_be_bytes());
+    }
+    fn put_val((child, name): (u64, &str), out: &mut Vec<u8>) {
+        out.extend_from_slice(&child.to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+    }
+    fn read_key(b: &[u8]) -> Option<(u64, u64)> {
+        (b.len() == 16)
+            .then(|| Some((u64_at(b, 0)?, u64_at(b, 8)?)))
+            .flatten()
+    }
+    fn read_val(b: &[u8]) -> IndexResult<(u64, String)> {
+        match (u64_at(b, 0), str_from(b, 8)) {
+            (Some(child), Some(name)) => Ok((child, name)),
+            _ => Err(bad::<Self>("value")),
+        }
+    }
+}
+
+impl Record for Keys {
+    const TAG: u8 = b'k';
+    const NAME: &'static str = "key";
+    type Key<'a> = &'a str;
+    type Val<'a> = (u64, u64);
+    type KeyOut = String;
+    type ValOut = (u64, u64);
+    fn put_key(k: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(k.as_bytes());
+    }
+    fn put_val((id, size): (u64, u64), out: &mut Vec<u8>) {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&size.to_be_bytes());
+    }
+    fn read_key(b: &[u8]) -> Option<String> {
+        str_from(b, 0)
+    }
+    fn read_val(b: &[u8]) -> IndexResult<(u64, u64)> {
+        match (b.len(), u64_at(b, 0), u64_at(b, 8)) {
+            (16, Some(id), Some(size)) => Ok((id, size)),
+            _ => Err(bad::<Self>("value")),
+        }
+    }
+}
+
+impl Record for Xattrs {
+    const TAG: u8 = b'x';
+    const NAME: &'static str = "xattr";
+    type Key<'a> = (u64, &'a str);
+    type Val<'a> = &'a [u8];
+    type KeyOut = (u64, String);
+    type ValOut = Vec<u8>;
+    fn put_key((id, name): (u64, &str), out: &mut Vec<u8>) {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+    }
+    fn put_val(v: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(v);
+    }
+    fn read_key(b: &[u8]) -> Option<(u64, String)> {
+        Some((u64_at(b, 0)?, str_from(b, 8)?))
+    }
+    fn read_val(b: &[u8]) -> IndexResult<Vec<u8>> {
+        Ok(b.to_vec())
+    }
+}
+
+impl Record for Aliases {
+    const TAG: u8 = b'a';
+    const NAME: &'static str = "alias";
+    type Key<'a> = (u64, u64, &'a str);
+    type Val<'a> = ();
+    type KeyOut = (u64, u64, String);
+    type ValOut = ();
+    fn put_key((id, parent, name): (u64, u64, &str), out: &mut Vec<u8>) {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&parent.to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+    }
+    fn put_val((): (), _: &mut Vec<u8>) {}
+    fn read_key(b: &[u8]) -> Option<(u64, u64, String)> {
+        Some((u64_at(b, 0)?, u64_at(b, 8)?, str_from(b, 16)?))
+    }
+    fn read_val(b: &[u8]) -> IndexResult<()> {
+        match b.len() {
+            0 => Ok(()),
+            _ => Err(bad::<Self>("value")),
+        }
+    }
+}
+
+/// Decodes one record of kind `R` read from the table.
+pub(super) fn decode<R: Record>(k: &[u8], v: &[u8]) -> IndexResult<(R::KeyOut, R::ValOut)> {
+    let key = match k.split_first() {
+        Some((&tag, rest)) if tag == R::TAG => R::read_key(rest),
+        _ => None,
+    }
+    .ok_or_else(|| bad::<R>("key"))?;
+    Ok((key, R::read_val(v)?))
+}
+
+/// The records of kind `R` in a table (of a read or a write transaction).
+pub(super) struct View<'a, T, R> {
+    table: &'a T,
+    kind: PhantomData<R>,
+}
+
+impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>, R: Record> View<'a, T, R> {
+    pub(super) fn new(table: &'a T) -> Self {
+        View {
+            table,
+            kind: PhantomData,
+        }
+    }
+
+    /// The value at `k`.
+    pub(super) fn get(&self, k: R::Key<'_>) -> IndexResult<Option<R::ValOut>> {
+        let key = key_bytes::<R>(k);
+        match self
+            .table
+            .get(key.as_slice())
+            .map_err(|e| IndexError::redb(&format!("reading {}", R::NAME), e))?
+        {
+            Some(v) => Ok(Some(R::read_val(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The records from `lo` to `hi`, in key order.
+    pub(super) fn range(
+        &self,
+        lo: Bound<R::Key<'_>>,
+        hi: Bound<R::Key<'_>>,
+    ) -> IndexResult<impl Iterator<Item = IndexResult<(R::KeyOut, R::ValOut)>> + 'a> {
+        let (lo, hi) = bounds::<R>(lo, hi);
+        let range = self
+            .table
+            .range::<&[u8]>((as_slice(&lo), as_slice(&hi)))
+            .map_err(|e| IndexError::redb(&format!("scanning {}s", R::NAME), e))?;
+        Ok(range.map(|item| {
+            let (k, v) =
+                item.map_err(|e| IndexError::redb(&format!("scanning {}s", R::NAME), e))?;
+            decode::<R>(k.value(), v.value())
+        }))
+    }
+
+    /// Whether any record lies from `lo` to `hi`.
+    pub(super) fn any_in(&self, lo: Bound<R::Key<'_>>, hi: Bound<R::Key<'_>>) -> IndexResult<bool> {
+        let (lo, hi) = bounds::<R>(lo, hi);
+        let mut range = self
+            .table
+            .range::<&[u8]>((as_slice(&lo), as_slice(&hi)))
+            .map_err(|e| IndexError::redb(&format!("scanning {}s", R::NAME), e))?;
+        match range.next() {
+            Some(item) => {
+                item.map_err(|e| IndexError::redb(&format!("scanning {}s", R::NAME), e))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+pub(super) fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The records of kind `R` in the table of a write transaction.
+pub(super) struct ViewMut<'a, 't, R> {
+    table: &'a mut Table<'t, &'static [u8], &'static [u8]>,
+    kind: PhantomData<R>,
+}
+
+impl<'a, 't, R: Record> ViewMut<'a, 't, R> {
+    pub(super) fn new(table: &'a mut Table<'t, &'static [u8], &'static [u8]>) -> Self {
+        ViewMut {
+            table,
+            kind: PhantomData,
+        }
+    }
+
+    /// Writes `k` = `v`; returns whether `k` held a value before.
+    pub(super) fn insert(&mut self, k: R::Key<'_>, v: R::Val<'_>) -> IndexResult<bool> {
+        let key = key_bytes::<R>(k);
+        let val = val_bytes::<R>(v);
+        Ok(self
+            .table
+            .insert(key.as_slice(), val.as_slice())
+            .map_err(|e| IndexError::redb(&format!("writing {}", R::NAME), e))?
+            .is_some())
+    }
+
+    /// Removes `k`; returns the value it held.
+    pub(super) fn remove(&mut self, k: R::Key<'_>) -> IndexResult<Option<R::ValOut>> {
+        let key = key_bytes::<R>(k);
+        match self
+            .table
+            .remove(key.as_slice())
+            .map_err(|e| IndexError::redb(&format!("removing {}", R::NAME), e))?
+        {
+            Some(v) => Ok(Some(R::read_val(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes every record of kind `R`.
+    pub(super) fn clear(&mut self) -> IndexResult<()> {
+        let (lo, hi) = bounds::<R>(Bound::Unbounded, Bound::Unbounded);
+        self.table
+            .retain_in::<&[u8], _>((as_slice(&lo), as_slice(&hi)), |_, _| false)
+            .map_err(|e| IndexError::redb(&format!("clearing {}s", R::NAME), e))
+    }
+}
+
+/// The seven tables of format version 1, read only to migrate them (and to salvage from a
+/// damaged file in that layout).
+pub(super) mod old {
+    use redb::TableDefinition;
+
+    pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    pub(crate) const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
+    pub(crate) const DIRENTS: TableDefinition<(u64, &str), (u64, u64)> =
+        TableDefinition::new("dirents");
+    pub(crate) const COOKIES: TableDefinition<(u64, u64), (u64, &str)> =
+        TableDefinition::new("cookies");
+    pub(crate) const KEYS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("keys");
+    pub(crate) const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
+    pub(crate) const ALIASES: TableDefinition<(u64, u64, &str), ()> =
+        TableDefinition::new("aliases");
+
+    /// The names of the tables the one table replaces (`meta` stays, holding the version).
+    pub(crate) const MOVED: [&str; 6] =
+        ["nodes", "dirents", "cookies", "keys", "xattrs", "aliases"];
+}
+
+/// How many records [`migrate`] moved.
+#[derive(Debug, Default)]
+pub(super) struct Migrated {
+    pub(super) records: u64,
+}
+
+fn m<E: Into<redb::Error>>(e: E) -> IndexError {
+    IndexError::redb("migrating the index to one table", e)
+}
+
+/// Copies every record of the seven-table layout into [`INDEX`] in `txn`, deletes the six
+/// tables it replaces and leaves `meta` holding only the version, set to [`FORMAT_VERSION`].
+/// The caller commits durably: until then the file keeps its old layout.
+pub(super) fn migrate(txn: &WriteTransaction) -> IndexResult<Migrated> {
+    let present: Vec<String> = txn
+        .list_tables()
+        .map_err(m)?
+        .map(|t| redb::TableHandle::name(&t).to_owned())
+        .collect();
+    let has = |name: &str| present.iter().any(|p| p == name);
+    let mut done = Migrated::default();
+    let mut index = txn.open_table(INDEX).map_err(m)?;
+    {
+        let mut put = |k: Vec<u8>, v: Vec<u8>| -> IndexResult<()> {
+            index.insert(k.as_slice(), v.as_slice()).map_err(m)?;
+            done.records += 1;
+            Ok(())
+        };
+        {
+            let mut meta = txn.open_table(old::META).map_err(m)?;
+            for item in meta.iter().map_err(m)? {
+                let (k, v) = item.map_err(m)?;
+                if k.value() != VERSION_KEY {
+                    put(key_bytes::<Meta>(k.value()), val_bytes::<Meta>(v.value()))?;
+                }
+            }
+            meta.retain(|k, _| k == VERSION_KEY).map_err(m)?;
+            meta.insert(VERSION_KEY, FORMAT_VERSION).map_err(m)?;
+        }
+        if has("nodes") {
+            let t = txn.open_table(old::NODES).map_err(m)?;
+            for item in t.iter().map_err(m)? {
+                let (k, v) = item.map_err(m)?;
+                put(key_bytes::<Nodes>(k.value()), val_bytes::<Nodes>(v.value()))?;
+            }
+        }
+        if has("dirents") {
+            let t = txn.open_table(old::DIRENTS).map_err(m)?;
+            for item in t.iter().map_err(m)? {
+                let (k, v) = item.map_err(m)?;
+                put(
+                    key_bytes::<Dirents>(k.value()),
+                    val_bytes::<Dirents>(v.value()),
+                )?;
+            }
+        }
+        if has("cookies") {
+            let t = txn.open_table(old::COOKIES).map_err(m)?;
+            for item in t.iter().map_err(m)? {
+                let (k, v) = item.map_err(m)?;
+                put(
+                    key_bytes::<Cookies>(k.value()),
+                    val_bytes::<Cookies>(v.value()),
+                )?;
+            }
+        }
+        if has("keys") {
+            let t = txn.open_table(old::KEYS).map_err(m)?;
+            for item in t.iter().map_err(m)? {
+                let (k, v) = item.map_err(m)?;
+                put(key_bytes::<Keys>(k.value()), val_bytes::<Keys>(v.value()))?;
+            }
+        }
+        if has("xattrs") {
+            let t = txn.open_table(old::XATTRS).map_err(m)?;
+            for item in t.iter().map_err(m)? {
+                let (k, v) = item.map_err(m)?;
+                put(
+                    key_bytes::<Xattrs>(k.value()),
+                    val_bytes::<Xattrs>(v.value()),
+                )?;
+            }
+        }
+        if has("aliases") {
+            let t = txn.open_table(old::ALIASES).map_err(m)?;
+            for item in t.iter().map_err(m)? {
+                let (k, _) = item.map_err(m)?;
+                put(key_bytes::<Aliases>(k.value()), Vec::new())?;
+            }
+        }
+    }
+    drop(index);
+    for name in old::MOVED {
+        if has(name) {
+            txn.delete_table(redb::TableDefinition::<&[u8], &[u8]>::new(name))
+                .map_err(m)?;
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use redb::{Database, ReadableDatabase, backends::InMemoryBackend};
+
+    const TYPED_DIRENTS: TableDefinition<(u64, &str), u64> = TableDefinition::new("d");
+    const TYPED_ALIASES: TableDefinition<(u64, u64, &str), ()> = TableDefinition::new("a");
+    const TYPED_COOKIES: TableDefinition<(u64, u64), u64> = TableDefinition::new("c");
+    const TYPED_KEYS: TableDefinition<&str, u64> = TableDefinition::new("k");
+
+    fn db() -> Database {
+        Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap()
+    }
+
+    /// Names that share prefixes, differ in case, and leave ASCII (each char of the set is
+    /// one, two, three or four bytes of UTF-8; `/` and bytes below it sort before letters).
+    fn name() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            proptest::sample::select(vec!['a', 'b', 'A', '-', '/', '\u{1}', 'é', 'ÿ', '中', '😀']),
+            0..5,
+        )
+        .prop_map(|cs| cs.into_iter().collect())
+    }
+
+    /// Ids on both sides of byte boundaries, so that a little-endian or variable-length
+    /// encoding would misorder them.
+    fn id() -> impl Strategy<Value = u64> {
+        proptest::sample::select(vec![
+            0,
+            1,
+            2,
+            255,
+            256,
+            257,
+            65_535,
+            65_536,
+            1 << 40,
+            u64::MAX - 1,
+            u64::MAX,
+        ])
+    }
+
+    /// Every record of kind `R` in `range`, decoded, as the one table yields them.
+    fn scan<R: Record>(
+        db: &Database,
+        lo: Bound<R::Key<'_>>,
+        hi: Bound<R::Key<'_>>,
+    ) -> Vec<(R::KeyOut, R::ValOut)> {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(INDEX).unwrap();
+        View::<_, R>::new(&table)
+            .range(lo, hi)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every range the index scans selects the same records, in the same order, from the
+        /// one table as redb's typed tables of the old layout did.
+        #[test]
+        fn byte_keys_order_and_ranges_match_redbs_typed_keys(
+            entries in proptest::collection::vec((id(), id(), name()), 0..40),
+            probe in id(),
+            prefix in name(),
+        ) {
+            let db = db();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut d = txn.open_table(TYPED_DIRENTS).unwrap();
+                let mut a = txn.open_table(TYPED_ALIASES).unwrap();
+                let mut c = txn.open_table(TYPED_COOKIES).unwrap();
+                let mut k = txn.open_table(TYPED_KEYS).unwrap();
+                let mut one = txn.open_table(INDEX).unwrap();
+                for (i, (x, y, n)) in entries.iter().enumerate() {
+                    let i = i as u64;
+                    let key = format!("/{n}");
+                    d.insert((*x, n.as_str()), i).unwrap();
+                    a.insert((*x, *y, n.as_str()), ()).unwrap();
+                    c.insert((*x, *y), i).unwrap();
+                    k.insert(key.as_str(), i).unwrap();
+                    ViewMut::<Dirents>::new(&mut one).insert((*x, n), (i, 0)).unwrap();
+                    ViewMut::<Aliases>::new(&mut one).insert((*x, *y, n), ()).unwrap();
+                    ViewMut::<Cookies>::new(&mut one).insert((*x, *y), (i, "")).unwrap();
+                    ViewMut::<Keys>::new(&mut one).insert(&key, (i, 0)).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            let txn = db.begin_read().unwrap();
+            let d = txn.open_table(TYPED_DIRENTS).unwrap();
+            let a = txn.open_table(TYPED_ALIASES).unwrap();
+            let c = txn.open_table(TYPED_COOKIES).unwrap();
+            let k = txn.open_table(TYPED_KEYS).unwrap();
+
+            // A directory's entries: (probe, "")..(probe + 1, ""), and all of them.
+            let next = probe.saturating_add(1);
+            let want: Vec<(u64, String)> = d
+                .range::<(u64, &str)>((probe, "")..(next, ""))
+                .unwrap()
+                .map(|e| { let (k, _) = e.unwrap(); let (x, n) = k.value(); (x, n.to_owned()) })
+                .collect();
+            let got: Vec<(u64, String)> =
+                scan::<Dirents>(&db, Bound::Included((probe, "")), Bound::Excluded((next, "")))
+                    .into_iter().map(|(k, _)| k).collect();
+            prop_assert_eq!(got, want);
+            let want: Vec<(u64, String)> = d
+                .range::<(u64, &str)>(..)
+                .unwrap()
+                .map(|e| { let (k, _) = e.unwrap(); let (x, n) = k.value(); (x, n.to_owned()) })
+                .collect();
+            let got: Vec<(u64, String)> = scan::<Dirents>(&db, Bound::Unbounded, Bound::Unbounded)
+                .into_iter().map(|(k, _)| k).collect();
+            prop_assert_eq!(got, want);
+
+            // A node's aliases: (probe, 0, "")..(probe + 1, 0, "").
+            let want: Vec<(u64, u64, String)> = a
+                .range::<(u64, u64, &str)>((probe, 0, "")..(next, 0, ""))
+                .unwrap()
+                .map(|e| { let (k, _) = e.unwrap(); let (x, y, n) = k.value(); (x, y, n.to_owned()) })
+                .collect();
+            let got: Vec<(u64, u64, String)> = scan::<Aliases>(
+                &db,
+                Bound::Included((probe, 0, "")),
+                Bound::Excluded((next, 0, "")),
+            )
+            .into_iter().map(|(k, ())| k).collect();
+            prop_assert_eq!(got, want);
+
+            // A listing resumed after a cookie: (probe, after + 1)..=(probe, MAX).
+            for after in [0, 1, 255, 256, u64::MAX - 1] {
+                let lo = (probe, after.saturating_add(1));
+                let want: Vec<(u64, u64)> = c
+                    .range::<(u64, u64)>(lo..=(probe, u64::MAX))
+                    .unwrap()
+                    .map(|e| e.unwrap().0.value())
+                    .collect();
+                let got: Vec<(u64, u64)> = scan::<Cookies>(
+                    &db,
+                    Bound::Included(lo),
+                    Bound::Included((probe, u64::MAX)),
+                )
+                .into_iter().map(|(k, _)| k).collect();
+                prop_assert_eq!(got, want);
+            }
+
+            // Keys below a prefix, as `prefix_range` bounds them.
+            let parent = crate::datastore::Key::new(format!("/{prefix}"));
+            if let Some((lo, hi)) = crate::datastore::query::prefix_range(Some(&parent)) {
+                let want: Vec<String> = k
+                    .range::<&str>(lo.as_str()..hi.as_str())
+                    .unwrap()
+                    .map(|e| e.unwrap().0.value().to_owned())
+                    .collect();
+                let got: Vec<String> = scan::<Keys>(
+                    &db,
+                    Bound::Included(lo.as_str()),
+                    Bound::Excluded(hi.as_str()),
+                )
+                .into_iter().map(|(k, _)| k).collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn records_of_one_kind_never_meet_another_kinds_range() {
+        let db = db();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut one = txn.open_table(INDEX).unwrap();
+            ViewMut::<Nodes>::new(&mut one)
+                .insert(u64::MAX, b"n".as_slice())
+                .unwrap();
+            ViewMut::<Meta>::new(&mut one).insert("zzz", 1).unwrap();
+            ViewMut::<Keys>::new(&mut one).insert("", (1, 2)).unwrap();
+            ViewMut::<Xattrs>::new(&mut one)
+                .insert((0, ""), b"".as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        assert_eq!(
+            scan::<Keys>(&db, Bound::Unbounded, Bound::Unbounded),
+            vec![(String::new(), (1, 2))]
+        );
+        assert_eq!(
+            scan::<Meta>(&db, Bound::Unbounded, Bound::Unbounded),
+            vec![("zzz".to_owned(), 1)]
+        );
+        assert_eq!(
+            scan::<Xattrs>(&db, Bound::Unbounded, Bound::Unbounded),
+            vec![((0, String::new()), Vec::new())]
+        );
+    }
+}
