@@ -251,7 +251,7 @@ fn prepare_as(
     let stamps = segments.as_deref().map(all_stamps).unwrap_or_default();
     let other_store = matches!((&recorded, &identity), (Some(r), Some(i)) if r != i);
     // New: nothing recorded at all, not even a directory or symlink made through a mount.
-    let new = recorded.is_none() && index.key_count()? == 0 && index.entry_count(ROOT)? == 0;
+    let new = recorded.is_none() && !index.has_keys()? && index.entry_count(ROOT)? == 0;
     if !other_store && !new && build_only {
         return Ok(Prepared::Unchanged);
     }

@@ -608,7 +608,9 @@ fn the_kept_key_count_follows_every_kind_of_write() {
     let ix = mem_index();
     let scanned = |ix: &Index| ix.keys(None).unwrap().count() as u64;
     assert_eq!(ix.key_count().unwrap(), 0);
+    assert!(!ix.has_keys().unwrap());
     ix.record_put(&k("/a/b"), 1).unwrap();
+    assert!(ix.has_keys().unwrap());
     ix.record_put(&k("/a/b"), 2).unwrap();
     ix.record_batch([(&k("/c"), Some(1)), (&k("/d"), Some(1)), (&k("/c"), None)])
         .unwrap();
