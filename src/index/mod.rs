@@ -650,8 +650,8 @@ impl Index {
             let entries = range.map(|item| {
                 let (k, v) = item.map_err(|e| IndexError::redb("scanning keys", e))?;
                 let (key, (id, size)) = layout::decode::<Keys>(k.value(), v.value())?;
-                let key = Key::from_raw(key.clone())
-                    .map_err(|_| IndexError::corrupt(format!("unclean key {key:?}")))?;
+                let key = Key::from_raw(key)
+                    .map_err(|e| IndexError::corrupt(format!("unclean key: {e}")))?;
                 Ok(KeyEntry { key, id, size })
             });
             Ok(crate::redb_guard::iter(
