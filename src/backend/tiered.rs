@@ -1228,6 +1228,52 @@ mod tests {
         );
     }
 
+    /// Records wait in the records store's pending set (no redb transaction per put): the
+    /// checkpoint's durable commit writes them after the files were synced, deletes a replaced
+    /// file only after that commit, and a reopen finds them.
+    #[test]
+    fn pending_records_become_durable_after_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = RedbOptions {
+            commit_interval: None,
+            ..RedbOptions::default()
+        };
+        let (store, violated, commits) = watched(dir.path(), redb);
+        store.put(&Key::new("/big"), &big(1)).unwrap();
+        store.put(&Key::new("/small"), b"small").unwrap();
+        store.put(&Key::new("/big"), &big(2)).unwrap();
+        store.put(&Key::new("/gone"), &big(3)).unwrap();
+        store.delete(&Key::new("/gone")).unwrap();
+        let records = &store.inner.records;
+        assert_eq!((records.write_count(), records.pending()), (0, 3));
+        assert_eq!(store.get(&Key::new("/big")).unwrap(), big(2));
+        let before = commits.load(Ordering::SeqCst);
+        store.sync(&Key::root()).unwrap();
+        assert!(commits.load(Ordering::SeqCst) > before);
+        assert!(
+            !violated.load(Ordering::SeqCst),
+            "a pending record was made durable before its file was synced"
+        );
+        assert_eq!(store.inner.records.pending(), 0);
+        // The two replaced or deleted files went after the commit; one file is left.
+        let files = store.inner.files.query(Query::default()).unwrap().count();
+        assert_eq!(files, 1);
+        drop(store);
+        let store = TieredStore::open(
+            &dir.path().join("records.redb"),
+            &dir.path().join("files"),
+            TieredOptions {
+                threshold: 1024,
+                ..TieredOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(store.get(&Key::new("/big")).unwrap(), big(2));
+        assert_eq!(store.get(&Key::new("/small")).unwrap(), b"small");
+        assert!(!store.has(&Key::new("/gone")).unwrap());
+        assert!(store.scrub(false).unwrap().is_empty());
+    }
+
     /// Writers racing checkpoints: no durable commit of the records may include a record
     /// written after the checkpoint synced the files.
     #[test]
