@@ -272,6 +272,14 @@ impl TieredStore {
     }
 }
 
+impl TieredStore {
+    /// How many write transactions the records store has committed since it was opened (its
+    /// puts and deletes wait for the next one or the checkpoint): for tests and profiling.
+    pub fn records_write_count(&self) -> u64 {
+        self.inner.records.write_count()
+    }
+}
+
 impl Inner {
     fn run_checkpoints(&self) {
         loop {
