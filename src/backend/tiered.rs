@@ -16,7 +16,10 @@
 //! the only durable commit of the records (their store runs no group committer of its own), and
 //! no write of a file and its record runs while it syncs the files for the last time and
 //! commits the records (the `gate`): a durable commit never includes a record whose file is not
-//! synced yet, which a power loss would leave pointing at a missing or empty file.
+//! synced yet, which a power loss would leave pointing at a missing or empty file. The records
+//! store holds puts and deletes in memory until its next write transaction or durable commit
+//! (`src/backend/redb_pending.rs`); the checkpoint's durable commit applies them inside its own
+//! transaction, with the gate held and after the file sync, so the order holds for them too.
 //!
 //! Record format: one tag byte, then
 //! * `0`: the value itself;
