@@ -1,8 +1,11 @@
 //! `RedbStore`: values in a single redb file. The embedded store that needs no server.
 //!
-//! Every `put`/`delete` is its own redb transaction, committed without fsync and made durable
-//! by the group committer within [`crate::group_commit::DEFAULT_INTERVAL`], or at once by `sync`
-//! and `close` (or by every write, when opened with [`RedbOptions::durable_puts`]). redb's
+//! A `put`/`delete` is visible at once and written with the store's next write transaction,
+//! at the latest by its next durable commit, in which it becomes durable as before (see
+//! `src/backend/redb_pending.rs`); the group committer makes a durable commit within
+//! [`crate::group_commit::DEFAULT_INTERVAL`] of a change, `sync` and `close` at once. Batches,
+//! renames and exchanges are their own transactions, committed without fsync. With
+//! [`RedbOptions::durable_puts`] every write is its own durable transaction. redb's
 //! copy-on-write commits make every put and every batch atomic: after a crash each key holds its
 //! old or its new value, and a batch is applied wholly or not at all.
 
@@ -20,7 +23,7 @@ use crate::datastore::{
 };
 use crate::group_commit::{self, GroupCommit, redb_error};
 
-use super::redb_pending::{self, PendingDeletes};
+use super::redb_pending::{Lookup, Pending};
 
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
 
@@ -63,13 +66,17 @@ pub struct RedbStore {
     options: RedbOptions,
     commits: GroupCommit,
     closed: AtomicBool,
-    /// Deletes not yet written (see [`super::redb_pending`]); always empty with `durable_puts`.
-    pending: Arc<PendingDeletes>,
+    /// Puts and deletes not yet written (see [`super::redb_pending`]); always empty with
+    /// `durable_puts`.
+    pending: Arc<Pending>,
     /// Write transactions committed by [`RedbStore::write`] since open.
     writes: AtomicU64,
     /// Called just before every durable commit (tests check what must be durable before it).
     #[cfg(test)]
     durable_hook: DurableHook,
+    /// See [`RedbStore::fail_writes`].
+    #[cfg(test)]
+    fail_writes: Arc<AtomicBool>,
 }
 
 #[cfg(test)]
@@ -82,8 +89,26 @@ fn run_hook(hook: &DurableHook) {
     }
 }
 
-/// The group committer's durable commit: applies the pending deletes in it.
-fn durable_commit(db: &Database, pending: &PendingDeletes) -> Result<()> {
+/// Fails when a test asked writes to fail (see [`RedbStore::fail_writes`]).
+#[cfg(test)]
+fn injected_failure(fail: &AtomicBool) -> Result<()> {
+    if fail.load(Ordering::SeqCst) {
+        Err(Error::new(
+            crate::ErrorKind::NoSpace,
+            "redb store: injected write failure",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The group committer's durable commit: applies the pending puts and deletes in it.
+/// `before_commit` runs just before the commit (tests inject failures there).
+fn durable_commit(
+    db: &Database,
+    pending: &Pending,
+    before_commit: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     guard("redb store: durable commit", || {
         let mut txn = db
             .begin_write()
@@ -97,6 +122,7 @@ fn durable_commit(db: &Database, pending: &PendingDeletes) -> Result<()> {
                 .map_err(|e| redb_error("opening the values table", e))?;
             applied.apply(&mut table)?;
         }
+        before_commit()?;
         txn.commit().map_err(|e| redb_error("durable commit", e))?;
         pending.committed(&applied);
         Ok(())
@@ -122,18 +148,24 @@ impl RedbStore {
                 .map_err(|e| redb_error("creating the values table", e))?;
             txn.commit().map_err(|e| redb_error("committing", e))?;
             let db = Arc::new(db);
-            let pending = Arc::new(PendingDeletes::default());
+            let pending = Arc::new(Pending::default());
             #[cfg(test)]
             let durable_hook = DurableHook::default();
+            #[cfg(test)]
+            let fail_writes = Arc::new(AtomicBool::new(false));
             let commits = {
                 let (db, pending) = (db.clone(), pending.clone());
                 #[cfg(test)]
-                let hook = durable_hook.clone();
+                let (hook, fail) = (durable_hook.clone(), fail_writes.clone());
                 GroupCommit::with_commit(
                     Box::new(move || {
                         #[cfg(test)]
                         run_hook(&hook);
-                        durable_commit(&db, &pending)
+                        durable_commit(&db, &pending, || {
+                            #[cfg(test)]
+                            injected_failure(&fail)?;
+                            Ok(())
+                        })
                     }),
                     options.commit_interval,
                     "values",
@@ -149,6 +181,8 @@ impl RedbStore {
                 writes: AtomicU64::new(0),
                 #[cfg(test)]
                 durable_hook,
+                #[cfg(test)]
+                fail_writes,
             })
         })
     }
@@ -236,8 +270,8 @@ impl RedbStore {
         }
     }
 
-    /// How many write transactions this store has committed since it was opened (deletes
-    /// wait for the next one): for tests and profiling.
+    /// How many write transactions this store has committed since it was opened (puts and
+    /// deletes wait for the next one; durable commits are not counted): for tests and profiling.
     pub fn write_count(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }
@@ -248,13 +282,45 @@ impl RedbStore {
         *self.durable_hook.lock() = Some(Box::new(f));
     }
 
-    /// How many deletes wait for the next write transaction or durable commit.
+    /// How many puts and deletes wait for the next write transaction or durable commit.
     #[cfg(test)]
-    pub(super) fn pending_deletes(&self) -> usize {
+    pub(super) fn pending(&self) -> usize {
         self.pending.len()
     }
 
-    /// Runs `f` in one write transaction, after the pending deletes.
+    /// Makes every write transaction fail (after applying what is pending, before committing)
+    /// while set: a failed apply, as a full disk would cause.
+    #[cfg(test)]
+    pub(super) fn fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
+    /// Writes a put (`Some`) or delete (`None`) of `key`: into the pending set, or, with
+    /// `durable_puts` or when the set is full, in a transaction of its own (with the set).
+    fn change(&self, key: &Key, value: Option<&[u8]>) -> Result<()> {
+        if !self.options.durable_puts {
+            self.check_open()?;
+            if self.pending.enter(key.as_str(), value) {
+                self.commits.mark_dirty();
+                return Ok(());
+            }
+        }
+        self.write(|t| {
+            match value {
+                Some(v) => {
+                    t.insert(key.as_str(), v)
+                        .map_err(|e| redb_error("writing", e))?;
+                }
+                None => {
+                    t.remove(key.as_str())
+                        .map_err(|e| redb_error("deleting", e))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in one write transaction, after the pending puts and deletes.
     fn write(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>) -> Result<()> {
         guard("redb store: write", || {
             self.check_open()?;
@@ -278,6 +344,8 @@ impl RedbStore {
                 applied.apply(&mut table)?;
                 f(&mut table)?;
             }
+            #[cfg(test)]
+            injected_failure(&self.fail_writes)?;
             txn.commit()
                 .map_err(|e| redb_error("committing a write", e))?;
             self.pending.committed(&applied);
@@ -304,8 +372,10 @@ impl RedbStore {
 impl Datastore for RedbStore {
     fn get(&self, key: &Key) -> Result<Vec<u8>> {
         guard("redb store: get", || {
-            if self.pending.contains(key.as_str()) {
-                return Err(Error::not_found());
+            match self.pending.get(key.as_str()) {
+                Lookup::NotPending => {}
+                Lookup::Deleted => return Err(Error::not_found()),
+                Lookup::Value(v) => return Ok(v.to_vec()),
             }
             let table = self.read_table()?;
             match table
@@ -320,8 +390,10 @@ impl Datastore for RedbStore {
 
     fn has(&self, key: &Key) -> Result<bool> {
         guard("redb store: has", || {
-            if self.pending.contains(key.as_str()) {
-                return Ok(false);
+            match self.pending.get(key.as_str()) {
+                Lookup::NotPending => {}
+                Lookup::Deleted => return Ok(false),
+                Lookup::Value(_) => return Ok(true),
             }
             let table = self.read_table()?;
             Ok(table
@@ -333,8 +405,10 @@ impl Datastore for RedbStore {
 
     fn get_size(&self, key: &Key) -> Result<u64> {
         guard("redb store: get_size", || {
-            if self.pending.contains(key.as_str()) {
-                return Err(Error::not_found());
+            match self.pending.get(key.as_str()) {
+                Lookup::NotPending => {}
+                Lookup::Deleted => return Err(Error::not_found()),
+                Lookup::Value(v) => return Ok(v.len() as u64),
             }
             let table = self.read_table()?;
             match table
@@ -349,8 +423,10 @@ impl Datastore for RedbStore {
 
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize> {
         guard("redb store: read_at", || {
-            if self.pending.contains(key.as_str()) {
-                return Err(Error::not_found());
+            match self.pending.get(key.as_str()) {
+                Lookup::NotPending => {}
+                Lookup::Deleted => return Err(Error::not_found()),
+                Lookup::Value(v) => return Ok(copy_range(&v, offset, buf)),
             }
             let table = self.read_table()?;
             match table
@@ -363,36 +439,25 @@ impl Datastore for RedbStore {
         })
     }
 
+    /// Without `durable_puts`, visible at once and written with the next write transaction
+    /// or durable commit (see `src/backend/redb_pending.rs`): no commit of its own until the
+    /// pending set is full.
     fn put(&self, key: &Key, value: &[u8]) -> Result<()> {
-        self.write(|t| {
-            t.insert(key.as_str(), value)
-                .map_err(|e| redb_error("writing", e))?;
-            Ok(())
-        })
+        self.change(key, Some(value))
     }
 
-    /// Without `durable_puts`, visible at once and written with the next write transaction
-    /// or durable commit (see `src/backend/redb_pending.rs`): no commit of its own.
+    /// Like [`RedbStore::put`]: no commit of its own without `durable_puts`.
     fn delete(&self, key: &Key) -> Result<()> {
-        if self.options.durable_puts {
-            return self.write(|t| {
-                t.remove(key.as_str())
-                    .map_err(|e| redb_error("deleting", e))?;
-                Ok(())
-            });
-        }
-        self.check_open()?;
-        if self.pending.add(key.as_str()) >= redb_pending::LIMIT {
-            return self.write(|_| Ok(()));
-        }
-        self.commits.mark_dirty();
-        Ok(())
+        self.change(key, None)
     }
 
     fn query(&self, q: Query) -> Result<Results> {
         guard("redb store: query", || {
-            // Before the read transaction: a key that left the set has left the database.
-            let deleted = self.pending.keys();
+            // The scan reads the database alone, in one snapshot (see redb_pending.rs): what
+            // was pending when the query began is written first.
+            if !self.pending.is_empty() {
+                self.write(|_| Ok(()))?;
+            }
             let table = self.read_table()?;
             let prefix = q.prefix_key();
             let range = match query::prefix_range(prefix.as_ref()) {
@@ -402,11 +467,7 @@ impl Datastore for RedbStore {
             }
             .map_err(|e| redb_error("starting a scan", e))?;
             let keys_only = q.keys_only;
-            let live = range.filter(move |item| match (item, &deleted) {
-                (Ok((k, _)), Some(deleted)) => !deleted.contains(k.value()),
-                _ => true,
-            });
-            let entries: EntryIter = Box::new(live.map(move |item| {
+            let entries: EntryIter = Box::new(range.map(move |item| {
                 let (k, v) = item.map_err(|e| redb_error("scanning", e))?;
                 let key = Key::from_raw(k.value().to_owned())?;
                 let value = v.value();

@@ -16,7 +16,10 @@
 //! the only durable commit of the records (their store runs no group committer of its own), and
 //! no write of a file and its record runs while it syncs the files for the last time and
 //! commits the records (the `gate`): a durable commit never includes a record whose file is not
-//! synced yet, which a power loss would leave pointing at a missing or empty file.
+//! synced yet, which a power loss would leave pointing at a missing or empty file. The records
+//! store holds puts and deletes in memory until its next write transaction or durable commit
+//! (`src/backend/redb_pending.rs`); the checkpoint's durable commit applies them inside its own
+//! transaction, with the gate held and after the file sync, so the order holds for them too.
 //!
 //! Record format: one tag byte, then
 //! * `0`: the value itself;
@@ -269,6 +272,14 @@ impl TieredStore {
             inner,
             checkpointer: Mutex::new(Some(checkpointer)),
         })
+    }
+}
+
+impl TieredStore {
+    /// How many write transactions the records store has committed since it was opened (its
+    /// puts and deletes wait for the next one or the checkpoint): for tests and profiling.
+    pub fn records_write_count(&self) -> u64 {
+        self.inner.records.write_count()
     }
 }
 
@@ -1226,6 +1237,52 @@ mod tests {
             !violated.load(Ordering::SeqCst),
             "the records were made durable before the files"
         );
+    }
+
+    /// Records wait in the records store's pending set (no redb transaction per put): the
+    /// checkpoint's durable commit writes them after the files were synced, deletes a replaced
+    /// file only after that commit, and a reopen finds them.
+    #[test]
+    fn pending_records_become_durable_after_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = RedbOptions {
+            commit_interval: None,
+            ..RedbOptions::default()
+        };
+        let (store, violated, commits) = watched(dir.path(), redb);
+        store.put(&Key::new("/big"), &big(1)).unwrap();
+        store.put(&Key::new("/small"), b"small").unwrap();
+        store.put(&Key::new("/big"), &big(2)).unwrap();
+        store.put(&Key::new("/gone"), &big(3)).unwrap();
+        store.delete(&Key::new("/gone")).unwrap();
+        let records = &store.inner.records;
+        assert_eq!((records.write_count(), records.pending()), (0, 3));
+        assert_eq!(store.get(&Key::new("/big")).unwrap(), big(2));
+        let before = commits.load(Ordering::SeqCst);
+        store.sync(&Key::root()).unwrap();
+        assert!(commits.load(Ordering::SeqCst) > before);
+        assert!(
+            !violated.load(Ordering::SeqCst),
+            "a pending record was made durable before its file was synced"
+        );
+        assert_eq!(store.inner.records.pending(), 0);
+        // The two replaced or deleted files went after the commit; one file is left.
+        let files = store.inner.files.query(Query::default()).unwrap().count();
+        assert_eq!(files, 1);
+        drop(store);
+        let store = TieredStore::open(
+            &dir.path().join("records.redb"),
+            &dir.path().join("files"),
+            TieredOptions {
+                threshold: 1024,
+                ..TieredOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(store.get(&Key::new("/big")).unwrap(), big(2));
+        assert_eq!(store.get(&Key::new("/small")).unwrap(), b"small");
+        assert!(!store.has(&Key::new("/gone")).unwrap());
+        assert!(store.scrub(false).unwrap().is_empty());
     }
 
     /// Writers racing checkpoints: no durable commit of the records may include a record
