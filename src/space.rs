@@ -242,19 +242,105 @@ impl Reserve {
     /// Bytes this process may still write on the reserve's filesystem.
     fn free_bytes(&self) -> u64 {
         self.checks.fetch_add(1, Ordering::Relaxed);
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        match crate::sys::statvfs(dir) {
-            Ok(v) => {
-                // root may also use the blocks the filesystem keeps back for it.
-                let blocks = if crate::sys::effective_ids().0 == 0 {
-                    v.f_bfree
-                } else {
-                    v.f_bavail
-                };
-                blocks.saturating_mul(v.f_frsize)
-            }
-            Err(_) => 0,
+        free_bytes_in(self.path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+/// Bytes this process may still write on the filesystem of `dir` (0 if it cannot be measured).
+fn free_bytes_in(dir: &Path) -> u64 {
+    match crate::sys::statvfs(dir) {
+        Ok(v) => {
+            // root may also use the blocks the filesystem keeps back for it.
+            let blocks = if crate::sys::effective_ids().0 == 0 {
+                v.f_bfree
+            } else {
+                v.f_bavail
+            };
+            blocks.saturating_mul(v.f_frsize)
         }
+        Err(_) => 0,
+    }
+}
+
+/// The free space, beyond twice the reserves on the same filesystem, from which
+/// [`Headroom::plenty`] lets a store hold acknowledged changes in memory.
+pub const HOLD_ROOM: u64 = ROOM_CACHED_ABOVE;
+
+/// Whether a store may acknowledge a change that a later commit writes, so that the blocks the
+/// change needs are allocated only then (a redb store's held puts, `backend::redb_pending`).
+///
+/// A change committed at once meets a full disk itself: its writer gets ENOSPC, and nothing
+/// that was acknowledged waits for blocks. A held change is acknowledged first, so its blocks
+/// must not be in doubt: it may be held only while the filesystem has [`HOLD_ROOM`] (256 MiB)
+/// free beyond twice every reserve on it (a reserve refused new data at half its size, and it
+/// is refilled only at twice its size). The sets held are bounded far below that (256 KiB per
+/// store), so a later commit finds their blocks even if other programs write hundreds of
+/// megabytes in between; near a full disk every change is committed at once, as before.
+/// One measurement (statvfs) answers for [`ROOM_FRESH`] (10 ms).
+#[derive(Debug)]
+pub struct Headroom {
+    dir: PathBuf,
+    dev: u64,
+    epoch: Instant,
+    /// When `plenty` was measured: nanoseconds after `epoch`, plus one (0: never).
+    measured: AtomicU64,
+    plenty: AtomicBool,
+    /// Tests: the free space required instead of the computed one.
+    #[cfg(test)]
+    need: AtomicU64,
+}
+
+impl Headroom {
+    /// The headroom of the filesystem that holds `file`.
+    pub fn of_file(file: &Path) -> Headroom {
+        let dir = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dev = std::fs::metadata(&dir).map(|m| m.dev()).unwrap_or(0);
+        Headroom {
+            dir,
+            dev,
+            epoch: Instant::now(),
+            measured: AtomicU64::new(0),
+            plenty: AtomicBool::new(false),
+            #[cfg(test)]
+            need: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a change may be held in memory now (see [`Headroom`]).
+    pub fn plenty(&self) -> bool {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        let measured = self.measured.load(Ordering::Acquire);
+        if measured != 0 && now.saturating_sub(measured - 1) < ROOM_FRESH.as_nanos() as u64 {
+            return self.plenty.load(Ordering::Acquire);
+        }
+        let reserved: u64 = live_reserves(self.dev)
+            .iter()
+            .map(|r| r.size.saturating_mul(2))
+            .sum();
+        #[allow(unused_mut)]
+        let mut need = HOLD_ROOM.saturating_add(reserved);
+        #[cfg(test)]
+        {
+            let forced = self.need.load(Ordering::Relaxed);
+            if forced != 0 {
+                need = forced;
+            }
+        }
+        let plenty = free_bytes_in(&self.dir) >= need;
+        self.plenty.store(plenty, Ordering::Release);
+        self.measured.store(now + 1, Ordering::Release);
+        plenty
+    }
+
+    /// Tests: require `bytes` free instead of the computed amount (0: the computed amount),
+    /// measured again at the next call.
+    #[cfg(test)]
+    pub fn require(&self, bytes: u64) {
+        self.need.store(bytes, Ordering::Relaxed);
+        self.measured.store(0, Ordering::Release);
     }
 }
 
@@ -516,6 +602,20 @@ mod tests {
         assert!(r.room_for_new_data(4096));
         assert!(r.is_held());
         assert_eq!(r.room_checks() - before, 1);
+    }
+
+    #[test]
+    fn headroom_is_plenty_only_with_the_room_it_asks_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Headroom::of_file(&dir.path().join("values.redb"));
+        if free_bytes_in(dir.path()) >= HOLD_ROOM + (1 << 30) {
+            // Far more than 256 MiB beyond any reserves the tests running beside this one hold.
+            assert!(h.plenty());
+        }
+        h.require(u64::MAX);
+        assert!(!h.plenty());
+        h.require(1);
+        assert!(h.plenty());
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct RedbStore {
     /// Puts and deletes not yet written (see [`super::redb_pending`]); always empty with
     /// `durable_puts`.
     pending: Arc<Pending>,
+    /// Whether puts may be held now (see [`crate::space::Headroom`]).
+    pub(super) headroom: crate::space::Headroom,
     /// Write transactions committed by [`RedbStore::write`] since open.
     writes: AtomicU64,
     /// Called just before every durable commit (tests check what must be durable before it).
@@ -173,6 +175,7 @@ impl RedbStore {
             };
             Ok(RedbStore {
                 db,
+                headroom: crate::space::Headroom::of_file(&path),
                 path,
                 options,
                 commits,
@@ -298,7 +301,10 @@ impl RedbStore {
     /// Writes a put (`Some`) or delete (`None`) of `key`: into the pending set, or, with
     /// `durable_puts` or when the set is full, in a transaction of its own (with the set).
     fn change(&self, key: &Key, value: Option<&[u8]>) -> Result<()> {
-        if !self.options.durable_puts {
+        // A put is held only while the disk has room to spare (see `space::Headroom`): near a
+        // full disk it is committed at once, so that ENOSPC meets its writer. A delete frees
+        // space and is always held.
+        if !self.options.durable_puts && (value.is_none() || self.headroom.plenty()) {
             self.check_open()?;
             if self.pending.enter(key.as_str(), value) {
                 self.commits.mark_dirty();
