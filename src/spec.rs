@@ -1934,6 +1934,34 @@ mod tests {
         opened.store.close().unwrap();
     }
 
+    /// A repository's index is built from its segments (the shard directories of blocks/);
+    /// the keys of its tiered store are in no segment, and a new index left them all out:
+    /// after index.redb was lost, only the blocks were listed.
+    #[test]
+    fn a_repositorys_new_index_lists_the_keys_outside_blocks_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = StoreSpec::parse(dir.path().join("r").to_str().unwrap()).unwrap();
+        let block = crate::cid::block_key(&crate::cid::sha256_multihash(b"b"));
+        {
+            let opened = open(&spec, creating()).unwrap();
+            opened.store.put(&block, b"b").unwrap();
+            opened.store.put(&"/home/small".into(), b"small").unwrap();
+            opened
+                .store
+                .put(&"/home/large".into(), &vec![7u8; 100_000])
+                .unwrap();
+            opened.store.close().unwrap();
+        }
+        std::fs::remove_file(dir.path().join("r/index.redb")).unwrap();
+        let opened = open(&spec, OpenMode::default()).unwrap();
+        let index = opened.store.index();
+        for key in [block.clone(), "/home/small".into(), "/home/large".into()] {
+            assert!(index.resolve(&key).unwrap().is_some(), "{key} not indexed");
+        }
+        assert_eq!(index.key_count().unwrap(), 3);
+        opened.store.close().unwrap();
+    }
+
     #[test]
     fn the_default_layout_keeps_blocks_in_kubos_flatfs_format() {
         let dir = tempfile::tempdir().unwrap();
