@@ -480,12 +480,12 @@ fn serve(
     if daemon {
         crate::sys::new_session();
     }
-    // What --create is about to make: a mount that fails after it takes it back.
-    let creation = match options.create {
-        true => Some(spec::Creation::before(spec)?).filter(|c| !c.is_empty()),
-        false => None,
-    };
     let result: Result<(Arc<DsFs>, Session<FuseAdapter>, spec::Opened), Error> = (|| {
+        // What --create is about to make: a mount that fails after it takes it back.
+        let creation = match options.create {
+            true => Some(spec::Creation::before(spec)?).filter(|c| !c.is_empty()),
+            false => None,
+        };
         let opened = spec::open(
             spec,
             OpenMode {
