@@ -31,7 +31,25 @@
 //! names, `flatfs:` and `redb:` paths, the paths a `json:` file or a Kubo `datastore_spec`
 //! names) and refuses, before anything is written, if one is missing or is an empty directory
 //! or an empty file ([`absent_paths`]): a mistyped path is an error, not a new empty store.
-//! Index files are not store paths: a missing index is built from the store.
+//!
+//! **Index files.** An index in its default place (beside or inside the store) that is missing
+//! is built from the store: so a Kubo `blocks/` directory mounts as `flatfs:` with no index
+//! yet. An index named by `index=PATH` must exist unless the open creates (the store is new, or
+//! [`OpenMode::create`]) or rebuilds it ([`OpenMode::rebuild_index`], `dsfs reindex`)
+//! ([`absent_index`]): a new index has the store's keys but none of what only an index
+//! records (explicit empty directories, modes, owners, times, xattrs, symlinks, special files,
+//! hard links), so a mistyped `index=` would look like lost metadata. When an existing store
+//! gets a new index anyway (with `create`, or a repository whose own index file is gone), a
+//! warning says so. The local index of a shared cluster store (`rados:`, `motr:`) is this
+//! host's cache of the cluster and is built when missing.
+//!
+//! **A repository missing a part.** A repository whose `dsfs.json` names a store directory
+//! or file that is missing or empty (a `blocks/` deleted, or on a disk that is not mounted) is
+//! refused by every open, [`OpenMode::create`] included, with a message naming the part and the
+//! keys it holds ([`missing_parts`]); only [`OpenMode::drop_missing`] (`dsfs fsck --repair
+//! --drop-missing`) makes an empty store there. The one exception is a repository whose
+//! creation was interrupted (a `dsfs.json`, no index file, and none of its parts): `create`
+//! finishes it.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -484,6 +502,9 @@ pub struct Opened {
     pub reconciled: Option<Report>,
     /// What was carried over when a damaged index was moved aside and rebuilt, if it was.
     pub rebuilt: Option<Salvaged>,
+    /// The parts of the repository that were missing and were made anew, empty
+    /// ([`OpenMode::drop_missing`]); their keys are still in the index.
+    pub made_anew: Vec<MissingPart>,
 }
 
 /// How to open a store.
@@ -494,8 +515,29 @@ pub struct OpenMode {
     /// Show a progress bar on standard error (if it is a terminal) while the index is built.
     pub progress: bool,
     /// Create the stores the spec names where they are missing (or an empty directory or
-    /// file); without it such a spec is refused ([`absent_paths`]).
+    /// file), and an index named by `index=PATH` that is missing; without it such a spec is
+    /// refused ([`absent_paths`], [`absent_index`]).
     pub create: bool,
+    /// Build an index named by `index=PATH` that is missing (`dsfs reindex`, which builds the
+    /// index from the store anyway).
+    pub rebuild_index: bool,
+    /// Make an empty store for each part of an existing repository that is missing
+    /// ([`missing_parts`]), accepting that the keys it held are gone (`dsfs fsck --repair
+    /// --drop-missing`, which then removes them from the index); without it such a repository
+    /// is refused.
+    pub drop_missing: bool,
+}
+
+/// A store of an existing repository that is missing or empty (see [`missing_parts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingPart {
+    /// The key prefix whose values the part holds (its mountpoint in `dsfs.json`).
+    pub prefix: Key,
+    /// The prefixes of the repository's other parts nested below `prefix` (their keys are not
+    /// this part's).
+    pub nested: Vec<Key>,
+    /// Where the part should be, and what is there instead.
+    pub absent: Absent,
 }
 
 /// A local path a store lives in that holds no store yet (see [`absent_paths`]).
@@ -546,15 +588,271 @@ pub fn absent_paths(spec: &StoreSpec) -> Result<Vec<Absent>> {
         SpecKind::Repo(dir) => {
             push_absent(dir, &mut out);
             // A directory with entries but no dsfs.json is refused by `open` as not a
-            // repository; one with a dsfs.json has its stores' paths checked too.
+            // repository; one with a dsfs.json whose creation was interrupted has its stores'
+            // paths here too (`create` finishes it). Those of a repository that was used are
+            // `missing_parts` instead.
             if out.is_empty() && dir.join(REPO_FILE).exists() {
-                let repo = Repo::load(dir)?;
-                let ds = repo.datastore_node()?;
-                TreeOpener::for_check(dir, true).absent(ds, &mut out)?;
+                let (parts, unborn) = repo_parts(spec, dir)?;
+                if unborn {
+                    out.extend(parts.into_iter().map(|p| p.absent));
+                }
             }
         }
     }
     Ok(out)
+}
+
+/// The stores of an existing repository (`spec` names a directory with a `dsfs.json`) that
+/// are missing or empty: a `blocks/` that was deleted, or that lives on a disk that is not
+/// mounted (an empty mount point directory). Empty unless the repository was used: one with
+/// no index file and none of its stores is a creation that was interrupted, which
+/// [`absent_paths`] reports instead.
+pub fn missing_parts(spec: &StoreSpec) -> Result<Vec<MissingPart>> {
+    match &spec.kind {
+        SpecKind::Repo(dir) if dir.join(REPO_FILE).exists() => {
+            let (parts, unborn) = repo_parts(spec, dir)?;
+            Ok(if unborn { Vec::new() } else { parts })
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The missing stores of the repository in `dir`, and whether its creation was interrupted
+/// (no index file, no store there at all).
+fn repo_parts(spec: &StoreSpec, dir: &Path) -> Result<(Vec<MissingPart>, bool)> {
+    let repo = Repo::load(dir)?;
+    let ds = repo.datastore_node()?;
+    let mut all = Vec::new();
+    TreeOpener::for_check(dir, true).parts(ds, "/", &mut all)?;
+    let prefixes: Vec<Key> = all.iter().map(|(k, _)| k.clone()).collect();
+    let missing: Vec<MissingPart> = all
+        .iter()
+        .filter_map(|(prefix, path)| {
+            let mut one = Vec::new();
+            push_absent(path, &mut one);
+            let absent = one.pop()?;
+            let nested = prefixes
+                .iter()
+                .filter(|p| *p != prefix && prefix.is_ancestor_of(p))
+                .cloned()
+                .collect();
+            Some(MissingPart {
+                prefix: prefix.clone(),
+                nested,
+                absent,
+            })
+        })
+        .collect();
+    let index = spec.index.clone().unwrap_or_else(|| repo.index_path());
+    let no_index = matches!(
+        std::fs::metadata(&index),
+        Err(ref e) if e.kind() == std::io::ErrorKind::NotFound
+    );
+    let unborn = no_index
+        && missing.len() == all.len()
+        && missing.iter().all(|m| m.absent.found == Found::Nothing);
+    Ok((missing, unborn))
+}
+
+/// The index file `index=PATH` names, if it is missing (or an empty file): opening the spec
+/// would build a new one from the store, which [`open`] does only when it creates
+/// ([`OpenMode::create`]) or rebuilds ([`OpenMode::rebuild_index`]). `None` for an index in
+/// its default place and for the local index of a shared cluster store (`rados:`, `motr:`),
+/// which is this host's cache of the cluster.
+pub fn absent_index(spec: &StoreSpec) -> Option<Absent> {
+    if matches!(spec.kind, SpecKind::Rados(_) | SpecKind::Motr(_)) {
+        return None;
+    }
+    let mut out = Vec::new();
+    push_absent(spec.index.as_ref()?, &mut out);
+    out.pop()
+}
+
+/// The local index file `spec` uses when it is not a repository's own (which lives in the
+/// repository): its `index=PATH`, or the default place beside or inside the store. `None` for
+/// `mem:` and for cluster stores without `index=`.
+pub fn index_path(spec: &StoreSpec) -> Option<PathBuf> {
+    if let Some(p) = &spec.index {
+        return Some(p.clone());
+    }
+    match &spec.kind {
+        SpecKind::Redb(p) => Some(append_ext(p, "index")),
+        SpecKind::Flatfs(p) => Some(p.join(FLATFS_INDEX)),
+        SpecKind::Json(f) => Some(append_ext(f, "index.redb")),
+        SpecKind::Kubo(p) => Some(p.join("dsfs-index.redb")),
+        SpecKind::Spdk(s) => Some(s.default_index()),
+        SpecKind::Mem
+        | SpecKind::Mount(_)
+        | SpecKind::Repo(_)
+        | SpecKind::Rados(_)
+        | SpecKind::Motr(_) => None,
+    }
+}
+
+/// Where an open with [`OpenMode::create`] would create something, recorded before it, so
+/// that a caller whose next step fails (a mount) can remove what the open made.
+#[derive(Debug)]
+pub struct Creation {
+    /// Each path that held nothing (or an empty directory or file) and what it held.
+    made: Vec<Absent>,
+}
+
+impl Creation {
+    /// Records what `spec`'s open with `create` would make: its [`absent_paths`] and a missing
+    /// index file. A missing path is recorded as its topmost missing ancestor (the open makes
+    /// the directories above a new store too).
+    pub fn before(spec: &StoreSpec) -> Result<Creation> {
+        let mut made = absent_paths(spec)?;
+        if let Some(index) = index_path(spec) {
+            push_absent(&index, &mut made);
+        }
+        for a in &mut made {
+            if a.found == Found::Nothing {
+                while let Some(parent) = a.path.parent()
+                    && !parent.as_os_str().is_empty()
+                    && matches!(
+                        std::fs::symlink_metadata(parent),
+                        Err(ref e) if e.kind() == std::io::ErrorKind::NotFound
+                    )
+                {
+                    a.path = parent.to_path_buf();
+                }
+            }
+        }
+        // A path inside another recorded one goes with it.
+        let all: Vec<PathBuf> = made.iter().map(|a| a.path.clone()).collect();
+        made.retain(|a| !all.iter().any(|p| *p != a.path && a.path.starts_with(p)));
+        Ok(Creation { made })
+    }
+
+    /// Whether the open is about to create anything.
+    pub fn is_empty(&self) -> bool {
+        self.made.is_empty()
+    }
+
+    /// Everything under the recorded paths now, with each entry's type: taken right after
+    /// the open, to compare with what is there when the creation is undone.
+    pub fn inventory(&self) -> Vec<(PathBuf, bool)> {
+        let mut out = Vec::new();
+        for a in &self.made {
+            let mut todo = vec![a.path.clone()];
+            while let Some(p) = todo.pop() {
+                let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                    continue;
+                };
+                if meta.is_dir()
+                    && let Ok(entries) = std::fs::read_dir(&p)
+                {
+                    todo.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+                }
+                out.push((p, meta.is_dir()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Takes back what the open made, if nothing else has appeared there since `inventory`
+    /// was taken (compared with [`Creation::inventory`] now): a new path is removed, a
+    /// directory that was empty is emptied, a file that was empty is emptied. Returns what it
+    /// did, or why it left everything in place.
+    pub fn undo(&self, inventory: &[(PathBuf, bool)]) -> std::result::Result<String, String> {
+        let now = self.inventory();
+        if let Some((extra, _)) = now.iter().find(|e| !inventory.contains(e)) {
+            return Err(format!(
+                "{} appeared after the store was created; leaving the new store in place",
+                extra.display()
+            ));
+        }
+        let mut done = Vec::new();
+        for a in &self.made {
+            let result = match a.found {
+                Found::Nothing => match std::fs::symlink_metadata(&a.path) {
+                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&a.path),
+                    Ok(_) => std::fs::remove_file(&a.path),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                },
+                Found::EmptyDir => std::fs::read_dir(&a.path).and_then(|entries| {
+                    for e in entries {
+                        let p = e?.path();
+                        if std::fs::symlink_metadata(&p)?.is_dir() {
+                            std::fs::remove_dir_all(&p)?;
+                        } else {
+                            std::fs::remove_file(&p)?;
+                        }
+                    }
+                    Ok(())
+                }),
+                Found::EmptyFile => std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&a.path)
+                    .and_then(|f| f.set_len(0)),
+            };
+            match result {
+                Ok(()) if a.found == Found::Nothing => done.push(a.path.display().to_string()),
+                Ok(()) => done.push(format!("{} (emptied again)", a.path.display())),
+                Err(e) => return Err(format!("removing {}: {e}", a.path.display())),
+            }
+        }
+        Ok(format!("removed the new store: {}", done.join(", ")))
+    }
+}
+
+/// What a new index lacks that the store's own index may have had.
+const NEW_INDEX_LACKS: &str = "a new index built from the store has its keys and values, but \
+     none of what only an index records: explicit empty directories, modes, owners, times, \
+     xattrs, symlinks, special files, hard links";
+
+/// The error for an `index=PATH` that names no index (see [`absent_index`]).
+fn refuse_absent_index(absent: &Absent) -> Error {
+    let what = match absent.found {
+        Found::Nothing => "does not exist",
+        Found::EmptyDir => "is an empty directory",
+        Found::EmptyFile => "is an empty file",
+    };
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "no index there: {} {what} ({NEW_INDEX_LACKS}). Check the index= path; to build a \
+             new index there from the store, run 'dsfs --store SPEC reindex' (or pass --create)",
+            absent.path.display()
+        ),
+    )
+}
+
+/// The error for a repository with [`missing_parts`]: names each part, the keys it held, and
+/// the two ways forward.
+fn refuse_missing(dir: &Path, missing: &[MissingPart]) -> Error {
+    let what: Vec<String> = missing
+        .iter()
+        .map(|m| {
+            let found = match m.absent.found {
+                Found::Nothing => "does not exist",
+                Found::EmptyDir => "is an empty directory (a disk that is not mounted?)",
+                Found::EmptyFile => "is an empty file",
+            };
+            format!(
+                "{} (the store of the keys under {}) {found}",
+                m.absent.path.display(),
+                m.prefix
+            )
+        })
+        .collect();
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "the repository {} is missing part of its data: {}. If it was deleted or lives on a \
+             disk that is not mounted, restore it (from a backup, or mount the disk) and run the \
+             command again. To accept that the keys stored there are gone instead, run 'dsfs \
+             --store {} fsck --repair --drop-missing': it makes an empty store there and removes \
+             those keys from the index, saying how many. No other command (--create included) \
+             makes it anew",
+            dir.display(),
+            what.join("; "),
+            dir.display()
+        ),
+    )
 }
 
 /// Adds `path` to `out` if it does not exist or is an empty directory or empty file.
@@ -605,20 +903,44 @@ fn refuse_absent(absent: &[Absent]) -> Error {
 /// Opens the store a spec names, with its index. Without [`OpenMode::create`], a spec with
 /// [`absent_paths`] is refused (`NotFound`) before anything is created.
 pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
-    if !mode.create {
-        let absent = absent_paths(spec)?;
-        if !absent.is_empty() {
-            return Err(refuse_absent(&absent));
-        }
+    let absent = absent_paths(spec)?;
+    if !mode.create && !absent.is_empty() {
+        return Err(refuse_absent(&absent));
     }
+    let missing = missing_parts(spec)?;
+    // (With drop_missing, the caller reports the parts made anew: [`Opened::made_anew`].)
+    if let (SpecKind::Repo(dir), false, false) = (&spec.kind, missing.is_empty(), mode.drop_missing)
+    {
+        return Err(refuse_missing(dir, &missing));
+    }
+    if let Some(index) = absent_index(spec)
+        && !mode.create
+        && !mode.rebuild_index
+    {
+        return Err(refuse_absent_index(&index));
+    }
+    // Whether the stores were all there before this open: a new index of such a store may lack
+    // what its old one recorded.
+    let store_existed = absent.is_empty() && missing.is_empty();
     let index_options = IndexOptions {
         check_integrity: spec.check_integrity,
         ..IndexOptions::default()
     };
     let mut aside: Option<SetAside> = None;
     let mut open_index = |path: &Path, options: IndexOptions| -> Result<Index> {
+        let mut gone = Vec::new();
+        push_absent(path, &mut gone);
         let (index, set_aside) = open_or_set_aside(path, options)?;
         aside = set_aside;
+        // An index in a flatfs directory, a redb store's or a Kubo repository's default place
+        // is a cache of the store; one named by index= or a repository's own is not.
+        let recorded = spec.index.is_some() || matches!(spec.kind, SpecKind::Repo(_));
+        if !gone.is_empty() && store_existed && recorded && !mode.rebuild_index {
+            log::warn!(
+                "{}: there was no index there; building one from the store ({NEW_INDEX_LACKS})",
+                path.display()
+            );
+        }
         Ok(index)
     };
     let (backend, index, description): (Arc<dyn Datastore>, Index, String) = match &spec.kind {
@@ -771,6 +1093,12 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         &spec.kind,
         SpecKind::Motr(m) if m.layout == crate::backend::motr::Layout::GoDsMotr
     );
+    if mode.drop_missing && !missing.is_empty() {
+        // The empty stores just made have identities of their own: the index is kept for the
+        // repository (the check that follows drops the keys they held), not rebuilt from the
+        // store as the index of another one, which would lose what only it records.
+        index.record_follow_state(backend.identity()?.as_deref(), &[], false)?;
+    }
     let index = Arc::new(index);
     let rebuilt = match &aside {
         Some(a) => Some(rebuild(&index, backend.as_ref(), a)?.1),
@@ -811,6 +1139,11 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
         description,
         reconciled,
         rebuilt,
+        made_anew: if mode.drop_missing {
+            missing
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -1134,6 +1467,17 @@ impl<'a> TreeOpener<'a> {
     /// Adds the paths of the stores in `node` that [`TreeOpener::open`] would create to `out`.
     /// A node it cannot open is left to `open` to report.
     fn absent(&self, node: &Value, out: &mut Vec<Absent>) -> Result<()> {
+        let mut parts = Vec::new();
+        self.parts(node, "/", &mut parts)?;
+        for (_, path) in parts {
+            push_absent(&path, out);
+        }
+        Ok(())
+    }
+
+    /// Adds the local stores in `node` (mounted at `prefix`) to `out`: the key prefix each one
+    /// holds and its path.
+    fn parts(&self, node: &Value, prefix: &str, out: &mut Vec<(Key, PathBuf)>) -> Result<()> {
         match node.get("type").and_then(Value::as_str).unwrap_or("") {
             "mount" => {
                 for m in node
@@ -1142,15 +1486,19 @@ impl<'a> TreeOpener<'a> {
                     .into_iter()
                     .flatten()
                 {
-                    self.absent(m, out)?;
+                    let point = m
+                        .get("mountpoint")
+                        .and_then(Value::as_str)
+                        .unwrap_or(prefix);
+                    self.parts(m, point, out)?;
                 }
             }
             "measure" => {
                 if let Some(child) = node.get("child") {
-                    self.absent(child, out)?;
+                    self.parts(child, prefix, out)?;
                 }
             }
-            "flatfs" | "redb" | "tiered" => push_absent(&self.path(node)?, out),
+            "flatfs" | "redb" | "tiered" => out.push((Key::new(prefix), self.path(node)?)),
             _ => {}
         }
         Ok(())
@@ -1583,6 +1931,34 @@ mod tests {
             "data/ was never synced into {repo_dir:?}: {synced:?}"
         );
         assert!(synced.contains(&data), "{synced:?}");
+        opened.store.close().unwrap();
+    }
+
+    /// A repository's index is built from its segments (the shard directories of blocks/);
+    /// the keys of its tiered store are in no segment, and a new index left them all out:
+    /// after index.redb was lost, only the blocks were listed.
+    #[test]
+    fn a_repositorys_new_index_lists_the_keys_outside_blocks_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = StoreSpec::parse(dir.path().join("r").to_str().unwrap()).unwrap();
+        let block = crate::cid::block_key(&crate::cid::sha256_multihash(b"b"));
+        {
+            let opened = open(&spec, creating()).unwrap();
+            opened.store.put(&block, b"b").unwrap();
+            opened.store.put(&"/home/small".into(), b"small").unwrap();
+            opened
+                .store
+                .put(&"/home/large".into(), &vec![7u8; 100_000])
+                .unwrap();
+            opened.store.close().unwrap();
+        }
+        std::fs::remove_file(dir.path().join("r/index.redb")).unwrap();
+        let opened = open(&spec, OpenMode::default()).unwrap();
+        let index = opened.store.index();
+        for key in [block.clone(), "/home/small".into(), "/home/large".into()] {
+            assert!(index.resolve(&key).unwrap().is_some(), "{key} not indexed");
+        }
+        assert_eq!(index.key_count().unwrap(), 3);
         opened.store.close().unwrap();
     }
 

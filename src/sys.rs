@@ -28,6 +28,23 @@ pub fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
     }
 }
 
+/// Whether this process may write in `path` (`access(2)` with `W_OK`, by the real user, as
+/// fusermount3 checks a mount point).
+pub fn may_write(path: &Path) -> io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: `c` is NUL-terminated and outlives the call; access retains nothing.
+    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 /// `lseek(2)` on an open file (for `SEEK_DATA`/`SEEK_HOLE`); does not move std's view of
 /// the file in any way that matters, since dsfs uses positional I/O only.
 pub fn lseek(file: &impl AsRawFd, offset: i64, whence: i32) -> io::Result<i64> {

@@ -453,3 +453,217 @@ fn a_missing_block_is_named_by_its_cid_and_leaves_no_output_file() {
     }
     assert!(!target.exists(), "get -o of a missing block left a file");
 }
+
+/// Runs dsfs with `args` in `dir`; returns (success, stdout, stderr).
+fn run_in(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = dsfs().current_dir(dir).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A mistyped `index=PATH` was a new, empty-of-metadata index built silently at the wrong
+/// path (the repository's own index, with its directories and modes, untouched beside it).
+/// Now it is refused and nothing is created; `reindex` or --create builds it, with a warning
+/// when the store already existed. A flatfs directory without its default index (a Kubo
+/// blocks/) still opens as before.
+#[test]
+fn a_mistyped_index_path_is_refused_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("file.txt"), b"local").unwrap();
+    assert!(run_in(d, &["--store", "./r", "put", "--create", "/a", "file.txt"]).0);
+    let before = entries(d);
+    let typo = "dir:./r?index=./typo.redb";
+    for args in [
+        &["ls"][..],
+        &["fsck"],
+        &["put", "/b", "file.txt"],
+        &["get", "/a"],
+    ] {
+        let (ok, _, err) = run_in(d, &[&["--store", typo][..], args].concat());
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            err.contains("no index there: ./typo.redb does not exist")
+                && err.contains("reindex")
+                && err.contains("--create"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert_eq!(entries(d), before, "{args:?} created something");
+    }
+    let mnt = d.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let before = entries(d);
+    let (ok, _, err) = run_in(d, &["mount", typo, "mnt"]);
+    assert!(!ok && err.contains("no index there"), "{err}");
+    assert!(!is_mounted(&mnt));
+    assert_eq!(entries(d), before, "mount created something");
+    // --create builds it, and says what a new index of an existing store lacks.
+    let (ok, _, err) = run_in(d, &["--store", typo, "put", "--create", "/b", "file.txt"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("typo.redb") && err.contains("modes"), "{err}");
+    // reindex builds one where asked.
+    let (ok, _, err) = run_in(d, &["--store", "dir:./r?index=./other.redb", "reindex"]);
+    assert!(ok, "{err}");
+    assert!(d.join("other.redb").exists());
+    // A Kubo blocks/ directory has no index yet: flatfs: opens it and builds one.
+    let blocks = d.join("kubo-blocks");
+    fs::create_dir(&blocks).unwrap();
+    fs::write(
+        blocks.join("SHARDING"),
+        "/repo/flatfs/shard/v1/next-to-last/2\n",
+    )
+    .unwrap();
+    fs::create_dir(blocks.join("XY")).unwrap();
+    fs::write(blocks.join("XY/CIQXYZ.data"), b"block").unwrap();
+    let (ok, out, err) = run_in(d, &["--store", "flatfs:./kubo-blocks", "ls"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "/CIQXYZ\n");
+    assert!(err.is_empty(), "{err}");
+}
+
+/// A repository whose blocks/ is gone (deleted, or on a disk that is not mounted) was refused
+/// with "no store there ... pass --create", and --create then made an empty blocks/ and the
+/// index dropped its keys. Now every command names the missing part and the two ways
+/// forward, --create included; `fsck --repair --drop-missing` makes the empty store, keeps
+/// the rest of the index and says how many keys it drops.
+#[test]
+fn a_repository_missing_its_blocks_is_explained_and_only_fsck_drop_missing_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("file.txt"), b"local").unwrap();
+    let store = ["--store", "./r"];
+    assert!(
+        run_in(
+            d,
+            &[&store[..], &["put", "--create", "/a", "file.txt"]].concat()
+        )
+        .0
+    );
+    for _ in 0..2 {
+        assert!(run_in(d, &[&store[..], &["put-block", "file.txt"]].concat()).0);
+        fs::write(d.join("file.txt"), b"another block").unwrap();
+    }
+    fs::remove_dir_all(d.join("r/blocks")).unwrap();
+    fs::create_dir(d.join("mnt")).unwrap();
+    let before = entries(d);
+    let commands: &[&[&str]] = &[
+        &["ls"],
+        &["fsck"],
+        &["fsck", "--repair"],
+        &["reindex"],
+        &["put", "--create", "/b", "file.txt"],
+        &["put-block", "--create", "file.txt"],
+    ];
+    for args in commands {
+        let (ok, _, err) = run_in(d, &[&store[..], args].concat());
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            err.contains("./r/blocks (the store of the keys under /blocks) does not exist")
+                && err.contains("restore it")
+                && err.contains("fsck --repair --drop-missing"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert_eq!(entries(d), before, "{args:?} created something");
+    }
+    let (ok, _, err) = run_in(d, &["mount", "--create", "./r", "mnt"]);
+    assert!(!ok && err.contains("--drop-missing"), "{err}");
+    assert!(!is_mounted(&d.join("mnt")));
+    assert_eq!(entries(d), before, "mount --create created something");
+    // An empty directory in its place (a mount point of a disk that is not mounted).
+    fs::create_dir(d.join("r/blocks")).unwrap();
+    let (ok, _, err) = run_in(
+        d,
+        &[&store[..], &["put", "--create", "/b", "file.txt"]].concat(),
+    );
+    assert!(!ok && err.contains("is an empty directory"), "{err}");
+    assert!(fs::read_dir(d.join("r/blocks")).unwrap().next().is_none());
+    // --drop-missing needs --repair.
+    assert!(!run_in(d, &[&store[..], &["fsck", "--drop-missing"]].concat()).0);
+    let (ok, out, err) = run_in(
+        d,
+        &[&store[..], &["fsck", "--repair", "--drop-missing"]].concat(),
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("the 2 indexed keys it held are dropped"),
+        "{out}"
+    );
+    let (ok, out, err) = run_in(d, &[&store[..], &["fsck"]].concat());
+    assert!(ok && out.contains("consistent"), "{out}{err}");
+    // The rest of the index was kept, not rebuilt.
+    let (ok, out, _) = run_in(d, &[&store[..], &["ls"]].concat());
+    assert!(ok);
+    assert_eq!(out, "/a\n");
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// `mount --create` whose mount then fails (here: a user without user_allow_other in
+/// /etc/fuse.conf asks for allow_other, which fusermount3 refuses) left the new, empty
+/// repository behind; now the daemon removes it again (and a directory that was empty is
+/// emptied again). A mount point the user cannot write to is refused before anything is
+/// created. Runs as nobody, so only as root with setpriv.
+#[test]
+fn a_mount_that_fails_after_create_leaves_no_new_store() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !have("setpriv") {
+        eprintln!("not root, or no setpriv: skipping");
+        return;
+    }
+    let allowed = fs::read_to_string("/etc/fuse.conf")
+        .map(|c| c.lines().any(|l| l.trim() == "user_allow_other"))
+        .unwrap_or(false);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(d, fs::Permissions::from_mode(0o777)).unwrap();
+    let nobody = 65534;
+    for name in ["mnt", "empty"] {
+        fs::create_dir(d.join(name)).unwrap();
+        std::os::unix::fs::chown(d.join(name), Some(nobody), Some(nobody)).unwrap();
+    }
+    fs::create_dir(d.join("roots")).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_dsfs"))
+            .args(args)
+            .current_dir(d)
+            .env_remove("DSFS_STORE")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let before = entries(d);
+    // Not writable by nobody: refused before the store is made.
+    let (ok, err) = as_nobody(&["mount", "--create", "./new/repo", "roots"]);
+    assert!(!ok);
+    assert!(err.contains("no write access"), "{err}");
+    assert_eq!(entries(d), before, "a refused mount created something");
+    if allowed {
+        eprintln!("user_allow_other is set: skipping the failing mount");
+        return;
+    }
+    for spec in ["./new/repo", "./empty"] {
+        let (ok, err) = as_nobody(&["mount", "--create", spec, "mnt", "-o", "allow_other"]);
+        assert!(!ok, "{spec} mounted");
+        assert!(!is_mounted(&d.join("mnt")));
+        assert!(err.contains("mounting"), "{err}");
+        assert_eq!(entries(d), before, "{spec}: {err}");
+    }
+}

@@ -685,6 +685,19 @@ impl Datastore for MountStore {
         Ok(any.then_some(out))
     }
 
+    fn partly_segmented(&self) -> Result<bool> {
+        let mut with = false;
+        let mut without = false;
+        for m in &self.mounts {
+            if m.store.segments()?.is_some() && !m.store.partly_segmented()? {
+                with = true;
+            } else {
+                without = true;
+            }
+        }
+        Ok(with && without)
+    }
+
     fn segment_of(&self, key: &Key) -> Option<String> {
         let (_, m, k) = self.lookup(key)?;
         let seg = m.store.segment_of(&k)?;

@@ -44,7 +44,9 @@ STORE SPECS (--store, or the DSFS_STORE environment variable):
                     mem:, redb: and flatfs: stores mounted by key prefix
 
   Options follow a '?', joined by '&':
-    index=PATH      keep the index there          (every store)
+    index=PATH      keep the index there          (every store; the file must
+                    exist unless 'reindex' or --create builds it; rados:
+                    and motr: build their local index when missing)
     durable=true    fsync every redb write        (redb:, repositories)
     shard=next-to-last/2   shard function of a new directory   (flatfs:)
     sync=true       fsync every put               (flatfs:)
@@ -239,6 +241,12 @@ enum Command {
         /// was written (finds truncated or altered files; reads all the data).
         #[arg(long)]
         verify: bool,
+        /// With --repair, for a repository whose dsfs.json names a store directory that is
+        /// missing (a deleted blocks/, or one on a disk that is not mounted): accept that the
+        /// keys stored there are gone, make an empty store there and remove those keys from
+        /// the index (their number is reported). Without it such a repository is refused.
+        #[arg(long, requires = "repair")]
+        drop_missing: bool,
     },
     /// Rebuild the index from the store's keys (loses directories, modes and xattrs).
     Reindex,
@@ -394,6 +402,15 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         no_reconcile: matches!(cli.command, Command::Fsck { .. } | Command::Reindex),
         progress: true,
         create: creates(&cli.command),
+        // `reindex` builds the index from the store: a missing index= file is what it makes.
+        rebuild_index: matches!(cli.command, Command::Reindex),
+        drop_missing: matches!(
+            cli.command,
+            Command::Fsck {
+                drop_missing: true,
+                ..
+            }
+        ),
     };
     if !mode.create && needs_no_store(&cli.command) && !spec::absent_paths(&spec)?.is_empty() {
         // Nothing to read from a store that does not exist: `cid FILE` and `add -n` work on
@@ -442,13 +459,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         cwd: None,
         live: None,
     };
-    let result = execute(
-        &cli.command,
-        &store,
-        &opened.description,
-        opened.rebuilt.as_ref(),
-        io,
-    );
+    let result = execute(&cli.command, &store, &opened.description, Some(&opened), io);
     let closed = store.close();
     let code = result?;
     closed?;
@@ -509,7 +520,7 @@ fn execute(
     command: &Command,
     store: &Arc<IndexedStore>,
     description: &str,
-    rebuilt: Option<&Salvaged>,
+    opened: Option<&spec::Opened>,
     io: CmdIo<'_>,
 ) -> Result<ExitCode, Error> {
     let CmdIo {
@@ -847,8 +858,10 @@ fn execute(
             )?;
             writeln!(err, "imported {files} files, {bytes} bytes").map_err(out_err)?;
         }
-        Command::Fsck { repair, verify } => {
-            return fsck(store, rebuilt, *repair, *verify, &mut out);
+        Command::Fsck { repair, verify, .. } => {
+            let rebuilt = opened.and_then(|o| o.rebuilt.as_ref());
+            let made_anew = opened.map_or(&[][..], |o| &o.made_anew[..]);
+            return fsck(store, rebuilt, made_anew, *repair, *verify, &mut out);
         }
         Command::Mount { .. } | Command::Umount { .. } => {
             return Err(Error::new(
@@ -869,18 +882,54 @@ fn execute(
     Ok(ExitCode::SUCCESS)
 }
 
+/// How many keys the index has under `part`'s prefix and not under a part nested below it.
+fn indexed_keys_of(store: &IndexedStore, part: &spec::MissingPart) -> Result<u64, Error> {
+    let keys = store.query(crate::datastore::Query {
+        prefix: part.prefix.as_str().to_owned(),
+        keys_only: true,
+        ..Default::default()
+    })?;
+    let mut n = 0;
+    for entry in keys {
+        let key = entry?.key;
+        if !part
+            .nested
+            .iter()
+            .any(|p| *p == key || p.is_ancestor_of(&key))
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// `dsfs fsck`: the store's own check (debris, lost and damaged values), then index against
 /// store. Every problem is printed once, after a summary line that counts them; the exit status
 /// is 0 exactly when the summary says nothing is left to repair.
 fn fsck(
     store: &Arc<IndexedStore>,
     rebuilt: Option<&Salvaged>,
+    made_anew: &[spec::MissingPart],
     repair: bool,
     verify: bool,
     out: &mut dyn Write,
 ) -> Result<ExitCode, Error> {
     // Problems found, and whether each one was repaired.
     let mut lines: Vec<(String, bool)> = Vec::new();
+    for part in made_anew {
+        // Counted before the index check below removes them.
+        let dropped = indexed_keys_of(store, part)?;
+        lines.push((
+            format!(
+                "store: {} (the store of the keys under {}) was missing; an empty one was made \
+                 there, and the {dropped} indexed keys it held are dropped from the index \
+                 (listed below as index entries without a value)",
+                part.absent.path.display(),
+                part.prefix
+            ),
+            true,
+        ));
+    }
     if let Some(salvaged) = rebuilt {
         lines.push((
             format!(

@@ -327,6 +327,7 @@ pub fn mount(
     options.create |= create;
     let spec = StoreSpec::parse(spec_text)?;
     let mp = canonical_mountpoint(mountpoint)?;
+    check_access(&mp)?;
     if let Some(fstype) = mounted_fstype(&mp) {
         return Err(bad(format!(
             "{} is already mounted ({fstype})",
@@ -391,6 +392,40 @@ pub fn mount(
     }
 }
 
+/// Refuses a mount point that fusermount3 refuses to a user other than root, before anything
+/// (a new store, with --create) is made: such a user needs write access to it, and must own it
+/// if it has the sticky bit.
+fn check_access(mp: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let (uid, _) = crate::sys::effective_ids();
+    if uid == 0 {
+        return Ok(());
+    }
+    let ctx = || format!("mount point {}", mp.display());
+    let meta = std::fs::metadata(mp).map_err(|e| Error::io(ctx(), e))?;
+    if meta.mode() & libc::S_ISVTX != 0 && meta.uid() != uid {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "mount point {} has the sticky bit and is not yours: FUSE mounts only on a \
+                 directory you own there",
+                mp.display()
+            ),
+        ));
+    }
+    if !crate::sys::may_write(mp).map_err(|e| Error::io(ctx(), e))? {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "mount point {}: you have no write access to it, which FUSE needs to mount \
+                 there (use a directory of your own)",
+                mp.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a mount point with entries: mounting would hide them until the unmount, which
 /// looks like data loss to whoever finds the directory empty.
 fn refuse_non_empty(mp: &Path) -> Result<(), Error> {
@@ -446,6 +481,11 @@ fn serve(
         crate::sys::new_session();
     }
     let result: Result<(Arc<DsFs>, Session<FuseAdapter>, spec::Opened), Error> = (|| {
+        // What --create is about to make: a mount that fails after it takes it back.
+        let creation = match options.create {
+            true => Some(spec::Creation::before(spec)?).filter(|c| !c.is_empty()),
+            false => None,
+        };
         let opened = spec::open(
             spec,
             OpenMode {
@@ -494,8 +534,19 @@ fn serve(
             },
         );
         let notifier = adapter.notifier_slot();
-        let session = Session::new(adapter, mp, &options.fuser_config(spec_text))
-            .map_err(|e| Error::io(format!("mounting {}", mp.display()), e))?;
+        let inventory = creation.as_ref().map(spec::Creation::inventory);
+        let session = match Session::new(adapter, mp, &options.fuser_config(spec_text)) {
+            Ok(session) => session,
+            Err(e) => {
+                let e = Error::io(format!("mounting {}", mp.display()), e);
+                return Err(match (&creation, inventory) {
+                    (Some(creation), Some(inventory)) => {
+                        undo_creation(&fs, &opened, creation, &inventory, e)
+                    }
+                    _ => e,
+                });
+            }
+        };
         let _ = notifier.set(session.notifier());
         Ok((fs, session, opened))
     })();
@@ -579,6 +630,34 @@ fn serve(
             format!("committing at unmount: {e}"),
         )),
     }
+}
+
+/// After a mount that failed: removes the store `--create` just made for it, if it is still
+/// exactly that (no key or directory in its index, nothing new on disk since `inventory`), and
+/// says in the error what became of it.
+fn undo_creation(
+    fs: &DsFs,
+    opened: &spec::Opened,
+    creation: &spec::Creation,
+    inventory: &[(PathBuf, bool)],
+    failed: Error,
+) -> Error {
+    let index = opened.store.index();
+    let untouched = matches!(
+        (index.key_count(), index.entry_count(crate::index::ROOT)),
+        (Ok(0), Ok(0))
+    );
+    let closed = fs.shutdown();
+    let outcome = match (untouched, closed) {
+        (false, _) => Err("it holds data now; leaving it in place".to_owned()),
+        (true, Err(e)) => Err(format!("closing it failed ({e}); leaving it in place")),
+        (true, Ok(())) => creation.undo(inventory),
+    };
+    let said = match outcome {
+        Ok(done) => done,
+        Err(why) => format!("the store --create made was not removed: {why}"),
+    };
+    Error::new(failed.kind(), format!("{failed} ({said})"))
 }
 
 /// Where a daemon whose final commit failed says what is at risk, for `umount` to report.

@@ -354,6 +354,13 @@ pub trait Datastore: Send + Sync {
         None
     }
 
+    /// Whether the store has [`Datastore::segments`] and also keys in no segment (a mount of a
+    /// flatfs directory beside a store without segments, as a repository is): an index built
+    /// from the segments must list those keys as well.
+    fn partly_segmented(&self) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Every key in `segment` with the size of its value (any order). A segment that does not
     /// exist holds no keys.
     fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
@@ -476,6 +483,9 @@ impl<T: Datastore + ?Sized> Datastore for std::sync::Arc<T> {
     }
     fn segment_of(&self, key: &Key) -> Option<String> {
         (**self).segment_of(key)
+    }
+    fn partly_segmented(&self) -> Result<bool> {
+        (**self).partly_segmented()
     }
     fn segment_keys(&self, segment: &str) -> Result<Vec<(Key, u64)>> {
         (**self).segment_keys(segment)

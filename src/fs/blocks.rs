@@ -3,7 +3,7 @@
 //! 262,144-byte chunks, balanced layout), so that a Kubo given the repository's `blocks/` serves
 //! the file by the CID `user.ipfs.cid` reports.
 //!
-//! Where it runs: a commit only queues the file (its key, size and mtime); one worker thread
+//! Where it runs: a commit only queues the file (its node, size and mtime); one worker thread
 //! per mount reads the committed value once, streaming it chunk by chunk, writes the blocks
 //! through the indexed store in batches (so they are listed under `/blocks` like the blocks of
 //! `dsfs add`), and records the CID in the index as `user.ipfs.cid` would. A commit never
@@ -11,6 +11,11 @@
 //! went away) before the worker reached it is skipped: the newer commit queued its own job.
 //! `user.ipfs.cid` asked before the worker got there computes and writes the blocks itself.
 //! Shutdown waits for the queue to drain.
+//!
+//! The worker reads the file by its key as the index has it when the job runs, under a shared
+//! subtree guard on the file (see `subtree.rs`): a rename of the file or of a directory above
+//! it waits until the read is done, so the value cannot move away (or another file's value
+//! take its old key) between the key lookup and the read.
 //!
 //! Blocks are named by their hash, so a read racing a rewrite can only produce blocks that no
 //! file refers to, never a wrong block; the CID record is kept only when the file's mtime and
@@ -25,12 +30,14 @@ use parking_lot::Mutex;
 
 use crate::datastore::{Batch, Datastore, Key, Result};
 use crate::index::node::Timestamp;
-use crate::index::{Index, IndexedStore, NodeId};
+use crate::index::{Index, IndexErrorKind, IndexedStore, NodeId};
 
-/// One committed file to turn into blocks.
+use super::subtree::Subtrees;
+
+/// One committed file to turn into blocks (read by its key when the job runs: the file may
+/// have been renamed since its commit).
 struct Job {
     id: NodeId,
-    key: Key,
     size: u64,
     mtime: Timestamp,
 }
@@ -121,14 +128,18 @@ pub(super) fn import_with_blocks(
 }
 
 impl BlockWriter {
-    /// Starts the worker of a mount over `store`.
-    pub(super) fn start(store: Arc<IndexedStore>) -> std::io::Result<BlockWriter> {
+    /// Starts the worker of a mount over `store`, whose renames take their guards in
+    /// `subtrees`.
+    pub(super) fn start(
+        store: Arc<IndexedStore>,
+        subtrees: Arc<Subtrees>,
+    ) -> std::io::Result<BlockWriter> {
         let (tx, rx) = mpsc::channel::<Job>();
         let worker = std::thread::Builder::new()
             .name("dsfs-ipfs-blocks".into())
             .spawn(move || {
                 for job in rx {
-                    run(&store, &job);
+                    run(&store, &subtrees, &job);
                 }
             })?;
         Ok(BlockWriter {
@@ -143,12 +154,7 @@ impl BlockWriter {
             return;
         }
         if let Some(tx) = self.tx.lock().as_ref() {
-            let job = Job {
-                id,
-                key: key.clone(),
-                size,
-                mtime,
-            };
+            let job = Job { id, size, mtime };
             if tx.send(job).is_err() {
                 log::warn!("ipfs_blocks: the block writer has stopped; {key} gets no blocks");
             }
@@ -171,25 +177,42 @@ fn unchanged(index: &Index, id: NodeId, size: u64, mtime: Timestamp) -> bool {
     matches!(index.node(id), Ok(n) if n.value == Some(size) && n.mtime == mtime)
 }
 
-fn run(store: &Arc<IndexedStore>, job: &Job) {
+fn run(store: &Arc<IndexedStore>, subtrees: &Subtrees, job: &Job) {
     let index = store.index();
+    // No rename moves the file's value while it is read by key.
+    let _below = match subtrees.shared(index, &[job.id]) {
+        Ok(guard) => guard,
+        Err(e) => {
+            log::warn!("ipfs_blocks: node {:?} gets no blocks: {e}", job.id);
+            return;
+        }
+    };
     if !unchanged(index, job.id, job.size, job.mtime) {
         return;
     }
+    let key = match index.key_of(job.id) {
+        Ok(key) => key,
+        Err(e) if e.kind() == IndexErrorKind::NotFound => return,
+        Err(e) => {
+            log::warn!("ipfs_blocks: node {:?} gets no blocks: {e}", job.id);
+            return;
+        }
+    };
+    // Moved under /blocks since its commit: a block copied in is not imported.
+    if is_block_key(&key) {
+        return;
+    }
     let backend = store.backend();
-    match import_with_blocks(store.as_ref(), backend.as_ref(), &job.key, job.size) {
+    match import_with_blocks(store.as_ref(), backend.as_ref(), &key, job.size) {
         Ok(cid) => {
             if unchanged(index, job.id, job.size, job.mtime) {
                 super::xattr::record_cid(index, job.id, job.mtime, job.size, &cid);
             }
         }
         Err(e) if e.is_not_found() => {
-            log::debug!(
-                "ipfs_blocks: {} went away before its blocks were written",
-                job.key
-            );
+            log::debug!("ipfs_blocks: {key} went away before its blocks were written");
         }
-        Err(e) => log::warn!("ipfs_blocks: writing the blocks of {} failed: {e}", job.key),
+        Err(e) => log::warn!("ipfs_blocks: writing the blocks of {key} failed: {e}"),
     }
 }
 

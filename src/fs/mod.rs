@@ -88,8 +88,9 @@ pub struct DsFs {
     blocks: Option<blocks::BlockWriter>,
     /// Directories removed here that the kernel may still hold open.
     removed: removed::RemovedDirs,
-    /// Renames in progress and the operations below what they move (see `subtree.rs`).
-    subtrees: subtree::Subtrees,
+    /// Renames in progress and the operations below what they move (see `subtree.rs`); the
+    /// block writer takes its guards here too.
+    subtrees: Arc<subtree::Subtrees>,
     /// Tests: the next `open` reports on the sender after its index reads and waits for the
     /// receiver before it enters the open-file table.
     #[cfg(test)]
@@ -121,8 +122,9 @@ impl DsFs {
         let backend = store.backend().clone();
         let index = store.index().clone();
         let file_backed = backend.capabilities().file_backed;
+        let subtrees = Arc::new(subtree::Subtrees::default());
         let blocks = if options.ipfs_blocks && !options.read_only {
-            match blocks::BlockWriter::start(store.clone()) {
+            match blocks::BlockWriter::start(store.clone(), subtrees.clone()) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     log::error!("ipfs_blocks: cannot start the block writer: {e}");
@@ -146,7 +148,7 @@ impl DsFs {
             virt: Mutex::new(ipfs::Virtual::default()),
             blocks,
             removed: removed::RemovedDirs::default(),
-            subtrees: subtree::Subtrees::default(),
+            subtrees,
             #[cfg(test)]
             open_gate: Mutex::new(None),
         }

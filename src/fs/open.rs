@@ -6,8 +6,9 @@
 //!
 //! 0. A subtree guard (`DsFs::subtrees`, see `subtree.rs`) is taken first of all, at the start
 //!    of a public operation that reads a key and writes under it (create, mknod, unlink, open,
-//!    truncate) or moves one (rename, exchange, the unlink of a hard-linked file's first name),
-//!    and held to its end. An operation holds at most one guard at a time (an unlink, or a
+//!    truncate) or reads a value by its key (`getxattr user.ipfs.cid`; the `ipfs_blocks`
+//!    writer thread takes one per job, holding nothing else) or moves one (rename, exchange,
+//!    the unlink of a hard-linked file's first name), and held to its end. An operation holds at most one guard at a time (an unlink, or a
 //!    create of a name that exists, drops it and takes another) and takes it before any lock
 //!    below, so a wait for a guard never holds one of them. The guards' mutex is held only to
 //!    grant and release them (and, while a rename runs, across index reads of ancestors), never

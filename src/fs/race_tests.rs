@@ -32,46 +32,59 @@ fn write_file(fs: &DsFs, parent: u64, name: &str, data: &[u8]) -> u64 {
     attr.ino
 }
 
-/// A memory store whose whole-value reads (`get`, which staging copies use) or value moves
-/// (`rename`) stop, once armed, until the test lets them go: a store call that hangs. It can
-/// also fail a chosen rename.
+/// A memory store whose whole-value reads (`get`, which staging copies use), ranged reads
+/// (`read_at`) or value moves (`rename`) stop, once armed, until the test lets them go: a store
+/// call that hangs. It can also fail a chosen rename.
 #[derive(Default)]
 pub(super) struct GatedStore {
     pub(super) inner: MemStore,
     armed: std::sync::atomic::AtomicBool,
-    /// The gate stops `rename` instead of `get`.
-    renames: std::sync::atomic::AtomicBool,
+    /// Which call the gate stops (one of [`Gated`], as a number).
+    gated: std::sync::atomic::AtomicU8,
     entered: parking_lot::Mutex<Option<mpsc::Sender<()>>>,
     release: parking_lot::Mutex<Option<mpsc::Receiver<()>>>,
     /// Renames until the next one fails with EIO (0: none fails).
     pub(super) fail_rename_in: std::sync::atomic::AtomicUsize,
 }
 
+/// The store call a [`GatedStore`] stops.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gated {
+    Get = 0,
+    Rename = 1,
+    ReadAt = 2,
+}
+
 impl GatedStore {
     /// Arms the gate: the next `get` reports on the returned receiver and waits for the
     /// returned sender.
     pub(super) fn arm(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
-        self.arm_on(false)
+        self.arm_on(Gated::Get)
     }
 
     /// Arms the gate on the next `rename` instead.
     pub(super) fn arm_rename(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
-        self.arm_on(true)
+        self.arm_on(Gated::Rename)
     }
 
-    fn arm_on(&self, renames: bool) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+    /// Arms the gate on the next `read_at` instead.
+    pub(super) fn arm_read_at(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        self.arm_on(Gated::ReadAt)
+    }
+
+    fn arm_on(&self, call: Gated) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
         let (entered_tx, entered_rx) = mpsc::channel();
         let (release_tx, release_rx) = mpsc::channel();
         *self.entered.lock() = Some(entered_tx);
         *self.release.lock() = Some(release_rx);
-        self.renames
-            .store(renames, std::sync::atomic::Ordering::SeqCst);
+        self.gated
+            .store(call as u8, std::sync::atomic::Ordering::SeqCst);
         self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
         (entered_rx, release_tx)
     }
 
-    fn wait_if_armed(&self, rename: bool) {
-        if self.renames.load(std::sync::atomic::Ordering::SeqCst) == rename
+    fn wait_if_armed(&self, call: Gated) {
+        if self.gated.load(std::sync::atomic::Ordering::SeqCst) == call as u8
             && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             if let Some(tx) = self.entered.lock().take() {
@@ -86,7 +99,7 @@ impl GatedStore {
 
 impl Datastore for GatedStore {
     fn get(&self, key: &Key) -> DsResult<Vec<u8>> {
-        self.wait_if_armed(false);
+        self.wait_if_armed(Gated::Get);
         self.inner.get(key)
     }
     fn has(&self, key: &Key) -> DsResult<bool> {
@@ -96,6 +109,7 @@ impl Datastore for GatedStore {
         self.inner.get_size(key)
     }
     fn read_at(&self, key: &Key, offset: u64, buf: &mut [u8]) -> DsResult<usize> {
+        self.wait_if_armed(Gated::ReadAt);
         self.inner.read_at(key, offset, buf)
     }
     fn put(&self, key: &Key, value: &[u8]) -> DsResult<()> {
@@ -130,7 +144,7 @@ impl Datastore for GatedStore {
                 "injected rename failure",
             ));
         }
-        self.wait_if_armed(true);
+        self.wait_if_armed(Gated::Rename);
         self.inner.rename(from, to)
     }
 }
@@ -402,4 +416,108 @@ fn an_unlink_between_an_opens_reads_and_its_table_entry_fails_the_open() {
         "the removed file's value is back in the store (open: {result:?})"
     );
     assert!(matches!(result, Err(FsError::NotFound)), "{result:?}");
+}
+
+/// The CID `ipfs add` gives `data` (default settings).
+fn cid_of(data: &[u8]) -> String {
+    let mem = MemStore::new();
+    let key = Key::new("/v");
+    mem.put(&key, data).unwrap();
+    crate::unixfs::import_value(
+        &mem,
+        &key,
+        data.len() as u64,
+        crate::unixfs::ImportOptions::default(),
+        &mut crate::unixfs::Discard,
+    )
+    .unwrap()
+    .cid
+    .to_string()
+}
+
+/// Waits until `thread` has finished or waits for a subtree guard of `fs`.
+fn finished_or_waiting<T>(fs: &DsFs, thread: &std::thread::JoinHandle<T>) {
+    let deadline = std::time::Instant::now() + HANG;
+    while !thread.is_finished() && fs.subtrees.waiters() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither finished nor waiting"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `getxattr user.ipfs.cid` reads the file's value by its key: a `mv` of the file's directory
+/// between the key lookup and the read moved the value away, and the getxattr failed (the
+/// store's not-found) for a file that never went away.
+#[test]
+fn the_cid_of_a_file_is_read_whole_while_its_directory_is_renamed() {
+    let store = Arc::new(GatedStore::default());
+    let fs = Arc::new(fs_over(store.clone()));
+    let d = fs.mkdir(CTX, ROOT, b"d", 0o755, 0o022).unwrap().ino;
+    let content = b"the file whose CID is asked".to_vec();
+    let f = write_file(&fs, d, "f", &content);
+    let (entered, release) = store.arm_read_at();
+    let asker = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.getxattr(f, CID_XATTR.as_bytes()))
+    };
+    entered
+        .recv_timeout(HANG)
+        .expect("the getxattr never read the value");
+    let mover = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.rename(ROOT, b"d", ROOT, b"e", RenameFlags::default()))
+    };
+    finished_or_waiting(&fs, &mover);
+    release.send(()).unwrap();
+    let cid = asker.join().unwrap();
+    mover.join().unwrap().unwrap();
+    match cid {
+        Ok(cid) => assert_eq!(String::from_utf8(cid).unwrap(), cid_of(&content)),
+        Err(e) => panic!("getxattr while the directory moved: {e}"),
+    }
+}
+
+/// The block writer of `ipfs_blocks` reads a committed file by the key it had at its commit:
+/// when the file was renamed before the writer read it, and another file of the same size
+/// took its old name, the writer turned the other file's content into blocks and recorded
+/// that CID as the first file's `user.ipfs.cid`.
+#[test]
+fn the_block_writer_reads_the_file_it_was_given_when_a_rename_overtakes_it() {
+    let store = Arc::new(GatedStore::default());
+    let index = Arc::new(Index::in_memory(IndexOptions::default()).unwrap());
+    let indexed = Arc::new(IndexedStore::new(store.clone(), index));
+    let fs = Arc::new(DsFs::new(
+        indexed,
+        FsOptions {
+            ipfs_blocks: true,
+            ..FsOptions::default()
+        },
+    ));
+    let first = b"AAAA the first file's content".to_vec();
+    let second = b"BBBB other content, same size".to_vec();
+    assert_eq!(first.len(), second.len());
+    // The writer's first read of the first file stops at the gate.
+    let (entered, release) = store.arm_read_at();
+    let a = write_file(&fs, ROOT, "a", &first);
+    entered
+        .recv_timeout(HANG)
+        .expect("the block writer never read the file");
+    let mover = {
+        let fs = fs.clone();
+        let second = second.clone();
+        std::thread::spawn(move || {
+            fs.rename(ROOT, b"a", ROOT, b"b", RenameFlags::default())
+                .unwrap();
+            write_file(&fs, ROOT, "a", &second)
+        })
+    };
+    finished_or_waiting(&fs, &mover);
+    release.send(()).unwrap();
+    let new_a = mover.join().unwrap();
+    fs.shutdown().unwrap();
+    let cid = |ino| String::from_utf8(fs.getxattr(ino, CID_XATTR.as_bytes()).unwrap()).unwrap();
+    assert_eq!(cid(a), cid_of(&first), "the CID of the renamed file");
+    assert_eq!(cid(new_a), cid_of(&second));
 }

@@ -12,8 +12,10 @@
 //! So every operation that reads a key and then writes under it holds a *shared* guard on the
 //! nodes it works in (the parent directory of a name, or the file itself: an open, a truncate,
 //! and a `create` of a name that exists, since a hard-linked file's key comes from a name that
-//! may be in another directory), and a rename holds a *moving* guard on the node it moves (and
-//! shared guards on both parents). Removing or replacing the first name of a hard-linked file
+//! may be in another directory; and an operation that reads a file's whole value by its key:
+//! `getxattr user.ipfs.cid` and the `ipfs_blocks` writer, so a rename of the file or a
+//! directory above it waits for that read), and a rename holds a *moving* guard on the node it
+//! moves (and shared guards on both parents). Removing or replacing the first name of a hard-linked file
 //! moves its value to another name's key: that unlink or rename also moves the file (an open
 //! beside it would keep the old key) and covers the directory of the name the value moves to.
 //! Guards are granted so:

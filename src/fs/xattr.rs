@@ -103,8 +103,11 @@ pub const CID_XATTR: &str = "user.ipfs.cid";
 impl DsFs {
     /// The CID `ipfs add` (default settings) gives the committed content of file `ino`:
     /// computed by one streaming read on first ask, then kept while the file's mtime and size
-    /// stay the same (every commit of a write changes the mtime).
+    /// stay the same (every commit of a write changes the mtime). The value is read by key
+    /// under a shared subtree guard on the file, so a rename of it or of a directory above it
+    /// waits for the read instead of moving the value away in the middle (see `subtree.rs`).
     fn ipfs_cid(&self, ino: u64) -> FsResult<String> {
+        let _below = self.subtrees.shared(&self.index, &[Ino(ino).node()])?;
         let n = self.node(Ino(ino).node())?;
         let is_value = Ino(ino).is_dir_value();
         if !(n.kind == NodeKind::File || is_value && n.kind == NodeKind::Dir) {

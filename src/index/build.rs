@@ -30,9 +30,21 @@ pub fn build(
     let n = match backend.segments()? {
         Some(segments) => {
             let names: Vec<String> = segments.into_iter().map(|s| s.name).collect();
-            build_from_segments(index, backend, &names, progress)?
+            let n = build_from_segments(index, backend, &names, progress)?;
+            if backend.partly_segmented()? {
+                // The keys no segment lists (a repository's tiered store beside its blocks/).
+                n + build_from_query(
+                    index,
+                    backend,
+                    n,
+                    &|key| backend.segment_of(key).is_none(),
+                    progress,
+                )?
+            } else {
+                n
+            }
         }
-        None => build_from_query(index, backend, progress)?,
+        None => build_from_query(index, backend, 0, &|_| true, progress)?,
     };
     index.sync()?;
     Ok(n)
@@ -107,9 +119,13 @@ fn build_from_segments(
     })
 }
 
+/// Indexes the keys of a listing of the whole store that `wanted` accepts; `done` keys were
+/// indexed before (for the progress count). Returns how many it indexed.
 fn build_from_query(
     index: &Index,
     backend: &dyn Datastore,
+    done: u64,
+    wanted: &dyn Fn(&Key) -> bool,
     progress: &mut dyn FnMut(u64),
 ) -> IndexResult<u64> {
     let q = Query {
@@ -121,6 +137,9 @@ fn build_from_query(
     let mut n = 0u64;
     for item in backend.query(q)? {
         let e = item?;
+        if !wanted(&e.key) {
+            continue;
+        }
         let size = match e.size {
             Some(s) => s,
             None => backend.get_size(&e.key)?,
@@ -129,10 +148,10 @@ fn build_from_query(
         n += 1;
         if chunk.len() >= BUILD_CHUNK {
             write_chunk(index, &mut chunk)?;
-            progress(n);
+            progress(done + n);
         }
     }
     write_chunk(index, &mut chunk)?;
-    progress(n);
+    progress(done + n);
     Ok(n)
 }
