@@ -276,7 +276,7 @@ pub const HOLD_ROOM: u64 = ROOM_CACHED_ABOVE;
 /// is refilled only at twice its size). The sets held are bounded far below that (256 KiB per
 /// store), so a later commit finds their blocks even if other programs write hundreds of
 /// megabytes in between; near a full disk every change is committed at once, as before.
-/// One measurement (statvfs) answers for [`ROOM_FRESH`] (10 ms).
+/// One measurement (statvfs) answers for 10 ms.
 #[derive(Debug)]
 pub struct Headroom {
     dir: PathBuf,
