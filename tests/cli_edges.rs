@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Mount, dsfs, is_mounted};
+use common::{Mount, dsfs, have, is_mounted};
 
 fn put(spec: &str, key: &str, value: &[u8]) {
     let mut child = dsfs()
@@ -599,15 +599,6 @@ fn a_repository_missing_its_blocks_is_explained_and_only_fsck_drop_missing_repla
     let (ok, out, _) = run_in(d, &[&store[..], &["ls"]].concat());
     assert!(ok);
     assert_eq!(out, "/a\n");
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 /// `mount --create` whose mount then fails (here: a user without user_allow_other in

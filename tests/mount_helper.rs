@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Mount, is_mounted, wait_mounted};
+use common::{Mount, have, is_mounted, wait_mounted};
 
 const DSFS: &str = env!("CARGO_BIN_EXE_dsfs");
 
@@ -328,15 +328,6 @@ fn install_sh_installs_under_a_prefix_and_is_idempotent() {
     let out = install(&["--bogus"]);
     assert!(!out.status.success());
     assert_eq!(stderr_lines(&out).len(), 1, "{}", show(&out));
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 /// The script run in a private mount namespace: it mounts a directory holding the installed

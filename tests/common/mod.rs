@@ -380,6 +380,16 @@ pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Whether `program` is on the PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 /// Whether fio is installed; in CI its absence is a failure, elsewhere the caller skips.
 pub fn have_fio() -> bool {
     let ok = Command::new("fio").arg("--version").output().is_ok();
