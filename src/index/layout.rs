@@ -476,50 +476,23 @@ pub(super) fn migrate(txn: &WriteTransaction) -> IndexResult<Migrated> {
             meta.retain(|k, _| k == VERSION_KEY).map_err(m)?;
             meta.insert(VERSION_KEY, FORMAT_VERSION).map_err(m)?;
         }
-        if has("nodes") {
-            let t = txn.open_table(old::NODES).map_err(m)?;
-            for item in t.iter().map_err(m)? {
-                let (k, v) = item.map_err(m)?;
-                put(key_bytes::<Nodes>(k.value()), val_bytes::<Nodes>(v.value()))?;
-            }
+        // Every old table but `aliases` (whose value is `()`) copies the same way.
+        macro_rules! copy {
+            ($name:literal, $def:expr, $rec:ty) => {
+                if has($name) {
+                    let t = txn.open_table($def).map_err(m)?;
+                    for item in t.iter().map_err(m)? {
+                        let (k, v) = item.map_err(m)?;
+                        put(key_bytes::<$rec>(k.value()), val_bytes::<$rec>(v.value()))?;
+                    }
+                }
+            };
         }
-        if has("dirents") {
-            let t = txn.open_table(old::DIRENTS).map_err(m)?;
-            for item in t.iter().map_err(m)? {
-                let (k, v) = item.map_err(m)?;
-                put(
-                    key_bytes::<Dirents>(k.value()),
-                    val_bytes::<Dirents>(v.value()),
-                )?;
-            }
-        }
-        if has("cookies") {
-            let t = txn.open_table(old::COOKIES).map_err(m)?;
-            for item in t.iter().map_err(m)? {
-                let (k, v) = item.map_err(m)?;
-                put(
-                    key_bytes::<Cookies>(k.value()),
-                    val_bytes::<Cookies>(v.value()),
-                )?;
-            }
-        }
-        if has("keys") {
-            let t = txn.open_table(old::KEYS).map_err(m)?;
-            for item in t.iter().map_err(m)? {
-                let (k, v) = item.map_err(m)?;
-                put(key_bytes::<Keys>(k.value()), val_bytes::<Keys>(v.value()))?;
-            }
-        }
-        if has("xattrs") {
-            let t = txn.open_table(old::XATTRS).map_err(m)?;
-            for item in t.iter().map_err(m)? {
-                let (k, v) = item.map_err(m)?;
-                put(
-                    key_bytes::<Xattrs>(k.value()),
-                    val_bytes::<Xattrs>(v.value()),
-                )?;
-            }
-        }
+        copy!("nodes", old::NODES, Nodes);
+        copy!("dirents", old::DIRENTS, Dirents);
+        copy!("cookies", old::COOKIES, Cookies);
+        copy!("keys", old::KEYS, Keys);
+        copy!("xattrs", old::XATTRS, Xattrs);
         if has("aliases") {
             let t = txn.open_table(old::ALIASES).map_err(m)?;
             for item in t.iter().map_err(m)? {
