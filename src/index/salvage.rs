@@ -133,31 +133,13 @@ pub fn restore(index: &Index, old: &Path) -> Salvaged {
     let mut xattrs: BTreeMap<(NodeId, String), Vec<u8>> = BTreeMap::new();
     let mut aliases = 0;
     if has(INDEX.name()) {
-        let (nodes_range, xattrs_range, aliases_range) =
-            (all::<Nodes>(), all::<Xattrs>(), all::<Aliases>());
-        let (read, bad) = redb_guard::salvage_table::<_, _, _, _, &[u8]>(
-            &db,
-            INDEX,
-            slices(&nodes_range),
-            |k, v| layout::decode::<Nodes>(k, v).ok(),
-        );
+        let (read, bad) = salvage_kind::<Nodes>(&db);
         report.unreadable += bad;
         nodes.extend(read);
-        let (read, bad) = redb_guard::salvage_table::<_, _, _, _, &[u8]>(
-            &db,
-            INDEX,
-            slices(&xattrs_range),
-            |k, v| layout::decode::<Xattrs>(k, v).ok(),
-        );
+        let (read, bad) = salvage_kind::<Xattrs>(&db);
         report.unreadable += bad;
         xattrs.extend(read);
-        let (read, _) = redb_guard::salvage_table::<_, _, _, _, &[u8]>(
-            &db,
-            INDEX,
-            slices(&aliases_range),
-            |k, v| layout::decode::<Aliases>(k, v).ok(),
-        );
-        aliases += read.len();
+        aliases += salvage_kind::<Aliases>(&db).0.len();
     }
     if has(old::NODES.name()) {
         let all = (Bound::<u64>::Unbounded, Bound::<u64>::Unbounded);
@@ -237,12 +219,18 @@ pub fn restore(index: &Index, old: &Path) -> Salvaged {
 }
 
 /// Every record of kind `R`, as a byte range of the one table.
-fn all<R: Record>() -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    layout::bounds::<R>(Bound::Unbounded, Bound::Unbounded)
-}
-
-fn slices(range: &(Bound<Vec<u8>>, Bound<Vec<u8>>)) -> (Bound<&[u8]>, Bound<&[u8]>) {
-    (layout::as_slice(&range.0), layout::as_slice(&range.1))
+/// Every record of kind `R` that still reads from the one table of `db`, and how many did not.
+fn salvage_kind<R: Record>(db: &redb::ReadOnlyDatabase) -> (BTreeMap<R::KeyOut, R::ValOut>, u64)
+where
+    R::KeyOut: Ord + Clone,
+{
+    let range = layout::bounds::<R>(Bound::Unbounded, Bound::Unbounded);
+    redb_guard::salvage_table::<_, _, _, _, &[u8]>(
+        db,
+        INDEX,
+        (layout::as_slice(&range.0), layout::as_slice(&range.1)),
+        |k, v| layout::decode::<R>(k, v).ok(),
+    )
 }
 
 /// The key of old node `id`, from the salvaged records (`None` if its chain is broken).
