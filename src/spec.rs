@@ -277,7 +277,7 @@ impl StoreSpec {
                 }
             }
             _ => {
-                if is_bare_word(body) && !Path::new(body).exists() {
+                if is_ambiguous_word(body) && !Path::new(body).exists() {
                     return Err(bare_word_error(body));
                 }
                 (SpecKind::Repo(PathBuf::from(body)), &[])
@@ -442,19 +442,31 @@ fn has_scheme(s: &str) -> bool {
     }
 }
 
-/// Whether a spec is a single path component (`flatfs`, `myrepo`): such a word names a
-/// repository only if it exists, so that a forgotten colon (`--store flatfs`) never creates a
-/// repository called `./flatfs`.
-fn is_bare_word(spec: &str) -> bool {
-    !spec.contains('/') && spec != "." && spec != ".."
+/// Whether a spec that names no existing path is too ambiguous to take as one: a single path
+/// component that is a store type (`flatfs`, `mem`, `mount`, perhaps with `?options`) or holds
+/// a colon, so that a forgotten or mistyped colon (`--store flatfs`) never creates a
+/// repository called `./flatfs`. Any other bare word (`myrepo`) is a path, as `mount` and `cp`
+/// take their path arguments.
+fn is_ambiguous_word(spec: &str) -> bool {
+    let is_bare_word = !spec.contains('/') && spec != "." && spec != "..";
+    is_bare_word && (spec.contains(':') || scheme_named_by(spec).is_some())
+}
+
+/// The usage of the store type a bare word names before any `?` or `:` (`mem` gives `mem:`,
+/// `flatfs?sync=true` gives `flatfs:PATH`), if it names one.
+fn scheme_named_by(word: &str) -> Option<&'static str> {
+    let name = word.split(['?', ':']).next().unwrap_or(word);
+    if name == "mount" {
+        return Some("mount:/PREFIX=SPEC;...");
+    }
+    SCHEMES.iter().find(|s| s.name == name).map(|s| s.usage)
 }
 
 fn bare_word_error(word: &str) -> Error {
-    let scheme = word.split(['?', ':']).next().unwrap_or(word);
-    if scheme == "mount" || SCHEMES.iter().any(|s| s.name == scheme) {
+    if let Some(usage) = scheme_named_by(word) {
         return invalid(format!(
-            "{word:?} names no directory here; did you mean {scheme}:PATH (e.g. {scheme}:./{scheme})? \
-             A store type is followed by a colon"
+            "{word:?} names no directory here; did you mean {usage}? A store type is followed by \
+             a colon; a new repository called {word} is ./{word} or dir:{word}"
         ));
     }
     invalid(format!(
@@ -1709,21 +1721,45 @@ mod tests {
     }
 
     #[test]
-    fn a_forgotten_colon_asks_instead_of_creating_a_repository() {
-        // Relative to the test's working directory, where neither word exists.
-        for word in ["flatfs", "redb", "no-such-repository-here"] {
+    fn a_store_type_without_its_colon_is_questioned_any_other_bare_word_is_a_path() {
+        // Relative to the test's working directory, where none of these exists. A bare word
+        // is a path, as `mount` and `cp` take theirs: `dsfs mount --create repo mnt` makes
+        // ./repo. (Opening it without --create is still refused while it is missing: see
+        // `absent_paths`.)
+        for word in ["no-such-repository-here", "repo", "my.repo", "flatfs2"] {
+            assert!(!Path::new(word).exists());
+            assert_eq!(
+                StoreSpec::parse(word).unwrap().kind,
+                SpecKind::Repo(word.into()),
+                "{word}"
+            );
+        }
+        // But not a store type, a store type with options, or a word with a colon that is no
+        // store type: these ask.
+        for word in [
+            "flatfs",
+            "redb",
+            "mem",
+            "mount",
+            "flatfs?sync=true",
+            "My:repo",
+        ] {
             assert!(!Path::new(word).exists());
             let err = StoreSpec::parse(word).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{word}");
             assert!(err.to_string().contains("did you mean"), "{err}");
             assert!(!Path::new(word).exists());
         }
+        let hint = |word: &str| StoreSpec::parse(word).unwrap_err().to_string();
+        assert!(hint("flatfs").contains("did you mean flatfs:PATH?"));
+        assert!(hint("flatfs?sync=true").contains("did you mean flatfs:PATH?"));
+        // mem: takes no path, so its hint offers none.
         assert!(
-            StoreSpec::parse("flatfs")
-                .unwrap_err()
-                .to_string()
-                .contains("flatfs:PATH")
+            hint("mem").contains("did you mean mem:?"),
+            "{}",
+            hint("mem")
         );
+        assert!(hint("mem").contains("./mem or dir:mem"), "{}", hint("mem"));
         // A path, or dir:, still names a repository to create.
         assert_eq!(
             StoreSpec::parse("./new-repo").unwrap().kind,

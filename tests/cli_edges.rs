@@ -21,20 +21,61 @@ fn put(spec: &str, key: &str, value: &[u8]) {
 }
 
 #[test]
-fn a_store_type_without_its_colon_is_questioned_not_created() {
+fn a_bare_word_is_a_path_but_a_store_type_without_its_colon_is_questioned() {
     let dir = tempfile::tempdir().unwrap();
-    for word in ["flatfs", "myrepo"] {
-        let out = dsfs()
-            .current_dir(dir.path())
-            .args(["--store", word, "ls"])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("did you mean flatfs:"), "{err}");
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert!(!dir.path().join(word).exists(), "{word} was created");
+    // A bare word is a path, created by --create (as in `dsfs mount --create repo MNT`).
+    let out = dsfs()
+        .current_dir(dir.path())
+        .args(["--store", "repo", "put", "--create", "/k"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("repo/dsfs.json").exists());
+    let out = dsfs()
+        .current_dir(dir.path())
+        .args(["--store", "repo", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/k");
+    for (word, hint) in [
+        ("flatfs", "did you mean flatfs:PATH?"),
+        ("mem", "did you mean mem:?"),
+    ] {
+        for args in [
+            &["ls"][..],
+            &["put", "--create", "/k"],
+            &["get", "/k"],
+            &["fsck"],
+        ] {
+            let out = dsfs()
+                .current_dir(dir.path())
+                .args(["--store", word])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(hint), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(!dir.path().join(word).exists(), "{word} was created");
+        }
     }
+    // Any other bare word is a path, refused while missing unless the command creates.
+    let out = dsfs()
+        .current_dir(dir.path())
+        .args(["--store", "myrepo", "ls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("did you mean"), "{err}");
+    assert!(!dir.path().join("myrepo").exists());
     // A path is refused too while nothing is there: creating takes `init` or --create.
     let out = dsfs()
         .current_dir(dir.path())

@@ -27,7 +27,9 @@ const AFTER_HELP: &str = "\
 STORE SPECS (--store, or the DSFS_STORE environment variable):
   DIR, dir:DIR      a dsfs repository directory ('dsfs init', or --create on
                     mount, put, put-block, add and import, creates it when
-                    missing or empty; without them a missing path is refused)
+                    missing or empty; without them a missing path is refused;
+                    a bare word is a path, unless it is a store type such as
+                    flatfs or mem, which needs its colon)
   mem:              a volatile in-memory store (gone when the command ends)
   redb:PATH         values in one redb file; the index beside it in PATH.index
   flatfs:PATH       a go-ds-flatfs directory (a Kubo repo's blocks/; created
