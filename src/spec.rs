@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `mem:` | a volatile in-memory store with an in-memory index |
 //! | `redb:PATH` | values in the redb file `PATH`; the index beside it in `PATH.index` |
-//! | `flatfs:PATH` | a go-ds-flatfs directory (a Kubo repo's `blocks/`), created if missing only with [`OpenMode::create`]; the index in `PATH/.dsfs.index.redb`, which flatfs readers skip |
+//! | `flatfs:PATH` | a go-ds-flatfs directory (a Kubo repo's `blocks/`), created if missing only with [`OpenMode::create`] (as every store is, with its missing parent directories); the index in `PATH/.dsfs.index.redb`, which flatfs readers skip |
 //! | `kubo:IPFS_PATH` | the datastore a Kubo repository's `datastore_spec` describes (flatfs, mount and measure are supported; a `levelds` part is named in a clear error) |
 //! | `json:FILE` | the Kubo-style JSON datastore tree in `FILE` (paths relative to it); the index in `FILE.index.redb` |
 //! | `mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/i.redb` | a mount of `mem:`, `redb:` and `flatfs:` children (each with its own `?options`) |
@@ -919,6 +919,16 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
     if !mode.create && !absent.is_empty() {
         return Err(refuse_absent(&absent));
     }
+    if mode.create {
+        // Every store is created with its missing parent directories, as a repository
+        // always was: `flatfs:new/blocks` and `redb:new/v.redb` as well as `new/repo`.
+        for a in &absent {
+            make_parents(&a.path)?;
+        }
+        if let Some(index) = &spec.index {
+            make_parents(index)?;
+        }
+    }
     let missing = missing_parts(spec)?;
     // (With drop_missing, the caller reports the parts made anew: [`Opened::made_anew`].)
     if let (SpecKind::Repo(dir), false, false) = (&spec.kind, missing.is_empty(), mode.drop_missing)
@@ -1432,6 +1442,34 @@ fn load_tree(file: &Path, hint: &str) -> Result<Value> {
     })
 }
 
+/// Creates the missing directories above `path` (not `path` itself), syncing the directory
+/// that holds each new one so that they outlive a power loss.
+fn make_parents(path: &Path) -> Result<()> {
+    let parent = crate::sys::parent_dir(path);
+    if parent.exists() {
+        return Ok(());
+    }
+    // The highest missing ancestor: its parent exists and gets the first new entry.
+    let mut top = parent;
+    while let Some(up) = top
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        top = up;
+    }
+    std::fs::create_dir_all(parent)
+        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    let mut dir = parent;
+    loop {
+        let above = crate::sys::parent_dir(dir);
+        crate::backend::flatfs::fsync_dir(above)?;
+        if dir == top {
+            return Ok(());
+        }
+        dir = above;
+    }
+}
+
 /// The index file inside a flatfs directory (a dot-name, which flatfs readers skip).
 pub const FLATFS_INDEX: &str = ".dsfs.index.redb";
 
@@ -1839,6 +1877,33 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn create_makes_the_missing_parents_of_every_store_as_of_a_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let specs = [
+            format!("{d}/r/s/repo"),
+            format!("flatfs:{d}/f/g/blocks"),
+            format!("redb:{d}/h/i/v.redb"),
+            format!("redb:{d}/j/v.redb?index={d}/k/l/v.index"),
+            format!("mount:/b=flatfs:{d}/m/blocks;/=redb:{d}/n/v.redb;index={d}/o/i.redb"),
+        ];
+        for text in &specs {
+            let spec = StoreSpec::parse(text).unwrap();
+            // Without create nothing is made, parents included.
+            let before = std::fs::read_dir(dir.path()).unwrap().count();
+            assert!(open(&spec, OpenMode::default()).is_err(), "{text}");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before);
+            let opened = open(&spec, creating()).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let key: Key = "/K".into();
+            opened.store.put(&key, b"v").unwrap();
+            opened.store.close().unwrap();
+            drop(opened);
+            let opened = open(&spec, OpenMode::default()).unwrap();
+            assert_eq!(opened.store.get(&key).unwrap(), b"v", "{text}");
+        }
     }
 
     #[test]

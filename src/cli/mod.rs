@@ -33,7 +33,8 @@ STORE SPECS (--store, or the DSFS_STORE environment variable):
   mem:              a volatile in-memory store (gone when the command ends)
   redb:PATH         values in one redb file; the index beside it in PATH.index
   flatfs:PATH       a go-ds-flatfs directory (a Kubo repo's blocks/; created
-                    only by init or --create, as are redb: files)
+                    only by init or --create, as are redb: files; every store
+                    is created with its missing parent directories)
   kubo:IPFS_PATH    the layout of a Kubo repo's datastore_spec
   json:FILE         a Kubo-style JSON datastore tree (paths relative to FILE)
   rados:POOL        a Ceph RADOS pool (dsfs built with --features rados)
