@@ -298,7 +298,8 @@ CREATING A STORE:
 MOUNT OPTIONS (-o a,b,c):
   create                create the store if it is missing (as --create)
   ro                    read-only
-  allow_other           let every user in (non-root needs user_allow_other in /etc/fuse.conf)
+  allow_other           let every user in (non-root needs user_allow_other in
+                        /etc/fuse.conf; without it the mount is refused)
   allow_root            let root in as well as you
   default_permissions   the kernel checks modes and owners (the default;
                         no_default_permissions turns it off)
