@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `mem:` | a volatile in-memory store with an in-memory index |
 //! | `redb:PATH` | values in the redb file `PATH`; the index beside it in `PATH.index` |
-//! | `flatfs:PATH` | a go-ds-flatfs directory (a Kubo repo's `blocks/`), created if missing only with [`OpenMode::create`]; the index in `PATH/.dsfs.index.redb`, which flatfs readers skip |
+//! | `flatfs:PATH` | a go-ds-flatfs directory (a Kubo repo's `blocks/`), created if missing only with [`OpenMode::create`] (as every store is, with its missing parent directories); the index in `PATH/.dsfs.index.redb`, which flatfs readers skip |
 //! | `kubo:IPFS_PATH` | the datastore a Kubo repository's `datastore_spec` describes (flatfs, mount and measure are supported; a `levelds` part is named in a clear error) |
 //! | `json:FILE` | the Kubo-style JSON datastore tree in `FILE` (paths relative to it); the index in `FILE.index.redb` |
 //! | `mount:/blocks=flatfs:D/blocks;/=redb:D/v.redb;index=D/i.redb` | a mount of `mem:`, `redb:` and `flatfs:` children (each with its own `?options`) |
@@ -277,7 +277,7 @@ impl StoreSpec {
                 }
             }
             _ => {
-                if is_bare_word(body) && !Path::new(body).exists() {
+                if is_ambiguous_word(body) && !Path::new(body).exists() {
                     return Err(bare_word_error(body));
                 }
                 (SpecKind::Repo(PathBuf::from(body)), &[])
@@ -442,19 +442,31 @@ fn has_scheme(s: &str) -> bool {
     }
 }
 
-/// Whether a spec is a single path component (`flatfs`, `myrepo`): such a word names a
-/// repository only if it exists, so that a forgotten colon (`--store flatfs`) never creates a
-/// repository called `./flatfs`.
-fn is_bare_word(spec: &str) -> bool {
-    !spec.contains('/') && spec != "." && spec != ".."
+/// Whether a spec that names no existing path is too ambiguous to take as one: a single path
+/// component that is a store type (`flatfs`, `mem`, `mount`, perhaps with `?options`) or holds
+/// a colon, so that a forgotten or mistyped colon (`--store flatfs`) never creates a
+/// repository called `./flatfs`. Any other bare word (`myrepo`) is a path, as `mount` and `cp`
+/// take their path arguments.
+fn is_ambiguous_word(spec: &str) -> bool {
+    let is_bare_word = !spec.contains('/') && spec != "." && spec != "..";
+    is_bare_word && (spec.contains(':') || scheme_named_by(spec).is_some())
+}
+
+/// The usage of the store type a bare word names before any `?` or `:` (`mem` gives `mem:`,
+/// `flatfs?sync=true` gives `flatfs:PATH`), if it names one.
+fn scheme_named_by(word: &str) -> Option<&'static str> {
+    let name = word.split(['?', ':']).next().unwrap_or(word);
+    if name == "mount" {
+        return Some("mount:/PREFIX=SPEC;...");
+    }
+    SCHEMES.iter().find(|s| s.name == name).map(|s| s.usage)
 }
 
 fn bare_word_error(word: &str) -> Error {
-    let scheme = word.split(['?', ':']).next().unwrap_or(word);
-    if scheme == "mount" || SCHEMES.iter().any(|s| s.name == scheme) {
+    if let Some(usage) = scheme_named_by(word) {
         return invalid(format!(
-            "{word:?} names no directory here; did you mean {scheme}:PATH (e.g. {scheme}:./{scheme})? \
-             A store type is followed by a colon"
+            "{word:?} names no directory here; did you mean {usage}? A store type is followed by \
+             a colon; a new repository called {word} is ./{word} or dir:{word}"
         ));
     }
     invalid(format!(
@@ -906,6 +918,16 @@ pub fn open(spec: &StoreSpec, mode: OpenMode) -> Result<Opened> {
     let absent = absent_paths(spec)?;
     if !mode.create && !absent.is_empty() {
         return Err(refuse_absent(&absent));
+    }
+    if mode.create {
+        // Every store is created with its missing parent directories, as a repository
+        // always was: `flatfs:new/blocks` and `redb:new/v.redb` as well as `new/repo`.
+        for a in &absent {
+            make_parents(&a.path)?;
+        }
+        if let Some(index) = &spec.index {
+            make_parents(index)?;
+        }
     }
     let missing = missing_parts(spec)?;
     // (With drop_missing, the caller reports the parts made anew: [`Opened::made_anew`].)
@@ -1420,6 +1442,34 @@ fn load_tree(file: &Path, hint: &str) -> Result<Value> {
     })
 }
 
+/// Creates the missing directories above `path` (not `path` itself), syncing the directory
+/// that holds each new one so that they outlive a power loss.
+fn make_parents(path: &Path) -> Result<()> {
+    let parent = crate::sys::parent_dir(path);
+    if parent.exists() {
+        return Ok(());
+    }
+    // The highest missing ancestor: its parent exists and gets the first new entry.
+    let mut top = parent;
+    while let Some(up) = top
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        top = up;
+    }
+    std::fs::create_dir_all(parent)
+        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    let mut dir = parent;
+    loop {
+        let above = crate::sys::parent_dir(dir);
+        crate::backend::flatfs::fsync_dir(above)?;
+        if dir == top {
+            return Ok(());
+        }
+        dir = above;
+    }
+}
+
 /// The index file inside a flatfs directory (a dot-name, which flatfs readers skip).
 pub const FLATFS_INDEX: &str = ".dsfs.index.redb";
 
@@ -1709,21 +1759,45 @@ mod tests {
     }
 
     #[test]
-    fn a_forgotten_colon_asks_instead_of_creating_a_repository() {
-        // Relative to the test's working directory, where neither word exists.
-        for word in ["flatfs", "redb", "no-such-repository-here"] {
+    fn a_store_type_without_its_colon_is_questioned_any_other_bare_word_is_a_path() {
+        // Relative to the test's working directory, where none of these exists. A bare word
+        // is a path, as `mount` and `cp` take theirs: `dsfs mount --create repo mnt` makes
+        // ./repo. (Opening it without --create is still refused while it is missing: see
+        // `absent_paths`.)
+        for word in ["no-such-repository-here", "repo", "my.repo", "flatfs2"] {
+            assert!(!Path::new(word).exists());
+            assert_eq!(
+                StoreSpec::parse(word).unwrap().kind,
+                SpecKind::Repo(word.into()),
+                "{word}"
+            );
+        }
+        // But not a store type, a store type with options, or a word with a colon that is no
+        // store type: these ask.
+        for word in [
+            "flatfs",
+            "redb",
+            "mem",
+            "mount",
+            "flatfs?sync=true",
+            "My:repo",
+        ] {
             assert!(!Path::new(word).exists());
             let err = StoreSpec::parse(word).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{word}");
             assert!(err.to_string().contains("did you mean"), "{err}");
             assert!(!Path::new(word).exists());
         }
+        let hint = |word: &str| StoreSpec::parse(word).unwrap_err().to_string();
+        assert!(hint("flatfs").contains("did you mean flatfs:PATH?"));
+        assert!(hint("flatfs?sync=true").contains("did you mean flatfs:PATH?"));
+        // mem: takes no path, so its hint offers none.
         assert!(
-            StoreSpec::parse("flatfs")
-                .unwrap_err()
-                .to_string()
-                .contains("flatfs:PATH")
+            hint("mem").contains("did you mean mem:?"),
+            "{}",
+            hint("mem")
         );
+        assert!(hint("mem").contains("./mem or dir:mem"), "{}", hint("mem"));
         // A path, or dir:, still names a repository to create.
         assert_eq!(
             StoreSpec::parse("./new-repo").unwrap().kind,
@@ -1803,6 +1877,33 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn create_makes_the_missing_parents_of_every_store_as_of_a_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let specs = [
+            format!("{d}/r/s/repo"),
+            format!("flatfs:{d}/f/g/blocks"),
+            format!("redb:{d}/h/i/v.redb"),
+            format!("redb:{d}/j/v.redb?index={d}/k/l/v.index"),
+            format!("mount:/b=flatfs:{d}/m/blocks;/=redb:{d}/n/v.redb;index={d}/o/i.redb"),
+        ];
+        for text in &specs {
+            let spec = StoreSpec::parse(text).unwrap();
+            // Without create nothing is made, parents included.
+            let before = std::fs::read_dir(dir.path()).unwrap().count();
+            assert!(open(&spec, OpenMode::default()).is_err(), "{text}");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before);
+            let opened = open(&spec, creating()).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let key: Key = "/K".into();
+            opened.store.put(&key, b"v").unwrap();
+            opened.store.close().unwrap();
+            drop(opened);
+            let opened = open(&spec, OpenMode::default()).unwrap();
+            assert_eq!(opened.store.get(&key).unwrap(), b"v", "{text}");
+        }
     }
 
     #[test]

@@ -21,20 +21,61 @@ fn put(spec: &str, key: &str, value: &[u8]) {
 }
 
 #[test]
-fn a_store_type_without_its_colon_is_questioned_not_created() {
+fn a_bare_word_is_a_path_but_a_store_type_without_its_colon_is_questioned() {
     let dir = tempfile::tempdir().unwrap();
-    for word in ["flatfs", "myrepo"] {
-        let out = dsfs()
-            .current_dir(dir.path())
-            .args(["--store", word, "ls"])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("did you mean flatfs:"), "{err}");
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert!(!dir.path().join(word).exists(), "{word} was created");
+    // A bare word is a path, created by --create (as in `dsfs mount --create repo MNT`).
+    let out = dsfs()
+        .current_dir(dir.path())
+        .args(["--store", "repo", "put", "--create", "/k"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("repo/dsfs.json").exists());
+    let out = dsfs()
+        .current_dir(dir.path())
+        .args(["--store", "repo", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/k");
+    for (word, hint) in [
+        ("flatfs", "did you mean flatfs:PATH?"),
+        ("mem", "did you mean mem:?"),
+    ] {
+        for args in [
+            &["ls"][..],
+            &["put", "--create", "/k"],
+            &["get", "/k"],
+            &["fsck"],
+        ] {
+            let out = dsfs()
+                .current_dir(dir.path())
+                .args(["--store", word])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(hint), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(!dir.path().join(word).exists(), "{word} was created");
+        }
     }
+    // Any other bare word is a path, refused while missing unless the command creates.
+    let out = dsfs()
+        .current_dir(dir.path())
+        .args(["--store", "myrepo", "ls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("did you mean"), "{err}");
+    assert!(!dir.path().join("myrepo").exists());
     // A path is refused too while nothing is there: creating takes `init` or --create.
     let out = dsfs()
         .current_dir(dir.path())
@@ -654,7 +695,61 @@ fn a_mount_that_fails_after_create_leaves_no_new_store() {
         let (ok, err) = as_nobody(&["mount", "--create", spec, "mnt", "-o", "allow_other"]);
         assert!(!ok, "{spec} mounted");
         assert!(!is_mounted(&d.join("mnt")));
-        assert!(err.contains("mounting"), "{err}");
+        // Now refused before the store is opened (allow_other_refusal), so this no longer
+        // reaches fusermount3's refusal after the creation; what is checked is that nothing
+        // is left behind.
+        assert!(err.contains("user_allow_other in /etc/fuse.conf"), "{err}");
         assert_eq!(entries(d), before, "{spec}: {err}");
     }
+}
+
+/// `-o allow_other` for a user other than root, where /etc/fuse.conf does not let users ask
+/// for it, is refused before mounting with one line naming the fix (before, FUSE's refusal
+/// came through as "Permission denied"). Runs only as root with setpriv, to become nobody.
+#[test]
+fn allow_other_without_user_allow_other_is_refused_in_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+    let permitted = conf
+        .lines()
+        .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if permitted || !is_root || !have("setpriv") || !have("fusermount3") {
+        eprintln!("skipped: needs root, setpriv, fusermount3 and no user_allow_other");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("dsfs");
+    fs::copy(env!("CARGO_BIN_EXE_dsfs"), &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    fs::set_permissions(&mnt, fs::Permissions::from_mode(0o777)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("mount")
+        .arg("--create")
+        .arg(dir.path().join("repo"))
+        .arg(&mnt)
+        .args(["-o", "allow_other"])
+        .env("HOME", dir.path())
+        .env_remove("DSFS_STORE")
+        .output()
+        .unwrap();
+    if is_mounted(&mnt) {
+        let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("needs a line user_allow_other in /etc/fuse.conf"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(!dir.path().join("repo").exists());
 }

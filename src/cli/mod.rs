@@ -27,11 +27,14 @@ const AFTER_HELP: &str = "\
 STORE SPECS (--store, or the DSFS_STORE environment variable):
   DIR, dir:DIR      a dsfs repository directory ('dsfs init', or --create on
                     mount, put, put-block, add and import, creates it when
-                    missing or empty; without them a missing path is refused)
+                    missing or empty; without them a missing path is refused;
+                    a bare word is a path, unless it is a store type such as
+                    flatfs or mem, which needs its colon)
   mem:              a volatile in-memory store (gone when the command ends)
   redb:PATH         values in one redb file; the index beside it in PATH.index
   flatfs:PATH       a go-ds-flatfs directory (a Kubo repo's blocks/; created
-                    only by init or --create, as are redb: files)
+                    only by init or --create, as are redb: files; every store
+                    is created with its missing parent directories)
   kubo:IPFS_PATH    the layout of a Kubo repo's datastore_spec
   json:FILE         a Kubo-style JSON datastore tree (paths relative to FILE)
   rados:POOL        a Ceph RADOS pool (dsfs built with --features rados)
@@ -295,7 +298,8 @@ CREATING A STORE:
 MOUNT OPTIONS (-o a,b,c):
   create                create the store if it is missing (as --create)
   ro                    read-only
-  allow_other           let every user in (non-root needs user_allow_other in /etc/fuse.conf)
+  allow_other           let every user in (non-root needs user_allow_other in
+                        /etc/fuse.conf; without it the mount is refused)
   allow_root            let root in as well as you
   default_permissions   the kernel checks modes and owners (the default;
                         no_default_permissions turns it off)

@@ -325,6 +325,14 @@ pub fn mount(
 ) -> Result<ExitCode, Error> {
     let mut options = MountOptions::parse(option_lists)?;
     options.create |= create;
+    let fuse_conf = std::fs::read_to_string(FUSE_CONF).ok();
+    if let Some(msg) = allow_other_refusal(
+        fuse_conf.as_deref(),
+        crate::sys::effective_ids().0,
+        &options,
+    ) {
+        return Err(bad(msg));
+    }
     let spec = StoreSpec::parse(spec_text)?;
     let mp = canonical_mountpoint(mountpoint)?;
     check_access(&mp)?;
@@ -395,6 +403,31 @@ pub fn mount(
 /// Refuses a mount point that fusermount3 refuses to a user other than root, before anything
 /// (a new store, with --create) is made: such a user needs write access to it, and must own it
 /// if it has the sticky bit.
+/// The file where fusermount3 looks for `user_allow_other`.
+const FUSE_CONF: &str = "/etc/fuse.conf";
+
+/// Why FUSE will refuse this mount's `allow_other` or `allow_root`, if it will: a user other
+/// than root may ask for them only where `conf` (the text of [`FUSE_CONF`], `None` if it
+/// cannot be read) has a `user_allow_other` line that is not commented out. Without this
+/// check the refusal surfaces only as "Permission denied".
+fn allow_other_refusal(conf: Option<&str>, euid: u32, options: &MountOptions) -> Option<String> {
+    let asked = match (options.allow_other, options.allow_root) {
+        (true, _) => "allow_other",
+        (false, true) => "allow_root",
+        (false, false) => return None,
+    };
+    let allowed = conf.is_some_and(|text| {
+        text.lines()
+            .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
+    });
+    (euid != 0 && !allowed).then(|| {
+        format!(
+            "-o {asked} needs a line user_allow_other in {FUSE_CONF} for a user other than \
+             root (add it as root, or mount without {asked})"
+        )
+    })
+}
+
 fn check_access(mp: &Path) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
     let (uid, _) = crate::sys::effective_ids();
@@ -822,6 +855,32 @@ mod tests {
             "umask=9",
         ] {
             assert!(MountOptions::parse(&[bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn allow_other_without_user_allow_other_is_refused_before_mounting() {
+        let other = MountOptions::parse(&["allow_other"]).unwrap();
+        let root = MountOptions::parse(&["allow_root"]).unwrap();
+        let plain = MountOptions::parse(&["ro"]).unwrap();
+        let debian = "# user_allow_other - lets users ...\n#user_allow_other\nmount_max = 1000\n";
+        for conf in [None, Some(""), Some(debian), Some("user_allow_others\n")] {
+            let msg = allow_other_refusal(conf, 1000, &other).expect("refused");
+            assert!(msg.contains("user_allow_other in /etc/fuse.conf"), "{msg}");
+            assert!(msg.contains("-o allow_other"), "{msg}");
+            let msg = allow_other_refusal(conf, 1000, &root).expect("refused");
+            assert!(msg.contains("-o allow_root"), "{msg}");
+            assert_eq!(msg.lines().count(), 1);
+            // Root may; nobody needs it without the options.
+            assert_eq!(allow_other_refusal(conf, 0, &other), None);
+            assert_eq!(allow_other_refusal(conf, 1000, &plain), None);
+        }
+        for conf in ["user_allow_other\n", "#x\n  user_allow_other  # yes\n"] {
+            assert_eq!(
+                allow_other_refusal(Some(conf), 1000, &other),
+                None,
+                "{conf}"
+            );
         }
     }
 
