@@ -47,6 +47,13 @@
 //!    (`Index::wait_for_writes`) holding only its subtree guard, after it has entered the
 //!    open-file table and released the shard.
 //!
+//!    Inside the index (`src/index/held.rs`): `Index::write_serial` (one write at a time), then
+//!    the held records' lock (a write reads under its read lock and takes its write lock to
+//!    merge or flush), then redb's own write lock. A reader takes only the held records' read
+//!    lock (recursively: never behind a queued writer), then a redb read transaction; a flush
+//!    (the group committer's, `sync`) takes only the held records' write lock, then redb's.
+//!    Nothing takes `write_serial` while holding the held records' lock.
+//!
 //! `DsFs::shut` is taken by `shutdown` alone, before any of these.
 
 use std::collections::HashMap;

@@ -98,6 +98,9 @@ impl Index {
         stamps: &[(String, Option<String>)],
         replace: bool,
     ) -> IndexResult<()> {
+        // This commit is durable, and the stamps must not outlive the records they describe:
+        // the held records are written first (see `held`).
+        self.held.flush()?;
         let txn = self
             .db
             .begin_write()

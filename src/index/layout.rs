@@ -11,10 +11,11 @@
 //! The format version stays where older versions of dsfs look for it, in a `meta` table of its
 //! own; an index in the older layout of seven tables is moved into this one by [`migrate`].
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ops::Bound;
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadOnlyTable, ReadableTable, StorageError, Table, TableDefinition, WriteTransaction};
 
 use super::node::Node;
 use super::{IndexError, IndexResult};
@@ -299,14 +300,264 @@ pub(super) fn decode<R: Record>(k: &[u8], v: &[u8]) -> IndexResult<(R::KeyOut, R
     Ok((key, R::read_val(v)?))
 }
 
-/// The records of kind `R` in a table (of a read or a write transaction).
-pub(super) struct View<'a, T, R> {
-    table: &'a T,
+/// Changes held in memory over the table: a value, or `None` for a removed record (see
+/// `held`).
+pub(super) type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Records as a [`Source`] yields them in a range, in key order.
+pub(super) type RawIter = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + Send>;
+
+/// Something records are read from: the table of a transaction, or that table with changes
+/// held in memory over it ([`Layers`]).
+pub(super) trait Source {
+    /// The value at `key`.
+    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// The records from `lo` to `hi`, in key order.
+    fn range_raw(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<RawIter, StorageError>;
+}
+
+impl<S: Source + ?Sized> Source for &S {
+    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        (**self).get_raw(key)
+    }
+    fn range_raw(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<RawIter, StorageError> {
+        (**self).range_raw(lo, hi)
+    }
+}
+
+impl Source for ReadOnlyTable<&'static [u8], &'static [u8]> {
+    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.get(key)?.map(|v| v.value().to_vec()))
+    }
+    fn range_raw(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<RawIter, StorageError> {
+        let range = self.range::<&[u8]>((lo, hi))?;
+        Ok(Box::new(range.map(|item| {
+            let (k, v) = item?;
+            Ok((k.value().to_vec(), v.value().to_vec()))
+        })))
+    }
+}
+
+/// The table of a write transaction, written directly (opening, closing, migrating, and
+/// applying held changes).
+impl<'t> Source for &mut Table<'t, &'static [u8], &'static [u8]> {
+    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(ReadableTable::get(&**self, key)?.map(|v| v.value().to_vec()))
+    }
+    fn range_raw(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<RawIter, StorageError> {
+        // A write transaction's range borrows its table: collected (nothing ranges over one
+        // on a hot path).
+        let mut out = Vec::new();
+        for item in ReadableTable::range::<&[u8]>(&**self, (lo, hi))? {
+            let (k, v) = item?;
+            out.push(Ok((k.value().to_vec(), v.value().to_vec())));
+        }
+        Ok(Box::new(out.into_iter()))
+    }
+}
+
+/// The committed table of a read transaction with the held changes over it, and over those
+/// the changes of the write transaction running, if any: a record's newest layer answers.
+#[derive(Clone, Copy)]
+pub(super) struct Layers<'a> {
+    pub(super) base: &'a ReadOnlyTable<&'static [u8], &'static [u8]>,
+    pub(super) held: Option<&'a Overlay>,
+    pub(super) local: Option<&'a Overlay>,
+}
+
+impl Layers<'_> {
+    /// The entries of the overlays from `lo` to `hi`, the newer winning, in key order.
+    fn overlay_range(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let layers: Vec<&Overlay> = [self.held, self.local]
+            .into_iter()
+            .flatten()
+            .filter(|m| !m.is_empty())
+            .collect();
+        match layers.as_slice() {
+            [] => Vec::new(),
+            [one] => one
+                .range::<[u8], _>((lo, hi))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            _ => {
+                let mut merged: BTreeMap<&[u8], &Option<Vec<u8>>> = BTreeMap::new();
+                for m in layers {
+                    for (k, v) in m.range::<[u8], _>((lo, hi)) {
+                        merged.insert(k.as_slice(), v);
+                    }
+                }
+                merged
+                    .into_iter()
+                    .map(|(k, v)| (k.to_vec(), v.clone()))
+                    .collect()
+            }
+        }
+    }
+}
+
+impl Source for Layers<'_> {
+    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        for layer in [self.local, self.held].into_iter().flatten() {
+            if let Some(v) = layer.get(key) {
+                return Ok(v.clone());
+            }
+        }
+        self.base.get_raw(key)
+    }
+    fn range_raw(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<RawIter, StorageError> {
+        let base = self.base.range_raw(lo, hi)?;
+        let over = self.overlay_range(lo, hi);
+        if over.is_empty() {
+            return Ok(base);
+        }
+        Ok(Box::new(MergeOver {
+            base: base.peekable(),
+            over: over.into_iter().peekable(),
+        }))
+    }
+}
+
+/// Held changes in key order, as `Layers` merges them over the table.
+type OverlayEntries = std::vec::IntoIter<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// The records of `base` with `over`'s entries in their place: both in key order.
+struct MergeOver {
+    base: std::iter::Peekable<RawIter>,
+    over: std::iter::Peekable<OverlayEntries>,
+}
+
+impl Iterator for MergeOver {
+    type Item = Result<(Vec<u8>, Vec<u8>), StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let take_over = match (self.base.peek(), self.over.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) | (Some(Ok(_)), None) => return self.base.next(),
+                (None, Some(_)) => true,
+                (Some(Ok((bk, _))), Some((ok, _))) => match bk.as_slice().cmp(ok.as_slice()) {
+                    std::cmp::Ordering::Less => return self.base.next(),
+                    std::cmp::Ordering::Equal => {
+                        // The overlay's entry replaces (or hides) the table's record.
+                        self.base.next();
+                        true
+                    }
+                    std::cmp::Ordering::Greater => true,
+                },
+            };
+            if take_over && let Some((k, Some(v))) = self.over.next() {
+                return Some(Ok((k, v)));
+            }
+            // A removal: nothing to yield for this key.
+        }
+    }
+}
+
+/// The layers of a write transaction, whose changes go to its own overlay.
+pub(super) struct LayersMut<'a> {
+    pub(super) base: &'a ReadOnlyTable<&'static [u8], &'static [u8]>,
+    pub(super) held: Option<&'a Overlay>,
+    pub(super) local: &'a mut Overlay,
+}
+
+impl LayersMut<'_> {
+    fn layers(&self) -> Layers<'_> {
+        Layers {
+            base: self.base,
+            held: self.held,
+            local: Some(self.local),
+        }
+    }
+}
+
+impl Source for LayersMut<'_> {
+    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.layers().get_raw(key)
+    }
+    fn range_raw(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<RawIter, StorageError> {
+        self.layers().range_raw(lo, hi)
+    }
+}
+
+/// Something records are written to.
+pub(super) trait Sink: Source {
+    /// Writes `value` at `key` (`None` removes it); returns the value it replaced.
+    fn put_raw(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Removes every record from `lo` to `hi`.
+    fn clear_raw(&mut self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<(), StorageError>;
+}
+
+impl<'t> Sink for &mut Table<'t, &'static [u8], &'static [u8]> {
+    fn put_raw(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let old = match value {
+            Some(v) => self.insert(key, v)?,
+            None => self.remove(key)?,
+        };
+        Ok(old.map(|g| g.value().to_vec()))
+    }
+    fn clear_raw(&mut self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<(), StorageError> {
+        self.retain_in::<&[u8], _>((lo, hi), |_, _| false)
+    }
+}
+
+impl Sink for LayersMut<'_> {
+    fn put_raw(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let old = self.get_raw(key)?;
+        if old.is_some() || value.is_some() {
+            self.local.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        }
+        Ok(old)
+    }
+    fn clear_raw(&mut self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<(), StorageError> {
+        let mut keys = Vec::new();
+        for item in self.range_raw(lo, hi)? {
+            keys.push(item?.0);
+        }
+        for k in keys {
+            self.local.insert(k, None);
+        }
+        Ok(())
+    }
+}
+
+/// Writes held changes into the table of a write transaction, in key order.
+pub(super) fn apply(
+    table: &mut Table<'_, &'static [u8], &'static [u8]>,
+    changes: &Overlay,
+) -> Result<(), StorageError> {
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                table.insert(k.as_slice(), v.as_slice())?;
+            }
+            None => {
+                table.remove(k.as_slice())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The records of kind `R` in a [`Source`].
+pub(super) struct View<S, R> {
+    table: S,
     kind: PhantomData<R>,
 }
 
-impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>, R: Record> View<'a, T, R> {
-    pub(super) fn new(table: &'a T) -> Self {
+impl<S: Source, R: Record> View<S, R> {
+    pub(super) fn new(table: S) -> Self {
         View {
             table,
             kind: PhantomData,
@@ -318,10 +569,10 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>, R: Record> View<'a, T, 
         let key = key_bytes::<R>(k);
         match self
             .table
-            .get(key.as_slice())
+            .get_raw(key.as_slice())
             .map_err(|e| IndexError::redb(&format!("reading {}", R::NAME), e))?
         {
-            Some(v) => Ok(Some(R::read_val(v.value())?)),
+            Some(v) => Ok(Some(R::read_val(&v)?)),
             None => Ok(None),
         }
     }
@@ -331,16 +582,17 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>, R: Record> View<'a, T, 
         &self,
         lo: Bound<R::Key<'_>>,
         hi: Bound<R::Key<'_>>,
-    ) -> IndexResult<impl Iterator<Item = IndexResult<(R::KeyOut, R::ValOut)>> + 'a> {
+    ) -> IndexResult<impl Iterator<Item = IndexResult<(R::KeyOut, R::ValOut)>> + Send + 'static>
+    {
         let (lo, hi) = bounds::<R>(lo, hi);
         let range = self
             .table
-            .range::<&[u8]>((as_slice(&lo), as_slice(&hi)))
+            .range_raw(as_slice(&lo), as_slice(&hi))
             .map_err(|e| IndexError::redb(&format!("scanning {}s", R::NAME), e))?;
         Ok(range.map(|item| {
             let (k, v) =
                 item.map_err(|e| IndexError::redb(&format!("scanning {}s", R::NAME), e))?;
-            decode::<R>(k.value(), v.value())
+            decode::<R>(&k, &v)
         }))
     }
 
@@ -349,7 +601,7 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>, R: Record> View<'a, T, 
         let (lo, hi) = bounds::<R>(lo, hi);
         let mut range = self
             .table
-            .range::<&[u8]>((as_slice(&lo), as_slice(&hi)))
+            .range_raw(as_slice(&lo), as_slice(&hi))
             .map_err(|e| IndexError::redb(&format!("scanning {}s", R::NAME), e))?;
         match range.next() {
             Some(item) => {
@@ -369,14 +621,14 @@ pub(super) fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     }
 }
 
-/// The records of kind `R` in the table of a write transaction.
-pub(super) struct ViewMut<'a, 't, R> {
-    table: &'a mut Table<'t, &'static [u8], &'static [u8]>,
+/// The records of kind `R` in a [`Sink`].
+pub(super) struct ViewMut<S, R> {
+    table: S,
     kind: PhantomData<R>,
 }
 
-impl<'a, 't, R: Record> ViewMut<'a, 't, R> {
-    pub(super) fn new(table: &'a mut Table<'t, &'static [u8], &'static [u8]>) -> Self {
+impl<S: Sink, R: Record> ViewMut<S, R> {
+    pub(super) fn new(table: S) -> Self {
         ViewMut {
             table,
             kind: PhantomData,
@@ -389,7 +641,7 @@ impl<'a, 't, R: Record> ViewMut<'a, 't, R> {
         let val = val_bytes::<R>(v);
         Ok(self
             .table
-            .insert(key.as_slice(), val.as_slice())
+            .put_raw(key.as_slice(), Some(val.as_slice()))
             .map_err(|e| IndexError::redb(&format!("writing {}", R::NAME), e))?
             .is_some())
     }
@@ -399,10 +651,10 @@ impl<'a, 't, R: Record> ViewMut<'a, 't, R> {
         let key = key_bytes::<R>(k);
         match self
             .table
-            .remove(key.as_slice())
+            .put_raw(key.as_slice(), None)
             .map_err(|e| IndexError::redb(&format!("removing {}", R::NAME), e))?
         {
-            Some(v) => Ok(Some(R::read_val(v.value())?)),
+            Some(v) => Ok(Some(R::read_val(&v)?)),
             None => Ok(None),
         }
     }
@@ -411,7 +663,7 @@ impl<'a, 't, R: Record> ViewMut<'a, 't, R> {
     pub(super) fn clear(&mut self) -> IndexResult<()> {
         let (lo, hi) = bounds::<R>(Bound::Unbounded, Bound::Unbounded);
         self.table
-            .retain_in::<&[u8], _>((as_slice(&lo), as_slice(&hi)), |_, _| false)
+            .clear_raw(as_slice(&lo), as_slice(&hi))
             .map_err(|e| IndexError::redb(&format!("clearing {}s", R::NAME), e))
     }
 }
@@ -597,10 +849,10 @@ mod tests {
                     a.insert((*x, *y, n.as_str()), ()).unwrap();
                     c.insert((*x, *y), i).unwrap();
                     k.insert(key.as_str(), i).unwrap();
-                    ViewMut::<Dirents>::new(&mut one).insert((*x, n), (i, 0)).unwrap();
-                    ViewMut::<Aliases>::new(&mut one).insert((*x, *y, n), ()).unwrap();
-                    ViewMut::<Cookies>::new(&mut one).insert((*x, *y), (i, "")).unwrap();
-                    ViewMut::<Keys>::new(&mut one).insert(&key, (i, 0)).unwrap();
+                    ViewMut::<_, Dirents>::new(&mut one).insert((*x, n), (i, 0)).unwrap();
+                    ViewMut::<_, Aliases>::new(&mut one).insert((*x, *y, n), ()).unwrap();
+                    ViewMut::<_, Cookies>::new(&mut one).insert((*x, *y), (i, "")).unwrap();
+                    ViewMut::<_, Keys>::new(&mut one).insert(&key, (i, 0)).unwrap();
                 }
             }
             txn.commit().unwrap();
@@ -680,18 +932,138 @@ mod tests {
         }
     }
 
+    /// A byte key from a small set, so that layers often meet on one key.
+    fn raw_key() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            proptest::sample::select(vec![0u8, 1, b'a', b'b', 255]),
+            0..3,
+        )
+    }
+
+    fn raw_bound() -> impl Strategy<Value = Bound<Vec<u8>>> {
+        prop_oneof![
+            Just(Bound::Unbounded),
+            raw_key().prop_map(Bound::Included),
+            raw_key().prop_map(Bound::Excluded),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The table with held changes and a write's changes over it reads as one plain table
+        /// with all of them applied in order: gets, ranges, inserts and removals through
+        /// `LayersMut`, and the held changes applied by `apply`. Fails if a removal does not
+        /// hide the table's record, or if an older layer wins over a newer one.
+        #[test]
+        fn layers_read_as_the_plain_table_they_stand_for(
+            ops in proptest::collection::vec(
+                (0..3u8, raw_key(), proptest::option::of(raw_key())),
+                0..40,
+            ),
+            ranges in proptest::collection::vec((raw_bound(), raw_bound()), 1..6),
+        ) {
+            let db = db();
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut held = Overlay::new();
+            let mut local = Overlay::new();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(INDEX).unwrap();
+                // The table's records come first, then the held changes, then the write's.
+                for (layer, k, v) in ops.iter().filter(|op| op.0 == 0) {
+                    let _ = layer;
+                    match v {
+                        Some(v) => { t.insert(k.as_slice(), v.as_slice()).unwrap(); }
+                        None => { t.remove(k.as_slice()).unwrap(); }
+                    }
+                }
+            }
+            txn.commit().unwrap();
+            for (_, k, v) in ops.iter().filter(|op| op.0 == 0) {
+                match v {
+                    Some(v) => { model.insert(k.clone(), v.clone()); }
+                    None => { model.remove(k); }
+                }
+            }
+            for (_, k, v) in ops.iter().filter(|op| op.0 == 1) {
+                held.insert(k.clone(), v.clone());
+                match v {
+                    Some(v) => { model.insert(k.clone(), v.clone()); }
+                    None => { model.remove(k); }
+                }
+            }
+            let read = db.begin_read().unwrap();
+            let base = read.open_table(INDEX).unwrap();
+            {
+                let mut sink = LayersMut { base: &base, held: Some(&held), local: &mut local };
+                for (_, k, v) in ops.iter().filter(|op| op.0 == 2) {
+                    let old = sink.put_raw(k, v.as_deref()).unwrap();
+                    prop_assert_eq!(old.as_ref(), model.get(k));
+                    match v {
+                        Some(v) => { model.insert(k.clone(), v.clone()); }
+                        None => { model.remove(k); }
+                    }
+                }
+            }
+            let layers = Layers { base: &base, held: Some(&held), local: Some(&local) };
+            for k in model.keys().chain(ops.iter().map(|op| &op.1)) {
+                let got = layers.get_raw(k).unwrap();
+                prop_assert_eq!(got.as_ref(), model.get(k));
+            }
+            for (lo, hi) in &ranges {
+                let (lo, hi) = (as_slice(lo), as_slice(hi));
+                // redb refuses a range whose start is past its end, as BTreeMap panics on it.
+                let empty = match (lo, hi) {
+                    (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
+                        a > b || (a == b && !(matches!(lo, Bound::Included(_)) && matches!(hi, Bound::Included(_))))
+                    }
+                    _ => false,
+                };
+                if empty {
+                    continue;
+                }
+                let want: Vec<(Vec<u8>, Vec<u8>)> = model
+                    .range::<[u8], _>((lo, hi))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let got: Vec<(Vec<u8>, Vec<u8>)> =
+                    layers.range_raw(lo, hi).unwrap().map(Result::unwrap).collect();
+                prop_assert_eq!(got, want);
+            }
+            // Applying the held changes and then the write's to the table gives the model.
+            drop(base);
+            drop(read);
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(INDEX).unwrap();
+                apply(&mut t, &held).unwrap();
+                apply(&mut t, &local).unwrap();
+            }
+            txn.commit().unwrap();
+            let read = db.begin_read().unwrap();
+            let t = read.open_table(INDEX).unwrap();
+            let all: Vec<(Vec<u8>, Vec<u8>)> =
+                t.range_raw(Bound::Unbounded, Bound::Unbounded).unwrap().map(Result::unwrap).collect();
+            let want: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
+            prop_assert_eq!(all, want);
+        }
+    }
+
     #[test]
     fn records_of_one_kind_never_meet_another_kinds_range() {
         let db = db();
         let txn = db.begin_write().unwrap();
         {
             let mut one = txn.open_table(INDEX).unwrap();
-            ViewMut::<Nodes>::new(&mut one)
+            ViewMut::<_, Nodes>::new(&mut one)
                 .insert(u64::MAX, b"n".as_slice())
                 .unwrap();
-            ViewMut::<Meta>::new(&mut one).insert("zzz", 1).unwrap();
-            ViewMut::<Keys>::new(&mut one).insert("", (1, 2)).unwrap();
-            ViewMut::<Xattrs>::new(&mut one)
+            ViewMut::<_, Meta>::new(&mut one).insert("zzz", 1).unwrap();
+            ViewMut::<_, Keys>::new(&mut one)
+                .insert("", (1, 2))
+                .unwrap();
+            ViewMut::<_, Xattrs>::new(&mut one)
                 .insert((0, ""), b"".as_slice())
                 .unwrap();
         }

@@ -22,14 +22,17 @@
 //! The format version is kept apart, in a `meta` table of its own.
 //!
 //! Lookup is one B-tree probe per path component; listing a directory is one range scan of its
-//! cookies, O(its entries), never a walk of its subtree. Writes commit without fsync and are made
-//! durable by a [`GroupCommit`] within a bounded delay, or at once by [`Index::sync`].
+//! cookies, O(its entries), never a walk of its subtree. A write's commit is held in memory,
+//! visible to every read, and reaches redb in batches (`held`); the batches commit without
+//! fsync and are made durable by a [`GroupCommit`] within a bounded delay, or at once by
+//! [`Index::sync`].
 
 mod activity;
 pub mod build;
 pub mod changes;
 pub mod error;
 pub mod follow;
+mod held;
 mod keycache;
 mod layout;
 pub mod node;
@@ -45,10 +48,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
-    WriteTransaction,
-};
+use redb::{Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
 
 pub use error::{IndexError, IndexErrorKind, IndexResult};
 pub use node::{Node, NodeId, NodeKind, ROOT, Timestamp};
@@ -62,8 +62,8 @@ use crate::datastore::query::prefix_range;
 use crate::group_commit::{self, GroupCommit};
 
 use layout::{
-    Aliases, Cookies, Dirents, FORMAT_VERSION, INDEX, Keys, Meta, Nodes, OLD_FORMAT_VERSION,
-    VERSION, VERSION_KEY, View, ViewMut, Xattrs,
+    Aliases, Cookies, Dirents, FORMAT_VERSION, INDEX, Keys, Layers, LayersMut, Meta, Nodes,
+    OLD_FORMAT_VERSION, Overlay, Source, VERSION, VERSION_KEY, View, ViewMut, Xattrs,
 };
 
 const META_NEXT_ID: &str = "next_node_id";
@@ -130,6 +130,10 @@ pub struct KeyEntry {
 /// The redb key index. Cheap to share (`Arc<Index>`); every method takes `&self`.
 pub struct Index {
     db: Arc<Database>,
+    /// Records written by committed writes but not yet in redb (see `held`).
+    held: Arc<held::Held>,
+    /// Whether writes may be held (see `held`); `None` for an index in memory.
+    headroom: Option<crate::space::Headroom>,
     commits: GroupCommit,
     path: Option<PathBuf>,
     options: IndexOptions,
@@ -252,7 +256,7 @@ impl Index {
             let mut table = txn
                 .open_table(INDEX)
                 .map_err(|e| IndexError::redb("opening the index table", e))?;
-            let mut meta = ViewMut::<Meta>::new(&mut table);
+            let mut meta = ViewMut::<_, Meta>::new(&mut table);
             if fresh {
                 txn.open_table(VERSION)
                     .map_err(|e| IndexError::redb("opening meta", e))?
@@ -269,22 +273,35 @@ impl Index {
                     options.gid,
                 );
                 root.explicit = true;
-                ViewMut::<Nodes>::new(&mut table).insert(ROOT, root.encode().as_slice())?;
+                ViewMut::<_, Nodes>::new(&mut table).insert(ROOT, root.encode().as_slice())?;
             }
-            let meta = View::<_, Meta>::new(&table);
+            let meta = View::<_, Meta>::new(&mut table);
             counters = Counters {
                 node: Counter::resume(&meta, META_NEXT_ID)?,
                 cookie: Counter::resume(&meta, META_NEXT_COOKIE)?,
             };
             was_unclean = meta.get(META_OPEN)? == Some(1);
-            ViewMut::<Meta>::new(&mut table).insert(META_OPEN, 1)?;
+            ViewMut::<_, Meta>::new(&mut table).insert(META_OPEN, 1)?;
         }
         txn.commit()
             .map_err(|e| IndexError::redb("committing the index start", e))?;
         let db = Arc::new(db);
-        let commits = GroupCommit::start(db.clone(), Some(options.commit_interval), "index");
+        let held = Arc::new(held::Held::new(db.clone()));
+        let commit = {
+            let (db, held) = (db.clone(), held.clone());
+            // The held records are written just before the durable commit, which then covers
+            // them (see `held`).
+            Box::new(move || {
+                held.flush()?;
+                group_commit::durable_commit(&db)
+            })
+        };
+        let commits = GroupCommit::with_commit(commit, Some(options.commit_interval), "index");
+        let headroom = path.as_deref().map(crate::space::Headroom::of_file);
         Ok(Index {
             db,
+            held,
+            headroom,
             commits,
             path,
             options,
@@ -341,6 +358,7 @@ impl Index {
             }
             // No write runs while this is held, and none begins after it (the index is closed).
             let counters = self.write_serial.lock();
+            let mut held = self.held.set.write();
             let mut txn = self
                 .db
                 .begin_write()
@@ -351,7 +369,8 @@ impl Index {
                 let mut table = txn
                     .open_table(INDEX)
                     .map_err(|e| IndexError::redb("opening the index table", e))?;
-                let mut meta = ViewMut::<Meta>::new(&mut table);
+                self.held.apply_in(&held, &mut table)?;
+                let mut meta = ViewMut::<_, Meta>::new(&mut table);
                 // Until the store has been reconciled, the next open must still see the crash.
                 let open = if self.reconciled.load(std::sync::atomic::Ordering::Acquire) {
                     0
@@ -369,21 +388,37 @@ impl Index {
             }
             txn.commit()
                 .map_err(|e| IndexError::redb("closing the index", e))?;
+            self.held.applied(&mut held);
+            drop(held);
             drop(counters);
             self.commits.stop().map_err(IndexError::from)
         })
     }
 
-    fn read_txn(&self) -> IndexResult<ReadTransaction> {
+    /// A read of the index: the held records' read lock, then a redb read transaction (see
+    /// `held` for why in that order).
+    fn read_txn(&self) -> IndexResult<Reading<'_>> {
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.db
+        let held = self.held.set.read();
+        let txn = self
+            .db
             .begin_read()
-            .map_err(|e| IndexError::redb("starting an index read", e))
+            .map_err(|e| IndexError::redb("starting an index read", e))?;
+        let table = open_read(&txn)?;
+        Ok(Reading { held, table })
     }
 
-    /// Runs `f` in one write transaction, committed without fsync (made durable by the group
-    /// committer or [`Index::sync`]). If `f` fails nothing is written.
+    /// Whether a write may be held now rather than committed at once (see `held`).
+    fn may_hold(&self) -> bool {
+        self.headroom
+            .as_ref()
+            .is_none_or(crate::space::Headroom::plenty)
+    }
+
+    /// Runs `f` in one write transaction, whose commit is held in memory and visible at once
+    /// (written to redb with others, and made durable by the group committer or
+    /// [`Index::sync`]: see `held`). If `f` fails nothing is written.
     pub fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> IndexResult<T>) -> IndexResult<T> {
         self.write_if(|tx| Ok((f(tx)?, true)))
     }
@@ -402,18 +437,17 @@ impl Index {
                 ));
             }
             // Held until the cached directory records are updated after the commit, so that
-            // two writes update them in the order they committed (redb orders the writes
-            // themselves the same way: one write transaction at a time).
+            // two writes update them in the order they committed.
             let mut serial = self.write_serial.lock();
             let _running = self.writes_running.begin();
-            let mut txn = self
-                .db
-                .begin_write()
-                .map_err(|e| IndexError::redb("starting an index write", e))?;
-            txn.set_durability(Durability::None)
-                .map_err(|e| IndexError::redb("starting an index write", e))?;
-            let (result, dirs_moved, written, counters, keys_added) = {
-                let mut tx = Tx::open(&txn, &self.options, *serial)?;
+            let (result, dirs_moved, written, counters, keys_added, changes) = {
+                let held = self.held.set.read();
+                let txn = self
+                    .db
+                    .begin_read()
+                    .map_err(|e| IndexError::redb("starting an index write", e))?;
+                let base = open_read(&txn)?;
+                let mut tx = Tx::open(&base, &held.map, &self.options, *serial);
                 let (result, commit) = f(&mut tx)?;
                 if !commit {
                     return Ok(result);
@@ -424,9 +458,11 @@ impl Index {
                     std::mem::take(&mut tx.written),
                     tx.counters,
                     tx.keys_added,
+                    std::mem::take(&mut tx.local),
                 )
             };
-            let committed = txn.commit();
+            // The commit: held, or written at once with the held records (see `held`).
+            let committed = self.held.commit(changes, self.may_hold());
             if committed.is_ok() {
                 // Ids handed out by a write that did not commit are handed out again.
                 *serial = counters;
@@ -439,7 +475,7 @@ impl Index {
                 self.dir_keys.invalidate();
             }
             drop(serial);
-            committed.map_err(|e| IndexError::redb("committing an index write", e))?;
+            committed?;
             self.commits.mark_dirty();
             self.writes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -465,9 +501,21 @@ impl Index {
     }
 
     /// How many write transactions [`Index::write`] has committed since the index was opened:
-    /// what one filesystem operation costs the index, for tests and profiling.
+    /// what one filesystem operation costs the index, for tests and profiling. Most are held
+    /// in memory and reach redb in batches (see [`Index::redb_write_count`]).
     pub fn write_count(&self) -> u64 {
         self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many redb write transactions have written held records (or a write committed at
+    /// once) since the index was opened.
+    pub fn redb_write_count(&self) -> u64 {
+        self.held.commits()
+    }
+
+    /// How many records are held in memory, not yet written to redb.
+    pub fn held_count(&self) -> usize {
+        self.held.len()
     }
 
     /// How many read transactions the index's lookups have begun since it was opened (with
@@ -484,8 +532,8 @@ impl Index {
         }
         guard("node", || {
             let generation = self.dir_nodes.generation();
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             let n = get_node(&table, id)?
                 .ok_or_else(|| IndexError::not_found(format!("no node {id}")))?;
             self.dir_nodes.insert(generation, id, &n);
@@ -496,8 +544,8 @@ impl Index {
     /// The entry `name` in directory `parent`.
     pub fn lookup(&self, parent: NodeId, name: &str) -> IndexResult<Option<(NodeId, Node)>> {
         guard("lookup", || {
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             let Some((id, _)) = View::<_, Dirents>::new(&table).get((parent, name))? else {
                 return Ok(None);
             };
@@ -511,8 +559,8 @@ impl Index {
     /// The node at `key`'s path: a file, a symlink or a directory (implied or explicit).
     pub fn resolve(&self, key: &Key) -> IndexResult<Option<(NodeId, Node)>> {
         guard("resolve", || {
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             let dirents = View::<_, Dirents>::new(&table);
             let mut id = ROOT;
             for comp in key.components() {
@@ -536,8 +584,8 @@ impl Index {
         }
         guard("key_of", || {
             let generation = self.dir_keys.generation();
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             self.dir_keys.key_of(generation, &table, id)
         })
     }
@@ -546,8 +594,8 @@ impl Index {
     /// value.
     pub fn value_size(&self, key: &Key) -> IndexResult<Option<u64>> {
         guard("value_size", || {
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             Ok(View::<_, Keys>::new(&table)
                 .get(key.as_str())?
                 .map(|(_, size)| size))
@@ -559,8 +607,8 @@ impl Index {
     /// listing resumed after removals skips nothing and repeats nothing.
     pub fn list(&self, dir: NodeId, after: u64, limit: usize) -> IndexResult<Vec<DirEntry>> {
         guard("list", || {
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             let lo = (dir, after.saturating_add(1));
             let hi = (dir, u64::MAX);
             let mut out = Vec::new();
@@ -584,8 +632,8 @@ impl Index {
     /// The number of entries in directory `dir` (a range scan of its cookies).
     pub fn entry_count(&self, dir: NodeId) -> IndexResult<u64> {
         guard("entry_count", || {
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             let mut n = 0;
             for item in View::<_, Cookies>::new(&table)
                 .range(Bound::Included((dir, 0)), Bound::Included((dir, u64::MAX)))?
@@ -606,8 +654,8 @@ impl Index {
         guard("key_count", || {
             // No write commits during the scan, so the count is exact when it is stored.
             let _serial = self.write_serial.lock();
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             let mut n = 0;
             for item in View::<_, Keys>::new(&table).range(Bound::Unbounded, Bound::Unbounded)? {
                 item?;
@@ -621,8 +669,8 @@ impl Index {
     /// Whether any key holds a value (cheaper than [`Index::key_count`] the first time).
     pub fn has_keys(&self) -> IndexResult<bool> {
         guard("has_keys", || {
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             View::<_, Keys>::new(&table).any_in(Bound::Unbounded, Bound::Unbounded)
         })
     }
@@ -634,8 +682,8 @@ impl Index {
         prefix: Option<&Key>,
     ) -> IndexResult<impl Iterator<Item = IndexResult<KeyEntry>> + Send + 'static> {
         guard("keys", || {
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             let (lo, hi) = match prefix_range(prefix) {
                 Some((lo, hi)) => layout::bounds::<Keys>(
                     Bound::Included(lo.as_str()),
@@ -643,13 +691,14 @@ impl Index {
                 ),
                 None => layout::bounds::<Keys>(Bound::Unbounded, Bound::Unbounded),
             };
-            // The table's own range: it keeps the transaction alive, so the stream outlives it.
+            // The table's own range keeps the transaction alive, and the held records in the
+            // range are copied, so the stream outlives both.
             let range = table
-                .range::<&[u8]>((layout::as_slice(&lo), layout::as_slice(&hi)))
+                .range_raw(layout::as_slice(&lo), layout::as_slice(&hi))
                 .map_err(|e| IndexError::redb("scanning keys", e))?;
             let entries = range.map(|item| {
                 let (k, v) = item.map_err(|e| IndexError::redb("scanning keys", e))?;
-                let (key, (id, size)) = layout::decode::<Keys>(k.value(), v.value())?;
+                let (key, (id, size)) = layout::decode::<Keys>(&k, &v)?;
                 let key = Key::from_raw(key)
                     .map_err(|e| IndexError::corrupt(format!("unclean key: {e}")))?;
                 Ok(KeyEntry { key, id, size })
@@ -665,8 +714,8 @@ impl Index {
     /// The extended attribute `name` of node `id`.
     pub fn xattr(&self, id: NodeId, name: &str) -> IndexResult<Option<Vec<u8>>> {
         guard("xattr", || {
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             View::<_, Xattrs>::new(&table).get((id, name))
         })
     }
@@ -674,8 +723,8 @@ impl Index {
     /// The extra names (directory, name) of a hard-linked node `id`.
     pub fn aliases(&self, id: NodeId) -> IndexResult<Vec<(NodeId, String)>> {
         guard("aliases", || {
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             aliases_of(&table, id)
         })
     }
@@ -683,8 +732,8 @@ impl Index {
     /// The names of node `id`'s extended attributes.
     pub fn xattr_names(&self, id: NodeId) -> IndexResult<Vec<String>> {
         guard("xattr_names", || {
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             Ok(xattrs_of(&table, id)?
                 .into_iter()
                 .map(|(name, _)| name)
@@ -770,10 +819,27 @@ fn open_read(txn: &ReadTransaction) -> IndexResult<ReadOnlyTable<&'static [u8], 
         .map_err(|e| IndexError::redb("opening the index table", e))
 }
 
-/// The index's one table, in a read or a write transaction.
-trait IndexTable: ReadableTable<&'static [u8], &'static [u8]> {}
+/// A read of the index (see [`Index::read_txn`]).
+struct Reading<'a> {
+    held: held::ReadGuard<'a, held::Set>,
+    table: ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
 
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> IndexTable for T {}
+impl Reading<'_> {
+    /// The committed table with the held records over it.
+    fn view(&self) -> Layers<'_> {
+        Layers {
+            base: &self.table,
+            held: Some(&self.held.map),
+            local: None,
+        }
+    }
+}
+
+/// The index's records, as a read or a write transaction sees them.
+trait IndexTable: Source {}
+
+impl<T: Source> IndexTable for T {}
 
 fn get_node(table: &impl IndexTable, id: NodeId) -> IndexResult<Option<Node>> {
     View::<_, Nodes>::new(table).get(id)
@@ -868,7 +934,7 @@ struct Counter {
 
 impl Counter {
     /// The counter that `name` of the meta table resumes at.
-    fn resume<T: IndexTable>(meta: &View<'_, T, Meta>, name: &str) -> IndexResult<Counter> {
+    fn resume<T: IndexTable>(meta: &View<T, Meta>, name: &str) -> IndexResult<Counter> {
         let at = meta
             .get(name)?
             .ok_or_else(|| IndexError::corrupt(format!("meta {name} missing")))?;
@@ -886,9 +952,16 @@ struct Counters {
     cookie: Counter,
 }
 
-/// One index write transaction, over the index's one table. Obtained through [`Index::write`].
+/// One index write transaction: it reads the committed table with the held records and its own
+/// changes over it, and writes only its own changes (see `held`). Obtained through
+/// [`Index::write`].
 pub struct Tx<'t> {
-    table: Table<'t, &'static [u8], &'static [u8]>,
+    /// The committed table, in a read transaction begun under the held records' read lock.
+    base: &'t ReadOnlyTable<&'static [u8], &'static [u8]>,
+    /// The held records (see `held`).
+    held: &'t Overlay,
+    /// This write's own changes, merged into the held records if it commits.
+    local: Overlay,
     uid: u32,
     gid: u32,
     /// A directory got a new parent or name: cached directory keys are stale after commit.
@@ -906,15 +979,15 @@ pub struct Tx<'t> {
 
 impl<'t> Tx<'t> {
     fn open(
-        txn: &'t WriteTransaction,
+        base: &'t ReadOnlyTable<&'static [u8], &'static [u8]>,
+        held: &'t Overlay,
         options: &IndexOptions,
         counters: Counters,
-    ) -> IndexResult<Tx<'t>> {
-        let table = txn
-            .open_table(INDEX)
-            .map_err(|e| IndexError::redb("opening the index table", e))?;
-        Ok(Tx {
-            table,
+    ) -> Tx<'t> {
+        Tx {
+            base,
+            held,
+            local: Overlay::new(),
             uid: options.uid,
             gid: options.gid,
             dirs_moved: false,
@@ -922,51 +995,68 @@ impl<'t> Tx<'t> {
             listings: None,
             counters,
             keys_added: Some(0),
-        })
+        }
     }
 
     // Typed views of the one table (see `layout`).
 
-    fn table(&self) -> &Table<'t, &'static [u8], &'static [u8]> {
-        &self.table
+    /// The records as this write sees them: the table, the held records, its own changes.
+    fn table(&self) -> Layers<'_> {
+        Layers {
+            base: self.base,
+            held: Some(self.held),
+            local: Some(&self.local),
+        }
     }
 
-    fn t_meta_mut(&mut self) -> ViewMut<'_, 't, Meta> {
-        ViewMut::new(&mut self.table)
+    fn sink(&mut self) -> LayersMut<'_> {
+        LayersMut {
+            base: self.base,
+            held: Some(self.held),
+            local: &mut self.local,
+        }
+    }
+
+    fn t_meta_mut(&mut self) -> ViewMut<LayersMut<'_>, Meta> {
+        ViewMut::new(self.sink())
     }
 
     /// The node records, to write node `id` (with `None`, any node).
-    fn t_nodes_mut(&mut self, id: Option<NodeId>, node: Option<&Node>) -> ViewMut<'_, 't, Nodes> {
+    fn t_nodes_mut(
+        &mut self,
+        id: Option<NodeId>,
+        node: Option<&Node>,
+    ) -> ViewMut<LayersMut<'_>, Nodes> {
         self.written.note(id, node);
-        ViewMut::new(&mut self.table)
+        ViewMut::new(self.sink())
     }
 
-    fn t_dirents(&self) -> View<'_, Table<'t, &'static [u8], &'static [u8]>, Dirents> {
-        View::new(&self.table)
+    fn t_dirents(&self) -> View<Layers<'_>, Dirents> {
+        View::new(self.table())
     }
 
-    fn t_dirents_mut(&mut self) -> ViewMut<'_, 't, Dirents> {
-        ViewMut::new(&mut self.table)
+    fn t_dirents_mut(&mut self) -> ViewMut<LayersMut<'_>, Dirents> {
+        ViewMut::new(self.sink())
     }
 
-    fn t_cookies(&self) -> View<'_, Table<'t, &'static [u8], &'static [u8]>, Cookies> {
-        View::new(&self.table)
+    fn t_cookies(&self) -> View<Layers<'_>, Cookies> {
+        View::new(self.table())
     }
 
-    fn t_cookies_mut(&mut self) -> ViewMut<'_, 't, Cookies> {
-        ViewMut::new(&mut self.table)
+    fn t_cookies_mut(&mut self) -> ViewMut<LayersMut<'_>, Cookies> {
+        ViewMut::new(self.sink())
     }
 
-    fn t_xattrs(&self) -> View<'_, Table<'t, &'static [u8], &'static [u8]>, Xattrs> {
-        View::new(&self.table)
+    fn t_xattrs(&self) -> View<Layers<'_>, Xattrs> {
+        View::new(self.table())
     }
 
-    fn t_xattrs_mut(&mut self) -> ViewMut<'_, 't, Xattrs> {
-        ViewMut::new(&mut self.table)
+    fn t_xattrs_mut(&mut self) -> ViewMut<LayersMut<'_>, Xattrs> {
+        ViewMut::new(self.sink())
     }
 
-    fn t_aliases_mut(&mut self) -> ViewMut<'_, 't, Aliases> {
-        ViewMut::new(&mut self.table)
+    fn t_aliases_mut(&mut self) -> ViewMut<LayersMut<'_>, Aliases> {
+        ViewMut::new(self.sink())
     }
 
     /// The next node id. Ids are handed out from memory; only the write that reaches the end
@@ -1001,7 +1091,7 @@ impl<'t> Tx<'t> {
 
     /// The node `id`.
     pub fn node(&self, id: NodeId) -> IndexResult<Option<Node>> {
-        get_node(self.table(), id)
+        get_node(&self.table(), id)
     }
 
     /// The node `id`, or a `NotFound` error.
@@ -1040,7 +1130,7 @@ impl<'t> Tx<'t> {
 
     /// The key of node `id`.
     pub fn key_of(&self, id: NodeId) -> IndexResult<Key> {
-        key_of(self.table(), id)
+        key_of(&self.table(), id)
     }
 
     /// Whether directory `dir` has any entry.
@@ -1110,7 +1200,7 @@ impl<'t> Tx<'t> {
         for (parent, name) in self.aliases(id)? {
             self.remove_alias(id, parent, &name)?;
         }
-        for (name, _) in xattrs_of(self.table(), id)? {
+        for (name, _) in xattrs_of(&self.table(), id)? {
             self.t_xattrs_mut().remove((id, name.as_str()))?;
         }
         Ok(())
@@ -1129,12 +1219,12 @@ impl<'t> Tx<'t> {
 
     /// The extra names (directory, name) of node `id`.
     pub fn aliases(&self, id: NodeId) -> IndexResult<Vec<(NodeId, String)>> {
-        aliases_of(self.table(), id)
+        aliases_of(&self.table(), id)
     }
 
     /// Records `key` in the `keys` table.
     pub fn set_key(&mut self, key: &Key, id: NodeId, size: u64) -> IndexResult<()> {
-        let existed = ViewMut::<Keys>::new(&mut self.table).insert(key.as_str(), (id, size))?;
+        let existed = ViewMut::<_, Keys>::new(self.sink()).insert(key.as_str(), (id, size))?;
         if !existed {
             self.keys_added = self.keys_added.map(|n| n + 1);
         }
@@ -1148,7 +1238,7 @@ impl<'t> Tx<'t> {
 
     /// Removes `key` from the `keys` table; returns its node and value size if it was there.
     pub fn take_key(&mut self, key: &Key) -> IndexResult<Option<(NodeId, u64)>> {
-        let removed = ViewMut::<Keys>::new(&mut self.table).remove(key.as_str())?;
+        let removed = ViewMut::<_, Keys>::new(self.sink()).remove(key.as_str())?;
         if removed.is_some() {
             self.keys_added = self.keys_added.map(|n| n - 1);
         }
@@ -1331,7 +1421,7 @@ impl<'t> Tx<'t> {
     pub fn clear(&mut self) -> IndexResult<()> {
         self.t_dirents_mut().clear()?;
         self.t_cookies_mut().clear()?;
-        ViewMut::<Keys>::new(&mut self.table).clear()?;
+        ViewMut::<_, Keys>::new(self.sink()).clear()?;
         self.keys_added = None;
         self.t_xattrs_mut().clear()?;
         self.t_aliases_mut().clear()?;

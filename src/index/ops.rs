@@ -3,7 +3,7 @@
 //! comes from one read transaction, and what they change is one write transaction.
 
 use super::layout::{Dirents, View};
-use super::{Index, IndexError, IndexResult, Node, NodeId, get_node, guard, open_read};
+use super::{Index, IndexError, IndexResult, Node, NodeId, get_node, guard};
 use crate::datastore::Key;
 
 /// A directory, one of its entries and (on request) the directory's key, read together.
@@ -28,8 +28,8 @@ impl Index {
     ) -> IndexResult<DirLookup> {
         guard("dir_lookup", || {
             let generation = self.dir_keys.generation();
-            let txn = self.read_txn()?;
-            let table = open_read(&txn)?;
+            let reading = self.read_txn()?;
+            let table = reading.view();
             let dir = get_node(&table, parent)?
                 .ok_or_else(|| IndexError::not_found(format!("no node {parent}")))?;
             let entry = match name {

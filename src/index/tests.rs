@@ -350,9 +350,11 @@ fn create_files(ix: &Index, prefix: &str, n: usize) -> Vec<NodeId> {
 }
 
 fn meta_value(ix: &Index, name: &str) -> u64 {
-    let txn = ix.read_txn().unwrap();
-    let table = open_read(&txn).unwrap();
-    View::<_, Meta>::new(&table).get(name).unwrap().unwrap()
+    let reading = ix.read_txn().unwrap();
+    View::<_, Meta>::new(reading.view())
+        .get(name)
+        .unwrap()
+        .unwrap()
 }
 
 #[test]

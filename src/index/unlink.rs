@@ -90,7 +90,7 @@ impl Tx<'_> {
     /// has them only while it has more than one name, and only such nodes' are read.
     fn remove_node_returning_xattrs(&mut self, id: NodeId) -> IndexResult<Vec<(String, Vec<u8>)>> {
         self.t_nodes_mut(Some(id), None).remove(id)?;
-        let xattrs = super::xattrs_of(self.table(), id)?;
+        let xattrs = super::xattrs_of(&self.table(), id)?;
         for (name, _) in &xattrs {
             self.t_xattrs_mut().remove((id, name.as_str()))?;
         }
@@ -141,7 +141,7 @@ impl Index {
             let key = if node.kind == NodeKind::File {
                 Some(
                     self.dir_keys
-                        .key_of(generation, tx.table(), parent)?
+                        .key_of(generation, &tx.table(), parent)?
                         .join_component(name)
                         .map_err(|e| {
                             IndexError::corrupt(format!("entry {name:?} of {parent}: {e}"))
