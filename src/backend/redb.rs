@@ -66,6 +66,11 @@ pub struct RedbStore {
     options: RedbOptions,
     commits: GroupCommit,
     closed: AtomicBool,
+    /// Held shared by every change from its check that the store is open until the change is
+    /// held or written, and exclusively by `close` while it marks the store closed. A change
+    /// that passed the check is therefore pending or in redb before `close`'s final durable
+    /// commit, and every later one fails as closed: none is acknowledged and then dropped.
+    open_gate: parking_lot::RwLock<()>,
     /// Puts and deletes not yet written (see [`super::redb_pending`]); always empty with
     /// `durable_puts`.
     pending: Arc<Pending>,
@@ -79,6 +84,10 @@ pub struct RedbStore {
     /// See [`RedbStore::fail_writes`].
     #[cfg(test)]
     fail_writes: Arc<AtomicBool>,
+    /// Called by a held change between its open check and its entry (see
+    /// [`RedbStore::on_enter`]).
+    #[cfg(test)]
+    enter_hook: DurableHook,
 }
 
 #[cfg(test)]
@@ -180,12 +189,15 @@ impl RedbStore {
                 options,
                 commits,
                 closed: AtomicBool::new(false),
+                open_gate: parking_lot::RwLock::new(()),
                 pending,
                 writes: AtomicU64::new(0),
                 #[cfg(test)]
                 durable_hook,
                 #[cfg(test)]
                 fail_writes,
+                #[cfg(test)]
+                enter_hook: DurableHook::default(),
             })
         })
     }
@@ -285,6 +297,13 @@ impl RedbStore {
         *self.durable_hook.lock() = Some(Box::new(f));
     }
 
+    /// Sets the function a held put or delete calls after it found the store open and before
+    /// it enters the pending set.
+    #[cfg(test)]
+    pub(super) fn on_enter(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.enter_hook.lock() = Some(Box::new(f));
+    }
+
     /// How many puts and deletes wait for the next write transaction or durable commit.
     #[cfg(test)]
     pub(super) fn pending(&self) -> usize {
@@ -305,7 +324,10 @@ impl RedbStore {
         // full disk it is committed at once, so that ENOSPC meets its writer. A delete frees
         // space and is always held.
         if !self.options.durable_puts && (value.is_none() || self.headroom.plenty()) {
+            let _open = self.open_gate.read();
             self.check_open()?;
+            #[cfg(test)]
+            run_hook(&self.enter_hook);
             if self.pending.enter(key.as_str(), value) {
                 self.commits.mark_dirty();
                 return Ok(());
@@ -329,6 +351,7 @@ impl RedbStore {
     /// Runs `f` in one write transaction, after the pending puts and deletes.
     fn write(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>) -> Result<()> {
         guard("redb store: write", || {
+            let _open = self.open_gate.read();
             self.check_open()?;
             let mut txn = self
                 .db
@@ -502,8 +525,12 @@ impl Datastore for RedbStore {
 
     fn close(&self) -> Result<()> {
         guard("redb store: close", || {
-            if self.closed.swap(true, Ordering::AcqRel) {
-                return Ok(());
+            {
+                // Waits for the changes under way (see `open_gate`).
+                let _closing = self.open_gate.write();
+                if self.closed.swap(true, Ordering::AcqRel) {
+                    return Ok(());
+                }
             }
             self.commits.stop()
         })

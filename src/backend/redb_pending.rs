@@ -418,6 +418,55 @@ mod tests {
         assert_eq!(store.get(&Key::new("/c")).unwrap(), b"c");
     }
 
+    /// A put that found the store open and then lost the race with `close` was acknowledged
+    /// but entered the pending set after close's final durable commit, where nothing would
+    /// write it. `close` now waits for a change under way, so the put is written by it (or,
+    /// had close come first, fails as closed). The put stops between its open check and its
+    /// entry until `close` has run or has been waited for; on the old code `close` finished
+    /// meanwhile and the put stayed pending after it.
+    #[test]
+    fn a_put_racing_close_is_written_by_it_or_refused() {
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(open(&dir.path().join("values.redb")));
+        let (in_window, put_waits) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
+        let released = parking_lot::Mutex::new(released);
+        let in_window = parking_lot::Mutex::new(in_window);
+        store.on_enter(move || {
+            let _ = in_window.lock().send(());
+            let _ = released.lock().recv();
+        });
+        let putter = {
+            let store = store.clone();
+            std::thread::spawn(move || store.put(&Key::new("/late"), b"v"))
+        };
+        put_waits.recv().unwrap();
+        let (closed_tx, closed_rx) = mpsc::channel();
+        let closer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let r = store.close();
+                let _ = closed_tx.send(());
+                r
+            })
+        };
+        // The old code's close needs nothing from the put and finishes; the new one waits for
+        // it. Either way the put goes on after this.
+        let _ = closed_rx.recv_timeout(std::time::Duration::from_millis(300));
+        release.send(()).unwrap();
+        let put = putter.join().unwrap();
+        closer.join().unwrap().unwrap();
+        match put {
+            Ok(()) => assert_eq!(
+                store.pending(),
+                0,
+                "an acknowledged put is still pending after close"
+            ),
+            Err(e) => assert_eq!(e.kind(), crate::ErrorKind::Closed, "{e}"),
+        }
+    }
+
     /// The group committer's durable commit writes them too.
     #[test]
     fn the_group_committer_writes_pending_changes() {
