@@ -351,6 +351,42 @@ mod tests {
 
     /// `sync` and `close` leave nothing held, and a reopened index has every record. Fails if
     /// the group committer's commit does not flush first (`sync` leaves records held).
+    /// `clear` (for `reindex`) goes straight to redb with the held records, in one
+    /// transaction: through `Index::write` it held a removal per record in memory, and for an
+    /// index under the bound left them all held. Fails if `clear` runs as a write (records
+    /// held after it).
+    #[test]
+    fn clear_writes_straight_to_redb_and_holds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        let ix = on_disk(&path);
+        for name in ["/d/a", "/d/b", "/e"] {
+            ix.record_put(&k(name), 1).unwrap();
+        }
+        ix.sync().unwrap();
+        ix.record_put(&k("/held"), 2).unwrap();
+        assert!(ix.held_count() > 0);
+        let before = ix.redb_write_count();
+        ix.clear().unwrap();
+        assert_eq!(ix.held_count(), 0, "clear left records held");
+        assert_eq!(ix.redb_write_count(), before + 1);
+        assert_eq!(ix.key_count().unwrap(), 0);
+        assert!(ix.list(ROOT, 0, 100).unwrap().is_empty());
+        assert!(ix.resolve(&k("/held")).unwrap().is_none());
+        ix.record_put(&k("/after"), 3).unwrap();
+        ix.close().unwrap();
+        drop(ix);
+        let ix = on_disk(&path);
+        let names: Vec<String> = ix
+            .list(ROOT, 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["after"]);
+        assert_eq!(ix.key_count().unwrap(), 1);
+    }
+
     #[test]
     fn sync_and_close_leave_nothing_held() {
         let dir = tempfile::tempdir().unwrap();

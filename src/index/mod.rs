@@ -792,9 +792,61 @@ impl Index {
         Ok(())
     }
 
-    /// Removes every node, entry, key and xattr, leaving an empty root (for `reindex`).
+    /// Removes every node, entry, key and xattr, leaving an empty root (for `reindex`). Runs
+    /// in one redb transaction of its own, with the held records applied first, rather than
+    /// through [`Index::write`]: a write holds a removal per record in memory until it
+    /// commits, which for a large index is memory in proportion to the whole index.
     pub fn clear(&self) -> IndexResult<()> {
-        self.write(|tx| tx.clear())
+        guard("clear", || {
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(IndexError::new(
+                    IndexErrorKind::Closed,
+                    "the index is closed",
+                ));
+            }
+            let serial = self.write_serial.lock();
+            let _running = self.writes_running.begin();
+            let mut held = self.held.set.write();
+            let what = "clearing the index";
+            let mut txn = self
+                .db
+                .begin_write()
+                .map_err(|e| IndexError::redb(what, e))?;
+            txn.set_durability(Durability::None)
+                .map_err(|e| IndexError::redb(what, e))?;
+            {
+                let mut table = txn
+                    .open_table(INDEX)
+                    .map_err(|e| IndexError::redb(what, e))?;
+                self.held.apply_in(&held, &mut table)?;
+                let mut root = get_node(&&mut table, ROOT)?
+                    .ok_or_else(|| IndexError::not_found("no root node".to_string()))?;
+                ViewMut::<_, Dirents>::new(&mut table).clear()?;
+                ViewMut::<_, Cookies>::new(&mut table).clear()?;
+                ViewMut::<_, Keys>::new(&mut table).clear()?;
+                ViewMut::<_, Xattrs>::new(&mut table).clear()?;
+                ViewMut::<_, Aliases>::new(&mut table).clear()?;
+                ViewMut::<_, Nodes>::new(&mut table).clear()?;
+                root.value = None;
+                root.subdirs = 0;
+                ViewMut::<_, Nodes>::new(&mut table).insert(ROOT, root.encode().as_slice())?;
+            }
+            let committed = txn.commit();
+            if committed.is_ok() {
+                self.held.applied(&mut held);
+                self.key_count.set(0);
+            }
+            drop(held);
+            // Whatever the outcome, no cached record can be trusted.
+            self.dir_nodes.written(nodecache::Written::All, false);
+            self.dir_keys.invalidate();
+            drop(serial);
+            committed.map_err(|e| IndexError::redb(what, e))?;
+            self.commits.mark_dirty();
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        })
     }
 }
 
