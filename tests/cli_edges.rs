@@ -20,27 +20,33 @@ fn put(spec: &str, key: &str, value: &[u8]) {
     assert!(child.wait().unwrap().success(), "put {key}");
 }
 
-#[test]
-fn a_bare_word_is_a_path_but_a_store_type_without_its_colon_is_questioned() {
-    let dir = tempfile::tempdir().unwrap();
-    // A bare word is a path, created by --create (as in `dsfs mount --create repo MNT`).
-    let out = dsfs()
-        .current_dir(dir.path())
-        .args(["--store", "repo", "put", "--create", "/k"])
+/// Runs `dsfs ARGS` in `dir` with no input.
+fn dsfs_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    dsfs()
+        .current_dir(dir)
+        .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Asserts that `out` succeeded, showing its error output if not.
+fn succeeded(out: &std::process::Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(dir.path().join("repo/dsfs.json").exists());
-    let out = dsfs()
-        .current_dir(dir.path())
-        .args(["--store", "repo", "ls"])
-        .output()
-        .unwrap();
+}
+
+#[test]
+fn a_bare_word_is_a_path_but_a_store_type_without_its_colon_is_questioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // A bare word is a path, created by --create (as in `dsfs mount --create repo MNT`).
+    succeeded(&dsfs_in(dir, &["--store", "repo", "put", "--create", "/k"]));
+    assert!(dir.join("repo/dsfs.json").exists());
+    let out = dsfs_in(dir, &["--store", "repo", "ls"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/k");
     for (word, hint) in [
         ("flatfs", "did you mean flatfs:PATH?"),
@@ -52,49 +58,26 @@ fn a_bare_word_is_a_path_but_a_store_type_without_its_colon_is_questioned() {
             &["get", "/k"],
             &["fsck"],
         ] {
-            let out = dsfs()
-                .current_dir(dir.path())
-                .args(["--store", word])
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-                .unwrap();
+            let out = dsfs_in(dir, &[&["--store", word][..], args].concat());
             assert!(!out.status.success());
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(err.contains(hint), "{args:?}: {err}");
             assert_eq!(err.lines().count(), 1, "one line: {err}");
-            assert!(!dir.path().join(word).exists(), "{word} was created");
+            assert!(!dir.join(word).exists(), "{word} was created");
         }
     }
     // Any other bare word is a path, refused while missing unless the command creates.
-    let out = dsfs()
-        .current_dir(dir.path())
-        .args(["--store", "myrepo", "ls"])
-        .output()
-        .unwrap();
+    let out = dsfs_in(dir, &["--store", "myrepo", "ls"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("did you mean"), "{err}");
-    assert!(!dir.path().join("myrepo").exists());
+    assert!(!dir.join("myrepo").exists());
     // A path is refused too while nothing is there: creating takes `init` or --create.
-    let out = dsfs()
-        .current_dir(dir.path())
-        .args(["--store", "./myrepo", "ls"])
-        .output()
-        .unwrap();
+    let out = dsfs_in(dir, &["--store", "./myrepo", "ls"]);
     assert!(!out.status.success());
-    assert!(!dir.path().join("myrepo").exists());
-    let out = dsfs()
-        .current_dir(dir.path())
-        .args(["--store", "./myrepo", "init"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(dir.path().join("myrepo/dsfs.json").exists());
+    assert!(!dir.join("myrepo").exists());
+    succeeded(&dsfs_in(dir, &["--store", "./myrepo", "init"]));
+    assert!(dir.join("myrepo/dsfs.json").exists());
 }
 
 /// Every entry under `dir`, sorted (to show that a refused command created nothing).

@@ -104,6 +104,15 @@ impl Set {
     }
 }
 
+/// A redb write transaction committed without fsync (made durable by the next durable commit);
+/// `what` names the work in its errors.
+pub(super) fn begin_unsynced(db: &Database, what: &str) -> IndexResult<redb::WriteTransaction> {
+    let mut txn = db.begin_write().map_err(|e| IndexError::redb(what, e))?;
+    txn.set_durability(Durability::None)
+        .map_err(|e| IndexError::redb(what, e))?;
+    Ok(txn)
+}
+
 /// The held set of one index, and its flush.
 pub(super) struct Held {
     db: Arc<Database>,
@@ -164,12 +173,7 @@ impl Held {
     /// commits and left as it was if not.
     fn write_out(&self, set: &mut WriteGuard<'_, Set>, extra: Option<&Overlay>) -> IndexResult<()> {
         let what = "writing held index records";
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| IndexError::redb(what, e))?;
-        txn.set_durability(Durability::None)
-            .map_err(|e| IndexError::redb(what, e))?;
+        let txn = begin_unsynced(&self.db, what)?;
         {
             let mut table = txn
                 .open_table(INDEX)

@@ -808,12 +808,7 @@ impl Index {
             let _running = self.writes_running.begin();
             let mut held = self.held.set.write();
             let what = "clearing the index";
-            let mut txn = self
-                .db
-                .begin_write()
-                .map_err(|e| IndexError::redb(what, e))?;
-            txn.set_durability(Durability::None)
-                .map_err(|e| IndexError::redb(what, e))?;
+            let txn = held::begin_unsynced(&self.db, what)?;
             {
                 let mut table = txn
                     .open_table(INDEX)
