@@ -487,6 +487,8 @@ pub(super) trait Sink: Source {
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Writes `value` at `key`, without reading what it replaces.
+    fn set_raw(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError>;
     /// Removes every record from `lo` to `hi`.
     fn clear_raw(&mut self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<(), StorageError>;
 }
@@ -502,6 +504,10 @@ impl<'t> Sink for &mut Table<'t, &'static [u8], &'static [u8]> {
             None => self.remove(key)?,
         };
         Ok(old.map(|g| g.value().to_vec()))
+    }
+    fn set_raw(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.insert(key, value)?;
+        Ok(())
     }
     fn clear_raw(&mut self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<(), StorageError> {
         self.retain_in::<&[u8], _>((lo, hi), |_, _| false)
@@ -519,6 +525,11 @@ impl Sink for LayersMut<'_> {
             self.local.insert(key.to_vec(), value.map(<[u8]>::to_vec));
         }
         Ok(old)
+    }
+    fn set_raw(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        // No read of the layers below: nothing is returned.
+        self.local.insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
     }
     fn clear_raw(&mut self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Result<(), StorageError> {
         let mut keys = Vec::new();
@@ -633,6 +644,16 @@ impl<S: Sink, R: Record> ViewMut<S, R> {
             table,
             kind: PhantomData,
         }
+    }
+
+    /// Writes `k` = `v`, where the caller needs no answer: in a write transaction's layers
+    /// this costs no read of the table below (see [`ViewMut::insert`]).
+    pub(super) fn set(&mut self, k: R::Key<'_>, v: R::Val<'_>) -> IndexResult<()> {
+        let key = key_bytes::<R>(k);
+        let val = val_bytes::<R>(v);
+        self.table
+            .set_raw(key.as_slice(), val.as_slice())
+            .map_err(|e| IndexError::redb(&format!("writing {}", R::NAME), e))
     }
 
     /// Writes `k` = `v`; returns whether `k` held a value before.

@@ -1131,7 +1131,7 @@ impl<'t> Tx<'t> {
             .ok_or_else(|| IndexError::corrupt(format!("meta {name} is exhausted")))?;
         if counter.next > counter.bound {
             counter.bound = id.saturating_add(COUNTER_BLOCK);
-            self.t_meta_mut().insert(name, counter.bound)?;
+            self.t_meta_mut().set(name, counter.bound)?;
         }
         Ok(id)
     }
@@ -1163,8 +1163,7 @@ impl<'t> Tx<'t> {
     /// Writes node `id`, whose parent and name are unchanged.
     fn write_node(&mut self, id: NodeId, node: &Node) -> IndexResult<()> {
         self.t_nodes_mut(Some(id), Some(node))
-            .insert(id, node.encode().as_slice())?;
-        Ok(())
+            .set(id, node.encode().as_slice())
     }
 
     /// The child `name` of `parent`.
@@ -1211,10 +1210,8 @@ impl<'t> Tx<'t> {
         is_dir: bool,
     ) -> IndexResult<()> {
         let cookie = self.next_cookie()?;
-        self.t_dirents_mut()
-            .insert((parent, name), (child, cookie))?;
-        self.t_cookies_mut()
-            .insert((parent, cookie), (child, name))?;
+        self.t_dirents_mut().set((parent, name), (child, cookie))?;
+        self.t_cookies_mut().set((parent, cookie), (child, name))?;
         self.note_listing(parent, name);
         self.touch_dir(parent, if is_dir { 1 } else { 0 })
     }
@@ -1255,8 +1252,7 @@ impl<'t> Tx<'t> {
 
     /// Records an extra name (hard link) of node `id`.
     pub fn add_alias(&mut self, id: NodeId, parent: NodeId, name: &str) -> IndexResult<()> {
-        self.t_aliases_mut().insert((id, parent, name), ())?;
-        Ok(())
+        self.t_aliases_mut().set((id, parent, name), ())
     }
 
     /// Forgets an extra name of node `id`; returns whether it was recorded.
