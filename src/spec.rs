@@ -1633,7 +1633,12 @@ impl<'a> TreeOpener<'a> {
                     &dir.join("files"),
                     TieredOptions {
                         threshold,
-                        redb: redb_options(self.durable, self.check_integrity),
+                        redb: RedbOptions {
+                            cache_size: crate::backend::tiered::records_cache_size(
+                                crate::sys::physical_memory(),
+                            ),
+                            ..redb_options(self.durable, self.check_integrity)
+                        },
                         sync_files: false,
                     },
                 )?))

@@ -13,6 +13,17 @@ pub fn effective_ids() -> (u32, u32) {
     unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
+/// The machine's physical memory in bytes, when the system says.
+pub fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf takes a name constant, reads system configuration and retains nothing.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let pages = u64::try_from(pages).ok()?;
+    let page = u64::try_from(page).ok()?;
+    pages.checked_mul(page)
+}
+
 /// `statvfs(2)` of the filesystem holding `path`.
 pub fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
     let c = CString::new(path.as_os_str().as_bytes())

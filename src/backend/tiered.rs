@@ -183,10 +183,26 @@ impl Default for TieredOptions {
     fn default() -> TieredOptions {
         TieredOptions {
             threshold: DEFAULT_THRESHOLD,
-            redb: RedbOptions::default(),
+            redb: RedbOptions {
+                cache_size: records_cache_size(crate::sys::physical_memory()),
+                ..RedbOptions::default()
+            },
             sync_files: false,
         }
     }
+}
+
+/// The page cache of the record store, whose records hold every value below the threshold
+/// inline: a sixty-fourth of the machine's memory, from 64 MiB to 512 MiB (384 MiB on a
+/// 24 GiB machine). redb takes it only as pages are read. A record that misses it is read
+/// from the file again, and a delete reads the record it removes (to retire its file, if it
+/// names one), so with the 64 MiB every other store has, removing 10,000 files of 4 KiB
+/// (134 MB of records) read 4.4 KB from the file for each.
+pub fn records_cache_size(memory: Option<u64>) -> usize {
+    const MIN: u64 = 64 << 20;
+    const MAX: u64 = 512 << 20;
+    let size = memory.map_or(MIN, |m| (m / 64).clamp(MIN, MAX));
+    usize::try_from(size).unwrap_or(MIN as usize)
 }
 
 /// See the module documentation.
@@ -1163,6 +1179,19 @@ mod tests {
 
     fn big(n: u8) -> Vec<u8> {
         vec![n; 4096]
+    }
+
+    /// The record store's cache grows with the machine, between 64 MiB and 512 MiB.
+    #[test]
+    fn the_records_cache_follows_the_machines_memory() {
+        const MIB: u64 = 1 << 20;
+        let size = |gib: u64| records_cache_size(Some(gib << 30)) as u64 / MIB;
+        assert_eq!(records_cache_size(None) as u64 / MIB, 64);
+        assert_eq!(size(1), 64);
+        assert_eq!(size(8), 128);
+        assert_eq!(size(24), 384);
+        assert_eq!(size(256), 512);
+        assert!(TieredOptions::default().redb.cache_size >= (64 << 20));
     }
 
     /// The records' own group committer (1 s by default; 1 ms here) used to commit a record
