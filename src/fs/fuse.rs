@@ -691,8 +691,8 @@ impl Filesystem for FuseAdapter {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY
             && let Some(ino) = coherent
         {
-            match self.fs.getattr(ino) {
-                Ok(a) => self.cache.matches(ino, self.fs.content_version(ino, &a)),
+            match self.fs.written_version(ino) {
+                Ok(v) => self.cache.matches(ino, v),
                 Err(_) => self.cache.forget(ino),
             }
         }

@@ -20,7 +20,9 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
-use super::{Attr, DsFs};
+use super::types::Ino;
+use super::{Attr, DsFs, FsError, FsResult};
+use crate::index::NodeKind;
 
 /// A file's content version: modification time and size, and for a value others may write
 /// (a flatfs directory a running Kubo writes) the identity of the file holding it.
@@ -43,6 +45,20 @@ impl DsFs {
             None
         };
         (attr.mtime, attr.size, stamp)
+    }
+
+    /// The content version a writer's release leaves: the index's record as its writes left
+    /// it, without asking the store whether another program changed it since (as `getattr`
+    /// does). Such a change is the next open's to find, by its revalidation or, for a value
+    /// others may write, by the file stamp taken here. `NotFound` for a file whose last name
+    /// is gone.
+    pub fn written_version(&self, ino: u64) -> FsResult<Version> {
+        let n = self.node(Ino(ino).node())?;
+        if Ino(ino).is_dir_value() && (n.kind != NodeKind::Dir || n.value.is_none()) {
+            return Err(FsError::NotFound);
+        }
+        let attr = self.attr_of(ino, &n);
+        Ok(self.content_version(ino, &attr))
     }
 
     fn file_stamp(&self, ino: u64) -> Option<FileStamp> {
