@@ -1507,32 +1507,49 @@ fn load_tree(file: &Path, hint: &str) -> Result<Value> {
     })
 }
 
-/// Creates the missing directories above `path` (not `path` itself), syncing the directory
-/// that holds each new one so that they outlive a power loss.
+/// Creates the missing directories above `path` (not `path` itself), highest first, syncing
+/// the directory that holds each new one so that they outlive a power loss. An error names the
+/// step (creating or syncing), the directory and `path`.
 fn make_parents(path: &Path) -> Result<()> {
-    let parent = crate::sys::parent_dir(path);
-    if parent.exists() {
-        return Ok(());
-    }
-    // The highest missing ancestor: its parent exists and gets the first new entry.
-    let mut top = parent;
-    while let Some(up) = top
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
-    {
-        top = up;
-    }
-    std::fs::create_dir_all(parent)
-        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-    let mut dir = parent;
-    loop {
-        let above = crate::sys::parent_dir(dir);
-        crate::backend::flatfs::fsync_dir(above)?;
-        if dir == top {
-            return Ok(());
+    let mut missing = Vec::new();
+    let mut dir = crate::sys::parent_dir(path);
+    while !dir.exists() {
+        missing.push(dir);
+        match dir.parent() {
+            Some(up) if !up.as_os_str().is_empty() => dir = up,
+            _ => break,
         }
-        dir = above;
     }
+    for dir in missing.into_iter().rev() {
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            // Made meanwhile by another process: synced below all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!(
+                        "creating directory {} for {}",
+                        dir.display(),
+                        path.display()
+                    ),
+                    e,
+                ));
+            }
+        }
+        let above = crate::sys::parent_dir(dir);
+        crate::sys::sync_dir(above).map_err(|e| {
+            Error::io(
+                format!(
+                    "syncing directory {} after creating {} in it, for {}",
+                    above.display(),
+                    dir.display(),
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The index file inside a flatfs directory (a dot-name, which flatfs readers skip).
@@ -1687,7 +1704,17 @@ impl<'a> TreeOpener<'a> {
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
                 if new {
                     // Its entry in the repository, so that the store outlives a power loss.
-                    crate::backend::flatfs::fsync_dir(crate::sys::parent_dir(&dir))?;
+                    let above = crate::sys::parent_dir(&dir);
+                    crate::sys::sync_dir(above).map_err(|e| {
+                        Error::io(
+                            format!(
+                                "syncing directory {} after creating {} in it",
+                                above.display(),
+                                dir.display()
+                            ),
+                            e,
+                        )
+                    })?;
                 }
                 let threshold = node
                     .get("threshold")
@@ -1968,6 +1995,35 @@ mod tests {
             drop(opened);
             let opened = open(&spec, OpenMode::default()).unwrap();
             assert_eq!(opened.store.get(&key).unwrap(), b"v", "{text}");
+        }
+    }
+
+    /// An error while making the directories above a new store says what it was doing, to
+    /// which directory and for which path, and names no store type (it named flatfs, whose
+    /// `fsync_dir` it borrowed, for every kind of store).
+    #[test]
+    fn an_error_making_the_parents_of_a_new_store_names_the_step_and_no_store_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        for text in [
+            format!("{d}/a/b/repo"),
+            format!("redb:{d}/a/b/v.redb"),
+            format!("flatfs:{d}/a/b/blocks"),
+        ] {
+            let spec = StoreSpec::parse(&text).unwrap();
+            // Syncing `a` after making `a/b` in it fails.
+            crate::sys::FAIL_SYNC_OF.with(|f| *f.borrow_mut() = Some(dir.path().join("a")));
+            let err = open(&spec, creating()).err();
+            crate::sys::FAIL_SYNC_OF.with(|f| *f.borrow_mut() = None);
+            let err = err.unwrap_or_else(|| panic!("{text} opened")).to_string();
+            assert!(
+                err.contains(&format!(
+                    "syncing directory {d}/a after creating {d}/a/b in it"
+                )),
+                "{err}"
+            );
+            assert!(!err.contains("flatfs"), "{err}");
+            std::fs::remove_dir_all(dir.path().join("a")).unwrap();
         }
     }
 
