@@ -705,32 +705,61 @@ pub fn index_path(spec: &StoreSpec) -> Option<PathBuf> {
 /// that a caller whose next step fails (a mount) can remove what the open made.
 #[derive(Debug)]
 pub struct Creation {
-    /// Each path that held nothing (or an empty directory or file) and what it held.
-    made: Vec<Absent>,
+    /// Each path that held nothing (or an empty directory or file) before the open.
+    made: Vec<Made>,
+}
+
+/// One path [`Creation`] records.
+#[derive(Debug)]
+struct Made {
+    /// The store (or index file) path.
+    path: PathBuf,
+    /// What it held before the open.
+    found: Found,
+    /// The missing directories above `path`, nearest first: the open makes them too.
+    parents: Vec<PathBuf>,
+}
+
+impl Made {
+    /// The highest path the open makes for this one.
+    fn top(&self) -> &Path {
+        self.parents.last().unwrap_or(&self.path)
+    }
 }
 
 impl Creation {
     /// Records what `spec`'s open with `create` would make: its [`absent_paths`] and a missing
-    /// index file. A missing path is recorded as its topmost missing ancestor (the open makes
-    /// the directories above a new store too).
+    /// index file, each with the missing directories above it (the open makes the
+    /// directories above a new store too).
     pub fn before(spec: &StoreSpec) -> Result<Creation> {
-        let mut made = absent_paths(spec)?;
+        let mut absent = absent_paths(spec)?;
         if let Some(index) = index_path(spec) {
-            push_absent(&index, &mut made);
+            push_absent(&index, &mut absent);
         }
-        for a in &mut made {
-            if a.found == Found::Nothing {
-                while let Some(parent) = a.path.parent()
-                    && !parent.as_os_str().is_empty()
-                    && matches!(
-                        std::fs::symlink_metadata(parent),
-                        Err(ref e) if e.kind() == std::io::ErrorKind::NotFound
-                    )
-                {
-                    a.path = parent.to_path_buf();
+        let mut made: Vec<Made> = absent
+            .into_iter()
+            .map(|a| {
+                let mut parents = Vec::new();
+                if a.found == Found::Nothing {
+                    let mut here = a.path.as_path();
+                    while let Some(parent) = here.parent()
+                        && !parent.as_os_str().is_empty()
+                        && matches!(
+                            std::fs::symlink_metadata(parent),
+                            Err(ref e) if e.kind() == std::io::ErrorKind::NotFound
+                        )
+                    {
+                        parents.push(parent.to_path_buf());
+                        here = parent;
+                    }
                 }
-            }
-        }
+                Made {
+                    path: a.path,
+                    found: a.found,
+                    parents,
+                }
+            })
+            .collect();
         // A path inside another recorded one goes with it.
         let all: Vec<PathBuf> = made.iter().map(|a| a.path.clone()).collect();
         made.retain(|a| !all.iter().any(|p| *p != a.path && a.path.starts_with(p)));
@@ -742,12 +771,12 @@ impl Creation {
         self.made.is_empty()
     }
 
-    /// Everything under the recorded paths now, with each entry's type: taken right after
-    /// the open, to compare with what is there when the creation is undone.
+    /// Everything under the highest recorded paths now, with each entry's type: taken right
+    /// after the open, to compare with what is there when the creation is undone.
     pub fn inventory(&self) -> Vec<(PathBuf, bool)> {
         let mut out = Vec::new();
         for a in &self.made {
-            let mut todo = vec![a.path.clone()];
+            let mut todo = vec![a.top().to_path_buf()];
             while let Some(p) = todo.pop() {
                 let Ok(meta) = std::fs::symlink_metadata(&p) else {
                     continue;
@@ -761,13 +790,15 @@ impl Creation {
             }
         }
         out.sort();
+        out.dedup();
         out
     }
 
     /// Takes back what the open made, if nothing else has appeared there since `inventory`
-    /// was taken (compared with [`Creation::inventory`] now): a new path is removed, a
-    /// directory that was empty is emptied, a file that was empty is emptied. Returns what it
-    /// did, or why it left everything in place.
+    /// was taken (compared with [`Creation::inventory`] now): a new store path is removed, a
+    /// directory that was empty is emptied, a file that was empty is emptied, and then each
+    /// missing directory above a new path is removed if it is empty (one that holds something
+    /// the open did not make stays). Returns what it did, or why it left everything in place.
     pub fn undo(&self, inventory: &[(PathBuf, bool)]) -> std::result::Result<String, String> {
         let now = self.inventory();
         if let Some((extra, _)) = now.iter().find(|e| !inventory.contains(e)) {
@@ -807,7 +838,41 @@ impl Creation {
                 Err(e) => return Err(format!("removing {}: {e}", a.path.display())),
             }
         }
-        Ok(format!("removed the new store: {}", done.join(", ")))
+        // Then the directories made above them, nearest first: only while empty, so that
+        // whatever another process put in one meanwhile stays, with the directories above it.
+        let mut parents_removed = Vec::new();
+        let mut parents_kept = Vec::new();
+        for a in &self.made {
+            for dir in &a.parents {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => parents_removed.push(dir.display().to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        parents_kept.push(format!("{} ({e})", dir.display()));
+                        break;
+                    }
+                }
+            }
+        }
+        let mut said = format!("removed the new store {}", done.join(", "));
+        if !parents_removed.is_empty() {
+            let s = if parents_removed.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            };
+            said.push_str(&format!(
+                " and the director{s} made for it: {}",
+                parents_removed.join(", ")
+            ));
+        }
+        if !parents_kept.is_empty() {
+            said.push_str(&format!(
+                "; kept the directories made for it that hold something else: {}",
+                parents_kept.join(", ")
+            ));
+        }
+        Ok(said)
     }
 }
 
@@ -1442,32 +1507,49 @@ fn load_tree(file: &Path, hint: &str) -> Result<Value> {
     })
 }
 
-/// Creates the missing directories above `path` (not `path` itself), syncing the directory
-/// that holds each new one so that they outlive a power loss.
+/// Creates the missing directories above `path` (not `path` itself), highest first, syncing
+/// the directory that holds each new one so that they outlive a power loss. An error names the
+/// step (creating or syncing), the directory and `path`.
 fn make_parents(path: &Path) -> Result<()> {
-    let parent = crate::sys::parent_dir(path);
-    if parent.exists() {
-        return Ok(());
-    }
-    // The highest missing ancestor: its parent exists and gets the first new entry.
-    let mut top = parent;
-    while let Some(up) = top
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
-    {
-        top = up;
-    }
-    std::fs::create_dir_all(parent)
-        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-    let mut dir = parent;
-    loop {
-        let above = crate::sys::parent_dir(dir);
-        crate::backend::flatfs::fsync_dir(above)?;
-        if dir == top {
-            return Ok(());
+    let mut missing = Vec::new();
+    let mut dir = crate::sys::parent_dir(path);
+    while !dir.exists() {
+        missing.push(dir);
+        match dir.parent() {
+            Some(up) if !up.as_os_str().is_empty() => dir = up,
+            _ => break,
         }
-        dir = above;
     }
+    for dir in missing.into_iter().rev() {
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            // Made meanwhile by another process: synced below all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!(
+                        "creating directory {} for {}",
+                        dir.display(),
+                        path.display()
+                    ),
+                    e,
+                ));
+            }
+        }
+        let above = crate::sys::parent_dir(dir);
+        crate::sys::sync_dir(above).map_err(|e| {
+            Error::io(
+                format!(
+                    "syncing directory {} after creating {} in it, for {}",
+                    above.display(),
+                    dir.display(),
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The index file inside a flatfs directory (a dot-name, which flatfs readers skip).
@@ -1622,7 +1704,17 @@ impl<'a> TreeOpener<'a> {
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
                 if new {
                     // Its entry in the repository, so that the store outlives a power loss.
-                    crate::backend::flatfs::fsync_dir(crate::sys::parent_dir(&dir))?;
+                    let above = crate::sys::parent_dir(&dir);
+                    crate::sys::sync_dir(above).map_err(|e| {
+                        Error::io(
+                            format!(
+                                "syncing directory {} after creating {} in it",
+                                above.display(),
+                                dir.display()
+                            ),
+                            e,
+                        )
+                    })?;
                 }
                 let threshold = node
                     .get("threshold")
@@ -1909,6 +2001,80 @@ mod tests {
             let opened = open(&spec, OpenMode::default()).unwrap();
             assert_eq!(opened.store.get(&key).unwrap(), b"v", "{text}");
         }
+    }
+
+    /// An error while making the directories above a new store says what it was doing, to
+    /// which directory and for which path, and names no store type (it named flatfs, whose
+    /// `fsync_dir` it borrowed, for every kind of store).
+    #[test]
+    fn an_error_making_the_parents_of_a_new_store_names_the_step_and_no_store_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        for text in [
+            format!("{d}/a/b/repo"),
+            format!("redb:{d}/a/b/v.redb"),
+            format!("flatfs:{d}/a/b/blocks"),
+        ] {
+            let spec = StoreSpec::parse(&text).unwrap();
+            // Syncing `a` after making `a/b` in it fails.
+            crate::sys::FAIL_SYNC_OF.with(|f| *f.borrow_mut() = Some(dir.path().join("a")));
+            let err = open(&spec, creating()).err();
+            crate::sys::FAIL_SYNC_OF.with(|f| *f.borrow_mut() = None);
+            let err = err.unwrap_or_else(|| panic!("{text} opened")).to_string();
+            assert!(
+                err.contains(&format!(
+                    "syncing directory {d}/a after creating {d}/a/b in it"
+                )),
+                "{err}"
+            );
+            assert!(!err.contains("flatfs"), "{err}");
+            std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+        }
+    }
+
+    /// What `Creation::undo` takes back: the new store and the directories made above it,
+    /// but not a directory that existed before nor one that holds what another process put
+    /// there meanwhile. (Before, it removed the highest new directory with all it held, and
+    /// said only that path.)
+    #[test]
+    fn undoing_a_creation_removes_the_directories_made_for_it_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("old")).unwrap();
+        let o = d.join("old").display().to_string();
+        let undo = |text: &str, meanwhile: &dyn Fn()| {
+            let spec = StoreSpec::parse(text).unwrap();
+            let creation = Creation::before(&spec).unwrap();
+            assert!(!creation.is_empty(), "{text}");
+            let opened = open(&spec, creating()).unwrap_or_else(|e| panic!("{text}: {e}"));
+            opened.store.close().unwrap();
+            drop(opened);
+            meanwhile();
+            let inventory = creation.inventory();
+            creation
+                .undo(&inventory)
+                .unwrap_or_else(|e| panic!("{text}: {e}"))
+        };
+        for text in [
+            format!("{o}/a/b/repo"),
+            format!("flatfs:{o}/a/b/blocks"),
+            format!("redb:{o}/a/v.redb?index={o}/a/b/c/v.index"),
+        ] {
+            let said = undo(&text, &|| {});
+            assert!(said.contains("made for it"), "{text}: {said}");
+            assert!(said.contains(&format!("{o}/a")), "{text}: {said}");
+            let left: Vec<_> = std::fs::read_dir(d.join("old")).unwrap().collect();
+            assert!(left.is_empty(), "{text}: {left:?}");
+        }
+        // Another process puts a file in a directory the open made: it stays, with the
+        // directories above it; the store and the directory below go.
+        let text = format!("{o}/a/b/repo");
+        let said = undo(&text, &|| {
+            std::fs::write(d.join("old/a/theirs"), b"x").unwrap();
+        });
+        assert!(d.join("old/a/theirs").exists(), "{said}");
+        assert!(!d.join("old/a/b").exists(), "{said}");
+        assert!(said.contains("hold something else"), "{said}");
     }
 
     #[test]

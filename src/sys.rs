@@ -124,6 +124,30 @@ pub fn syncfs(file: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
+/// fsyncs the directory `dir`, so that entries created, renamed or removed in it outlive a
+/// power loss. Callers add what they were doing and which store to the error.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(test)]
+    if FAIL_SYNC_OF.with(|f| f.borrow().as_deref() == Some(dir)) {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    SYNCED_DIRS.with(|d| d.borrow_mut().push(dir.to_path_buf()));
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The directories [`sync_dir`] synced on this thread, for tests.
+    pub(crate) static SYNCED_DIRS: std::cell::RefCell<Vec<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    /// A directory whose [`sync_dir`] on this thread fails with EIO, for tests of callers'
+    /// errors (a directory fsync does not fail on demand otherwise).
+    pub(crate) static FAIL_SYNC_OF: std::cell::RefCell<Option<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// A set of signals that have been blocked in this thread (and in every thread it starts
 /// afterwards), to be received synchronously with [`SignalSet::wait`].
 pub struct SignalSet {

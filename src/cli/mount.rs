@@ -690,7 +690,7 @@ fn undo_creation(
         Ok(done) => done,
         Err(why) => format!("the store --create made was not removed: {why}"),
     };
-    Error::new(failed.kind(), format!("{failed} ({said})"))
+    Error::new(failed.kind(), format!("{failed}; {said}"))
 }
 
 /// Where a daemon whose final commit failed says what is at risk, for `umount` to report.

@@ -226,6 +226,13 @@ impl Index {
             .map_err(|e| IndexError::redb("starting the index", e))?;
         let was_unclean;
         let counters;
+        // The index's name in the migration's log lines, and when the migration began.
+        let name = || {
+            path.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "in memory".to_owned())
+        };
+        let mut migrated = None;
         {
             let version = txn
                 .open_table(VERSION)
@@ -236,14 +243,13 @@ impl Index {
             let fresh = match version {
                 None => true,
                 Some(OLD_FORMAT_VERSION) => {
-                    let moved = layout::migrate(&txn)?;
+                    // One transaction over every record: a large index takes a while, once.
                     log::info!(
-                        "index {}: moved {} records from the seven-table layout (version {OLD_FORMAT_VERSION}) into one table (version {FORMAT_VERSION})",
-                        path.as_ref()
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_else(|| "in memory".to_owned()),
-                        moved.records
+                        "index {}: moving its records from the seven-table layout (version {OLD_FORMAT_VERSION}) into one table (version {FORMAT_VERSION}), once",
+                        name()
                     );
+                    let began = std::time::Instant::now();
+                    migrated = Some((layout::migrate(&txn)?, began));
                     false
                 }
                 Some(FORMAT_VERSION) => false,
@@ -285,6 +291,14 @@ impl Index {
         }
         txn.commit()
             .map_err(|e| IndexError::redb("committing the index start", e))?;
+        if let Some((moved, began)) = migrated {
+            log::info!(
+                "index {}: moved {} records into one table in {:.2} s",
+                name(),
+                moved.records,
+                began.elapsed().as_secs_f64()
+            );
+        }
         let db = Arc::new(db);
         let held = Arc::new(held::Held::new(db.clone()));
         let commit = {

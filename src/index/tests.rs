@@ -560,6 +560,143 @@ fn an_index_in_the_seven_table_layout_is_migrated_with_every_record() {
     }
 }
 
+/// The log lines at info level and above from `dsfs::index`, of every test in this process
+/// since the first call (which installs the logger): a test looks for the lines that name its
+/// own temporary files.
+fn captured_log() -> &'static std::sync::Mutex<Vec<String>> {
+    struct Capture(std::sync::Mutex<Vec<String>>);
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= log::Level::Info && m.target().starts_with("dsfs::index")
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata())
+                && let Ok(mut lines) = self.0.lock()
+            {
+                lines.push(r.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&CAPTURE).expect("no other logger in the library's tests");
+        log::set_max_level(log::LevelFilter::Info);
+    });
+    &CAPTURE.0
+}
+
+/// A migration says at info level when it starts and when it ends, with the records moved and
+/// the seconds taken (it said only the records, at the end; a large index took a while with no
+/// sign of what the open was doing).
+#[test]
+fn a_migration_logs_when_it_starts_and_when_it_ends_with_records_and_seconds() {
+    let log = captured_log();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    write_old_layout(&path, 5_000, 6_000);
+    Index::open(&path, IndexOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let shown = format!("index {}:", path.display());
+    let lines: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with(&shown))
+        .cloned()
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("moving its records from the seven-table layout"),
+        "{lines:?}"
+    );
+    let end = lines[1].strip_prefix(&shown).unwrap();
+    let seconds = end
+        .strip_prefix(" moved 18 records into one table in ")
+        .and_then(|t| t.strip_suffix(" s"))
+        .and_then(|t| t.parse::<f64>().ok());
+    assert!(seconds.is_some_and(|s| s >= 0.0), "{lines:?}");
+}
+
+/// How long migrating an index of 100,000 files (100 directories of 1,000) takes: run with
+/// `cargo test --lib index::tests::migrating -- --ignored --nocapture`. Checks that every
+/// file is found after it.
+#[test]
+#[ignore = "a measurement; takes seconds"]
+fn migrating_an_index_of_100_000_files() {
+    use layout::old;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let (dirs, per_dir) = (100u64, 1_000u64);
+    let first = 1_000u64;
+    write_old_layout(
+        &path,
+        first + dirs * (per_dir + 1),
+        first + dirs * (per_dir + 1),
+    );
+    let built = std::time::Instant::now();
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut nodes = txn.open_table(old::NODES).unwrap();
+            let mut dirents = txn.open_table(old::DIRENTS).unwrap();
+            let mut cookies = txn.open_table(old::COOKIES).unwrap();
+            let mut keys = txn.open_table(old::KEYS).unwrap();
+            let mut root = Node::new(NodeKind::Dir, ROOT, "", 0o755, 0, 0);
+            root.explicit = true;
+            root.subdirs = 1 + dirs as u32;
+            nodes.insert(ROOT, root.encode().as_slice()).unwrap();
+            let mut id = first;
+            for g in 0..dirs {
+                let name = format!("g{g}");
+                let mut d = Node::new(NodeKind::Dir, ROOT, &name, 0o755, 0, 0);
+                d.explicit = true;
+                let gid = id;
+                id += 1;
+                nodes.insert(gid, d.encode().as_slice()).unwrap();
+                dirents.insert((ROOT, name.as_str()), (gid, gid)).unwrap();
+                cookies.insert((ROOT, gid), (gid, name.as_str())).unwrap();
+                for f in 0..per_dir {
+                    let name = format!("f{f}");
+                    let mut n = Node::new(NodeKind::File, gid, &name, 0o644, 0, 0);
+                    n.value = Some(100);
+                    nodes.insert(id, n.encode().as_slice()).unwrap();
+                    dirents.insert((gid, name.as_str()), (id, id)).unwrap();
+                    cookies.insert((gid, id), (id, name.as_str())).unwrap();
+                    keys.insert(format!("/g{g}/{name}").as_str(), (id, 100))
+                        .unwrap();
+                    id += 1;
+                }
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let built = built.elapsed();
+    let size = std::fs::metadata(&path).unwrap().len();
+    let opened = std::time::Instant::now();
+    let ix = Index::open(&path, IndexOptions::default()).unwrap();
+    let opened = opened.elapsed();
+    assert_eq!(ix.key_count().unwrap(), dirs * per_dir + 1);
+    let (id, node) = ix.resolve(&k("/g99/f999")).unwrap().unwrap();
+    assert_eq!((node.kind, node.size()), (NodeKind::File, 100));
+    assert_eq!(ix.key_of(id).unwrap(), k("/g99/f999"));
+    assert_eq!(
+        ix.list(ROOT, 0, usize::MAX).unwrap().len(),
+        4 + dirs as usize
+    );
+    ix.close().unwrap();
+    println!(
+        "100,000 files: old layout written in {:.2} s ({} MB); opened with the migration in {:.2} s",
+        built.as_secs_f64(),
+        size / 1_000_000,
+        opened.as_secs_f64()
+    );
+}
+
 #[test]
 fn an_index_of_an_unknown_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();

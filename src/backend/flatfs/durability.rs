@@ -20,20 +20,14 @@ pub const MAX_TRACKED_FILES: usize = 4096;
 
 /// fsyncs a directory, so that entries created, renamed or removed in it are durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("flatfs: syncing directory {}", dir.display()), e))?;
-    #[cfg(test)]
-    SYNCED_DIRS.with(|d| d.borrow_mut().push(dir.to_path_buf()));
-    Ok(())
+    crate::sys::sync_dir(dir)
+        .map_err(|e| Error::io(format!("flatfs: syncing directory {}", dir.display()), e))
 }
 
+/// The directories [`fsync_dir`] (and every other caller of `sys::sync_dir`) synced on this
+/// thread, for tests.
 #[cfg(test)]
-thread_local! {
-    /// The directories [`fsync_dir`] synced on this thread, for tests.
-    pub(crate) static SYNCED_DIRS: std::cell::RefCell<Vec<PathBuf>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
+pub(crate) use crate::sys::SYNCED_DIRS;
 
 /// fsyncs a file by path. A file that no longer exists needs nothing (whatever removed or
 /// replaced it recorded its directory).
