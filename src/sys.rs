@@ -56,6 +56,16 @@ pub fn may_write(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// Whether this process may open `path` for reading and writing (`access(2)` with `R_OK` and
+/// `W_OK`, by the real user). `false` also when the check itself fails.
+pub fn may_read_write(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is NUL-terminated and outlives the call; access retains nothing.
+    unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) == 0 }
+}
+
 /// `lseek(2)` on an open file (for `SEEK_DATA`/`SEEK_HOLE`); does not move std's view of
 /// the file in any way that matters, since dsfs uses positional I/O only.
 pub fn lseek(file: &impl AsRawFd, offset: i64, whence: i32) -> io::Result<i64> {

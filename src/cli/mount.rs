@@ -571,7 +571,7 @@ fn serve(
         let session = match Session::new(adapter, mp, &options.fuser_config(spec_text)) {
             Ok(session) => session,
             Err(e) => {
-                let e = Error::io(format!("mounting {}", mp.display()), e);
+                let e = mount_error(mp, e, || crate::sys::may_read_write(Path::new(FUSE_DEVICE)));
                 return Err(match (&creation, inventory) {
                     (Some(creation), Some(inventory)) => {
                         undo_creation(&fs, &opened, creation, &inventory, e)
@@ -663,6 +663,24 @@ fn serve(
             format!("committing at unmount: {e}"),
         )),
     }
+}
+
+/// The kernel's FUSE device, which every mount opens.
+const FUSE_DEVICE: &str = "/dev/fuse";
+
+/// The error of a kernel mount of `mp` that failed with `e`. A permission error says so when
+/// this user cannot open the FUSE device (`device_open` is false): where `/dev/fuse` is root's
+/// alone, a mount by anyone else fails opening it, with nothing else in the message to say
+/// which of the files involved refused.
+fn mount_error(mp: &Path, e: std::io::Error, device_open: impl FnOnce() -> bool) -> Error {
+    let mut what = format!("mounting {}", mp.display());
+    if e.kind() == std::io::ErrorKind::PermissionDenied && !device_open() {
+        what.push_str(&format!(
+            " (this user may not open {FUSE_DEVICE}: a mount needs read and write access to \
+             it, which most systems give everyone with mode 0666; or mount as root)"
+        ));
+    }
+    Error::io(what, e)
 }
 
 /// After a mount that failed: removes the store `--create` just made for it, if it is still
@@ -803,6 +821,25 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode, Error> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A mount refused with EACCES names /dev/fuse when this user cannot open it, and only
+    /// then (it said only "Permission denied").
+    #[test]
+    fn a_refused_mount_names_the_fuse_device_when_it_is_not_open_to_the_user() {
+        let mp = Path::new("/m");
+        let denied = || std::io::Error::from_raw_os_error(libc::EACCES);
+        let closed = mount_error(mp, denied(), || false).to_string();
+        assert!(closed.contains("mounting /m"), "{closed}");
+        assert!(closed.contains("may not open /dev/fuse"), "{closed}");
+        assert!(closed.contains("Permission denied"), "{closed}");
+        let open = mount_error(mp, denied(), || true).to_string();
+        assert!(!open.contains("/dev/fuse"), "{open}");
+        let other = mount_error(mp, std::io::Error::from_raw_os_error(libc::ENOENT), || {
+            panic!("asked about the device for an error that is not about permission")
+        })
+        .to_string();
+        assert!(!other.contains("/dev/fuse"), "{other}");
+    }
     use super::*;
 
     #[test]
