@@ -680,6 +680,11 @@ impl<S: Sink, R: Record> ViewMut<S, R> {
         }
     }
 
+    /// The sink below, for a view of another kind of record.
+    pub(super) fn into_sink(self) -> S {
+        self.table
+    }
+
     /// Removes every record of kind `R`.
     pub(super) fn clear(&mut self) -> IndexResult<()> {
         let (lo, hi) = bounds::<R>(Bound::Unbounded, Bound::Unbounded);

@@ -63,7 +63,7 @@ use crate::group_commit::{self, GroupCommit};
 
 use layout::{
     Aliases, Cookies, Dirents, FORMAT_VERSION, INDEX, Keys, Layers, LayersMut, Meta, Nodes,
-    OLD_FORMAT_VERSION, Overlay, Source, VERSION, VERSION_KEY, View, ViewMut, Xattrs,
+    OLD_FORMAT_VERSION, Overlay, Sink, Source, VERSION, VERSION_KEY, View, ViewMut, Xattrs,
 };
 
 const META_NEXT_ID: &str = "next_node_id";
@@ -830,12 +830,7 @@ impl Index {
                 self.held.apply_in(&held, &mut table)?;
                 let mut root = get_node(&&mut table, ROOT)?
                     .ok_or_else(|| IndexError::not_found("no root node".to_string()))?;
-                ViewMut::<_, Dirents>::new(&mut table).clear()?;
-                ViewMut::<_, Cookies>::new(&mut table).clear()?;
-                ViewMut::<_, Keys>::new(&mut table).clear()?;
-                ViewMut::<_, Xattrs>::new(&mut table).clear()?;
-                ViewMut::<_, Aliases>::new(&mut table).clear()?;
-                ViewMut::<_, Nodes>::new(&mut table).clear()?;
+                clear_records(&mut table)?;
                 root.value = None;
                 root.subdirs = 0;
                 ViewMut::<_, Nodes>::new(&mut table).insert(ROOT, root.encode().as_slice())?;
@@ -1476,19 +1471,32 @@ impl<'t> Tx<'t> {
 
     /// Removes every record but the meta records and resets the root.
     pub fn clear(&mut self) -> IndexResult<()> {
-        self.t_dirents_mut().clear()?;
-        self.t_cookies_mut().clear()?;
-        ViewMut::<_, Keys>::new(self.sink()).clear()?;
-        self.keys_added = None;
-        self.t_xattrs_mut().clear()?;
-        self.t_aliases_mut().clear()?;
         let root = self.node_required(ROOT)?;
-        self.t_nodes_mut(None, None).clear()?;
+        self.keys_added = None;
+        self.written.note(None, None);
+        clear_records(self.sink())?;
         let mut fresh = root;
         fresh.value = None;
         fresh.subdirs = 0;
         self.put_node(ROOT, &fresh)
     }
+}
+
+/// Removes every node, entry, key, xattr and alias record through `sink`, leaving the meta
+/// records: the clear that [`Tx::clear`] (reindex) and [`Index::clear`] (a build) share. The
+/// caller writes the root back.
+fn clear_records<S: Sink>(sink: S) -> IndexResult<()> {
+    let mut v = ViewMut::<S, Dirents>::new(sink);
+    v.clear()?;
+    let mut v = ViewMut::<S, Cookies>::new(v.into_sink());
+    v.clear()?;
+    let mut v = ViewMut::<S, Keys>::new(v.into_sink());
+    v.clear()?;
+    let mut v = ViewMut::<S, Xattrs>::new(v.into_sink());
+    v.clear()?;
+    let mut v = ViewMut::<S, Aliases>::new(v.into_sink());
+    v.clear()?;
+    ViewMut::<S, Nodes>::new(v.into_sink()).clear()
 }
 
 #[cfg(test)]
