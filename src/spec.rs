@@ -1726,9 +1726,7 @@ impl<'a> TreeOpener<'a> {
                     TieredOptions {
                         threshold,
                         redb: RedbOptions {
-                            cache_size: crate::backend::tiered::records_cache_size(
-                                crate::sys::physical_memory(),
-                            ),
+                            cache_size: TieredOptions::default().redb.cache_size,
                             ..redb_options(self.durable, self.check_integrity)
                         },
                         sync_files: false,

@@ -69,6 +69,12 @@ impl DsFs {
         }
     }
 
+    /// Whether `ino` is a directory's value (`.dsfs.value`) whose directory, read as `n`, no
+    /// longer has one.
+    pub(super) fn dir_value_gone(ino: u64, n: &Node) -> bool {
+        Ino(ino).is_dir_value() && (n.kind != NodeKind::Dir || n.value.is_none())
+    }
+
     /// Attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         if ipfs::is_virtual(ino) {
@@ -93,7 +99,7 @@ impl DsFs {
             }
             Err(e) => return Err(e),
         };
-        if Ino(ino).is_dir_value() && (n.kind != NodeKind::Dir || n.value.is_none()) {
+        if Self::dir_value_gone(ino, &n) {
             return Err(FsError::NotFound);
         }
         let n = self.revalidated(ino, n)?;

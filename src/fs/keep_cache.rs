@@ -22,7 +22,6 @@ use parking_lot::Mutex;
 
 use super::types::Ino;
 use super::{Attr, DsFs, FsError, FsResult};
-use crate::index::NodeKind;
 
 /// A file's content version: modification time and size, and for a value others may write
 /// (a flatfs directory a running Kubo writes) the identity of the file holding it.
@@ -54,7 +53,7 @@ impl DsFs {
     /// is gone.
     pub fn written_version(&self, ino: u64) -> FsResult<Version> {
         let n = self.node(Ino(ino).node())?;
-        if Ino(ino).is_dir_value() && (n.kind != NodeKind::Dir || n.value.is_none()) {
+        if Self::dir_value_gone(ino, &n) {
             return Err(FsError::NotFound);
         }
         let attr = self.attr_of(ino, &n);
