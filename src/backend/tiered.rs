@@ -24,11 +24,14 @@
 //! Record format: one tag byte, then
 //! * `0`: the value itself;
 //! * `1`: the file id in ASCII (records written before sizes and hashes were kept);
-//! * `2`: the value's size (u64, little endian), its sha2-256 (32 bytes), the file id;
-//! * `3`: the value's size, the file id (a staged value written out of order: no hash).
+//! * `2`: the value's size (u64, little endian), its sha2-256 (32 bytes), the file id (records
+//!   written before the hash was BLAKE3);
+//! * `3`: the value's size, the file id (a staged value written out of order: no hash);
+//! * `4`: the value's size, its BLAKE3 hash ([`crate::datastore::digest`], 32 bytes), the file
+//!   id: what a value written now gets.
 //!
 //! The size lets [`Datastore::scrub`] find a truncated or missing file with one `stat`, and
-//! the hash lets [`Datastore::verify`] find an altered one. The hash is computed while the value
+//! the hash lets [`Datastore::verify`] find an altered one (by the record's own algorithm). The hash is computed while the value
 //! is written (from the bytes of a `put`, or as a staged file is written in order), never by
 //! reading a file back on the write path.
 
@@ -43,6 +46,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use super::flatfs::{FlatFsOptions, FlatFsStore, ShardFn};
 use super::redb::{RedbOptions, RedbStore};
+use crate::datastore::digest::{ContentHasher, content_digest};
 use crate::datastore::query::{self, Entry, EntryIter};
 use crate::datastore::{
     BatchOps, Capabilities, Datastore, Error, ErrorKind, Key, Query, Result, Results, StageInit,
@@ -53,6 +57,7 @@ const INLINE: u8 = 0;
 const FILE: u8 = 1;
 const FILE_HASHED: u8 = 2;
 const FILE_SIZED: u8 = 3;
+const FILE_BLAKE3: u8 = 4;
 /// The default size from which a value is stored as a file.
 pub const DEFAULT_THRESHOLD: u64 = 64 << 10;
 /// Key striping for per-key write serialisation.
@@ -71,13 +76,22 @@ struct FileRef {
     id: Key,
     /// The value's size when it was written (absent in old records).
     size: Option<u64>,
-    /// The value's sha2-256 when it was written (absent in old records and for values
-    /// written out of order).
-    hash: Option<[u8; 32]>,
+    /// The value's hash when it was written (absent in old records and for values written
+    /// out of order).
+    hash: Option<Hash>,
+}
+
+/// A value's hash as a record holds it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Hash {
+    /// In records written before the hash was BLAKE3 (tag 2).
+    Sha256([u8; 32]),
+    /// [`crate::datastore::digest`] (tag 4).
+    Blake3([u8; 32]),
 }
 
 fn decode(key: &Key, rec: Vec<u8>) -> Result<Loc> {
-    let file = |rest: &[u8], size: Option<u64>, hash: Option<[u8; 32]>| -> Result<Loc> {
+    let file = |rest: &[u8], size: Option<u64>, hash: Option<Hash>| -> Result<Loc> {
         let id = std::str::from_utf8(rest).map_err(|_| corrupt(key))?;
         Ok(Loc::File(FileRef {
             id: Key::from_raw(id.to_owned()).map_err(|_| corrupt(key))?,
@@ -99,12 +113,17 @@ fn decode(key: &Key, rec: Vec<u8>) -> Result<Loc> {
             Ok(Loc::Inline(v))
         }
         Some(&FILE) => file(&rec[1..], None, None),
-        Some(&FILE_HASHED) => {
+        Some(&tag @ (FILE_HASHED | FILE_BLAKE3)) => {
             let size = u64_at(&rec[1..])?;
             let hash: [u8; 32] = rec
                 .get(9..41)
                 .and_then(|s| s.try_into().ok())
                 .ok_or_else(|| corrupt(key))?;
+            let hash = if tag == FILE_HASHED {
+                Hash::Sha256(hash)
+            } else {
+                Hash::Blake3(hash)
+            };
             file(&rec[41..], Some(size), Some(hash))
         }
         Some(&FILE_SIZED) => {
@@ -129,11 +148,12 @@ fn inline_record(value: &[u8]) -> Vec<u8> {
     r
 }
 
+/// The record of a file-backed value; `hash` is its [`crate::datastore::digest`].
 fn file_record(id: &Key, size: u64, hash: Option<[u8; 32]>) -> Vec<u8> {
     let mut r = Vec::with_capacity(id.as_str().len() + 41);
     match hash {
         Some(h) => {
-            r.push(FILE_HASHED);
+            r.push(FILE_BLAKE3);
             r.extend_from_slice(&size.to_le_bytes());
             r.extend_from_slice(&h);
         }
@@ -152,13 +172,6 @@ fn file_record_unsized(id: &Key) -> Vec<u8> {
     r.push(FILE);
     r.extend_from_slice(id.as_bytes());
     r
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_slice());
-    out
 }
 
 /// A fresh file id: 16 random bytes in base32, a valid flatfs key.
@@ -573,7 +586,7 @@ impl Datastore for Inner {
             let id = new_file_id();
             let _writing = self.gate.read();
             self.files.put(&id, value)?;
-            let record = file_record(&id, value.len() as u64, Some(sha256(value)));
+            let record = file_record(&id, value.len() as u64, Some(content_digest(value)));
             if let Err(e) = self.records.put(key, &record) {
                 let _ = self.files.delete(&id);
                 return Err(e);
@@ -700,7 +713,7 @@ impl Datastore for Inner {
                         let id = new_file_id();
                         self.files.put(&id, v)?;
                         written.push(id.clone());
-                        let record = file_record(&id, v.len() as u64, Some(sha256(v)));
+                        let record = file_record(&id, v.len() as u64, Some(content_digest(v)));
                         records.insert(key.clone(), Some(record));
                     }
                     Some(v) => {
@@ -880,7 +893,7 @@ impl Inner {
                     Some(size) if size != found => Some(format!(
                         "its file has {found} bytes but {size} were written"
                     )),
-                    _ if verify => match (f.hash, files.hash(&f.id)) {
+                    _ if verify => match (f.hash, files.hash(&f.id, f.hash)) {
                         (Some(want), Ok(got)) if want != got => Some(
                             "its file does not match the hash recorded when it was written"
                                 .to_owned(),
@@ -1101,24 +1114,30 @@ impl FilesHandle {
             .map_err(|e| Error::io(format!("stat {}", self.file(id).display()), e))
     }
 
-    /// The sha2-256 of a file, read in 1 MiB pieces.
-    fn hash(&self, id: &Key) -> Result<[u8; 32]> {
+    /// The hash of a file, read in 1 MiB pieces, by the algorithm of `like` (BLAKE3 when
+    /// there is none to compare with: the file is read all the same).
+    fn hash(&self, id: &Key, like: Option<Hash>) -> Result<Hash> {
         use std::io::Read;
         let p = self.file(id);
         let err = |e| Error::io(format!("reading {}", p.display()), e);
         let mut f = std::fs::File::open(&p).map_err(err)?;
-        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        let mut sha = <sha2::Sha256 as sha2::Digest>::new();
+        let mut blake3 = ContentHasher::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = f.read(&mut buf).map_err(err)?;
             if n == 0 {
                 break;
             }
-            sha2::Digest::update(&mut hasher, &buf[..n]);
+            match like {
+                Some(Hash::Sha256(_)) => sha2::Digest::update(&mut sha, &buf[..n]),
+                Some(Hash::Blake3(_)) | None => blake3.update(&buf[..n]),
+            }
         }
-        let mut out = [0u8; 32];
-        out.copy_from_slice(sha2::Digest::finalize(hasher).as_slice());
-        Ok(out)
+        Ok(match like {
+            Some(Hash::Sha256(_)) => Hash::Sha256(sha2::Digest::finalize(sha).into()),
+            Some(Hash::Blake3(_)) | None => Hash::Blake3(blake3.digest()),
+        })
     }
 
     /// Moves a damaged file out of the file tier into `lost+found/` beside it (a value that
@@ -1179,6 +1198,60 @@ mod tests {
 
     fn big(n: u8) -> Vec<u8> {
         vec![n; 4096]
+    }
+
+    /// A value written now is recorded with its BLAKE3 hash (tag 4); records written before
+    /// (tag 2) hold sha2-256, and `verify` checks each record by its own algorithm: both
+    /// pass while their files are intact, and both files are found once altered.
+    #[test]
+    fn verify_checks_each_record_by_its_own_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TieredStore::open(
+            &dir.path().join("records.redb"),
+            &dir.path().join("files"),
+            TieredOptions {
+                threshold: 1024,
+                ..TieredOptions::default()
+            },
+        )
+        .unwrap();
+        let (a, b) = (Key::new("/a"), Key::new("/b"));
+        store.put(&a, &big(1)).unwrap();
+        store.put(&b, &big(2)).unwrap();
+        let file_of = |k: &Key| match store.inner.loc(k).unwrap() {
+            Some(Loc::File(f)) => f,
+            _ => panic!("{k} is not file-backed"),
+        };
+        let fa = file_of(&a);
+        assert_eq!(fa.hash, Some(Hash::Blake3(content_digest(&big(1)))));
+        // `/a` as a record from before BLAKE3.
+        let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(big(1)).into();
+        let mut old = vec![FILE_HASHED];
+        old.extend_from_slice(&4096u64.to_le_bytes());
+        old.extend_from_slice(&sha);
+        old.extend_from_slice(fa.id.as_bytes());
+        store.inner.records.put(&a, &old).unwrap();
+        assert_eq!(file_of(&a).hash, Some(Hash::Sha256(sha)));
+        assert_eq!(store.verify(false).unwrap(), Vec::<String>::new());
+        for k in [&a, &b] {
+            let path = store
+                .inner
+                .files
+                .backing_file(&file_of(k).id)
+                .unwrap()
+                .unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[100] ^= 1;
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let problems = store.verify(false).unwrap();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        for (p, k) in problems.iter().zip(["/a", "/b"]) {
+            assert!(
+                p.contains(k) && p.contains("does not match the hash"),
+                "{p}"
+            );
+        }
     }
 
     /// The record store's cache grows with the machine, between 64 MiB and 512 MiB.

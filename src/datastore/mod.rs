@@ -12,6 +12,7 @@
 //! * a batch applies the last operation recorded per key, and nothing before `commit`;
 //! * `sync(prefix)` makes every write under `prefix` that returned before it durable.
 
+pub mod digest;
 mod direct;
 pub mod error;
 pub mod faulty;

@@ -29,6 +29,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use super::digest::ContentHasher;
 use super::error::{Error, Result};
 
 /// How a staging area starts.
@@ -76,12 +77,12 @@ pub struct Staged {
     path: OnceLock<TempPath>,
     /// For an in-memory value: its bytes until they spill.
     mem: Option<parking_lot::Mutex<Mem>>,
-    /// The sha2-256 of the bytes written so far, while they were written in order from offset
+    /// The content hash ([`super::digest`]) of the bytes written so far, while they were written in order from offset
     /// 0 (a copy, a stream, `cp`): a store records it with the value at no extra read. Any
     /// other write pattern drops it.
     hash: parking_lot::Mutex<Option<Prefix>>,
     /// Whether the running hash is kept at all (see [`Staged::hashing`]): hashing costs the
-    /// write path a sha2-256 pass over every byte, so only a store that records the hash asks.
+    /// write path a hash pass over every byte, so only a store that records the hash asks.
     hashed: bool,
     /// For an overlay: the base and the dirty ranges (see the module documentation).
     overlay: Option<parking_lot::Mutex<Overlay>>,
@@ -297,7 +298,7 @@ pub fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> std::io::Res
 /// The hash of the first `len` bytes of a staged value.
 struct Prefix {
     len: u64,
-    hasher: sha2::Sha256,
+    hasher: ContentHasher,
     /// Whether the hasher is with the direct-write queue, which hashes queued writes on its
     /// own thread ([`super::direct::Queue::adopt_hasher`]); `hasher` is stale until it is
     /// taken back ([`Staged::reclaim_hash`]).
@@ -308,7 +309,7 @@ impl Prefix {
     fn new() -> Prefix {
         Prefix {
             len: 0,
-            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            hasher: ContentHasher::new(),
             queued: false,
         }
     }
@@ -765,17 +766,14 @@ impl Staged {
         self.disk()
     }
 
-    /// The sha2-256 of the staged value if it is `len` bytes long and every byte was written
+    /// The content hash ([`super::digest`]) of the staged value if it is `len` bytes long and every byte was written
     /// in order from offset 0; `None` otherwise (the store then records no hash).
     pub fn content_hash(&self, len: u64) -> Option<[u8; 32]> {
         let mut guard = self.hash.lock();
         guard.as_ref().filter(|p| p.len == len)?;
         self.reclaim_hash(&mut guard);
         let prefix = guard.as_ref()?;
-        let digest = sha2::Digest::finalize(prefix.hasher.clone());
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest.as_slice());
-        Some(out)
+        Some(prefix.hasher.digest())
     }
 
     /// The staging file's path, for stores that commit by rename.
@@ -953,7 +951,7 @@ impl Staged {
         self.reclaim_hash(&mut hash);
         match hash.as_mut() {
             Some(p) if written.is_ok() && offset == p.len => {
-                sha2::Digest::update(&mut p.hasher, data);
+                p.hasher.update(data);
                 p.len += data.len() as u64;
             }
             // Out of order, or a failed write: the running hash no longer describes the file.
@@ -1256,10 +1254,7 @@ mod tests {
         s.write_all_at(0, b"hello ").unwrap();
         s.write_all_at(6, b"world").unwrap();
         assert!(s.is_in_memory() && s.path().is_none());
-        let want: [u8; 32] = sha2::Digest::finalize(
-            <sha2::Sha256 as sha2::Digest>::new_with_prefix(b"hello world"),
-        )
-        .into();
+        let want = super::super::digest::content_digest(b"hello world");
         assert_eq!(s.content_hash(11), Some(want));
         let keep = s.try_clone_detached().unwrap();
         let (file, path) = s.into_parts().unwrap();
@@ -1447,7 +1442,7 @@ mod tests {
         assert!(!p.exists());
     }
 
-    /// A named staging value (flatfs) keeps no running hash, which would cost a sha2-256 pass
+    /// A named staging value (flatfs) keeps no running hash, which would cost a hash pass
     /// over every written byte, unless its store asks with `hashing` (the default
     /// repository, which records it); with it, in-order writes, also direct ones, and an
     /// emptying truncation keep the hash exact.
@@ -1455,11 +1450,7 @@ mod tests {
     fn only_a_hashing_named_stage_keeps_the_hash() {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..(256 * 1024u32)).map(|i| (i % 251) as u8).collect();
-        let sha = |b: &[u8]| -> [u8; 32] {
-            let mut out = [0u8; 32];
-            out.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(b));
-            out
-        };
+        let hash = super::super::digest::content_digest;
         let (f, p) = create_unique(dir.path(), "plain").unwrap();
         let plain = Staged::named(f, p);
         plain.write_all_at(0, &data).unwrap();
@@ -1478,7 +1469,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             hashed.content_hash(data.len() as u64),
-            Some(sha(&data)),
+            Some(hash(&data)),
             "hash of in-order writes"
         );
         assert_eq!(hashed.read_all().unwrap(), data);
