@@ -179,7 +179,7 @@ impl MountOptions {
 
     fn fuser_config(&self, fsname: &str) -> Config {
         let mut opts = vec![
-            MountOption::FSName(fsname.to_owned()),
+            MountOption::FSName(escape_fsname(fsname)),
             MountOption::Subtype("dsfs".to_owned()),
         ];
         if self.read_only {
@@ -217,6 +217,24 @@ impl MountOptions {
         config.clone_fd = true;
         config
     }
+}
+
+/// The mount's source name (the store's spec) as an `fsname=` option. fuser joins every option
+/// with commas into the `-o` argument of fusermount3, the path a user other than root mounts
+/// through, so a comma in the spec would end the name there and make the rest an option of the
+/// mount: a store at `/tmp/x,allow_other` would have asked for a public mount, `/tmp/x,ro` for a
+/// read-only one. fusermount3 reads `\,` and `\\` inside `fsname=` as a comma and a backslash,
+/// as libfuse writes them. A mount made by root directly (mount(2)) shows the escapes in the
+/// mount table: a cosmetic cost, paid only by names with a comma or a backslash.
+fn escape_fsname(spec: &str) -> String {
+    let mut out = String::with_capacity(spec.len());
+    for c in spec.chars() {
+        if matches!(c, ',' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Decodes the octal escapes (`\040` for a space) of /proc/self/mountinfo.
@@ -919,6 +937,23 @@ mod tests {
                 "{conf}"
             );
         }
+    }
+
+    /// A comma in the store's spec stays inside the fsname option fusermount3 is given: on the
+    /// old code `/tmp/x,ro` became `fsname=/tmp/x` and `ro`, and the mount was read-only (seen
+    /// by hand as a non-root user, through fusermount3 3.14).
+    #[test]
+    fn a_comma_in_the_spec_does_not_become_a_mount_option() {
+        let config = MountOptions::parse(&["rw"])
+            .unwrap()
+            .fuser_config("/tmp/x,ro\\y");
+        let names: Vec<&MountOption> = config
+            .mount_options
+            .iter()
+            .filter(|o| matches!(o, MountOption::FSName(_)))
+            .collect();
+        assert_eq!(names, [&MountOption::FSName("/tmp/x\\,ro\\\\y".to_owned())]);
+        assert_eq!(escape_fsname("/plain/repo"), "/plain/repo");
     }
 
     #[test]
