@@ -757,3 +757,63 @@ fn allow_other_without_user_allow_other_is_refused_in_one_line() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(!dir.path().join("repo").exists());
 }
+
+/// Root unmounts another user's private mount with `dsfs umount`, which finds that user's
+/// daemon and waits for it. The kernel refuses root the root directory of a mount without
+/// `allow_root`/`allow_other`, and on the old code `dsfs umount` stopped there: "mount point
+/// ...: Permission denied". Runs as root with setpriv, where nobody may open /dev/fuse.
+#[test]
+fn root_unmounts_another_users_private_mount() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !have("setpriv") {
+        eprintln!("not root or no setpriv: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::set_permissions(d, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::create_dir(d.join("mnt")).unwrap();
+    let nobody = 65534;
+    std::os::unix::fs::chown(d.join("mnt"), Some(nobody), Some(nobody)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .args(args)
+            .current_dir(d)
+            .env_remove("DSFS_STORE")
+            .env_remove("XDG_RUNTIME_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let bin = env!("CARGO_BIN_EXE_dsfs");
+    let mounted = as_nobody(&[bin, "mount", "--create", "./repo", "mnt"]);
+    if !mounted.status.success() {
+        eprintln!(
+            "nobody cannot mount here ({}): skipping",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return;
+    }
+    // Detaches the mount if an assertion below fails first.
+    struct Detach<'a>(&'a Path);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                let _ = Command::new("fusermount3").arg("-uz").arg(self.0).status();
+            }
+        }
+    }
+    let _detach = Detach(&d.join("mnt"));
+    let wrote = as_nobody(&["sh", "-c", "echo kept > mnt/f"]);
+    assert!(wrote.status.success(), "{wrote:?}");
+    let err = fs::metadata(d.join("mnt/f")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    let out = dsfs_in(d, &["umount", "mnt"]);
+    succeeded(&out);
+    assert!(!is_mounted(&d.join("mnt")));
+    let got = dsfs_in(d, &["--store", "./repo", "get", "/f"]);
+    succeeded(&got);
+    assert_eq!(got.stdout, b"kept\n");
+}

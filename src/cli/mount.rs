@@ -257,6 +257,43 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The user a FUSE mount at `path` belongs to (its `user_id=` option), if it is one.
+fn mount_owner(path: &Path) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    let mut found = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.len() > 4 && unescape_mountinfo(fields[4]) == want {
+            found = fields.get(sep + 3).and_then(|opts| {
+                opts.split(',')
+                    .find_map(|o| o.strip_prefix("user_id="))
+                    .and_then(|u| u.parse().ok())
+            });
+        }
+    }
+    found
+}
+
+/// A FUSE mount at `mountpoint` that this user may not look into, by its canonical path: the
+/// kernel refuses everyone but its owner (root too) a private mount's root, so resolving the
+/// path fails with `EACCES`, yet root may unmount it.
+fn closed_fuse_mount(mountpoint: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(mountpoint).ok()?;
+    let mp = std::fs::canonicalize(abs.parent()?)
+        .ok()?
+        .join(abs.file_name()?);
+    match std::fs::symlink_metadata(&mp) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+        _ => return None,
+    }
+    mounted_fstype(&mp).filter(|t| t.starts_with("fuse"))?;
+    Some(mp)
+}
+
 /// The filesystem type mounted at `path`, if anything is.
 pub fn mounted_fstype(path: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -314,22 +351,64 @@ fn canonical_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
 
 /// Where the daemon serving `mountpoint` records its process id.
 fn pid_file(mountpoint: &Path) -> PathBuf {
-    use std::hash::Hasher;
-    let mut h = fnv::FnvHasher::default();
-    h.write(mountpoint.as_os_str().as_encoded_bytes());
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+    let uid = crate::sys::effective_ids().0;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(|| {
-            let (uid, _) = crate::sys::effective_ids();
             if uid == 0 {
                 PathBuf::from("/run")
             } else {
                 std::env::temp_dir()
             }
-        })
-        .join(format!("dsfs-{}", crate::sys::effective_ids().0));
-    dir.join(format!("{:016x}.pid", h.finish()))
+        });
+    pid_file_in(&base, uid, mountpoint)
+}
+
+/// The pid file of a daemon of user `uid` serving `mountpoint`, under the runtime directory
+/// `base` that daemon used.
+fn pid_file_in(base: &Path, uid: u32, mountpoint: &Path) -> PathBuf {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(mountpoint.as_os_str().as_encoded_bytes());
+    base.join(format!("dsfs-{uid}"))
+        .join(format!("{:016x}.pid", h.finish()))
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+}
+
+/// The pid file and process id of the daemon serving `mp`, for `umount` to wait for. Its own
+/// user's first; for a mount of another user (root unmounting someone's mount), that user's
+/// pid file where a daemon of theirs would have put it (`/run/user/UID`, the temporary
+/// directory, `/run` for root), and only a process of that user counts.
+fn daemon_of(mp: &Path) -> (PathBuf, Option<i32>) {
+    use std::os::unix::fs::MetadataExt;
+    let own = pid_file(mp);
+    if let Some(pid) = read_pid(&own) {
+        return (own, Some(pid));
+    }
+    let Some(owner) = mount_owner(mp).filter(|&u| u != crate::sys::effective_ids().0) else {
+        return (own, None);
+    };
+    let bases = [
+        PathBuf::from(format!("/run/user/{owner}")),
+        std::env::temp_dir(),
+        PathBuf::from("/tmp"),
+        PathBuf::from("/run"),
+    ];
+    for base in &bases {
+        let path = pid_file_in(base, owner, mp);
+        if let Some(pid) = read_pid(&path)
+            && std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == owner)
+        {
+            return (path, Some(pid));
+        }
+    }
+    (own, None)
 }
 
 /// `dsfs mount`.
@@ -743,7 +822,10 @@ fn lazy_unmount(mp: &Path) -> bool {
 
 /// `dsfs umount`: unmounts and waits for the daemon to commit and exit.
 pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode, Error> {
-    let (mp, dead) = resolve_mountpoint(mountpoint)?;
+    let (mp, dead) = match resolve_mountpoint(mountpoint) {
+        Ok(found) => found,
+        Err(e) => (closed_fuse_mount(mountpoint).ok_or(e)?, false),
+    };
     if dead {
         // The daemon is gone and nothing is left to commit: detach the dead mount.
         if lazy_unmount(&mp) {
@@ -763,9 +845,7 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode, Error> {
         Some(t) => return Err(bad(format!("{} is a {t} mount, not dsfs", mp.display()))),
         None => return Err(bad(format!("{} is not mounted", mp.display()))),
     }
-    let pid = std::fs::read_to_string(pid_file(&mp))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
+    let (pid_path, pid) = daemon_of(&mp);
     let mut cmd = Command::new("fusermount3");
     cmd.arg("-u");
     if lazy {
@@ -821,7 +901,7 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<ExitCode, Error> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let failed_path = failure_file(&pid_file(&mp));
+    let failed_path = failure_file(&pid_path);
     if let Ok(what) = std::fs::read_to_string(&failed_path) {
         let _ = std::fs::remove_file(&failed_path);
         return Err(Error::new(
