@@ -31,9 +31,9 @@
 //!   id: what a value written now gets.
 //!
 //! The size lets [`Datastore::scrub`] find a truncated or missing file with one `stat`, and
-//! the hash lets [`Datastore::verify`] find an altered one (by the record's own algorithm). The hash is computed while the value
-//! is written (from the bytes of a `put`, or as a staged file is written in order), never by
-//! reading a file back on the write path.
+//! the hash lets [`Datastore::verify`] find an altered one (by the record's own algorithm).
+//! The hash is computed while the value is written (from the bytes of a `put`, or as a staged
+//! file is written in order), never by reading a file back on the write path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

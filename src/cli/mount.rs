@@ -259,23 +259,11 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// The user a FUSE mount at `path` belongs to (its `user_id=` option), if it is one.
 fn mount_owner(path: &Path) -> Option<u32> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_string_lossy();
-    let mut found = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        if fields.len() > 4 && unescape_mountinfo(fields[4]) == want {
-            found = fields.get(sep + 3).and_then(|opts| {
-                opts.split(',')
-                    .find_map(|o| o.strip_prefix("user_id="))
-                    .and_then(|u| u.parse().ok())
-            });
-        }
-    }
-    found
+    let (_, options) = mount_at(path)?;
+    options
+        .split(',')
+        .find_map(|o| o.strip_prefix("user_id="))
+        .and_then(|u| u.parse().ok())
 }
 
 /// A FUSE mount at `mountpoint` that this user may not look into, by its canonical path: the
@@ -296,6 +284,12 @@ fn closed_fuse_mount(mountpoint: &Path) -> Option<PathBuf> {
 
 /// The filesystem type mounted at `path`, if anything is.
 pub fn mounted_fstype(path: &Path) -> Option<String> {
+    mount_at(path).map(|(fstype, _)| fstype)
+}
+
+/// The filesystem type and superblock options of the mount at `path` (the last one, if
+/// several are stacked there), from /proc/self/mountinfo.
+fn mount_at(path: &Path) -> Option<(String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy();
     let mut found = None;
@@ -304,8 +298,12 @@ pub fn mounted_fstype(path: &Path) -> Option<String> {
         let Some(sep) = fields.iter().position(|f| *f == "-") else {
             continue;
         };
-        if fields.len() > 4 && unescape_mountinfo(fields[4]) == want {
-            found = fields.get(sep + 1).map(|s| s.to_string());
+        if fields.len() > 4
+            && unescape_mountinfo(fields[4]) == want
+            && let Some(fstype) = fields.get(sep + 1)
+        {
+            let options = fields.get(sep + 3).copied().unwrap_or_default();
+            found = Some((fstype.to_string(), options.to_owned()));
         }
     }
     found

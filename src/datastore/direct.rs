@@ -39,11 +39,10 @@
 //! A staged value that keeps a running content hash (the default repository records it with the
 //! value) hands its hasher to the queue on the first in-order direct write: the queue's
 //! hashing thread hashes each queued write's buffer, in order, while the writer thread writes
-//! it, so neither the hash (about 0.6 ms per MiB with SHA-NI on the machines measured) nor the
+//! it, so neither the hash (BLAKE3: about 0.13 ms per MiB on the machines measured) nor the
 //! device write is on the FUSE thread. The staged value takes the hasher back (after the
 //! queued hashing) before any other write of the value, and to read the hash.
 
-use super::digest::ContentHasher;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -51,6 +50,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+
+use super::digest::ContentHasher;
 
 /// The alignment of offsets, lengths and memory for a direct write: the largest logical block
 /// size of the devices in question (4 KiB), so that it suits any of them.
@@ -733,7 +734,7 @@ mod staged_tests {
         let (f, p) = super::super::stage::create_unique(dir.path(), "t").unwrap();
         let s = Staged::named(f, p).hashing().unwrap();
         let data = pattern((3 << 20) + 100, 11);
-        let hash_of = |d: &[u8]| -> [u8; 32] { crate::datastore::digest::content_digest(d) };
+        let hash_of = crate::datastore::digest::content_digest;
         // Queued and hashed on the queue's thread.
         for (i, piece) in data[..2 << 20].chunks(1 << 20).enumerate() {
             s.write_all_at_direct((i as u64) << 20, piece).unwrap();

@@ -77,9 +77,9 @@ pub struct Staged {
     path: OnceLock<TempPath>,
     /// For an in-memory value: its bytes until they spill.
     mem: Option<parking_lot::Mutex<Mem>>,
-    /// The content hash ([`super::digest`]) of the bytes written so far, while they were written in order from offset
-    /// 0 (a copy, a stream, `cp`): a store records it with the value at no extra read. Any
-    /// other write pattern drops it.
+    /// The content hash ([`super::digest`]) of the bytes written so far, while they were
+    /// written in order from offset 0 (a copy, a stream, `cp`): a store records it with the
+    /// value at no extra read. Any other write pattern drops it.
     hash: parking_lot::Mutex<Option<Prefix>>,
     /// Whether the running hash is kept at all (see [`Staged::hashing`]): hashing costs the
     /// write path a hash pass over every byte, so only a store that records the hash asks.
@@ -766,8 +766,9 @@ impl Staged {
         self.disk()
     }
 
-    /// The content hash ([`super::digest`]) of the staged value if it is `len` bytes long and every byte was written
-    /// in order from offset 0; `None` otherwise (the store then records no hash).
+    /// The content hash ([`super::digest`]) of the staged value if it is `len` bytes long and
+    /// every byte was written in order from offset 0; `None` otherwise (the store then records
+    /// no hash).
     pub fn content_hash(&self, len: u64) -> Option<[u8; 32]> {
         let mut guard = self.hash.lock();
         guard.as_ref().filter(|p| p.len == len)?;
