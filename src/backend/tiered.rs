@@ -1196,6 +1196,19 @@ mod tests {
         (store, violated, commits)
     }
 
+    /// A store under `dir` with a 1 KiB threshold and default options otherwise.
+    fn small_threshold(dir: &Path) -> TieredStore {
+        TieredStore::open(
+            &dir.join("records.redb"),
+            &dir.join("files"),
+            TieredOptions {
+                threshold: 1024,
+                ..TieredOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
     fn big(n: u8) -> Vec<u8> {
         vec![n; 4096]
     }
@@ -1206,15 +1219,7 @@ mod tests {
     #[test]
     fn verify_checks_each_record_by_its_own_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TieredStore::open(
-            &dir.path().join("records.redb"),
-            &dir.path().join("files"),
-            TieredOptions {
-                threshold: 1024,
-                ..TieredOptions::default()
-            },
-        )
-        .unwrap();
+        let store = small_threshold(dir.path());
         let (a, b) = (Key::new("/a"), Key::new("/b"));
         store.put(&a, &big(1)).unwrap();
         store.put(&b, &big(2)).unwrap();
@@ -1372,15 +1377,7 @@ mod tests {
         let files = store.inner.files.query(Query::default()).unwrap().count();
         assert_eq!(files, 1);
         drop(store);
-        let store = TieredStore::open(
-            &dir.path().join("records.redb"),
-            &dir.path().join("files"),
-            TieredOptions {
-                threshold: 1024,
-                ..TieredOptions::default()
-            },
-        )
-        .unwrap();
+        let store = small_threshold(dir.path());
         assert_eq!(store.get(&Key::new("/big")).unwrap(), big(2));
         assert_eq!(store.get(&Key::new("/small")).unwrap(), b"small");
         assert!(!store.has(&Key::new("/gone")).unwrap());
