@@ -42,10 +42,22 @@ pub fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
 /// Whether this process may write in `path` (`access(2)` with `W_OK`, by the real user, as
 /// fusermount3 checks a mount point).
 pub fn may_write(path: &Path) -> io::Result<bool> {
+    access(path, libc::W_OK)
+}
+
+/// Whether this process may open `path` for reading and writing (`access(2)` with `R_OK` and
+/// `W_OK`, by the real user). `false` also when the check itself fails.
+pub fn may_read_write(path: &Path) -> bool {
+    access(path, libc::R_OK | libc::W_OK).unwrap_or(false)
+}
+
+/// `access(2)` of `path` for `mode` by the real user: `Ok(false)` when it is refused
+/// (`EACCES`, `EROFS`, `EPERM`), an error when the check itself fails.
+fn access(path: &Path, mode: libc::c_int) -> io::Result<bool> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
     // SAFETY: `c` is NUL-terminated and outlives the call; access retains nothing.
-    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK) };
+    let rc = unsafe { libc::access(c.as_ptr(), mode) };
     if rc == 0 {
         return Ok(true);
     }
@@ -54,16 +66,6 @@ pub fn may_write(path: &Path) -> io::Result<bool> {
         Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM) => Ok(false),
         _ => Err(e),
     }
-}
-
-/// Whether this process may open `path` for reading and writing (`access(2)` with `R_OK` and
-/// `W_OK`, by the real user). `false` also when the check itself fails.
-pub fn may_read_write(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is NUL-terminated and outlives the call; access retains nothing.
-    unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) == 0 }
 }
 
 /// `lseek(2)` on an open file (for `SEEK_DATA`/`SEEK_HOLE`); does not move std's view of
